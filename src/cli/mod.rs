@@ -1,0 +1,290 @@
+//! Command implementations: open the image, call the library, print.
+
+use std::io::Write;
+use std::path::Path;
+
+use erofs_fuse::inspect::{format_utc, mode_string, EntrySummary, ImageSummary};
+use erofs_fuse::reader::{FileKind, WalkEntry, WalkVisitor};
+use erofs_fuse::{Image, Inode, OpenOptions};
+
+use crate::ImageArgs;
+
+/// A command's failure, already phrased for the user.
+pub type CliResult = Result<(), String>;
+
+/// Sets up `tracing` output on stderr: warnings by default, more with -v,
+/// or whatever `RUST_LOG` says.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn open(args: &ImageArgs) -> Result<Image, String> {
+    let options = OpenOptions {
+        devices: args.devices.clone(),
+        offset: args.offset,
+    };
+    Image::open(&args.image, &options).map_err(|e| format!("{}: {e}", args.image.display()))
+}
+
+fn resolve(image: &Image, args: &ImageArgs, path: &str) -> Result<Inode, String> {
+    image
+        .resolve(path.as_bytes())
+        .map_err(|e| format!("{}: {path}: {e}", args.image.display()))
+}
+
+fn write_out(bytes: &[u8]) -> Result<(), String> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes) {
+        Ok(()) => Ok(()),
+        // A closed pipe (e.g. `| head`) is not an error worth reporting.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(format!("writing to standard output: {e}")),
+    }
+}
+
+/// `inspect`.
+pub fn inspect(args: &ImageArgs, json: bool) -> CliResult {
+    let image = open(args)?;
+    let s = ImageSummary::new(&image);
+    if json {
+        let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+        return write_out(format!("{text}\n").as_bytes());
+    }
+    let mut t = String::new();
+    let mut line = |k: &str, v: String| t.push_str(&format!("{k:<22}{v}\n"));
+    line("image:", args.image.display().to_string());
+    line("block size:", s.block_size.to_string());
+    line("size:", format!("{} blocks ({} bytes)", s.blocks, s.size));
+    line("inodes:", s.inodes.to_string());
+    line("root nid:", s.root_nid.to_string());
+    line("uuid:", s.uuid.clone());
+    line("volume name:", s.volume_name.clone());
+    line(
+        "build time:",
+        format!("{} ({} UTC)", s.build_time, s.build_time_utc),
+    );
+    line("features:", s.features.join(" "));
+    line(
+        "compression:",
+        if s.compression.is_empty() {
+            "none".into()
+        } else {
+            s.compression.join(" ")
+        },
+    );
+    line(
+        "checksum:",
+        s.checksum
+            .clone()
+            .map_or("none".into(), |c| format!("{c} (verified)")),
+    );
+    line("meta blkaddr:", s.meta_blkaddr.to_string());
+    line("xattr blkaddr:", s.xattr_blkaddr.to_string());
+    if let Some(n) = s.packed_nid {
+        line("packed nid:", n.to_string());
+    }
+    if let Some(n) = s.metabox_nid {
+        line("metabox nid:", n.to_string());
+    }
+    if !s.long_xattr_prefixes.is_empty() {
+        line("long xattr prefixes:", s.long_xattr_prefixes.join(" "));
+    }
+    line("extra devices:", s.devices.len().to_string());
+    for d in &s.devices {
+        let source = if d.inside_image {
+            format!("inside the image at block {}", d.uniaddr)
+        } else {
+            d.path.clone()
+        };
+        line(
+            &format!("  device {}:", d.id),
+            format!(
+                "{} blocks, unified address {}, tag {:?}, from {source}",
+                d.blocks, d.uniaddr, d.tag
+            ),
+        );
+    }
+    write_out(t.as_bytes())
+}
+
+/// `ls`.
+pub fn ls(args: &ImageArgs, path: &str, long: bool, recursive: bool) -> CliResult {
+    let image = open(args)?;
+    let inode = resolve(&image, args, path)?;
+    let fail = |e: erofs_fuse::Error| format!("{}: {path}: {e}", args.image.display());
+    let mut lines = Lister {
+        image: &image,
+        long,
+        out: Vec::new(),
+    };
+    if recursive {
+        let start = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        image
+            .walk(inode, start.as_bytes(), &mut lines)
+            .map_err(fail)?;
+    } else if inode.is_dir() {
+        for item in image.read_dir(&inode, Default::default()).map_err(fail)? {
+            let (entry, _) = item.map_err(fail)?;
+            if entry.name == b"." || entry.name == b".." {
+                continue;
+            }
+            let child = image.inode(entry.nid).map_err(fail)?;
+            lines.line(&entry.name, &child).map_err(fail)?;
+        }
+    } else {
+        lines.line(path.as_bytes(), &inode).map_err(fail)?;
+    }
+    write_out(&lines.out)
+}
+
+/// Formats `ls` lines.
+struct Lister<'a> {
+    image: &'a Image,
+    long: bool,
+    out: Vec<u8>,
+}
+
+impl Lister<'_> {
+    fn line(&mut self, name: &[u8], inode: &Inode) -> erofs_fuse::Result<()> {
+        if self.long {
+            let size = match inode.kind {
+                FileKind::CharDevice(ma, mi) | FileKind::BlockDevice(ma, mi) => {
+                    format!("{ma}, {mi}")
+                }
+                _ => inode.size.to_string(),
+            };
+            let head = format!(
+                "{} {:>3} {:>5} {:>5} {:>10} {} ",
+                mode_string(inode.kind, inode.mode),
+                inode.nlink,
+                inode.uid,
+                inode.gid,
+                size,
+                format_utc(inode.mtime, 0),
+            );
+            self.out.extend_from_slice(head.as_bytes());
+        }
+        self.out.extend_from_slice(name);
+        if self.long && inode.kind == FileKind::Symlink {
+            self.out.extend_from_slice(b" -> ");
+            self.out.extend_from_slice(&self.image.read_link(inode)?);
+        }
+        self.out.push(b'\n');
+        Ok(())
+    }
+}
+
+impl WalkVisitor for Lister<'_> {
+    fn visit(&mut self, entry: &WalkEntry) -> erofs_fuse::Result<()> {
+        self.line(&entry.path, &entry.inode)
+    }
+}
+
+/// `cat`.
+pub fn cat(args: &ImageArgs, path: &str) -> CliResult {
+    let image = open(args)?;
+    let inode = resolve(&image, args, path)?;
+    let fail = |e: erofs_fuse::Error| format!("{}: {path}: {e}", args.image.display());
+    match inode.kind {
+        FileKind::Regular => {}
+        FileKind::Directory => return Err(fail(erofs_fuse::Error::IsDir)),
+        _ => {
+            return Err(format!(
+                "{}: {path}: not a regular file",
+                args.image.display()
+            ))
+        }
+    }
+    const CHUNK: u64 = 1 << 20;
+    let mut offset = 0;
+    while offset < inode.size {
+        let bytes = image.read_range(&inode, offset, CHUNK).map_err(fail)?;
+        write_out(&bytes)?;
+        offset += bytes.len() as u64;
+    }
+    Ok(())
+}
+
+/// `stat`.
+pub fn stat(args: &ImageArgs, path: &str, json: bool) -> CliResult {
+    let image = open(args)?;
+    let inode = resolve(&image, args, path)?;
+    let s = EntrySummary::new(&image, path, &inode)
+        .map_err(|e| format!("{}: {path}: {e}", args.image.display()))?;
+    if json {
+        let text = serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?;
+        return write_out(format!("{text}\n").as_bytes());
+    }
+    let mut t = format!(
+        "  File: {}{}\n  Type: {}  Mode: {} ({})  Links: {}\n  Size: {}  Nid: {}  Inode: {}, {}\n   Uid: {}  Gid: {}\nModify: {} UTC ({}.{:09})\n",
+        s.path,
+        s.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default(),
+        s.kind,
+        s.mode,
+        mode_string(inode.kind, inode.mode),
+        s.nlink,
+        s.size,
+        s.nid,
+        s.inode_format,
+        s.layout,
+        s.uid,
+        s.gid,
+        s.mtime_utc,
+        s.mtime,
+        s.mtime_nsec,
+    );
+    if let Some([major, minor]) = s.rdev {
+        t.push_str(&format!("Device: {major}, {minor}\n"));
+    }
+    if !s.xattrs.is_empty() {
+        t.push_str("Xattrs:\n");
+        for x in &s.xattrs {
+            match &x.value_text {
+                Some(text) => t.push_str(&format!("  {} = {text:?}\n", x.name)),
+                None => t.push_str(&format!("  {} = 0x{}\n", x.name, x.value_hex)),
+            }
+        }
+    }
+    write_out(t.as_bytes())
+}
+
+/// `manifest`.
+pub fn manifest(args: &ImageArgs) -> CliResult {
+    let image = open(args)?;
+    let lines = erofs_fuse::manifest::manifest(&image)
+        .map_err(|e| format!("{}: {e}", args.image.display()))?;
+    let mut text = lines.join("\n");
+    text.push('\n');
+    write_out(text.as_bytes())
+}
+
+/// `extract`.
+pub fn extract(args: &ImageArgs, dest: &Path, owners: bool, xattrs: bool) -> CliResult {
+    let image = open(args)?;
+    let options = erofs_fuse::extract::ExtractOptions { owners, xattrs };
+    let stats = erofs_fuse::extract::extract(&image, dest, &options)
+        .map_err(|e| format!("{}: {e}", args.image.display()))?;
+    tracing::info!(
+        files = stats.entries,
+        bytes = stats.bytes,
+        "extracted {} to {}",
+        args.image.display(),
+        dest.display()
+    );
+    Ok(())
+}

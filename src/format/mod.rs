@@ -1,0 +1,70 @@
+//! On-disk EROFS structures and constants, and nothing else.
+//!
+//! Every structure is a `#[repr(C)]` view of little-endian bytes (via
+//! `zerocopy`), so parsing is a bounds-checked cast of a byte slice. This
+//! module does no I/O and applies no policy: validation of the values lives in
+//! the reader, where the context (image size, block size) is known.
+//!
+//! Layouts follow the kernel's `fs/erofs/erofs_fs.h` (erofs-utils 1.9).
+
+mod chunk;
+mod dirent;
+mod inode;
+mod superblock;
+mod xattr;
+
+pub use chunk::*;
+pub use dirent::*;
+pub use inode::*;
+pub use superblock::*;
+pub use xattr::*;
+
+use zerocopy::{FromBytes, Immutable, KnownLayout};
+
+/// Reads a `T` from the start of `bytes`, or `None` when `bytes` is too short.
+///
+/// All format structures are `Unaligned`, so only the length can fail.
+pub fn read_struct<T: FromBytes + KnownLayout + Immutable>(bytes: &[u8]) -> Option<&T> {
+    T::ref_from_prefix(bytes).ok().map(|(value, _)| value)
+}
+
+/// A node id: an inode's position in the metadata area, in 32-byte slots.
+///
+/// Bit 63 set means the inode lives inside the metabox inode's data
+/// (`METABOX` feature) rather than in the primary device's metadata area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Nid(pub u64);
+
+impl Nid {
+    /// The bit of a nid that selects the metabox address space.
+    pub const METABOX_BIT: u64 = 1 << 63;
+
+    /// Whether this inode is stored inside the metabox inode.
+    pub fn in_metabox(self) -> bool {
+        self.0 & Self::METABOX_BIT != 0
+    }
+
+    /// The slot number without the metabox bit.
+    pub fn slot(self) -> u64 {
+        self.0 & !Self::METABOX_BIT
+    }
+}
+
+impl std::fmt::Display for Nid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A block number on one device, in filesystem blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockAddr(pub u64);
+
+/// Size of one inode slot: nids count in these.
+pub const INODE_SLOT_SIZE: u64 = 32;
+
+/// Longest file or xattr name suffix EROFS stores.
+pub const NAME_LEN_MAX: usize = 255;
+
+/// The "null" block address marking a hole (all ones, masked to the address width).
+pub const NULL_ADDR: u64 = u64::MAX;

@@ -1,0 +1,20 @@
+//! erofs-fuse: read EROFS images (and tar-indexed OCI layers) in userspace.
+//!
+//! Layers, each using only those above it:
+//! - [`format`]: on-disk structures, no I/O;
+//! - [`device`]: read-only memory maps of image files and ranges of them;
+//! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
+//!   data), knowing nothing of FUSE;
+//! - [`extract`]: copying a whole image tree out to a directory.
+
+pub mod device;
+pub mod error;
+pub mod extract;
+pub mod format;
+pub mod inspect;
+pub mod manifest;
+pub mod reader;
+
+pub use error::{Error, Result};
+pub use format::Nid;
+pub use reader::{Image, Inode, OpenOptions};

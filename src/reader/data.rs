@@ -1,0 +1,213 @@
+//! File data: mapping a file offset to where its bytes are (the kernel's
+//! `erofs_map_blocks`), and reads built on that mapping.
+//!
+//! Compressed layouts plug in at [`Image::map`]; until they exist, mapping a
+//! compressed inode fails with a clear "not supported yet" error.
+
+use std::borrow::Cow;
+
+use crate::device::Device;
+use crate::error::{ensure, Error, Result};
+use crate::format::{
+    read_struct, ChunkIndex, DataLayout, BLOCK_MAP_ENTRY_SIZE, CHUNK_FORMAT_48BIT,
+    CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES, CHUNK_INDEX_SIZE, NULL_ADDR,
+};
+
+use super::{Image, Inode, MetaPos};
+
+/// Where one extent of a file's data is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Extent<'a> {
+    /// On a device, starting at this byte.
+    Device(&'a Device, u64),
+    /// Inline in the metadata (the packed tail of a FLAT_INLINE inode).
+    Meta(MetaPos),
+    /// A hole: reads as zeros.
+    Hole,
+}
+
+/// A run of a file's logical bytes `[start, start + len)` and where it is.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mapping<'a> {
+    /// Logical start of the run.
+    pub start: u64,
+    /// Length of the run (never past the end of the file).
+    pub len: u64,
+    /// Where the run's first byte is.
+    pub extent: Extent<'a>,
+}
+
+impl Image {
+    /// Maps the logical offset `offset` (< size) of `inode`.
+    pub(crate) fn map(&self, inode: &Inode, offset: u64) -> Result<Mapping<'_>> {
+        debug_assert!(offset < inode.size);
+        let mut mapping = match inode.layout {
+            DataLayout::FlatPlain | DataLayout::FlatInline => self.map_flat(inode, offset)?,
+            DataLayout::ChunkBased => self.map_chunked(inode, offset)?,
+            DataLayout::CompressedFull | DataLayout::CompressedCompact => {
+                return Err(Error::Unsupported(format!(
+                    "inode {}: compressed data ({}) is not supported yet",
+                    inode.nid,
+                    inode.layout.name()
+                )));
+            }
+        };
+        // Chunk lengths are rounded up to blocks; never map past EOF.
+        mapping.len = mapping.len.min(inode.size - mapping.start);
+        Ok(mapping)
+    }
+
+    fn map_flat(&self, inode: &Inode, offset: u64) -> Result<Mapping<'_>> {
+        let bits = u32::from(self.sb.block_bits);
+        let block = self.block_size();
+        if inode.layout == DataLayout::FlatPlain && inode.raw_addr == NULL_ADDR {
+            return Ok(Mapping {
+                start: 0,
+                len: inode.size,
+                extent: Extent::Hole,
+            });
+        }
+        let tail_packed = u64::from(inode.layout == DataLayout::FlatInline);
+        let nblocks = inode.size.div_ceil(block);
+        // With a packed tail, the last block is stored after the inode.
+        let flat_end = (nblocks - tail_packed.min(nblocks)) << bits;
+        if offset < flat_end {
+            let base = inode.raw_addr << bits;
+            let pa = base.checked_add(offset).ok_or_else(|| {
+                Error::corrupt(format!("inode {}: block address overflows", inode.nid))
+            })?;
+            let (dev, pa) = self.devices.resolve(0, pa)?;
+            return Ok(Mapping {
+                start: offset,
+                len: flat_end - offset,
+                extent: Extent::Device(dev, pa),
+            });
+        }
+        let tail_pos = inode.after_xattrs()?;
+        let in_block = offset - flat_end;
+        let len = inode.size - offset;
+        ensure!(
+            (tail_pos.offset % block) + in_block + len <= block,
+            "inode {}: inline data crosses a block boundary",
+            inode.nid
+        );
+        Ok(Mapping {
+            start: offset,
+            len,
+            extent: Extent::Meta(tail_pos.add(in_block)?),
+        })
+    }
+
+    fn map_chunked(&self, inode: &Inode, offset: u64) -> Result<Mapping<'_>> {
+        let format = inode.raw_addr as u16;
+        let bits = u32::from(self.sb.block_bits);
+        let chunk_bits = bits + u32::from(format & CHUNK_FORMAT_BLKBITS_MASK);
+        let unit = if format & CHUNK_FORMAT_INDEXES != 0 {
+            CHUNK_INDEX_SIZE
+        } else {
+            BLOCK_MAP_ENTRY_SIZE
+        };
+        let chunk = offset >> chunk_bits;
+        let table = inode.after_xattrs()?;
+        let table = MetaPos {
+            offset: table.offset.next_multiple_of(unit),
+            ..table
+        };
+        let entry_pos = table.add(chunk * unit)?;
+        let entry = self.meta(entry_pos, unit)?;
+        let start = chunk << chunk_bits;
+        let block = self.block_size();
+        let len = (1u64 << chunk_bits).min((inode.size - start).next_multiple_of(block));
+        let located = if unit == CHUNK_INDEX_SIZE {
+            let index: &ChunkIndex =
+                read_struct(&entry).ok_or_else(|| Error::corrupt("short chunk index"))?;
+            let mask = if format & CHUNK_FORMAT_48BIT != 0 {
+                (1u64 << 48) - 1
+            } else {
+                (1u64 << 32) - 1
+            };
+            let startblk = ((u64::from(index.startblk_hi.get()) << 32)
+                | u64::from(index.startblk_lo.get()))
+                & mask;
+            (startblk != mask).then(|| (index.device_id.get() & self.devices.id_mask, startblk))
+        } else {
+            let raw = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+            (raw != u32::MAX).then_some((0, u64::from(raw)))
+        };
+        let extent = match located {
+            None => Extent::Hole,
+            Some((device_id, startblk)) => {
+                let (dev, pa) = self.devices.resolve(device_id, startblk << bits)?;
+                Extent::Device(dev, pa + (offset - start))
+            }
+        };
+        Ok(Mapping {
+            start: offset,
+            len: start + len - offset,
+            extent,
+        })
+    }
+
+    /// The bytes of `mapping` from its start, `len` at most (`len <= mapping.len`).
+    fn extent_bytes<'a>(&'a self, mapping: &Mapping<'a>, len: u64) -> Result<Cow<'a, [u8]>> {
+        match mapping.extent {
+            Extent::Device(dev, pa) => dev.slice(pa, len).map(Cow::Borrowed),
+            Extent::Meta(pos) => self.meta(pos, len),
+            Extent::Hole => Ok(Cow::Owned(vec![0; len as usize])),
+        }
+    }
+
+    /// Reads file bytes at `offset` into `buf`; returns how many were read,
+    /// fewer than `buf.len()` only at the end of the file.
+    pub fn read_at(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = offset + done as u64;
+            if pos >= inode.size {
+                break;
+            }
+            let mapping = self.map(inode, pos)?;
+            let want = mapping.len.min((buf.len() - done) as u64);
+            let dst = &mut buf[done..done + want as usize];
+            match mapping.extent {
+                Extent::Hole => dst.fill(0),
+                _ => dst.copy_from_slice(&self.extent_bytes(&mapping, want)?),
+            }
+            done += want as usize;
+        }
+        Ok(done)
+    }
+
+    /// The file bytes `[offset, offset + len)`, clipped at the end of the
+    /// file. Borrowed straight from the image map when they are contiguous
+    /// on one device, copied otherwise.
+    pub fn read_range(&self, inode: &Inode, offset: u64, len: u64) -> Result<Cow<'_, [u8]>> {
+        let len = len.min(inode.size.saturating_sub(offset));
+        if len == 0 {
+            return Ok(Cow::Borrowed(&[]));
+        }
+        let mapping = self.map(inode, offset)?;
+        if mapping.len >= len && !matches!(mapping.extent, Extent::Hole) {
+            return self.extent_bytes(&mapping, len);
+        }
+        let mut buf = vec![0; len as usize];
+        let n = self.read_at(inode, offset, &mut buf)?;
+        buf.truncate(n);
+        Ok(Cow::Owned(buf))
+    }
+
+    /// A symlink's target.
+    pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {
+        if inode.kind != super::FileKind::Symlink {
+            return Err(Error::NotSymlink);
+        }
+        // PATH_MAX including the terminating NUL, as the kernel enforces.
+        ensure!(
+            inode.size > 0 && inode.size < 4096,
+            "inode {}: symlink target of {} bytes",
+            inode.nid,
+            inode.size
+        );
+        Ok(self.read_range(inode, 0, inode.size)?.into_owned())
+    }
+}

@@ -1,0 +1,266 @@
+//! Reading on-disk inodes into [`Inode`] (the kernel's `erofs_read_inode`).
+
+use crate::error::{ensure, Error, Result};
+use crate::format::{
+    decode_rdev, read_struct, DataLayout, FileType, InodeCompact, InodeExtended, Nid,
+    CHUNK_FORMAT_ALL, INODE_SLOT_SIZE, I_DATALAYOUT_MASK, I_DATALAYOUT_SHIFT, I_FORMAT_ALL,
+    I_NLINK_1_OR_DOT_OMITTED, I_VERSION_MASK, NULL_ADDR, S_IFMT,
+};
+
+use super::{Image, MetaPos, MetaSpace};
+
+/// The kind of file an inode is, with what only that kind carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// Regular file.
+    Regular,
+    /// Directory.
+    Directory,
+    /// Symbolic link.
+    Symlink,
+    /// Character device (major, minor).
+    CharDevice(u32, u32),
+    /// Block device (major, minor).
+    BlockDevice(u32, u32),
+    /// Named pipe.
+    Fifo,
+    /// Socket.
+    Socket,
+}
+
+impl FileKind {
+    /// The directory-entry file type of this kind.
+    pub fn file_type(self) -> FileType {
+        match self {
+            Self::Regular => FileType::Regular,
+            Self::Directory => FileType::Directory,
+            Self::Symlink => FileType::Symlink,
+            Self::CharDevice(..) => FileType::CharDevice,
+            Self::BlockDevice(..) => FileType::BlockDevice,
+            Self::Fifo => FileType::Fifo,
+            Self::Socket => FileType::Socket,
+        }
+    }
+
+    /// `(major, minor)` for devices, `(0, 0)` otherwise.
+    pub fn rdev(self) -> (u32, u32) {
+        match self {
+            Self::CharDevice(major, minor) | Self::BlockDevice(major, minor) => (major, minor),
+            _ => (0, 0),
+        }
+    }
+}
+
+/// An inode's attributes and where its data and xattrs are.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    /// Its node id.
+    pub nid: Nid,
+    /// File kind (and device numbers).
+    pub kind: FileKind,
+    /// Full `st_mode`: type and permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Link count as stored.
+    pub nlink: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Modification time, nanoseconds.
+    pub mtime_nsec: u32,
+    /// The 32-bit inode number hint stored in the image.
+    pub ino_hint: u32,
+    /// Whether the inode is in the 64-byte extended form.
+    pub extended: bool,
+    /// How the data is stored.
+    pub layout: DataLayout,
+    /// Where the inode starts.
+    pub(crate) pos: MetaPos,
+    /// `i_xattr_icount`.
+    pub(crate) xattr_icount: u16,
+    /// Start block for flat layouts ([`NULL_ADDR`] for a hole), chunk
+    /// format for chunked ones, compressed block count for compressed ones.
+    pub(crate) raw_addr: u64,
+    /// Directories only: the `.` entry is not stored.
+    pub(crate) dot_omitted: bool,
+}
+
+impl Inode {
+    /// Size of the on-disk inode core (32 or 64).
+    pub fn inode_size(&self) -> u64 {
+        if self.extended {
+            64
+        } else {
+            32
+        }
+    }
+
+    /// Size of the inline xattr area after the core.
+    pub fn xattr_size(&self) -> u64 {
+        crate::format::xattr_ibody_size(self.xattr_icount)
+    }
+
+    /// Whether this is a directory.
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Directory
+    }
+
+    /// Permission bits, including setuid, setgid and sticky.
+    pub fn permissions(&self) -> u32 {
+        self.mode & 0o7777
+    }
+
+    /// Where the data-layout specific area (tail, chunk table, compression
+    /// map) starts: right after the inode core and inline xattrs.
+    pub(crate) fn after_xattrs(&self) -> Result<MetaPos> {
+        self.pos.add(self.inode_size() + self.xattr_size())
+    }
+}
+
+impl Image {
+    /// Reads the inode `nid`.
+    pub fn inode(&self, nid: Nid) -> Result<Inode> {
+        self.read_inode(nid).map_err(|e| match e {
+            Error::Corrupt(msg) => Error::Corrupt(format!("inode {nid}: {msg}")),
+            Error::Unsupported(msg) => Error::Unsupported(format!("inode {nid}: {msg}")),
+            other => other,
+        })
+    }
+
+    fn read_inode(&self, nid: Nid) -> Result<Inode> {
+        let sb = &self.sb;
+        let (space, base) = if nid.in_metabox() {
+            (MetaSpace::Metabox, 0)
+        } else {
+            let base = sb.meta_blkaddr.checked_shl(u32::from(sb.block_bits));
+            (
+                MetaSpace::Primary,
+                base.ok_or_else(|| Error::corrupt("metadata area overflows"))?,
+            )
+        };
+        let offset = nid
+            .slot()
+            .checked_mul(INODE_SLOT_SIZE)
+            .and_then(|o| o.checked_add(base))
+            .ok_or_else(|| Error::corrupt("nid out of range"))?;
+        let pos = MetaPos { space, offset };
+        let head = self.meta(pos, 32)?;
+        let compact: &InodeCompact =
+            read_struct(&head).ok_or_else(|| Error::corrupt("short inode"))?;
+        let format = compact.i_format.get();
+        if format & !I_FORMAT_ALL != 0 {
+            return Err(Error::Unsupported(format!("inode format bits {format:#x}")));
+        }
+        let layout_bits = (format >> I_DATALAYOUT_SHIFT) & I_DATALAYOUT_MASK;
+        let layout = DataLayout::from_bits(layout_bits)
+            .ok_or_else(|| Error::Unsupported(format!("data layout {layout_bits}")))?;
+        let extended = format & I_VERSION_MASK != 0;
+        let flag4 = format & I_NLINK_1_OR_DOT_OMITTED != 0;
+        let mode = u32::from(compact.i_mode.get());
+        let is_dir = mode & S_IFMT == crate::format::S_IFDIR;
+
+        let ext_bytes;
+        let (size, uid, gid, nlink, mtime, mtime_nsec, i_u, i_nb, ino_hint, addr_mask);
+        if extended {
+            ext_bytes = self.meta(pos, 64)?;
+            let ext: &InodeExtended =
+                read_struct(&ext_bytes).ok_or_else(|| Error::corrupt("short inode"))?;
+            size = ext.i_size.get();
+            uid = ext.i_uid.get();
+            gid = ext.i_gid.get();
+            nlink = ext.i_nlink.get();
+            mtime = ext.i_mtime.get() as i64;
+            mtime_nsec = ext.i_mtime_nsec.get();
+            i_u = ext.i_u.get();
+            i_nb = ext.i_nb.get();
+            ino_hint = ext.i_ino.get();
+            addr_mask = (1u64 << 48) - 1;
+        } else {
+            size = u64::from(compact.i_size.get());
+            uid = u32::from(compact.i_uid.get());
+            gid = u32::from(compact.i_gid.get());
+            mtime = sb.epoch.wrapping_add(i64::from(compact.i_mtime.get()));
+            mtime_nsec = sb.fixed_nsec;
+            i_u = compact.i_u.get();
+            ino_hint = compact.i_ino.get();
+            if !is_dir && flag4 {
+                // NLINK_1: i_nb holds the start block's high bits.
+                nlink = 1;
+                i_nb = compact.i_nb.get();
+                addr_mask = (1u64 << 48) - 1;
+            } else {
+                nlink = u32::from(compact.i_nb.get());
+                i_nb = 0;
+                addr_mask = (1u64 << 32) - 1;
+            }
+        }
+        ensure!(
+            size <= i64::MAX as u64,
+            "size {size} is negative as a file offset"
+        );
+        ensure!(
+            mtime_nsec < 1_000_000_000,
+            "mtime nanoseconds {mtime_nsec} out of range"
+        );
+
+        let rdev = decode_rdev(i_u);
+        let kind = match FileType::from_mode(mode) {
+            Some(FileType::Regular) => FileKind::Regular,
+            Some(FileType::Directory) => FileKind::Directory,
+            Some(FileType::Symlink) => FileKind::Symlink,
+            Some(FileType::CharDevice) => FileKind::CharDevice(rdev.0, rdev.1),
+            Some(FileType::BlockDevice) => FileKind::BlockDevice(rdev.0, rdev.1),
+            Some(FileType::Fifo) => FileKind::Fifo,
+            Some(FileType::Socket) => FileKind::Socket,
+            Some(FileType::Unknown) | None => {
+                return Err(Error::corrupt(format!("bogus mode {mode:#o}")));
+            }
+        };
+
+        let raw_addr = match layout {
+            DataLayout::ChunkBased => {
+                let chunk_format = (i_u & 0xffff) as u16;
+                if chunk_format & !CHUNK_FORMAT_ALL != 0 {
+                    return Err(Error::Unsupported(format!(
+                        "chunk format {chunk_format:#x}"
+                    )));
+                }
+                u64::from(chunk_format)
+            }
+            DataLayout::FlatPlain | DataLayout::FlatInline => {
+                let addr = u64::from(i_u) | (u64::from(i_nb) << 32);
+                if layout == DataLayout::FlatPlain && (addr ^ NULL_ADDR) & addr_mask == 0 {
+                    NULL_ADDR
+                } else {
+                    addr & addr_mask
+                }
+            }
+            DataLayout::CompressedFull | DataLayout::CompressedCompact => {
+                u64::from(i_u) | (u64::from(i_nb) << 32)
+            }
+        };
+
+        Ok(Inode {
+            nid,
+            kind,
+            mode,
+            uid,
+            gid,
+            nlink,
+            size,
+            mtime,
+            mtime_nsec,
+            ino_hint,
+            extended,
+            layout,
+            pos,
+            xattr_icount: compact.i_xattr_icount.get(),
+            raw_addr,
+            dot_omitted: is_dir && flag4,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! The filesystem reader: an opened image and everything a filesystem needs
+//! from it (inodes, directories, xattrs, file data). It knows nothing of FUSE.
+//!
+//! Split as the kernel's fs/erofs is: `superblock` (super.c), `devices`
+//! (erofs_map_dev), `inode` (inode.c), `data` (data.c), `dir` (dir.c and
+//! namei.c), `xattr` (xattr.c), plus `walk` for whole-tree traversal.
+
+mod data;
+mod devices;
+mod dir;
+mod inode;
+mod superblock;
+mod walk;
+mod xattr;
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+pub use devices::{DeviceSet, ExtraDevice};
+pub use dir::{DirEntry, DirIter, DirPos};
+pub use inode::{FileKind, Inode};
+pub use superblock::SuperInfo;
+pub use walk::{WalkEntry, WalkVisitor, MAX_WALK_DEPTH};
+pub use xattr::{LongPrefix, Xattr};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Files backing the extra devices, in device-table order. Empty means
+    /// the devices are read from the image file itself (flatdev).
+    pub devices: Vec<PathBuf>,
+    /// Byte offset of the image inside its file.
+    pub offset: u64,
+}
+
+/// Which address space a metadata position refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetaSpace {
+    /// Bytes of the primary device.
+    Primary,
+    /// Bytes of the metabox inode's data.
+    Metabox,
+}
+
+/// A byte position in one of the metadata address spaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MetaPos {
+    pub space: MetaSpace,
+    pub offset: u64,
+}
+
+impl MetaPos {
+    /// The position `delta` bytes further on.
+    pub fn add(self, delta: u64) -> Result<Self> {
+        let offset = self
+            .offset
+            .checked_add(delta)
+            .ok_or_else(|| Error::corrupt("metadata offset overflows"))?;
+        Ok(Self { offset, ..self })
+    }
+}
+
+/// An opened EROFS image: superblock, devices and special inodes.
+///
+/// All methods take `&self`; an `Image` can be shared between threads.
+#[derive(Debug)]
+pub struct Image {
+    sb: SuperInfo,
+    devices: DeviceSet,
+    metabox: Option<Inode>,
+    packed: Option<Inode>,
+    prefixes: xattr::Prefixes,
+}
+
+impl Image {
+    /// Opens the image at `path`, mapping it and its extra devices read-only.
+    pub fn open(path: &Path, options: &OpenOptions) -> Result<Self> {
+        let primary = Device::open(path, options.offset)?;
+        let extra = options
+            .devices
+            .iter()
+            .map(|p| Device::open(p, 0))
+            .collect::<Result<Vec<_>>>()?;
+        Self::from_devices(primary, extra)
+    }
+
+    /// Opens an image from already-mapped devices.
+    pub fn from_devices(primary: Device, extra: Vec<Device>) -> Result<Self> {
+        let sb = SuperInfo::parse(&primary)?;
+        let devices = DeviceSet::new(primary, extra, &sb)?;
+        let mut image = Self {
+            sb,
+            devices,
+            metabox: None,
+            packed: None,
+            prefixes: xattr::Prefixes::default(),
+        };
+        if let Some(nid) = image.sb.metabox_nid {
+            image.metabox = Some(image.inode(nid)?);
+        }
+        if let Some(nid) = image.sb.packed_nid {
+            image.packed = Some(image.inode(nid)?);
+        }
+        image.prefixes = xattr::Prefixes::load(&image)?;
+        // The root must be a directory, or nothing else can work.
+        let root = image.root()?;
+        if !root.is_dir() {
+            return Err(Error::corrupt(format!(
+                "root inode {} is not a directory",
+                root.nid
+            )));
+        }
+        Ok(image)
+    }
+
+    /// The superblock.
+    pub fn superblock(&self) -> &SuperInfo {
+        &self.sb
+    }
+
+    /// The devices the image reads from.
+    pub fn devices(&self) -> &DeviceSet {
+        &self.devices
+    }
+
+    /// Block size in bytes.
+    pub fn block_size(&self) -> u64 {
+        self.sb.block_size()
+    }
+
+    /// The root directory's inode.
+    pub fn root(&self) -> Result<Inode> {
+        self.inode(self.sb.root_nid)
+    }
+
+    /// The long xattr name prefixes.
+    pub fn long_prefixes(&self) -> &[LongPrefix] {
+        self.prefixes.list()
+    }
+
+    /// `len` bytes of metadata at `pos`: a slice of the primary device, or
+    /// bytes of the metabox inode's data.
+    pub(crate) fn meta(&self, pos: MetaPos, len: u64) -> Result<Cow<'_, [u8]>> {
+        match pos.space {
+            MetaSpace::Primary => self
+                .devices
+                .primary
+                .slice(pos.offset, len)
+                .map(Cow::Borrowed),
+            MetaSpace::Metabox => {
+                let metabox = self.metabox.as_ref().ok_or_else(|| {
+                    Error::corrupt("metabox address in an image without a metabox")
+                })?;
+                let avail = metabox.size.saturating_sub(pos.offset);
+                if avail < len {
+                    return Err(Error::corrupt(format!(
+                        "read of {len} bytes at offset {} is past the end of the metabox ({} bytes)",
+                        pos.offset, metabox.size
+                    )));
+                }
+                self.read_range(metabox, pos.offset, len)
+            }
+        }
+    }
+
+    /// Resolves an absolute or root-relative path (bytes, `/`-separated)
+    /// without following symlinks. `.` components are skipped; `..` uses the
+    /// directory's own `..` entry.
+    pub fn resolve(&self, path: &[u8]) -> Result<Inode> {
+        let mut inode = self.root()?;
+        for component in path.split(|&b| b == b'/') {
+            if component.is_empty() || component == b"." {
+                continue;
+            }
+            if !inode.is_dir() {
+                return Err(Error::NotDir);
+            }
+            let entry = self.lookup(&inode, component)?.ok_or(Error::NotFound)?;
+            inode = self.inode(entry.nid)?;
+        }
+        Ok(inode)
+    }
+}
