@@ -1,0 +1,316 @@
+//! Shared test helpers: fixtures (stored gzipped, unpacked once into
+//! cargo's target tmpdir), the fixture table, privilege checks, commands.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+/// One fixture image from `tests/fixtures` (copied from the shared set,
+/// made by mkfs.erofs 1.9.3), with its extra devices and expected manifest.
+pub struct Fixture {
+    /// Image file name.
+    pub image: &'static str,
+    /// Extra device files, in device-table order.
+    pub devices: &'static [&'static str],
+    /// Manifest file name (several images share a tree).
+    pub manifest: &'static str,
+}
+
+const TREE: &str = "tree.manifest.jsonl";
+const TAR: &str = "tar.manifest.jsonl";
+const TAR_AUFS: &str = "tar-aufs.manifest.jsonl";
+
+/// Every uncompressed fixture.
+pub const UNCOMPRESSED: &[Fixture] = &[
+    Fixture {
+        image: "plain-4k.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "plain-512.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "plain-no-xattr.erofs",
+        devices: &[],
+        manifest: "tree-no-xattr.manifest.jsonl",
+    },
+    Fixture {
+        image: "chunked-16k.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "chunked-blobdev.erofs",
+        devices: &["chunked-blobdev.blob"],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "48bit.erofs",
+        devices: &[],
+        manifest: "tree-48bit.manifest.jsonl",
+    },
+    Fixture {
+        image: "metabox.erofs",
+        devices: &[],
+        manifest: "tree-48bit.manifest.jsonl",
+    },
+    Fixture {
+        image: "xattr-prefixes.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "tar-full.erofs",
+        devices: &[],
+        manifest: TAR,
+    },
+    Fixture {
+        image: "targz-full.erofs",
+        devices: &[],
+        manifest: TAR,
+    },
+    Fixture {
+        image: "tar-index.erofs",
+        devices: &["tar-index.tar"],
+        manifest: TAR,
+    },
+    // tar-index-aufs.tar is byte-identical to tar-index.tar; one copy is kept.
+    Fixture {
+        image: "tar-index-aufs.erofs",
+        devices: &["tar-index.tar"],
+        manifest: TAR_AUFS,
+    },
+    // containerd's single-file layer: the tar follows the index, no device.
+    Fixture {
+        image: "tar-index-appended.erofs",
+        devices: &[],
+        manifest: TAR_AUFS,
+    },
+];
+
+static UNPACK: Mutex<()> = Mutex::new(());
+
+/// Path of an unpacked fixture file (`tests/fixtures/NAME.gz` gunzipped once).
+pub fn fixture(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    let out = dir.join(name);
+    let _guard = UNPACK.lock().unwrap_or_else(|e| e.into_inner());
+    if out.exists() {
+        return out;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(format!("{name}.gz"));
+    let file = std::fs::File::open(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    // Another test process may unpack the same file: write then rename.
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &out).unwrap();
+    out
+}
+
+/// Expected manifest text of a fixture.
+pub fn expected_manifest(f: &Fixture) -> String {
+    std::fs::read_to_string(fixture(f.manifest)).unwrap()
+}
+
+/// Opens a fixture with the library.
+pub fn open_fixture(f: &Fixture) -> erofs_fuse::Image {
+    let options = erofs_fuse::OpenOptions {
+        devices: f.devices.iter().map(|d| fixture(d)).collect(),
+        offset: 0,
+    };
+    erofs_fuse::Image::open(&fixture(f.image), &options)
+        .unwrap_or_else(|e| panic!("{}: {e}", f.image))
+}
+
+/// The `erofs-fuse` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_erofs-fuse"))
+}
+
+/// A script under `scripts/`.
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+/// Runs a command, returning its output; panics if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs a command and panics with its stderr unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// What a privileged test needs from the machine.
+pub enum Need {
+    /// Running as root.
+    Root,
+    /// The kernel's erofs (and loop devices).
+    KernelErofs,
+    /// A program on PATH.
+    Program(&'static str),
+}
+
+/// Whether the machine has everything in `needs`. When it does not, the test
+/// should return early: this prints a loud SKIPPED line, or panics when
+/// `EROFS_FUSE_REQUIRE_PRIVILEGED=1` (as CI sets) so nothing skips in CI.
+pub fn have(test: &str, needs: &[Need]) -> bool {
+    let mut missing = Vec::new();
+    for need in needs {
+        match need {
+            Need::Root => {
+                if !nix::unistd::Uid::effective().is_root() {
+                    missing.push("root".to_string());
+                }
+            }
+            Need::KernelErofs => {
+                let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+                let loaded = fs.lines().any(|l| l.trim_end().ends_with("erofs"));
+                let probe = loaded
+                    || Command::new("modprobe")
+                        .arg("erofs")
+                        .status()
+                        .is_ok_and(|s| s.success());
+                if !probe || !Path::new("/dev/loop-control").exists() {
+                    missing.push("kernel erofs with loop devices".to_string());
+                }
+            }
+            Need::Program(name) => {
+                if which(name).is_none() {
+                    missing.push(format!("program {name}"));
+                }
+            }
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: needs {}", missing.join(", "));
+    if std::env::var("EROFS_FUSE_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+        panic!("{msg} (EROFS_FUSE_REQUIRE_PRIVILEGED=1 forbids skipping)");
+    }
+    eprintln!("\n*** SKIPPED {msg} ***\n");
+    false
+}
+
+/// Finds a program on PATH (and in the sbin directories root has).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+/// Line-by-line difference of two manifests, at most `max` lines, or None.
+pub fn manifest_diff(expected: &str, got: &str, max: usize) -> Option<String> {
+    if expected == got {
+        return None;
+    }
+    let e: std::collections::BTreeSet<&str> = expected.lines().collect();
+    let g: std::collections::BTreeSet<&str> = got.lines().collect();
+    let mut out = String::new();
+    for line in e.difference(&g).take(max) {
+        out.push_str(&format!("- {line}\n"));
+    }
+    for line in g.difference(&e).take(max) {
+        out.push_str(&format!("+ {line}\n"));
+    }
+    if out.is_empty() {
+        out.push_str("same lines in a different order\n");
+    }
+    Some(out)
+}
+
+/// A kernel mount of an image, unmounted (and its loop devices detached)
+/// on drop.
+pub struct KernelMount {
+    pub dir: tempfile::TempDir,
+    loops: Vec<String>,
+}
+
+impl KernelMount {
+    /// `mount -t erofs -o ro,loop IMAGE` with `device=` loop devices for
+    /// `devices` (read-only).
+    pub fn new(image: &Path, devices: &[PathBuf]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut loops = Vec::new();
+        let mut opts = String::from("ro");
+        for dev in devices {
+            let out = run_ok(
+                Command::new("losetup")
+                    .args(["-f", "--show", "-r"])
+                    .arg(dev),
+            );
+            let name = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            opts.push_str(&format!(",device={name}"));
+            loops.push(name);
+        }
+        let image_loop = run_ok(
+            Command::new("losetup")
+                .args(["-f", "--show", "-r"])
+                .arg(image),
+        );
+        let image_loop = String::from_utf8_lossy(&image_loop.stdout)
+            .trim()
+            .to_string();
+        loops.push(image_loop.clone());
+        let mounted = run(Command::new("mount")
+            .args(["-t", "erofs", "-o", &opts, &image_loop])
+            .arg(dir.path()));
+        let mount = Self { dir, loops };
+        assert!(
+            mounted.status.success(),
+            "kernel mount of {} failed: {}",
+            image.display(),
+            String::from_utf8_lossy(&mounted.stderr)
+        );
+        mount
+    }
+
+    /// The mountpoint.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for KernelMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+        for l in &self.loops {
+            let _ = Command::new("losetup").arg("-d").arg(l).status();
+        }
+    }
+}
+
+/// `scripts/manifest.py DIR`: the manifest of a real directory tree.
+pub fn tree_manifest(dir: &Path) -> String {
+    let out = run_ok(Command::new("python3").arg(script("manifest.py")).arg(dir));
+    String::from_utf8(out.stdout).expect("manifest.py prints UTF-8")
+}
