@@ -1,1 +1,95 @@
-fn main() {}
+//! Library-level benchmarks on the plain-4k fixture: lookup by name in a
+//! large directory, full readdir, a whole-tree metadata walk, and sequential
+//! reads of the largest file. (FUSE-level figures against the kernel are in
+//! scripts/bench.sh.)
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use erofs_fuse::reader::{DirPos, WalkEntry, WalkVisitor};
+use erofs_fuse::{Image, Inode, OpenOptions};
+
+fn fixture(name: &str) -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if !out.exists() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(format!("{name}.gz"));
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(src).unwrap())
+            .read_to_end(&mut bytes)
+            .unwrap();
+        std::fs::write(&out, bytes).unwrap();
+    }
+    out
+}
+
+struct Collect(Vec<WalkEntry>);
+
+impl WalkVisitor for Collect {
+    fn visit(&mut self, entry: &WalkEntry) -> erofs_fuse::Result<()> {
+        self.0.push(entry.clone());
+        Ok(())
+    }
+}
+
+fn benches(c: &mut Criterion) {
+    let image = Image::open(&fixture("plain-4k.erofs"), &OpenOptions::default()).unwrap();
+    let bigdir = image.resolve(b"/bigdir").unwrap();
+    let names: Vec<Vec<u8>> = image
+        .read_dir(&bigdir, DirPos::START)
+        .unwrap()
+        .map(|e| e.unwrap().0.name)
+        .filter(|n| n != b"." && n != b"..")
+        .collect();
+    let mut all = Collect(Vec::new());
+    image.walk(image.root().unwrap(), b"/", &mut all).unwrap();
+    let largest: Inode = all
+        .0
+        .iter()
+        .map(|e| e.inode.clone())
+        .max_by_key(|i| i.size)
+        .unwrap();
+
+    let mut g = c.benchmark_group("reader");
+    g.throughput(Throughput::Elements(names.len() as u64));
+    g.bench_function(
+        format!("lookup each of {} names in /bigdir", names.len()),
+        |b| {
+            b.iter(|| {
+                for name in &names {
+                    assert!(image.lookup(&bigdir, name).unwrap().is_some());
+                }
+            })
+        },
+    );
+    g.bench_function(format!("readdir /bigdir ({} entries)", names.len()), |b| {
+        b.iter(|| image.read_dir(&bigdir, DirPos::START).unwrap().count())
+    });
+    g.throughput(Throughput::Elements(all.0.len() as u64));
+    g.bench_function(format!("metadata walk ({} entries)", all.0.len()), |b| {
+        b.iter(|| {
+            let mut v = Collect(Vec::new());
+            image.walk(image.root().unwrap(), b"/", &mut v).unwrap();
+            v.0.len()
+        })
+    });
+    g.throughput(Throughput::Bytes(largest.size));
+    g.bench_function(
+        format!("sequential read, 128 KiB reads ({} bytes)", largest.size),
+        |b| {
+            let mut buf = vec![0u8; 128 << 10];
+            b.iter(|| {
+                let mut offset = 0;
+                while offset < largest.size {
+                    offset += image.read_at(&largest, offset, &mut buf).unwrap() as u64;
+                }
+            })
+        },
+    );
+    g.finish();
+}
+
+criterion_group!(reader, benches);
+criterion_main!(reader);

@@ -47,46 +47,82 @@ impl DirPos {
     }
 }
 
-/// One validated directory block.
+/// One directory block. Entries are validated when they are read, so a
+/// lookup touches only the O(log n) names its binary search compares.
 struct DirBlock<'a> {
     data: Cow<'a, [u8]>,
-    /// Name boundaries: entry `i`'s name is `data[bounds[i]..bounds[i + 1]]`.
-    bounds: Vec<u16>,
+    /// Number of dirents (the first name's offset / 12).
+    count: usize,
+    /// End of the dirent table: no name may start before it.
+    table_end: usize,
+    /// The directory and block, for error messages.
+    nid: Nid,
+    index: u64,
 }
 
 impl DirBlock<'_> {
     fn len(&self) -> usize {
-        self.bounds.len() - 1
+        self.count
     }
 
-    fn name(&self, i: usize) -> &[u8] {
-        &self.data[usize::from(self.bounds[i])..usize::from(self.bounds[i + 1])]
+    fn corrupt(&self, what: String) -> Error {
+        Error::corrupt(format!(
+            "directory {} block {}: {what}",
+            self.nid, self.index
+        ))
+    }
+
+    fn dirent(&self, i: usize) -> Result<&Dirent> {
+        read_struct(&self.data[i * DIRENT_SIZE..])
+            .ok_or_else(|| self.corrupt("dirent table overruns the block".into()))
+    }
+
+    /// Entry `i`'s name: from its offset to the next entry's, or for the
+    /// last entry to the first NUL or the end of the data.
+    fn name(&self, i: usize) -> Result<&[u8]> {
+        let max = self.data.len();
+        let start = usize::from(self.dirent(i)?.nameoff.get());
+        let end = if i + 1 < self.count {
+            usize::from(self.dirent(i + 1)?.nameoff.get())
+        } else {
+            let tail = self.data.get(start..).unwrap_or_default();
+            start + tail.iter().position(|&b| b == 0).unwrap_or(tail.len())
+        };
+        if start < self.table_end || end > max || start >= end || end - start > NAME_LEN_MAX {
+            return Err(self.corrupt(format!(
+                "entry {i} has an invalid name range {start}..{end}"
+            )));
+        }
+        let name = &self.data[start..end];
+        if name.contains(&b'/') || name.contains(&0) {
+            return Err(self.corrupt(format!("entry {i} has a name with '/' or NUL")));
+        }
+        Ok(name)
     }
 
     fn entry(&self, i: usize) -> Result<DirEntry> {
-        let dirent: &Dirent = read_struct(&self.data[i * DIRENT_SIZE..])
-            .ok_or_else(|| Error::corrupt("short dirent"))?;
+        let dirent = self.dirent(i)?;
         let file_type = FileType::from_raw(dirent.file_type)
-            .ok_or_else(|| Error::corrupt(format!("dirent file type {}", dirent.file_type)))?;
+            .ok_or_else(|| self.corrupt(format!("entry {i} has file type {}", dirent.file_type)))?;
         Ok(DirEntry {
-            name: self.name(i).to_vec(),
+            name: self.name(i)?.to_vec(),
             nid: Nid(dirent.nid.get()),
             file_type,
         })
     }
 
     /// Binary search for `name` in this block.
-    fn find(&self, name: &[u8]) -> Option<usize> {
+    fn find(&self, name: &[u8]) -> Result<Option<usize>> {
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.name(mid).cmp(name) {
-                Ordering::Equal => return Some(mid),
+            match self.name(mid)?.cmp(name) {
+                Ordering::Equal => return Ok(Some(mid)),
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
             }
         }
-        None
+        Ok(None)
     }
 }
 
@@ -96,47 +132,25 @@ impl Image {
         dir.size.div_ceil(self.block_size())
     }
 
-    /// Reads and validates directory block `index` of `dir`.
+    /// Reads directory block `index` of `dir` and checks its dirent table.
     fn dir_block(&self, dir: &Inode, index: u64) -> Result<DirBlock<'_>> {
         let block = self.block_size();
-        let start = index * block;
-        let data = self.read_range(dir, start, block)?;
-        let max = data.len();
-        let corrupt =
-            |what: String| Error::corrupt(format!("directory {} block {index}: {what}", dir.nid));
-        let first: &Dirent =
-            read_struct(&data).ok_or_else(|| corrupt("too short for a dirent".into()))?;
-        let table_end = usize::from(first.nameoff.get());
-        if table_end < DIRENT_SIZE || table_end >= block as usize || table_end > max {
-            return Err(corrupt(format!("first name offset {table_end} is invalid")));
+        let data = self.read_range(dir, index * block, block)?;
+        let first: Option<&Dirent> = read_struct(&data);
+        let table_end = first.map_or(0, |d| usize::from(d.nameoff.get()));
+        if table_end < DIRENT_SIZE || table_end >= block as usize || table_end > data.len() {
+            return Err(Error::corrupt(format!(
+                "directory {} block {index}: first name offset {table_end} is invalid",
+                dir.nid
+            )));
         }
-        let count = table_end / DIRENT_SIZE;
-        let mut bounds = Vec::with_capacity(count + 1);
-        for i in 0..count {
-            let dirent: &Dirent = read_struct(&data[i * DIRENT_SIZE..])
-                .ok_or_else(|| corrupt("dirent table overruns the block".into()))?;
-            bounds.push(dirent.nameoff.get());
-        }
-        // The last name ends at the first NUL or at the end of the data.
-        let last_start = usize::from(bounds[count - 1]).min(max);
-        let last_end = data[last_start..]
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(max, |n| last_start + n);
-        bounds.push(last_end as u16);
-        for i in 0..count {
-            let (start, end) = (usize::from(bounds[i]), usize::from(bounds[i + 1]));
-            if start < table_end || end > max || start >= end || end - start > NAME_LEN_MAX {
-                return Err(corrupt(format!(
-                    "entry {i} has an invalid name range {start}..{end}"
-                )));
-            }
-            let name = &data[start..end];
-            if name.contains(&b'/') || name.contains(&0) {
-                return Err(corrupt(format!("entry {i} has a name with '/' or NUL")));
-            }
-        }
-        Ok(DirBlock { data, bounds })
+        Ok(DirBlock {
+            data,
+            count: table_end / DIRENT_SIZE,
+            table_end,
+            nid: dir.nid,
+            index,
+        })
     }
 
     /// Iterates `dir` from `pos` in on-disk order, including `.` and `..`.
@@ -174,12 +188,12 @@ impl Image {
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let block = self.dir_block(dir, mid)?;
-            match block.name(0).cmp(name) {
+            match block.name(0)?.cmp(name) {
                 Ordering::Equal => return block.entry(0).map(Some),
                 Ordering::Greater => hi = mid,
                 Ordering::Less => {
-                    if block.name(block.len() - 1) >= name {
-                        return block.find(name).map(|i| block.entry(i)).transpose();
+                    if block.name(block.len() - 1)? >= name {
+                        return block.find(name)?.map(|i| block.entry(i)).transpose();
                     }
                     lo = mid + 1;
                 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing the Debian packages it needs first.
+#
+# Tests that need root, kernel erofs, loop devices or FUSE skip with a loud
+# "SKIPPED" line when those are missing; with EROFS_FUSE_REQUIRE_PRIVILEGED=1
+# (as CI sets) they fail instead. Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian package for each program the tests run.
+declare -A package=(
+    [mkfs.erofs]=erofs-utils
+    [fusermount3]=fuse3
+    [python3]=python3
+    [losetup]=mount
+    [mount]=mount
+)
+missing=()
+for program in "${!package[@]}"; do
+    command -v "$program" >/dev/null 2>&1 || missing+=("${package[$program]}")
+done
+if ((${#missing[@]})); then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        echo "test.sh: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "test.sh: missing packages (install them, or run as root): ${missing[*]}" >&2
+    fi
+fi
+
+# Kernel pieces the privileged tests use; harmless when built in or absent.
+if [ "$(id -u)" -eq 0 ]; then
+    modprobe -q erofs 2>/dev/null || true
+    modprobe -q loop 2>/dev/null || true
+    modprobe -q fuse 2>/dev/null || true
+fi
+
+exec cargo test "$@"
