@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod extract;
 pub mod format;
+pub mod fuse;
 pub mod inspect;
 pub mod manifest;
 pub mod reader;

@@ -41,6 +41,42 @@ pub struct ImageArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Mount an image with FUSE (read-only). Without -f the command returns
+    /// once the mount is live and the server keeps running in the
+    /// background; `fusermount3 -u MOUNTPOINT` (or umount as root) ends it.
+    ///
+    /// Also usable as a mount helper: `erofs-fuse IMAGE MOUNTPOINT -o OPTS`
+    /// (no subcommand) is `mount`, so `mount -t fuse.erofs-fuse IMAGE DIR`
+    /// and /etc/fstab entries work through mount.fuse3.
+    ///
+    /// Security: with allow_other the kernel enforces the image's
+    /// permission bits (default_permissions) unless -o no_default_permissions
+    /// is given; a mount by an unprivileged user is always nosuid,nodev.
+    ///
+    /// -o options: ro, allow_other, allow_root, default_permissions,
+    /// no_default_permissions, suid, nosuid, dev, nodev, exec, noexec,
+    /// fsname=NAME, subtype=NAME, device=PATH (like --device), threads=N,
+    /// auto_unmount, debug; fstab words like defaults, user, nofail, _netdev
+    /// and x-* are accepted and ignored.
+    Mount {
+        #[command(flatten)]
+        image: ImageArgs,
+        /// Existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Serve in the foreground (logs on stderr); SIGINT or SIGTERM
+        /// unmounts cleanly.
+        #[arg(short, long)]
+        foreground: bool,
+        /// Threads serving requests (default: the number of CPUs).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Mount options, comma-separated (repeatable).
+        #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+        options: Vec<String>,
+        /// Log every request (same as -o debug, or -vv).
+        #[arg(long)]
+        debug: bool,
+    },
     /// Show the superblock: block size, features, inode count, devices, uuid,
     /// build time, size.
     Inspect {
@@ -106,10 +142,42 @@ enum Command {
     },
 }
 
+/// Names of the subcommands, to recognise the mount-helper form.
+const SUBCOMMANDS: &[&str] = &[
+    "mount", "inspect", "ls", "cat", "stat", "manifest", "extract", "help",
+];
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    cli::init_logging(cli.verbose);
+    // `erofs-fuse IMAGE MOUNTPOINT [-o OPTS]` (as mount.fuse3 runs it) is `mount`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(first) = args.get(1).and_then(|a| a.to_str()) {
+        if !first.starts_with('-') && !SUBCOMMANDS.contains(&first) {
+            args.insert(1, "mount".into());
+        }
+    }
+    let cli = Cli::parse_from(args);
+    let verbose = match &cli.command {
+        Command::Mount { debug, options, .. }
+            if *debug
+                || options
+                    .iter()
+                    .flat_map(|o| o.split(','))
+                    .any(|o| o == "debug") =>
+        {
+            cli.verbose.max(2)
+        }
+        _ => cli.verbose,
+    };
+    cli::init_logging(verbose);
     let result = match cli.command {
+        Command::Mount {
+            image,
+            mountpoint,
+            foreground,
+            threads,
+            options,
+            debug: _,
+        } => cli::mount(&image, &mountpoint, foreground, threads, &options),
         Command::Inspect { image, json } => cli::inspect(&image, json),
         Command::Ls {
             image,

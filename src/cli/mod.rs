@@ -21,6 +21,13 @@ pub fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
+    // fuser's own warnings (e.g. its unmount attempt after an external
+    // fusermount -u) are noise unless asked for.
+    let default = if verbose < 2 {
+        format!("{default},fuser=error")
+    } else {
+        default.to_string()
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -34,7 +41,11 @@ fn open(args: &ImageArgs) -> Result<Image, String> {
         devices: args.devices.clone(),
         offset: args.offset,
     };
-    Image::open(&args.image, &options).map_err(|e| format!("{}: {e}", args.image.display()))
+    Image::open(&args.image, &options).map_err(|e| match e {
+        // These already name the file they concern.
+        erofs_fuse::Error::Io { .. } => e.to_string(),
+        _ => format!("{}: {e}", args.image.display()),
+    })
 }
 
 fn resolve(image: &Image, args: &ImageArgs, path: &str) -> Result<Inode, String> {
@@ -271,6 +282,37 @@ pub fn manifest(args: &ImageArgs) -> CliResult {
     let mut text = lines.join("\n");
     text.push('\n');
     write_out(text.as_bytes())
+}
+
+/// `mount`.
+pub fn mount(
+    args: &ImageArgs,
+    mountpoint: &Path,
+    foreground: bool,
+    threads: Option<usize>,
+    options: &[String],
+) -> CliResult {
+    use erofs_fuse::fuse::options::MountOptions;
+    use erofs_fuse::fuse::session::{mount, MountRequest};
+    let options = MountOptions::parse(options).map_err(|e| e.to_string())?;
+    let mut args = args.clone();
+    args.devices.extend(options.devices.iter().cloned());
+    let image = open(&args)?;
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let fsname = std::fs::canonicalize(&args.image)
+        .unwrap_or_else(|_| args.image.clone())
+        .display()
+        .to_string();
+    mount(MountRequest {
+        image: std::sync::Arc::new(image),
+        mountpoint: mountpoint.to_path_buf(),
+        options,
+        foreground,
+        threads,
+        fsname,
+    })
+    .map_err(|e| format!("mount {}: {e}", args.image.display()))
 }
 
 /// `extract`.

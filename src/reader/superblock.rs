@@ -108,8 +108,7 @@ impl SuperInfo {
         let magic = sb.magic.get();
         if magic != EROFS_MAGIC {
             return Err(Error::Invalid(format!(
-                "{} is not an EROFS image (magic {magic:#010x} at offset 1024, expected {EROFS_MAGIC:#010x})",
-                dev.path().display()
+                "not an EROFS image (magic {magic:#010x} at offset 1024, expected {EROFS_MAGIC:#010x})"
             )));
         }
         let block_bits = sb.blkszbits;

@@ -1,0 +1,559 @@
+//! The FUSE adapter: answers kernel requests from a [`Image`]. Thin by
+//! design: it maps inode numbers to nids, turns inodes into attributes and
+//! library errors into errno values, and shapes replies. It knows nothing of
+//! byte layouts.
+//!
+//! The image is immutable, so replies carry long cache lifetimes, files open
+//! with `FOPEN_KEEP_CACHE` and directories with `FOPEN_CACHE_DIR`: the
+//! kernel's caches serve repeated access without asking again.
+
+pub mod options;
+pub mod session;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::format::{FileType, Nid};
+use crate::reader::{DirPos, Image, Inode};
+
+/// How long the kernel may cache entries and attributes: the image never
+/// changes while mounted.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Readahead the kernel may do per file, in bytes.
+const MAX_READAHEAD: u32 = 1 << 20;
+
+/// The FUSE filesystem over one image.
+pub struct ErofsFs {
+    image: Arc<Image>,
+    root: Nid,
+    block_size: u32,
+}
+
+impl ErofsFs {
+    /// Serves `image`.
+    pub fn new(image: Arc<Image>) -> Self {
+        let root = image.superblock().root_nid;
+        let block_size = image.block_size() as u32;
+        Self {
+            image,
+            root,
+            block_size,
+        }
+    }
+
+    /// Inode numbers: the root is 1 (FUSE_ROOT_ID), every other nid n is
+    /// n + 2, so hard links share an inode number and numbers are stable.
+    fn ino(&self, nid: Nid) -> INodeNo {
+        if nid == self.root {
+            INodeNo(1)
+        } else {
+            INodeNo(nid.0.wrapping_add(2))
+        }
+    }
+
+    fn nid(&self, ino: INodeNo) -> Nid {
+        if ino.0 == 1 {
+            self.root
+        } else {
+            Nid(ino.0.wrapping_sub(2))
+        }
+    }
+
+    fn inode(&self, ino: INodeNo) -> Result<Inode, Errno> {
+        self.image
+            .inode(self.nid(ino))
+            .map_err(|e| self.fail("inode", ino, e))
+    }
+
+    /// Logs a failure once, at a level fitting its cause, and gives its errno.
+    fn fail(&self, op: &str, ino: INodeNo, err: crate::Error) -> Errno {
+        match err {
+            crate::Error::NotFound | crate::Error::NotDir | crate::Error::IsDir => {
+                tracing::debug!("{op} inode {}: {err}", ino.0)
+            }
+            _ => tracing::error!("{op} inode {}: {err}", ino.0),
+        }
+        Errno::from_i32(err.errno())
+    }
+
+    fn attr(&self, inode: &Inode) -> FileAttr {
+        let mtime = to_system_time(inode.mtime, inode.mtime_nsec);
+        let (major, minor) = inode.kind.rdev();
+        FileAttr {
+            ino: self.ino(inode.nid),
+            size: inode.size,
+            blocks: inode.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind: fuse_type(inode.kind.file_type()),
+            perm: inode.permissions() as u16,
+            nlink: inode.nlink,
+            uid: inode.uid,
+            gid: inode.gid,
+            rdev: encode_dev(major, minor),
+            blksize: self.block_size,
+            flags: 0,
+        }
+    }
+}
+
+/// The kernel's `new_encode_dev`, the encoding FUSE attributes use.
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+fn to_system_time(secs: i64, nsec: u32) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(nsec));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nanos
+    }
+}
+
+fn fuse_type(t: FileType) -> fuser::FileType {
+    match t {
+        FileType::Directory => fuser::FileType::Directory,
+        FileType::Symlink => fuser::FileType::Symlink,
+        FileType::CharDevice => fuser::FileType::CharDevice,
+        FileType::BlockDevice => fuser::FileType::BlockDevice,
+        FileType::Fifo => fuser::FileType::NamedPipe,
+        FileType::Socket => fuser::FileType::Socket,
+        FileType::Regular | FileType::Unknown => fuser::FileType::RegularFile,
+    }
+}
+
+/// Answers the size-probe protocol of getxattr/listxattr.
+fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if (size as usize) < data.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+impl Filesystem for ErofsFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::info!("kernel lacks FUSE capabilities {missing:?}");
+        }
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self.inode(parent).and_then(|dir| {
+            let entry = self
+                .image
+                .lookup(&dir, name.as_bytes())
+                .map_err(|e| self.fail("lookup", parent, e))?
+                .ok_or(Errno::ENOENT)?;
+            self.image
+                .inode(entry.nid)
+                .map_err(|e| self.fail("lookup", parent, e))
+        });
+        match result {
+            Ok(inode) => reply.entry(&TTL, &self.attr(&inode), Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.inode(ino) {
+            Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let target = self.inode(ino).and_then(|inode| {
+            self.image
+                .read_link(&inode)
+                .map_err(|e| self.fail("readlink", ino, e))
+        });
+        match target {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
+            return reply.error(Errno::EROFS);
+        }
+        match self.inode(ino) {
+            Ok(inode) if inode.is_dir() => reply.error(Errno::EISDIR),
+            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        // Uncompressed data is borrowed from the image map: the reply is
+        // written to /dev/fuse straight from it, with no buffer between.
+        let data = self.inode(ino).and_then(|inode| {
+            self.image
+                .read_range(&inode, offset, u64::from(size))
+                .map_err(|e| self.fail("read", ino, e))
+        });
+        match data {
+            Ok(bytes) => reply.data(&bytes),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.inode(ino) {
+            Ok(inode) if inode.is_dir() => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
+            Ok(_) => reply.error(Errno::ENOTDIR),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let result = (|| {
+            let dir = self.inode(ino)?;
+            let entries = self
+                .image
+                .read_dir(&dir, DirPos(offset))
+                .map_err(|e| self.fail("readdir", ino, e))?;
+            for item in entries {
+                let (entry, next) = item.map_err(|e| self.fail("readdir", ino, e))?;
+                let name = OsStr::from_bytes(&entry.name);
+                if reply.add(
+                    self.ino(entry.nid),
+                    next.0,
+                    fuse_type(entry.file_type),
+                    name,
+                ) {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let result = (|| {
+            let dir = self.inode(ino)?;
+            let entries = self
+                .image
+                .read_dir(&dir, DirPos(offset))
+                .map_err(|e| self.fail("readdirplus", ino, e))?;
+            for item in entries {
+                let (entry, next) = item.map_err(|e| self.fail("readdirplus", ino, e))?;
+                let inode = self
+                    .image
+                    .inode(entry.nid)
+                    .map_err(|e| self.fail("readdirplus", ino, e))?;
+                let name = OsStr::from_bytes(&entry.name);
+                if reply.add(
+                    self.ino(entry.nid),
+                    next.0,
+                    name,
+                    &TTL,
+                    &self.attr(&inode),
+                    Generation(0),
+                ) {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let sb = self.image.superblock();
+        let blocks = sb.blocks
+            + self
+                .image
+                .devices()
+                .extra
+                .iter()
+                .map(|d| d.blocks)
+                .sum::<u64>();
+        reply.statfs(
+            blocks,
+            0,
+            0,
+            sb.inos,
+            0,
+            self.block_size,
+            255,
+            self.block_size,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let value = self.inode(ino).and_then(|inode| {
+            self.image
+                .xattr(&inode, name.as_bytes())
+                .map_err(|e| self.fail("getxattr", ino, e))?
+                .ok_or(Errno::NO_XATTR)
+        });
+        match value {
+            Ok(value) => reply_xattr(reply, size, &value),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names = self.inode(ino).and_then(|inode| {
+            let list = self
+                .image
+                .xattrs(&inode)
+                .map_err(|e| self.fail("listxattr", ino, e))?;
+            let mut names = Vec::new();
+            for x in list {
+                names.extend_from_slice(&x.name);
+                names.push(0);
+            }
+            Ok(names)
+        });
+        match names {
+            Ok(names) => reply_xattr(reply, size, &names),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Only reached without default_permissions (a private mount, whose
+        // user can read the image anyway): refuse only writes.
+        match self.inode(ino) {
+            Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
+            Ok(_) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    // Everything that would change the filesystem answers EROFS. The mount
+    // is read-only, so the kernel normally refuses these itself.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}

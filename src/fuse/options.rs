@@ -1,0 +1,224 @@
+//! Mount options (`-o a,b,c`): parsing and the secure defaults.
+//!
+//! - The mount is always read-only.
+//! - Visible to other users (`allow_other`/`allow_root`) implies
+//!   `default_permissions`: the kernel enforces the image's modes, so nobody
+//!   reads a file the image forbids them. `no_default_permissions` opts out.
+//! - An unprivileged mount is `nosuid,nodev` (fusermount3 enforces it too);
+//!   root gets what the kernel's own erofs mount gives (`suid,dev`) unless
+//!   told otherwise.
+
+use std::path::PathBuf;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::error::{Error, Result};
+
+/// Options that the `mount` helper protocol and fstab pass along and that
+/// mean nothing to a FUSE filesystem.
+const IGNORED: &[&str] = &[
+    "defaults",
+    "auto",
+    "noauto",
+    "user",
+    "users",
+    "nouser",
+    "owner",
+    "group",
+    "nofail",
+    "_netdev",
+    "async",
+    "sync",
+    "dirsync",
+    "atime",
+    "noatime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nodiratime",
+    "diratime",
+    "lazytime",
+    "loop",
+];
+
+/// Parsed `-o` options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Let every user reach the mount.
+    pub allow_other: bool,
+    /// Let root reach the mount too.
+    pub allow_root: bool,
+    /// `Some(true)` for `default_permissions`, `Some(false)` for the opt-out.
+    pub default_permissions: Option<bool>,
+    /// `suid`/`nosuid`, if given.
+    pub suid: Option<bool>,
+    /// `dev`/`nodev`, if given.
+    pub dev: Option<bool>,
+    /// `noexec` given.
+    pub noexec: bool,
+    /// `fsname=`.
+    pub fsname: Option<String>,
+    /// `subtype=`.
+    pub subtype: Option<String>,
+    /// `device=PATH`, in order: extra devices.
+    pub devices: Vec<PathBuf>,
+    /// `auto_unmount`: unmount when the server dies.
+    pub auto_unmount: bool,
+    /// `threads=N`.
+    pub threads: Option<usize>,
+    /// `debug`: log every request.
+    pub debug: bool,
+}
+
+impl MountOptions {
+    /// Parses options as given to `-o` (each may hold several, comma-separated).
+    pub fn parse<S: AsRef<str>>(groups: &[S]) -> Result<Self> {
+        let mut o = Self::default();
+        for option in groups.iter().flat_map(|g| g.as_ref().split(',')) {
+            let (key, value) = match option.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (option, None),
+            };
+            let need = |v: Option<&str>| {
+                v.filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("mount option {key} needs a value ({key}=...)"))
+                    })
+            };
+            match key {
+                "" | "ro" => {}
+                "rw" => tracing::warn!("EROFS images are read-only: ignoring mount option rw"),
+                "allow_other" => o.allow_other = true,
+                "allow_root" => o.allow_root = true,
+                "default_permissions" => o.default_permissions = Some(true),
+                "no_default_permissions" => o.default_permissions = Some(false),
+                "suid" => o.suid = Some(true),
+                "nosuid" => o.suid = Some(false),
+                "dev" => o.dev = Some(true),
+                "nodev" => o.dev = Some(false),
+                "exec" => o.noexec = false,
+                "noexec" => o.noexec = true,
+                "fsname" => o.fsname = Some(need(value)?),
+                "subtype" => o.subtype = Some(need(value)?),
+                "device" => o.devices.push(PathBuf::from(need(value)?)),
+                "auto_unmount" => o.auto_unmount = true,
+                "debug" => o.debug = true,
+                "threads" => {
+                    let n = need(value)?;
+                    let n = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "mount option threads={n}: expected a positive number"
+                        ))
+                    })?;
+                    o.threads = Some(n);
+                }
+                k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}
+                _ => return Err(Error::Invalid(format!("unknown mount option {option:?}"))),
+            }
+        }
+        Ok(o)
+    }
+
+    /// The fuser configuration for these options, for a mount by root
+    /// (`is_root`) or by an unprivileged user.
+    pub fn fuser_config(&self, is_root: bool, threads: usize, fsname: &str) -> Result<Config> {
+        if !is_root && (self.suid == Some(true) || self.dev == Some(true)) {
+            return Err(Error::Invalid(
+                "only root may mount with suid or dev; an unprivileged mount is always nosuid,nodev".into(),
+            ));
+        }
+        let shared = self.allow_other || self.allow_root;
+        let default_permissions = self.default_permissions.unwrap_or(shared);
+        if shared && !default_permissions {
+            tracing::warn!(
+                "no_default_permissions with allow_other: every user can read every file, whatever its mode in the image"
+            );
+        }
+        let mut opts = vec![
+            MountOption::RO,
+            MountOption::FSName(self.fsname.clone().unwrap_or_else(|| fsname.to_string())),
+            MountOption::Subtype(self.subtype.clone().unwrap_or_else(|| "erofs".to_string())),
+            MountOption::NoAtime,
+        ];
+        if default_permissions {
+            opts.push(MountOption::DefaultPermissions);
+        }
+        opts.push(if self.suid.unwrap_or(is_root) {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        });
+        opts.push(if self.dev.unwrap_or(is_root) {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        });
+        if self.noexec {
+            opts.push(MountOption::NoExec);
+        }
+        if self.auto_unmount {
+            opts.push(MountOption::AutoUnmount);
+        }
+        let mut config = Config::default();
+        config.mount_options = opts;
+        config.acl = if self.allow_other {
+            SessionACL::All
+        } else if self.allow_root {
+            SessionACL::RootAndOwner
+        } else {
+            SessionACL::Owner
+        };
+        config.n_threads = Some(self.threads.unwrap_or(threads).max(1));
+        config.clone_fd = true;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(opts: &str, root: bool) -> Config {
+        MountOptions::parse(&[opts])
+            .unwrap()
+            .fuser_config(root, 2, "img")
+            .unwrap()
+    }
+
+    #[test]
+    fn shared_mounts_enforce_image_permissions() {
+        let c = config("allow_other", false);
+        assert!(c.mount_options.contains(&MountOption::DefaultPermissions));
+        assert_eq!(c.acl, SessionACL::All);
+        let c = config("allow_other,no_default_permissions", false);
+        assert!(!c.mount_options.contains(&MountOption::DefaultPermissions));
+    }
+
+    #[test]
+    fn unprivileged_mounts_are_nosuid_nodev() {
+        let c = config("", false);
+        assert!(c.mount_options.contains(&MountOption::NoSuid));
+        assert!(c.mount_options.contains(&MountOption::NoDev));
+        assert!(MountOptions::parse(&["suid"])
+            .unwrap()
+            .fuser_config(false, 1, "x")
+            .is_err());
+        let c = config("", true);
+        assert!(c.mount_options.contains(&MountOption::Suid));
+        let c = config("nosuid,nodev", true);
+        assert!(c.mount_options.contains(&MountOption::NoSuid));
+    }
+
+    #[test]
+    fn parsing() {
+        let o =
+            MountOptions::parse(&["ro,device=/a,defaults", "device=/b,threads=3,x-systemd.foo"])
+                .unwrap();
+        assert_eq!(o.devices, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(o.threads, Some(3));
+        assert!(MountOptions::parse(&["bogus"]).is_err());
+        assert!(MountOptions::parse(&["threads=0"]).is_err());
+        assert!(MountOptions::parse(&["device="]).is_err());
+    }
+}

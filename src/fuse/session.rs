@@ -1,0 +1,154 @@
+//! Mounting and serving: the background/foreground split, readiness, and
+//! clean unmounting on signals.
+//!
+//! Without `foreground`, the process forks before any thread exists; the
+//! child mounts and reports over a pipe, so the parent exits only once the
+//! mount is live (or fails with the child's error), and scripts can use the
+//! mountpoint at once. SIGINT, SIGTERM and SIGHUP unmount cleanly in both
+//! modes; `fusermount3 -u` (or `umount`) ends the server too.
+
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::unistd::{fork, setsid, ForkResult};
+
+use super::options::MountOptions;
+use super::ErofsFs;
+use crate::error::{Error, Result};
+use crate::reader::Image;
+
+/// Everything a mount needs.
+pub struct MountRequest {
+    /// The opened image.
+    pub image: Arc<Image>,
+    /// Where to mount it.
+    pub mountpoint: PathBuf,
+    /// Parsed `-o` options.
+    pub options: MountOptions,
+    /// Serve in the foreground instead of daemonizing.
+    pub foreground: bool,
+    /// Serving threads (overridden by `-o threads=`).
+    pub threads: usize,
+    /// Source name shown in /proc/mounts.
+    pub fsname: String,
+}
+
+/// Mounts the image and serves it until unmounted.
+pub fn mount(request: MountRequest) -> Result<()> {
+    let meta =
+        std::fs::metadata(&request.mountpoint).map_err(|e| Error::io(&request.mountpoint, e))?;
+    if !meta.is_dir() {
+        return Err(Error::io(
+            &request.mountpoint,
+            std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        ));
+    }
+    let is_root = nix::unistd::Uid::effective().is_root();
+    let config = request
+        .options
+        .fuser_config(is_root, request.threads, &request.fsname)?;
+    if request.foreground {
+        return serve(&request, &config, None);
+    }
+    let (reader, writer) = nix::unistd::pipe().map_err(|e| Error::io("pipe", e.into()))?;
+    // SAFETY: no other thread exists yet (the image is mapped, nothing
+    // spawned), so the child may run arbitrary code after fork.
+    match unsafe { fork() }.map_err(|e| Error::io("fork", e.into()))? {
+        ForkResult::Parent { .. } => {
+            drop(writer);
+            wait_ready(reader, &request.mountpoint)
+        }
+        ForkResult::Child => {
+            drop(reader);
+            let _ = setsid();
+            let result = serve(&request, &config, Some(writer));
+            if let Err(e) = &result {
+                tracing::error!("{}: {e}", request.mountpoint.display());
+            }
+            std::process::exit(i32::from(result.is_err()));
+        }
+    }
+}
+
+/// Parent side: wait for the child's "ready" byte or its error message.
+fn wait_ready(reader: OwnedFd, mountpoint: &Path) -> Result<()> {
+    let mut message = Vec::new();
+    let _ = std::fs::File::from(reader).read_to_end(&mut message);
+    match message.split_first() {
+        Some((b'+', _)) => Ok(()),
+        Some((_, text)) => Err(Error::Invalid(String::from_utf8_lossy(text).into_owned())),
+        None => Err(Error::Invalid(format!(
+            "{}: the server exited before the mount was live",
+            mountpoint.display()
+        ))),
+    }
+}
+
+fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>) -> Result<()> {
+    // Signals are taken by one thread with sigwait; block them before the
+    // session spawns its workers so those inherit the mask.
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals
+        .thread_block()
+        .map_err(|e| Error::io("sigprocmask", e.into()))?;
+
+    let fs = ErofsFs::new(Arc::clone(&request.image));
+    let session = fuser::Session::new(fs, &request.mountpoint, config);
+    let mut session = match session {
+        Ok(session) => session,
+        Err(e) => {
+            let err = Error::io(&request.mountpoint, e);
+            if let Some(fd) = ready {
+                let _ = std::fs::File::from(fd).write_all(format!("-{err}").as_bytes());
+            }
+            return Err(err);
+        }
+    };
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = request.mountpoint.clone();
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            tracing::info!("{signal:?}: unmounting {}", mountpoint.display());
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!("unmounting {}: {e}", mountpoint.display());
+            }
+        }
+    });
+    tracing::info!(
+        "serving {} on {}",
+        request.fsname,
+        request.mountpoint.display()
+    );
+    if let Some(fd) = ready {
+        let _ = std::fs::File::from(fd).write_all(b"+");
+        detach_stdio();
+    }
+    session.run().map_err(|e| Error::io(&request.mountpoint, e))
+}
+
+/// A daemon keeps no terminal: stdin and stdout go to /dev/null, and stderr
+/// too when it is a terminal (a redirected stderr keeps receiving logs).
+fn detach_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    let mut targets = vec![0, 1];
+    if std::io::stderr().is_terminal() {
+        targets.push(2);
+    }
+    for fd in targets {
+        // SAFETY: dup2 onto the standard descriptors, which stay open.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
+}
