@@ -76,6 +76,11 @@ enum Command {
         /// Log every request (same as -o debug, or -vv).
         #[arg(long)]
         debug: bool,
+        /// Append logs to this file. In the background the server has no
+        /// terminal, so without it only errors before the mount is live are
+        /// shown.
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
     },
     /// Show the superblock: block size, features, inode count, devices, uuid,
     /// build time, size.
@@ -168,7 +173,14 @@ fn main() -> ExitCode {
         }
         _ => cli.verbose,
     };
-    cli::init_logging(verbose);
+    let log_file = match &cli.command {
+        Command::Mount { log_file, .. } => log_file.clone(),
+        _ => None,
+    };
+    if let Err(e) = cli::init_logging(verbose, log_file.as_deref()) {
+        eprintln!("erofs-fuse: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Mount {
             image,
@@ -177,6 +189,7 @@ fn main() -> ExitCode {
             threads,
             options,
             debug: _,
+            log_file: _,
         } => cli::mount(&image, &mountpoint, foreground, threads, &options),
         Command::Inspect { image, json } => cli::inspect(&image, json),
         Command::Ls {

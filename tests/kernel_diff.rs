@@ -25,12 +25,20 @@ const LAYOUTS: &[&[&str]] = &[
 
 /// Trees per run (at least 20); EROFS_FUSE_DIFF_TREES overrides.
 fn tree_count() -> u64 {
-    std::env::var("EROFS_FUSE_DIFF_TREES").ok().and_then(|v| v.parse().ok()).unwrap_or(24)
+    std::env::var("EROFS_FUSE_DIFF_TREES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(24)
 }
 
 #[test]
 fn generated_trees_read_as_the_kernel_reads_them() {
-    let needs = [Need::Root, Need::KernelErofs, Need::Program("mkfs.erofs"), Need::Program("python3")];
+    let needs = [
+        Need::Root,
+        Need::KernelErofs,
+        Need::Program("mkfs.erofs"),
+        Need::Program("python3"),
+    ];
     if !have("generated_trees_read_as_the_kernel_reads_them", &needs) {
         return;
     }
@@ -62,7 +70,10 @@ fn generated_trees_read_as_the_kernel_reads_them() {
 
         let mount = KernelMount::new(&image, &devices);
         let kernel = tree_manifest(mount.path());
-        let options = erofs_fuse::OpenOptions { devices: devices.clone(), offset: 0 };
+        let options = erofs_fuse::OpenOptions {
+            devices: devices.clone(),
+            offset: 0,
+        };
         let ours = erofs_fuse::Image::open(&image, &options)
             .and_then(|img| erofs_fuse::manifest::manifest(&img))
             .map(|lines| lines.join("\n") + "\n");
@@ -74,7 +85,14 @@ fn generated_trees_read_as_the_kernel_reads_them() {
             }
             Err(e) => failures.push(format!("seed {seed}, mkfs.erofs {layout:?}: {e}")),
         }
-        eprintln!("seed {seed}: mkfs.erofs {layout:?}: {} entries compared", kernel.lines().count());
+        eprintln!(
+            "seed {seed}: mkfs.erofs {layout:?}: {} entries compared",
+            kernel.lines().count()
+        );
     }
-    assert!(failures.is_empty(), "library differs from the kernel:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "library differs from the kernel:\n{}",
+        failures.join("\n")
+    );
 }

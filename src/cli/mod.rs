@@ -12,9 +12,9 @@ use crate::ImageArgs;
 /// A command's failure, already phrased for the user.
 pub type CliResult = Result<(), String>;
 
-/// Sets up `tracing` output on stderr: warnings by default, more with -v,
-/// or whatever `RUST_LOG` says.
-pub fn init_logging(verbose: u8) {
+/// Sets up `tracing` output on stderr (or appended to `file`): warnings by
+/// default, more with -v, or whatever `RUST_LOG` says.
+pub fn init_logging(verbose: u8, file: Option<&Path>) -> Result<(), String> {
     let default = match verbose {
         0 => "warn",
         1 => "info",
@@ -30,10 +30,22 @@ pub fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
 }
 
 fn open(args: &ImageArgs) -> Result<Image, String> {

@@ -7,7 +7,7 @@
 //! mountpoint at once. SIGINT, SIGTERM and SIGHUP unmount cleanly in both
 //! modes; `fusermount3 -u` (or `umount`) ends the server too.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -132,22 +132,19 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
     session.run().map_err(|e| Error::io(&request.mountpoint, e))
 }
 
-/// A daemon keeps no terminal: stdin and stdout go to /dev/null, and stderr
-/// too when it is a terminal (a redirected stderr keeps receiving logs).
+/// A daemon lets go of the caller's standard descriptors: a caller that
+/// captures the mount command's output waits for them to close. Logs go to
+/// `--log-file` when one is given.
 fn detach_stdio() {
-    let Ok(null) = std::fs::OpenOptions::new()
+    use std::os::fd::AsRawFd;
+    let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/null")
-    else {
+        .open("/dev/null");
+    let Ok(null) = null else {
         return;
     };
-    use std::os::fd::AsRawFd;
-    let mut targets = vec![0, 1];
-    if std::io::stderr().is_terminal() {
-        targets.push(2);
-    }
-    for fd in targets {
+    for fd in [0, 1, 2] {
         // SAFETY: dup2 onto the standard descriptors, which stay open.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }

@@ -173,6 +173,8 @@ pub enum Need {
     KernelErofs,
     /// A program on PATH.
     Program(&'static str),
+    /// FUSE: /dev/fuse and the fuse filesystem.
+    Fuse,
 }
 
 /// Whether the machine has everything in `needs`. When it does not, the test
@@ -197,6 +199,14 @@ pub fn have(test: &str, needs: &[Need]) -> bool {
                         .is_ok_and(|s| s.success());
                 if !probe || !Path::new("/dev/loop-control").exists() {
                     missing.push("kernel erofs with loop devices".to_string());
+                }
+            }
+            Need::Fuse => {
+                let fs = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+                if !Path::new("/dev/fuse").exists()
+                    || !fs.lines().any(|l| l.trim_end().ends_with("\tfuse"))
+                {
+                    missing.push("FUSE (/dev/fuse)".to_string());
                 }
             }
             Need::Program(name) => {
@@ -314,3 +324,53 @@ pub fn tree_manifest(dir: &Path) -> String {
     let out = run_ok(Command::new("python3").arg(script("manifest.py")).arg(dir));
     String::from_utf8(out.stdout).expect("manifest.py prints UTF-8")
 }
+
+/// An erofs-fuse mount made by the binary (in background mode), unmounted
+/// on drop.
+pub struct FuseMount {
+    pub dir: tempfile::TempDir,
+}
+
+impl FuseMount {
+    /// `erofs-fuse mount IMAGE DIR --device ... EXTRA...`.
+    pub fn new(image: &Path, devices: &[PathBuf], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount").arg(image).arg(dir.path()).args(extra);
+        for d in devices {
+            cmd.arg("--device").arg(d);
+        }
+        let mount = Self { dir };
+        run_ok(&mut cmd);
+        mount
+    }
+
+    /// The mountpoint.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for FuseMount {
+    fn drop(&mut self) {
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+/// The needs of a test that mounts with erofs-fuse as root.
+pub const FUSE_ROOT: &[Need] = &[
+    Need::Root,
+    Need::Fuse,
+    Need::Program("fusermount3"),
+    Need::Program("python3"),
+];
