@@ -32,16 +32,26 @@ pub fn manifest(image: &Image) -> Result<Vec<String>> {
 struct Collector<'a> {
     image: &'a Image,
     /// (sort key, line).
-    lines: Vec<(String, String)>,
+    lines: Vec<(Vec<u32>, String)>,
 }
 
 impl WalkVisitor for Collector<'_> {
     fn visit(&mut self, entry: &WalkEntry) -> Result<()> {
-        let path = decode_name(&entry.path);
-        let line = manifest_line(self.image, &path, &entry.inode)?;
-        self.lines.push((path, line));
+        let line = manifest_line(self.image, &decode_name(&entry.path), &entry.inode)?;
+        self.lines.push((code_points(&entry.path), line));
         Ok(())
     }
+}
+
+/// The code points Python sorts a decoded name by: UTF-8 characters, and
+/// U+DC80..U+DCFF for each undecodable byte.
+fn code_points(bytes: &[u8]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.extend(chunk.valid().chars().map(u32::from));
+        out.extend(chunk.invalid().iter().map(|&b| 0xdc00 + u32::from(b)));
+    }
+    out
 }
 
 /// The manifest line of one entry.

@@ -2,7 +2,8 @@
 //! are packed with Debian's mkfs.erofs in several layouts, mounted with
 //! `mount -t erofs -o loop,ro`, and the kernel's view (scripts/manifest.py
 //! of the mount) must equal the library's manifest field by field, byte for
-//! byte. Needs root, kernel erofs, loop devices and mkfs.erofs.
+//! byte, and so must the same image mounted with erofs-fuse. Needs root,
+//! kernel erofs, loop devices, FUSE and mkfs.erofs.
 
 mod common;
 
@@ -18,7 +19,7 @@ const LAYOUTS: &[&[&str]] = &[
     &["-Enoinline_data"],
     &["--chunksize=4096"],
     &["-x-1"],
-    &["-Eforce-inode-compact"],
+    &["-Eforce-inode-compact", "--all-root", "--ignore-mtime"],
     &["--chunksize=65536", "--blobdev=BLOB"],
     &["--chunksize=8192", "-Eforce-chunk-indexes"],
 ];

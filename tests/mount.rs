@@ -44,18 +44,14 @@ fn mount_helper_form_works_through_mount_fuse3() {
         .find(|f| f.image == "tar-index-appended.erofs")
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // mount.fuse3 runs the program named by the type, found on PATH.
-    let bin_dir = bin().parent().unwrap().to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    // mount(8) -> mount.fuse3 -> `erofs-fuse IMAGE DIR -o OPTS`. mount(8)
+    // gives helpers a fixed PATH, so name the program in the PROGRAM#SOURCE
+    // form instead of installing it for `-t fuse.erofs-fuse`.
+    let source = format!("{}#{}", bin().display(), fixture(f.image).display());
     run_ok(
         Command::new("mount")
-            .env("PATH", &path)
-            .args(["-t", "fuse.erofs-fuse", "-o", "ro,allow_other"])
-            .arg(fixture(f.image))
+            .args(["-t", "fuse", "-o", "ro,allow_other"])
+            .arg(&source)
             .arg(dir.path()),
     );
     let got = tree_manifest(dir.path());
