@@ -247,3 +247,27 @@ fn random_byte_flips_never_panic() {
     eprintln!("byte flips: {ok} walks succeeded, {failed} gave errors");
     assert!(failed > 0, "no corruption was ever detected");
 }
+
+#[test]
+fn a_file_that_is_one_hole_reads_as_zeros_up_to_its_size() {
+    let mut b = bytes_of("plain-4k.erofs");
+    let at = inode_offset("plain-4k.erofs", "/hard/one");
+    // FLAT_PLAIN (layout 0, compact) with the null block address: a hole.
+    let format = le16(&b, at) & !0b1110;
+    b[at..at + 2].copy_from_slice(&format.to_le_bytes());
+    b[at + 16..at + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+    fix_checksum(&mut b);
+    let f = write_image(&b);
+    let image = open(f.path()).unwrap();
+    let inode = image.resolve(b"/hard/one").unwrap();
+    assert_eq!(inode.size, 10);
+    let mut buf = [0xffu8; 64];
+    assert_eq!(image.read_at(&inode, 0, &mut buf).unwrap(), 10);
+    assert!(buf[..10].iter().all(|&x| x == 0));
+    assert_eq!(image.read_at(&inode, 7, &mut buf).unwrap(), 3);
+    assert_eq!(
+        image.read_range(&inode, 4, 100).unwrap().as_ref(),
+        &[0u8; 6]
+    );
+    assert_eq!(image.read_at(&inode, 10, &mut buf).unwrap(), 0);
+}

@@ -52,7 +52,9 @@ impl Image {
                 )));
             }
         };
-        // Chunk lengths are rounded up to blocks; never map past EOF.
+        // Every mapping starts at the offset asked for; chunk lengths are
+        // rounded up to blocks, so clip at EOF.
+        debug_assert_eq!(mapping.start, offset);
         mapping.len = mapping.len.min(inode.size - mapping.start);
         Ok(mapping)
     }
@@ -62,8 +64,8 @@ impl Image {
         let block = self.block_size();
         if inode.layout == DataLayout::FlatPlain && inode.raw_addr == NULL_ADDR {
             return Ok(Mapping {
-                start: 0,
-                len: inode.size,
+                start: offset,
+                len: inode.size - offset,
                 extent: Extent::Hole,
             });
         }

@@ -13,6 +13,10 @@ use crate::format::{read_struct, Dirent, FileType, Nid, DIRENT_SIZE, NAME_LEN_MA
 
 use super::{Image, Inode};
 
+/// Largest directory accepted (1 TiB): far beyond any real one, and small
+/// enough that every position fits in a [`DirPos`].
+pub const MAX_DIR_SIZE: u64 = 1 << 40;
+
 /// One directory entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
@@ -129,7 +133,20 @@ impl DirBlock<'_> {
 impl Image {
     /// Number of directory blocks of `dir`.
     fn dir_blocks(&self, dir: &Inode) -> u64 {
-        dir.size.div_ceil(self.block_size())
+        dir.size.min(MAX_DIR_SIZE).div_ceil(self.block_size())
+    }
+
+    fn check_dir(&self, dir: &Inode) -> Result<()> {
+        if !dir.is_dir() {
+            return Err(Error::NotDir);
+        }
+        ensure!(
+            dir.size <= MAX_DIR_SIZE,
+            "directory {} claims {} bytes (at most {MAX_DIR_SIZE})",
+            dir.nid,
+            dir.size
+        );
+        Ok(())
     }
 
     /// Reads directory block `index` of `dir` and checks its dirent table.
@@ -156,9 +173,7 @@ impl Image {
     /// Iterates `dir` from `pos` in on-disk order, including `.` and `..`.
     /// A `.` is synthesized first when the image omits it.
     pub fn read_dir(&self, dir: &Inode, pos: DirPos) -> Result<DirIter<'_>> {
-        if !dir.is_dir() {
-            return Err(Error::NotDir);
-        }
+        self.check_dir(dir)?;
         let (block, index) = pos.block_and_index();
         Ok(DirIter {
             image: self,
@@ -174,9 +189,7 @@ impl Image {
     /// Looks `name` up in `dir`: binary search over blocks by their first
     /// name, then within the block.
     pub fn lookup(&self, dir: &Inode, name: &[u8]) -> Result<Option<DirEntry>> {
-        if !dir.is_dir() {
-            return Err(Error::NotDir);
-        }
+        self.check_dir(dir)?;
         if name == b"." && dir.dot_omitted {
             return Ok(Some(DirEntry {
                 name: name.to_vec(),
