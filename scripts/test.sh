@@ -36,4 +36,5 @@ if [ "$(id -u)" -eq 0 ]; then
     modprobe -q fuse 2>/dev/null || true
 fi
 
-exec cargo test "$@"
+# Library, binary and integration tests (there are no doc tests).
+exec cargo test --lib --bins --tests "$@"

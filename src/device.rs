@@ -45,8 +45,9 @@ impl Device {
         // while it is mapped would raise SIGBUS; images are treated as
         // immutable while in use, as the kernel's loop device does.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        // Advise the kernel that access is random: metadata lookups jump around.
-        let _ = map.advise(memmap2::Advice::Random);
+        // Default advice: page faults read around the faulting page, which
+        // suits both metadata walks and data. (MADV_RANDOM would turn every
+        // cold 4 KiB fault into its own disk read.)
         let whole = Self {
             len: map.len(),
             map: Arc::new(map),
@@ -105,6 +106,24 @@ impl Device {
                 self.len
             ))),
         }
+    }
+
+    /// Asks the kernel to start reading `[offset, offset + len)` into the
+    /// page cache in the background (`MADV_WILLNEED`). Out-of-range parts
+    /// are ignored: this is only a hint.
+    pub fn will_need(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.len as u64);
+        if offset >= end {
+            return;
+        }
+        let page = 4096;
+        let start = (self.start as u64 + offset) / page * page;
+        let end = self.start as u64 + end;
+        let _ = self.map.advise_range(
+            memmap2::Advice::WillNeed,
+            start as usize,
+            (end - start) as usize,
+        );
     }
 
     /// The bytes from `offset` to the end of the device.

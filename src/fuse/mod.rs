@@ -30,14 +30,25 @@ use crate::reader::{DirPos, Image, Inode};
 /// changes while mounted.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Readahead the kernel may do per file, in bytes.
+/// Readahead the kernel may do per file, in bytes (it may offer less).
 const MAX_READAHEAD: u32 = 1 << 20;
+
+/// A read at least this large comes from the kernel's readahead of a
+/// sequential reader; smaller ones are treated as random.
+const SEQUENTIAL_READ: u32 = 64 << 10;
+
+/// How far past a sequential read to prefetch, in multiples of its size.
+const PREFETCH_FACTOR: u64 = 4;
 
 /// The FUSE filesystem over one image.
 pub struct ErofsFs {
     image: Arc<Image>,
     root: Nid,
     block_size: u32,
+    /// The kernel can do without OPEN/OPENDIR (answering ENOSYS makes it
+    /// stop sending them, with KEEP_CACHE/CACHE_DIR as the default).
+    no_open: bool,
+    no_opendir: bool,
 }
 
 impl ErofsFs {
@@ -49,6 +60,8 @@ impl ErofsFs {
             image,
             root,
             block_size,
+            no_open: false,
+            no_opendir: false,
         }
     }
 
@@ -156,7 +169,17 @@ impl Filesystem for ErofsFs {
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::info!("kernel lacks FUSE capabilities {missing:?}");
         }
-        let _ = config.set_max_readahead(MAX_READAHEAD);
+        let offered = config
+            .set_max_readahead(MAX_READAHEAD)
+            .err()
+            .unwrap_or(MAX_READAHEAD);
+        if offered < MAX_READAHEAD {
+            let _ = config.set_max_readahead(offered);
+        }
+        // Every open would be a round trip that tells us nothing new.
+        let caps = config.capabilities();
+        self.no_open = caps.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_opendir = caps.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         Ok(())
     }
 
@@ -200,6 +223,11 @@ impl Filesystem for ErofsFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
+        if self.no_open {
+            // Read-only opens need nothing from us; the mount is read-only,
+            // so the kernel refuses write opens itself from now on.
+            return reply.error(Errno::ENOSYS);
+        }
         match self.inode(ino) {
             Ok(inode) if inode.is_dir() => reply.error(Errno::EISDIR),
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -220,14 +248,22 @@ impl Filesystem for ErofsFs {
     ) {
         // Uncompressed data is borrowed from the image map: the reply is
         // written to /dev/fuse straight from it, with no buffer between.
-        let data = self.inode(ino).and_then(|inode| {
-            self.image
-                .read_range(&inode, offset, u64::from(size))
-                .map_err(|e| self.fail("read", ino, e))
-        });
-        match data {
-            Ok(bytes) => reply.data(&bytes),
-            Err(e) => reply.error(e),
+        let inode = match self.inode(ino) {
+            Ok(inode) => inode,
+            Err(e) => return reply.error(e),
+        };
+        match self.image.read_range(&inode, offset, u64::from(size)) {
+            Ok(bytes) => {
+                reply.data(&bytes);
+                // A readahead-sized read means a sequential reader: start
+                // the disk on what it will ask for next.
+                if size >= SEQUENTIAL_READ && !bytes.is_empty() {
+                    let next = offset + bytes.len() as u64;
+                    self.image
+                        .prefetch(&inode, next, u64::from(size) * PREFETCH_FACTOR);
+                }
+            }
+            Err(e) => reply.error(self.fail("read", ino, e)),
         }
     }
 
@@ -239,10 +275,14 @@ impl Filesystem for ErofsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush, ever: ENOSYS makes the kernel stop asking.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.inode(ino) {
             Ok(inode) if inode.is_dir() => reply.opened(
                 FileHandle(0),

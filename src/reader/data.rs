@@ -198,6 +198,28 @@ impl Image {
         Ok(Cow::Owned(buf))
     }
 
+    /// Starts reading file bytes `[offset, offset + len)` into the page
+    /// cache in the background, so that a sequential reader finds them
+    /// there. Only a hint: errors and unmapped ranges are ignored.
+    pub fn prefetch(&self, inode: &Inode, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(inode.size);
+        let mut pos = offset;
+        // A bounded number of extents: chunked files may have many.
+        for _ in 0..64 {
+            if pos >= end {
+                break;
+            }
+            let Ok(mapping) = self.map(inode, pos) else {
+                break;
+            };
+            let run = mapping.len.min(end - pos);
+            if let Extent::Device(dev, pa) = mapping.extent {
+                dev.will_need(pa, run);
+            }
+            pos += run;
+        }
+    }
+
     /// A symlink's target.
     pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {
         if inode.kind != super::FileKind::Symlink {

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Benchmarks erofs-fuse against kernel erofs (the baseline), and against
+# erofs-utils' erofsfuse and squashfuse where installed, on the same corpus in
+# one run. Run as root (mounts, drop_caches). Prints a table of each figure
+# and its ratio to the kernel's.
+#
+#   scripts/bench.sh [--quick] [--workdir DIR] [--clean]
+#
+# The corpus is generated (not committed): a rootfs-like tree of ~30k small
+# files in ~2k directories plus a few large files (~400 MB in all; --quick:
+# ~3k files, ~60 MB), kept in the workdir (default /var/tmp/erofs-fuse-bench)
+# for the next run; --clean removes it afterwards. Measured, each after `echo 3 > drop_caches` and a fresh
+# mount (cold) and again without (warm):
+#   mount         time until the mountpoint answers
+#   walk          find -printf of every entry's inode, size and mtime
+#   read-all      tar cf - . | wc -c (every byte of every file)
+#   seq-read      dd of the largest file, 1 MiB blocks (MB/s)
+#   rand-4k       fio random 4 KiB reads of the largest file, 10 s (IOPS)
+# Times are the best of 3 runs. Ratios: time / kernel time (lower is better),
+# throughput / kernel throughput (higher is better).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0 clean=0 work=/var/tmp/erofs-fuse-bench
+while (($#)); do
+    case "$1" in
+        --quick) quick=1 ;;
+        --clean) clean=1 ;;
+        --workdir) work=$2; shift ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "bench.sh: run as root" >&2; exit 1; }
+
+need=()
+command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+command -v fio >/dev/null || need+=(fio)
+command -v mksquashfs >/dev/null || need+=(squashfs-tools)
+command -v squashfuse >/dev/null || need+=(squashfuse)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --quiet
+bin=$PWD/target/release/erofs-fuse
+
+mkdir -p "$work"
+tree=$work/tree img=$work/bench.erofs sqfs=$work/bench.sqfs mnt=$work/mnt
+mkdir -p "$mnt"
+if [ ! -f "$img" ] || [ "$(cat "$work/.kind" 2>/dev/null)" != "$quick" ]; then
+    rm -rf "$tree" "$img" "$sqfs"
+    echo "bench.sh: generating the corpus in $tree" >&2
+    python3 - "$tree" "$quick" <<'EOF'
+import os, random, sys
+root, quick = sys.argv[1], sys.argv[2] == "1"
+rng = random.Random(42)
+dirs, files = (200, 3000) if quick else (2000, 30000)
+words = [b"lib", b"usr", b"share", b"locale", b"python3", b"include", b"doc", b"bin", b"etc", b"x86_64"]
+paths = [root]
+os.makedirs(root)
+for i in range(dirs):
+    p = os.path.join(rng.choice(paths), "%s-%d" % (rng.choice(words).decode(), i))
+    os.mkdir(p)
+    paths.append(p)
+text = b" ".join(rng.choice(words) for _ in range(50000))
+for i in range(files):
+    size = int(rng.lognormvariate(8, 1.6)) % (1 << 20)  # median ~3 KB, long tail
+    p = os.path.join(rng.choice(paths), "f%d.%s" % (i, rng.choice(["so", "py", "txt", "h", "mo"])))
+    with open(p, "wb") as f:
+        start = rng.randrange(len(text) - 1)
+        data = (text[start:] + text)[:size // 2] + rng.randbytes(size - size // 2)
+        f.write(data)
+big = 4 if not quick else 1
+for i in range(big):
+    with open(os.path.join(root, "large-%d.bin" % i), "wb") as f:
+        for _ in range(64):
+            f.write(rng.randbytes(1 << 20))
+EOF
+    mkfs.erofs --quiet "$img" "$tree"
+    mksquashfs "$tree" "$sqfs" -noappend -no-progress -noI -noD -noF -noX >/dev/null
+    echo "$quick" > "$work/.kind"
+fi
+large=$(cd "$tree" && ls -S large-*.bin | head -1)
+files=$(find "$tree" -type f | wc -l)
+bytes=$(du -sb "$tree" | cut -f1)
+
+mount_with() { # impl
+    case "$1" in
+        kernel) mount -t erofs -o loop,ro "$img" "$mnt" ;;
+        erofs-fuse) "$bin" mount "$img" "$mnt" ;;
+        erofsfuse) erofsfuse "$img" "$mnt" >/dev/null 2>&1 ;;
+        squashfuse) squashfuse "$sqfs" "$mnt" ;;
+    esac
+    local i
+    for i in $(seq 200); do stat "$mnt/$large" >/dev/null 2>&1 && return 0; sleep 0.01; done
+    echo "bench.sh: $1 mount did not come up" >&2; return 1
+}
+unmount() {
+    umount "$mnt" 2>/dev/null || fusermount3 -u "$mnt" 2>/dev/null || umount -l "$mnt"
+    # The loop device of a kernel mount goes away with it (autoclear).
+    sleep 0.2
+}
+drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+now() { date +%s.%N; }
+secs() { python3 -c "import sys; print('%.3f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$1" "$2"; }
+
+declare -A result
+measure() { # impl
+    local impl=$1 t0 t1 best run value
+    for metric in mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k; do
+        best=""
+        for run in 1 2 3; do
+            drop
+            case "$metric" in
+                mount)
+                    t0=$(now); mount_with "$impl"; t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
+                walk-cold|read-all-cold|seq-read-cold)
+                    mount_with "$impl"; drop
+                    t0=$(now)
+                    case "$metric" in
+                        walk-cold) (cd "$mnt" && find . -printf '%i %s %T@\n' >/dev/null) ;;
+                        read-all-cold) (cd "$mnt" && tar cf - . | wc -c >/dev/null) ;;
+                        seq-read-cold) dd if="$mnt/$large" of=/dev/null bs=1M status=none ;;
+                    esac
+                    t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
+                walk-warm|read-all-warm|seq-read-warm)
+                    mount_with "$impl"
+                    (cd "$mnt" && tar cf - . | wc -c >/dev/null)  # warm every cache
+                    t0=$(now)
+                    case "$metric" in
+                        walk-warm) (cd "$mnt" && find . -printf '%i %s %T@\n' >/dev/null) ;;
+                        read-all-warm) (cd "$mnt" && tar cf - . | wc -c >/dev/null) ;;
+                        seq-read-warm) dd if="$mnt/$large" of=/dev/null bs=1M status=none ;;
+                    esac
+                    t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
+                rand-4k)
+                    mount_with "$impl"
+                    value=$(fio --name=rand --filename="$mnt/$large" --rw=randread --bs=4k --ioengine=psync \
+                        --time_based --runtime=10 --readonly --output-format=terse --terse-version=3 2>/dev/null \
+                        | awk -F';' '{print $8}')
+                    unmount ;;
+            esac
+            if [ -z "$best" ]; then best=$value
+            elif [ "$metric" = rand-4k ]; then best=$(python3 -c "print(max($best, $value))")
+            else best=$(python3 -c "print(min($best, $value))"); fi
+            [ "$metric" = rand-4k ] && break  # 10 s runs: one is enough
+        done
+        result[$impl,$metric]=$best
+        echo "bench.sh: $impl $metric $best" >&2
+    done
+}
+
+impls=(kernel erofs-fuse)
+command -v erofsfuse >/dev/null && impls+=(erofsfuse)
+command -v squashfuse >/dev/null && impls+=(squashfuse)
+for impl in "${impls[@]}"; do measure "$impl"; done
+
+large_mb=$(( $(stat -c %s "$tree/$large") / 1000000 ))
+echo
+echo "Corpus: $files files, $((bytes / 1000000)) MB; largest file $large_mb MB. $(nproc) CPUs, kernel $(uname -r)."
+printf '%-16s' "figure"; for impl in "${impls[@]}"; do printf '| %-22s' "$impl"; done; echo
+for metric in mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k; do
+    printf '%-16s' "$metric"
+    for impl in "${impls[@]}"; do
+        v=${result[$impl,$metric]} k=${result[kernel,$metric]}
+        case "$metric" in
+            seq-read-*) cell=$(python3 -c "v=$large_mb/$v; k=$large_mb/$k; print('%.0f MB/s (%.2fx)' % (v, v/k))") ;;
+            rand-4k) cell=$(python3 -c "print('%d IOPS (%.2fx)' % ($v, $v/$k))") ;;
+            *) cell=$(python3 -c "print('%.3f s (%.2fx)' % ($v, $v/$k))") ;;
+        esac
+        printf '| %-22s' "$cell"
+    done
+    echo
+done
+echo "Times: lower is better; MB/s and IOPS: higher is better. Ratios are against kernel erofs."
+[ "$clean" -eq 0 ] || rm -rf "$work"
