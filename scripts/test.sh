@@ -19,6 +19,8 @@ missing=()
 for program in "${!package[@]}"; do
     command -v "$program" >/dev/null 2>&1 || missing+=("${package[$program]}")
 done
+# The rootless tests walk mounts as nobody with Debian's own python3.
+[ -x /usr/bin/python3 ] || missing+=(python3)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
         echo "test.sh: installing ${missing[*]}"

@@ -77,3 +77,40 @@ fn extract_refuses_non_empty_destination() {
         b"precious"
     );
 }
+
+#[test]
+fn compressed_data_fails_clearly_until_supported() {
+    // Metadata of a compressed image reads fine; file data says what is missing.
+    let image = erofs_fuse::Image::open(&fixture("lz4.erofs"), &Default::default()).unwrap();
+    let summary = erofs_fuse::inspect::ImageSummary::new(&image);
+    assert_eq!(summary.compression, vec!["lz4".to_string()]);
+    // The first compressed file (incompressible ones are stored plain).
+    let sizes = image.resolve(b"/sizes").unwrap();
+    let (name, file) = image
+        .read_dir(&sizes, Default::default())
+        .unwrap()
+        .map(|e| e.unwrap().0)
+        .map(|e| {
+            (
+                String::from_utf8(e.name).unwrap(),
+                image.inode(e.nid).unwrap(),
+            )
+        })
+        .find(|(_, inode)| inode.layout.is_compressed())
+        .expect("a compressed file in /sizes");
+    let err = image.read_at(&file, 0, &mut [0u8; 16]).unwrap_err();
+    assert!(err.to_string().contains("not supported yet"), "{err}");
+    let path = format!("/sizes/{name}");
+    let out = run(Command::new(bin())
+        .arg("cat")
+        .arg(fixture("lz4.erofs"))
+        .arg(&path));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("lz4.erofs")
+            && stderr.contains(&path)
+            && stderr.contains("not supported yet"),
+        "{stderr}"
+    );
+}

@@ -49,6 +49,9 @@ pub struct ErofsFs {
     /// stop sending them, with KEEP_CACHE/CACHE_DIR as the default).
     no_open: bool,
     no_opendir: bool,
+    /// Whether the server runs in the initial user namespace, where uid 0
+    /// stands for a caller that may see trusted.* xattrs.
+    init_userns: bool,
 }
 
 impl ErofsFs {
@@ -62,6 +65,7 @@ impl ErofsFs {
             block_size,
             no_open: false,
             no_opendir: false,
+            init_userns: in_initial_user_namespace(),
         }
     }
 
@@ -121,6 +125,14 @@ impl ErofsFs {
             flags: 0,
         }
     }
+}
+
+/// True when /proc/self/uid_map maps every uid to itself (the initial user
+/// namespace).
+fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false)
 }
 
 /// The kernel's `new_encode_dev`, the encoding FUSE attributes use.
@@ -402,14 +414,21 @@ impl Filesystem for ErofsFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        // As the kernel's erofs does, list trusted.* only to a caller who
+        // may read them (CAP_SYS_ADMIN; here: root in the initial user
+        // namespace). Others would see names that read as ENODATA.
+        let show_trusted = self.init_userns && req.uid() == 0;
         let names = self.inode(ino).and_then(|inode| {
             let list = self
                 .image
                 .xattrs(&inode)
                 .map_err(|e| self.fail("listxattr", ino, e))?;
             let mut names = Vec::new();
-            for x in list {
+            let visible = list
+                .into_iter()
+                .filter(|x| show_trusted || !x.name.starts_with(b"trusted."));
+            for x in visible {
                 names.extend_from_slice(&x.name);
                 names.push(0);
             }

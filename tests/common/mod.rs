@@ -229,6 +229,9 @@ pub fn have(test: &str, needs: &[Need]) -> bool {
 
 /// Finds a program on PATH (and in the sbin directories root has).
 pub fn which(name: &str) -> Option<PathBuf> {
+    if name.starts_with('/') {
+        return Path::new(name).is_file().then(|| PathBuf::from(name));
+    }
     let path = std::env::var("PATH").unwrap_or_default();
     let found = path
         .split(':')
