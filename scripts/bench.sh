@@ -7,10 +7,11 @@
 #   scripts/bench.sh [--quick] [--workdir DIR] [--clean]
 #
 # The corpus is generated (not committed): a rootfs-like tree of ~30k small
-# files in ~2k directories plus a few large files (~400 MB in all; --quick:
-# ~3k files, ~60 MB), kept in the workdir (default /var/tmp/erofs-fuse-bench)
-# for the next run; --clean removes it afterwards. Measured, each after `echo 3 > drop_caches` and a fresh
-# mount (cold) and again without (warm):
+# files in ~2k directories plus a 256 MB file and three of 32 MB (~690 MB in
+# all; --quick: ~3k files, ~100 MB). It is kept in the workdir (default
+# /var/tmp/erofs-fuse-bench) for the next run; --clean removes it afterwards.
+# Measured, each after `echo 3 > drop_caches` and a fresh mount (cold) and
+# again without (warm):
 #   mount         time until the mountpoint answers
 #   walk          find -printf of every entry's inode, size and mtime
 #   read-all      tar cf - . | wc -c (every byte of every file)
@@ -28,7 +29,7 @@ while (($#)); do
         --quick) quick=1 ;;
         --clean) clean=1 ;;
         --workdir) work=$2; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift

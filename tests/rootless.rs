@@ -3,7 +3,8 @@
 //! mounted tree as that user and compare it with the kernel's manifest, less
 //! what the kernel itself hides from such a user: trusted.* xattrs (they
 //! need CAP_SYS_ADMIN in the initial namespace) and, inside the namespace,
-//! owners it does not map (shown as the overflow id 65534).
+//! owners it does not map (shown as the overflow id 65534) and POSIX ACLs
+//! (refused on FUSE mounts there unless permissions are enforced).
 
 mod common;
 
@@ -27,7 +28,12 @@ fn as_unprivileged(manifest: &str, map_ids: bool) -> Vec<Value> {
             let mut v: Value = serde_json::from_str(line).unwrap();
             let obj = v.as_object_mut().unwrap();
             if let Some(Value::Object(x)) = obj.get_mut("xattrs") {
-                x.retain(|name, _| !name.starts_with("trusted."));
+                // In a user namespace the kernel refuses POSIX ACLs on a
+                // FUSE mount that does not enforce permissions.
+                x.retain(|name, _| {
+                    !name.starts_with("trusted.")
+                        && !(map_ids && name.starts_with("system.posix_acl_"))
+                });
                 if x.is_empty() {
                     obj.remove("xattrs");
                 }
@@ -123,14 +129,7 @@ fn unprivileged_mount_through_fusermount3() {
         "{} is not executable by nobody",
         bin().display()
     );
-    for f in UNCOMPRESSED.iter().filter(|f| {
-        [
-            "plain-4k.erofs",
-            "tar-index.erofs",
-            "tar-index-appended.erofs",
-        ]
-        .contains(&f.image)
-    }) {
+    for f in UNCOMPRESSED {
         let (_dir, image, devices, mnt) = nobody_workdir(f);
         let mut mount = as_nobody();
         mount.arg(bin()).arg("mount").arg(&image).arg(&mnt);
@@ -180,15 +179,22 @@ fn mount_inside_a_user_namespace() {
         return;
     }
     open_dev_fuse();
-    let f = UNCOMPRESSED
+    for f in UNCOMPRESSED {
+        walk_in_user_namespace(f);
+    }
+}
+
+/// As nobody: `unshare -Urm`, mount in the foreground inside, wait until it
+/// answers, walk, then SIGTERM unmounts.
+fn walk_in_user_namespace(f: &Fixture) {
+    let (_dir, image, devices, mnt) = nobody_workdir(f);
+    let devices: String = devices
         .iter()
-        .find(|f| f.image == "tar-index-appended.erofs")
-        .unwrap();
-    let (_dir, image, _, mnt) = nobody_workdir(f);
-    // Inside: mount in the foreground, walk, then SIGTERM unmounts.
+        .map(|d| format!(" --device {}", d.display()))
+        .collect();
     let script = format!(
-        "{bin} mount -f {image} {mnt} & pid=$!; \
-         for i in $(seq 100); do [ -e {mnt}/etc ] && break; sleep 0.05; done; \
+        "{bin} mount -f {image}{devices} {mnt} & pid=$!; \
+         for i in $(seq 100); do mountpoint -q {mnt} && break; sleep 0.05; done; \
          {python} {manifest} {mnt}; status=$?; kill -TERM $pid; wait $pid; exit $status",
         bin = bin().display(),
         image = image.display(),
@@ -199,12 +205,43 @@ fn mount_inside_a_user_namespace() {
     let out = run(as_nobody().args(["unshare", "-Urm", "sh", "-c", &script]));
     assert!(
         out.status.success(),
-        "walk inside unshare -Urm failed: {}",
+        "{}: walk inside unshare -Urm failed: {}",
+        f.image,
         String::from_utf8_lossy(&out.stderr)
     );
     let expected = as_unprivileged(&expected_manifest(f), true);
     let got = parse(&String::from_utf8_lossy(&out.stdout));
     if let Some(diff) = first_difference(&expected, &got) {
-        panic!("mount inside unshare -Urm differs:\n{diff}");
+        panic!("{} mounted inside unshare -Urm differs:\n{diff}", f.image);
     }
+}
+
+#[test]
+fn shared_mount_enforces_the_image_permissions() {
+    let needs = [
+        Need::Root,
+        Need::Fuse,
+        Need::Program("fusermount3"),
+        Need::Program("setpriv"),
+    ];
+    if !have("shared_mount_enforces_the_image_permissions", &needs) {
+        return;
+    }
+    let mount = FuseMount::new(&fixture("plain-4k.erofs"), &[], &["-o", "allow_other"]);
+    let read_as_nobody = |path: &str| {
+        as_nobody()
+            .args(["head", "-c", "1"])
+            .arg(mount.path().join(path))
+            .output()
+            .unwrap()
+    };
+    // Mode 1600, owner 1000: another user must be refused.
+    let denied = read_as_nobody("meta/sticky_private");
+    assert!(
+        !denied.status.success(),
+        "nobody read a mode 1600 file of uid 1000 through allow_other"
+    );
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Permission denied"));
+    // Mode 0644: readable by anyone.
+    assert!(read_as_nobody("hard/one").status.success());
 }

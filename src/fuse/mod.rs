@@ -38,7 +38,7 @@ const MAX_READAHEAD: u32 = 1 << 20;
 const SEQUENTIAL_READ: u32 = 64 << 10;
 
 /// How far past a sequential read to prefetch, in multiples of its size.
-const PREFETCH_FACTOR: u64 = 4;
+const PREFETCH_FACTOR: u64 = 16;
 
 /// The FUSE filesystem over one image.
 pub struct ErofsFs {
@@ -49,14 +49,18 @@ pub struct ErofsFs {
     /// stop sending them, with KEEP_CACHE/CACHE_DIR as the default).
     no_open: bool,
     no_opendir: bool,
+    /// The kernel checks permissions (default_permissions): POSIX ACLs are
+    /// negotiated and enforced too.
+    default_permissions: bool,
     /// Whether the server runs in the initial user namespace, where uid 0
     /// stands for a caller that may see trusted.* xattrs.
     init_userns: bool,
 }
 
 impl ErofsFs {
-    /// Serves `image`.
-    pub fn new(image: Arc<Image>) -> Self {
+    /// Serves `image`; `default_permissions` says whether the mount lets
+    /// the kernel enforce the image's permissions.
+    pub fn new(image: Arc<Image>, default_permissions: bool) -> Self {
         let root = image.superblock().root_nid;
         let block_size = image.block_size() as u32;
         Self {
@@ -65,6 +69,7 @@ impl ErofsFs {
             block_size,
             no_open: false,
             no_opendir: false,
+            default_permissions,
             init_userns: in_initial_user_namespace(),
         }
     }
@@ -174,10 +179,16 @@ fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
 
 impl Filesystem for ErofsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+        let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS;
+        // With POSIX_ACL the kernel enforces the image's ACLs too, as the
+        // kernel's erofs does. It also forces default_permissions, so only
+        // mounts that enforce permissions anyway ask for it.
+        if self.default_permissions {
+            wanted |= InitFlags::FUSE_POSIX_ACL;
+        }
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::info!("kernel lacks FUSE capabilities {missing:?}");
         }
@@ -419,15 +430,19 @@ impl Filesystem for ErofsFs {
         // may read them (CAP_SYS_ADMIN; here: root in the initial user
         // namespace). Others would see names that read as ENODATA.
         let show_trusted = self.init_userns && req.uid() == 0;
+        // On a mount in a user namespace without POSIX_ACL the kernel
+        // refuses ACL xattrs; do not list what cannot be read.
+        let show_acls = self.init_userns || self.default_permissions;
         let names = self.inode(ino).and_then(|inode| {
             let list = self
                 .image
                 .xattrs(&inode)
                 .map_err(|e| self.fail("listxattr", ino, e))?;
             let mut names = Vec::new();
-            let visible = list
-                .into_iter()
-                .filter(|x| show_trusted || !x.name.starts_with(b"trusted."));
+            let visible = list.into_iter().filter(|x| {
+                (show_trusted || !x.name.starts_with(b"trusted."))
+                    && (show_acls || !x.name.starts_with(b"system.posix_acl_"))
+            });
             for x in visible {
                 names.extend_from_slice(&x.name);
                 names.push(0);

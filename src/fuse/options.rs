@@ -120,6 +120,13 @@ impl MountOptions {
         Ok(o)
     }
 
+    /// Whether the kernel checks the image's permissions: asked for, or
+    /// implied by a mount other users can reach.
+    pub fn enforces_permissions(&self) -> bool {
+        let shared = self.allow_other || self.allow_root;
+        self.default_permissions.unwrap_or(shared)
+    }
+
     /// The fuser configuration for these options, for a mount by root
     /// (`is_root`) or by an unprivileged user.
     pub fn fuser_config(&self, is_root: bool, threads: usize, fsname: &str) -> Result<Config> {
@@ -129,7 +136,7 @@ impl MountOptions {
             ));
         }
         let shared = self.allow_other || self.allow_root;
-        let default_permissions = self.default_permissions.unwrap_or(shared);
+        let default_permissions = self.enforces_permissions();
         if shared && !default_permissions {
             tracing::warn!(
                 "no_default_permissions with allow_other: every user can read every file, whatever its mode in the image"

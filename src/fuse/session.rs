@@ -98,7 +98,10 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
         .thread_block()
         .map_err(|e| Error::io("sigprocmask", e.into()))?;
 
-    let fs = ErofsFs::new(Arc::clone(&request.image));
+    let fs = ErofsFs::new(
+        Arc::clone(&request.image),
+        request.options.enforces_permissions(),
+    );
     let session = fuser::Session::new(fs, &request.mountpoint, config);
     let mut session = match session {
         Ok(session) => session,
