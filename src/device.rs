@@ -109,21 +109,40 @@ impl Device {
     }
 
     /// Asks the kernel to start reading `[offset, offset + len)` into the
-    /// page cache in the background (`MADV_WILLNEED`). Out-of-range parts
-    /// are ignored: this is only a hint.
+    /// page cache in the background (`MADV_WILLNEED`). Only a hint.
     pub fn will_need(&self, offset: u64, len: u64) {
+        if let Some((start, len)) = self.page_range(offset, len) {
+            let _ = self.map.advise_range(memmap2::Advice::WillNeed, start, len);
+        }
+    }
+
+    /// Drops `[offset, offset + len)` from this process's page tables
+    /// (`MADV_DONTNEED`). The bytes stay in the page cache, and a later
+    /// access maps them again; this only keeps pages the server has served
+    /// from counting as its resident memory.
+    pub fn release(&self, offset: u64, len: u64) {
+        if let Some((start, len)) = self.page_range(offset, len) {
+            // SAFETY: the map is a read-only shared file mapping, for which
+            // MADV_DONTNEED only unmaps pages: their contents come back from
+            // the file on the next access, so no reader can see other bytes.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+    }
+
+    /// `[offset, offset + len)` clipped to the device, widened to whole
+    /// pages, as (start, length) in the underlying map.
+    fn page_range(&self, offset: u64, len: u64) -> Option<(usize, usize)> {
+        const PAGE: u64 = 4096;
         let end = offset.saturating_add(len).min(self.len as u64);
         if offset >= end {
-            return;
+            return None;
         }
-        let page = 4096;
-        let start = (self.start as u64 + offset) / page * page;
+        let start = (self.start as u64 + offset) / PAGE * PAGE;
         let end = self.start as u64 + end;
-        let _ = self.map.advise_range(
-            memmap2::Advice::WillNeed,
-            start as usize,
-            (end - start) as usize,
-        );
+        Some((start as usize, (end - start) as usize))
     }
 
     /// The bytes from `offset` to the end of the device.

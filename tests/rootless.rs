@@ -30,10 +30,11 @@ fn as_unprivileged(manifest: &str, map_ids: bool) -> Vec<Value> {
             if let Some(Value::Object(x)) = obj.get_mut("xattrs") {
                 // In a user namespace the kernel refuses POSIX ACLs on a
                 // FUSE mount that does not enforce permissions.
-                x.retain(|name, _| {
-                    !name.starts_with("trusted.")
-                        && !(map_ids && name.starts_with("system.posix_acl_"))
-                });
+                let hidden = |name: &str| {
+                    name.starts_with("trusted.")
+                        || (map_ids && name.starts_with("system.posix_acl_"))
+                };
+                x.retain(|name, _| !hidden(name));
                 if x.is_empty() {
                     obj.remove("xattrs");
                 }

@@ -37,6 +37,15 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// sequential reader; smaller ones are treated as random.
 const SEQUENTIAL_READ: u32 = 64 << 10;
 
+/// After this many bytes served (metadata requests count 4 KiB each), every
+/// image page is unmapped from the server, so that its resident memory stays
+/// bounded however much of the image it has read. The pages stay in the page
+/// cache; the next access maps them again.
+const TRIM_EVERY: u64 = 16 << 20;
+
+/// What a metadata request counts for [`TRIM_EVERY`].
+const METADATA_REQUEST: u64 = 4096;
+
 /// How far past a sequential read to prefetch, in multiples of its size.
 const PREFETCH_FACTOR: u64 = 16;
 
@@ -52,6 +61,8 @@ pub struct ErofsFs {
     /// The kernel checks permissions (default_permissions): POSIX ACLs are
     /// negotiated and enforced too.
     default_permissions: bool,
+    /// Bytes served since the mount (see [`TRIM_EVERY`]).
+    served: std::sync::atomic::AtomicU64,
     /// Whether the server runs in the initial user namespace, where uid 0
     /// stands for a caller that may see trusted.* xattrs.
     init_userns: bool,
@@ -70,6 +81,7 @@ impl ErofsFs {
             no_open: false,
             no_opendir: false,
             default_permissions,
+            served: std::sync::atomic::AtomicU64::new(0),
             init_userns: in_initial_user_namespace(),
         }
     }
@@ -92,7 +104,17 @@ impl ErofsFs {
         }
     }
 
+    /// Counts `bytes` served, unmapping the image every [`TRIM_EVERY`].
+    fn account(&self, bytes: u64) {
+        use std::sync::atomic::Ordering;
+        let before = self.served.fetch_add(bytes, Ordering::Relaxed);
+        if before / TRIM_EVERY != (before + bytes) / TRIM_EVERY {
+            self.image.release_mapped();
+        }
+    }
+
     fn inode(&self, ino: INodeNo) -> Result<Inode, Errno> {
+        self.account(METADATA_REQUEST);
         self.image
             .inode(self.nid(ino))
             .map_err(|e| self.fail("inode", ino, e))
@@ -278,6 +300,10 @@ impl Filesystem for ErofsFs {
         match self.image.read_range(&inode, offset, u64::from(size)) {
             Ok(bytes) => {
                 reply.data(&bytes);
+                // Served: keep the image's pages out of our resident set
+                // (they stay in the page cache).
+                self.image.release(&inode, offset, bytes.len() as u64);
+                self.account(bytes.len() as u64);
                 // A readahead-sized read means a sequential reader: start
                 // the disk on what it will ask for next.
                 if size >= SEQUENTIAL_READ && !bytes.is_empty() {

@@ -198,13 +198,18 @@ impl Image {
         Ok(Cow::Owned(buf))
     }
 
-    /// Starts reading file bytes `[offset, offset + len)` into the page
-    /// cache in the background, so that a sequential reader finds them
-    /// there. Only a hint: errors and unmapped ranges are ignored.
-    pub fn prefetch(&self, inode: &Inode, offset: u64, len: u64) {
+    /// Calls `f(device, offset, len)` for each run of file bytes
+    /// `[offset, offset + len)` stored on a device (holes and inline data
+    /// are skipped). Stops at the first mapping error or after 64 runs.
+    fn for_each_device_run(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(&Device, u64, u64),
+    ) {
         let end = offset.saturating_add(len).min(inode.size);
         let mut pos = offset;
-        // A bounded number of extents: chunked files may have many.
         for _ in 0..64 {
             if pos >= end {
                 break;
@@ -214,10 +219,24 @@ impl Image {
             };
             let run = mapping.len.min(end - pos);
             if let Extent::Device(dev, pa) = mapping.extent {
-                dev.will_need(pa, run);
+                f(dev, pa, run);
             }
             pos += run;
         }
+    }
+
+    /// Starts reading file bytes `[offset, offset + len)` into the page
+    /// cache in the background, so that a sequential reader finds them
+    /// there. Only a hint.
+    pub fn prefetch(&self, inode: &Inode, offset: u64, len: u64) {
+        self.for_each_device_run(inode, offset, len, |dev, pa, n| dev.will_need(pa, n));
+    }
+
+    /// Unmaps file bytes `[offset, offset + len)` from the process once
+    /// served (they stay in the page cache), so a server that has read a
+    /// whole image does not hold it all as resident memory.
+    pub fn release(&self, inode: &Inode, offset: u64, len: u64) {
+        self.for_each_device_run(inode, offset, len, |dev, pa, n| dev.release(pa, n));
     }
 
     /// A symlink's target.

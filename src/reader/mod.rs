@@ -136,6 +136,15 @@ impl Image {
         self.inode(self.sb.root_nid)
     }
 
+    /// Unmaps every page of every device from the process (they stay in
+    /// the page cache): bounds the resident memory of a long-running server.
+    pub fn release_mapped(&self) {
+        self.devices.primary.release(0, self.devices.primary.len());
+        for dev in &self.devices.extra {
+            dev.backing.release(0, dev.backing.len());
+        }
+    }
+
     /// The long xattr name prefixes.
     pub fn long_prefixes(&self) -> &[LongPrefix] {
         self.prefixes.list()
