@@ -40,15 +40,6 @@ fn le32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
 }
 
-/// Recomputes the superblock checksum as mkfs.erofs does.
-fn fix_checksum(b: &mut [u8]) {
-    let block = 1usize << b[1024 + 12];
-    let len = if block > 1024 { block - 1024 } else { block };
-    b[1028..1032].fill(0);
-    let crc = !crc32c::crc32c(&b[1024..1024 + len]);
-    b[1028..1032].copy_from_slice(&crc.to_le_bytes());
-}
-
 fn root_inode_offset(b: &[u8]) -> usize {
     let bits = b[1024 + 12];
     let meta = le32(b, 1024 + 40) as usize;

@@ -230,3 +230,41 @@ fn concurrent_readers_see_identical_bytes_in_bounded_memory() {
     assert!(peak < 32 * 1024, "server peak RSS {peak} KiB");
     eprintln!("server peak RSS: {peak} KiB");
 }
+
+#[test]
+fn a_broken_directory_gives_eio_and_the_rest_keeps_working() {
+    if !have(
+        "a_broken_directory_gives_eio_and_the_rest_keeps_working",
+        FUSE_ROOT,
+    ) {
+        return;
+    }
+    // plain-4k with /bigdir's blocks moved past the end of the image.
+    let mut bytes = std::fs::read(fixture("plain-4k.erofs")).unwrap();
+    let image = erofs_fuse::Image::open(&fixture("plain-4k.erofs"), &Default::default()).unwrap();
+    let nid = image.resolve(b"/bigdir").unwrap().nid.0 as usize;
+    let sb = image.superblock();
+    let at = ((sb.meta_blkaddr as usize) << sb.block_bits) + nid * 32;
+    bytes[at + 16..at + 20].copy_from_slice(&0x00ff_ff00u32.to_le_bytes());
+    fix_checksum(&mut bytes);
+    let work = tempfile::tempdir().unwrap();
+    let broken = work.path().join("broken.erofs");
+    std::fs::write(&broken, &bytes).unwrap();
+
+    let mount = FuseMount::new(&broken, &[], &[]);
+    let err = std::fs::read_dir(mount.path().join("bigdir"))
+        .and_then(|mut d| d.next().transpose())
+        .expect_err("a directory with blocks past the end was listed");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // The server is still there and the rest of the tree reads fine.
+    assert_eq!(
+        std::fs::read(mount.path().join("hard/one")).unwrap().len(),
+        10
+    );
+    assert!(
+        std::fs::read_dir(mount.path().join("hard"))
+            .unwrap()
+            .count()
+            >= 3
+    );
+}

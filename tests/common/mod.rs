@@ -377,3 +377,13 @@ pub const FUSE_ROOT: &[Need] = &[
     Need::Program("fusermount3"),
     Need::Program("python3"),
 ];
+
+/// Recomputes an image's superblock checksum as mkfs.erofs does, after a
+/// test has patched bytes it covers.
+pub fn fix_checksum(b: &mut [u8]) {
+    let block = 1usize << b[1024 + 12];
+    let len = if block > 1024 { block - 1024 } else { block };
+    b[1028..1032].fill(0);
+    let crc = !crc32c::crc32c(&b[1024..1024 + len]);
+    b[1028..1032].copy_from_slice(&crc.to_le_bytes());
+}
