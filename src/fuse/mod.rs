@@ -7,6 +7,7 @@
 //! with `FOPEN_KEEP_CACHE` and directories with `FOPEN_CACHE_DIR`: the
 //! kernel's caches serve repeated access without asking again.
 
+mod convert;
 pub mod options;
 pub mod session;
 
@@ -14,7 +15,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem,
@@ -23,8 +24,10 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::format::{FileType, Nid};
+use crate::format::Nid;
 use crate::reader::{DirPos, Image, Inode};
+
+use convert::{encode_dev, fuse_type, in_initial_user_namespace, reply_xattr, to_system_time};
 
 /// How long the kernel may cache entries and attributes: the image never
 /// changes while mounted.
@@ -151,51 +154,6 @@ impl ErofsFs {
             blksize: self.block_size,
             flags: 0,
         }
-    }
-}
-
-/// True when /proc/self/uid_map maps every uid to itself (the initial user
-/// namespace).
-fn in_initial_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        .unwrap_or(false)
-}
-
-/// The kernel's `new_encode_dev`, the encoding FUSE attributes use.
-fn encode_dev(major: u32, minor: u32) -> u32 {
-    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
-}
-
-fn to_system_time(secs: i64, nsec: u32) -> SystemTime {
-    let nanos = Duration::from_nanos(u64::from(nsec));
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64) + nanos
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nanos
-    }
-}
-
-fn fuse_type(t: FileType) -> fuser::FileType {
-    match t {
-        FileType::Directory => fuser::FileType::Directory,
-        FileType::Symlink => fuser::FileType::Symlink,
-        FileType::CharDevice => fuser::FileType::CharDevice,
-        FileType::BlockDevice => fuser::FileType::BlockDevice,
-        FileType::Fifo => fuser::FileType::NamedPipe,
-        FileType::Socket => fuser::FileType::Socket,
-        FileType::Regular | FileType::Unknown => fuser::FileType::RegularFile,
-    }
-}
-
-/// Answers the size-probe protocol of getxattr/listxattr.
-fn reply_xattr(reply: ReplyXattr, size: u32, data: &[u8]) {
-    if size == 0 {
-        reply.size(data.len() as u32);
-    } else if (size as usize) < data.len() {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(data);
     }
 }
 
