@@ -56,8 +56,7 @@ impl Device {
         };
         if offset > whole.len() {
             return Err(Error::Invalid(format!(
-                "{}: offset {offset} is past the end of the file ({} bytes)",
-                path.display(),
+                "offset {offset} is past the end of the file ({} bytes)",
                 whole.len()
             )));
         }

@@ -114,3 +114,26 @@ fn compressed_data_fails_clearly_until_supported() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_image_inside_a_larger_file_reads_with_offset() {
+    let f = UNCOMPRESSED
+        .iter()
+        .find(|f| f.image == "tar-index-appended.erofs")
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let embedded = work.path().join("embedded.img");
+    let mut bytes = vec![0xa5u8; 3 * 4096];
+    bytes.extend(std::fs::read(fixture(f.image)).unwrap());
+    std::fs::write(&embedded, bytes).unwrap();
+    let out = run_ok(
+        Command::new(bin())
+            .args(["manifest", "--offset", "12288"])
+            .arg(&embedded),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected_manifest(f));
+    let out = run(Command::new(bin())
+        .args(["ls", "--offset", "999999999"])
+        .arg(&embedded));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("past the end of the file"));
+}
