@@ -106,6 +106,14 @@ impl Extractor<'_> {
         let mut file = File::create_new(path).map_err(|e| Error::io(path, e))?;
         let mut offset = 0;
         while offset < inode.size {
+            // Holes are skipped whole, however large the file claims to be.
+            let hole = self.image.hole_len(inode, offset)?;
+            if hole > 0 {
+                file.seek(SeekFrom::Current(hole as i64))
+                    .map_err(|e| Error::io(path, e))?;
+                offset += hole;
+                continue;
+            }
             let bytes = self.image.read_range(inode, offset, COPY_CHUNK)?;
             if bytes.is_empty() {
                 break;

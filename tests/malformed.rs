@@ -261,4 +261,35 @@ fn a_file_that_is_one_hole_reads_as_zeros_up_to_its_size() {
         &[0u8; 6]
     );
     assert_eq!(image.read_at(&inode, 10, &mut buf).unwrap(), 0);
+    assert_eq!(image.hole_len(&inode, 3).unwrap(), 7);
+}
+
+#[test]
+fn a_huge_sparse_file_extracts_at_once() {
+    // /hard/one turned into a hole of 4 GiB - 1 bytes, the largest size a
+    // compact inode holds.
+    let mut b = bytes_of("plain-4k.erofs");
+    let at = inode_offset("plain-4k.erofs", "/hard/one");
+    let format = le16(&b, at) & !0b1110;
+    b[at..at + 2].copy_from_slice(&format.to_le_bytes());
+    b[at + 8..at + 12].copy_from_slice(&u32::MAX.to_le_bytes());
+    b[at + 16..at + 20].copy_from_slice(&u32::MAX.to_le_bytes());
+    fix_checksum(&mut b);
+    let f = write_image(&b);
+    let image = open(f.path()).unwrap();
+    let dest = tempfile::tempdir().unwrap();
+    let out = dest.path().join("tree");
+    let options = erofs_fuse::extract::ExtractOptions {
+        owners: false,
+        xattrs: false,
+    };
+    let started = std::time::Instant::now();
+    erofs_fuse::extract::extract(&image, &out, &options).unwrap();
+    // A 4 GiB hole costs a seek, not 4096 reads of zeros (a loose bound:
+    // this guards against hangs, it is not a speed figure).
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let meta = std::fs::metadata(out.join("hard/one")).unwrap();
+    assert_eq!(meta.len(), u64::from(u32::MAX));
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() < 16, "the hole was written out");
 }

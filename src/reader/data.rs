@@ -239,6 +239,19 @@ impl Image {
         self.for_each_device_run(inode, offset, len, |dev, pa, n| dev.release(pa, n));
     }
 
+    /// How many bytes from `offset` on are a hole (read as zeros without
+    /// being stored); 0 when `offset` holds data or is at the end.
+    pub fn hole_len(&self, inode: &Inode, offset: u64) -> Result<u64> {
+        if offset >= inode.size {
+            return Ok(0);
+        }
+        let mapping = self.map(inode, offset)?;
+        Ok(match mapping.extent {
+            Extent::Hole => mapping.len,
+            _ => 0,
+        })
+    }
+
     /// A symlink's target.
     pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {
         if inode.kind != super::FileKind::Symlink {
