@@ -5,7 +5,11 @@
 //! - [`device`]: read-only memory maps of image files and ranges of them;
 //! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
 //!   data), knowing nothing of FUSE;
-//! - [`extract`]: copying a whole image tree out to a directory.
+//! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte layouts;
+//! - [`inspect`], [`manifest`], [`extract`]: tools built on the reader
+//!   (summaries, JSON-lines manifests, copying a tree out).
+
+#![warn(missing_docs)]
 
 pub mod device;
 pub mod error;
