@@ -239,17 +239,26 @@ fn random_byte_flips_never_panic() {
     assert!(failed > 0, "no corruption was ever detected");
 }
 
-#[test]
-fn a_file_that_is_one_hole_reads_as_zeros_up_to_its_size() {
+/// plain-4k with /hard/one turned into a hole (FLAT_PLAIN, compact, with
+/// the null block address), of `size` bytes when given.
+fn image_with_hole(size: Option<u32>) -> (tempfile::NamedTempFile, Image) {
     let mut b = bytes_of("plain-4k.erofs");
     let at = inode_offset("plain-4k.erofs", "/hard/one");
-    // FLAT_PLAIN (layout 0, compact) with the null block address: a hole.
     let format = le16(&b, at) & !0b1110;
     b[at..at + 2].copy_from_slice(&format.to_le_bytes());
+    if let Some(size) = size {
+        b[at + 8..at + 12].copy_from_slice(&size.to_le_bytes());
+    }
     b[at + 16..at + 20].copy_from_slice(&u32::MAX.to_le_bytes());
     fix_checksum(&mut b);
     let f = write_image(&b);
     let image = open(f.path()).unwrap();
+    (f, image)
+}
+
+#[test]
+fn a_file_that_is_one_hole_reads_as_zeros_up_to_its_size() {
+    let (_f, image) = image_with_hole(None);
     let inode = image.resolve(b"/hard/one").unwrap();
     assert_eq!(inode.size, 10);
     let mut buf = [0xffu8; 64];
@@ -266,17 +275,8 @@ fn a_file_that_is_one_hole_reads_as_zeros_up_to_its_size() {
 
 #[test]
 fn a_huge_sparse_file_extracts_at_once() {
-    // /hard/one turned into a hole of 4 GiB - 1 bytes, the largest size a
-    // compact inode holds.
-    let mut b = bytes_of("plain-4k.erofs");
-    let at = inode_offset("plain-4k.erofs", "/hard/one");
-    let format = le16(&b, at) & !0b1110;
-    b[at..at + 2].copy_from_slice(&format.to_le_bytes());
-    b[at + 8..at + 12].copy_from_slice(&u32::MAX.to_le_bytes());
-    b[at + 16..at + 20].copy_from_slice(&u32::MAX.to_le_bytes());
-    fix_checksum(&mut b);
-    let f = write_image(&b);
-    let image = open(f.path()).unwrap();
+    // A hole of 4 GiB - 1 bytes, the largest size a compact inode holds.
+    let (_f, image) = image_with_hole(Some(u32::MAX));
     let dest = tempfile::tempdir().unwrap();
     let out = dest.path().join("tree");
     let options = erofs_fuse::extract::ExtractOptions {
