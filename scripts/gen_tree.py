@@ -24,7 +24,9 @@ MAX_PATH = 3000
 # Debian's mkfs.erofs 1.5 fails on 255-byte names ("Could not format the
 # device: No such file or directory"); the mkfs.erofs 1.9 fixtures cover 255.
 MAX_NAME = 254
-SIZES = [0, 1, 2, 511, 512, 513, 4095, 4096, 4097, 8191, 8192, 8193, 12288, 65536, 65537]
+# Block edges (512, 4096) and pcluster edges (16K, 32K, 64K, 128K).
+SIZES = [0, 1, 2, 511, 512, 513, 4095, 4096, 4097, 8191, 8192, 8193, 12288, 16383, 16385,
+         32767, 32768, 32769, 65535, 65536, 65537, 131071, 131072, 131073]
 FILE_MODES = [0o644, 0o644, 0o755, 0o600, 0o000, 0o777, 0o444, 0o4755, 0o2755, 0o6711, 0o1644, 0o640]
 DIR_MODES = [0o755, 0o755, 0o700, 0o1777, 0o2775, 0o555, 0o750]
 IDS = [0, 0, 0, 1, 1000, 65534, 65535, 65536, 100000, 2**31 - 2]
@@ -74,16 +76,31 @@ class Generator:
     def contents(self):
         rng = self.rng
         size = rng.choice(SIZES) if rng.random() < 0.96 else rng.randint(1, 2 << 20)
-        style = rng.randrange(4)
+        style = rng.randrange(6)
         if style == 0:
             return rng.randbytes(size)
         if style == 1:
-            return (b"compressible line %d\n" % rng.randrange(10)) * (size // 20 + 1)
+            return ((b"compressible line %d\n" % rng.randrange(10)) * (size // 20 + 1))[:size]
         if style == 2:
             return bytes(size)
-        # Half zeros, half random: holes and data in one file.
-        half = size // 2
-        return bytes(half) + rng.randbytes(size - half)
+        if style == 3:
+            # Half zeros, half random: holes and data in one file.
+            half = size // 2
+            return bytes(half) + rng.randbytes(size - half)
+        if style == 4:
+            # Text with some variety: compresses, but not to nothing.
+            words = [b"usr", b"lib", b"x86_64", b"linux", b"gnu", b"share", b"%d" % rng.randrange(99)]
+            out = bytearray()
+            while len(out) < size:
+                out += b"/".join(rng.choice(words) for _ in range(rng.randint(1, 6))) + b"\n"
+            return bytes(out[:size])
+        # Runs of random and compressible data: compressed and stored-plain
+        # pclusters in one file.
+        out = bytearray()
+        while len(out) < size:
+            run = rng.choice([100, 1000, 4096, 5000, 20000])
+            out += rng.randbytes(run) if rng.random() < 0.5 else bytes([rng.randrange(256)]) * run
+        return bytes(out[:size])
 
     # -- attributes --------------------------------------------------------
     def xattrs(self, path, kind):

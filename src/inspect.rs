@@ -169,12 +169,35 @@ pub struct EntrySummary {
     pub inode_format: &'static str,
     /// Data layout name.
     pub layout: &'static str,
+    /// How a compressed file is stored.
+    pub compression: Option<CompressionSummary>,
     /// `[major, minor]` for devices.
     pub rdev: Option<[u32; 2]>,
     /// Symlink target.
     pub target: Option<String>,
     /// Extended attributes.
     pub xattrs: Vec<XattrSummary>,
+}
+
+/// How a compressed file is stored, in an [`EntrySummary`].
+#[derive(Debug, Serialize)]
+pub struct CompressionSummary {
+    /// Algorithms its extents use.
+    pub algorithms: Vec<&'static str>,
+    /// Encoded bytes on disk.
+    pub compressed_size: u64,
+    /// Extents in all.
+    pub extents: u64,
+    /// Extents stored uncompressed.
+    pub plain_extents: u64,
+    /// Extents referring to part of a shared pcluster (dedupe).
+    pub partial_extents: u64,
+    /// Bytes kept as a fragment in the packed inode.
+    pub fragment_bytes: u64,
+    /// Bytes in the inline tail pcluster.
+    pub inline_bytes: u64,
+    /// Logical cluster size.
+    pub lcluster_size: u64,
 }
 
 /// One xattr in an [`EntrySummary`].
@@ -216,6 +239,21 @@ impl EntrySummary {
                     .map(str::to_string),
             })
             .collect();
+        let compression = if inode.layout.is_compressed() {
+            let c = image.compression_info(inode)?;
+            Some(CompressionSummary {
+                algorithms: c.algorithms,
+                compressed_size: c.compressed_size,
+                extents: c.extents,
+                plain_extents: c.plain_extents,
+                partial_extents: c.partial_extents,
+                fragment_bytes: c.fragment_bytes,
+                inline_bytes: c.inline_bytes,
+                lcluster_size: c.lcluster_size,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             path: path.to_string(),
             kind: kind_name(inode.kind),
@@ -234,6 +272,7 @@ impl EntrySummary {
                 "compact"
             },
             layout: inode.layout.name(),
+            compression,
             rdev,
             target,
             xattrs,

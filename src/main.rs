@@ -37,6 +37,12 @@ pub struct ImageArgs {
     /// larger file).
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     offset: u64,
+    /// Memory for decoded compressed data, shared by all readers (e.g. 64M,
+    /// 1G; 0 disables it). Each compressed extent is decoded once while it
+    /// stays in this cache; uncompressed data never uses it.
+    #[arg(long, value_name = "SIZE", default_value = "64M",
+          value_parser = erofs_fuse::fuse::options::parse_size)]
+    cache_size: u64,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +62,7 @@ enum Command {
     /// -o options: ro, allow_other, allow_root, default_permissions,
     /// no_default_permissions, suid, nosuid, dev, nodev, exec, noexec,
     /// fsname=NAME, subtype=NAME, device=PATH (like --device), threads=N,
+    /// cache_size=SIZE (like --cache-size),
     /// auto_unmount, debug; fstab words like defaults, user, nofail, _netdev
     /// and x-* are accepted and ignored.
     Mount {

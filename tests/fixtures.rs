@@ -1,5 +1,5 @@
-//! Every uncompressed fixture, read by the library, equals the manifest the
-//! kernel produced for it; `extract` of each (as root) does too.
+//! Every fixture, compressed or not, read by the library, equals the
+//! manifest the kernel produced for it; `extract` of each (as root) does too.
 
 mod common;
 
@@ -9,7 +9,7 @@ use common::*;
 
 #[test]
 fn library_walk_equals_kernel_manifest() {
-    for f in UNCOMPRESSED {
+    for f in FIXTURES {
         let image = open_fixture(f);
         let lines =
             erofs_fuse::manifest::manifest(&image).unwrap_or_else(|e| panic!("{}: {e}", f.image));
@@ -26,7 +26,7 @@ fn library_walk_equals_kernel_manifest() {
 #[test]
 fn cli_manifest_equals_kernel_manifest() {
     // The single-file tar-index layer, through the binary with no --device.
-    let f = UNCOMPRESSED
+    let f = FIXTURES
         .iter()
         .find(|f| f.image == "tar-index-appended.erofs")
         .unwrap();
@@ -42,7 +42,7 @@ fn extract_equals_kernel_manifest() {
     ) {
         return;
     }
-    for f in UNCOMPRESSED {
+    for f in FIXTURES {
         let dest = tempfile::tempdir().unwrap();
         let out_dir = dest.path().join("tree");
         let mut cmd = Command::new(bin());
@@ -63,7 +63,7 @@ fn extract_equals_kernel_manifest() {
 
 #[test]
 fn extract_refuses_non_empty_destination() {
-    let f = &UNCOMPRESSED[0];
+    let f = &FIXTURES[0];
     let dest = tempfile::tempdir().unwrap();
     std::fs::write(dest.path().join("keep"), b"precious").unwrap();
     let out = run(Command::new(bin())
@@ -79,45 +79,8 @@ fn extract_refuses_non_empty_destination() {
 }
 
 #[test]
-fn compressed_data_fails_clearly_until_supported() {
-    // Metadata of a compressed image reads fine; file data says what is missing.
-    let image = erofs_fuse::Image::open(&fixture("lz4.erofs"), &Default::default()).unwrap();
-    let summary = erofs_fuse::inspect::ImageSummary::new(&image);
-    assert_eq!(summary.compression, vec!["lz4".to_string()]);
-    // The first compressed file (incompressible ones are stored plain).
-    let sizes = image.resolve(b"/sizes").unwrap();
-    let (name, file) = image
-        .read_dir(&sizes, Default::default())
-        .unwrap()
-        .map(|e| e.unwrap().0)
-        .map(|e| {
-            (
-                String::from_utf8(e.name).unwrap(),
-                image.inode(e.nid).unwrap(),
-            )
-        })
-        .find(|(_, inode)| inode.layout.is_compressed())
-        .expect("a compressed file in /sizes");
-    let err = image.read_at(&file, 0, &mut [0u8; 16]).unwrap_err();
-    assert!(err.to_string().contains("not supported yet"), "{err}");
-    let path = format!("/sizes/{name}");
-    let out = run(Command::new(bin())
-        .arg("cat")
-        .arg(fixture("lz4.erofs"))
-        .arg(&path));
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("lz4.erofs")
-            && stderr.contains(&path)
-            && stderr.contains("not supported yet"),
-        "{stderr}"
-    );
-}
-
-#[test]
 fn an_image_inside_a_larger_file_reads_with_offset() {
-    let f = UNCOMPRESSED
+    let f = FIXTURES
         .iter()
         .find(|f| f.image == "tar-index-appended.erofs")
         .unwrap();

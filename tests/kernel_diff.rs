@@ -22,14 +22,24 @@ const LAYOUTS: &[&[&str]] = &[
     &["-Eforce-inode-compact", "--all-root", "--ignore-mtime"],
     &["--chunksize=65536", "--blobdev=BLOB"],
     &["--chunksize=8192", "-Eforce-chunk-indexes"],
+    // Compressed: compact indexes, big pclusters, inline tails, full indexes.
+    &["-zlz4"],
+    &["-zlz4hc,9", "-C65536"],
+    &["-zlz4", "-Eztailpacking"],
+    &["-zlz4hc", "-Elegacy-compress", "-C16384"],
+    &[
+        "-zlz4hc,12",
+        "-C32768",
+        "-Eztailpacking,force-inode-extended",
+    ],
 ];
 
-/// Trees per run (at least 20); EROFS_FUSE_DIFF_TREES overrides.
+/// Trees per run (two per layout); EROFS_FUSE_DIFF_TREES overrides.
 fn tree_count() -> u64 {
     std::env::var("EROFS_FUSE_DIFF_TREES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(24)
+        .unwrap_or(26)
 }
 
 #[test]
@@ -37,6 +47,8 @@ fn generated_trees_read_as_the_kernel_reads_them() {
     let needs = [
         Need::Root,
         Need::KernelErofs,
+        Need::Fuse,
+        Need::Program("fusermount3"),
         Need::Program("mkfs.erofs"),
         Need::Program("python3"),
     ];
@@ -73,7 +85,7 @@ fn generated_trees_read_as_the_kernel_reads_them() {
         let kernel = tree_manifest(mount.path());
         let options = erofs_fuse::OpenOptions {
             devices: devices.clone(),
-            offset: 0,
+            ..Default::default()
         };
         let ours = erofs_fuse::Image::open(&image, &options)
             .and_then(|img| erofs_fuse::manifest::manifest(&img))
@@ -86,6 +98,15 @@ fn generated_trees_read_as_the_kernel_reads_them() {
             }
             Err(e) => failures.push(format!("seed {seed}, mkfs.erofs {layout:?}: {e}")),
         }
+        // The same image served by erofs-fuse, walked like the kernel's.
+        let fuse = FuseMount::new(&image, &devices, &[]);
+        let served = tree_manifest(fuse.path());
+        if let Some(diff) = manifest_diff(&kernel, &served, 8) {
+            failures.push(format!(
+                "seed {seed}, mkfs.erofs {layout:?}, erofs-fuse mount:\n{diff}"
+            ));
+        }
+        drop(fuse);
         eprintln!(
             "seed {seed}: mkfs.erofs {layout:?}: {} entries compared",
             kernel.lines().count()
@@ -93,7 +114,7 @@ fn generated_trees_read_as_the_kernel_reads_them() {
     }
     assert!(
         failures.is_empty(),
-        "library differs from the kernel:\n{}",
+        "erofs-fuse differs from the kernel:\n{}",
         failures.join("\n")
     );
 }

@@ -19,7 +19,7 @@ fn every_uncompressed_fixture_mounts_as_the_kernel_shows_it() {
         return;
     }
     let mut failures = Vec::new();
-    for f in UNCOMPRESSED {
+    for f in FIXTURES {
         let devices: Vec<PathBuf> = f.devices.iter().map(|d| fixture(d)).collect();
         let mount = FuseMount::new(&fixture(f.image), &devices, &[]);
         let got = tree_manifest(mount.path());
@@ -39,7 +39,7 @@ fn mount_helper_form_works_through_mount_fuse3() {
     if !have("mount_helper_form_works_through_mount_fuse3", FUSE_ROOT) {
         return;
     }
-    let f = UNCOMPRESSED
+    let f = FIXTURES
         .iter()
         .find(|f| f.image == "tar-index-appended.erofs")
         .unwrap();

@@ -130,7 +130,7 @@ fn unprivileged_mount_through_fusermount3() {
         "{} is not executable by nobody",
         bin().display()
     );
-    for f in UNCOMPRESSED {
+    for f in FIXTURES {
         let (_dir, image, devices, mnt) = nobody_workdir(f);
         let mut mount = as_nobody();
         mount.arg(bin()).arg("mount").arg(&image).arg(&mnt);
@@ -180,7 +180,7 @@ fn mount_inside_a_user_namespace() {
         return;
     }
     open_dev_fuse();
-    for f in UNCOMPRESSED {
+    for f in FIXTURES {
         walk_in_user_namespace(f);
     }
 }

@@ -52,6 +52,7 @@ fn open(args: &ImageArgs) -> Result<Image, String> {
     let options = OpenOptions {
         devices: args.devices.clone(),
         offset: args.offset,
+        cache_size: args.cache_size,
     };
     Image::open(&args.image, &options).map_err(|e| match e {
         // These already name the file they concern.
@@ -271,6 +272,23 @@ pub fn stat(args: &ImageArgs, path: &str, json: bool) -> CliResult {
         s.mtime,
         s.mtime_nsec,
     );
+    if let Some(c) = &s.compression {
+        let algorithms = if c.algorithms.is_empty() {
+            "none".to_string()
+        } else {
+            c.algorithms.join(", ")
+        };
+        t.push_str(&format!(
+            "Compressed: {} bytes on disk ({algorithms}), {} extents ({} stored plain, {} partial), lcluster {}\n",
+            c.compressed_size, c.extents, c.plain_extents, c.partial_extents, c.lcluster_size
+        ));
+        if c.fragment_bytes > 0 || c.inline_bytes > 0 {
+            t.push_str(&format!(
+                "  Tail: {} bytes in the packed inode, {} bytes inline\n",
+                c.fragment_bytes, c.inline_bytes
+            ));
+        }
+    }
     if let Some([major, minor]) = s.rdev {
         t.push_str(&format!("Device: {major}, {minor}\n"));
     }
@@ -309,6 +327,9 @@ pub fn mount(
     let options = MountOptions::parse(options).map_err(|e| e.to_string())?;
     let mut args = args.clone();
     args.devices.extend(options.devices.iter().cloned());
+    if let Some(size) = options.cache_size {
+        args.cache_size = size;
+    }
     let image = open(&args)?;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -12,12 +12,14 @@ mod dirent;
 mod inode;
 mod superblock;
 mod xattr;
+mod zmap;
 
 pub use chunk::*;
 pub use dirent::*;
 pub use inode::*;
 pub use superblock::*;
 pub use xattr::*;
+pub use zmap::*;
 
 use zerocopy::{FromBytes, Immutable, KnownLayout};
 

@@ -66,8 +66,38 @@ pub struct MountOptions {
     pub auto_unmount: bool,
     /// `threads=N`.
     pub threads: Option<usize>,
+    /// `cache_size=SIZE`: budget of the decoded-extent cache.
+    pub cache_size: Option<u64>,
     /// `debug`: log every request.
     pub debug: bool,
+}
+
+/// Parses a byte size: a number with an optional binary suffix K, M, G or
+/// T (`64M` is 64 MiB; `KiB`, `MB` and lower case are accepted too).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64M, 1G, 0)"))?;
+    let shift = match suffix.to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown size suffix {suffix:?} (use K, M, G or T)"
+            ))
+        }
+    };
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 impl MountOptions {
@@ -112,6 +142,12 @@ impl MountOptions {
                         ))
                     })?;
                     o.threads = Some(n);
+                }
+                "cache_size" => {
+                    let v = need(value)?;
+                    o.cache_size = Some(parse_size(&v).map_err(|e| {
+                        Error::Invalid(format!("mount option cache_size={v}: {e}"))
+                    })?);
                 }
                 k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}
                 _ => return Err(Error::Invalid(format!("unknown mount option {option:?}"))),
@@ -226,6 +262,24 @@ mod tests {
         assert_eq!(o.threads, Some(3));
         assert!(MountOptions::parse(&["bogus"]).is_err());
         assert!(MountOptions::parse(&["threads=0"]).is_err());
+        assert_eq!(
+            MountOptions::parse(&["cache_size=16M"]).unwrap().cache_size,
+            Some(16 << 20)
+        );
+        assert!(MountOptions::parse(&["cache_size=lots"]).is_err());
         assert!(MountOptions::parse(&["device="]).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("1KiB"), Ok(1024));
+        assert!(parse_size("").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

@@ -1,10 +1,11 @@
 //! File data: mapping a file offset to where its bytes are (the kernel's
 //! `erofs_map_blocks`), and reads built on that mapping.
 //!
-//! Compressed layouts plug in at [`Image::map`]; until they exist, mapping a
-//! compressed inode fails with a clear "not supported yet" error.
+//! Compressed layouts are mapped by `zmap` and decoded by `zdata`; here they
+//! are one more kind of [`Extent`].
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use crate::device::Device;
 use crate::error::{ensure, Error, Result};
@@ -16,7 +17,7 @@ use crate::format::{
 use super::{Image, Inode, MetaPos};
 
 /// Where one extent of a file's data is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Extent<'a> {
     /// On a device, starting at this byte.
     Device(&'a Device, u64),
@@ -24,10 +25,15 @@ pub(crate) enum Extent<'a> {
     Meta(MetaPos),
     /// A hole: reads as zeros.
     Hole,
+    /// Decoded bytes of a compressed extent, from this index on.
+    Decoded(Arc<[u8]>, usize),
+    /// A compressed extent not decoded (hint-only mappings): its pcluster's
+    /// device, address and length when it is on a device.
+    Encoded(Option<(&'a Device, u64, u64)>),
 }
 
 /// A run of a file's logical bytes `[start, start + len)` and where it is.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Mapping<'a> {
     /// Logical start of the run.
     pub start: u64,
@@ -38,19 +44,25 @@ pub(crate) struct Mapping<'a> {
 }
 
 impl Image {
-    /// Maps the logical offset `offset` (< size) of `inode`.
+    /// Maps the logical offset `offset` (< size) of `inode`, decoding
+    /// compressed extents.
     pub(crate) fn map(&self, inode: &Inode, offset: u64) -> Result<Mapping<'_>> {
+        self.map_for(inode, offset, true)
+    }
+
+    /// [`Image::map`], leaving compressed extents [`Extent::Encoded`] unless
+    /// `decode`.
+    fn map_for(&self, inode: &Inode, offset: u64, decode: bool) -> Result<Mapping<'_>> {
         debug_assert!(offset < inode.size);
         let mut mapping = match inode.layout {
             DataLayout::FlatPlain | DataLayout::FlatInline => self.map_flat(inode, offset)?,
             DataLayout::ChunkBased => self.map_chunked(inode, offset)?,
-            DataLayout::CompressedFull | DataLayout::CompressedCompact => {
-                return Err(Error::Unsupported(format!(
-                    "inode {}: compressed data ({}) is not supported yet",
-                    inode.nid,
-                    inode.layout.name()
-                )));
-            }
+            DataLayout::CompressedFull | DataLayout::CompressedCompact => self
+                .map_compressed(inode, offset, decode)
+                .map_err(|e| match e {
+                    Error::Corrupt(msg) => Error::Corrupt(format!("inode {}: {msg}", inode.nid)),
+                    other => other,
+                })?,
         };
         // Every mapping starts at the offset asked for; chunk lengths are
         // rounded up to blocks, so clip at EOF.
@@ -152,10 +164,15 @@ impl Image {
 
     /// The bytes of `mapping` from its start, `len` at most (`len <= mapping.len`).
     fn extent_bytes<'a>(&'a self, mapping: &Mapping<'a>, len: u64) -> Result<Cow<'a, [u8]>> {
-        match mapping.extent {
-            Extent::Device(dev, pa) => dev.slice(pa, len).map(Cow::Borrowed),
-            Extent::Meta(pos) => self.meta(pos, len),
+        match &mapping.extent {
+            Extent::Device(dev, pa) => dev.slice(*pa, len).map(Cow::Borrowed),
+            Extent::Meta(pos) => self.meta(*pos, len),
             Extent::Hole => Ok(Cow::Owned(vec![0; len as usize])),
+            Extent::Decoded(data, at) => data
+                .get(*at..*at + len as usize)
+                .map(|b| Cow::Owned(b.to_vec()))
+                .ok_or_else(|| Error::corrupt("decoded extent is shorter than its mapping")),
+            Extent::Encoded(_) => Err(Error::corrupt("read of an undecoded extent")),
         }
     }
 
@@ -171,8 +188,13 @@ impl Image {
             let mapping = self.map(inode, pos)?;
             let want = mapping.len.min((buf.len() - done) as u64);
             let dst = &mut buf[done..done + want as usize];
-            match mapping.extent {
+            match &mapping.extent {
                 Extent::Hole => dst.fill(0),
+                Extent::Decoded(data, at) => {
+                    dst.copy_from_slice(data.get(*at..*at + dst.len()).ok_or_else(|| {
+                        Error::corrupt("decoded extent is shorter than its mapping")
+                    })?)
+                }
                 _ => dst.copy_from_slice(&self.extent_bytes(&mapping, want)?),
             }
             done += want as usize;
@@ -214,12 +236,14 @@ impl Image {
             if pos >= end {
                 break;
             }
-            let Ok(mapping) = self.map(inode, pos) else {
+            let Ok(mapping) = self.map_for(inode, pos, false) else {
                 break;
             };
             let run = mapping.len.min(end - pos);
-            if let Extent::Device(dev, pa) = mapping.extent {
-                f(dev, pa, run);
+            match mapping.extent {
+                Extent::Device(dev, pa) => f(dev, pa, run),
+                Extent::Encoded(Some((dev, pa, plen))) => f(dev, pa, plen),
+                _ => {}
             }
             pos += run;
         }
@@ -245,7 +269,7 @@ impl Image {
         if offset >= inode.size {
             return Ok(0);
         }
-        let mapping = self.map(inode, offset)?;
+        let mapping = self.map_for(inode, offset, false)?;
         Ok(match mapping.extent {
             Extent::Hole => mapping.len,
             _ => 0,

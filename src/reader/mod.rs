@@ -6,12 +6,15 @@
 //! namei.c), `xattr` (xattr.c), plus `walk` for whole-tree traversal.
 
 mod data;
+mod decompress;
 mod devices;
 mod dir;
 mod inode;
 mod superblock;
 mod walk;
 mod xattr;
+mod zdata;
+mod zmap;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -22,22 +25,36 @@ pub use inode::{FileKind, Inode};
 pub use superblock::SuperInfo;
 pub use walk::{WalkEntry, WalkVisitor, MAX_WALK_DEPTH};
 pub use xattr::{LongPrefix, Xattr};
+pub use zdata::{CacheStats, DEFAULT_CACHE_SIZE};
+pub use zmap::{CompressedExtent, CompressionInfo, Stored};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 
 /// How to open an image.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct OpenOptions {
     /// Files backing the extra devices, in device-table order. Empty means
     /// the devices are read from the image file itself (flatdev).
     pub devices: Vec<PathBuf>,
     /// Byte offset of the image inside its file.
     pub offset: u64,
+    /// Budget in bytes of the cache of decoded compressed extents.
+    pub cache_size: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            offset: 0,
+            cache_size: DEFAULT_CACHE_SIZE,
+        }
+    }
 }
 
 /// Which address space a metadata position refers to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum MetaSpace {
     /// Bytes of the primary device.
     Primary,
@@ -46,7 +63,7 @@ pub(crate) enum MetaSpace {
 }
 
 /// A byte position in one of the metadata address spaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct MetaPos {
     pub space: MetaSpace,
     pub offset: u64,
@@ -73,6 +90,8 @@ pub struct Image {
     metabox: Option<Inode>,
     packed: Option<Inode>,
     prefixes: xattr::Prefixes,
+    codecs: decompress::Codecs,
+    cache: zdata::ExtentCache,
 }
 
 impl Image {
@@ -84,12 +103,15 @@ impl Image {
             .iter()
             .map(|p| Device::open(p, 0))
             .collect::<Result<Vec<_>>>()?;
-        Self::from_devices(primary, extra)
+        let mut image = Self::from_devices(primary, extra)?;
+        image.cache = zdata::ExtentCache::new(options.cache_size);
+        Ok(image)
     }
 
     /// Opens an image from already-mapped devices.
     pub fn from_devices(primary: Device, extra: Vec<Device>) -> Result<Self> {
         let sb = SuperInfo::parse(&primary)?;
+        let codecs = decompress::Codecs::load(&primary, &sb)?;
         let devices = DeviceSet::new(primary, extra, &sb)?;
         let mut image = Self {
             sb,
@@ -97,6 +119,8 @@ impl Image {
             metabox: None,
             packed: None,
             prefixes: xattr::Prefixes::default(),
+            codecs,
+            cache: zdata::ExtentCache::default(),
         };
         if let Some(nid) = image.sb.metabox_nid {
             image.metabox = Some(image.inode(nid)?);

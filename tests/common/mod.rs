@@ -22,8 +22,8 @@ const TREE: &str = "tree.manifest.jsonl";
 const TAR: &str = "tar.manifest.jsonl";
 const TAR_AUFS: &str = "tar-aufs.manifest.jsonl";
 
-/// Every uncompressed fixture.
-pub const UNCOMPRESSED: &[Fixture] = &[
+/// Every fixture: the uncompressed ones, then the compressed ones.
+pub const FIXTURES: &[Fixture] = &[
     Fixture {
         image: "plain-4k.erofs",
         devices: &[],
@@ -91,6 +91,67 @@ pub const UNCOMPRESSED: &[Fixture] = &[
         devices: &[],
         manifest: TAR_AUFS,
     },
+    // Compressed (mkfs.erofs 1.9.3 options in tests/fixtures/README.md).
+    Fixture {
+        image: "lz4.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "lz4hc-pcl64k.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "lz4-legacy-full.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "lz4-ztailpack.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "lzma.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "deflate.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "zstd.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "multi-algo.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "fragments-dedupe.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "all-fragments.erofs",
+        devices: &[],
+        manifest: TREE,
+    },
+    Fixture {
+        image: "48bit-zstd.erofs",
+        devices: &[],
+        manifest: "tree-48bit.manifest.jsonl",
+    },
+    Fixture {
+        image: "tar-full-lz4hc.erofs",
+        devices: &[],
+        manifest: TAR,
+    },
 ];
 
 static UNPACK: Mutex<()> = Mutex::new(());
@@ -128,7 +189,7 @@ pub fn expected_manifest(f: &Fixture) -> String {
 pub fn open_fixture(f: &Fixture) -> erofs_fuse::Image {
     let options = erofs_fuse::OpenOptions {
         devices: f.devices.iter().map(|d| fixture(d)).collect(),
-        offset: 0,
+        ..Default::default()
     };
     erofs_fuse::Image::open(&fixture(f.image), &options)
         .unwrap_or_else(|e| panic!("{}: {e}", f.image))

@@ -1,0 +1,250 @@
+//! Reading compressed files (the kernel's `zdata.c`): turning a mapped
+//! extent into bytes, and the LRU cache of decoded extents.
+//!
+//! Uncompressed pclusters are never copied: they map straight to the image
+//! bytes like flat files. Compressed ones are decoded whole, once, and kept
+//! in a cache shared by all readers, so that reading a file 4 KiB at a time
+//! or from many threads decodes each pcluster once while it stays cached.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+
+use crate::error::{ensure, Error, Result};
+
+use super::data::{Extent, Mapping};
+use super::zmap::{PclusterAt, ZExtent, ZFormat};
+use super::{Image, Inode};
+
+/// Default budget of the decoded-extent cache, in bytes.
+pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
+
+/// What identifies a decoded extent: the same pcluster decoded to the same
+/// length gives the same bytes, whichever file (dedupe) asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ExtentKey {
+    at: PclusterAt,
+    len: u64,
+}
+
+/// An LRU cache of decoded extents bounded by their total size in bytes.
+#[derive(Debug)]
+pub(crate) struct ExtentCache {
+    budget: u64,
+    inner: Mutex<CacheInner>,
+    hits: AtomicU64,
+    decodes: AtomicU64,
+}
+
+/// Counters of the decoded-extent cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Reads served from the cache.
+    pub hits: u64,
+    /// Extents decoded (cache misses).
+    pub decodes: u64,
+    /// Bytes of decoded data held now.
+    pub bytes: u64,
+    /// The budget in bytes.
+    pub budget: u64,
+}
+
+#[derive(Debug)]
+struct CacheInner {
+    map: LruCache<ExtentKey, Arc<[u8]>>,
+    bytes: u64,
+}
+
+impl ExtentCache {
+    /// A cache holding at most `budget` bytes of decoded data.
+    pub fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            inner: Mutex::new(CacheInner {
+                map: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            hits: AtomicU64::new(0),
+            decodes: AtomicU64::new(0),
+        }
+    }
+
+    fn get(&self, key: &ExtentKey) -> Option<Arc<[u8]>> {
+        let found = self.lock().map.get(key).cloned();
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.decodes
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn insert(&self, key: ExtentKey, data: Arc<[u8]>) {
+        let size = data.len() as u64;
+        if size > self.budget {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(old) = inner.map.put(key, data) {
+            inner.bytes -= old.len() as u64;
+        }
+        inner.bytes += size;
+        while inner.bytes > self.budget {
+            match inner.map.pop_lru() {
+                Some((_, old)) => inner.bytes -= old.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        // A panic elsewhere cannot leave the cache inconsistent: every
+        // update above completes before the guard drops.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            decodes: self.decodes.load(Ordering::Relaxed),
+            bytes: self.lock().bytes,
+            budget: self.budget,
+        }
+    }
+}
+
+impl Default for ExtentCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_CACHE_SIZE)
+    }
+}
+
+impl Image {
+    /// Maps `offset` of compressed `inode`. With `decode`, compressed
+    /// extents are decoded (or found in the cache); without, they come back
+    /// as [`Extent::Encoded`] for hints that only need the pcluster.
+    pub(crate) fn map_compressed(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        decode: bool,
+    ) -> Result<Mapping<'_>> {
+        let info = self.zinfo(inode)?;
+        let ext = self.zmap(inode, &info, offset)?;
+        let within = offset - ext.start;
+        let rest = ext.len - within;
+        fn mapping(start: u64, len: u64, extent: Extent<'_>) -> Mapping<'_> {
+            Mapping { start, len, extent }
+        }
+        let mapping = |len, extent| mapping(offset, len, extent);
+        match (ext.at, ext.format) {
+            (PclusterAt::Unmapped, _) => Ok(mapping(rest, Extent::Hole)),
+            (PclusterAt::Fragment(off), _) => {
+                let packed = self
+                    .packed
+                    .as_ref()
+                    .ok_or_else(|| Error::corrupt("fragment in an image without a packed inode"))?;
+                let pos = off
+                    .checked_add(within)
+                    .filter(|&p| p < packed.size)
+                    .ok_or_else(|| {
+                        Error::corrupt(format!(
+                            "fragment at {off} (+{within}) is past the packed inode ({} bytes)",
+                            packed.size
+                        ))
+                    })?;
+                let inner = if packed.layout.is_compressed() {
+                    self.map_compressed(packed, pos, decode)?
+                } else {
+                    self.map(packed, pos)?
+                };
+                Ok(mapping(inner.len.min(rest), inner.extent))
+            }
+            (at, ZFormat::Shifted) => Ok(mapping(rest, self.plain_at(at, within)?)),
+            (at, ZFormat::Interlaced) => {
+                // The first part, up to the end of the extent's first block,
+                // is stored at the end of the pcluster.
+                let rotation = self.block_size() - ext.start % self.block_size();
+                ensure!(
+                    rotation <= ext.plen,
+                    "interlaced pcluster of {} bytes is shorter than its rotation",
+                    ext.plen
+                );
+                let head = rotation.min(ext.len);
+                if within < head {
+                    let extent = self.plain_at(at, ext.plen - rotation + within)?;
+                    Ok(mapping(head - within, extent))
+                } else {
+                    Ok(mapping(rest, self.plain_at(at, within - head)?))
+                }
+            }
+            (PclusterAt::Device(pa), ZFormat::Algorithm(_)) if !decode => {
+                let (dev, pa) = self.devices.resolve(0, pa)?;
+                Ok(mapping(rest, Extent::Encoded(Some((dev, pa, ext.plen)))))
+            }
+            (_, ZFormat::Algorithm(_)) if !decode => Ok(mapping(rest, Extent::Encoded(None))),
+            (_, ZFormat::Algorithm(alg)) => {
+                let data = self.decoded(&ext, alg)?;
+                Ok(mapping(rest, Extent::Decoded(data, within as usize)))
+            }
+        }
+    }
+
+    /// Where byte `at + delta` of an uncompressed pcluster is.
+    fn plain_at(&self, at: PclusterAt, delta: u64) -> Result<Extent<'_>> {
+        match at {
+            PclusterAt::Device(pa) => {
+                let pa = pa
+                    .checked_add(delta)
+                    .ok_or_else(|| Error::corrupt("pcluster address overflows"))?;
+                let (dev, pa) = self.devices.resolve(0, pa)?;
+                Ok(Extent::Device(dev, pa))
+            }
+            PclusterAt::Inline(pos) => Ok(Extent::Meta(pos.add(delta)?)),
+            PclusterAt::Fragment(_) | PclusterAt::Unmapped => {
+                Err(Error::corrupt("uncompressed extent without a pcluster"))
+            }
+        }
+    }
+
+    /// The decoded bytes of compressed extent `ext`, from the cache or
+    /// decoded now.
+    fn decoded(&self, ext: &ZExtent, alg: u8) -> Result<Arc<[u8]>> {
+        let key = ExtentKey {
+            at: ext.at,
+            len: ext.len,
+        };
+        if let Some(data) = self.cache.get(&key) {
+            return Ok(data);
+        }
+        let input = match ext.at {
+            PclusterAt::Device(pa) => {
+                let (dev, pa) = self.devices.resolve(0, pa)?;
+                std::borrow::Cow::Borrowed(dev.slice(pa, ext.plen)?)
+            }
+            PclusterAt::Inline(pos) => self.meta(pos, ext.plen)?,
+            PclusterAt::Fragment(_) | PclusterAt::Unmapped => {
+                return Err(Error::corrupt("compressed extent without a pcluster"))
+            }
+        };
+        let data: Arc<[u8]> = self
+            .codecs
+            .decode(alg, &input, ext.len as usize, ext.partial)
+            .map_err(|e| match e {
+                Error::Corrupt(msg) => {
+                    Error::Corrupt(format!("extent at file offset {}: {msg}", ext.start))
+                }
+                other => other,
+            })?
+            .into();
+        self.cache.insert(key, Arc::clone(&data));
+        Ok(data)
+    }
+
+    /// Counters of the decoded-extent cache.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+}
