@@ -14,7 +14,9 @@ mod superblock;
 mod walk;
 mod xattr;
 mod zdata;
+mod zindex;
 mod zmap;
+mod zsummary;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -26,7 +28,7 @@ pub use superblock::SuperInfo;
 pub use walk::{WalkEntry, WalkVisitor, MAX_WALK_DEPTH};
 pub use xattr::{LongPrefix, Xattr};
 pub use zdata::{CacheStats, DEFAULT_CACHE_SIZE};
-pub use zmap::{CompressedExtent, CompressionInfo, Stored};
+pub use zsummary::{CompressedExtent, CompressionInfo, Stored};
 
 use crate::device::Device;
 use crate::error::{Error, Result};

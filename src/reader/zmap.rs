@@ -14,16 +14,15 @@
 
 use crate::error::{ensure, Error, Result};
 use crate::format::{
-    read_struct, DataLayout, ExtentRecord, LclusterIndex, MapHeader, ADVISE_BIG_PCLUSTER_1,
-    ADVISE_BIG_PCLUSTER_2, ADVISE_COMPACTED_2B, ADVISE_EXTENTS, ADVISE_EXTRECSZ_BIT,
-    ADVISE_EXTRECSZ_MASK, ADVISE_FRAGMENT_PCLUSTER, ADVISE_INLINE_PCLUSTER,
-    ADVISE_INTERLACED_PCLUSTER, COMPRESSION_MAX, COMPRESSION_NAMES, EXTENT_PLEN_FMT_BIT,
-    EXTENT_PLEN_MASK, EXTENT_PLEN_PARTIAL, FRAGMENT_INODE_BIT, FULL_INDEX_OFFSET,
-    INCOMPAT_COMPR_CFGS, LCLUSTER_INDEX_SIZE, LCLUSTER_TYPE_HEAD1, LCLUSTER_TYPE_HEAD2,
-    LCLUSTER_TYPE_NONHEAD, LCLUSTER_TYPE_PLAIN, LI_D0_CBLKCNT, LI_LCLUSTER_TYPE_MASK,
-    LI_PARTIAL_REF, MAP_HEADER_SIZE, PCLUSTER_MAX_DSIZE, PCLUSTER_MAX_SIZE,
+    read_struct, DataLayout, ExtentRecord, MapHeader, ADVISE_BIG_PCLUSTER_1, ADVISE_BIG_PCLUSTER_2,
+    ADVISE_EXTENTS, ADVISE_EXTRECSZ_BIT, ADVISE_EXTRECSZ_MASK, ADVISE_FRAGMENT_PCLUSTER,
+    ADVISE_INLINE_PCLUSTER, ADVISE_INTERLACED_PCLUSTER, COMPRESSION_MAX, COMPRESSION_NAMES,
+    EXTENT_PLEN_FMT_BIT, EXTENT_PLEN_MASK, EXTENT_PLEN_PARTIAL, FRAGMENT_INODE_BIT,
+    INCOMPAT_COMPR_CFGS, LCLUSTER_TYPE_HEAD1, LCLUSTER_TYPE_HEAD2, LCLUSTER_TYPE_PLAIN,
+    MAP_HEADER_SIZE, PCLUSTER_MAX_DSIZE, PCLUSTER_MAX_SIZE,
 };
 
+use super::zindex::Lcluster;
 use super::{Image, Inode, MetaPos};
 
 /// How a pcluster's bytes become the extent's bytes.
@@ -70,109 +69,26 @@ pub(crate) struct ZExtent {
     pub partial: bool,
 }
 
-/// How a compressed file is stored, for `stat`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CompressionInfo {
-    /// Encoded bytes on disk (the inode's compressed block count).
-    pub compressed_size: u64,
-    /// Number of extents.
-    pub extents: u64,
-    /// Extents stored uncompressed.
-    pub plain_extents: u64,
-    /// Bytes of the file kept as a fragment in the packed inode.
-    pub fragment_bytes: u64,
-    /// Bytes of the file in the inline tail pcluster (ztailpacking).
-    pub inline_bytes: u64,
-    /// Extents that use only part of a shared pcluster (dedupe).
-    pub partial_extents: u64,
-    /// Names of the algorithms its extents use.
-    pub algorithms: Vec<&'static str>,
-    /// Logical cluster size in bytes (0 for a whole-file fragment).
-    pub lcluster_size: u64,
-}
-
-/// One extent of a compressed file, as [`Image::compressed_extents`] lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompressedExtent {
-    /// Logical offset of its first byte.
-    pub start: u64,
-    /// Decoded length.
-    pub len: u64,
-    /// Where its encoded bytes are.
-    pub stored: Stored,
-    /// Compression algorithm; `None` for data stored uncompressed.
-    pub algorithm: Option<&'static str>,
-    /// Uses only a prefix of a shared pcluster (dedupe).
-    pub partial: bool,
-}
-
-/// Where a [`CompressedExtent`]'s encoded bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    /// A pcluster at this byte address (primary device address space).
-    Device {
-        /// Byte address.
-        addr: u64,
-        /// Encoded length.
-        len: u64,
-    },
-    /// Inline after the inode's indexes.
-    Inline {
-        /// Encoded length.
-        len: u64,
-    },
-    /// In the packed inode at this offset.
-    Fragment {
-        /// Byte offset in the packed inode.
-        offset: u64,
-    },
-    /// Not stored: reads as zeros.
-    Hole,
-}
-
 /// What the map header of one compressed inode says.
 #[derive(Debug, Clone)]
 pub(crate) struct ZInfo {
-    advise: u16,
-    lcluster_bits: u32,
-    algorithms: [u8; 2],
+    pub(super) advise: u16,
+    pub(super) lcluster_bits: u32,
+    pub(super) algorithms: [u8; 2],
     /// Where the map header is.
-    header: MetaPos,
+    pub(super) header: MetaPos,
     /// Extent records (EXTENTS form only).
-    extents: u64,
+    pub(super) extents: u64,
     /// Encoded size of the inline tail pcluster (0: none).
-    idata_size: u64,
+    pub(super) idata_size: u64,
     /// Where the inline tail pcluster is.
-    idata_pos: Option<MetaPos>,
+    pub(super) idata_pos: Option<MetaPos>,
     /// Offset of the tail fragment in the packed inode.
-    fragment_off: u64,
+    pub(super) fragment_off: u64,
     /// lcluster of the tail extent's HEAD (with an inline or fragment tail).
-    tail_head_lcn: u64,
+    pub(super) tail_head_lcn: u64,
     /// The whole file is one fragment.
-    whole_fragment: bool,
-}
-
-/// One lcluster index, decoded (the kernel's `z_erofs_maprecorder`).
-#[derive(Debug, Clone, Copy, Default)]
-struct Lcluster {
-    lcn: u64,
-    kind: u8,
-    cluster_offset: u64,
-    /// NONHEAD: distance back to the HEAD and forward to the next HEAD.
-    delta: [u64; 2],
-    /// HEAD: pcluster block address.
-    pblk: u64,
-    /// First NONHEAD of a big pcluster: its compressed block count.
-    compressed_blocks: Option<u64>,
-    partial_ref: bool,
-    /// Where the index after this one (or its pack) ends.
-    next_pack_off: u64,
-}
-
-impl Lcluster {
-    fn is_head(&self) -> bool {
-        self.kind != LCLUSTER_TYPE_NONHEAD
-    }
+    pub(super) whole_fragment: bool,
 }
 
 /// The most lclusters one extent may span, plus slack for partial ones.
@@ -180,89 +96,7 @@ fn max_extent_lclusters(lcluster_bits: u32) -> u64 {
     (PCLUSTER_MAX_DSIZE >> lcluster_bits) + 2
 }
 
-/// Decodes the `lobits`-bit value and 2-bit type at bit `pos` of a pack.
-fn compacted_bits(pack: &[u8], lobits: u32, pos: usize) -> Result<(u64, u8)> {
-    let at = pos / 8;
-    let word = pack
-        .get(at..at + 4)
-        .ok_or_else(|| Error::corrupt("compacted index runs past its pack"))?;
-    let v = u32::from_le_bytes([word[0], word[1], word[2], word[3]]) >> (pos & 7);
-    Ok((
-        u64::from(v & ((1 << lobits) - 1)),
-        ((v >> lobits) & 3) as u8,
-    ))
-}
-
 impl Image {
-    /// The extents of compressed `inode`, in file order.
-    pub fn compressed_extents(&self, inode: &Inode) -> Result<Vec<CompressedExtent>> {
-        ensure!(
-            inode.layout.is_compressed(),
-            "inode {} is not compressed",
-            inode.nid
-        );
-        let info = self.zinfo(inode)?;
-        let mut extents = Vec::new();
-        let mut offset = 0;
-        while offset < inode.size {
-            let ext = self.zmap(inode, &info, offset)?;
-            extents.push(CompressedExtent {
-                start: ext.start,
-                len: ext.len,
-                stored: match ext.at {
-                    PclusterAt::Device(pa) => Stored::Device {
-                        addr: pa,
-                        len: ext.plen,
-                    },
-                    PclusterAt::Inline(_) => Stored::Inline { len: ext.plen },
-                    PclusterAt::Fragment(off) => Stored::Fragment { offset: off },
-                    PclusterAt::Unmapped => Stored::Hole,
-                },
-                algorithm: match (ext.at, ext.format) {
-                    (PclusterAt::Fragment(_), _) => None,
-                    (_, ZFormat::Algorithm(alg)) => Some(COMPRESSION_NAMES[usize::from(alg)].1),
-                    _ => None,
-                },
-                partial: ext.partial,
-            });
-            offset = ext.start + ext.len;
-        }
-        Ok(extents)
-    }
-
-    /// Summarizes how compressed `inode` is stored.
-    pub fn compression_info(&self, inode: &Inode) -> Result<CompressionInfo> {
-        let extents = self.compressed_extents(inode)?;
-        let info = self.zinfo(inode)?;
-        let mut summary = CompressionInfo {
-            compressed_size: inode.raw_addr << self.sb.block_bits,
-            lcluster_size: if info.whole_fragment {
-                0
-            } else {
-                1 << info.lcluster_bits
-            },
-            extents: extents.len() as u64,
-            ..Default::default()
-        };
-        for ext in &extents {
-            summary.partial_extents += u64::from(ext.partial);
-            match ext.stored {
-                Stored::Fragment { .. } => summary.fragment_bytes += ext.len,
-                Stored::Inline { .. } => summary.inline_bytes += ext.len,
-                _ => {}
-            }
-            match ext.algorithm {
-                Some(name) if !summary.algorithms.contains(&name) => summary.algorithms.push(name),
-                Some(_) => {}
-                None if !matches!(ext.stored, Stored::Fragment { .. }) => {
-                    summary.plain_extents += 1
-                }
-                None => {}
-            }
-        }
-        Ok(summary)
-    }
-
     /// Reads the map header of compressed `inode`.
     pub(crate) fn zinfo(&self, inode: &Inode) -> Result<ZInfo> {
         let header_pos = inode.after_xattrs()?;
@@ -682,215 +516,4 @@ impl Image {
             ))),
         }
     }
-
-    fn load_lcluster(
-        &self,
-        inode: &Inode,
-        info: &ZInfo,
-        lcn: u64,
-        lookahead: bool,
-    ) -> Result<Lcluster> {
-        let count = inode.size.div_ceil(1 << info.lcluster_bits);
-        ensure!(
-            lcn < count,
-            "lcluster {lcn} is past the end of the file ({count} lclusters)"
-        );
-        let lc = if inode.layout == DataLayout::CompressedCompact {
-            self.load_compact_lcluster(inode, info, lcn, lookahead)?
-        } else {
-            self.load_full_lcluster(info, lcn)?
-        };
-        ensure!(
-            !lc.is_head() || lc.cluster_offset < 1 << info.lcluster_bits,
-            "cluster offset {} at lcluster {lcn} is outside its lcluster",
-            lc.cluster_offset
-        );
-        Ok(lc)
-    }
-
-    fn load_full_lcluster(&self, info: &ZInfo, lcn: u64) -> Result<Lcluster> {
-        let pos = info
-            .header
-            .add(FULL_INDEX_OFFSET)?
-            .add(lcn * LCLUSTER_INDEX_SIZE)?;
-        let bytes = self.meta(pos, LCLUSTER_INDEX_SIZE)?;
-        let index: &LclusterIndex =
-            read_struct(&bytes).ok_or_else(|| Error::corrupt("short lcluster index"))?;
-        let advise = index.advise.get();
-        let mut lc = Lcluster {
-            lcn,
-            kind: (advise & LI_LCLUSTER_TYPE_MASK) as u8,
-            next_pack_off: pos.offset + LCLUSTER_INDEX_SIZE,
-            ..Default::default()
-        };
-        let raw = index.addr_or_deltas.get();
-        if lc.is_head() {
-            lc.partial_ref = advise & LI_PARTIAL_REF != 0;
-            lc.cluster_offset = u64::from(index.cluster_offset.get());
-            lc.pblk = u64::from(raw);
-        } else {
-            lc.cluster_offset = 1 << info.lcluster_bits;
-            let d0 = raw as u16;
-            lc.delta = [u64::from(d0), u64::from((raw >> 16) as u16)];
-            if d0 & LI_D0_CBLKCNT != 0 {
-                ensure!(
-                    info.advise & (ADVISE_BIG_PCLUSTER_1 | ADVISE_BIG_PCLUSTER_2) != 0,
-                    "compressed block count without big pclusters"
-                );
-                lc.compressed_blocks = Some(u64::from(d0 & !LI_D0_CBLKCNT));
-                lc.delta[0] = 1;
-            }
-        }
-        Ok(lc)
-    }
-
-    /// The compacted forms: packs of 2 (4-byte form) or 16 (2-byte form)
-    /// lclusters sharing one base block address.
-    fn load_compact_lcluster(
-        &self,
-        inode: &Inode,
-        info: &ZInfo,
-        lcn: u64,
-        lookahead: bool,
-    ) -> Result<Lcluster> {
-        let bits = info.lcluster_bits;
-        let ebase = info.header.offset + MAP_HEADER_SIZE;
-        let total = inode.size.div_ceil(self.block_size());
-        let initial_4b = ((32 - ebase % 32) / 4) & 7;
-        let compacted_2b = if info.advise & ADVISE_COMPACTED_2B != 0 && initial_4b < total {
-            (total - initial_4b) / 16 * 16
-        } else {
-            0
-        };
-        let mut pos = ebase;
-        let mut rel = lcn;
-        let mut unit_shift = 2; // 4-byte form
-        if rel >= initial_4b {
-            pos += initial_4b * 4;
-            rel -= initial_4b;
-            if rel < compacted_2b {
-                unit_shift = 1;
-            } else {
-                pos += compacted_2b * 2;
-                rel -= compacted_2b;
-            }
-        }
-        pos += rel << unit_shift;
-        let vcnt: u64 = match unit_shift {
-            2 if bits <= 14 => 2,
-            1 if bits <= 12 => 16,
-            _ => {
-                return Err(Error::Unsupported(format!(
-                    "compact indexes with {}-byte lclusters",
-                    1u64 << bits
-                )))
-            }
-        };
-        let pack_size = vcnt << unit_shift;
-        let pack_start = pos / pack_size * pack_size;
-        let pack = self.meta(
-            MetaPos {
-                offset: pack_start,
-                ..info.header
-            },
-            pack_size,
-        )?;
-        let lobits = bits.max(12);
-        let encodebits = (((pack_size - 4) * 8) / vcnt) as usize;
-        let mut i = ((pos - pack_start) >> unit_shift) as usize;
-        let entry = |i: usize| compacted_bits(&pack, lobits, encodebits * i);
-        let mut lc = Lcluster {
-            lcn,
-            next_pack_off: pack_start + pack_size,
-            ..Default::default()
-        };
-        let (lo, kind) = entry(i)?;
-        lc.kind = kind;
-        let big = info.advise & ADVISE_BIG_PCLUSTER_1 != 0;
-        let cblkcnt = u64::from(LI_D0_CBLKCNT);
-        if kind == LCLUSTER_TYPE_NONHEAD {
-            lc.cluster_offset = 1 << bits;
-            if lookahead {
-                lc.delta[1] = compacted_lookahead(&pack, lobits, encodebits, vcnt as usize, i)?;
-            }
-            if lo & cblkcnt != 0 {
-                ensure!(big, "compressed block count without big pclusters");
-                lc.compressed_blocks = Some(lo & !cblkcnt);
-                lc.delta[0] = 1;
-            } else if i + 1 != vcnt as usize {
-                lc.delta[0] = lo;
-            } else {
-                // The pack's last entry stores delta[1]; derive delta[0]
-                // from the entry before it.
-                let (prev, prev_kind) = entry(i - 1)?;
-                let prev = if prev_kind != LCLUSTER_TYPE_NONHEAD {
-                    0
-                } else if prev & cblkcnt != 0 {
-                    1
-                } else {
-                    prev
-                };
-                lc.delta[0] = prev + 1;
-            }
-            return Ok(lc);
-        }
-        lc.cluster_offset = lo;
-        // A HEAD's block is the pack's base plus the blocks of the
-        // pclusters of the HEADs before it in the pack.
-        let mut nblk: u64 = if big { 0 } else { 1 };
-        let mut j = i as i64;
-        while j > 0 {
-            j -= 1;
-            let (lo, kind) = entry(j as usize)?;
-            if !big {
-                if kind == LCLUSTER_TYPE_NONHEAD {
-                    j -= lo as i64;
-                }
-                if j >= 0 {
-                    nblk += 1;
-                }
-            } else if kind == LCLUSTER_TYPE_NONHEAD {
-                if lo & cblkcnt != 0 {
-                    j -= 1;
-                    nblk += lo & !cblkcnt;
-                } else {
-                    ensure!(lo > 1, "plain delta {lo} inside a big pcluster");
-                    j -= lo as i64 - 2;
-                }
-            } else {
-                nblk += 1;
-            }
-        }
-        i = pack.len() - 4;
-        let base = u32::from_le_bytes([pack[i], pack[i + 1], pack[i + 2], pack[i + 3]]);
-        lc.pblk = u64::from(base) + nblk;
-        Ok(lc)
-    }
-}
-
-/// Distance from entry `i` of a compact pack to the next HEAD
-/// (`delta[1]`), looking through the rest of the pack.
-fn compacted_lookahead(
-    pack: &[u8],
-    lobits: u32,
-    encodebits: usize,
-    vcnt: usize,
-    mut i: usize,
-) -> Result<u64> {
-    let mut d1 = 0;
-    let mut lo = 0;
-    while i < vcnt {
-        let kind;
-        (lo, kind) = compacted_bits(pack, lobits, encodebits * i)?;
-        if kind != LCLUSTER_TYPE_NONHEAD {
-            return Ok(d1);
-        }
-        d1 += 1;
-        i += 1;
-    }
-    // The last entry of a pack stores its own delta[1].
-    if lo & u64::from(LI_D0_CBLKCNT) == 0 {
-        d1 += lo.saturating_sub(1);
-    }
-    Ok(d1)
 }
