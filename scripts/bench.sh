@@ -7,9 +7,13 @@
 #   scripts/bench.sh [--quick] [--workdir DIR] [--clean]
 #
 # The corpus is generated (not committed): a rootfs-like tree of ~30k small
-# files in ~2k directories plus a 256 MB file and three of 32 MB (~690 MB in
-# all; --quick: ~3k files, ~100 MB). It is kept in the workdir (default
-# /var/tmp/erofs-fuse-bench) for the next run; --clean removes it afterwards.
+# files in ~2k directories, a 256 MB and three 32 MB random files and a
+# 128 MB compressible text file (~820 MB in all; --quick: ~3k files,
+# ~130 MB). It is packed twice: uncompressed (every figure below, against
+# kernel erofs, erofsfuse and squashfuse) and with -zlz4hc (mount, cold
+# full read, sequential reads of the text file, random reads, against kernel
+# erofs). Both are kept in the workdir (default /var/tmp/erofs-fuse-bench)
+# for the next run; --clean removes them afterwards.
 # Measured, each after `echo 3 > drop_caches` and a fresh mount (cold) and
 # again without (warm):
 #   mount         time until the mountpoint answers
@@ -49,14 +53,15 @@ cargo build --release --quiet
 bin=$PWD/target/release/erofs-fuse
 
 mkdir -p "$work"
-tree=$work/tree img=$work/bench.erofs sqfs=$work/bench.sqfs mnt=$work/mnt
+tree=$work/tree plain_img=$work/bench.erofs zimg=$work/bench-lz4hc.erofs sqfs=$work/bench.sqfs
+mnt=$work/mnt
 mkdir -p "$mnt"
-kind="corpus-v2 quick=$quick"
-if [ ! -f "$img" ] || [ "$(cat "$work/.kind" 2>/dev/null)" != "$kind" ]; then
-    rm -rf "$tree" "$img" "$sqfs"
+kind="corpus-v4 quick=$quick"
+if [ ! -f "$zimg" ] || [ "$(cat "$work/.kind" 2>/dev/null)" != "$kind" ]; then
+    rm -rf "$tree" "$plain_img" "$zimg" "$sqfs"
     echo "bench.sh: generating the corpus in $tree" >&2
     python3 - "$tree" "$quick" <<'EOF'
-import os, random, sys
+import itertools, os, random, sys
 root, quick = sys.argv[1], sys.argv[2] == "1"
 rng = random.Random(42)
 dirs, files = (200, 3000) if quick else (2000, 30000)
@@ -82,12 +87,31 @@ for i, mb in enumerate(sizes_mb):
     with open(os.path.join(root, "large-%d.bin" % i), "wb") as f:
         for _ in range(mb):
             f.write(rng.randbytes(1 << 20))
+# Compressible like text (lz4hc in 4 KiB pclusters gets ~1.5x, gzip ~2.6x):
+# words drawn with Zipf frequencies, numbers, a few random bytes.
+letters = b"abcdefghijklmnopqrstuvwxyz"
+vocab = [bytes(rng.choice(letters) for _ in range(rng.randint(2, 10))) for _ in range(4000)]
+cum = list(itertools.accumulate(1.0 / (i + 1) for i in range(len(vocab))))
+with open(os.path.join(root, "text.bin"), "wb") as f:
+    for _ in range(32 if quick else 128):
+        words = iter(rng.choices(vocab, cum_weights=cum, k=250000))
+        chunk = bytearray()
+        while len(chunk) < 1 << 20:
+            r = rng.random()
+            if r < 0.9:
+                chunk += next(words) + b" "
+            elif r < 0.97:
+                chunk += b"%d\n" % rng.randrange(1000)
+            else:
+                chunk += rng.randbytes(4)
+        f.write(chunk[:1 << 20])
 EOF
-    mkfs.erofs --quiet "$img" "$tree"
+    mkfs.erofs --quiet "$plain_img" "$tree"
+    mkfs.erofs --quiet -zlz4hc "$zimg" "$tree"
     mksquashfs "$tree" "$sqfs" -noappend -no-progress -noI -noD -noF -noX >/dev/null
     echo "$kind" > "$work/.kind"
 fi
-large=$(cd "$tree" && ls -S large-*.bin | head -1)
+largest=$(cd "$tree" && ls -S large-*.bin | head -1)
 files=$(find "$tree" -type f | wc -l)
 bytes=$(du -sb "$tree" | cut -f1)
 
@@ -114,7 +138,7 @@ secs() { python3 -c "import sys; print('%.3f' % (float(sys.argv[2]) - float(sys.
 declare -A result
 measure() { # impl
     local impl=$1 t0 t1 best run value
-    for metric in mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k; do
+    for metric in "${metrics[@]}"; do
         best=""
         for run in 1 2 3; do
             drop
@@ -153,33 +177,51 @@ measure() { # impl
             else best=$(python3 -c "print(min($best, $value))"); fi
             [ "$metric" = rand-4k ] && break  # 10 s runs: one is enough
         done
-        result[$impl,$metric]=$best
-        echo "bench.sh: $impl $metric $best" >&2
+        result[$table,$impl,$metric]=$best
+        echo "bench.sh: $table $impl $metric $best" >&2
     done
 }
 
-impls=(kernel erofs-fuse)
-command -v erofsfuse >/dev/null && impls+=(erofsfuse)
-command -v squashfuse >/dev/null && impls+=(squashfuse)
-for impl in "${impls[@]}"; do measure "$impl"; done
-
-large_mb=$(( $(stat -c %s "$tree/$large") / 1000000 ))
-echo
-echo "Corpus: $files files, $((bytes / 1000000)) MB; largest file $large_mb MB. $(nproc) CPUs, kernel $(uname -r)."
-printf '%-16s' "figure"; for impl in "${impls[@]}"; do printf '| %-22s' "$impl"; done; echo
-for metric in mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k; do
-    printf '%-16s' "$metric"
-    for impl in "${impls[@]}"; do
-        v=${result[$impl,$metric]} k=${result[kernel,$metric]}
-        case "$metric" in
-            seq-read-cold) cell=$(python3 -c "v=$large_mb/$v; k=$large_mb/$k; print('%.0f MB/s (%.2fx)' % (v, v/k))") ;;
-            seq-read-warm) cell=$(python3 -c "v=4*$large_mb/$v; k=4*$large_mb/$k; print('%.0f MB/s (%.2fx)' % (v, v/k))") ;;
-            rand-4k) cell=$(python3 -c "print('%d IOPS (%.2fx)' % ($v, $v/$k))") ;;
-            *) cell=$(python3 -c "print('%.3f s (%.2fx)' % ($v, $v/$k))") ;;
-        esac
-        printf '| %-22s' "$cell"
-    done
+print_table() { # title
+    local large_mb=$(( $(stat -c %s "$tree/$large") / 1000000 ))
     echo
-done
+    echo "$1; sequential and random reads of $large ($large_mb MB)."
+    printf '%-16s' "figure"; for impl in "${impls[@]}"; do printf '| %-22s' "$impl"; done; echo
+    for metric in "${metrics[@]}"; do
+        printf '%-16s' "$metric"
+        for impl in "${impls[@]}"; do
+            v=${result[$table,$impl,$metric]} k=${result[$table,kernel,$metric]}
+            case "$metric" in
+                seq-read-cold) cell=$(python3 -c "v=$large_mb/$v; k=$large_mb/$k; print('%.0f MB/s (%.2fx)' % (v, v/k))") ;;
+                seq-read-warm) cell=$(python3 -c "v=4*$large_mb/$v; k=4*$large_mb/$k; print('%.0f MB/s (%.2fx)' % (v, v/k))") ;;
+                rand-4k) cell=$(python3 -c "print('%d IOPS (%.2fx)' % ($v, $v/$k))") ;;
+                *) cell=$(python3 -c "print('%.3f s (%.2fx)' % ($v, $v/$k))") ;;
+            esac
+            printf '| %-22s' "$cell"
+        done
+        echo
+    done
+}
+
+plain_metrics=(mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k)
+plain_impls=(kernel erofs-fuse)
+command -v erofsfuse >/dev/null && plain_impls+=(erofsfuse)
+command -v squashfuse >/dev/null && plain_impls+=(squashfuse)
+z_metrics=(mount read-all-cold seq-read-cold seq-read-warm rand-4k)
+z_impls=(kernel erofs-fuse)
+
+# Uncompressed image: every figure, every implementation.
+table=plain img=$plain_img large=$largest metrics=("${plain_metrics[@]}")
+for impl in "${plain_impls[@]}"; do measure "$impl"; done
+# lz4hc image: what decompression changes.
+table=lz4hc img=$zimg large=text.bin metrics=("${z_metrics[@]}")
+for impl in "${z_impls[@]}"; do measure "$impl"; done
+
+echo
+echo "Corpus: $files files, $((bytes / 1000000)) MB. $(nproc) CPUs, kernel $(uname -r)."
+table=plain large=$largest metrics=("${plain_metrics[@]}") impls=("${plain_impls[@]}")
+print_table "Uncompressed image ($(( $(stat -c %s "$plain_img") / 1000000 )) MB)"
+table=lz4hc large=text.bin metrics=("${z_metrics[@]}") impls=("${z_impls[@]}")
+print_table "lz4hc image ($(( $(stat -c %s "$zimg") / 1000000 )) MB, mkfs.erofs -zlz4hc)"
 echo "Times: lower is better; MB/s and IOPS: higher is better. Ratios are against kernel erofs."
 [ "$clean" -eq 0 ] || rm -rf "$work"

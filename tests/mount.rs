@@ -153,18 +153,25 @@ fn status_kib(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// An image of ~100 MB (a 64 MiB file and 400 small ones) made at test time.
+/// An lz4hc image of ~100 MB of data (a 64 MiB file and 400 small ones,
+/// half random, half compressible) made at test time.
 fn large_image(dir: &Path) -> PathBuf {
     let tree = dir.join("tree");
     std::fs::create_dir_all(tree.join("small")).unwrap();
     let mut state = 0x2545_f491_4f6c_dd1du64;
+    // 8 KiB runs, alternately random and one repeated byte: some
+    // pclusters compress, some are stored plain.
     let mut random = |n: usize| -> Vec<u8> {
         (0..n)
-            .map(|_| {
+            .map(|i| {
                 state ^= state << 13;
                 state ^= state >> 7;
                 state ^= state << 17;
-                state as u8
+                if i & 0x2000 == 0 {
+                    state as u8
+                } else {
+                    (i >> 13) as u8
+                }
             })
             .collect()
     };
@@ -179,7 +186,7 @@ fn large_image(dir: &Path) -> PathBuf {
     let image = dir.join("large.erofs");
     run_ok(
         Command::new("mkfs.erofs")
-            .arg("--quiet")
+            .args(["--quiet", "-zlz4hc", "-C65536"])
             .arg(&image)
             .arg(&tree),
     );
@@ -202,9 +209,14 @@ fn concurrent_readers_see_identical_bytes_in_bounded_memory() {
     }
     let work = tempfile::tempdir().unwrap();
     let image = large_image(work.path());
-    let mount = FuseMount::new(&image, &[], &["--threads", "4"]);
-    let reference = read_tree(mount.path());
+    // A cache much smaller than the decoded data, so it must evict.
+    let cache_mib = 16;
+    let cache = format!("{cache_mib}M");
+    let mount = FuseMount::new(&image, &[], &["--threads", "4", "--cache-size", &cache]);
+    // What was packed, read from the source tree.
+    let reference = read_tree(&work.path().join("tree"));
     assert_eq!(reference.len(), 401);
+    assert_eq!(read_tree(mount.path()), reference);
     // 8 readers, each walking and reading the whole tree again and again.
     let seconds: u64 = std::env::var("EROFS_FUSE_STRESS_SECS")
         .ok()
@@ -225,9 +237,12 @@ fn concurrent_readers_see_identical_bytes_in_bounded_memory() {
         }
     });
     // Having served the whole image many times, the server's peak resident
-    // memory stays under 32 MiB (it has no block cache yet).
+    // memory stays under its cache budget + 32 MiB.
     let peak = status_kib(server_pid(mount.path()), "VmHWM:");
-    assert!(peak < 32 * 1024, "server peak RSS {peak} KiB");
+    assert!(
+        peak < (cache_mib + 32) * 1024,
+        "server peak RSS {peak} KiB with a {cache_mib} MiB cache"
+    );
     eprintln!("server peak RSS: {peak} KiB");
 }
 

@@ -107,6 +107,39 @@ impl ErofsFs {
         }
     }
 
+    /// Answers a read from `inode`, assembling in `scratch` what cannot be
+    /// borrowed from the image map.
+    fn serve_read(
+        &self,
+        inode: &Inode,
+        ino: INodeNo,
+        offset: u64,
+        size: u32,
+        scratch: &mut Vec<u8>,
+        reply: ReplyData,
+    ) {
+        match self
+            .image
+            .read_range_with(inode, offset, u64::from(size), scratch)
+        {
+            Ok(bytes) => {
+                reply.data(bytes);
+                // Served: keep the image's pages out of our resident set
+                // (they stay in the page cache).
+                self.image.release(inode, offset, bytes.len() as u64);
+                self.account(bytes.len() as u64);
+                // A readahead-sized read means a sequential reader: start
+                // the disk on what it will ask for next.
+                if size >= SEQUENTIAL_READ && !bytes.is_empty() {
+                    let next = offset + bytes.len() as u64;
+                    self.image
+                        .prefetch(inode, next, u64::from(size) * PREFETCH_FACTOR);
+                }
+            }
+            Err(e) => reply.error(self.fail("read", ino, e)),
+        }
+    }
+
     /// Counts `bytes` served, unmapping the image every [`TRIM_EVERY`].
     fn account(&self, bytes: u64) {
         use std::sync::atomic::Ordering;
@@ -255,23 +288,12 @@ impl Filesystem for ErofsFs {
             Ok(inode) => inode,
             Err(e) => return reply.error(e),
         };
-        match self.image.read_range(&inode, offset, u64::from(size)) {
-            Ok(bytes) => {
-                reply.data(&bytes);
-                // Served: keep the image's pages out of our resident set
-                // (they stay in the page cache).
-                self.image.release(&inode, offset, bytes.len() as u64);
-                self.account(bytes.len() as u64);
-                // A readahead-sized read means a sequential reader: start
-                // the disk on what it will ask for next.
-                if size >= SEQUENTIAL_READ && !bytes.is_empty() {
-                    let next = offset + bytes.len() as u64;
-                    self.image
-                        .prefetch(&inode, next, u64::from(size) * PREFETCH_FACTOR);
-                }
-            }
-            Err(e) => reply.error(self.fail("read", ino, e)),
+        thread_local! {
+            // Reused for replies that cannot borrow from the map.
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        SCRATCH
+            .with_borrow_mut(|scratch| self.serve_read(&inode, ino, offset, size, scratch, reply));
     }
 
     fn flush(

@@ -14,6 +14,7 @@ use crate::format::{
     CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES, CHUNK_INDEX_SIZE, NULL_ADDR,
 };
 
+use super::zmap::{PclusterAt, ZExtent};
 use super::{Image, Inode, MetaPos};
 
 /// Where one extent of a file's data is.
@@ -27,9 +28,9 @@ pub(crate) enum Extent<'a> {
     Hole,
     /// Decoded bytes of a compressed extent, from this index on.
     Decoded(Arc<[u8]>, usize),
-    /// A compressed extent not decoded (hint-only mappings): its pcluster's
-    /// device, address and length when it is on a device.
-    Encoded(Option<(&'a Device, u64, u64)>),
+    /// A compressed extent, not decoded yet: the extent, its algorithm, and
+    /// how far into its decoded bytes the mapping starts.
+    Encoded(ZExtent, u8, u64),
 }
 
 /// A run of a file's logical bytes `[start, start + len)` and where it is.
@@ -172,7 +173,7 @@ impl Image {
                 .get(*at..*at + len as usize)
                 .map(|b| Cow::Owned(b.to_vec()))
                 .ok_or_else(|| Error::corrupt("decoded extent is shorter than its mapping")),
-            Extent::Encoded(_) => Err(Error::corrupt("read of an undecoded extent")),
+            Extent::Encoded(..) => Err(Error::corrupt("read of an undecoded extent")),
         }
     }
 
@@ -185,11 +186,12 @@ impl Image {
             if pos >= inode.size {
                 break;
             }
-            let mapping = self.map(inode, pos)?;
+            let mapping = self.map_for(inode, pos, false)?;
             let want = mapping.len.min((buf.len() - done) as u64);
             let dst = &mut buf[done..done + want as usize];
             match &mapping.extent {
                 Extent::Hole => dst.fill(0),
+                Extent::Encoded(ext, alg, within) => self.read_encoded(ext, *alg, *within, dst)?,
                 Extent::Decoded(data, at) => {
                     dst.copy_from_slice(data.get(*at..*at + dst.len()).ok_or_else(|| {
                         Error::corrupt("decoded extent is shorter than its mapping")
@@ -220,9 +222,36 @@ impl Image {
         Ok(Cow::Owned(buf))
     }
 
+    /// [`Image::read_range`] for a server: bytes that are contiguous on a
+    /// device are borrowed from the map; anything else is assembled in
+    /// `scratch`, whose allocation a caller keeps from read to read.
+    pub fn read_range_with<'a>(
+        &'a self,
+        inode: &Inode,
+        offset: u64,
+        len: u64,
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let len = len.min(inode.size.saturating_sub(offset));
+        if len == 0 {
+            return Ok(&[]);
+        }
+        if !inode.layout.is_compressed() {
+            let mapping = self.map(inode, offset)?;
+            if let (true, Extent::Device(dev, pa)) = (mapping.len >= len, &mapping.extent) {
+                return dev.slice(*pa, len);
+            }
+        }
+        scratch.resize(len as usize, 0);
+        let n = self.read_at(inode, offset, scratch)?;
+        Ok(&scratch[..n])
+    }
+
     /// Calls `f(device, offset, len)` for each run of file bytes
     /// `[offset, offset + len)` stored on a device (holes and inline data
-    /// are skipped). Stops at the first mapping error or after 64 runs.
+    /// are skipped; compressed extents give their pclusters), merging runs
+    /// that are adjacent on the device so a sequential file costs one call.
+    /// Stops at the first mapping error or after 256 mappings.
     fn for_each_device_run(
         &self,
         inode: &Inode,
@@ -232,7 +261,8 @@ impl Image {
     ) {
         let end = offset.saturating_add(len).min(inode.size);
         let mut pos = offset;
-        for _ in 0..64 {
+        let mut pending: Option<(&Device, u64, u64)> = None;
+        for _ in 0..256 {
             if pos >= end {
                 break;
             }
@@ -240,12 +270,35 @@ impl Image {
                 break;
             };
             let run = mapping.len.min(end - pos);
-            match mapping.extent {
-                Extent::Device(dev, pa) => f(dev, pa, run),
-                Extent::Encoded(Some((dev, pa, plen))) => f(dev, pa, plen),
-                _ => {}
+            let stored = match mapping.extent {
+                Extent::Device(dev, pa) => Some((dev, pa, run)),
+                Extent::Encoded(ext, ..) => match ext.at {
+                    PclusterAt::Device(pa) => self
+                        .devices
+                        .resolve(0, pa)
+                        .ok()
+                        .map(|(dev, pa)| (dev, pa, ext.plen)),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((dev, pa, n)) = stored {
+                match pending.as_mut() {
+                    Some((d, start, len)) if std::ptr::eq(*d, dev) && *start + *len == pa => {
+                        *len += n
+                    }
+                    _ => {
+                        if let Some((d, start, len)) = pending.take() {
+                            f(d, start, len);
+                        }
+                        pending = Some((dev, pa, n));
+                    }
+                }
             }
             pos += run;
+        }
+        if let Some((d, start, len)) = pending {
+            f(d, start, len);
         }
     }
 
@@ -253,13 +306,25 @@ impl Image {
     /// cache in the background, so that a sequential reader finds them
     /// there. Only a hint.
     pub fn prefetch(&self, inode: &Inode, offset: u64, len: u64) {
-        self.for_each_device_run(inode, offset, len, |dev, pa, n| dev.will_need(pa, n));
+        if inode.layout.is_compressed() {
+            // Mapping every pcluster ahead would cost more than it saves:
+            // mkfs lays a file's pclusters out in order, and they are no
+            // larger than the data, so `len` bytes from the next one cover it.
+            self.for_each_device_run(inode, offset, 1, |dev, pa, _| dev.will_need(pa, len));
+        } else {
+            self.for_each_device_run(inode, offset, len, |dev, pa, n| dev.will_need(pa, n));
+        }
     }
 
     /// Unmaps file bytes `[offset, offset + len)` from the process once
     /// served (they stay in the page cache), so a server that has read a
     /// whole image does not hold it all as resident memory.
     pub fn release(&self, inode: &Inode, offset: u64, len: u64) {
+        // Compressed reads touch many small pclusters; the server's periodic
+        // whole-map trim bounds those instead of a call per pcluster.
+        if inode.layout.is_compressed() {
+            return;
+        }
         self.for_each_device_run(inode, offset, len, |dev, pa, n| dev.release(pa, n));
     }
 

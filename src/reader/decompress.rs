@@ -121,9 +121,10 @@ impl Codecs {
     }
 
     /// Decodes `input` (a whole pcluster) with algorithm `alg` into exactly
-    /// `out_len` bytes. With `partial`, the pcluster may decode to more and
-    /// decoding stops after `out_len` bytes.
-    pub fn decode(&self, alg: u8, input: &[u8], out_len: usize, partial: bool) -> Result<Vec<u8>> {
+    /// `out.len()` bytes. With `partial`, the pcluster may decode to more and
+    /// decoding stops once `out` is full.
+    pub fn decode(&self, alg: u8, input: &[u8], out: &mut [u8], partial: bool) -> Result<()> {
+        let out_len = out.len();
         let name = COMPRESSION_NAMES
             .get(usize::from(alg))
             .map_or("unknown", |(_, n)| *n);
@@ -139,10 +140,10 @@ impl Codecs {
         let out = match alg {
             // Without zero padding the encoded stream may be followed by
             // garbage, so LZ4 must stop once the output is full.
-            COMPRESSION_LZ4 => lz4(input, out_len, partial || !self.zero_padding),
-            COMPRESSION_LZMA => lzma(input, out_len, partial, self.lzma_dict_size),
-            COMPRESSION_DEFLATE => deflate(input, out_len, partial),
-            COMPRESSION_ZSTD => zstd(input, out_len, partial, self.zstd_window_log),
+            COMPRESSION_LZ4 => lz4(input, out, partial || !self.zero_padding),
+            COMPRESSION_LZMA => lzma(input, out, partial, self.lzma_dict_size),
+            COMPRESSION_DEFLATE => deflate(input, out, partial),
+            COMPRESSION_ZSTD => zstd(input, out, partial, self.zstd_window_log),
             _ => Err(format!("unknown algorithm {alg}")),
         };
         out.map_err(|why| {
@@ -165,11 +166,14 @@ extern "C" {
     ) -> c_int;
 }
 
-fn lz4(input: &[u8], out_len: usize, partial: bool) -> std::result::Result<Vec<u8>, String> {
+/// What a decoder says on failure.
+type Outcome = std::result::Result<(), String>;
+
+fn lz4(input: &[u8], out: &mut [u8], partial: bool) -> Outcome {
+    let out_len = out.len();
     let (Ok(in_len), Ok(cap)) = (c_int::try_from(input.len()), c_int::try_from(out_len)) else {
         return Err("too large".into());
     };
-    let mut out = Vec::<u8>::with_capacity(out_len);
     let src = input.as_ptr().cast::<c_char>();
     let dst = out.as_mut_ptr().cast::<c_char>();
     // SAFETY: liblz4's safe decoders never read past `in_len` input bytes
@@ -188,17 +192,11 @@ fn lz4(input: &[u8], out_len: usize, partial: bool) -> std::result::Result<Vec<u
             format!("got {n} bytes")
         });
     }
-    // SAFETY: the decoder initialized exactly `cap` bytes.
-    unsafe { out.set_len(out_len) };
-    Ok(out)
+    Ok(())
 }
 
-fn lzma(
-    input: &[u8],
-    out_len: usize,
-    partial: bool,
-    dict_size: u32,
-) -> std::result::Result<Vec<u8>, String> {
+fn lzma(input: &[u8], out: &mut [u8], partial: bool, dict_size: u32) -> Outcome {
+    let out_len = out.len();
     use liblzma_sys as xz;
 
     /// Frees the decoder on every path.
@@ -229,7 +227,6 @@ fn lzma(
     if ret != xz::LZMA_OK {
         return Err(format!("decoder setup failed ({ret})"));
     }
-    let mut out = Vec::<u8>::with_capacity(out_len);
     strm.0.next_in = input.as_ptr();
     strm.0.avail_in = input.len();
     strm.0.next_out = out.as_mut_ptr();
@@ -240,33 +237,26 @@ fn lzma(
     if ret != xz::LZMA_STREAM_END || written != out_len {
         return Err(format!("liblzma returned {ret} after {written} bytes"));
     }
-    // SAFETY: liblzma wrote `out_len` bytes.
-    unsafe { out.set_len(out_len) };
-    Ok(out)
+    Ok(())
 }
 
-fn deflate(input: &[u8], out_len: usize, partial: bool) -> std::result::Result<Vec<u8>, String> {
+fn deflate(input: &[u8], out: &mut [u8], partial: bool) -> Outcome {
     use flate2::{Decompress, FlushDecompress, Status};
 
-    let mut out = vec![0u8; out_len];
+    let out_len = out.len();
     let mut inflater = Decompress::new(false);
     let status = inflater
-        .decompress(input, &mut out, FlushDecompress::Finish)
+        .decompress(input, out, FlushDecompress::Finish)
         .map_err(|e| e.to_string())?;
     let written = inflater.total_out() as usize;
     let ended = status == Status::StreamEnd;
     if written != out_len || !(ended || partial) {
         return Err(format!("got {written} bytes, stream ended: {ended}"));
     }
-    Ok(out)
+    Ok(())
 }
 
-fn zstd(
-    input: &[u8],
-    out_len: usize,
-    partial: bool,
-    window_log: u8,
-) -> std::result::Result<Vec<u8>, String> {
+fn zstd(input: &[u8], out: &mut [u8], partial: bool, window_log: u8) -> Outcome {
     use zstd::stream::raw::{DParameter, Decoder, InBuffer, Operation, OutBuffer};
 
     let mut decoder = Decoder::new().map_err(|e| e.to_string())?;
@@ -274,9 +264,9 @@ fn zstd(
     decoder
         .set_parameter(DParameter::WindowLogMax(u32::from(window_log)))
         .map_err(|e| e.to_string())?;
-    let mut out = vec![0u8; out_len];
+    let out_len = out.len();
     let mut src = InBuffer::around(input);
-    let mut dst = OutBuffer::around(&mut out[..]);
+    let mut dst = OutBuffer::around(out);
     let mut frame_done = false;
     // Every round consumes input or produces output, or the loop ends; the
     // bound only guards against a decoder that would do neither.
@@ -292,5 +282,5 @@ fn zstd(
     if written != out_len || !(frame_done || partial) {
         return Err(format!("got {written} bytes, frame ended: {frame_done}"));
     }
-    Ok(out)
+    Ok(())
 }

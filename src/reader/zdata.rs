@@ -28,6 +28,15 @@ struct ExtentKey {
     len: u64,
 }
 
+impl ExtentKey {
+    fn of(ext: &ZExtent) -> Self {
+        Self {
+            at: ext.at,
+            len: ext.len,
+        }
+    }
+}
+
 /// An LRU cache of decoded extents bounded by their total size in bytes.
 #[derive(Debug)]
 pub(crate) struct ExtentCache {
@@ -180,11 +189,9 @@ impl Image {
                     Ok(mapping(rest, self.plain_at(at, within - head)?))
                 }
             }
-            (PclusterAt::Device(pa), ZFormat::Algorithm(_)) if !decode => {
-                let (dev, pa) = self.devices.resolve(0, pa)?;
-                Ok(mapping(rest, Extent::Encoded(Some((dev, pa, ext.plen)))))
+            (_, ZFormat::Algorithm(alg)) if !decode => {
+                Ok(mapping(rest, Extent::Encoded(ext, alg, within)))
             }
-            (_, ZFormat::Algorithm(_)) if !decode => Ok(mapping(rest, Extent::Encoded(None))),
             (_, ZFormat::Algorithm(alg)) => {
                 let data = self.decoded(&ext, alg)?;
                 Ok(mapping(rest, Extent::Decoded(data, within as usize)))
@@ -209,16 +216,50 @@ impl Image {
         }
     }
 
+    /// Copies the decoded bytes of compressed extent `ext` from offset
+    /// `within` on into `dst`. A read of the whole extent that is not cached is decoded
+    /// straight into `dst` (a sequential reader never reads it again);
+    /// partial reads go through the cache, so the rest is there for the next.
+    pub(crate) fn read_encoded(
+        &self,
+        ext: &ZExtent,
+        alg: u8,
+        within: u64,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        let within = within as usize;
+        if within == 0 && dst.len() as u64 == ext.len {
+            if let Some(data) = self.cache.get(&ExtentKey::of(ext)) {
+                dst.copy_from_slice(&data);
+                return Ok(());
+            }
+            return self.decode_into(ext, alg, dst);
+        }
+        let data = self.decoded(ext, alg)?;
+        let src = data
+            .get(within..within + dst.len())
+            .ok_or_else(|| Error::corrupt("decoded extent is shorter than its mapping"))?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
     /// The decoded bytes of compressed extent `ext`, from the cache or
-    /// decoded now.
+    /// decoded now (and cached).
     fn decoded(&self, ext: &ZExtent, alg: u8) -> Result<Arc<[u8]>> {
-        let key = ExtentKey {
-            at: ext.at,
-            len: ext.len,
-        };
+        let key = ExtentKey::of(ext);
         if let Some(data) = self.cache.get(&key) {
             return Ok(data);
         }
+        // SAFETY: all-zero bytes are valid `u8`s.
+        let mut data: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(ext.len as usize).assume_init() };
+        let out = Arc::get_mut(&mut data).expect("a new Arc is unique");
+        self.decode_into(ext, alg, out)?;
+        self.cache.insert(key, Arc::clone(&data));
+        Ok(data)
+    }
+
+    /// Decodes compressed extent `ext` into `out` (exactly its length).
+    fn decode_into(&self, ext: &ZExtent, alg: u8, out: &mut [u8]) -> Result<()> {
         let input = match ext.at {
             PclusterAt::Device(pa) => {
                 let (dev, pa) = self.devices.resolve(0, pa)?;
@@ -229,18 +270,14 @@ impl Image {
                 return Err(Error::corrupt("compressed extent without a pcluster"))
             }
         };
-        let data: Arc<[u8]> = self
-            .codecs
-            .decode(alg, &input, ext.len as usize, ext.partial)
+        self.codecs
+            .decode(alg, &input, out, ext.partial)
             .map_err(|e| match e {
                 Error::Corrupt(msg) => {
                     Error::Corrupt(format!("extent at file offset {}: {msg}", ext.start))
                 }
                 other => other,
-            })?
-            .into();
-        self.cache.insert(key, Arc::clone(&data));
-        Ok(data)
+            })
     }
 
     /// Counters of the decoded-extent cache.
