@@ -114,13 +114,7 @@ fn corrupted_pclusters_of_every_algorithm_are_errors() {
 /// the right length or an error; a panic fails the test, a hang times it out.
 #[test]
 fn random_flips_in_compressed_images_never_panic() {
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let (mut ok, mut failed) = (0, 0);
     for &(name, algorithm) in BY_ALGORITHM {
         let good_bytes = std::fs::read(fixture(name)).unwrap();

@@ -213,13 +213,7 @@ fn dirent_nid_out_of_range() {
 fn random_byte_flips_never_panic() {
     let good = bytes_of("tar-index-appended.erofs");
     let index_len = 14336; // the EROFS part; the tar follows.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..1500 {
         let mut b = good.clone();

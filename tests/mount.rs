@@ -1,4 +1,4 @@
-//! `erofs-fuse mount`: every uncompressed fixture served through FUSE equals
+//! `erofs-fuse mount`: every fixture served through FUSE equals
 //! the kernel's manifest; the mount-helper form works; writes are refused;
 //! concurrent readers get identical bytes.
 
@@ -11,11 +11,8 @@ use std::process::Command;
 use common::*;
 
 #[test]
-fn every_uncompressed_fixture_mounts_as_the_kernel_shows_it() {
-    if !have(
-        "every_uncompressed_fixture_mounts_as_the_kernel_shows_it",
-        FUSE_ROOT,
-    ) {
+fn every_fixture_mounts_as_the_kernel_shows_it() {
+    if !have("every_fixture_mounts_as_the_kernel_shows_it", FUSE_ROOT) {
         return;
     }
     let mut failures = Vec::new();

@@ -44,7 +44,7 @@ const SEQUENTIAL_READ: u32 = 64 << 10;
 /// image page is unmapped from the server, so that its resident memory stays
 /// bounded however much of the image it has read. The pages stay in the page
 /// cache; the next access maps them again.
-const TRIM_EVERY: u64 = 16 << 20;
+const TRIM_EVERY: u64 = 8 << 20;
 
 /// What a metadata request counts for [`TRIM_EVERY`].
 const METADATA_REQUEST: u64 = 4096;
@@ -146,6 +146,14 @@ impl ErofsFs {
         let before = self.served.fetch_add(bytes, Ordering::Relaxed);
         if before / TRIM_EVERY != (before + bytes) / TRIM_EVERY {
             self.image.release_mapped();
+            // Decode buffers freed by cache evictions sit in the serving
+            // threads' malloc arenas; hand them back so resident memory
+            // follows the cache budget rather than its past peaks.
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 

@@ -69,6 +69,20 @@ pub(crate) struct ZExtent {
     pub partial: bool,
 }
 
+impl ZExtent {
+    /// A file of `size` bytes kept whole in the packed inode at `offset`.
+    fn whole_file_fragment(size: u64, offset: u64) -> Self {
+        Self {
+            start: 0,
+            len: size,
+            at: PclusterAt::Fragment(offset),
+            plen: 0,
+            format: ZFormat::Shifted,
+            partial: false,
+        }
+    }
+}
+
 /// What the map header of one compressed inode says.
 #[derive(Debug, Clone)]
 pub(crate) struct ZInfo {
@@ -178,14 +192,7 @@ impl Image {
     pub(crate) fn zmap(&self, inode: &Inode, info: &ZInfo, offset: u64) -> Result<ZExtent> {
         debug_assert!(offset < inode.size);
         let extent = if info.whole_fragment {
-            ZExtent {
-                start: 0,
-                len: inode.size,
-                at: PclusterAt::Fragment(info.fragment_off),
-                plen: 0,
-                format: ZFormat::Shifted,
-                partial: false,
-            }
+            ZExtent::whole_file_fragment(inode.size, info.fragment_off)
         } else if inode.layout == DataLayout::CompressedFull && info.advise & ADVISE_EXTENTS != 0 {
             self.zmap_extents(inode, info, offset)?
         } else {
@@ -373,14 +380,7 @@ impl Image {
     fn zmap_lclusters(&self, inode: &Inode, info: &ZInfo, offset: u64) -> Result<ZExtent> {
         let fragment = info.advise & ADVISE_FRAGMENT_PCLUSTER != 0;
         if fragment && info.tail_head_lcn == 0 {
-            return Ok(ZExtent {
-                start: 0,
-                len: inode.size,
-                at: PclusterAt::Fragment(info.fragment_off),
-                plen: 0,
-                format: ZFormat::Shifted,
-                partial: false,
-            });
+            return Ok(ZExtent::whole_file_fragment(inode.size, info.fragment_off));
         }
         let bits = info.lcluster_bits;
         let (head, _) = self.find_head(inode, info, offset)?;

@@ -154,6 +154,18 @@ pub const FIXTURES: &[Fixture] = &[
     },
 ];
 
+/// A small deterministic pseudo-random generator (xorshift64) for tests
+/// that corrupt images: the same seed, the same corruptions.
+pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 static UNPACK: Mutex<()> = Mutex::new(());
 
 /// Path of an unpacked fixture file (`tests/fixtures/NAME.gz` gunzipped once).
