@@ -221,7 +221,7 @@ fn random_byte_flips_never_panic() {
             let at = (next() % index_len) as usize;
             b[at] ^= 1 << (next() % 8);
         }
-        if b[1024 + 4..1024 + 8] != good[1024 + 4..1024 + 8] || next() % 2 == 0 {
+        if b[1024 + 4..1024 + 8] != good[1024 + 4..1024 + 8] || next().is_multiple_of(2) {
             fix_checksum(&mut b);
         }
         match open_and_walk(&b) {
