@@ -22,8 +22,9 @@
 #   seq-read      dd of the largest file (256 MB), 1 MiB blocks (MB/s);
 #                 warm: four passes
 #   rand-4k       fio random 4 KiB reads of the largest file, 10 s (IOPS)
-# Times are the best of 3 runs. Ratios: time / kernel time (lower is better),
-# throughput / kernel throughput (higher is better).
+# Times are the best of 3 rounds, the implementations taking turns in each.
+# Ratios: time / kernel time (lower is better), throughput / kernel
+# throughput (higher is better).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +34,7 @@ while (($#)); do
         --quick) quick=1 ;;
         --clean) clean=1 ;;
         --workdir) work=$2; shift ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -136,49 +137,62 @@ now() { date +%s.%N; }
 secs() { python3 -c "import sys; print('%.3f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$1" "$2"; }
 
 declare -A result
-measure() { # impl
-    local impl=$1 t0 t1 best run value
-    for metric in "${metrics[@]}"; do
-        best=""
-        for run in 1 2 3; do
-            drop
+# One measurement of $metric with $impl: sets `value`.
+measure_one() { # impl metric
+    local impl=$1 metric=$2 t0 t1
+    drop
+    case "$metric" in
+        mount)
+            t0=$(now); mount_with "$impl"; t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
+        walk-cold|read-all-cold|seq-read-cold)
+            mount_with "$impl"; drop
+            t0=$(now)
             case "$metric" in
-                mount)
-                    t0=$(now); mount_with "$impl"; t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
-                walk-cold|read-all-cold|seq-read-cold)
-                    mount_with "$impl"; drop
-                    t0=$(now)
-                    case "$metric" in
-                        walk-cold) (cd "$mnt" && find . -printf '%i %s %T@\n' >/dev/null) ;;
-                        read-all-cold) (cd "$mnt" && tar cf - . | wc -c >/dev/null) ;;
-                        seq-read-cold) dd if="$mnt/$large" of=/dev/null bs=1M status=none ;;
-                    esac
-                    t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
-                walk-warm|read-all-warm|seq-read-warm)
-                    mount_with "$impl"
-                    (cd "$mnt" && tar cf - . | wc -c >/dev/null)  # warm every cache
-                    t0=$(now)
-                    case "$metric" in
-                        walk-warm) (cd "$mnt" && find . -printf '%i %s %T@\n' >/dev/null) ;;
-                        read-all-warm) (cd "$mnt" && tar cf - . | wc -c >/dev/null) ;;
-                        seq-read-warm) for pass in 1 2 3 4; do
-                                dd if="$mnt/$large" of=/dev/null bs=1M status=none; done ;;
-                    esac
-                    t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
-                rand-4k)
-                    mount_with "$impl"
-                    value=$(fio --name=rand --filename="$mnt/$large" --rw=randread --bs=4k --ioengine=psync \
-                        --time_based --runtime=10 --readonly --output-format=terse --terse-version=3 2>/dev/null \
-                        | awk -F';' '{print $8}')
-                    unmount ;;
+                walk-cold) (cd "$mnt" && find . -printf '%i %s %T@\n' >/dev/null) ;;
+                read-all-cold) (cd "$mnt" && tar cf - . | wc -c >/dev/null) ;;
+                seq-read-cold) dd if="$mnt/$large" of=/dev/null bs=1M status=none ;;
             esac
-            if [ -z "$best" ]; then best=$value
-            elif [ "$metric" = rand-4k ]; then best=$(python3 -c "print(max($best, $value))")
-            else best=$(python3 -c "print(min($best, $value))"); fi
-            [ "$metric" = rand-4k ] && break  # 10 s runs: one is enough
+            t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
+        walk-warm|read-all-warm|seq-read-warm)
+            mount_with "$impl"
+            (cd "$mnt" && tar cf - . | wc -c >/dev/null)  # warm every cache
+            t0=$(now)
+            case "$metric" in
+                walk-warm) (cd "$mnt" && find . -printf '%i %s %T@\n' >/dev/null) ;;
+                read-all-warm) (cd "$mnt" && tar cf - . | wc -c >/dev/null) ;;
+                seq-read-warm) for pass in 1 2 3 4; do
+                        dd if="$mnt/$large" of=/dev/null bs=1M status=none; done ;;
+            esac
+            t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
+        rand-4k)
+            mount_with "$impl"
+            value=$(fio --name=rand --filename="$mnt/$large" --rw=randread --bs=4k --ioengine=psync \
+                --time_based --runtime=10 --readonly --output-format=terse --terse-version=3 2>/dev/null \
+                | awk -F';' '{print $8}')
+            unmount ;;
+    esac
+}
+
+# Every metric for every implementation, best of 3. The implementations take
+# turns within each round, so a machine that drifts (disk, noisy
+# neighbours) weighs on all of them alike and the ratios stay fair.
+measure_all() {
+    local impl metric run best
+    for metric in "${metrics[@]}"; do
+        for run in 1 2 3; do
+            for impl in "${impls[@]}"; do
+                measure_one "$impl" "$metric"
+                best=${result[$table,$impl,$metric]:-}
+                if [ -z "$best" ]; then best=$value
+                elif [ "$metric" = rand-4k ]; then best=$(python3 -c "print(max($best, $value))")
+                else best=$(python3 -c "print(min($best, $value))"); fi
+                result[$table,$impl,$metric]=$best
+            done
+            [ "$metric" = rand-4k ] && break  # 10 s runs: one round is enough
         done
-        result[$table,$impl,$metric]=$best
-        echo "bench.sh: $table $impl $metric $best" >&2
+        for impl in "${impls[@]}"; do
+            echo "bench.sh: $table $impl $metric ${result[$table,$impl,$metric]}" >&2
+        done
     done
 }
 
@@ -211,11 +225,11 @@ z_metrics=(mount read-all-cold seq-read-cold seq-read-warm rand-4k)
 z_impls=(kernel erofs-fuse)
 
 # Uncompressed image: every figure, every implementation.
-table=plain img=$plain_img large=$largest metrics=("${plain_metrics[@]}")
-for impl in "${plain_impls[@]}"; do measure "$impl"; done
+table=plain img=$plain_img large=$largest metrics=("${plain_metrics[@]}") impls=("${plain_impls[@]}")
+measure_all
 # lz4hc image: what decompression changes.
-table=lz4hc img=$zimg large=text.bin metrics=("${z_metrics[@]}")
-for impl in "${z_impls[@]}"; do measure "$impl"; done
+table=lz4hc img=$zimg large=text.bin metrics=("${z_metrics[@]}") impls=("${z_impls[@]}")
+measure_all
 
 echo
 echo "Corpus: $files files, $((bytes / 1000000)) MB. $(nproc) CPUs, kernel $(uname -r)."
