@@ -205,9 +205,16 @@ impl Image {
             extent.len
         );
         if matches!(extent.at, PclusterAt::Fragment(_)) {
+            // Fragments live in the packed inode, whose metadata may live in
+            // the metabox: either referring to a fragment would be a loop.
             ensure!(
-                Some(inode.nid) != self.sb.packed_nid,
-                "the packed inode refers to a fragment of itself"
+                Some(inode.nid) != self.sb.packed_nid && Some(inode.nid) != self.sb.metabox_nid,
+                "the {} inode refers to a fragment",
+                if Some(inode.nid) == self.sb.packed_nid {
+                    "packed"
+                } else {
+                    "metabox"
+                }
             );
             return Ok(extent);
         }
