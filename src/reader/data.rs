@@ -5,7 +5,6 @@
 //! are one more kind of [`Extent`].
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use crate::device::Device;
 use crate::error::{ensure, Error, Result};
@@ -14,11 +13,11 @@ use crate::format::{
     CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES, CHUNK_INDEX_SIZE, NULL_ADDR,
 };
 
-use super::zmap::{PclusterAt, ZExtent};
+use super::zmap::{PclusterAt, ZExtent, ZInfo};
 use super::{Image, Inode, MetaPos};
 
 /// Where one extent of a file's data is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) enum Extent<'a> {
     /// On a device, starting at this byte.
     Device(&'a Device, u64),
@@ -26,15 +25,13 @@ pub(crate) enum Extent<'a> {
     Meta(MetaPos),
     /// A hole: reads as zeros.
     Hole,
-    /// Decoded bytes of a compressed extent, from this index on.
-    Decoded(Arc<[u8]>, usize),
-    /// A compressed extent, not decoded yet: the extent, its algorithm, and
-    /// how far into its decoded bytes the mapping starts.
+    /// A compressed extent: the extent, its algorithm, and how far into its
+    /// decoded bytes the mapping starts. Decoded only when read.
     Encoded(ZExtent, u8, u64),
 }
 
 /// A run of a file's logical bytes `[start, start + len)` and where it is.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Mapping<'a> {
     /// Logical start of the run.
     pub start: u64,
@@ -45,25 +42,34 @@ pub(crate) struct Mapping<'a> {
 }
 
 impl Image {
-    /// Maps the logical offset `offset` (< size) of `inode`, decoding
-    /// compressed extents.
+    /// Maps the logical offset `offset` (< size) of `inode`.
     pub(crate) fn map(&self, inode: &Inode, offset: u64) -> Result<Mapping<'_>> {
-        self.map_for(inode, offset, true)
+        self.map_with(inode, offset, &mut None)
     }
 
-    /// [`Image::map`], leaving compressed extents [`Extent::Encoded`] unless
-    /// `decode`.
-    fn map_for(&self, inode: &Inode, offset: u64, decode: bool) -> Result<Mapping<'_>> {
+    /// [`Image::map`] for loops over one inode: a compressed inode's map
+    /// header is parsed into `zinfo` on the first call and reused after.
+    fn map_with(
+        &self,
+        inode: &Inode,
+        offset: u64,
+        zinfo: &mut Option<ZInfo>,
+    ) -> Result<Mapping<'_>> {
         debug_assert!(offset < inode.size);
         let mut mapping = match inode.layout {
             DataLayout::FlatPlain | DataLayout::FlatInline => self.map_flat(inode, offset)?,
             DataLayout::ChunkBased => self.map_chunked(inode, offset)?,
-            DataLayout::CompressedFull | DataLayout::CompressedCompact => self
-                .map_compressed(inode, offset, decode)
-                .map_err(|e| match e {
-                    Error::Corrupt(msg) => Error::Corrupt(format!("inode {}: {msg}", inode.nid)),
-                    other => other,
-                })?,
+            DataLayout::CompressedFull | DataLayout::CompressedCompact => {
+                let info = match zinfo {
+                    Some(info) => info,
+                    None => zinfo.insert(self.zinfo(inode)?),
+                };
+                self.map_compressed(inode, info, offset)
+            }
+            .map_err(|e| match e {
+                Error::Corrupt(msg) => Error::Corrupt(format!("inode {}: {msg}", inode.nid)),
+                other => other,
+            })?,
         };
         // Every mapping starts at the offset asked for; chunk lengths are
         // rounded up to blocks, so clip at EOF.
@@ -165,15 +171,15 @@ impl Image {
 
     /// The bytes of `mapping` from its start, `len` at most (`len <= mapping.len`).
     fn extent_bytes<'a>(&'a self, mapping: &Mapping<'a>, len: u64) -> Result<Cow<'a, [u8]>> {
-        match &mapping.extent {
-            Extent::Device(dev, pa) => dev.slice(*pa, len).map(Cow::Borrowed),
-            Extent::Meta(pos) => self.meta(*pos, len),
+        match mapping.extent {
+            Extent::Device(dev, pa) => dev.slice(pa, len).map(Cow::Borrowed),
+            Extent::Meta(pos) => self.meta(pos, len),
             Extent::Hole => Ok(Cow::Owned(vec![0; len as usize])),
-            Extent::Decoded(data, at) => data
-                .get(*at..*at + len as usize)
-                .map(|b| Cow::Owned(b.to_vec()))
-                .ok_or_else(|| Error::corrupt("decoded extent is shorter than its mapping")),
-            Extent::Encoded(..) => Err(Error::corrupt("read of an undecoded extent")),
+            Extent::Encoded(ext, alg, within) => {
+                let mut out = vec![0; len as usize];
+                self.read_encoded(&ext, alg, within, &mut out)?;
+                Ok(Cow::Owned(out))
+            }
         }
     }
 
@@ -181,22 +187,18 @@ impl Image {
     /// fewer than `buf.len()` only at the end of the file.
     pub fn read_at(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let mut done = 0usize;
+        let mut zinfo = None;
         while done < buf.len() {
             let pos = offset + done as u64;
             if pos >= inode.size {
                 break;
             }
-            let mapping = self.map_for(inode, pos, false)?;
+            let mapping = self.map_with(inode, pos, &mut zinfo)?;
             let want = mapping.len.min((buf.len() - done) as u64);
             let dst = &mut buf[done..done + want as usize];
-            match &mapping.extent {
+            match mapping.extent {
                 Extent::Hole => dst.fill(0),
-                Extent::Encoded(ext, alg, within) => self.read_encoded(ext, *alg, *within, dst)?,
-                Extent::Decoded(data, at) => {
-                    dst.copy_from_slice(data.get(*at..*at + dst.len()).ok_or_else(|| {
-                        Error::corrupt("decoded extent is shorter than its mapping")
-                    })?)
-                }
+                Extent::Encoded(ext, alg, within) => self.read_encoded(&ext, alg, within, dst)?,
                 _ => dst.copy_from_slice(&self.extent_bytes(&mapping, want)?),
             }
             done += want as usize;
@@ -262,11 +264,12 @@ impl Image {
         let end = offset.saturating_add(len).min(inode.size);
         let mut pos = offset;
         let mut pending: Option<(&Device, u64, u64)> = None;
+        let mut zinfo = None;
         for _ in 0..256 {
             if pos >= end {
                 break;
             }
-            let Ok(mapping) = self.map_for(inode, pos, false) else {
+            let Ok(mapping) = self.map_with(inode, pos, &mut zinfo) else {
                 break;
             };
             let run = mapping.len.min(end - pos);
@@ -334,7 +337,7 @@ impl Image {
         if offset >= inode.size {
             return Ok(0);
         }
-        let mapping = self.map_for(inode, offset, false)?;
+        let mapping = self.map(inode, offset)?;
         Ok(match mapping.extent {
             Extent::Hole => mapping.len,
             _ => 0,

@@ -14,7 +14,7 @@ use lru::LruCache;
 use crate::error::{ensure, Error, Result};
 
 use super::data::{Extent, Mapping};
-use super::zmap::{PclusterAt, ZExtent, ZFormat};
+use super::zmap::{PclusterAt, ZExtent, ZFormat, ZInfo};
 use super::{Image, Inode};
 
 /// Default budget of the decoded-extent cache, in bytes.
@@ -131,17 +131,16 @@ impl Default for ExtentCache {
 }
 
 impl Image {
-    /// Maps `offset` of compressed `inode`. With `decode`, compressed
-    /// extents are decoded (or found in the cache); without, they come back
-    /// as [`Extent::Encoded`] for hints that only need the pcluster.
+    /// Maps `offset` of compressed `inode`, whose map header is `info`.
+    /// Stored-plain extents map to their bytes; compressed ones come back
+    /// as [`Extent::Encoded`], decoded only when read.
     pub(crate) fn map_compressed(
         &self,
         inode: &Inode,
+        info: &ZInfo,
         offset: u64,
-        decode: bool,
     ) -> Result<Mapping<'_>> {
-        let info = self.zinfo(inode)?;
-        let ext = self.zmap(inode, &info, offset)?;
+        let ext = self.zmap(inode, info, offset)?;
         let within = offset - ext.start;
         let rest = ext.len - within;
         fn mapping(start: u64, len: u64, extent: Extent<'_>) -> Mapping<'_> {
@@ -164,11 +163,7 @@ impl Image {
                             packed.size
                         ))
                     })?;
-                let inner = if packed.layout.is_compressed() {
-                    self.map_compressed(packed, pos, decode)?
-                } else {
-                    self.map(packed, pos)?
-                };
+                let inner = self.map(packed, pos)?;
                 Ok(mapping(inner.len.min(rest), inner.extent))
             }
             (at, ZFormat::Shifted) => Ok(mapping(rest, self.plain_at(at, within)?)),
@@ -189,13 +184,7 @@ impl Image {
                     Ok(mapping(rest, self.plain_at(at, within - head)?))
                 }
             }
-            (_, ZFormat::Algorithm(alg)) if !decode => {
-                Ok(mapping(rest, Extent::Encoded(ext, alg, within)))
-            }
-            (_, ZFormat::Algorithm(alg)) => {
-                let data = self.decoded(&ext, alg)?;
-                Ok(mapping(rest, Extent::Decoded(data, within as usize)))
-            }
+            (_, ZFormat::Algorithm(alg)) => Ok(mapping(rest, Extent::Encoded(ext, alg, within))),
         }
     }
 
@@ -217,8 +206,8 @@ impl Image {
     }
 
     /// Copies the decoded bytes of compressed extent `ext` from offset
-    /// `within` on into `dst`. A read of the whole extent that is not cached is decoded
-    /// straight into `dst` (a sequential reader never reads it again);
+    /// `within` on into `dst`. A read of the whole extent that is not cached
+    /// is decoded straight into `dst` (a sequential reader never reads it again);
     /// partial reads go through the cache, so the rest is there for the next.
     pub(crate) fn read_encoded(
         &self,

@@ -307,14 +307,19 @@ impl Image {
                 match base.as_mut() {
                     Some(next) => {
                         pa = *next;
-                        *next += u64::from(plen & EXTENT_PLEN_MASK);
+                        *next = next
+                            .checked_add(u64::from(plen & EXTENT_PLEN_MASK))
+                            .ok_or_else(|| Error::corrupt("extent address overflows"))?;
                     }
                     None => pa = u64::from(r[1]),
                 }
                 pos += recsz;
                 start += lcluster;
             }
-            last = start >= inode.size.next_multiple_of(lcluster);
+            // `start` is a multiple of the lcluster size, so this is
+            // "past the last lcluster" without rounding `size` up (which
+            // could overflow).
+            last = start >= inode.size;
             end = start.min(inode.size);
             start -= lcluster;
         } else {
