@@ -11,6 +11,8 @@
 
 #![warn(missing_docs)]
 
+pub mod build;
+pub mod convert;
 pub mod device;
 pub mod error;
 pub mod extract;

@@ -152,11 +152,74 @@ enum Command {
         #[arg(long)]
         no_xattrs: bool,
     },
+    /// Convert an OCI layer (tar or tar.gz, gzip detected by its magic) to
+    /// EROFS, as containerd's EROFS differ does with mkfs.erofs --tar.
+    ///
+    /// Index mode (default) writes a metadata-only image whose files point
+    /// into the uncompressed tar: mount it with `--device LAYER.tar` (kernel:
+    /// `-o device=`). For a tar.gz or stdin the tar is written beside the
+    /// output (OUTPUT with extension .tar) or to --tar-out. With
+    /// --append-tar the output is the index followed by the tar in one file,
+    /// containerd's layer.erofs, mountable with no device option.
+    ///
+    /// Prints the layer's digests: `digest` is the sha256 of the input as
+    /// read (the layer digest of a tar.gz) and `diffid` the sha256 of the
+    /// uncompressed tar (the OCI diffID).
+    ///
+    /// Tar rules (as extracting the archive): later entries replace earlier
+    /// ones; parents not listed are created (mode 0755, owner and mtime of
+    /// their parent); hard links must name earlier entries; a leading '/' is
+    /// dropped (with a warning); '..' components, GNU sparse files and
+    /// unknown entry types are errors; xattrs outside user., trusted.,
+    /// security. and the POSIX ACLs are left out with a warning. The root,
+    /// unless the tar lists "./", is mode 0777 owned by 0:0, as mkfs.erofs
+    /// makes it. Output is deterministic: the same input and options give
+    /// the same bytes.
+    Convert {
+        /// The layer: a tar, a tar.gz, or - for stdin.
+        input: PathBuf,
+        /// The EROFS image to write (replaced only once complete).
+        output: PathBuf,
+        /// Kind of image.
+        #[arg(long, value_enum, default_value = "index")]
+        mode: ConvertMode,
+        /// Turn OCI whiteouts into overlayfs ones: .wh.NAME becomes a 0:0
+        /// character device NAME, .wh..wh..opq sets trusted.overlay.opaque=y
+        /// on its directory (mkfs.erofs --aufs).
+        #[arg(long)]
+        aufs: bool,
+        /// Index mode: append the tar to the index in OUTPUT (containerd's
+        /// single-file layer.erofs).
+        #[arg(long)]
+        append_tar: bool,
+        /// Index mode: where to write the uncompressed tar when the input is
+        /// a tar.gz or stdin.
+        #[arg(long, value_name = "PATH")]
+        tar_out: Option<PathBuf>,
+        /// Modification time (seconds since 1970) of the root and of
+        /// directories the tar implies without listing them. Default:
+        /// SOURCE_DATE_EPOCH if set, else the newest mtime in the tar.
+        #[arg(long, value_name = "SECONDS")]
+        implied_mtime: Option<i64>,
+        /// No progress bar (it is shown only on a terminal anyway).
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
+
+/// Kind of image `convert` makes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ConvertMode {
+    /// Metadata only, 512-byte blocks; file data stays in the tar, which
+    /// the image names as extra device 1 (`mkfs.erofs --tar=i`).
+    Index,
+    /// Self-contained, 4 KiB blocks, file data copied in (`--tar=f`).
+    Full,
 }
 
 /// Names of the subcommands, to recognise the mount-helper form.
 const SUBCOMMANDS: &[&str] = &[
-    "mount", "inspect", "ls", "cat", "stat", "manifest", "extract", "help",
+    "mount", "inspect", "ls", "cat", "stat", "manifest", "extract", "convert", "help",
 ];
 
 fn main() -> ExitCode {
@@ -214,6 +277,29 @@ fn main() -> ExitCode {
             no_owner,
             no_xattrs,
         } => cli::extract(&image, &dest, !no_owner, !no_xattrs),
+        Command::Convert {
+            input,
+            output,
+            mode,
+            aufs,
+            append_tar,
+            tar_out,
+            implied_mtime,
+            quiet,
+        } => {
+            let options = erofs_fuse::convert::ConvertOptions {
+                mode: match mode {
+                    ConvertMode::Index => erofs_fuse::convert::Mode::Index,
+                    ConvertMode::Full => erofs_fuse::convert::Mode::Full,
+                },
+                aufs,
+                append_tar,
+                tar_out,
+                progress: !quiet,
+                implied_mtime,
+            };
+            cli::convert(&input, &output, options)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

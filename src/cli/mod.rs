@@ -363,3 +363,54 @@ pub fn extract(args: &ImageArgs, dest: &Path, owners: bool, xattrs: bool) -> Cli
     );
     Ok(())
 }
+
+/// `convert`: a layer tar to EROFS, then its digests.
+pub fn convert(
+    input: &Path,
+    output: &Path,
+    mut options: erofs_fuse::convert::ConvertOptions,
+) -> CliResult {
+    use erofs_fuse::convert::Mode;
+    if options.mode == Mode::Full && (options.append_tar || options.tar_out.is_some()) {
+        return Err("--append-tar and --tar-out apply to --mode index only".into());
+    }
+    if options.implied_mtime.is_none() {
+        if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+            let seconds = epoch
+                .trim()
+                .parse()
+                .map_err(|_| format!("SOURCE_DATE_EPOCH={epoch}: not a number of seconds"))?;
+            options.implied_mtime = Some(seconds);
+        }
+    }
+    let report = erofs_fuse::convert::convert(input, output, &options).map_err(|e| {
+        format!(
+            "converting {}: {e}",
+            if input == Path::new("-") {
+                "stdin".into()
+            } else {
+                input.display().to_string()
+            }
+        )
+    })?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "digest {}", report.input_digest);
+    let _ = writeln!(out, "diffid {}", report.tar_digest);
+    let _ = writeln!(
+        out,
+        "image {} ({} bytes, {} inodes)",
+        output.display(),
+        report.image_size,
+        report.inodes
+    );
+    if let Some(tar) = &report.tar_path {
+        let _ = writeln!(
+            out,
+            "tar {} ({} bytes): mount with --device {}",
+            tar.display(),
+            report.tar_size,
+            tar.display()
+        );
+    }
+    Ok(())
+}

@@ -1,10 +1,10 @@
 //! Chunk-based file indexes.
 
 use zerocopy::little_endian::{U16, U32};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// 8-byte chunk index (`struct erofs_inode_chunk_index`).
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct ChunkIndex {
     /// Start block, high 16 bits (with [`CHUNK_FORMAT_48BIT`]).

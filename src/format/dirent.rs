@@ -1,10 +1,10 @@
 //! Directory entries.
 
 use zerocopy::little_endian::{U16, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// 12-byte directory entry (`struct erofs_dirent`); names follow the table.
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct Dirent {
     /// The entry's inode.
@@ -55,6 +55,20 @@ impl FileType {
             7 => Self::Symlink,
             _ => return None,
         })
+    }
+
+    /// The on-disk `file_type` value.
+    pub fn to_raw(self) -> u8 {
+        match self {
+            Self::Unknown => 0,
+            Self::Regular => 1,
+            Self::Directory => 2,
+            Self::CharDevice => 3,
+            Self::BlockDevice => 4,
+            Self::Fifo => 5,
+            Self::Socket => 6,
+            Self::Symlink => 7,
+        }
     }
 
     /// The file type of an `st_mode`, `None` for an invalid type.

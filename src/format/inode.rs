@@ -1,10 +1,10 @@
 //! On-disk inodes: the 32-byte compact and 64-byte extended forms.
 
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Compact (32-byte) inode, `struct erofs_inode_compact`.
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct InodeCompact {
     /// Format bits: version, data layout, NLINK_1/DOT_OMITTED.
@@ -32,7 +32,7 @@ pub struct InodeCompact {
 }
 
 /// Extended (64-byte) inode, `struct erofs_inode_extended`.
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct InodeExtended {
     /// Format bits: version, data layout, DOT_OMITTED.
@@ -102,6 +102,17 @@ impl DataLayout {
         })
     }
 
+    /// The 3-bit layout field.
+    pub fn to_bits(self) -> u16 {
+        match self {
+            Self::FlatPlain => 0,
+            Self::CompressedFull => 1,
+            Self::FlatInline => 2,
+            Self::CompressedCompact => 3,
+            Self::ChunkBased => 4,
+        }
+    }
+
     /// Whether data in this layout is compressed.
     pub fn is_compressed(self) -> bool {
         matches!(self, Self::CompressedFull | Self::CompressedCompact)
@@ -117,6 +128,11 @@ impl DataLayout {
             Self::ChunkBased => "chunk_based",
         }
     }
+}
+
+/// Encodes a device number as the kernel's `new_encode_dev` does.
+pub fn encode_rdev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & !0xff) << 12)
 }
 
 /// Decodes a device number stored with the kernel's `new_encode_dev`.

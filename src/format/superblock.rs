@@ -1,7 +1,7 @@
 //! Superblock, feature bits and the extra-device table.
 
 use zerocopy::little_endian::{U16, U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// `magic` of an EROFS superblock.
 pub const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
@@ -15,7 +15,7 @@ pub const SUPERBLOCK_EXTSLOT_SIZE: usize = 16;
 pub const DEVICE_SLOT_SIZE: u64 = 128;
 
 /// The fixed 128-byte EROFS superblock (`struct erofs_super_block`).
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct SuperBlock {
     /// [`EROFS_MAGIC`].
@@ -77,7 +77,7 @@ pub struct SuperBlock {
 }
 
 /// The first superblock extension slot (present when `sb_extslots >= 1`).
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct SuperBlockExt {
     /// Nid of the metabox inode (METABOX).
@@ -86,8 +86,26 @@ pub struct SuperBlockExt {
     pub reserved3: U64,
 }
 
+/// The superblock checksum over `area`, the bytes from
+/// [`SUPERBLOCK_OFFSET`] to the end of its block (or one block, for blocks of
+/// 1 KiB or less) with the checksum field zeroed: CRC32C seeded with ~0 and
+/// without the final inversion.
+pub fn superblock_checksum(area: &[u8]) -> u32 {
+    // crc32c() applies the final inversion; EROFS stores the value before it.
+    !crc32c::crc32c(area)
+}
+
+/// How many bytes from [`SUPERBLOCK_OFFSET`] the checksum covers.
+pub fn superblock_checksum_len(block_size: u64) -> u64 {
+    if block_size > SUPERBLOCK_OFFSET {
+        block_size - SUPERBLOCK_OFFSET
+    } else {
+        block_size
+    }
+}
+
 /// One entry of the extra-device table (`struct erofs_deviceslot`).
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct DeviceSlot {
     /// Identifier (e.g. sha256 hex digest or uuid), NUL-padded.

@@ -1,11 +1,11 @@
 //! Extended attribute headers, entries and name prefixes.
 
 use zerocopy::little_endian::{U16, U32};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Header of an inode's inline xattr area (`struct erofs_xattr_ibody_header`),
 /// followed by `h_shared_count` 4-byte shared xattr ids, then entries.
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct XattrIbodyHeader {
     /// Bloom filter of absent names (bit set = absent).
@@ -21,7 +21,7 @@ pub const XATTR_IBODY_HEADER_SIZE: u64 = 12;
 
 /// Header of one xattr entry (`struct erofs_xattr_entry`), followed by the
 /// name suffix and the value, padded to 4 bytes.
-#[derive(Debug, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct XattrEntry {
     /// Length of the name suffix.

@@ -52,6 +52,21 @@ const METADATA_REQUEST: u64 = 4096;
 /// How far past a sequential read to prefetch, in multiples of its size.
 const PREFETCH_FACTOR: u64 = 16;
 
+/// What to prefetch after serving `len` bytes at `offset`: the window of
+/// [`PREFETCH_FACTOR`] reads past it. The first read of a file asks for the
+/// whole window; later ones only for the read-sized slice at its far end,
+/// which the previous read's window did not cover, so a sequential stream
+/// asks the page cache about each page once rather than once a read.
+fn prefetch_window(offset: u64, len: u64) -> (u64, u64) {
+    let next = offset + len;
+    let window = len * PREFETCH_FACTOR;
+    if offset < len {
+        (next, window)
+    } else {
+        (next + window - len, len)
+    }
+}
+
 /// The FUSE filesystem over one image.
 pub struct ErofsFs {
     image: Arc<Image>,
@@ -124,16 +139,12 @@ impl ErofsFs {
         {
             Ok(bytes) => {
                 reply.data(bytes);
-                // Served: keep the image's pages out of our resident set
-                // (they stay in the page cache).
-                self.image.release(inode, offset, bytes.len() as u64);
                 self.account(bytes.len() as u64);
                 // A readahead-sized read means a sequential reader: start
                 // the disk on what it will ask for next.
                 if size >= SEQUENTIAL_READ && !bytes.is_empty() {
-                    let next = offset + bytes.len() as u64;
-                    self.image
-                        .prefetch(inode, next, u64::from(size) * PREFETCH_FACTOR);
+                    let (ahead, len) = prefetch_window(offset, bytes.len() as u64);
+                    self.image.prefetch(inode, ahead, len);
                 }
             }
             Err(e) => reply.error(self.fail("read", ino, e)),

@@ -319,18 +319,6 @@ impl Image {
         }
     }
 
-    /// Unmaps file bytes `[offset, offset + len)` from the process once
-    /// served (they stay in the page cache), so a server that has read a
-    /// whole image does not hold it all as resident memory.
-    pub fn release(&self, inode: &Inode, offset: u64, len: u64) {
-        // Compressed reads touch many small pclusters; the server's periodic
-        // whole-map trim bounds those instead of a call per pcluster.
-        if inode.layout.is_compressed() {
-            return;
-        }
-        self.for_each_device_run(inode, offset, len, |dev, pa, n| dev.release(pa, n));
-    }
-
     /// How many bytes from `offset` on are a hole (read as zeros without
     /// being stored); 0 when `offset` holds data or is at the end.
     pub fn hole_len(&self, inode: &Inode, offset: u64) -> Result<u64> {

@@ -3,9 +3,10 @@
 use crate::device::Device;
 use crate::error::{ensure, Error, Result};
 use crate::format::{
-    read_struct, Nid, SuperBlock, SuperBlockExt, COMPAT_SB_CHKSUM, EROFS_MAGIC, INCOMPAT_48BIT,
-    INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_METABOX, INCOMPAT_NAMES,
-    INCOMPAT_SUPPORTED, SUPERBLOCK_BASE_SIZE, SUPERBLOCK_EXTSLOT_SIZE, SUPERBLOCK_OFFSET,
+    read_struct, superblock_checksum, superblock_checksum_len, Nid, SuperBlock, SuperBlockExt,
+    COMPAT_SB_CHKSUM, EROFS_MAGIC, INCOMPAT_48BIT, INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE,
+    INCOMPAT_METABOX, INCOMPAT_NAMES, INCOMPAT_SUPPORTED, SUPERBLOCK_BASE_SIZE,
+    SUPERBLOCK_EXTSLOT_SIZE, SUPERBLOCK_OFFSET,
 };
 
 /// Smallest block size the kernel mounts (512 bytes).
@@ -224,17 +225,11 @@ impl SuperInfo {
 /// the superblock's block (or one block when blocks are smaller than 1024
 /// bytes) with the checksum field zeroed, seed ~0 and no final inversion.
 fn verify_checksum(dev: &Device, block_bits: u8, stored: u32) -> Result<()> {
-    let block = 1u64 << block_bits;
-    let len = if block > SUPERBLOCK_OFFSET {
-        block - SUPERBLOCK_OFFSET
-    } else {
-        block
-    };
+    let len = superblock_checksum_len(1u64 << block_bits);
     let bytes = dev.slice(SUPERBLOCK_OFFSET, len)?;
     let mut copy = bytes.to_vec();
     copy[4..8].fill(0);
-    // crc32c() applies the final inversion; EROFS stores the value before it.
-    let computed = !crc32c::crc32c(&copy);
+    let computed = superblock_checksum(&copy);
     ensure!(
         computed == stored,
         "superblock checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"

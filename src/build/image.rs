@@ -1,0 +1,594 @@
+//! Laying a [`Tree`] out as an EROFS image and writing it.
+//!
+//! The image is `[superblock (+ device table)] [file data, full mode]
+//! [inodes with their xattrs, inline tails and chunk tables] [directory and
+//! symlink blocks]`. File data streams in first (full mode) so that nothing
+//! but metadata is held in memory; the metadata is laid out and written
+//! once the whole tree is known.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::IntoBytes;
+
+use super::dir;
+use super::tree::{FileData, NodeData, NodeId, Tree};
+use super::xattr;
+use crate::format::{
+    superblock_checksum, superblock_checksum_len, ChunkIndex, DataLayout, DeviceSlot, InodeCompact,
+    InodeExtended, SuperBlock, CHUNK_FORMAT_INDEXES, COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE,
+    EROFS_MAGIC, INCOMPAT_CHUNKED_FILE, INCOMPAT_DEVICE_TABLE, INODE_SLOT_SIZE,
+    SUPERBLOCK_BASE_SIZE, SUPERBLOCK_OFFSET, S_IFMT,
+};
+
+/// Where regular files' bytes live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataSource {
+    /// In a tar of `size` bytes, extra device 1 (tar-index mode). File
+    /// offsets are tar offsets.
+    Tar {
+        /// The tar's length in bytes.
+        size: u64,
+    },
+    /// In the image's own data area, written with [`ImageBuilder::add_data`].
+    Image,
+}
+
+/// What an image's metadata says beyond the tree.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Where file data lives.
+    pub source: DataSource,
+    /// The volume UUID.
+    pub uuid: [u8; 16],
+}
+
+/// What was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildSummary {
+    /// Size of the image (the primary device) in bytes.
+    pub image_size: u64,
+    /// Number of inodes.
+    pub inodes: u64,
+}
+
+/// An error building an image.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Writing the output failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The tree holds something the format cannot express.
+    #[error("{0}")]
+    Unrepresentable(String),
+}
+
+/// The device table follows the superblock (offset in 128-byte slots).
+const DEVT_SLOTOFF: u16 =
+    ((SUPERBLOCK_OFFSET + SUPERBLOCK_BASE_SIZE as u64) / DEVICE_SLOT_SIZE) as u16;
+
+/// Builds one image into a file.
+pub struct ImageBuilder {
+    out: File,
+    block_bits: u8,
+    /// End of the data area, in bytes (block aligned).
+    data_end: u64,
+}
+
+/// How an inode's contents are stored.
+enum Payload {
+    /// Nothing (empty files, devices, fifos).
+    None,
+    /// Directory or symlink bytes of this size: the tail inline after the
+    /// inode when it fits, whole blocks in the block area.
+    Bytes { size: u64 },
+    /// File data at a block of the image (full mode).
+    Flat { blkaddr: u64 },
+    /// File data in the tar: chunk size bits and the first block.
+    Chunks {
+        chunk_bits: u8,
+        count: u64,
+        first_block: u64,
+    },
+}
+
+/// One inode as laid out.
+struct Record {
+    id: NodeId,
+    nlink: u32,
+    compact: bool,
+    xattrs: Vec<u8>,
+    icount: u16,
+    payload: Payload,
+    /// Bytes of the payload stored inline after the inode.
+    inline: u64,
+    /// Where the inode starts (byte offset in the image).
+    pos: u64,
+    /// First block of the payload's block-area part.
+    blkaddr: u64,
+}
+
+impl Record {
+    fn inode_size(&self) -> u64 {
+        if self.compact {
+            32
+        } else {
+            64
+        }
+    }
+
+    fn layout(&self) -> DataLayout {
+        match self.payload {
+            Payload::Bytes { .. } if self.inline > 0 => DataLayout::FlatInline,
+            Payload::Chunks { .. } => DataLayout::ChunkBased,
+            _ => DataLayout::FlatPlain,
+        }
+    }
+}
+
+impl ImageBuilder {
+    /// Starts an image with blocks of `1 << block_bits` bytes (9 for
+    /// tar-index images, 12 for full ones) in `out`, truncated.
+    pub fn new(out: File, block_bits: u8) -> io::Result<Self> {
+        out.set_len(0)?;
+        let block = 1u64 << block_bits;
+        // The superblock (and device table) own the first bytes.
+        let data_end = (SUPERBLOCK_OFFSET + SUPERBLOCK_BASE_SIZE as u64 + DEVICE_SLOT_SIZE)
+            .next_multiple_of(block);
+        Ok(Self {
+            out,
+            block_bits,
+            data_end,
+        })
+    }
+
+    /// Copies `size` bytes of file data from `reader` into the data area
+    /// (full mode) and returns where they are.
+    pub fn add_data(&mut self, reader: &mut impl Read, size: u64) -> io::Result<FileData> {
+        let offset = self.data_end;
+        let mut writer = OffsetWriter {
+            file: &self.out,
+            pos: offset,
+        };
+        let copied = io::copy(&mut reader.take(size), &mut writer)?;
+        if copied != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file data ended after {copied} of {size} bytes"),
+            ));
+        }
+        let block = 1u64 << self.block_bits;
+        self.data_end = (offset + size).next_multiple_of(block);
+        Ok(FileData { size, offset })
+    }
+
+    /// Lays out and writes the metadata of `tree`, finishing the image.
+    pub fn finish(self, tree: &Tree, options: &BuildOptions) -> Result<BuildSummary, BuildError> {
+        let block_bits = self.block_bits;
+        let block = 1u64 << block_bits;
+        let nodes = tree.reachable();
+        let epoch = common_mtime(tree, &nodes);
+
+        let mut records = Vec::with_capacity(nodes.len());
+        for &(id, refs) in &nodes {
+            records.push(self.record(tree, id, refs, epoch, options.source)?);
+        }
+
+        // Inodes, each 32-byte aligned, tails never crossing a block.
+        let meta_start = self.data_end;
+        let mut pos = meta_start;
+        for rec in &mut records {
+            pos = pos.next_multiple_of(INODE_SLOT_SIZE);
+            let isize = rec.inode_size();
+            if !rec.compact && pos % block + isize > block {
+                pos = pos.next_multiple_of(block);
+            }
+            let base = isize + rec.xattrs.len() as u64;
+            let len = match rec.payload {
+                Payload::Bytes { size } => {
+                    let tail = size % block;
+                    if tail > 0 && base + tail <= block {
+                        if pos % block + base + tail > block {
+                            pos = pos.next_multiple_of(block);
+                        }
+                        rec.inline = tail;
+                    }
+                    base + rec.inline
+                }
+                Payload::Chunks { count, .. } => base.next_multiple_of(8) + 8 * count,
+                _ => base,
+            };
+            rec.pos = pos;
+            pos += len;
+        }
+        let nid_of: HashMap<NodeId, u64> = records
+            .iter()
+            .map(|r| (r.id, (r.pos - meta_start) / INODE_SLOT_SIZE))
+            .collect();
+
+        // Directory and symlink blocks after the inodes.
+        let blocks_start = pos.next_multiple_of(block);
+        let mut next_block = blocks_start / block;
+        for rec in &mut records {
+            if let Payload::Bytes { size } = rec.payload {
+                rec.blkaddr = next_block;
+                next_block += (size - rec.inline).div_ceil(block);
+            }
+        }
+        let image_size = next_block * block;
+        check_block_addr(next_block)?;
+
+        // Each directory's parent, for its `..` (the root is its own).
+        let mut parent_of: HashMap<NodeId, NodeId> = HashMap::new();
+        for &(id, _) in &nodes {
+            if let NodeData::Dir(children) = &tree.node(id).data {
+                for &child in children.values() {
+                    if tree.node(child).is_dir() {
+                        parent_of.insert(child, id);
+                    }
+                }
+            }
+        }
+
+        let mut meta = vec![0u8; (blocks_start - meta_start) as usize];
+        let mut blocks = vec![0u8; (image_size - blocks_start) as usize];
+        for (ino, rec) in records.iter().enumerate() {
+            let node = tree.node(rec.id);
+            let bytes = match &node.data {
+                NodeData::Dir(children) => {
+                    let parent = nid_of[parent_of.get(&rec.id).unwrap_or(&Tree::ROOT)];
+                    dir_bytes(tree, children, nid_of[&rec.id], parent, &nid_of, block)
+                }
+                NodeData::Symlink(target) => target.clone(),
+                _ => Vec::new(),
+            };
+            let size = match node.data {
+                NodeData::File(data) => data.size,
+                _ => bytes.len() as u64,
+            };
+            let at = (rec.pos - meta_start) as usize;
+            // stat's 32-bit inode number hint: 1-based position in the table.
+            let core = inode_bytes(rec, node, size, block_bits, ino as u32 + 1);
+            meta[at..at + core.len()].copy_from_slice(&core);
+            let mut off = at + core.len();
+            meta[off..off + rec.xattrs.len()].copy_from_slice(&rec.xattrs);
+            off += rec.xattrs.len();
+            match rec.payload {
+                Payload::Bytes { .. } => {
+                    let split = bytes.len() - rec.inline as usize;
+                    meta[off..off + rec.inline as usize].copy_from_slice(&bytes[split..]);
+                    let b = (rec.blkaddr * block - blocks_start) as usize;
+                    blocks[b..b + split].copy_from_slice(&bytes[..split]);
+                }
+                Payload::Chunks {
+                    chunk_bits,
+                    count,
+                    first_block,
+                } => {
+                    off = off.next_multiple_of(8);
+                    let step = 1u64 << (chunk_bits - block_bits);
+                    for i in 0..count {
+                        let start = first_block + i * step;
+                        let index = ChunkIndex {
+                            startblk_hi: U16::new(0),
+                            device_id: U16::new(1),
+                            startblk_lo: U32::new(start as u32),
+                        };
+                        meta[off..off + 8].copy_from_slice(index.as_bytes());
+                        off += 8;
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.out.write_all_at(&meta, meta_start)?;
+        self.out.write_all_at(&blocks, blocks_start)?;
+        self.out.set_len(image_size)?;
+        let root_nid = nid_of[&Tree::ROOT];
+        let geometry = Geometry {
+            blocks: image_size / block,
+            meta_blkaddr: meta_start / block,
+            root_nid,
+            inodes: records.len() as u64,
+            epoch,
+        };
+        self.write_superblock(&geometry, options)?;
+        Ok(BuildSummary {
+            image_size,
+            inodes: records.len() as u64,
+        })
+    }
+
+    /// Decides how `id` is stored (everything but its position).
+    fn record(
+        &self,
+        tree: &Tree,
+        id: NodeId,
+        refs: u32,
+        epoch: i64,
+        source: DataSource,
+    ) -> Result<Record, BuildError> {
+        let node = tree.node(id);
+        let block_bits = self.block_bits;
+        let (nlink, payload, size) = match &node.data {
+            NodeData::Dir(children) => {
+                let subdirs = children
+                    .values()
+                    .filter(|c| tree.node(**c).is_dir())
+                    .count();
+                let names = dir_names(children);
+                let (_, size) = dir::pack(&names, 1 << block_bits);
+                (2 + subdirs as u32, Payload::Bytes { size }, size)
+            }
+            NodeData::Symlink(target) => {
+                let size = target.len() as u64;
+                (refs, Payload::Bytes { size }, size)
+            }
+            NodeData::File(data) if data.size > 0 => {
+                if data.offset % (1 << block_bits) != 0 {
+                    return Err(BuildError::Unrepresentable(format!(
+                        "file data at byte {} is not aligned to {} bytes",
+                        data.offset,
+                        1u64 << block_bits
+                    )));
+                }
+                let first_block = data.offset >> block_bits;
+                let payload = match source {
+                    DataSource::Image => Payload::Flat {
+                        blkaddr: first_block,
+                    },
+                    DataSource::Tar { .. } => {
+                        // One chunk for the whole file when it can be.
+                        let needed = 64 - (data.size - 1).leading_zeros() as u8;
+                        let chunk_bits = needed.clamp(block_bits, block_bits + 31);
+                        let count = data.size.div_ceil(1 << chunk_bits);
+                        check_block_addr(first_block + (data.size >> block_bits))?;
+                        Payload::Chunks {
+                            chunk_bits,
+                            count,
+                            first_block,
+                        }
+                    }
+                };
+                (refs, payload, data.size)
+            }
+            _ => (refs, Payload::None, 0),
+        };
+        let (xattrs, icount) = xattr::encode(&node.xattrs);
+        let compact = node.uid <= 0xffff
+            && node.gid <= 0xffff
+            && nlink <= 0xffff
+            && size <= u64::from(u32::MAX)
+            && node.mtime == epoch
+            && node.mtime_nsec == 0;
+        Ok(Record {
+            id,
+            nlink,
+            compact,
+            xattrs,
+            icount,
+            payload,
+            inline: 0,
+            pos: 0,
+            blkaddr: 0,
+        })
+    }
+
+    fn write_superblock(&self, geo: &Geometry, options: &BuildOptions) -> Result<(), BuildError> {
+        let block_bits = self.block_bits;
+        let block = 1u64 << block_bits;
+        let (incompat, extra_devices) = match options.source {
+            DataSource::Tar { .. } => (INCOMPAT_CHUNKED_FILE | INCOMPAT_DEVICE_TABLE, 1),
+            DataSource::Image => (0, 0),
+        };
+        let root_nid = u16::try_from(geo.root_nid)
+            .map_err(|_| BuildError::Unrepresentable("root inode past nid 65535".into()))?;
+        let sb = SuperBlock {
+            magic: U32::new(EROFS_MAGIC),
+            checksum: U32::new(0),
+            feature_compat: U32::new(COMPAT_SB_CHKSUM),
+            blkszbits: block_bits,
+            sb_extslots: 0,
+            rootnid_2b: U16::new(root_nid),
+            inos: U64::new(geo.inodes),
+            epoch: U64::new(geo.epoch as u64),
+            fixed_nsec: U32::new(0),
+            blocks_lo: U32::new(geo.blocks as u32),
+            meta_blkaddr: U32::new(geo.meta_blkaddr as u32),
+            xattr_blkaddr: U32::new(0),
+            uuid: options.uuid,
+            volume_name: [0; 16],
+            feature_incompat: U32::new(incompat),
+            compr_algs_or_lz4_distance: U16::new(0),
+            extra_devices: U16::new(extra_devices),
+            devt_slotoff: U16::new(if extra_devices > 0 { DEVT_SLOTOFF } else { 0 }),
+            dirblkbits: 0,
+            xattr_prefix_count: 0,
+            xattr_prefix_start: U32::new(0),
+            packed_nid: U64::new(0),
+            xattr_filter_reserved: 0,
+            ishare_xattr_prefix_id: 0,
+            reserved: [0; 2],
+            build_time: U32::new(0),
+            rootnid_8b: U64::new(0),
+            reserved2: U64::new(0),
+        };
+        let mut area = vec![0u8; superblock_checksum_len(block) as usize];
+        area[..SUPERBLOCK_BASE_SIZE].copy_from_slice(sb.as_bytes());
+        if let DataSource::Tar { size } = options.source {
+            let tar_blocks = size.div_ceil(block);
+            check_block_addr(geo.blocks + tar_blocks)?;
+            let slot = DeviceSlot {
+                tag: [0; 64],
+                blocks_lo: U32::new(tar_blocks as u32),
+                uniaddr_lo: U32::new(geo.blocks as u32),
+                blocks_hi: U16::new(0),
+                uniaddr_hi: U16::new(0),
+                reserved: [0; 52],
+            };
+            let at = DEVT_SLOTOFF as usize * DEVICE_SLOT_SIZE as usize - SUPERBLOCK_OFFSET as usize;
+            area[at..at + slot.as_bytes().len()].copy_from_slice(slot.as_bytes());
+        }
+        let checksum = superblock_checksum(&area);
+        area[4..8].copy_from_slice(&checksum.to_le_bytes());
+        // The checksummed area ends before the first inode or data block
+        // (see `new`), and the rest of it is still zeros in the file.
+        let len = SUPERBLOCK_BASE_SIZE + DEVICE_SLOT_SIZE as usize;
+        self.out.write_all_at(&area[..len], SUPERBLOCK_OFFSET)?;
+        Ok(())
+    }
+}
+
+/// The superblock's numbers.
+struct Geometry {
+    blocks: u64,
+    meta_blkaddr: u64,
+    root_nid: u64,
+    inodes: u64,
+    epoch: i64,
+}
+
+/// The 32-bit block addresses of this format (no 48-bit layout) must hold
+/// every block.
+fn check_block_addr(block: u64) -> Result<(), BuildError> {
+    if block > u64::from(u32::MAX) {
+        return Err(BuildError::Unrepresentable(format!(
+            "block address {block} needs more than 32 bits"
+        )));
+    }
+    Ok(())
+}
+
+/// The most common whole-second mtime: compact inodes can only hold the
+/// superblock's epoch, so the more nodes share it the smaller the image.
+fn common_mtime(tree: &Tree, nodes: &[(NodeId, u32)]) -> i64 {
+    let mut counts: HashMap<i64, usize> = HashMap::new();
+    for &(id, _) in nodes {
+        let node = tree.node(id);
+        if node.mtime >= 0 && node.mtime_nsec == 0 {
+            *counts.entry(node.mtime).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(mtime, count)| (count, std::cmp::Reverse(mtime)))
+        .map_or(0, |(mtime, _)| mtime)
+}
+
+/// A directory's names, `.` and `..` included, in byte order.
+fn dir_names(children: &std::collections::BTreeMap<Vec<u8>, NodeId>) -> Vec<&[u8]> {
+    let mut names: Vec<&[u8]> = children.keys().map(|k| k.as_slice()).collect();
+    names.push(b".");
+    names.push(b"..");
+    names.sort_unstable();
+    names
+}
+
+/// The directory's bytes, with every entry's nid.
+fn dir_bytes(
+    tree: &Tree,
+    children: &std::collections::BTreeMap<Vec<u8>, NodeId>,
+    own: u64,
+    parent: u64,
+    nid_of: &HashMap<NodeId, u64>,
+    block: u64,
+) -> Vec<u8> {
+    let names = dir_names(children);
+    let (blocks, _) = dir::pack(&names, block as usize);
+    let entries: Vec<dir::Entry> = names
+        .iter()
+        .map(|&name| {
+            let (nid, file_type) = match name {
+                b"." => (own, crate::format::FileType::Directory),
+                b".." => (parent, crate::format::FileType::Directory),
+                _ => {
+                    let child = children[name];
+                    (nid_of[&child], tree.node(child).file_type())
+                }
+            };
+            dir::Entry {
+                name: name.to_vec(),
+                nid,
+                file_type,
+            }
+        })
+        .collect();
+    dir::encode(&entries, &blocks, block as usize)
+}
+
+/// The on-disk inode core of `rec`.
+fn inode_bytes(
+    rec: &Record,
+    node: &super::tree::Node,
+    size: u64,
+    block_bits: u8,
+    ino: u32,
+) -> Vec<u8> {
+    let format = rec.layout().to_bits() << crate::format::I_DATALAYOUT_SHIFT;
+    let i_u = match (&node.data, &rec.payload) {
+        (NodeData::Device(rdev), _) => *rdev,
+        (_, Payload::Chunks { chunk_bits, .. }) => {
+            u32::from(CHUNK_FORMAT_INDEXES | u16::from(chunk_bits - block_bits))
+        }
+        (_, Payload::Flat { blkaddr }) => *blkaddr as u32,
+        (_, Payload::Bytes { .. }) => rec.blkaddr as u32,
+        _ => 0,
+    };
+    let mode = (node.mode & (S_IFMT | 0o7777)) as u16;
+    if rec.compact {
+        InodeCompact {
+            i_format: U16::new(format),
+            i_xattr_icount: U16::new(rec.icount),
+            i_mode: U16::new(mode),
+            i_nb: U16::new(rec.nlink as u16),
+            i_size: U32::new(size as u32),
+            i_mtime: U32::new(0),
+            i_u: U32::new(i_u),
+            i_ino: U32::new(ino),
+            i_uid: U16::new(node.uid as u16),
+            i_gid: U16::new(node.gid as u16),
+            i_reserved: U32::new(0),
+        }
+        .as_bytes()
+        .to_vec()
+    } else {
+        InodeExtended {
+            i_format: U16::new(format | 1),
+            i_xattr_icount: U16::new(rec.icount),
+            i_mode: U16::new(mode),
+            i_nb: U16::new(0),
+            i_size: U64::new(size),
+            i_u: U32::new(i_u),
+            i_ino: U32::new(ino),
+            i_uid: U32::new(node.uid),
+            i_gid: U32::new(node.gid),
+            i_mtime: U64::new(node.mtime as u64),
+            i_mtime_nsec: U32::new(node.mtime_nsec),
+            i_nlink: U32::new(rec.nlink),
+            i_reserved2: [0; 16],
+        }
+        .as_bytes()
+        .to_vec()
+    }
+}
+
+/// Writes at increasing offsets of a file.
+struct OffsetWriter<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Write for OffsetWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

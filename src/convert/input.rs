@@ -1,0 +1,184 @@
+//! The input stream: a file or stdin, gzip or not, hashed as it is read,
+//! with a progress bar, and a tee that keeps a copy of the tar.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::Path;
+use std::rc::Rc;
+
+use sha2::{Digest as _, Sha256};
+
+/// A sha256 digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest([u8; 32]);
+
+impl Digest {
+    /// The 32 bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Digest {
+    /// `sha256:` and the lowercase hex digest, as OCI writes digests.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("sha256:")?;
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Hashes what is read through it and moves the progress bar.
+struct Hashing<R> {
+    inner: R,
+    hasher: Rc<RefCell<Sha256>>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.borrow_mut().update(&buf[..n]);
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+/// The opened input: the uncompressed tar stream and its digests.
+pub struct Source {
+    /// The tar bytes.
+    pub reader: Box<dyn Read>,
+    /// Whether the input was gzip.
+    pub gzip: bool,
+    input: Rc<RefCell<Sha256>>,
+    tar: Option<Rc<RefCell<Sha256>>>,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Source {
+    /// The input's and the tar's sha256, once everything has been read.
+    pub fn digests(&self) -> (Digest, Digest) {
+        let input = Digest(self.input.borrow().clone().finalize().into());
+        let tar = match &self.tar {
+            Some(tar) => Digest(tar.borrow().clone().finalize().into()),
+            None => input,
+        };
+        (input, tar)
+    }
+
+    /// Clears the progress bar.
+    pub fn done(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Opens `path` (`-`: stdin), detecting gzip by its magic bytes.
+pub fn open_input(path: &Path, progress: bool) -> io::Result<Source> {
+    let (raw, len): (Box<dyn Read>, Option<u64>) = if path == Path::new("-") {
+        (Box::new(io::stdin().lock()), None)
+    } else {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        (Box::new(file), Some(len))
+    };
+    let bar = (progress && io::stderr().is_terminal()).then(|| progress_bar(len));
+    let input = Rc::new(RefCell::new(Sha256::new()));
+    let mut buffered = BufReader::with_capacity(
+        1 << 20,
+        Hashing {
+            inner: raw,
+            hasher: input.clone(),
+            bar: bar.clone(),
+        },
+    );
+    let gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    let (reader, tar): (Box<dyn Read>, _) = if gzip {
+        let tar = Rc::new(RefCell::new(Sha256::new()));
+        let decoder = flate2::bufread::MultiGzDecoder::new(buffered);
+        let reader = Hashing {
+            inner: decoder,
+            hasher: tar.clone(),
+            bar: None,
+        };
+        (
+            Box::new(BufReader::with_capacity(1 << 20, reader)),
+            Some(tar),
+        )
+    } else {
+        (Box::new(buffered), None)
+    };
+    Ok(Source {
+        reader,
+        gzip,
+        input,
+        tar,
+        bar,
+    })
+}
+
+fn progress_bar(len: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match len {
+        Some(len) => indicatif::ProgressBar::new(len),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    let template = if len.is_some() {
+        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "{spinner} {bytes} {bytes_per_sec}"
+    };
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    bar
+}
+
+/// Counts the bytes read through it and copies them to a file, if any.
+pub struct Tee<'a, R> {
+    inner: &'a mut R,
+    copy: Option<BufWriter<File>>,
+    count: u64,
+}
+
+impl<'a, R: Read> Tee<'a, R> {
+    /// Reads `inner`, copying to `copy`.
+    pub fn new(inner: &'a mut R, copy: Option<File>) -> Self {
+        Self {
+            inner,
+            copy: copy.map(|f| BufWriter::with_capacity(1 << 20, f)),
+            count: 0,
+        }
+    }
+
+    /// Bytes read so far.
+    pub fn written(&self) -> u64 {
+        self.count
+    }
+
+    /// Flushes the copy to disk.
+    pub fn finish(self) -> io::Result<()> {
+        if let Some(copy) = self.copy {
+            let file = copy.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(copy) = &mut self.copy {
+            copy.write_all(&buf[..n])?;
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+}
