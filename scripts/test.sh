@@ -12,6 +12,7 @@ declare -A package=(
     [mkfs.erofs]=erofs-utils
     [fusermount3]=fuse3
     [python3]=python3
+    [tar]=tar
     [losetup]=mount
     [mount]=mount
 )

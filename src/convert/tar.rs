@@ -215,10 +215,13 @@ pub fn read_tar(
             EntryType::Fifo => S_IFIFO,
             _ => S_IFREG,
         };
-        let attrs = Attrs {
+        let mut attrs = Attrs {
             mode: file_type | (attrs.mode & !S_IFMT),
             ..attrs
         };
+        if !matches!(data, NodeData::File(_) | NodeData::Dir(_)) {
+            drop_user_xattrs(&mut attrs.xattrs, &shown);
+        }
         match tree.child(parent, &name) {
             // A directory listed again (or after its content): new
             // attributes, same entries.
@@ -411,6 +414,22 @@ fn apply_pax(attrs: &mut Attrs, key: &[u8], value: &[u8]) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// Linux keeps user.* attributes on regular files and directories only (a
+/// read elsewhere gives ENODATA, extraction cannot set them): they are left
+/// out, with a warning, rather than stored where no one can read them.
+fn drop_user_xattrs(xattrs: &mut BTreeMap<Vec<u8>, Vec<u8>>, path: &str) {
+    xattrs.retain(|name, _| {
+        let keep = !name.starts_with(b"user.");
+        if !keep {
+            tracing::warn!(
+                "'{path}': xattr '{}' left out: user.* attributes exist only on files and directories",
+                String::from_utf8_lossy(name)
+            );
+        }
+        keep
+    });
 }
 
 /// Records an xattr, or logs why it is left out.

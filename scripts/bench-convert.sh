@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Benchmarks `erofs-fuse convert` on a generated ~1 GB OCI layer, against the
+# floor of reading the stream (`tar tf -` from a pipe) and of reading and hashing it
+# (`sha256sum`; for the tar.gz, `gzip -dc | sha256sum`), and against
+# `mkfs.erofs --tar=i` when the installed mkfs.erofs has it (1.6+).
+# Prints a table of times (best of 3, input in the page cache) and ratios.
+#
+#   scripts/bench-convert.sh [--workdir DIR] [--clean]
+#
+# The layer is a tree of ~30k files (a rootfs-like part of small files and a
+# few large ones, ~1 GB in all), kept in the workdir (default
+# /var/tmp/erofs-fuse-bench-convert) for the next run; --clean removes it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+work=/var/tmp/erofs-fuse-bench-convert clean=0
+while (($#)); do
+    case "$1" in
+        --workdir) work=$2; shift ;;
+        --clean) clean=1 ;;
+        -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+        *) echo "bench-convert.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+cargo build --release --quiet
+bin=$PWD/target/release/erofs-fuse
+mkdir -p "$work"
+tarfile=$work/layer.tar gzfile=$work/layer.tar.gz
+if [ ! -s "$gzfile" ]; then
+    echo "bench-convert.sh: generating the layer in $work ..." >&2
+    rm -rf "$work/tree"
+    python3 - "$work/tree" <<'EOF'
+import os, random, sys
+root = sys.argv[1]; rng = random.Random(7)
+dirs = [root]
+for i in range(2000):
+    d = os.path.join(rng.choice(dirs), "d%d" % i); os.makedirs(d, exist_ok=True); dirs.append(d)
+for i in range(30000):
+    size = int(rng.paretovariate(1.2) * 1500) % 200000
+    with open(os.path.join(rng.choice(dirs), "f%d" % i), "wb") as f:
+        f.write(rng.randbytes(size // 2) + b"x" * (size - size // 2))
+for i in range(3):
+    with open(os.path.join(root, "large-%d.bin" % i), "wb") as f:
+        for _ in range(256):
+            f.write(rng.randbytes(1 << 20))
+EOF
+    tar --sort=name --mtime=@1700000000 --owner=0 --group=0 --numeric-owner -cf "$tarfile" -C "$work/tree" .
+    gzip -1 -c "$tarfile" > "$gzfile"
+    rm -rf "$work/tree"
+fi
+entries=$(tar tf "$tarfile" | wc -l)
+size_mb=$(( $(stat -c %s "$tarfile") / 1000000 ))
+gz_mb=$(( $(stat -c %s "$gzfile") / 1000000 ))
+
+best() { # command...: best of 3 wall-clock seconds
+    local best= t0 t1 t
+    for _ in 1 2 3; do
+        t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N)
+        t=$(python3 -c "print('%.3f' % ($t1 - $t0))")
+        if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if $t < $best else 1)"; then best=$t; fi
+    done
+    echo "$best"
+}
+# Warm the page cache: every figure reads from memory.
+cat "$tarfile" "$gzfile" >/dev/null
+
+out=$work/out
+mkdir -p "$out"
+declare -A t
+# Through a pipe: on a file GNU tar seeks past the data instead of reading it.
+t[tar-tf]=$(best sh -c "cat '$tarfile' | tar tf -")
+t[sha256sum]=$(best sha256sum "$tarfile")
+t[index]=$(best "$bin" convert -q "$tarfile" "$out/index.erofs")
+t[append]=$(best "$bin" convert -q --append-tar "$tarfile" "$out/appended.erofs")
+t[full]=$(best "$bin" convert -q --mode full "$tarfile" "$out/full.erofs")
+t[gz-floor]=$(best sh -c "gzip -dc '$gzfile' | sha256sum")
+t[gz-index]=$(best "$bin" convert -q "$gzfile" "$out/gz.erofs" --tar-out "$out/gz.tar")
+mkfs=
+if mkfs.erofs --help 2>&1 | grep -q -- '--tar'; then
+    mkfs=$(best sh -c "mkfs.erofs --quiet --tar=i '$out/mkfs.erofs' < '$tarfile'")
+fi
+rm -rf "$out"
+
+ratio() { python3 -c "print('%.2fx' % ($1 / $2))"; }
+echo "Layer: $entries entries, $size_mb MB tar, $gz_mb MB tar.gz (gzip -1). $(nproc) CPUs, $(uname -r)."
+echo "Best of 3, input in the page cache; ratio = time / time of sha256sum of the tar (read and hash)."
+printf '%-44s | %8s | %s\n' "what" "time" "ratio"
+row() { printf '%-44s | %7.3fs | %s\n' "$1" "$2" "$(ratio "$2" "${t[sha256sum]}")"; }
+row "cat layer.tar | tar tf - (read the stream)" "${t[tar-tf]}"
+row "sha256sum layer.tar (read and hash)" "${t[sha256sum]}"
+row "erofs-fuse convert layer.tar (index)" "${t[index]}"
+row "erofs-fuse convert --append-tar layer.tar" "${t[append]}"
+row "erofs-fuse convert --mode full layer.tar" "${t[full]}"
+row "gzip -dc layer.tar.gz | sha256sum" "${t[gz-floor]}"
+row "erofs-fuse convert layer.tar.gz (index)" "${t[gz-index]}"
+if [ -n "$mkfs" ]; then row "mkfs.erofs --tar=i" "$mkfs"; else echo "(mkfs.erofs here, erofs-utils $(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo '?'), has no --tar)"; fi
+[ "$clean" = 1 ] && rm -rf "$work"
+exit 0
