@@ -13,6 +13,7 @@ declare -A package=(
     [fusermount3]=fuse3
     [python3]=python3
     [tar]=tar
+    [veritysetup]=cryptsetup-bin
     [losetup]=mount
     [mount]=mount
 )

@@ -21,6 +21,7 @@ pub mod fuse;
 pub mod inspect;
 pub mod manifest;
 pub mod reader;
+pub mod verity;
 
 pub use error::{Error, Result};
 pub use format::Nid;

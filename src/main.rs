@@ -152,6 +152,11 @@ enum Command {
         #[arg(long)]
         no_xattrs: bool,
     },
+    /// dm-verity hash trees compatible with veritysetup.
+    Verity {
+        #[command(subcommand)]
+        command: VerityCommand,
+    },
     /// Convert an OCI layer (tar or tar.gz, gzip detected by its magic) to
     /// EROFS, as containerd's EROFS differ does with mkfs.erofs --tar.
     ///
@@ -207,6 +212,47 @@ enum Command {
     },
 }
 
+/// `verity` subcommands.
+#[derive(Debug, Subcommand)]
+enum VerityCommand {
+    /// Build a dm-verity hash tree for DATA into HASH_FILE, byte for byte
+    /// what `veritysetup format` writes with the same parameters (format 1,
+    /// sha256), and print its header and root hash as veritysetup does.
+    /// Salt and UUID are random unless given.
+    Format {
+        /// The data: an image, a layer tar, any file. Only whole data blocks
+        /// are covered, as veritysetup does.
+        data: PathBuf,
+        /// Where to write the superblock and the tree (created or overwritten).
+        hash_file: PathBuf,
+        /// Salt in hex (veritysetup: 32 random bytes; "-" for none).
+        #[arg(long)]
+        salt: Option<String>,
+        /// UUID of the hash device.
+        #[arg(long)]
+        uuid: Option<String>,
+        /// Data block size in bytes.
+        #[arg(long, default_value_t = 4096)]
+        data_block_size: u32,
+        /// Hash block size in bytes.
+        #[arg(long, default_value_t = 4096)]
+        hash_block_size: u32,
+    },
+    /// Check DATA against the tree in HASH_FILE and ROOT_HASH: exit 0, or
+    /// name the first bad block.
+    Verify {
+        /// The data.
+        data: PathBuf,
+        /// The hash file (superblock at offset 0, or at --hash-offset).
+        hash_file: PathBuf,
+        /// The root hash, in hex.
+        root_hash: String,
+        /// Byte offset of the superblock in HASH_FILE.
+        #[arg(long, default_value_t = 0)]
+        hash_offset: u64,
+    },
+}
+
 /// Kind of image `convert` makes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum ConvertMode {
@@ -219,7 +265,7 @@ enum ConvertMode {
 
 /// Names of the subcommands, to recognise the mount-helper form.
 const SUBCOMMANDS: &[&str] = &[
-    "mount", "inspect", "ls", "cat", "stat", "manifest", "extract", "convert", "help",
+    "mount", "inspect", "ls", "cat", "stat", "manifest", "extract", "convert", "verity", "help",
 ];
 
 fn main() -> ExitCode {
@@ -300,6 +346,29 @@ fn main() -> ExitCode {
             };
             cli::convert(&input, &output, options)
         }
+        Command::Verity { command } => match command {
+            VerityCommand::Format {
+                data,
+                hash_file,
+                salt,
+                uuid,
+                data_block_size,
+                hash_block_size,
+            } => cli::verity_format(
+                &data,
+                &hash_file,
+                salt.as_deref(),
+                uuid.as_deref(),
+                data_block_size,
+                hash_block_size,
+            ),
+            VerityCommand::Verify {
+                data,
+                hash_file,
+                root_hash,
+                hash_offset,
+            } => cli::verity_verify(&data, &hash_file, &root_hash, hash_offset),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

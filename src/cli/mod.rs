@@ -414,3 +414,105 @@ pub fn convert(
     }
     Ok(())
 }
+
+/// Random bytes from the kernel.
+fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
+    let mut bytes = [0u8; N];
+    // SAFETY: getrandom writes at most N bytes into the buffer.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), N, 0) };
+    if n != N as isize {
+        return Err(format!("getrandom: {}", std::io::Error::last_os_error()));
+    }
+    Ok(bytes)
+}
+
+/// `verity format`: a tree as veritysetup makes it, and its header.
+pub fn verity_format(
+    data: &Path,
+    hash_file: &Path,
+    salt: Option<&str>,
+    uuid: Option<&str>,
+    data_block_size: u32,
+    hash_block_size: u32,
+) -> CliResult {
+    use erofs_fuse::verity::{format, format_uuid, from_hex, hex, parse_uuid, VerityParams};
+    let salt = match salt {
+        None => random_bytes::<32>()?.to_vec(),
+        Some("-") => Vec::new(),
+        Some(text) => from_hex(text).ok_or_else(|| format!("--salt {text}: not hex"))?,
+    };
+    let uuid = match uuid {
+        None => {
+            // A version 4 UUID, as veritysetup makes.
+            let mut bytes = random_bytes::<16>()?;
+            bytes[6] = (bytes[6] & 0x0f) | 0x40;
+            bytes[8] = (bytes[8] & 0x3f) | 0x80;
+            bytes
+        }
+        Some(text) => parse_uuid(text).ok_or_else(|| format!("--uuid {text}: not a UUID"))?,
+    };
+    let input = std::fs::File::open(data).map_err(|e| format!("{}: {e}", data.display()))?;
+    let len = input
+        .metadata()
+        .map_err(|e| format!("{}: {e}", data.display()))?
+        .len();
+    let params = VerityParams {
+        data_block_size,
+        hash_block_size,
+        data_blocks: len / u64::from(data_block_size),
+        salt,
+        uuid,
+    };
+    let output = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(hash_file)
+        .map_err(|e| format!("{}: {e}", hash_file.display()))?;
+    let root =
+        format(&input, &output, 0, &params).map_err(|e| format!("{}: {e}", data.display()))?;
+    let mut out = std::io::stdout().lock();
+    let hash_blocks = params.hash_area_size() / u64::from(hash_block_size) - 1;
+    let _ = writeln!(out, "VERITY header information for {}", hash_file.display());
+    let _ = writeln!(out, "UUID:            \t{}", format_uuid(&params.uuid));
+    let _ = writeln!(out, "Hash type:       \t1");
+    let _ = writeln!(out, "Data blocks:     \t{}", params.data_blocks);
+    let _ = writeln!(out, "Data block size: \t{data_block_size}");
+    let _ = writeln!(out, "Hash blocks:     \t{hash_blocks}");
+    let _ = writeln!(out, "Hash block size: \t{hash_block_size}");
+    let _ = writeln!(out, "Hash algorithm:  \tsha256");
+    let salt_text = if params.salt.is_empty() {
+        "-".to_string()
+    } else {
+        hex(&params.salt)
+    };
+    let _ = writeln!(out, "Salt:            \t{salt_text}");
+    let _ = writeln!(out, "Root hash:      \t{}", hex(&root));
+    let _ = writeln!(
+        out,
+        "Hash device size: \t{} [bytes]",
+        params.hash_area_size()
+    );
+    Ok(())
+}
+
+/// `verity verify`: the whole data file against a tree and root hash.
+pub fn verity_verify(
+    data: &Path,
+    hash_file: &Path,
+    root_hash: &str,
+    hash_offset: u64,
+) -> CliResult {
+    use erofs_fuse::verity::{from_hex, verify};
+    let root = from_hex(root_hash).ok_or_else(|| format!("root hash {root_hash}: not hex"))?;
+    let open = |p: &Path| std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()));
+    let params = verify(&open(data)?, &open(hash_file)?, hash_offset, &root)
+        .map_err(|e| format!("{} against {}: {e}", data.display(), hash_file.display()))?;
+    println!(
+        "{}: {} blocks of {} bytes verified",
+        data.display(),
+        params.data_blocks,
+        params.data_block_size
+    );
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! On-disk EROFS structures and constants, and nothing else.
+//! On-disk EROFS structures and constants (and the dm-verity superblock
+//! that protects images), and nothing else.
 //!
 //! Every structure is a `#[repr(C)]` view of little-endian bytes (via
 //! `zerocopy`), so parsing is a bounds-checked cast of a byte slice. This
@@ -11,6 +12,7 @@ mod chunk;
 mod dirent;
 mod inode;
 mod superblock;
+mod verity;
 mod xattr;
 mod zmap;
 
@@ -18,6 +20,7 @@ pub use chunk::*;
 pub use dirent::*;
 pub use inode::*;
 pub use superblock::*;
+pub use verity::*;
 pub use xattr::*;
 pub use zmap::*;
 
