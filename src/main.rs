@@ -219,12 +219,23 @@ enum VerityCommand {
     /// what `veritysetup format` writes with the same parameters (format 1,
     /// sha256), and print its header and root hash as veritysetup does.
     /// Salt and UUID are random unless given.
+    ///
+    /// With --append FILE, containerd's layout for an EROFS layer instead:
+    /// FILE zero-padded to whole blocks (512 bytes for an image with 512-byte
+    /// blocks, i.e. tar-index layers, else 4096), superblock and tree
+    /// appended to it (salt: 32 zero bytes), and FILE.dmverity written with
+    /// {"roothash", "hashoffset"}.
     Format {
         /// The data: an image, a layer tar, any file. Only whole data blocks
         /// are covered, as veritysetup does.
         data: PathBuf,
-        /// Where to write the superblock and the tree (created or overwritten).
-        hash_file: PathBuf,
+        /// Where to write the superblock and the tree (created or
+        /// overwritten); not with --append.
+        #[arg(required_unless_present = "append", conflicts_with = "append")]
+        hash_file: Option<PathBuf>,
+        /// Append the tree to DATA and write DATA.dmverity (containerd).
+        #[arg(long, conflicts_with_all = ["salt", "data_block_size", "hash_block_size"])]
+        append: bool,
         /// Salt in hex (veritysetup: 32 random bytes; "-" for none).
         #[arg(long)]
         salt: Option<String>,
@@ -349,14 +360,21 @@ fn main() -> ExitCode {
         Command::Verity { command } => match command {
             VerityCommand::Format {
                 data,
+                append: true,
+                uuid,
+                ..
+            } => cli::verity_append(&data, uuid.as_deref()),
+            VerityCommand::Format {
+                data,
                 hash_file,
+                append: false,
                 salt,
                 uuid,
                 data_block_size,
                 hash_block_size,
             } => cli::verity_format(
                 &data,
-                &hash_file,
+                &hash_file.unwrap_or_default(),
                 salt.as_deref(),
                 uuid.as_deref(),
                 data_block_size,

@@ -186,3 +186,49 @@ fn verify_names_the_block_at_fault() {
         "{out:?}"
     );
 }
+
+#[test]
+fn append_writes_containerds_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    for (image, sidecar) in [
+        ("plain-4k.erofs", "plain-4k-verity.erofs.dmverity"),
+        (
+            "tar-index-appended.erofs",
+            "tar-index-appended-verity.erofs.dmverity",
+        ),
+    ] {
+        let copy = dir.path().join(image);
+        std::fs::copy(fixture(image), &copy).unwrap();
+        run_ok(
+            Command::new(bin())
+                .args(["verity", "format", "--append"])
+                .arg(&copy),
+        );
+        // Same root hash and offset as containerd's layout in the fixtures
+        // (512-byte blocks for the tar-index layer, 4096 for the other).
+        let ours = std::fs::read_to_string(dir.path().join(format!("{image}.dmverity"))).unwrap();
+        let theirs = std::fs::read_to_string(fixture(sidecar)).unwrap();
+        assert_eq!(ours.trim(), theirs.trim(), "{image}");
+        let parsed: serde_json::Value = serde_json::from_str(&ours).unwrap();
+        let root = parsed["roothash"].as_str().unwrap().to_string();
+        let offset = parsed["hashoffset"].as_u64().unwrap();
+        let file = std::fs::File::open(&copy).unwrap();
+        verify(
+            &file,
+            &file,
+            offset,
+            &erofs_fuse::verity::from_hex(&root).unwrap(),
+        )
+        .unwrap();
+        if which("veritysetup").is_some() {
+            run_ok(
+                Command::new("veritysetup")
+                    .arg("verify")
+                    .arg(format!("--hash-offset={offset}"))
+                    .arg(&copy)
+                    .arg(&copy)
+                    .arg(&root),
+            );
+        }
+    }
+}

@@ -435,22 +435,13 @@ pub fn verity_format(
     data_block_size: u32,
     hash_block_size: u32,
 ) -> CliResult {
-    use erofs_fuse::verity::{format, format_uuid, from_hex, hex, parse_uuid, VerityParams};
+    use erofs_fuse::verity::{format, format_uuid, from_hex, hex, VerityParams};
     let salt = match salt {
         None => random_bytes::<32>()?.to_vec(),
         Some("-") => Vec::new(),
         Some(text) => from_hex(text).ok_or_else(|| format!("--salt {text}: not hex"))?,
     };
-    let uuid = match uuid {
-        None => {
-            // A version 4 UUID, as veritysetup makes.
-            let mut bytes = random_bytes::<16>()?;
-            bytes[6] = (bytes[6] & 0x0f) | 0x40;
-            bytes[8] = (bytes[8] & 0x3f) | 0x80;
-            bytes
-        }
-        Some(text) => parse_uuid(text).ok_or_else(|| format!("--uuid {text}: not a UUID"))?,
-    };
+    let uuid = uuid_arg(uuid)?;
     let input = std::fs::File::open(data).map_err(|e| format!("{}: {e}", data.display()))?;
     let len = input
         .metadata()
@@ -493,6 +484,56 @@ pub fn verity_format(
         "Hash device size: \t{} [bytes]",
         params.hash_area_size()
     );
+    Ok(())
+}
+
+/// The UUID given, or a random version 4 one as veritysetup makes.
+fn uuid_arg(uuid: Option<&str>) -> Result<[u8; 16], String> {
+    match uuid {
+        None => {
+            let mut bytes = random_bytes::<16>()?;
+            bytes[6] = (bytes[6] & 0x0f) | 0x40;
+            bytes[8] = (bytes[8] & 0x3f) | 0x80;
+            Ok(bytes)
+        }
+        Some(text) => {
+            erofs_fuse::verity::parse_uuid(text).ok_or_else(|| format!("--uuid {text}: not a UUID"))
+        }
+    }
+}
+
+/// `verity format --append`: containerd's in-place layout and sidecar.
+pub fn verity_append(data: &Path, uuid: Option<&str>) -> CliResult {
+    let uuid = uuid_arg(uuid)?;
+    let shown = |e: &dyn std::fmt::Display| format!("{}: {e}", data.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(data)
+        .map_err(|e| shown(&e))?;
+    // 512-byte blocks for images with 512-byte blocks (tar-index layers),
+    // as containerd does: dm-verity's block size becomes the device's.
+    let mut head = [0u8; 1024 + 16];
+    let block_size = match std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0) {
+        Ok(())
+            if head[1024..1028] == erofs_fuse::format::EROFS_MAGIC.to_le_bytes()
+                && head[1036] == 9 =>
+        {
+            512
+        }
+        _ => 4096,
+    };
+    let (root, hash_offset) =
+        erofs_fuse::verity::append(&file, block_size, uuid).map_err(|e| shown(&e))?;
+    let root = erofs_fuse::verity::hex(&root);
+    let mut sidecar = data.as_os_str().to_owned();
+    sidecar.push(".dmverity");
+    let sidecar = std::path::PathBuf::from(sidecar);
+    let json = format!("{{\"roothash\": \"{root}\", \"hashoffset\": {hash_offset}}}\n");
+    std::fs::write(&sidecar, json).map_err(|e| format!("{}: {e}", sidecar.display()))?;
+    println!("Root hash:      \t{root}");
+    println!("Hash offset:    \t{hash_offset}");
+    println!("Sidecar:        \t{}", sidecar.display());
     Ok(())
 }
 

@@ -232,6 +232,30 @@ pub fn format(
     Ok(root)
 }
 
+/// containerd's layout for a layer: `file` zero-padded to whole blocks of
+/// `block_size`, then superblock and tree appended at that offset, with 32
+/// zero bytes of salt and equal data and hash blocks. Returns the root hash
+/// and the hash offset (what the `.dmverity` sidecar records).
+pub fn append(
+    file: &File,
+    block_size: u32,
+    uuid: [u8; 16],
+) -> Result<([u8; DIGEST_SIZE], u64), VerityError> {
+    let len = file.metadata()?.len();
+    let hash_offset = len.next_multiple_of(u64::from(block_size));
+    file.set_len(hash_offset)?;
+    let params = VerityParams {
+        data_block_size: block_size,
+        hash_block_size: block_size,
+        data_blocks: hash_offset / u64::from(block_size),
+        salt: vec![0; 32],
+        uuid,
+    };
+    let root = format(file, file, hash_offset, &params)?;
+    file.sync_all()?;
+    Ok((root, hash_offset))
+}
+
 /// Every level's hash blocks (leaves first) and the root hash, reading data
 /// block `i` with `read(i, buf)`.
 fn build(
