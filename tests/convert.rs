@@ -485,3 +485,33 @@ fn generated_tars_mount_as_gnu_tar_extracts_them() {
         }
     }
 }
+
+#[test]
+fn no_input_is_overwritten_and_failures_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = ConvertOptions::default();
+    // Output onto the input.
+    let tar = dir.path().join("layer.tar");
+    std::fs::copy(layer(false), &tar).unwrap();
+    assert!(convert(&tar, &tar, &options).is_err());
+    // A gzip named .tar: the tar written beside layer.erofs would be it.
+    std::fs::copy(layer(true), &tar).unwrap();
+    let err = convert(&tar, &dir.path().join("layer.erofs"), &options).unwrap_err();
+    assert!(err.to_string().contains("--tar-out"), "{err}");
+    assert_eq!(
+        std::fs::read(&tar).unwrap(),
+        std::fs::read(layer(true)).unwrap()
+    );
+    // A truncated tar.gz: no image, no partial tar, no temporary file.
+    let cut = dir.path().join("cut.tar.gz");
+    let gz = std::fs::read(layer(true)).unwrap();
+    std::fs::write(&cut, &gz[..gz.len() / 2]).unwrap();
+    let out = dir.path().join("cut.erofs");
+    assert!(convert(&cut, &out, &options).is_err());
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["cut.tar.gz", "layer.tar"]);
+}

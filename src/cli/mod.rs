@@ -454,6 +454,15 @@ pub fn verity_format(
         salt,
         uuid,
     };
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(data), std::fs::metadata(hash_file)) {
+        use std::os::unix::fs::MetadataExt;
+        if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+            return Err(format!(
+                "{}: the hash file is the data (use --append to add a tree to a file)",
+                hash_file.display()
+            ));
+        }
+    }
     let output = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -120,12 +120,31 @@ pub fn convert(
     output: &Path,
     options: &ConvertOptions,
 ) -> Result<ConvertReport, ConvertError> {
+    if same_file(input, output) {
+        return Err(ConvertError::io(
+            output,
+            io::Error::new(io::ErrorKind::InvalidInput, "the output is the input"),
+        ));
+    }
     let temp = temp_path(output, "tmp");
-    let result = convert_into(input, output, &temp, options);
+    // Files this run creates, removed again if it fails.
+    let mut created = vec![temp.clone()];
+    let result = convert_into(input, output, &temp, options, &mut created);
     if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
+        for path in created {
+            let _ = std::fs::remove_file(path);
+        }
     }
     result
+}
+
+/// Whether `a` and `b` name the same existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 fn convert_into(
@@ -133,6 +152,7 @@ fn convert_into(
     output: &Path,
     temp: &Path,
     options: &ConvertOptions,
+    created: &mut Vec<PathBuf>,
 ) -> Result<ConvertReport, ConvertError> {
     let mut source = open_input(input, options.progress).map_err(|e| ConvertError::io(input, e))?;
     let gzip = source.gzip;
@@ -160,7 +180,20 @@ fn convert_into(
         _ => None,
     };
     let tee = match &tar_copy {
-        Some(path) => Some(File::create(path).map_err(|e| ConvertError::io(path, e))?),
+        Some(path) => {
+            if same_file(path, input) || same_file(path, output) {
+                return Err(ConvertError::io(
+                    path,
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "the tar would overwrite the input or the output (use --tar-out)",
+                    ),
+                ));
+            }
+            let file = File::create(path).map_err(|e| ConvertError::io(path, e))?;
+            created.push(path.clone());
+            Some(file)
+        }
         None => None,
     };
     let mut stream = Tee::new(&mut source.reader, tee);

@@ -2,7 +2,7 @@
 //! (and of `mkfs.erofs --tar`): later entries replace earlier ones, parents
 //! that are not listed are created, hard links name earlier entries.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
 use base64::Engine;
@@ -70,7 +70,8 @@ pub fn read_tar(
 ) -> Result<Tree, ConvertError> {
     let mut archive = tar::Archive::new(reader);
     let mut tree = Tree::new(0o777, 0, 0, 0);
-    let mut implied = vec![Tree::ROOT];
+    // Directories no entry has described (yet): they get `implied_mtime`.
+    let mut implied = HashSet::from([Tree::ROOT]);
     let mut newest = i64::MIN;
     let mut globals = Globals::default();
     let mut previous: Option<(String, u64)> = None;
@@ -121,7 +122,7 @@ pub fn read_tar(
                 return Err(fail("the root of the tar is not a directory".into()));
             }
             set_attrs(tree.node_mut(Tree::ROOT), attrs);
-            implied.retain(|&id| id != Tree::ROOT);
+            implied.remove(&Tree::ROOT);
             continue;
         };
         let parent = make_parents(&mut tree, parents, &mut implied).map_err(fail)?;
@@ -227,7 +228,7 @@ pub fn read_tar(
             // attributes, same entries.
             Some(existing) if tree.node(existing).is_dir() && matches!(data, NodeData::Dir(_)) => {
                 set_attrs(tree.node_mut(existing), attrs);
-                implied.retain(|&id| id != existing);
+                implied.remove(&existing);
             }
             _ => {
                 let node = tree.add(Node {
@@ -283,7 +284,7 @@ fn components(path: &[u8]) -> Result<Vec<&[u8]>, String> {
 fn make_parents(
     tree: &mut Tree,
     parents: &[&[u8]],
-    implied: &mut Vec<NodeId>,
+    implied: &mut HashSet<NodeId>,
 ) -> Result<NodeId, String> {
     let mut dir = Tree::ROOT;
     for &part in parents {
@@ -308,7 +309,7 @@ fn make_parents(
                 };
                 let id = tree.add(node);
                 tree.link(dir, part.to_vec(), id);
-                implied.push(id);
+                implied.insert(id);
                 id
             }
         };

@@ -309,6 +309,19 @@ pub fn verify(
     let mut sb = vec![0u8; VERITY_SUPERBLOCK_SIZE];
     hash.read_exact_at(&mut sb, hash_offset)?;
     let params = VerityParams::from_superblock(&sb)?;
+    // The superblock is input too: the data must hold the blocks it
+    // claims before a tree for them is allocated.
+    let needed = params
+        .data_blocks
+        .checked_mul(u64::from(params.data_block_size))
+        .ok_or_else(|| VerityError::Invalid("data block count overflows".into()))?;
+    let have = data.metadata()?.len();
+    if have < needed {
+        return Err(VerityError::Invalid(format!(
+            "the tree covers {} blocks ({needed} bytes) but the data has {have} bytes",
+            params.data_blocks
+        )));
+    }
     let (levels, computed) = build(&params, |i, buf| {
         data.read_exact_at(buf, i * u64::from(params.data_block_size))
     })?;
