@@ -4,7 +4,10 @@
 # one run. Run as root (mounts, drop_caches). Prints a table of each figure
 # and its ratio to the kernel's.
 #
-#   scripts/bench.sh [--quick] [--workdir DIR] [--clean]
+#   scripts/bench.sh [--quick] [--workdir DIR] [--clean] [--tables LIST]
+#
+# --tables: which of plain, lz4hc and verity to measure (default: all,
+# comma-separated).
 #
 # The corpus is generated (not committed): a rootfs-like tree of ~30k small
 # files in ~2k directories, a 256 MB and three 32 MB random files and a
@@ -13,7 +16,9 @@
 # kernel erofs, erofsfuse and squashfuse) and with -zlz4hc (mount, cold
 # full read, sequential reads of the text file, random reads, against kernel
 # erofs). Both are kept in the workdir (default /var/tmp/erofs-fuse-bench)
-# for the next run; --clean removes them afterwards.
+# for the next run; --clean removes them afterwards. The verity table
+# mounts the uncompressed image with --verity and a tree made by `verity
+# format` (sha256, 4 KiB blocks), against the same mount without it.
 # Measured, each after `echo 3 > drop_caches` and a fresh mount (cold) and
 # again without (warm):
 #   mount         time until the mountpoint answers
@@ -28,12 +33,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 clean=0 work=/var/tmp/erofs-fuse-bench
+quick=0 clean=0 work=/var/tmp/erofs-fuse-bench tables=plain,lz4hc,verity
 while (($#)); do
     case "$1" in
         --quick) quick=1 ;;
         --clean) clean=1 ;;
         --workdir) work=$2; shift ;;
+        --tables) tables=$2; shift ;;
         -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -112,6 +118,11 @@ EOF
     mksquashfs "$tree" "$sqfs" -noappend -no-progress -noI -noD -noF -noX >/dev/null
     echo "$kind" > "$work/.kind"
 fi
+if [ ! -s "$plain_img.roothash" ] || [ "$plain_img.roothash" -ot "$plain_img" ]; then
+    # A dm-verity tree of the uncompressed image, veritysetup's defaults.
+    "$bin" verity format "$plain_img" "$plain_img.verity" \
+        | awk -F'\t' '/^Root hash:/ {print $2}' > "$plain_img.roothash"
+fi
 largest=$(cd "$tree" && ls -S large-*.bin | head -1)
 files=$(find "$tree" -type f | wc -l)
 bytes=$(du -sb "$tree" | cut -f1)
@@ -120,6 +131,7 @@ mount_with() { # impl
     case "$1" in
         kernel) mount -t erofs -o loop,ro "$img" "$mnt" ;;
         erofs-fuse) "$bin" mount "$img" "$mnt" ;;
+        erofs-fuse-verity) "$bin" mount --verity "$(cat "$img.roothash"):$img.verity" "$img" "$mnt" ;;
         erofsfuse) erofsfuse "$img" "$mnt" >/dev/null 2>&1 ;;
         squashfuse) squashfuse "$sqfs" "$mnt" ;;
     esac
@@ -223,19 +235,45 @@ command -v erofsfuse >/dev/null && plain_impls+=(erofsfuse)
 command -v squashfuse >/dev/null && plain_impls+=(squashfuse)
 z_metrics=(mount read-all-cold seq-read-cold seq-read-warm rand-4k)
 z_impls=(kernel erofs-fuse)
+v_metrics=(mount walk-cold read-all-cold seq-read-cold)
+v_impls=(kernel erofs-fuse erofs-fuse-verity)
 
 # Uncompressed image: every figure, every implementation.
-table=plain img=$plain_img large=$largest metrics=("${plain_metrics[@]}") impls=("${plain_impls[@]}")
-measure_all
+wanted() { [[ ",$tables," == *",$1,"* ]]; }
+if wanted plain; then
+    table=plain img=$plain_img large=$largest metrics=("${plain_metrics[@]}") impls=("${plain_impls[@]}")
+    measure_all
+fi
 # lz4hc image: what decompression changes.
-table=lz4hc img=$zimg large=text.bin metrics=("${z_metrics[@]}") impls=("${z_impls[@]}")
-measure_all
+if wanted lz4hc; then
+    table=lz4hc img=$zimg large=text.bin metrics=("${z_metrics[@]}") impls=("${z_impls[@]}")
+    measure_all
+fi
+# The uncompressed image again, verifying every block against a dm-verity
+# tree, in rounds of its own so the with/without pair is measured together.
+if wanted verity; then
+    table=verity img=$plain_img large=$largest metrics=("${v_metrics[@]}") impls=("${v_impls[@]}")
+    measure_all
+fi
 
 echo
 echo "Corpus: $files files, $((bytes / 1000000)) MB. $(nproc) CPUs, kernel $(uname -r)."
-table=plain large=$largest metrics=("${plain_metrics[@]}") impls=("${plain_impls[@]}")
-print_table "Uncompressed image ($(( $(stat -c %s "$plain_img") / 1000000 )) MB)"
-table=lz4hc large=text.bin metrics=("${z_metrics[@]}") impls=("${z_impls[@]}")
-print_table "lz4hc image ($(( $(stat -c %s "$zimg") / 1000000 )) MB, mkfs.erofs -zlz4hc)"
+if wanted plain; then
+    table=plain large=$largest metrics=("${plain_metrics[@]}") impls=("${plain_impls[@]}")
+    print_table "Uncompressed image ($(( $(stat -c %s "$plain_img") / 1000000 )) MB)"
+fi
+if wanted lz4hc; then
+    table=lz4hc large=text.bin metrics=("${z_metrics[@]}") impls=("${z_impls[@]}")
+    print_table "lz4hc image ($(( $(stat -c %s "$zimg") / 1000000 )) MB, mkfs.erofs -zlz4hc)"
+fi
+if wanted verity; then
+    table=verity large=$largest metrics=("${v_metrics[@]}") impls=("${v_impls[@]}")
+    print_table "Uncompressed image with and without --verity (sha256, 4 KiB blocks)"
+fi
+wanted verity && for metric in "${v_metrics[@]}"; do
+    # Every verity figure is a time: overhead = extra time.
+    python3 -c "import sys; m, a, b = sys.argv[1:]; print('verity overhead, %s: %+.1f%%' % (m, 100 * (float(b) / float(a) - 1)))" \
+        "$metric" "${result[verity,erofs-fuse,$metric]}" "${result[verity,erofs-fuse-verity,$metric]}"
+done
 echo "Times: lower is better; MB/s and IOPS: higher is better. Ratios are against kernel erofs."
 [ "$clean" -eq 0 ] || rm -rf "$work"

@@ -2,9 +2,10 @@
 //! ranges of files, and the set of devices one image spans.
 //!
 //! Every access is bounds-checked and returns a slice of the map, so the
-//! reader never copies bytes it only needs to look at. A verifying layer
-//! (dm-verity) can sit here later: every byte the reader sees passes through
-//! [`Device::slice`].
+//! reader never copies bytes it only needs to look at. Every byte the
+//! reader sees passes through [`Device::slice`], which is where a verity
+//! tree, when one is attached, checks the blocks first: metadata and data
+//! alike reach the parser only verified.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::verity::{Verifier, VeritySource, VerityStats};
 
 /// A read-only byte range of a memory-mapped file.
 #[derive(Clone)]
@@ -21,6 +23,8 @@ pub struct Device {
     start: usize,
     len: usize,
     path: PathBuf,
+    /// The tree the whole file is checked against, if any.
+    verity: Option<Arc<Verifier>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -29,6 +33,7 @@ impl std::fmt::Debug for Device {
             .field("path", &self.path)
             .field("start", &self.start)
             .field("len", &self.len)
+            .field("verity", &self.verity.is_some())
             .finish()
     }
 }
@@ -53,6 +58,7 @@ impl Device {
             map: Arc::new(map),
             start: 0,
             path: path.to_path_buf(),
+            verity: None,
         };
         if offset > whole.len() {
             return Err(Error::Invalid(format!(
@@ -63,14 +69,39 @@ impl Device {
         whole.subrange(offset, whole.len() - offset)
     }
 
+    /// Checks every block of the whole file against the tree `source`
+    /// describes from now on; fails now if the tree or its root hash is
+    /// wrong. Devices made from this one with [`Device::subrange`] later
+    /// share the check.
+    pub fn attach_verity(&mut self, source: &VeritySource) -> Result<()> {
+        let spec = source.resolve(&self.path)?;
+        let verifier = Verifier::open(&self.path, &self.map, &spec)?;
+        tracing::info!(
+            "verity: {} checked against {} at offset {} ({} blocks of {} bytes)",
+            self.path.display(),
+            spec.hash_file.display(),
+            spec.offset,
+            verifier.params().data_blocks,
+            verifier.params().data_block_size
+        );
+        self.verity = Some(Arc::new(verifier));
+        Ok(())
+    }
+
+    /// The verity counters, when a tree is attached.
+    pub fn verity_stats(&self) -> Option<VerityStats> {
+        self.verity.as_ref().map(|v| v.stats())
+    }
+
     /// A device over `len` bytes of this one starting at `offset`.
     pub fn subrange(&self, offset: u64, len: u64) -> Result<Self> {
-        let bytes = self.slice(offset, len)?;
+        let start = self.bounds(offset, len)?;
         Ok(Self {
             map: Arc::clone(&self.map),
-            start: bytes.as_ptr() as usize - self.map.as_ptr() as usize,
-            len: bytes.len(),
+            start,
+            len: len as usize,
             path: self.path.clone(),
+            verity: self.verity.clone(),
         })
     }
 
@@ -91,14 +122,24 @@ impl Device {
 
     /// `len` bytes at `offset`, or a corruption error naming the device when
     /// the range is not inside it.
+    /// When a verity tree is attached, the blocks holding them are checked
+    /// first, and a block that does not match is an error.
     pub fn slice(&self, offset: u64, len: u64) -> Result<&[u8]> {
+        let start = self.bounds(offset, len)?;
+        if let Some(verity) = &self.verity {
+            verity.check(&self.map, start as u64, len)?;
+        }
+        // In bounds: checked above.
+        Ok(&self.map[start..start + len as usize])
+    }
+
+    /// Where `[offset, offset + len)` starts in the map, after checking it
+    /// lies inside the device.
+    fn bounds(&self, offset: u64, len: u64) -> Result<usize> {
         let end = offset.checked_add(len);
         match end {
-            Some(end) if end <= self.len as u64 => {
-                // Both fit in usize: they are bounded by self.len.
-                let (offset, end) = (offset as usize, end as usize);
-                Ok(&self.map[self.start + offset..self.start + end])
-            }
+            // Both fit in usize: they are bounded by self.len.
+            Some(end) if end <= self.len as u64 => Ok(self.start + offset as usize),
             _ => Err(Error::corrupt(format!(
                 "read of {len} bytes at offset {offset} is past the end of {} ({} bytes)",
                 self.path.display(),
@@ -142,16 +183,5 @@ impl Device {
         let start = (self.start as u64 + offset) / PAGE * PAGE;
         let end = self.start as u64 + end;
         Some((start as usize, (end - start) as usize))
-    }
-
-    /// The bytes from `offset` to the end of the device.
-    pub fn tail(&self, offset: u64) -> Result<&[u8]> {
-        let len = (self.len as u64).checked_sub(offset).ok_or_else(|| {
-            Error::corrupt(format!(
-                "offset {offset} is past the end of {}",
-                self.path.display()
-            ))
-        })?;
-        self.slice(offset, len)
     }
 }

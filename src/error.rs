@@ -34,6 +34,9 @@ pub enum Error {
     /// readlink on something that is not a symlink.
     #[error("not a symbolic link")]
     NotSymlink,
+    /// A block failed verity verification, or a verity tree is unusable.
+    #[error("verity: {0}")]
+    Verity(#[from] crate::verity::VerityError),
     /// The caller asked for something invalid (bad argument, bad option).
     #[error("{0}")]
     Invalid(String),
@@ -57,7 +60,7 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Self::Io { source, .. } => source.raw_os_error().unwrap_or(libc_errno::EIO),
-            Self::Corrupt(_) => libc_errno::EIO,
+            Self::Corrupt(_) | Self::Verity(_) => libc_errno::EIO,
             Self::Unsupported(_) => libc_errno::EOPNOTSUPP,
             Self::NotFound => libc_errno::ENOENT,
             Self::NotDir => libc_errno::ENOTDIR,

@@ -43,6 +43,24 @@ pub struct ImageArgs {
     #[arg(long, value_name = "SIZE", default_value = "64M",
           value_parser = erofs_fuse::fuse::options::parse_size)]
     cache_size: u64,
+    /// Check every block read from IMAGE (metadata and data) against a
+    /// dm-verity tree, as veritysetup makes it: a block that does not match
+    /// is an I/O error, never wrong data. HASH_FILE holds the tree with its
+    /// superblock at byte OFFSET (default 0; it may be IMAGE itself). The
+    /// root hash is checked before anything is read.
+    #[arg(long, value_name = "ROOT_HASH:HASH_FILE[:OFFSET]",
+          value_parser = erofs_fuse::verity::VeritySource::parse)]
+    verity: Option<erofs_fuse::verity::VeritySource>,
+    /// Like --verity, for containerd's layout: the tree is appended to
+    /// IMAGE and SIDECAR (IMAGE.dmverity) holds its root hash and offset.
+    #[arg(long, value_name = "SIDECAR", conflicts_with = "verity")]
+    dmverity: Option<PathBuf>,
+    /// A verity tree for the next --device, in the same order (repeat for
+    /// several); "-" serves that device unverified. When IMAGE is verified
+    /// every --device needs one, so file data is never served unchecked.
+    #[arg(long, value_name = "ROOT_HASH:HASH_FILE[:OFFSET]|-",
+          value_parser = erofs_fuse::verity::VeritySource::parse_optional)]
+    device_verity: Vec<Option<erofs_fuse::verity::VeritySource>>,
 }
 
 #[derive(Subcommand)]
@@ -62,7 +80,9 @@ enum Command {
     /// -o options: ro, allow_other, allow_root, default_permissions,
     /// no_default_permissions, suid, nosuid, dev, nodev, exec, noexec,
     /// fsname=NAME, subtype=NAME, device=PATH (like --device), threads=N,
-    /// cache_size=SIZE (like --cache-size),
+    /// cache_size=SIZE (like --cache-size), verity=ROOT_HASH:HASH_FILE[:OFFSET]
+    /// (like --verity), dmverity=SIDECAR, device_verity=SPEC (like
+    /// --device-verity),
     /// auto_unmount, debug; fstab words like defaults, user, nofail, _netdev
     /// and x-* are accepted and ignored.
     Mount {
@@ -234,8 +254,12 @@ enum VerityCommand {
         #[arg(required_unless_present = "append", conflicts_with = "append")]
         hash_file: Option<PathBuf>,
         /// Append the tree to DATA and write DATA.dmverity (containerd).
-        #[arg(long, conflicts_with_all = ["salt", "data_block_size", "hash_block_size"])]
+        #[arg(long, conflicts_with_all = ["salt", "data_block_size", "hash_block_size", "no_superblock"])]
         append: bool,
+        /// Write the tree alone, without the superblock (veritysetup
+        /// --no-superblock): salt and sizes must then be given to use it.
+        #[arg(long)]
+        no_superblock: bool,
         /// Salt in hex (veritysetup: 32 random bytes; "-" for none).
         #[arg(long)]
         salt: Option<String>,
@@ -258,9 +282,26 @@ enum VerityCommand {
         hash_file: PathBuf,
         /// The root hash, in hex.
         root_hash: String,
-        /// Byte offset of the superblock in HASH_FILE.
+        /// Byte offset of the superblock (or tree) in HASH_FILE.
         #[arg(long, default_value_t = 0)]
         hash_offset: u64,
+        /// The tree has no superblock (veritysetup --no-superblock): its
+        /// parameters come from --salt, --data-blocks and the block sizes.
+        #[arg(long)]
+        no_superblock: bool,
+        /// Salt in hex ("-" for none), with --no-superblock.
+        #[arg(long, requires = "no_superblock")]
+        salt: Option<String>,
+        /// Data blocks covered, with --no-superblock (default: every whole
+        /// block of DATA).
+        #[arg(long, requires = "no_superblock")]
+        data_blocks: Option<u64>,
+        /// Data block size, with --no-superblock.
+        #[arg(long, default_value_t = 4096, requires = "no_superblock")]
+        data_block_size: u32,
+        /// Hash block size, with --no-superblock.
+        #[arg(long, default_value_t = 4096, requires = "no_superblock")]
+        hash_block_size: u32,
     },
 }
 
@@ -368,6 +409,7 @@ fn main() -> ExitCode {
                 data,
                 hash_file,
                 append: false,
+                no_superblock,
                 salt,
                 uuid,
                 data_block_size,
@@ -375,17 +417,38 @@ fn main() -> ExitCode {
             } => cli::verity_format(
                 &data,
                 &hash_file.unwrap_or_default(),
-                salt.as_deref(),
+                &cli::TreeArgs {
+                    salt: salt.as_deref(),
+                    data_blocks: None,
+                    data_block_size,
+                    hash_block_size,
+                    superblock: !no_superblock,
+                },
                 uuid.as_deref(),
-                data_block_size,
-                hash_block_size,
             ),
             VerityCommand::Verify {
                 data,
                 hash_file,
                 root_hash,
                 hash_offset,
-            } => cli::verity_verify(&data, &hash_file, &root_hash, hash_offset),
+                no_superblock,
+                salt,
+                data_blocks,
+                data_block_size,
+                hash_block_size,
+            } => cli::verity_verify(
+                &data,
+                &hash_file,
+                &root_hash,
+                hash_offset,
+                &cli::TreeArgs {
+                    salt: salt.as_deref(),
+                    data_blocks,
+                    data_block_size,
+                    hash_block_size,
+                    superblock: !no_superblock,
+                },
+            ),
         },
     };
     match result {

@@ -244,3 +244,67 @@ fn append_writes_containerds_layout() {
         }
     }
 }
+
+#[test]
+fn no_superblock_trees_equal_veritysetups() {
+    if !have(
+        "no_superblock_trees_equal_veritysetups",
+        &[Need::Program("veritysetup")],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixture("plain-4k.erofs");
+    for (salt, data_block, hash_block) in [("0011", "512", "1024"), ("-", "4096", "4096")] {
+        let sizes = [
+            "--data-block-size",
+            data_block,
+            "--hash-block-size",
+            hash_block,
+        ];
+        // veritysetup writes into an existing file without truncating it:
+        // fresh names for each case.
+        let ours = dir.path().join(format!("ours-{data_block}"));
+        let theirs = dir.path().join(format!("theirs-{data_block}"));
+        let out = run_ok(
+            Command::new(bin())
+                .args(["verity", "format", "--no-superblock", "--salt", salt])
+                .args(sizes)
+                .arg(&data)
+                .arg(&ours),
+        );
+        run_ok(
+            Command::new("veritysetup")
+                .args(["format", "--no-superblock", "--salt", salt])
+                .args(sizes)
+                .arg(&data)
+                .arg(&theirs),
+        );
+        assert!(
+            std::fs::read(&ours).unwrap() == std::fs::read(&theirs).unwrap(),
+            "salt {salt}, blocks {data_block}/{hash_block}: trees differ"
+        );
+        let root = &printed_root_hash(&out.stdout);
+        for verifier in [bin(), "veritysetup".into()] {
+            let mut cmd = Command::new(verifier);
+            if cmd.get_program() != "veritysetup" {
+                cmd.arg("verity");
+            }
+            run_ok(
+                cmd.args(["verify", "--no-superblock", "--salt", salt])
+                    .args(sizes)
+                    .arg(&data)
+                    .arg(&ours)
+                    .arg(root),
+            );
+        }
+        // The wrong salt is a root mismatch.
+        let out = run(Command::new(bin())
+            .args(["verity", "verify", "--no-superblock", "--salt", "99"])
+            .args(sizes)
+            .arg(&data)
+            .arg(&ours)
+            .arg(root));
+        assert!(!out.status.success());
+    }
+}

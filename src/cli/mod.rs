@@ -5,6 +5,7 @@ use std::path::Path;
 
 use erofs_fuse::inspect::{format_utc, mode_string, EntrySummary, ImageSummary};
 use erofs_fuse::reader::{FileKind, WalkEntry, WalkVisitor};
+use erofs_fuse::verity::VeritySource;
 use erofs_fuse::{Image, Inode, OpenOptions};
 
 use crate::ImageArgs;
@@ -53,6 +54,11 @@ fn open(args: &ImageArgs) -> Result<Image, String> {
         devices: args.devices.clone(),
         offset: args.offset,
         cache_size: args.cache_size,
+        verity: args
+            .verity
+            .clone()
+            .or_else(|| args.dmverity.clone().map(VeritySource::Sidecar)),
+        device_verity: args.device_verity.clone(),
     };
     Image::open(&args.image, &options).map_err(|e| match e {
         // These already name the file they concern.
@@ -327,6 +333,14 @@ pub fn mount(
     let options = MountOptions::parse(options).map_err(|e| e.to_string())?;
     let mut args = args.clone();
     args.devices.extend(options.devices.iter().cloned());
+    args.device_verity
+        .extend(options.device_verity.iter().cloned());
+    if let Some(source) = &options.verity {
+        if args.verity.is_some() || args.dmverity.is_some() {
+            return Err("verity given both as an option and with -o".into());
+        }
+        args.verity = Some(source.clone());
+    }
     if let Some(size) = options.cache_size {
         args.cache_size = size;
     }
@@ -426,34 +440,61 @@ fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
     Ok(bytes)
 }
 
+/// A tree's parameters as given on the command line.
+pub struct TreeArgs<'a> {
+    /// `--salt`: hex, `-` for none, absent for random (format) or none.
+    pub salt: Option<&'a str>,
+    /// `--data-blocks`; default: every whole block of the data.
+    pub data_blocks: Option<u64>,
+    /// `--data-block-size`.
+    pub data_block_size: u32,
+    /// `--hash-block-size`.
+    pub hash_block_size: u32,
+    /// Not `--no-superblock`.
+    pub superblock: bool,
+}
+
+impl TreeArgs<'_> {
+    /// The parameters for `data`, with `default_salt` when none is given.
+    fn params(
+        &self,
+        data: &std::fs::File,
+        default_salt: impl FnOnce() -> Result<Vec<u8>, String>,
+        uuid: [u8; 16],
+    ) -> Result<erofs_fuse::verity::VerityParams, String> {
+        let salt = match self.salt {
+            None => default_salt()?,
+            Some("-") => Vec::new(),
+            Some(text) => erofs_fuse::verity::from_hex(text)
+                .ok_or_else(|| format!("--salt {text}: not hex"))?,
+        };
+        let len = data.metadata().map_err(|e| e.to_string())?.len();
+        Ok(erofs_fuse::verity::VerityParams {
+            data_block_size: self.data_block_size,
+            hash_block_size: self.hash_block_size,
+            data_blocks: self
+                .data_blocks
+                .unwrap_or(len / u64::from(self.data_block_size.max(1))),
+            salt,
+            uuid,
+        })
+    }
+}
+
 /// `verity format`: a tree as veritysetup makes it, and its header.
 pub fn verity_format(
     data: &Path,
     hash_file: &Path,
-    salt: Option<&str>,
+    tree: &TreeArgs,
     uuid: Option<&str>,
-    data_block_size: u32,
-    hash_block_size: u32,
 ) -> CliResult {
-    use erofs_fuse::verity::{format, format_uuid, from_hex, hex, VerityParams};
-    let salt = match salt {
-        None => random_bytes::<32>()?.to_vec(),
-        Some("-") => Vec::new(),
-        Some(text) => from_hex(text).ok_or_else(|| format!("--salt {text}: not hex"))?,
-    };
+    use erofs_fuse::verity::{format_tree, format_uuid, hex};
+    let (data_block_size, hash_block_size) = (tree.data_block_size, tree.hash_block_size);
     let uuid = uuid_arg(uuid)?;
     let input = std::fs::File::open(data).map_err(|e| format!("{}: {e}", data.display()))?;
-    let len = input
-        .metadata()
-        .map_err(|e| format!("{}: {e}", data.display()))?
-        .len();
-    let params = VerityParams {
-        data_block_size,
-        hash_block_size,
-        data_blocks: len / u64::from(data_block_size),
-        salt,
-        uuid,
-    };
+    let params = tree
+        .params(&input, || Ok(random_bytes::<32>()?.to_vec()), uuid)
+        .map_err(|e| format!("{}: {e}", data.display()))?;
     if let (Ok(a), Ok(b)) = (std::fs::metadata(data), std::fs::metadata(hash_file)) {
         use std::os::unix::fs::MetadataExt;
         if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
@@ -469,10 +510,16 @@ pub fn verity_format(
         .truncate(true)
         .open(hash_file)
         .map_err(|e| format!("{}: {e}", hash_file.display()))?;
-    let root =
-        format(&input, &output, 0, &params).map_err(|e| format!("{}: {e}", data.display()))?;
+    let root = format_tree(&input, &output, 0, &params, tree.superblock)
+        .map_err(|e| format!("{}: {e}", data.display()))?;
     let mut out = std::io::stdout().lock();
     let hash_blocks = params.hash_area_size() / u64::from(hash_block_size) - 1;
+    let hash_size = params.hash_area_size()
+        - if tree.superblock {
+            0
+        } else {
+            u64::from(hash_block_size)
+        };
     let _ = writeln!(out, "VERITY header information for {}", hash_file.display());
     let _ = writeln!(out, "UUID:            \t{}", format_uuid(&params.uuid));
     let _ = writeln!(out, "Hash type:       \t1");
@@ -488,11 +535,7 @@ pub fn verity_format(
     };
     let _ = writeln!(out, "Salt:            \t{salt_text}");
     let _ = writeln!(out, "Root hash:      \t{}", hex(&root));
-    let _ = writeln!(
-        out,
-        "Hash device size: \t{} [bytes]",
-        params.hash_area_size()
-    );
+    let _ = writeln!(out, "Hash device size: \t{hash_size} [bytes]",);
     Ok(())
 }
 
@@ -534,13 +577,12 @@ pub fn verity_append(data: &Path, uuid: Option<&str>) -> CliResult {
     };
     let (root, hash_offset) =
         erofs_fuse::verity::append(&file, block_size, uuid).map_err(|e| shown(&e))?;
-    let root = erofs_fuse::verity::hex(&root);
+    let json = erofs_fuse::verity::Sidecar { root, hash_offset }.to_json();
     let mut sidecar = data.as_os_str().to_owned();
     sidecar.push(".dmverity");
     let sidecar = std::path::PathBuf::from(sidecar);
-    let json = format!("{{\"roothash\": \"{root}\", \"hashoffset\": {hash_offset}}}\n");
     std::fs::write(&sidecar, json).map_err(|e| format!("{}: {e}", sidecar.display()))?;
-    println!("Root hash:      \t{root}");
+    println!("Root hash:      \t{}", erofs_fuse::verity::hex(&root));
     println!("Hash offset:    \t{hash_offset}");
     println!("Sidecar:        \t{}", sidecar.display());
     Ok(())
@@ -552,12 +594,28 @@ pub fn verity_verify(
     hash_file: &Path,
     root_hash: &str,
     hash_offset: u64,
+    tree: &TreeArgs,
 ) -> CliResult {
-    use erofs_fuse::verity::{from_hex, verify};
+    use erofs_fuse::verity::{from_hex, verify_tree};
     let root = from_hex(root_hash).ok_or_else(|| format!("root hash {root_hash}: not hex"))?;
     let open = |p: &Path| std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()));
-    let params = verify(&open(data)?, &open(hash_file)?, hash_offset, &root)
-        .map_err(|e| format!("{} against {}: {e}", data.display(), hash_file.display()))?;
+    let input = open(data)?;
+    let given = if tree.superblock {
+        None
+    } else {
+        let params = tree
+            .params(&input, || Ok(Vec::new()), [0; 16])
+            .map_err(|e| format!("{}: {e}", data.display()))?;
+        Some(params)
+    };
+    let params = verify_tree(
+        &input,
+        &open(hash_file)?,
+        hash_offset,
+        &root,
+        given.as_ref(),
+    )
+    .map_err(|e| format!("{} against {}: {e}", data.display(), hash_file.display()))?;
     println!(
         "{}: {} blocks of {} bytes verified",
         data.display(),

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::error::{Error, Result};
+use crate::verity::VeritySource;
 
 /// Options that the `mount` helper protocol and fstab pass along and that
 /// mean nothing to a FUSE filesystem.
@@ -70,6 +71,11 @@ pub struct MountOptions {
     pub cache_size: Option<u64>,
     /// `debug`: log every request.
     pub debug: bool,
+    /// `verity=ROOT_HASH:HASH_FILE[:OFFSET]` or `dmverity=SIDECAR`.
+    pub verity: Option<VeritySource>,
+    /// `device_verity=ROOT_HASH:HASH_FILE[:OFFSET]` or `device_verity=-`,
+    /// in order, for the `device=` options.
+    pub device_verity: Vec<Option<VeritySource>>,
 }
 
 /// Parses a byte size: a number with an optional binary suffix K, M, G or
@@ -148,6 +154,28 @@ impl MountOptions {
                     o.cache_size = Some(parse_size(&v).map_err(|e| {
                         Error::Invalid(format!("mount option cache_size={v}: {e}"))
                     })?);
+                }
+                "verity" | "dmverity" => {
+                    if o.verity.is_some() {
+                        return Err(Error::Invalid(
+                            "mount options verity= and dmverity= given twice".into(),
+                        ));
+                    }
+                    let v = need(value)?;
+                    o.verity = Some(if key == "dmverity" {
+                        VeritySource::Sidecar(PathBuf::from(v))
+                    } else {
+                        VeritySource::parse(&v)
+                            .map_err(|e| Error::Invalid(format!("mount option verity: {e}")))?
+                    });
+                }
+                "device_verity" => {
+                    let v = need(value)?;
+                    o.device_verity.push(
+                        VeritySource::parse_optional(&v).map_err(|e| {
+                            Error::Invalid(format!("mount option device_verity: {e}"))
+                        })?,
+                    );
                 }
                 k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}
                 _ => return Err(Error::Invalid(format!("unknown mount option {option:?}"))),

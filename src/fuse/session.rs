@@ -142,7 +142,22 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
         let _ = std::fs::File::from(fd).write_all(b"+");
         detach_stdio();
     }
-    session.run().map_err(|e| Error::io(&request.mountpoint, e))
+    let result = session.run().map_err(|e| Error::io(&request.mountpoint, e));
+    for (path, stats) in request.image.verity_stats() {
+        let line = format!(
+            "verity: {}: {} data and {} hash blocks verified, {} mismatches",
+            path.display(),
+            stats.data_verified,
+            stats.hash_verified,
+            stats.mismatches
+        );
+        if stats.mismatches > 0 {
+            tracing::error!("{line}");
+        } else {
+            tracing::info!("{line}");
+        }
+    }
+    result
 }
 
 /// A daemon lets go of the caller's standard descriptors: a caller that

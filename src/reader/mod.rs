@@ -32,6 +32,7 @@ pub use zsummary::{CompressedExtent, CompressionInfo, Stored};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::verity::{VeritySource, VerityStats};
 
 /// How to open an image.
 #[derive(Debug, Clone)]
@@ -43,6 +44,12 @@ pub struct OpenOptions {
     pub offset: u64,
     /// Budget in bytes of the cache of decoded compressed extents.
     pub cache_size: u64,
+    /// The verity tree the image file is checked against.
+    pub verity: Option<VeritySource>,
+    /// Verity trees for the files in `devices`, in the same order; `None`
+    /// serves that device unverified. When the image is verified, every
+    /// device given must have an entry (an explicit `None` included).
+    pub device_verity: Vec<Option<VeritySource>>,
 }
 
 impl Default for OpenOptions {
@@ -51,7 +58,53 @@ impl Default for OpenOptions {
             devices: Vec::new(),
             offset: 0,
             cache_size: DEFAULT_CACHE_SIZE,
+            verity: None,
+            device_verity: Vec::new(),
         }
+    }
+}
+
+impl OpenOptions {
+    /// Maps the image and device files and attaches their verity trees.
+    fn open_devices(&self, path: &Path) -> Result<(Device, Vec<Device>)> {
+        if self.device_verity.len() > self.devices.len() {
+            return Err(Error::Invalid(format!(
+                "{} device verity tree(s) given for {} device(s)",
+                self.device_verity.len(),
+                self.devices.len()
+            )));
+        }
+        if self.verity.is_some() && self.device_verity.len() < self.devices.len() {
+            // A verified image whose file data comes unverified from a
+            // device would defeat the point: say so rather than serve it.
+            return Err(Error::Invalid(format!(
+                "the image is verified but device {} ({}) has no verity tree (give one, or '-' to serve it unverified)",
+                self.device_verity.len() + 1,
+                self.devices[self.device_verity.len()].display()
+            )));
+        }
+        let mut primary = Device::open(path, 0)?;
+        if let Some(source) = &self.verity {
+            primary.attach_verity(source)?;
+        }
+        if self.offset > primary.len() {
+            return Err(Error::Invalid(format!(
+                "offset {} is past the end of {} ({} bytes)",
+                self.offset,
+                path.display(),
+                primary.len()
+            )));
+        }
+        let primary = primary.subrange(self.offset, primary.len() - self.offset)?;
+        let mut extra = Vec::with_capacity(self.devices.len());
+        for (i, device) in self.devices.iter().enumerate() {
+            let mut dev = Device::open(device, 0)?;
+            if let Some(Some(source)) = self.device_verity.get(i) {
+                dev.attach_verity(source)?;
+            }
+            extra.push(dev);
+        }
+        Ok((primary, extra))
     }
 }
 
@@ -99,12 +152,7 @@ pub struct Image {
 impl Image {
     /// Opens the image at `path`, mapping it and its extra devices read-only.
     pub fn open(path: &Path, options: &OpenOptions) -> Result<Self> {
-        let primary = Device::open(path, options.offset)?;
-        let extra = options
-            .devices
-            .iter()
-            .map(|p| Device::open(p, 0))
-            .collect::<Result<Vec<_>>>()?;
+        let (primary, extra) = options.open_devices(path)?;
         let mut image = Self::from_devices(primary, extra)?;
         image.cache = zdata::ExtentCache::new(options.cache_size);
         Ok(image)
@@ -169,6 +217,20 @@ impl Image {
         for dev in &self.devices.extra {
             dev.backing.release(0, dev.backing.len());
         }
+    }
+
+    /// Verity counters of every verified device, named by file.
+    pub fn verity_stats(&self) -> Vec<(PathBuf, VerityStats)> {
+        std::iter::once(&self.devices.primary)
+            .chain(self.devices.extra.iter().map(|d| &d.backing))
+            .filter_map(|dev| Some((dev.path().to_path_buf(), dev.verity_stats()?)))
+            // Flat devices share the image's tree: count it once.
+            .fold(Vec::new(), |mut all, (path, stats)| {
+                if !all.iter().any(|(p, _)| *p == path) {
+                    all.push((path, stats));
+                }
+                all
+            })
     }
 
     /// The long xattr name prefixes.

@@ -92,13 +92,13 @@ impl SuperInfo {
 
     /// Reads and validates the superblock of `dev`.
     pub fn parse(dev: &Device) -> Result<Self> {
-        let bytes = dev.tail(SUPERBLOCK_OFFSET).map_err(|_| {
-            Error::corrupt(format!(
-                "{} is too small to hold an EROFS superblock ({} bytes)",
-                dev.path().display(),
-                dev.len()
-            ))
-        })?;
+        let size = std::mem::size_of::<SuperBlock>() as u64;
+        let bytes = if dev.len() >= SUPERBLOCK_OFFSET + size {
+            // Only the superblock: with verity, every byte read is hashed.
+            dev.slice(SUPERBLOCK_OFFSET, size)?
+        } else {
+            &[]
+        };
         let sb: &SuperBlock = read_struct(bytes).ok_or_else(|| {
             Error::corrupt(format!(
                 "{} is too small to hold an EROFS superblock ({} bytes)",

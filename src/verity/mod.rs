@@ -9,6 +9,12 @@
 //! zero-padded. The root hash is the digest of the top block (of the only
 //! data block when there is just one).
 
+mod source;
+mod verifier;
+
+pub use source::{parse_root, NoSuperblock, Sidecar, TreeSpec, VeritySource};
+pub use verifier::{Verifier, VerityStats};
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -52,6 +58,16 @@ pub enum VerityError {
         /// "data" or "hash".
         what: &'static str,
         /// The block number (data blocks from 0; hash blocks from the hash offset).
+        block: u64,
+    },
+    /// A block read through a mount does not match its hash.
+    #[error("{}: {what} block {block} does not match its hash", file.display())]
+    BadBlock {
+        /// The data or hash file holding the block.
+        file: std::path::PathBuf,
+        /// "data" or "hash".
+        what: &'static str,
+        /// The block number (hash blocks from the superblock's block).
         block: u64,
     },
     /// The tree's top does not match the root hash given.
@@ -218,18 +234,48 @@ pub fn format(
     hash_offset: u64,
     params: &VerityParams,
 ) -> Result<[u8; DIGEST_SIZE], VerityError> {
+    format_tree(data, hash, hash_offset, params, true)
+}
+
+/// [`format`], or with `superblock` false the tree alone from
+/// `hash_offset` (`veritysetup format --no-superblock`).
+pub fn format_tree(
+    data: &File,
+    hash: &File,
+    hash_offset: u64,
+    params: &VerityParams,
+    superblock: bool,
+) -> Result<[u8; DIGEST_SIZE], VerityError> {
     params.validate()?;
     let (levels, root) = build(params, |i, buf| {
         data.read_exact_at(buf, i * u64::from(params.data_block_size))
     })?;
-    let hash_block = u64::from(params.hash_block_size);
-    let mut first = params.superblock();
-    first.resize(params.hash_block_size as usize, 0);
-    hash.write_all_at(&first, hash_offset)?;
+    let start = tree_start(params, hash_offset, superblock);
+    if superblock {
+        let mut first = params.superblock();
+        first.resize(params.hash_block_size as usize, 0);
+        hash.write_all_at(&first, hash_offset)?;
+    }
     for (level, bytes) in params.levels().iter().zip(&levels) {
-        hash.write_all_at(bytes, hash_offset + level.start * hash_block)?;
+        hash.write_all_at(bytes, start + level_offset(params, level))?;
     }
     Ok(root)
+}
+
+/// Byte offset of the tree's first level block: after the superblock's
+/// block when there is one.
+fn tree_start(params: &VerityParams, hash_offset: u64, superblock: bool) -> u64 {
+    hash_offset
+        + if superblock {
+            u64::from(params.hash_block_size)
+        } else {
+            0
+        }
+}
+
+/// Offset of a level from the tree's first block.
+fn level_offset(params: &VerityParams, level: &Level) -> u64 {
+    (level.start - 1) * u64::from(params.hash_block_size)
 }
 
 /// containerd's layout for a layer: `file` zero-padded to whole blocks of
@@ -306,9 +352,30 @@ pub fn verify(
     hash_offset: u64,
     root: &[u8],
 ) -> Result<VerityParams, VerityError> {
-    let mut sb = vec![0u8; VERITY_SUPERBLOCK_SIZE];
-    hash.read_exact_at(&mut sb, hash_offset)?;
-    let params = VerityParams::from_superblock(&sb)?;
+    verify_tree(data, hash, hash_offset, root, None)
+}
+
+/// [`verify`], or for a tree without a superblock at `hash_offset`, with
+/// the parameters it was made with.
+pub fn verify_tree(
+    data: &File,
+    hash: &File,
+    hash_offset: u64,
+    root: &[u8],
+    no_superblock: Option<&VerityParams>,
+) -> Result<VerityParams, VerityError> {
+    let params = match no_superblock {
+        Some(params) => {
+            params.validate()?;
+            params.clone()
+        }
+        None => {
+            let mut sb = vec![0u8; VERITY_SUPERBLOCK_SIZE];
+            hash.read_exact_at(&mut sb, hash_offset)?;
+            VerityParams::from_superblock(&sb)?
+        }
+    };
+    let start = tree_start(&params, hash_offset, no_superblock.is_none());
     // The superblock is input too: the data must hold the blocks it
     // claims before a tree for them is allocated.
     let needed = params
@@ -330,7 +397,7 @@ pub fn verify(
     // the recomputed one names the data (leaf level) or hash block at fault.
     for (index, (level, bytes)) in params.levels().iter().zip(&levels).enumerate() {
         let mut stored = vec![0u8; bytes.len()];
-        hash.read_exact_at(&mut stored, hash_offset + level.start * hash_block)?;
+        hash.read_exact_at(&mut stored, start + level_offset(&params, level))?;
         if let Some(bad) = stored
             .chunks(hash_block as usize)
             .zip(bytes.chunks(hash_block as usize))

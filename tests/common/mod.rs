@@ -460,3 +460,10 @@ pub fn fix_checksum(b: &mut [u8]) {
     let crc = !crc32c::crc32c(&b[1024..1024 + len]);
     b[1028..1032].copy_from_slice(&crc.to_le_bytes());
 }
+
+/// The root hash `verity format` (or veritysetup) printed.
+pub fn printed_root_hash(stdout: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().find_map(|l| l.strip_prefix("Root hash:"));
+    line.expect("a Root hash: line").trim().to_string()
+}

@@ -1,0 +1,407 @@
+//! Checking blocks on first use against a verity tree, as dm-verity does
+//! in the kernel: a data block against its leaf digest, each hash block on
+//! the way against its parent's digest, the top block against the root
+//! hash. Verified blocks are marked in bitmaps, so each is hashed once.
+//!
+//! The bitmaps mark blocks of the mapped files, so the guarantee is about
+//! the files' bytes when first read: files must not change under a mount
+//! (as for any mmap reader); the parser stays safe on any bytes regardless.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::Mmap;
+
+use super::{hex, Level, TreeSpec, VerityError, VerityParams, DIGEST_SIZE};
+
+/// A set of block numbers, safe to mark from many threads.
+#[derive(Debug)]
+struct Bitmap(Vec<AtomicU64>);
+
+impl Bitmap {
+    fn new(bits: u64) -> Self {
+        Self((0..bits.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn get(&self, bit: u64) -> bool {
+        self.0
+            .get((bit / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Acquire) & (1 << (bit % 64)) != 0)
+    }
+
+    fn set(&self, bit: u64) {
+        if let Some(w) = self.0.get((bit / 64) as usize) {
+            w.fetch_or(1 << (bit % 64), Ordering::Release);
+        }
+    }
+}
+
+/// Counters of a verifier, for logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VerityStats {
+    /// Data blocks hashed and found good.
+    pub data_verified: u64,
+    /// Hash blocks hashed and found good.
+    pub hash_verified: u64,
+    /// Blocks (data or hash) that did not match.
+    pub mismatches: u64,
+}
+
+/// A verity tree opened for checking one data file.
+#[derive(Debug)]
+pub struct Verifier {
+    params: VerityParams,
+    levels: Vec<Level>,
+    root: [u8; DIGEST_SIZE],
+    /// The hash file, and the byte offset in it of the tree's first
+    /// block (hash block 1: block 0 is the superblock's, present or not).
+    hash: Mmap,
+    tree_start: u64,
+    hash_path: PathBuf,
+    data_path: PathBuf,
+    data_done: Bitmap,
+    hash_done: Bitmap,
+    data_verified: AtomicU64,
+    hash_verified: AtomicU64,
+    mismatches: AtomicU64,
+}
+
+impl Verifier {
+    /// Opens the tree `spec` names for the data file `data` (the whole
+    /// file, mapped), and checks the top of the tree against the root hash
+    /// now, so a wrong root hash or a malformed tree fails here rather than
+    /// on the first read.
+    pub fn open(data_path: &Path, data: &[u8], spec: &TreeSpec) -> Result<Self, VerityError> {
+        let hash_path = spec.hash_file.as_path();
+        let offset = spec.offset;
+        let named = |what: String| VerityError::Invalid(format!("{}: {what}", hash_path.display()));
+        let file = File::open(hash_path).map_err(|e| named(e.to_string()))?;
+        // SAFETY: read-only map; the files must not change while in use,
+        // as for the image itself (see the module comment).
+        let hash = unsafe { Mmap::map(&file) }.map_err(|e| named(e.to_string()))?;
+        let past_end = || {
+            named(format!(
+                "hash offset {offset} is past the end ({} bytes)",
+                hash.len()
+            ))
+        };
+        let (params, tree_start) = match &spec.no_superblock {
+            Some(given) => {
+                let params = given.params(data.len() as u64);
+                params.validate().map_err(|e| named(e.to_string()))?;
+                (params, offset)
+            }
+            None => {
+                let sb = usize::try_from(offset)
+                    .ok()
+                    .and_then(|at| hash.get(at..))
+                    .ok_or_else(past_end)?;
+                let params = VerityParams::from_superblock(sb).map_err(|e| named(e.to_string()))?;
+                let start = offset.checked_add(u64::from(params.hash_block_size));
+                (params, start.ok_or_else(past_end)?)
+            }
+        };
+        let data_bytes = params
+            .data_blocks
+            .checked_mul(u64::from(params.data_block_size))
+            .filter(|&n| n <= data.len() as u64)
+            .ok_or_else(|| {
+                VerityError::Invalid(format!(
+                    "{}: the tree covers {} blocks of {} bytes but the file has {} bytes",
+                    data_path.display(),
+                    params.data_blocks,
+                    params.data_block_size,
+                    data.len()
+                ))
+            })?;
+        // The levels, without the superblock's block.
+        let tree_len = params.hash_area_size() - u64::from(params.hash_block_size);
+        let area = tree_start
+            .checked_add(tree_len)
+            .filter(|&end| end <= hash.len() as u64);
+        if area.is_none() {
+            return Err(named(format!(
+                "the tree at offset {offset} needs {tree_len} bytes, past the end ({} bytes)",
+                hash.len()
+            )));
+        }
+        let levels = params.levels();
+        let hash_blocks = params.hash_area_size() / u64::from(params.hash_block_size);
+        let verifier = Self {
+            data_done: Bitmap::new(data_bytes / u64::from(params.data_block_size)),
+            hash_done: Bitmap::new(hash_blocks),
+            params,
+            levels,
+            root: spec.root,
+            hash,
+            tree_start,
+            hash_path: hash_path.to_path_buf(),
+            data_path: data_path.to_path_buf(),
+            data_verified: AtomicU64::new(0),
+            hash_verified: AtomicU64::new(0),
+            mismatches: AtomicU64::new(0),
+        };
+        // The top: one hash block, or the only data block of a tiny file.
+        let (what, top) = match verifier.levels.last() {
+            Some(level) => ("hash", verifier.hash_block(level.start)),
+            None => ("data", verifier.data_block(data, 0)),
+        };
+        let computed = verifier.params.digest(top.unwrap_or_default());
+        if computed != spec.root {
+            return Err(VerityError::Invalid(format!(
+                "{}: the root hash does not match the tree (its {what} top gives {})",
+                hash_path.display(),
+                hex(&computed)
+            )));
+        }
+        match verifier.levels.last() {
+            Some(level) => verifier.hash_done.set(level.start),
+            None => verifier.data_done.set(0),
+        }
+        Ok(verifier)
+    }
+
+    /// The tree's parameters.
+    pub fn params(&self) -> &VerityParams {
+        &self.params
+    }
+
+    /// Bytes of the data file the tree covers (whole data blocks).
+    pub fn covered(&self) -> u64 {
+        self.params.data_blocks * u64::from(self.params.data_block_size)
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> VerityStats {
+        VerityStats {
+            data_verified: self.data_verified.load(Ordering::Relaxed),
+            hash_verified: self.hash_verified.load(Ordering::Relaxed),
+            mismatches: self.mismatches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Checks every data block touching `[offset, offset + len)` of `data`
+    /// (the whole data file), hashing those not verified before. A range
+    /// reaching past the covered blocks fails: those bytes have no hash.
+    pub fn check(&self, data: &[u8], offset: u64, len: u64) -> Result<(), VerityError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset.saturating_add(len);
+        if end > self.covered() {
+            return Err(VerityError::Invalid(format!(
+                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
+                self.data_path.display(),
+                self.covered()
+            )));
+        }
+        let bits = self.params.data_block_size.trailing_zeros();
+        for block in offset >> bits..=(end - 1) >> bits {
+            if !self.data_done.get(block) {
+                self.check_data_block(data, block)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_data_block(&self, data: &[u8], block: u64) -> Result<(), VerityError> {
+        let expected = self.stored_digest(0, block)?;
+        let bytes = self.data_block(data, block).ok_or_else(|| {
+            VerityError::Invalid(format!(
+                "{}: data block {block} is past the end",
+                self.data_path.display()
+            ))
+        })?;
+        if self.params.digest(bytes) != expected {
+            return Err(self.mismatch("data", block));
+        }
+        self.data_done.set(block);
+        self.data_verified.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The digest the tree stores for item `index` of `level` (level 0:
+    /// data blocks; level n: hash blocks of level n - 1), after checking
+    /// the hash block holding it. Recursion is bounded by the level count.
+    fn stored_digest(&self, level: usize, index: u64) -> Result<[u8; DIGEST_SIZE], VerityError> {
+        let Some(holder) = self.levels.get(level) else {
+            // Above the top: the root hash.
+            return Ok(self.root);
+        };
+        let per_block_bits = (self.params.hash_block_size as usize / DIGEST_SIZE).ilog2();
+        let block = holder.start + (index >> per_block_bits);
+        if !self.hash_done.get(block) {
+            let expected = self.stored_digest(level + 1, index >> per_block_bits)?;
+            let bytes = self.hash_block(block).unwrap_or_default();
+            if self.params.digest(bytes) != expected {
+                return Err(self.mismatch("hash", block));
+            }
+            self.hash_done.set(block);
+            self.hash_verified.fetch_add(1, Ordering::Relaxed);
+        }
+        let at = (index & ((1 << per_block_bits) - 1)) as usize * DIGEST_SIZE;
+        let digest = self
+            .hash_block(block)
+            .and_then(|b| b.get(at..at + DIGEST_SIZE))
+            .and_then(|d| <[u8; DIGEST_SIZE]>::try_from(d).ok());
+        digest.ok_or_else(|| self.mismatch("hash", block))
+    }
+
+    /// Hash block `block` (numbered from the superblock's block), if the
+    /// file holds it (checked at open for every block of the tree).
+    fn hash_block(&self, block: u64) -> Option<&[u8]> {
+        let size = u64::from(self.params.hash_block_size);
+        let start = block
+            .checked_sub(1)?
+            .checked_mul(size)?
+            .checked_add(self.tree_start)?;
+        let start = usize::try_from(start).ok()?;
+        self.hash.get(start..start.checked_add(size as usize)?)
+    }
+
+    fn data_block<'a>(&self, data: &'a [u8], block: u64) -> Option<&'a [u8]> {
+        let size = u64::from(self.params.data_block_size);
+        let start = usize::try_from(block.checked_mul(size)?).ok()?;
+        data.get(start..start.checked_add(size as usize)?)
+    }
+
+    /// Counts and logs a bad block, and the error for the reader.
+    fn mismatch(&self, what: &'static str, block: u64) -> VerityError {
+        self.mismatches.fetch_add(1, Ordering::Relaxed);
+        let file = if what == "data" {
+            &self.data_path
+        } else {
+            &self.hash_path
+        };
+        let err = VerityError::BadBlock {
+            file: file.clone(),
+            what,
+            block,
+        };
+        tracing::error!("verity: {err}");
+        err
+    }
+
+    /// The data file this tree checks.
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verity::{format, VerityParams};
+
+    /// A data file of `blocks` 512-byte blocks and its tree with 512-byte
+    /// hash blocks (16 digests each, so 300 blocks make three levels).
+    fn setup(blocks: u64) -> (tempfile::TempDir, Vec<u8>, TreeSpec, VerityParams) {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..blocks * 512).map(|i| (i * 7 % 251) as u8).collect();
+        let data_path = dir.path().join("data");
+        std::fs::write(&data_path, &data).unwrap();
+        let params = VerityParams {
+            data_block_size: 512,
+            hash_block_size: 512,
+            data_blocks: blocks,
+            salt: vec![1, 2, 3],
+            uuid: [0; 16],
+        };
+        let hash_path = dir.path().join("hash");
+        let root = format(
+            &File::open(&data_path).unwrap(),
+            &File::create(&hash_path).unwrap(),
+            0,
+            &params,
+        )
+        .unwrap();
+        let spec = TreeSpec {
+            root,
+            hash_file: hash_path,
+            offset: 0,
+            no_superblock: None,
+        };
+        (dir, data, spec, params)
+    }
+
+    #[test]
+    fn checks_every_level_and_marks_blocks_once() {
+        let (dir, data, spec, params) = setup(300);
+        assert_eq!(params.levels().len(), 3);
+        let v = Verifier::open(&dir.path().join("data"), &data, &spec).unwrap();
+        v.check(&data, 0, data.len() as u64).unwrap();
+        let stats = v.stats();
+        assert_eq!(stats.data_verified, 300);
+        // 19 leaves + 2 middle blocks; the top was checked at open.
+        assert_eq!(stats.hash_verified, 21);
+        v.check(&data, 100, 5000).unwrap();
+        assert_eq!(v.stats(), stats, "verified blocks are not hashed again");
+        // Past the covered bytes: refused.
+        assert!(v.check(&data, data.len() as u64 - 1, 2).is_err());
+    }
+
+    #[test]
+    fn a_bad_data_or_hash_block_fails_only_what_it_covers() {
+        let (dir, mut data, spec, _) = setup(300);
+        data[77 * 512 + 9] ^= 0x10;
+        let v = Verifier::open(&dir.path().join("data"), &data, &spec).unwrap();
+        let err = v.check(&data, 77 * 512, 1).unwrap_err().to_string();
+        assert!(err.contains("data block 77 does not match"), "{err}");
+        v.check(&data, 0, 77 * 512).unwrap();
+        v.check(&data, 78 * 512, 222 * 512).unwrap();
+        assert_eq!(v.stats().mismatches, 1);
+
+        // A leaf hash block (the 5th of level 0, covering blocks 64..80).
+        let (dir, data, spec, params) = setup(300);
+        let mut hash = std::fs::read(&spec.hash_file).unwrap();
+        let leaf = params.levels()[0].start + 4;
+        hash[leaf as usize * 512 + 40] ^= 1;
+        std::fs::write(&spec.hash_file, &hash).unwrap();
+        let v = Verifier::open(&dir.path().join("data"), &data, &spec).unwrap();
+        let err = v.check(&data, 70 * 512, 1).unwrap_err().to_string();
+        assert!(err.contains(&format!("hash block {leaf} ")), "{err}");
+        v.check(&data, 0, 64 * 512).unwrap();
+        v.check(&data, 80 * 512, 220 * 512).unwrap();
+    }
+
+    #[test]
+    fn a_one_block_file_is_checked_against_the_root_at_open() {
+        let (dir, mut data, spec, params) = setup(1);
+        assert!(params.levels().is_empty());
+        let path = dir.path().join("data");
+        let v = Verifier::open(&path, &data, &spec).unwrap();
+        v.check(&data, 0, 512).unwrap();
+        data[3] ^= 1;
+        let err = Verifier::open(&path, &data, &spec).unwrap_err();
+        assert!(
+            err.to_string().contains("root hash does not match"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_trees_fail_at_open() {
+        let (dir, data, spec, _) = setup(300);
+        let path = dir.path().join("data");
+        let hash = std::fs::read(&spec.hash_file).unwrap();
+        let short = TreeSpec {
+            hash_file: dir.path().join("short"),
+            ..spec.clone()
+        };
+        std::fs::write(&short.hash_file, &hash[..hash.len() - 512]).unwrap();
+        assert!(Verifier::open(&path, &data, &short).is_err());
+        // A superblock claiming more blocks than the data has.
+        let mut big = hash.clone();
+        big[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
+        std::fs::write(&short.hash_file, &big).unwrap();
+        assert!(Verifier::open(&path, &data, &short).is_err());
+        let past = TreeSpec {
+            offset: u64::MAX,
+            ..spec.clone()
+        };
+        assert!(Verifier::open(&path, &data, &past).is_err());
+        // Less data than the tree covers.
+        assert!(Verifier::open(&path, &data[..1024], &spec).is_err());
+    }
+}
