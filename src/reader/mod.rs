@@ -89,7 +89,7 @@ impl OpenOptions {
         }
         if self.offset > primary.len() {
             return Err(Error::Invalid(format!(
-                "offset {} is past the end of {} ({} bytes)",
+                "offset {} is past the end of the file {} ({} bytes)",
                 self.offset,
                 path.display(),
                 primary.len()

@@ -137,10 +137,12 @@ impl SuperInfo {
         );
         let sb_size = SUPERBLOCK_BASE_SIZE + SUPERBLOCK_EXTSLOT_SIZE * usize::from(sb.sb_extslots);
         ensure!(
-            sb_size <= MAX_SUPERBLOCK_SIZE && sb_size <= bytes.len(),
+            sb_size <= MAX_SUPERBLOCK_SIZE && SUPERBLOCK_OFFSET + sb_size as u64 <= dev.len(),
             "superblock extension slots ({}) overrun the superblock area",
             sb.sb_extslots
         );
+        // The superblock with its extension slots.
+        let bytes = dev.slice(SUPERBLOCK_OFFSET, sb_size.max(bytes.len()) as u64)?;
         let compat = sb.feature_compat.get();
         let checksum = if compat & COMPAT_SB_CHKSUM != 0 {
             verify_checksum(dev, block_bits, sb.checksum.get())?;
