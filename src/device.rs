@@ -69,6 +69,25 @@ impl Device {
         whole.subrange(offset, whole.len() - offset)
     }
 
+    /// A device holding a copy of `bytes` in anonymous memory, named `name`
+    /// in errors: images built or mutated in memory (tests, fuzzing) read
+    /// through the same checked paths as mapped files.
+    pub fn from_bytes(name: &Path, bytes: &[u8]) -> Result<Self> {
+        // An anonymous map cannot be empty; one spare byte stays outside
+        // the device's range.
+        let mut anon =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(name, e))?;
+        anon[..bytes.len()].copy_from_slice(bytes);
+        let map = anon.make_read_only().map_err(|e| Error::io(name, e))?;
+        Ok(Self {
+            map: Arc::new(map),
+            start: 0,
+            len: bytes.len(),
+            path: name.to_path_buf(),
+            verity: None,
+        })
+    }
+
     /// Checks every block of the whole file against the tree `source`
     /// describes from now on; fails now if the tree or its root hash is
     /// wrong. Devices made from this one with [`Device::subrange`] later

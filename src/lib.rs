@@ -6,7 +6,7 @@
 //! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
 //!   data), knowing nothing of FUSE;
 //! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte layouts;
-//! - [`inspect`], [`manifest`], [`extract`]: tools built on the reader
+//! - [`inspect`], [`manifest`], [`extract`], [`fsck`]: tools built on the reader
 //!   (summaries, JSON-lines manifests, copying a tree out).
 
 #![warn(missing_docs)]
@@ -17,6 +17,7 @@ pub mod device;
 pub mod error;
 pub mod extract;
 pub mod format;
+pub mod fsck;
 pub mod fuse;
 pub mod inspect;
 pub mod manifest;

@@ -157,6 +157,14 @@ enum Command {
         #[command(flatten)]
         image: ImageArgs,
     },
+    /// Check the whole image, as fsck.erofs does: list every directory and
+    /// look each name up again, parse every inode, read every xattr,
+    /// symlink and byte of file data. Prints each problem with its path and
+    /// exits 1 if there was any; a clean image prints a summary and exits 0.
+    Fsck {
+        #[command(flatten)]
+        image: ImageArgs,
+    },
     /// Copy the whole tree out to a directory: contents, modes, owners (when
     /// run as root), times with nanoseconds, hard links, symlinks, device
     /// nodes, fifos and xattrs, like `fsck.erofs --extract`.
@@ -317,7 +325,8 @@ enum ConvertMode {
 
 /// Names of the subcommands, to recognise the mount-helper form.
 const SUBCOMMANDS: &[&str] = &[
-    "mount", "inspect", "ls", "cat", "stat", "manifest", "extract", "convert", "verity", "help",
+    "mount", "inspect", "ls", "cat", "stat", "manifest", "fsck", "extract", "convert", "verity",
+    "help",
 ];
 
 fn main() -> ExitCode {
@@ -369,6 +378,7 @@ fn main() -> ExitCode {
         Command::Cat { image, path } => cli::cat(&image, &path),
         Command::Stat { image, path, json } => cli::stat(&image, &path, json),
         Command::Manifest { image } => cli::manifest(&image),
+        Command::Fsck { image } => cli::fsck(&image),
         Command::Extract {
             image,
             dest,

@@ -320,6 +320,28 @@ pub fn manifest(args: &ImageArgs) -> CliResult {
     write_out(text.as_bytes())
 }
 
+/// `fsck`.
+pub fn fsck(args: &ImageArgs) -> CliResult {
+    let image = open(args)?;
+    let report = erofs_fuse::fsck::fsck(&image, &Default::default());
+    let name = args.image.display();
+    for problem in &report.problems {
+        eprintln!("{name}: {problem}");
+    }
+    let unlisted = report.problem_count - report.problems.len() as u64;
+    if unlisted > 0 {
+        eprintln!("{name}: ... and {unlisted} more problems");
+    }
+    let summary = format!(
+        "{name}: {} entries, {} inodes, {} bytes of data read",
+        report.entries, report.inodes, report.bytes_read
+    );
+    if report.problem_count > 0 {
+        return Err(format!("{summary}; {} problems", report.problem_count));
+    }
+    write_out(format!("{summary}; no problems\n").as_bytes())
+}
+
 /// `mount`.
 pub fn mount(
     args: &ImageArgs,

@@ -26,7 +26,7 @@ use super::SuperInfo;
 
 /// Decoder parameters for an image, from its superblock and `COMPR_CFGS`.
 #[derive(Debug, Clone)]
-pub(crate) struct Codecs {
+pub struct Codecs {
     /// Encoded data is right-aligned in its pcluster after zero bytes.
     zero_padding: bool,
     lzma_dict_size: u32,
@@ -34,13 +34,28 @@ pub(crate) struct Codecs {
 }
 
 impl Codecs {
-    /// Reads the compression configs that follow the superblock.
-    pub fn load(primary: &Device, sb: &SuperInfo) -> Result<Self> {
-        let mut codecs = Self {
-            zero_padding: sb.has_incompat(INCOMPAT_ZERO_PADDING),
+    /// Decoders as an image with these `COMPR_CFGS` records (algorithm,
+    /// payload) would have them, checked the same way; for decoding
+    /// pclusters outside an image (tests, fuzzing).
+    pub fn with_configs(zero_padding: bool, configs: &[(u8, &[u8])]) -> Result<Self> {
+        let mut codecs = Self::new(zero_padding);
+        for &(alg, data) in configs {
+            codecs.configure(alg, data)?;
+        }
+        Ok(codecs)
+    }
+
+    fn new(zero_padding: bool) -> Self {
+        Self {
+            zero_padding,
             lzma_dict_size: LZMA_MAX_DICT_SIZE,
             zstd_window_log: ZSTD_MAX_WINDOW_LOG,
-        };
+        }
+    }
+
+    /// Reads the compression configs that follow the superblock.
+    pub(crate) fn load(primary: &Device, sb: &SuperInfo) -> Result<Self> {
+        let mut codecs = Self::new(sb.has_incompat(INCOMPAT_ZERO_PADDING));
         if !sb.has_incompat(INCOMPAT_COMPR_CFGS) {
             return Ok(codecs);
         }

@@ -21,6 +21,7 @@ mod zsummary;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
+pub use decompress::Codecs;
 pub use devices::{DeviceSet, ExtraDevice};
 pub use dir::{DirEntry, DirIter, DirPos};
 pub use inode::{FileKind, Inode};

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Fuzzes erofs-fuse with cargo-fuzz (libFuzzer, AddressSanitizer, debug
+# assertions and overflow checks on): builds the targets in fuzz/, seeds
+# their corpora from tests/fixtures, runs each for a while and prints a
+# table of executions, coverage and findings.
+#
+#   scripts/fuzz.sh [--time SECS] [--parallel N] [TARGET...]
+#
+# Targets (default: all):
+#   image       open arbitrary bytes as an image; fsck it (readdir, lookup,
+#               every inode, xattr, symlink and byte of data) and read as
+#               the FUSE server does
+#   decompress  each decoder on arbitrary pclusters, output sizes, configs
+#   convert     convert arbitrary tar/tar.gz bytes in index, appended and
+#               full mode; whatever it writes must fsck clean
+#   verity      the tree superblock parser, and the block checker against
+#               whole-tree verification with flipped data and tree bytes
+# --time: seconds per target (default 60). --parallel: targets at once
+# (default: CPUs). Needs cargo-fuzz (installed from crates.io when
+# missing); a stable toolchain is used with RUSTC_BOOTSTRAP=1.
+#
+# Exits 1 if any target found a crash, a timeout (an input taking over 10 s)
+# or an out-of-memory (over 2 GiB); the input is kept in
+# fuzz/artifacts/TARGET/ and named in the output: turn it into a test in
+# tests/fuzz_regressions.rs. Corpora grow in fuzz/corpus/TARGET across runs
+# (not committed); logs are in target/fuzz-logs/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+secs=60 parallel=$(nproc) targets=()
+while (($#)); do
+    case "$1" in
+        --time) secs=$2; shift ;;
+        --parallel) parallel=$2; shift ;;
+        -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+        -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
+        *) targets+=("$1") ;;
+    esac
+    shift
+done
+((${#targets[@]})) || targets=(image decompress convert verity)
+declare -A max_len=([image]=262144 [decompress]=262144 [convert]=65536 [verity]=8192)
+for t in "${targets[@]}"; do
+    [ -n "${max_len[$t]:-}" ] || { echo "fuzz.sh: unknown target $t" >&2; exit 2; }
+done
+
+export RUSTC_BOOTSTRAP=1
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+logs=target/fuzz-logs seeds=target/fuzz-seeds
+mkdir -p "$logs"
+cargo build --quiet --release --example fuzz_seeds
+rm -rf "$seeds"
+target/release/examples/fuzz_seeds tests/fixtures "$seeds"
+(cd fuzz && cargo fuzz build --debug-assertions)
+
+run() { # target
+    local t=$1
+    mkdir -p "fuzz/corpus/$t"
+    (cd fuzz && cargo fuzz run --debug-assertions "$t" "corpus/$t" "../$seeds/$t" -- \
+        -max_total_time="$secs" -max_len="${max_len[$t]}" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1) >"$logs/$t.log" 2>&1
+}
+
+declare -A status
+running=()
+for t in "${targets[@]}"; do
+    run "$t" & running+=("$!:$t")
+    if ((${#running[@]} >= parallel)); then
+        for job in "${running[@]}"; do
+            if wait "${job%%:*}"; then status[${job#*:}]=0; else status[${job#*:}]=1; fi
+        done
+        running=()
+    fi
+done
+for job in "${running[@]}"; do
+    if wait "${job%%:*}"; then status[${job#*:}]=0; else status[${job#*:}]=1; fi
+done
+
+failed=0
+printf '%-11s %8s %12s %8s %8s %7s  %s\n' target seconds executions cov features corpus result
+for t in "${targets[@]}"; do
+    log=$logs/$t.log
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
+    took=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
+    last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+    cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$last")
+    ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$last")
+    corp=$(sed -n 's/.* corp: \([0-9]*\).*/\1/p' <<<"$last")
+    if [ "${status[$t]}" -eq 0 ]; then
+        result="no finding (${took:-?} exec/s)"
+    else
+        failed=1
+        artifact=$(grep -o 'artifact_prefix=[^;]*; Test unit written to [^ ]*' "$log" | sed 's/.*written to //' | tail -1)
+        result="FINDING: ${artifact:-see $log}"
+    fi
+    printf '%-11s %8s %12s %8s %8s %7s  %s\n' "$t" "$secs" "${execs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$result"
+done
+if ((failed)); then
+    echo "fuzz.sh: findings above; the logs are in $logs/" >&2
+    exit 1
+fi
