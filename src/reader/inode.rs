@@ -104,6 +104,13 @@ impl Inode {
         crate::format::xattr_ibody_size(self.xattr_icount)
     }
 
+    /// Byte offset of the on-disk inode in the primary device, or `None`
+    /// when it lives in the metabox (for `stat`, tests and tools that
+    /// patch images).
+    pub fn meta_offset(&self) -> Option<u64> {
+        (self.pos.space == MetaSpace::Primary).then_some(self.pos.offset)
+    }
+
     /// Whether this is a directory.
     pub fn is_dir(&self) -> bool {
         self.kind == FileKind::Directory

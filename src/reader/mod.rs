@@ -29,7 +29,7 @@ pub use superblock::SuperInfo;
 pub use walk::{WalkEntry, WalkVisitor, MAX_WALK_DEPTH};
 pub use xattr::{LongPrefix, Xattr};
 pub use zdata::{CacheStats, DEFAULT_CACHE_SIZE};
-pub use zsummary::{CompressedExtent, CompressionInfo, Stored};
+pub use zsummary::{CompressedExtent, CompressionInfo, Stored, MAX_LISTED_EXTENTS};
 
 use crate::device::Device;
 use crate::error::{Error, Result};

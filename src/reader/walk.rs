@@ -34,6 +34,17 @@ pub trait WalkVisitor {
     }
 }
 
+/// A directory being walked: where its path ends in the walk's path
+/// buffer, its inode and depth, and its children not visited yet (names
+/// only: paths are built in the one buffer, so a deep tree costs memory in
+/// proportion to its depth, not to depth times breadth).
+struct Frame {
+    path_len: usize,
+    inode: Inode,
+    depth: usize,
+    children: std::vec::IntoIter<(Vec<u8>, Inode)>,
+}
+
 impl Image {
     /// Walks the tree below `start` (`path` is its path) depth-first, in
     /// on-disk directory order, without recursion. A directory reached twice
@@ -50,13 +61,26 @@ impl Image {
             return Ok(());
         }
         seen.insert(root.inode.nid);
-        // Each frame: the directory and its remaining children.
-        let mut stack: Vec<(WalkEntry, std::vec::IntoIter<WalkEntry>)> = Vec::new();
-        let children = self.children(&root, &mut seen)?;
-        stack.push((root, children.into_iter()));
-        while let Some((_, children)) = stack.last_mut() {
-            match children.next() {
-                Some(child) => {
+        let mut path = root.path;
+        let mut stack = vec![Frame {
+            path_len: path.len(),
+            children: self.children(&root.inode, &path, &mut seen)?.into_iter(),
+            inode: root.inode,
+            depth: 0,
+        }];
+        while let Some(frame) = stack.last_mut() {
+            path.truncate(frame.path_len);
+            match frame.children.next() {
+                Some((name, inode)) => {
+                    if !path.ends_with(b"/") {
+                        path.push(b'/');
+                    }
+                    path.extend_from_slice(&name);
+                    let child = WalkEntry {
+                        path: path.clone(),
+                        inode,
+                        depth: frame.depth + 1,
+                    };
                     visitor.visit(&child)?;
                     if child.inode.is_dir() {
                         if stack.len() >= MAX_WALK_DEPTH {
@@ -65,12 +89,21 @@ impl Image {
                                 String::from_utf8_lossy(&child.path)
                             )));
                         }
-                        let grandchildren = self.children(&child, &mut seen)?;
-                        stack.push((child, grandchildren.into_iter()));
+                        stack.push(Frame {
+                            path_len: path.len(),
+                            children: self.children(&child.inode, &path, &mut seen)?.into_iter(),
+                            inode: child.inode,
+                            depth: child.depth,
+                        });
                     }
                 }
                 None => {
-                    if let Some((dir, _)) = stack.pop() {
+                    if let Some(frame) = stack.pop() {
+                        let dir = WalkEntry {
+                            path: path.clone(),
+                            inode: frame.inode,
+                            depth: frame.depth,
+                        };
                         visitor.leave_dir(&dir)?;
                     }
                 }
@@ -79,32 +112,30 @@ impl Image {
         Ok(())
     }
 
-    /// The entries of `dir` other than `.` and `..`, with their inodes.
-    fn children(&self, dir: &WalkEntry, seen: &mut HashSet<Nid>) -> Result<Vec<WalkEntry>> {
+    /// The entries of `dir` (at `path`) other than `.` and `..`, with
+    /// their inodes.
+    fn children(
+        &self,
+        dir: &Inode,
+        path: &[u8],
+        seen: &mut HashSet<Nid>,
+    ) -> Result<Vec<(Vec<u8>, Inode)>> {
         let mut out = Vec::new();
-        for item in self.read_dir(&dir.inode, DirPos::START)? {
+        for item in self.read_dir(dir, DirPos::START)? {
             let (entry, _) = item?;
             if entry.name == b"." || entry.name == b".." {
                 continue;
             }
-            let mut path = dir.path.clone();
-            if !path.ends_with(b"/") {
-                path.push(b'/');
-            }
-            path.extend_from_slice(&entry.name);
             let inode = self.inode(entry.nid)?;
             if inode.is_dir() && !seen.insert(inode.nid) {
                 return Err(Error::corrupt(format!(
-                    "directory {} (inode {}) is reached twice: the tree has a cycle",
-                    String::from_utf8_lossy(&path),
+                    "directory {}/{} (inode {}) is reached twice: the tree has a cycle",
+                    String::from_utf8_lossy(path).trim_end_matches('/'),
+                    String::from_utf8_lossy(&entry.name),
                     inode.nid
                 )));
             }
-            out.push(WalkEntry {
-                path,
-                inode,
-                depth: dir.depth + 1,
-            });
+            out.push((entry.name, inode));
         }
         Ok(out)
     }

@@ -66,20 +66,51 @@ pub enum Stored {
     Hole,
 }
 
+/// Most extents [`Image::compressed_extents`] lists (about 48 MiB of
+/// them): a hostile size cannot make the list grow without bound.
+pub const MAX_LISTED_EXTENTS: usize = 1 << 20;
+
 impl Image {
-    /// The extents of compressed `inode`, in file order.
+    /// The extents of compressed `inode`, in file order; at most
+    /// [`MAX_LISTED_EXTENTS`] (an error beyond that).
     pub fn compressed_extents(&self, inode: &Inode) -> Result<Vec<CompressedExtent>> {
+        let mut extents = Vec::new();
+        self.for_each_extent(inode, |ext| {
+            ensure!(
+                extents.len() < MAX_LISTED_EXTENTS,
+                "inode {}: more than {MAX_LISTED_EXTENTS} extents to list",
+                inode.nid
+            );
+            extents.push(ext);
+            Ok(())
+        })?;
+        Ok(extents)
+    }
+
+    /// Calls `f` with each extent of compressed `inode`, in file order.
+    /// Each mapping must end past the offset it was asked for, so the walk
+    /// always advances and ends at the file size.
+    fn for_each_extent(
+        &self,
+        inode: &Inode,
+        mut f: impl FnMut(CompressedExtent) -> Result<()>,
+    ) -> Result<()> {
         ensure!(
             inode.layout.is_compressed(),
             "inode {} is not compressed",
             inode.nid
         );
         let info = self.zinfo(inode)?;
-        let mut extents = Vec::new();
         let mut offset = 0;
         while offset < inode.size {
             let ext = self.zmap(inode, &info, offset)?;
-            extents.push(CompressedExtent {
+            let end = ext.start.saturating_add(ext.len);
+            ensure!(
+                end > offset,
+                "inode {}: the extent mapped at {offset} ends at {end}",
+                inode.nid
+            );
+            f(CompressedExtent {
                 start: ext.start,
                 len: ext.len,
                 stored: match ext.at {
@@ -97,15 +128,14 @@ impl Image {
                     _ => None,
                 },
                 partial: ext.partial,
-            });
-            offset = ext.start + ext.len;
+            })?;
+            offset = end;
         }
-        Ok(extents)
+        Ok(())
     }
 
     /// Summarizes how compressed `inode` is stored.
     pub fn compression_info(&self, inode: &Inode) -> Result<CompressionInfo> {
-        let extents = self.compressed_extents(inode)?;
         let info = self.zinfo(inode)?;
         let mut summary = CompressionInfo {
             compressed_size: inode.raw_addr << self.sb.block_bits,
@@ -114,10 +144,11 @@ impl Image {
             } else {
                 1 << info.lcluster_bits
             },
-            extents: extents.len() as u64,
             ..Default::default()
         };
-        for ext in &extents {
+        // Counted as they come: a huge file costs time, not memory.
+        self.for_each_extent(inode, |ext| {
+            summary.extents += 1;
             summary.partial_extents += u64::from(ext.partial);
             match ext.stored {
                 Stored::Fragment { .. } => summary.fragment_bytes += ext.len,
@@ -132,7 +163,8 @@ impl Image {
                 }
                 None => {}
             }
-        }
+            Ok(())
+        })?;
         Ok(summary)
     }
 }

@@ -126,6 +126,14 @@ impl Verifier {
                 hash.len()
             )));
         }
+        // Start reading the whole tree in the background now (it is about
+        // 1/128 of the data), as dm-verity prefetches hash blocks: else a
+        // cold read would stop on a page fault of the tree for each new
+        // group of data blocks. Only a hint; errors do not matter.
+        if let (Ok(start), Ok(len)) = (usize::try_from(tree_start), usize::try_from(tree_len)) {
+            let page = start % 4096;
+            let _ = hash.advise_range(memmap2::Advice::WillNeed, start - page, len + page);
+        }
         let levels = params.levels();
         let hash_blocks = params.hash_area_size() / u64::from(params.hash_block_size);
         let verifier = Self {

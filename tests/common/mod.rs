@@ -467,3 +467,69 @@ pub fn printed_root_hash(stdout: &[u8]) -> String {
     let line = text.lines().find_map(|l| l.strip_prefix("Root hash:"));
     line.expect("a Root hash: line").trim().to_string()
 }
+
+/// The pid of the erofs-fuse server serving `mountpoint`.
+pub fn server_pid(mountpoint: &Path) -> u32 {
+    let needle = mountpoint.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a.ends_with("erofs-fuse")) && args.contains(&needle) {
+            return pid;
+        }
+    }
+    panic!("no erofs-fuse server for {needle}");
+}
+
+/// A `/proc/PID/status` field in KiB.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// An lz4hc image of ~100 MB of data (a 64 MiB file and 400 small ones,
+/// half random, half compressible) made at test time.
+pub fn large_image(dir: &Path) -> PathBuf {
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(tree.join("small")).unwrap();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    // 8 KiB runs, alternately random and one repeated byte: some
+    // pclusters compress, some are stored plain.
+    let mut random = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                if i & 0x2000 == 0 {
+                    state as u8
+                } else {
+                    (i >> 13) as u8
+                }
+            })
+            .collect()
+    };
+    std::fs::write(tree.join("large.bin"), random(64 << 20)).unwrap();
+    for i in 0..400 {
+        std::fs::write(
+            tree.join("small").join(format!("f{i}")),
+            random(1 + i * 997 % 90_000),
+        )
+        .unwrap();
+    }
+    let image = dir.join("large.erofs");
+    run_ok(
+        Command::new("mkfs.erofs")
+            .args(["--quiet", "-zlz4hc", "-C65536"])
+            .arg(&image)
+            .arg(&tree),
+    );
+    image
+}
