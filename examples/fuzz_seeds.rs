@@ -56,7 +56,7 @@ impl WalkVisitor for Pclusters<'_> {
             let Some(pcluster) = self.bytes.get(addr as usize..(addr + len) as usize) else {
                 continue;
             };
-            let flags = alg | (u8::from(self.zero_padding) << 2) | (u8::from(extent.partial) << 3);
+            let flags = alg | (u8::from(self.zero_padding) << 3) | (u8::from(extent.partial) << 4);
             let out_len = (extent.len as u32).to_le_bytes();
             let mut seed = vec![flags, out_len[0], out_len[1], out_len[2]];
             seed.extend_from_slice(pcluster);
@@ -199,9 +199,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             tars.push((name.to_string(), bytes));
         }
     }
+    // 512-byte blocks (byte 0 = 0), i + 1 of them, then flip records
+    // (le32 offset, xor) into the tree (top bit clear) or the data.
     let verity = (0..8u8).map(|i| {
-        let mut seed = vec![i * 5, i * 9 + 1];
-        seed.extend((0..600u32).map(|j| (j * 31 + u32::from(i)) as u8));
+        let blocks = usize::from(i) + 1;
+        let mut seed = vec![0, i];
+        seed.extend((0..blocks * 512).map(|j| (j * 31 + usize::from(i)) as u8));
+        for k in 0..u32::from(i) {
+            let at = (k * 997 + u32::from(i) * 13) | if k % 2 == 1 { 0x8000_0000 } else { 0 };
+            seed.extend_from_slice(&at.to_le_bytes());
+            seed.push(1 << (k % 8));
+        }
         (format!("verity-{i}"), seed)
     });
     let counts = [

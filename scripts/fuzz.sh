@@ -51,6 +51,26 @@ mkdir -p "$logs"
 cargo build --quiet --release --example fuzz_seeds
 rm -rf "$seeds"
 target/release/examples/fuzz_seeds tests/fixtures "$seeds"
+# The fixtures are larger than the image target's max_len: small images of
+# a small tree in several layouts make whole seeds (mkfs.erofs, if present).
+if command -v mkfs.erofs >/dev/null; then
+    small=$(mktemp -d)
+    mkdir -p "$small/tree/d/e"
+    printf 'hello\n' > "$small/tree/a"
+    head -c 9000 /dev/zero | tr '\0' 'x' > "$small/tree/d/b"
+    head -c 5000 /dev/urandom > "$small/tree/d/e/c"
+    ln -s a "$small/tree/link"
+    ln "$small/tree/a" "$small/tree/d/hard"
+    setfattr -n user.x -v y "$small/tree/a" 2>/dev/null || true
+    i=0
+    for opts in "" "-b512" "-Enoinline_data" "--chunksize=4096" "-zlz4" "-zlz4hc -C16384" \
+        "-zlz4 -Eztailpacking" "-zlz4hc -Elegacy-compress" "-Eforce-inode-extended"; do
+        # shellcheck disable=SC2086
+        mkfs.erofs --quiet $opts "$seeds/image/small-$i.erofs" "$small/tree" >/dev/null 2>&1 || true
+        i=$((i + 1))
+    done
+    rm -rf "$small"
+fi
 (cd fuzz && cargo fuzz build --debug-assertions)
 
 run() { # target
@@ -63,6 +83,8 @@ run() { # target
 
 declare -A status
 running=()
+# Ctrl-C or an error stops the fuzzers too.
+trap 'kill $(jobs -p) 2>/dev/null || true' INT TERM
 for t in "${targets[@]}"; do
     run "$t" & running+=("$!:$t")
     if ((${#running[@]} >= parallel)); then
@@ -91,7 +113,11 @@ for t in "${targets[@]}"; do
     else
         failed=1
         artifact=$(grep -o 'artifact_prefix=[^;]*; Test unit written to [^ ]*' "$log" | sed 's/.*written to //' | tail -1)
-        result="FINDING: ${artifact:-see $log}"
+        if [ -n "$artifact" ]; then
+            result="FINDING: $artifact"
+        else
+            result="FAILED to run: see $log"
+        fi
     fi
     printf '%-11s %8s %12s %8s %8s %7s  %s\n' "$t" "$secs" "${execs:-?}" "${cov:-?}" "${ft:-?}" "${corp:-?}" "$result"
 done

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::verity::{Verifier, VeritySource, VerityStats};
+use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 
 /// A read-only byte range of a memory-mapped file.
 #[derive(Clone)]
@@ -25,6 +25,8 @@ pub struct Device {
     path: PathBuf,
     /// The tree the whole file is checked against, if any.
     verity: Option<Arc<Verifier>>,
+    /// Its background verification of ranges about to be read.
+    ahead: Option<Arc<VerifyAhead>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -59,6 +61,7 @@ impl Device {
             start: 0,
             path: path.to_path_buf(),
             verity: None,
+            ahead: None,
         };
         if offset > whole.len() {
             return Err(Error::Invalid(format!(
@@ -85,6 +88,7 @@ impl Device {
             len: bytes.len(),
             path: name.to_path_buf(),
             verity: None,
+            ahead: None,
         })
     }
 
@@ -103,7 +107,12 @@ impl Device {
             verifier.params().data_blocks,
             verifier.params().data_block_size
         );
-        self.verity = Some(Arc::new(verifier));
+        let verifier = Arc::new(verifier);
+        self.ahead = Some(Arc::new(VerifyAhead::new(
+            Arc::clone(&verifier),
+            Arc::clone(&self.map),
+        )));
+        self.verity = Some(verifier);
         Ok(())
     }
 
@@ -121,6 +130,7 @@ impl Device {
             len: len as usize,
             path: self.path.clone(),
             verity: self.verity.clone(),
+            ahead: self.ahead.clone(),
         })
     }
 
@@ -168,10 +178,14 @@ impl Device {
     }
 
     /// Asks the kernel to start reading `[offset, offset + len)` into the
-    /// page cache in the background (`MADV_WILLNEED`). Only a hint.
+    /// page cache in the background (`MADV_WILLNEED`), and with a verity
+    /// tree, to verify it in the background too. Only a hint.
     pub fn will_need(&self, offset: u64, len: u64) {
         if let Some((start, len)) = self.page_range(offset, len) {
             let _ = self.map.advise_range(memmap2::Advice::WillNeed, start, len);
+            if let Some(ahead) = &self.ahead {
+                ahead.request(start as u64, len as u64);
+            }
         }
     }
 

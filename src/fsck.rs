@@ -29,13 +29,32 @@ pub struct FsckLimits {
 }
 
 impl Default for FsckLimits {
-    /// No limit on entries and bytes: a real image is bounded by its size.
+    /// No limit on entries and bytes.
     fn default() -> Self {
         Self {
             max_entries: u64::MAX,
             max_file_bytes: u64::MAX,
             max_total_bytes: u64::MAX,
             max_problems: 1000,
+        }
+    }
+}
+
+impl FsckLimits {
+    /// Limits no real image reaches but that keep a hostile one linear in
+    /// its size: every directory entry takes at least 12 bytes of the
+    /// image, so listing more entries than that means directories share
+    /// their blocks (each would be listed again and again). File bytes are
+    /// not limited: deduplicated or compressed data may legitimately be
+    /// many times the image's size, and each inode is read only once.
+    pub fn for_image(image: &Image) -> Self {
+        let devices = image.devices();
+        let bytes = devices.extra.iter().fold(devices.primary.len(), |sum, d| {
+            sum.saturating_add(d.backing.len())
+        });
+        Self {
+            max_entries: bytes / 12 + 1024,
+            ..Self::default()
         }
     }
 }
@@ -90,7 +109,6 @@ struct Checker<'a> {
     limits: FsckLimits,
     report: FsckReport,
     checked: HashSet<Nid>,
-    entered: HashSet<Nid>,
     /// Every directory entered, as (parent's index, name): paths are
     /// rebuilt only for problems, so a deep tree costs no quadratic memory.
     names: Vec<(usize, Vec<u8>)>,
@@ -107,7 +125,6 @@ pub fn fsck(image: &Image, limits: &FsckLimits) -> FsckReport {
         limits: *limits,
         report: FsckReport::default(),
         checked: HashSet::new(),
-        entered: HashSet::new(),
         names: Vec::new(),
         buf: Vec::new(),
     };
@@ -171,6 +188,8 @@ impl Checker<'_> {
     /// Checks an inode's xattrs and contents once; true when it is a
     /// directory to enter.
     fn check_inode(&mut self, inode: &Inode, dir: Option<usize>, name: &[u8]) -> bool {
+        // Each inode once: hard links share the check, and a directory
+        // reached again is a cycle or a hard-linked directory.
         if !self.checked.insert(inode.nid) {
             if inode.is_dir() {
                 let e = Error::corrupt(format!(
@@ -195,7 +214,7 @@ impl Checker<'_> {
                 Ok(target) => self.report.bytes_read += target.len() as u64,
                 Err(e) => self.problem(dir, name, "readlink", e),
             },
-            FileKind::Directory => return self.entered.insert(inode.nid),
+            FileKind::Directory => return true,
             _ => {}
         }
         false

@@ -30,6 +30,16 @@ fn a_killed_server_leaves_enotconn_and_a_new_mount_works() {
     ) {
         return;
     }
+    // Nothing below may hang on the dead mount: fail the run instead.
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let watched = std::sync::Arc::clone(&done);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(120));
+        if !watched.load(Ordering::Relaxed) {
+            eprintln!("killed-server test: still running after 120 s: a hang on the dead mount");
+            std::process::exit(101);
+        }
+    });
     let image = fixture("plain-4k.erofs");
     let expected = std::fs::read(fixture("plain-4k.erofs")).unwrap();
     let mount = FuseMount::new(&image, &[], &[]);
@@ -71,10 +81,16 @@ fn a_killed_server_leaves_enotconn_and_a_new_mount_works() {
             "the reader got errno {errno} after the kill"
         );
     }
-    // The mountpoint answers ENOTCONN until unmounted, and does not hang.
-    let err = std::fs::metadata(&dir).expect_err("a dead mount answered stat");
+    // Until unmounted, whatever needs the server answers ENOTCONN at once
+    // (never hangs): a lookup of a name not in the kernel's cache, and a
+    // read once the page cache is dropped. (Attributes the kernel already
+    // holds, such as the mountpoint's, it may still answer from its cache:
+    // their timeouts are long because the image never changes.)
+    let err =
+        std::fs::metadata(dir.join("never-looked-up")).expect_err("a dead mount answered a lookup");
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
-    let err = std::fs::read_dir(&dir).expect_err("a dead mount was listed");
+    std::fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+    let err = std::fs::read(dir.join("hard/one")).expect_err("a dead mount served a read");
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
     // Unmount, mount again on the same directory: it works.
     run_ok(Command::new("fusermount3").arg("-u").arg(&dir));
@@ -84,6 +100,7 @@ fn a_killed_server_leaves_enotconn_and_a_new_mount_works() {
     // The image file was never written.
     assert_eq!(std::fs::read(&image).unwrap(), expected);
     drop(mount);
+    done.store(true, Ordering::Relaxed);
 }
 
 /// Every regular file below `root`.
@@ -202,7 +219,8 @@ fn sixteen_mixed_readers_under_cache_pressure() {
     let seconds: u64 = std::env::var("EROFS_FUSE_STRESS_MIXED_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(10)
+        .max(4);
     let work = tempfile::tempdir().unwrap();
     let image = large_image(work.path());
     let want = reference(&work.path().join("tree"));
@@ -215,28 +233,33 @@ fn sixteen_mixed_readers_under_cache_pressure() {
     let root = mount.path().to_path_buf();
     let pid = server_pid(&root);
     let ops = AtomicU64::new(0);
+    let finished = AtomicU64::new(0);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     // Resident memory sampled every second: (seconds in, KiB).
     let mut samples: Vec<(u64, u64)> = Vec::new();
     std::thread::scope(|s| {
         for seed in 0..16u64 {
-            let (root, want, ops) = (&root, &want, &ops);
-            s.spawn(move || mixed_reader(root, want, 0x5eed + seed, deadline, ops));
+            let (root, want, ops, finished) = (&root, &want, &ops, &finished);
+            s.spawn(move || {
+                mixed_reader(root, want, 0x5eed + seed, deadline, ops);
+                finished.fetch_add(1, Ordering::Relaxed);
+            });
         }
-        // Watchdog: requests must keep completing (no deadlock), and now
-        // and then the page cache is dropped so reads reach the server.
+        // Watchdog, until every reader is done: requests must keep
+        // completing (no deadlock). Now and then the page cache is dropped
+        // so reads reach the server.
         let mut last = (0, Instant::now());
-        while Instant::now() < deadline {
+        while finished.load(Ordering::Relaxed) < 16 {
             std::thread::sleep(Duration::from_secs(1));
             let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
             samples.push((start.elapsed().as_secs(), status_kib(pid, "VmRSS:")));
             let done = ops.load(Ordering::Relaxed);
             if done > last.0 {
                 last = (done, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(30) {
+            } else if last.1.elapsed() > Duration::from_secs(20) {
                 // The scope would wait for stuck readers forever.
-                eprintln!("stress: no request completed for 30 s: a deadlock");
+                eprintln!("stress: no request completed for 20 s: a deadlock");
                 std::process::exit(101);
             }
         }
@@ -262,10 +285,11 @@ fn sixteen_mixed_readers_under_cache_pressure() {
         peak < (cache_mib + 32) * 1024,
         "server peak RSS {peak} KiB with a {cache_mib} MiB cache"
     );
-    // Stable: no growth from the first third of the run to the last
-    // beyond allocator noise.
+    // Stable: no growth from the middle of the run to its end beyond the
+    // band RSS moves in by design (the map is trimmed every 8 MiB served;
+    // the cache fills to its budget).
     assert!(
-        late <= early + 8 * 1024,
+        late <= early + (8 + cache_mib) * 1024,
         "server RSS grew from {early} KiB to {late} KiB"
     );
 }

@@ -258,7 +258,7 @@ fn mutations(image: &Image, bytes: &[u8], seed: u64) -> Vec<Mutation> {
         // What follows the core: xattrs, then the chunk/block map,
         // compression map and indexes, or inline data.
         let core = *at + inode.inode_size() as usize;
-        if inode.xattr_size() > 0 {
+        if inode.xattr_size() > 12 {
             let shared = core + offset_of!(XattrIbodyHeader, h_shared_count);
             for value in [0xffu8, 0x7f, 1] {
                 out.push(Mutation {
@@ -269,7 +269,8 @@ fn mutations(image: &Image, bytes: &[u8], seed: u64) -> Vec<Mutation> {
                 });
             }
             for i in 0..4 {
-                let offset = 12 + (rng() as usize % inode.xattr_size().max(13) as usize - 12);
+                let offset =
+                    12 + rng() as usize % (inode.xattr_size() as usize).saturating_sub(12).max(1);
                 out.push(Mutation {
                     what: format!("{label} xattr body byte {offset} #{i}"),
                     at: core + offset,
@@ -297,12 +298,17 @@ fn mutations(image: &Image, bytes: &[u8], seed: u64) -> Vec<Mutation> {
 
     for (path, first, parent) in &layout.dirs {
         let count = read_le(bytes, first + offset_of!(Dirent, nameoff), 2) as usize / DIRENT_SIZE;
-        for i in 0..count.clamp(1, 6) {
+        for i in 0..count.clamp(1, 8) {
             let entry = first + i * DIRENT_SIZE;
             let label = format!("dir {path} dirent {i}");
             let dirent = fields!(Dirent: nid, nameoff, file_type);
             field_mutations(&mut out, bytes, entry, &label, &dirent, &mut rng);
-            // Point the entry at the root and at its own parent: cycles.
+            // Point a named entry (not `.` or `..`, which walks skip by
+            // name) at the root and at its parent: cycles.
+            let nameoff = read_le(bytes, entry + offset_of!(Dirent, nameoff), 2) as usize;
+            if bytes.get(first + nameoff) == Some(&b'.') {
+                continue;
+            }
             let root_nid = image.superblock().root_nid.0;
             for (whom, nid) in [("root", root_nid), ("parent", *parent)] {
                 out.push(Mutation {
@@ -422,20 +428,23 @@ fn targeted_corruptions_of_every_fixture_end_in_errors_not_panics() {
             .collect::<Vec<_>>(),
     );
     let cases = queue.lock().unwrap().len();
+    // What each worker is on, to name a case that hangs.
+    let running = std::sync::Mutex::new(vec![String::new(); workers]);
     let mut failures = Vec::new();
     let mut opened = 0;
     let mut clean = 0;
     let mut slowest = (Duration::ZERO, String::new());
     let mut heaviest = (0usize, String::new());
     std::thread::scope(|s| {
-        for _ in 0..workers {
+        for worker in 0..workers {
             let tx = tx.clone();
-            let queue = &queue;
+            let (queue, running) = (&queue, &running);
             s.spawn(move || loop {
                 let Some((name, bytes, devices, m)) = queue.lock().unwrap().pop() else {
                     break;
                 };
                 let label = format!("{name}: {}", m.what);
+                running.lock().unwrap()[worker] = label.clone();
                 let mut image = bytes.clone();
                 image[m.at..m.at + m.bytes.len()].copy_from_slice(&m.bytes);
                 if m.fix_checksum {
@@ -459,7 +468,10 @@ fn targeted_corruptions_of_every_fixture_end_in_errors_not_panics() {
             let Ok((label, result)) = rx.recv_timeout(CASE_TIMEOUT) else {
                 // The scope would wait for the stuck worker forever: end
                 // the whole test process instead.
-                eprintln!("mutation: a case did not finish within {CASE_TIMEOUT:?}: a hang");
+                let stuck = running.lock().map(|r| r.join("; ")).unwrap_or_default();
+                eprintln!(
+                    "mutation: no case finished within {CASE_TIMEOUT:?}: a hang in one of: {stuck}"
+                );
                 std::process::exit(101);
             };
             match result {

@@ -4,26 +4,14 @@
 #![no_main]
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use erofs_fuse::convert::{convert, ConvertOptions, Mode};
 use erofs_fuse::fsck::{fsck, FsckLimits};
 use erofs_fuse::{Image, OpenOptions};
 use libfuzzer_sys::fuzz_target;
 
-fn workdir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = Path::new("/dev/shm");
-        let base = if base.is_dir() {
-            base.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        tempfile::tempdir_in(base).expect("a scratch directory")
-    })
-    .path()
-}
+mod common;
+use common::workdir;
 
 fn check(image: &Path, devices: Vec<std::path::PathBuf>, what: &str) {
     let options = OpenOptions {

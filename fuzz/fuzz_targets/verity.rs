@@ -10,25 +10,13 @@
 #![no_main]
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use erofs_fuse::verity::{self, TreeSpec, Verifier, VerityParams};
 use libfuzzer_sys::fuzz_target;
 
-fn workdir() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = Path::new("/dev/shm");
-        let base = if base.is_dir() {
-            base.to_path_buf()
-        } else {
-            std::env::temp_dir()
-        };
-        tempfile::tempdir_in(base).expect("a scratch directory")
-    })
-    .path()
-}
+mod common;
+use common::workdir;
 
 fn flip(bytes: &mut [u8], at: u32, xor: u8) {
     if !bytes.is_empty() {

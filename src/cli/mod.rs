@@ -323,7 +323,8 @@ pub fn manifest(args: &ImageArgs) -> CliResult {
 /// `fsck`.
 pub fn fsck(args: &ImageArgs) -> CliResult {
     let image = open(args)?;
-    let report = erofs_fuse::fsck::fsck(&image, &Default::default());
+    let limits = erofs_fuse::fsck::FsckLimits::for_image(&image);
+    let report = erofs_fuse::fsck::fsck(&image, &limits);
     let name = args.image.display();
     for problem in &report.problems {
         eprintln!("{name}: {problem}");
@@ -336,8 +337,17 @@ pub fn fsck(args: &ImageArgs) -> CliResult {
         "{name}: {} entries, {} inodes, {} bytes of data read",
         report.entries, report.inodes, report.bytes_read
     );
-    if report.problem_count > 0 {
-        return Err(format!("{summary}; {} problems", report.problem_count));
+    if report.limited {
+        eprintln!(
+            "{name}: stopped after {} entries: directories share their blocks (more entries than the image could hold)",
+            report.entries
+        );
+    }
+    if report.problem_count > 0 || report.limited {
+        return Err(format!(
+            "{summary}; {} problems",
+            report.problem_count + u64::from(report.limited)
+        ));
     }
     write_out(format!("{summary}; no problems\n").as_bytes())
 }

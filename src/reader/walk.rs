@@ -35,9 +35,10 @@ pub trait WalkVisitor {
 }
 
 /// A directory being walked: where its path ends in the walk's path
-/// buffer, its inode and depth, and its children not visited yet (names
-/// only: paths are built in the one buffer, so a deep tree costs memory in
-/// proportion to its depth, not to depth times breadth).
+/// buffer, its inode and depth, and its children not visited yet, by name:
+/// paths are built in the one buffer, so a frame costs its children's
+/// names and inodes, never a full path per pending child (which made a
+/// deep and wide hostile tree cost depth x breadth x path length).
 struct Frame {
     path_len: usize,
     inode: Inode,

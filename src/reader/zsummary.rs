@@ -151,8 +151,12 @@ impl Image {
             summary.extents += 1;
             summary.partial_extents += u64::from(ext.partial);
             match ext.stored {
-                Stored::Fragment { .. } => summary.fragment_bytes += ext.len,
-                Stored::Inline { .. } => summary.inline_bytes += ext.len,
+                Stored::Fragment { .. } => {
+                    summary.fragment_bytes = summary.fragment_bytes.saturating_add(ext.len)
+                }
+                Stored::Inline { .. } => {
+                    summary.inline_bytes = summary.inline_bytes.saturating_add(ext.len)
+                }
                 _ => {}
             }
             match ext.algorithm {

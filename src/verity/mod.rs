@@ -13,7 +13,7 @@ mod source;
 mod verifier;
 
 pub use source::{parse_root, NoSuperblock, Sidecar, TreeSpec, VeritySource};
-pub use verifier::{Verifier, VerityStats};
+pub use verifier::{Verifier, VerifyAhead, VerityStats};
 
 use std::fs::File;
 use std::io;
