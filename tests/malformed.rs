@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 use erofs_fuse::{Error, Image, OpenOptions};
@@ -286,4 +287,35 @@ fn a_huge_sparse_file_extracts_at_once() {
     assert_eq!(meta.len(), u64::from(u32::MAX));
     use std::os::unix::fs::MetadataExt;
     assert!(meta.blocks() < 16, "the hole was written out");
+}
+
+#[test]
+fn fsck_reports_each_broken_file_by_path_and_a_clean_image_passes() {
+    let clean = run(Command::new(bin())
+        .arg("fsck")
+        .arg(fixture("plain-4k.erofs")));
+    assert!(
+        clean.status.success(),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(String::from_utf8_lossy(&clean.stdout).contains("no problems"));
+
+    // Two files broken in different ways: a bogus mode, and data blocks
+    // past the end of the image. Both must be reported, each by its path.
+    let mut bytes = bytes_of("plain-4k.erofs");
+    let image = Image::open(&fixture("plain-4k.erofs"), &OpenOptions::default()).unwrap();
+    let at = |path: &[u8]| image.resolve(path).unwrap().meta_offset().unwrap() as usize;
+    let (mode_at, data_at) = (at(b"/dup/a"), at(b"/sizes/rand_131172"));
+    bytes[mode_at + 4..mode_at + 6].copy_from_slice(&0o170644u16.to_le_bytes());
+    bytes[data_at + 16..data_at + 20].copy_from_slice(&0x00ff_ff00u32.to_le_bytes());
+    fix_checksum(&mut bytes);
+    let broken = write_image(&bytes);
+    let out = run(Command::new(bin()).arg("fsck").arg(broken.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for path in ["/dup/a", "/sizes/rand_131172"] {
+        assert!(stderr.contains(path), "{path} not reported:\n{stderr}");
+    }
+    assert!(stderr.contains("2 problems"), "{stderr}");
 }
