@@ -21,8 +21,9 @@
 #
 # Exits 1 if any target found a crash, a timeout (an input taking over 10 s)
 # or an out-of-memory (over 2 GiB); the input is kept in
-# fuzz/artifacts/TARGET/ and named in the output: turn it into a test in
-# tests/fuzz_regressions.rs. Corpora grow in fuzz/corpus/TARGET across runs
+# fuzz/artifacts/TARGET/ and named in the output: copy it to
+# tests/fuzz-regressions/TARGET/ (tests/fuzz_regressions.rs replays it).
+# Corpora grow in fuzz/corpus/TARGET across runs
 # (not committed); logs are in target/fuzz-logs/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
