@@ -27,7 +27,8 @@
 #   seq-read      dd of the largest file (256 MB), 1 MiB blocks (MB/s);
 #                 warm: four passes
 #   rand-4k       fio random 4 KiB reads of the largest file, 10 s (IOPS)
-# Times are the best of 3 rounds, the implementations taking turns in each.
+# Times are the best of 3 rounds (5 for the verity table, whose overhead is
+# the median of paired rounds), the implementations taking turns in each.
 # Ratios: time / kernel time (lower is better), throughput / kernel
 # throughput (higher is better).
 set -euo pipefail
@@ -188,18 +189,29 @@ measure_one() { # impl metric
 # Every metric for every implementation, best of 3. The implementations take
 # turns within each round, so a machine that drifts (disk, noisy
 # neighbours) weighs on all of them alike and the ratios stay fair.
+# The verity table also keeps each round's with/without pair: its overhead
+# is the median of the paired ratios, which a lucky round of one side
+# (this machine's "cold" reads are sometimes served by the host's cache)
+# cannot skew the way a best-of-N against a best-of-N can.
+declare -A pairs
 measure_all() {
-    local impl metric run best
+    local impl metric run best rounds=3
+    [ "$table" = verity ] && rounds=5
     for metric in "${metrics[@]}"; do
-        for run in 1 2 3; do
+        for run in $(seq "$rounds"); do
+            declare -A this_round=()
             for impl in "${impls[@]}"; do
                 measure_one "$impl" "$metric"
+                this_round[$impl]=$value
                 best=${result[$table,$impl,$metric]:-}
                 if [ -z "$best" ]; then best=$value
                 elif [ "$metric" = rand-4k ]; then best=$(python3 -c "print(max($best, $value))")
                 else best=$(python3 -c "print(min($best, $value))"); fi
                 result[$table,$impl,$metric]=$best
             done
+            if [ "$table" = verity ]; then
+                pairs[$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity]} / ${this_round[erofs-fuse]})")"
+            fi
             [ "$metric" = rand-4k ] && break  # 10 s runs: one round is enough
         done
         for impl in "${impls[@]}"; do
@@ -271,9 +283,13 @@ if wanted verity; then
     print_table "Uncompressed image with and without --verity (sha256, 4 KiB blocks)"
 fi
 wanted verity && for metric in "${v_metrics[@]}"; do
-    # Every verity figure is a time: overhead = extra time.
-    python3 -c "import sys; m, a, b = sys.argv[1:]; print('verity overhead, %s: %+.1f%%' % (m, 100 * (float(b) / float(a) - 1)))" \
-        "$metric" "${result[verity,erofs-fuse,$metric]}" "${result[verity,erofs-fuse-verity,$metric]}"
+    # Every verity figure is a time: overhead = extra time, per round.
+    python3 -c "
+import statistics, sys
+m, ratios = sys.argv[1], [float(r) for r in sys.argv[2].split()]
+print('verity overhead, %s: %+.1f%% (median of %d paired rounds; %+.1f%% to %+.1f%%)' % (
+    m, 100 * (statistics.median(ratios) - 1), len(ratios), 100 * (min(ratios) - 1), 100 * (max(ratios) - 1)))
+" "$metric" "${pairs[$metric]}"
 done
 echo "Times: lower is better; MB/s and IOPS: higher is better. Ratios are against kernel erofs."
 [ "$clean" -eq 0 ] || rm -rf "$work"
