@@ -16,6 +16,12 @@ use memmap2::Mmap;
 use crate::error::{Error, Result};
 use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 
+/// Reads larger than this that miss the verified blocks start verifying
+/// ahead ([`AHEAD_STRETCH`] bytes after them).
+const AHEAD_MIN_READ: u64 = 4096;
+/// How far past such a read to verify ahead.
+const AHEAD_STRETCH: u64 = 4 << 20;
+
 /// A read-only byte range of a memory-mapped file.
 #[derive(Clone)]
 pub struct Device {
@@ -156,7 +162,17 @@ impl Device {
     pub fn slice(&self, offset: u64, len: u64) -> Result<&[u8]> {
         let start = self.bounds(offset, len)?;
         if let Some(verity) = &self.verity {
-            verity.check(&self.map, start as u64, len)?;
+            let missed = verity.check_missed(&self.map, start as u64, len)?;
+            // A file's data had to be hashed on the request path: the
+            // files laid out after it are likely read next (mkfs writes
+            // them in the order tar and walks read them), so verify the
+            // stretch that follows in the background. Metadata reads are
+            // smaller and do not start this.
+            if missed && len > AHEAD_MIN_READ {
+                if let Some(ahead) = &self.ahead {
+                    ahead.request(start as u64 + len, AHEAD_STRETCH);
+                }
+            }
         }
         // In bounds: checked above.
         Ok(&self.map[start..start + len as usize])

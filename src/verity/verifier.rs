@@ -209,6 +209,19 @@ impl Verifier {
                 self.covered()
             )));
         }
+        self.check_blocks(data, offset, end, true).map(|_| ())
+    }
+
+    /// [`Verifier::check`], also telling whether any block had to be
+    /// hashed now (it was not verified before).
+    pub fn check_missed(&self, data: &[u8], offset: u64, len: u64) -> Result<bool, VerityError> {
+        if len == 0 {
+            return Ok(false);
+        }
+        let end = offset.saturating_add(len);
+        if end > self.covered() {
+            return self.check(data, offset, len).map(|_| false);
+        }
         self.check_blocks(data, offset, end, true)
     }
 
@@ -222,20 +235,23 @@ impl Verifier {
         }
     }
 
+    /// Checks the blocks of `[offset, end)`; true when any was hashed now.
     fn check_blocks(
         &self,
         data: &[u8],
         offset: u64,
         end: u64,
         report: bool,
-    ) -> Result<(), VerityError> {
+    ) -> Result<bool, VerityError> {
         let bits = self.params.data_block_size.trailing_zeros();
+        let mut missed = false;
         for block in offset >> bits..=(end - 1) >> bits {
             if !self.data_done.get(block) {
                 self.check_data_block(data, block, report)?;
+                missed = true;
             }
         }
-        Ok(())
+        Ok(missed)
     }
 
     fn check_data_block(&self, data: &[u8], block: u64, report: bool) -> Result<(), VerityError> {
