@@ -136,7 +136,8 @@ impl Verifier {
         // of the data; its first 64 MiB, for 8 GB of data), as dm-verity
         // prefetches hash blocks: else a cold read would stop on a page
         // fault of the tree for each new group of data blocks. Only a hint.
-        if let (Ok(start), Ok(len)) = (usize::try_from(tree_start), usize::try_from(tree_len)) {
+        if let (Ok(start), Ok(len @ 1..)) = (usize::try_from(tree_start), usize::try_from(tree_len))
+        {
             let _ = hash.advise_range(memmap2::Advice::WillNeed, start, len.min(64 << 20));
         }
         let levels = params.levels();
@@ -198,18 +199,7 @@ impl Verifier {
     /// (the whole data file), hashing those not verified before. A range
     /// reaching past the covered blocks fails: those bytes have no hash.
     pub fn check(&self, data: &[u8], offset: u64, len: u64) -> Result<(), VerityError> {
-        if len == 0 {
-            return Ok(());
-        }
-        let end = offset.saturating_add(len);
-        if end > self.covered() {
-            return Err(VerityError::Invalid(format!(
-                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
-                self.data_path.display(),
-                self.covered()
-            )));
-        }
-        self.check_blocks(data, offset, end, true).map(|_| ())
+        self.check_missed(data, offset, len).map(|_| ())
     }
 
     /// [`Verifier::check`], also telling whether any block had to be
@@ -220,7 +210,11 @@ impl Verifier {
         }
         let end = offset.saturating_add(len);
         if end > self.covered() {
-            return self.check(data, offset, len).map(|_| false);
+            return Err(VerityError::Invalid(format!(
+                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
+                self.data_path.display(),
+                self.covered()
+            )));
         }
         self.check_blocks(data, offset, end, true)
     }
