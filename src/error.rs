@@ -37,6 +37,9 @@ pub enum Error {
     /// A block failed verity verification, or a verity tree is unusable.
     #[error("verity: {0}")]
     Verity(#[from] crate::verity::VerityError),
+    /// A change to a read-only filesystem was asked for.
+    #[error("read-only file system")]
+    ReadOnly,
     /// The caller asked for something invalid (bad argument, bad option).
     #[error("{0}")]
     Invalid(String),
@@ -67,6 +70,7 @@ impl Error {
             Self::IsDir => libc_errno::EISDIR,
             Self::NotSymlink => libc_errno::EINVAL,
             Self::Invalid(_) => libc_errno::EINVAL,
+            Self::ReadOnly => libc_errno::EROFS,
         }
     }
 }
@@ -78,6 +82,7 @@ mod libc_errno {
     pub const ENOTDIR: i32 = 20;
     pub const EISDIR: i32 = 21;
     pub const EINVAL: i32 = 22;
+    pub const EROFS: i32 = 30;
     pub const EOPNOTSUPP: i32 = 95;
 }
 

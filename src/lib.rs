@@ -5,6 +5,8 @@
 //! - [`device`]: read-only memory maps of image files and ranges of them;
 //! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
 //!   data), knowing nothing of FUSE;
+//! - [`view`]: read-only trees served through FUSE: one image, a merged
+//!   [`overlay`] stack of layers, or the layer [`store`];
 //! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte layouts;
 //! - [`inspect`], [`manifest`], [`extract`], [`fsck`]: tools built on the reader
 //!   (summaries, JSON-lines manifests, copying a tree out).
@@ -21,8 +23,10 @@ pub mod fsck;
 pub mod fuse;
 pub mod inspect;
 pub mod manifest;
+pub mod overlay;
 pub mod reader;
 pub mod verity;
+pub mod view;
 
 pub use error::{Error, Result};
 pub use format::Nid;

@@ -27,6 +27,13 @@ struct Cli {
 pub struct ImageArgs {
     /// The EROFS image file.
     image: PathBuf,
+    #[command(flatten)]
+    open: OpenArgs,
+}
+
+/// How to open an image: its devices, cache and verity.
+#[derive(Args, Clone)]
+pub struct OpenArgs {
     /// File backing the next extra device, in device-table order (repeat
     /// for several). Without it, extra devices are read from the image file
     /// itself at the offsets its device table gives, as containerd's
@@ -86,10 +93,28 @@ enum Command {
     /// auto_unmount, debug; fstab words like defaults, user, nofail, _netdev
     /// and x-* are accepted and ignored.
     Mount {
+        /// IMAGE MOUNTPOINT: the image and the existing directory to mount
+        /// it on; with --layer, only MOUNTPOINT.
+        #[arg(value_names = ["IMAGE", "MOUNTPOINT"], num_args = 1..=2, required = true)]
+        paths: Vec<PathBuf>,
         #[command(flatten)]
-        image: ImageArgs,
-        /// Existing directory to mount on.
-        mountpoint: PathBuf,
+        open: OpenArgs,
+        /// Mount the merged tree of a stack of layers instead of one image,
+        /// as overlayfs would show it: give each layer in order, the bottom
+        /// one first and the top one last, each with the files backing its
+        /// extra devices (a tar-index layer's tar) after colons. Upper
+        /// entries hide lower ones; whiteouts (0:0 character devices or OCI
+        /// .wh.NAME files) delete; opaque directories (trusted.overlay.opaque=y
+        /// or .wh..wh..opq) hide what is below; the markers never show.
+        /// Layers are merged lazily, a directory at a time.
+        #[arg(long = "layer", value_name = "IMAGE[:DEVICE...]")]
+        layers: Vec<String>,
+        /// Namespace to present the image's overlayfs xattrs in: "user"
+        /// shows trusted.overlay.* as user.overlay.*, which rootless kernel
+        /// overlayfs (-o userxattr) reads, so a mounted layer keeps its
+        /// opaque directories when stacked by an unprivileged user.
+        #[arg(long, value_enum, default_value = "trusted", value_name = "NAMESPACE")]
+        overlay_xattrs: OverlayXattrsArg,
         /// Serve in the foreground (logs on stderr); SIGINT or SIGTERM
         /// unmounts cleanly.
         #[arg(short, long)]
@@ -240,6 +265,15 @@ enum Command {
     },
 }
 
+/// `mount --overlay-xattrs`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OverlayXattrsArg {
+    /// As stored.
+    Trusted,
+    /// trusted.overlay.* shown as user.overlay.*.
+    User,
+}
+
 /// `verity` subcommands.
 #[derive(Debug, Subcommand)]
 enum VerityCommand {
@@ -360,14 +394,27 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Mount {
-            image,
-            mountpoint,
+            paths,
+            open,
+            layers,
+            overlay_xattrs,
             foreground,
             threads,
             options,
             debug: _,
             log_file: _,
-        } => cli::mount(&image, &mountpoint, foreground, threads, &options),
+        } => cli::mount(&cli::MountArgs {
+            paths,
+            open,
+            layers,
+            overlay_xattrs: match overlay_xattrs {
+                OverlayXattrsArg::Trusted => erofs_fuse::view::OverlayXattrs::Trusted,
+                OverlayXattrsArg::User => erofs_fuse::view::OverlayXattrs::User,
+            },
+            foreground,
+            threads,
+            options,
+        }),
         Command::Inspect { image, json } => cli::inspect(&image, json),
         Command::Ls {
             image,

@@ -1,14 +1,14 @@
 //! Command implementations: open the image, call the library, print.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use erofs_fuse::inspect::{format_utc, mode_string, EntrySummary, ImageSummary};
 use erofs_fuse::reader::{FileKind, WalkEntry, WalkVisitor};
 use erofs_fuse::verity::VeritySource;
 use erofs_fuse::{Image, Inode, OpenOptions};
 
-use crate::ImageArgs;
+use crate::{ImageArgs, OpenArgs};
 
 /// A command's failure, already phrased for the user.
 pub type CliResult = Result<(), String>;
@@ -50,6 +50,10 @@ pub fn init_logging(verbose: u8, file: Option<&Path>) -> Result<(), String> {
 }
 
 fn open(args: &ImageArgs) -> Result<Image, String> {
+    open_with(&args.image, &args.open)
+}
+
+fn open_with(path: &Path, args: &OpenArgs) -> Result<Image, String> {
     let options = OpenOptions {
         devices: args.devices.clone(),
         offset: args.offset,
@@ -60,10 +64,10 @@ fn open(args: &ImageArgs) -> Result<Image, String> {
             .or_else(|| args.dmverity.clone().map(VeritySource::Sidecar)),
         device_verity: args.device_verity.clone(),
     };
-    Image::open(&args.image, &options).map_err(|e| match e {
+    Image::open(path, &options).map_err(|e| match e {
         // These already name the file they concern.
         erofs_fuse::Error::Io { .. } => e.to_string(),
-        _ => format!("{}: {e}", args.image.display()),
+        _ => format!("{}: {e}", path.display()),
     })
 }
 
@@ -352,46 +356,103 @@ pub fn fsck(args: &ImageArgs) -> CliResult {
     write_out(format!("{summary}; no problems\n").as_bytes())
 }
 
+/// What `mount` was given.
+pub struct MountArgs {
+    /// IMAGE MOUNTPOINT, or MOUNTPOINT alone with layers.
+    pub paths: Vec<PathBuf>,
+    /// How to open the image (and each layer).
+    pub open: OpenArgs,
+    /// `--layer` values, bottom first.
+    pub layers: Vec<String>,
+    /// `--overlay-xattrs`.
+    pub overlay_xattrs: erofs_fuse::view::OverlayXattrs,
+    /// `-f`.
+    pub foreground: bool,
+    /// `--threads`.
+    pub threads: Option<usize>,
+    /// `-o` values.
+    pub options: Vec<String>,
+}
+
 /// `mount`.
-pub fn mount(
-    args: &ImageArgs,
-    mountpoint: &Path,
-    foreground: bool,
-    threads: Option<usize>,
-    options: &[String],
-) -> CliResult {
+pub fn mount(args: &MountArgs) -> CliResult {
     use erofs_fuse::fuse::options::MountOptions;
     use erofs_fuse::fuse::session::{mount, MountRequest};
-    let options = MountOptions::parse(options).map_err(|e| e.to_string())?;
-    let mut args = args.clone();
-    args.devices.extend(options.devices.iter().cloned());
-    args.device_verity
+    use erofs_fuse::view::{ImageView, View};
+    use std::sync::Arc;
+    let options = MountOptions::parse(&args.options).map_err(|e| e.to_string())?;
+    let mut open = args.open.clone();
+    open.devices.extend(options.devices.iter().cloned());
+    open.device_verity
         .extend(options.device_verity.iter().cloned());
     if let Some(source) = &options.verity {
-        if args.verity.is_some() || args.dmverity.is_some() {
+        if open.verity.is_some() || open.dmverity.is_some() {
             return Err("verity given both as an option and with -o".into());
         }
-        args.verity = Some(source.clone());
+        open.verity = Some(source.clone());
     }
     if let Some(size) = options.cache_size {
-        args.cache_size = size;
+        open.cache_size = size;
     }
-    let image = open(&args)?;
-    let threads =
-        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let fsname = std::fs::canonicalize(&args.image)
-        .unwrap_or_else(|_| args.image.clone())
+    let (source, mountpoint, view): (PathBuf, &PathBuf, Arc<dyn View>) =
+        match (args.paths.as_slice(), args.layers.is_empty()) {
+            ([image, mountpoint], true) => {
+                let view = ImageView::new(Arc::new(open_with(image, &open)?), args.overlay_xattrs);
+                (image.clone(), mountpoint, Arc::new(view))
+            }
+            ([mountpoint], false) => {
+                let stack = open_stack(&args.layers, &open)?;
+                let top = args.layers.last().map(|l| l.split(':').next().unwrap_or(l));
+                (
+                    PathBuf::from(top.unwrap_or("layers")),
+                    mountpoint,
+                    Arc::new(stack),
+                )
+            }
+            (_, true) => return Err("mount needs IMAGE and MOUNTPOINT".into()),
+            (_, false) => return Err("with --layer, mount takes only MOUNTPOINT".into()),
+        };
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let fsname = std::fs::canonicalize(&source)
+        .unwrap_or_else(|_| source.clone())
         .display()
         .to_string();
     mount(MountRequest {
-        image: std::sync::Arc::new(image),
-        mountpoint: mountpoint.to_path_buf(),
+        view,
+        mountpoint: mountpoint.clone(),
         options,
-        foreground,
+        foreground: args.foreground,
         threads,
         fsname,
     })
-    .map_err(|e| format!("mount {}: {e}", args.image.display()))
+    .map_err(|e| format!("mount {}: {e}", source.display()))
+}
+
+/// Opens the layers of `mount --layer` (IMAGE[:DEVICE...] each, bottom
+/// first) as one stack, with `open`'s cache size.
+fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay::Stack, String> {
+    if open.verity.is_some()
+        || open.dmverity.is_some()
+        || !open.devices.is_empty()
+        || !open.device_verity.is_empty()
+        || open.offset != 0
+    {
+        return Err(
+            "with --layer, give each layer's devices after colons; --device, --offset and verity apply to single images"
+                .into(),
+        );
+    }
+    let mut images = Vec::with_capacity(layers.len());
+    for layer in layers {
+        let mut parts = layer.split(':');
+        let image = PathBuf::from(parts.next().unwrap_or_default());
+        let mut this = open.clone();
+        this.devices = parts.map(PathBuf::from).collect();
+        images.push(std::sync::Arc::new(open_with(&image, &this)?));
+    }
+    erofs_fuse::overlay::Stack::new(images).map_err(|e| e.to_string())
 }
 
 /// `extract`.

@@ -1,9 +1,9 @@
-//! The FUSE adapter: answers kernel requests from a [`Image`]. Thin by
-//! design: it maps inode numbers to nids, turns inodes into attributes and
-//! library errors into errno values, and shapes replies. It knows nothing of
-//! byte layouts.
+//! The FUSE adapter: answers kernel requests from a [`View`]. Thin by
+//! design: it turns attributes into FUSE's, library errors into errno
+//! values, enforces the caller-dependent xattr visibility and shapes
+//! replies. It knows nothing of byte layouts.
 //!
-//! The image is immutable, so replies carry long cache lifetimes, files open
+//! Views are immutable, so replies carry long cache lifetimes, files open
 //! with `FOPEN_KEEP_CACHE` and directories with `FOPEN_CACHE_DIR`: the
 //! kernel's caches serve repeated access without asking again.
 
@@ -24,8 +24,8 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::format::Nid;
-use crate::reader::{DirPos, Image, Inode};
+use crate::format::FileType;
+use crate::view::{Attr, DirItem, View};
 
 use convert::{encode_dev, fuse_type, in_initial_user_namespace, reply_xattr, to_system_time};
 
@@ -67,10 +67,9 @@ fn prefetch_window(offset: u64, len: u64) -> (u64, u64) {
     }
 }
 
-/// The FUSE filesystem over one image.
+/// The FUSE filesystem over a [`View`].
 pub struct ErofsFs {
-    image: Arc<Image>,
-    root: Nid,
+    view: Arc<dyn View>,
     block_size: u32,
     /// The kernel can do without OPEN/OPENDIR (answering ENOSYS makes it
     /// stop sending them, with KEEP_CACHE/CACHE_DIR as the default).
@@ -87,14 +86,12 @@ pub struct ErofsFs {
 }
 
 impl ErofsFs {
-    /// Serves `image`; `default_permissions` says whether the mount lets
-    /// the kernel enforce the image's permissions.
-    pub fn new(image: Arc<Image>, default_permissions: bool) -> Self {
-        let root = image.superblock().root_nid;
-        let block_size = image.block_size() as u32;
+    /// Serves `view`; `default_permissions` says whether the mount lets
+    /// the kernel enforce its permissions.
+    pub fn new(view: Arc<dyn View>, default_permissions: bool) -> Self {
+        let block_size = view.block_size();
         Self {
-            image,
-            root,
+            view,
             block_size,
             no_open: false,
             no_opendir: false,
@@ -104,59 +101,12 @@ impl ErofsFs {
         }
     }
 
-    /// Inode numbers: the root is 1 (FUSE_ROOT_ID), every other nid n is
-    /// n + 2, so hard links share an inode number and numbers are stable.
-    fn ino(&self, nid: Nid) -> INodeNo {
-        if nid == self.root {
-            INodeNo(1)
-        } else {
-            INodeNo(nid.0.wrapping_add(2))
-        }
-    }
-
-    fn nid(&self, ino: INodeNo) -> Nid {
-        if ino.0 == 1 {
-            self.root
-        } else {
-            Nid(ino.0.wrapping_sub(2))
-        }
-    }
-
-    /// Answers a read from `inode`, assembling in `scratch` what cannot be
-    /// borrowed from the image map.
-    fn serve_read(
-        &self,
-        inode: &Inode,
-        ino: INodeNo,
-        offset: u64,
-        size: u32,
-        scratch: &mut Vec<u8>,
-        reply: ReplyData,
-    ) {
-        match self
-            .image
-            .read_range_with(inode, offset, u64::from(size), scratch)
-        {
-            Ok(bytes) => {
-                reply.data(bytes);
-                self.account(bytes.len() as u64);
-                // A readahead-sized read means a sequential reader: start
-                // the disk on what it will ask for next.
-                if size >= SEQUENTIAL_READ && !bytes.is_empty() {
-                    let (ahead, len) = prefetch_window(offset, bytes.len() as u64);
-                    self.image.prefetch(inode, ahead, len);
-                }
-            }
-            Err(e) => reply.error(self.fail("read", ino, e)),
-        }
-    }
-
-    /// Counts `bytes` served, unmapping the image every [`TRIM_EVERY`].
+    /// Counts `bytes` served, unmapping the images every [`TRIM_EVERY`].
     fn account(&self, bytes: u64) {
         use std::sync::atomic::Ordering;
         let before = self.served.fetch_add(bytes, Ordering::Relaxed);
         if before / TRIM_EVERY != (before + bytes) / TRIM_EVERY {
-            self.image.release_mapped();
+            self.view.release_mapped();
             // Decode buffers freed by cache evictions sit in the serving
             // threads' malloc arenas; hand them back so resident memory
             // follows the cache budget rather than its past peaks.
@@ -168,17 +118,19 @@ impl ErofsFs {
         }
     }
 
-    fn inode(&self, ino: INodeNo) -> Result<Inode, Errno> {
+    /// Attributes of `ino`, counted as a metadata request.
+    fn attr(&self, op: &str, ino: INodeNo) -> Result<Attr, Errno> {
         self.account(METADATA_REQUEST);
-        self.image
-            .inode(self.nid(ino))
-            .map_err(|e| self.fail("inode", ino, e))
+        self.view.attr(ino.0).map_err(|e| self.fail(op, ino, e))
     }
 
     /// Logs a failure once, at a level fitting its cause, and gives its errno.
     fn fail(&self, op: &str, ino: INodeNo, err: crate::Error) -> Errno {
         match err {
-            crate::Error::NotFound | crate::Error::NotDir | crate::Error::IsDir => {
+            crate::Error::NotFound
+            | crate::Error::NotDir
+            | crate::Error::IsDir
+            | crate::Error::ReadOnly => {
                 tracing::debug!("{op} inode {}: {err}", ino.0)
             }
             _ => tracing::error!("{op} inode {}: {err}", ino.0),
@@ -186,26 +138,40 @@ impl ErofsFs {
         Errno::from_i32(err.errno())
     }
 
-    fn attr(&self, inode: &Inode) -> FileAttr {
-        let mtime = to_system_time(inode.mtime, inode.mtime_nsec);
-        let (major, minor) = inode.kind.rdev();
+    fn file_attr(&self, attr: &Attr) -> FileAttr {
+        let mtime = to_system_time(attr.mtime, attr.mtime_nsec);
         FileAttr {
-            ino: self.ino(inode.nid),
-            size: inode.size,
-            blocks: inode.size.div_ceil(512),
+            ino: INodeNo(attr.ino),
+            size: attr.size,
+            blocks: attr.size.div_ceil(512),
             atime: mtime,
             mtime,
             ctime: mtime,
             crtime: mtime,
-            kind: fuse_type(inode.kind.file_type()),
-            perm: inode.permissions() as u16,
-            nlink: inode.nlink,
-            uid: inode.uid,
-            gid: inode.gid,
-            rdev: encode_dev(major, minor),
+            kind: fuse_type(attr.kind),
+            perm: attr.perm,
+            nlink: attr.nlink,
+            uid: attr.uid,
+            gid: attr.gid,
+            rdev: encode_dev(attr.rdev.0, attr.rdev.1),
             blksize: self.block_size,
             flags: 0,
         }
+    }
+
+    /// Lists a directory into `add`, which returns true once full.
+    fn list(
+        &self,
+        op: &str,
+        ino: INodeNo,
+        offset: u64,
+        plus: bool,
+        add: &mut dyn FnMut(DirItem<'_>) -> bool,
+    ) -> Result<(), Errno> {
+        self.account(METADATA_REQUEST);
+        self.view
+            .read_dir(ino.0, offset, plus, add)
+            .map_err(|e| self.fail(op, ino, e))
     }
 }
 
@@ -239,38 +205,26 @@ impl Filesystem for ErofsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let result = self.inode(parent).and_then(|dir| {
-            let entry = self
-                .image
-                .lookup(&dir, name.as_bytes())
-                .map_err(|e| self.fail("lookup", parent, e))?
-                .ok_or(Errno::ENOENT)?;
-            self.image
-                .inode(entry.nid)
-                .map_err(|e| self.fail("lookup", parent, e))
-        });
-        match result {
-            Ok(inode) => reply.entry(&TTL, &self.attr(&inode), Generation(0)),
-            Err(e) => reply.error(e),
+        self.account(METADATA_REQUEST);
+        match self.view.lookup(parent.0, name.as_bytes()) {
+            Ok(Some(attr)) => reply.entry(&TTL, &self.file_attr(&attr), Generation(0)),
+            Ok(None) => reply.error(Errno::ENOENT),
+            Err(e) => reply.error(self.fail("lookup", parent, e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.inode(ino) {
-            Ok(inode) => reply.attr(&TTL, &self.attr(&inode)),
+        match self.attr("getattr", ino) {
+            Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let target = self.inode(ino).and_then(|inode| {
-            self.image
-                .read_link(&inode)
-                .map_err(|e| self.fail("readlink", ino, e))
-        });
-        match target {
+        self.account(METADATA_REQUEST);
+        match self.view.read_link(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.fail("readlink", ino, e)),
         }
     }
 
@@ -283,8 +237,8 @@ impl Filesystem for ErofsFs {
             // so the kernel refuses write opens itself from now on.
             return reply.error(Errno::ENOSYS);
         }
-        match self.inode(ino) {
-            Ok(inode) if inode.is_dir() => reply.error(Errno::EISDIR),
+        match self.attr("open", ino) {
+            Ok(attr) if attr.kind == FileType::Directory => reply.error(Errno::EISDIR),
             Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(e),
         }
@@ -301,18 +255,28 @@ impl Filesystem for ErofsFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        // Uncompressed data is borrowed from the image map: the reply is
-        // written to /dev/fuse straight from it, with no buffer between.
-        let inode = match self.inode(ino) {
-            Ok(inode) => inode,
-            Err(e) => return reply.error(e),
-        };
         thread_local! {
             // Reused for replies that cannot borrow from the map.
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        SCRATCH
-            .with_borrow_mut(|scratch| self.serve_read(&inode, ino, offset, size, scratch, reply));
+        // A readahead-sized read means a sequential reader: start the disk
+        // on what it will ask for next.
+        let ahead = (size >= SEQUENTIAL_READ).then(|| prefetch_window(offset, u64::from(size)));
+        // Uncompressed data is borrowed from the image map: the reply is
+        // written to /dev/fuse straight from it, with no buffer between.
+        SCRATCH.with_borrow_mut(|scratch| {
+            match self
+                .view
+                .read(ino.0, offset, u64::from(size), ahead, scratch)
+            {
+                Ok(bytes) => {
+                    let served = bytes.len() as u64;
+                    reply.data(bytes);
+                    self.account(served);
+                }
+                Err(e) => reply.error(self.fail("read", ino, e)),
+            }
+        });
     }
 
     fn flush(
@@ -331,8 +295,8 @@ impl Filesystem for ErofsFs {
         if self.no_opendir {
             return reply.error(Errno::ENOSYS);
         }
-        match self.inode(ino) {
-            Ok(inode) if inode.is_dir() => reply.opened(
+        match self.attr("opendir", ino) {
+            Ok(attr) if attr.kind == FileType::Directory => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
             ),
@@ -349,27 +313,15 @@ impl Filesystem for ErofsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let result = (|| {
-            let dir = self.inode(ino)?;
-            let entries = self
-                .image
-                .read_dir(&dir, DirPos(offset))
-                .map_err(|e| self.fail("readdir", ino, e))?;
-            for item in entries {
-                let (entry, next) = item.map_err(|e| self.fail("readdir", ino, e))?;
-                let name = OsStr::from_bytes(&entry.name);
-                if reply.add(
-                    self.ino(entry.nid),
-                    next.0,
-                    fuse_type(entry.file_type),
-                    name,
-                ) {
-                    break;
-                }
-            }
-            Ok(())
-        })();
-        match result {
+        let mut add = |item: DirItem<'_>| {
+            reply.add(
+                INodeNo(item.ino),
+                item.next,
+                fuse_type(item.kind),
+                OsStr::from_bytes(item.name),
+            )
+        };
+        match self.list("readdir", ino, offset, false, &mut add) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -383,70 +335,45 @@ impl Filesystem for ErofsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let result = (|| {
-            let dir = self.inode(ino)?;
-            let entries = self
-                .image
-                .read_dir(&dir, DirPos(offset))
-                .map_err(|e| self.fail("readdirplus", ino, e))?;
-            for item in entries {
-                let (entry, next) = item.map_err(|e| self.fail("readdirplus", ino, e))?;
-                let inode = self
-                    .image
-                    .inode(entry.nid)
-                    .map_err(|e| self.fail("readdirplus", ino, e))?;
-                let name = OsStr::from_bytes(&entry.name);
-                if reply.add(
-                    self.ino(entry.nid),
-                    next.0,
-                    name,
-                    &TTL,
-                    &self.attr(&inode),
-                    Generation(0),
-                ) {
-                    break;
-                }
-            }
-            Ok(())
-        })();
-        match result {
+        let mut add = |item: DirItem<'_>| {
+            let Some(attr) = item.attr else {
+                return true;
+            };
+            reply.add(
+                INodeNo(item.ino),
+                item.next,
+                OsStr::from_bytes(item.name),
+                &TTL,
+                &self.file_attr(&attr),
+                Generation(0),
+            )
+        };
+        match self.list("readdirplus", ino, offset, true, &mut add) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let sb = self.image.superblock();
-        let blocks = sb.blocks
-            + self
-                .image
-                .devices()
-                .extra
-                .iter()
-                .map(|d| d.blocks)
-                .sum::<u64>();
+        let stats = self.view.stats();
         reply.statfs(
-            blocks,
+            stats.blocks,
             0,
             0,
-            sb.inos,
+            stats.inodes,
             0,
-            self.block_size,
+            stats.block_size,
             255,
-            self.block_size,
+            stats.block_size,
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        let value = self.inode(ino).and_then(|inode| {
-            self.image
-                .xattr(&inode, name.as_bytes())
-                .map_err(|e| self.fail("getxattr", ino, e))?
-                .ok_or(Errno::NO_XATTR)
-        });
-        match value {
-            Ok(value) => reply_xattr(reply, size, &value),
-            Err(e) => reply.error(e),
+        self.account(METADATA_REQUEST);
+        match self.view.xattr(ino.0, name.as_bytes()) {
+            Ok(Some(value)) => reply_xattr(reply, size, &value),
+            Ok(None) => reply.error(Errno::NO_XATTR),
+            Err(e) => reply.error(self.fail("getxattr", ino, e)),
         }
     }
 
@@ -458,32 +385,28 @@ impl Filesystem for ErofsFs {
         // On a mount in a user namespace without POSIX_ACL the kernel
         // refuses ACL xattrs; do not list what cannot be read.
         let show_acls = self.init_userns || self.default_permissions;
-        let names = self.inode(ino).and_then(|inode| {
-            let list = self
-                .image
-                .xattrs(&inode)
-                .map_err(|e| self.fail("listxattr", ino, e))?;
-            let mut names = Vec::new();
-            let visible = list.into_iter().filter(|x| {
-                (show_trusted || !x.name.starts_with(b"trusted."))
-                    && (show_acls || !x.name.starts_with(b"system.posix_acl_"))
-            });
-            for x in visible {
-                names.extend_from_slice(&x.name);
-                names.push(0);
+        self.account(METADATA_REQUEST);
+        match self.view.xattr_names(ino.0) {
+            Ok(list) => {
+                let mut names = Vec::new();
+                let visible = list.into_iter().filter(|name| {
+                    (show_trusted || !name.starts_with(b"trusted."))
+                        && (show_acls || !name.starts_with(b"system.posix_acl_"))
+                });
+                for name in visible {
+                    names.extend_from_slice(&name);
+                    names.push(0);
+                }
+                reply_xattr(reply, size, &names)
             }
-            Ok(names)
-        });
-        match names {
-            Ok(names) => reply_xattr(reply, size, &names),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(self.fail("listxattr", ino, e)),
         }
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         // Only reached without default_permissions (a private mount, whose
         // user can read the image anyway): refuse only writes.
-        match self.inode(ino) {
+        match self.attr("access", ino) {
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
             Ok(_) => reply.ok(),
             Err(e) => reply.error(e),
@@ -543,8 +466,11 @@ impl Filesystem for ErofsFs {
         reply.error(Errno::EROFS);
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.view.remove_dir(parent.0, name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(self.fail("rmdir", parent, e)),
+        }
     }
 
     fn symlink(
@@ -617,14 +543,19 @@ impl Filesystem for ErofsFs {
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        // A view that takes creates as signals (the layer store's `use`)
+        // answers with an error all the same: nothing is ever created.
+        match self.view.create(parent.0, name.as_bytes()) {
+            Ok(()) | Err(crate::Error::ReadOnly) => reply.error(Errno::EROFS),
+            Err(e) => reply.error(self.fail("create", parent, e)),
+        }
     }
 
     fn fallocate(

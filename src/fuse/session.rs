@@ -18,12 +18,12 @@ use nix::unistd::{fork, setsid, ForkResult};
 use super::options::MountOptions;
 use super::ErofsFs;
 use crate::error::{Error, Result};
-use crate::reader::Image;
+use crate::view::View;
 
 /// Everything a mount needs.
 pub struct MountRequest {
-    /// The opened image.
-    pub image: Arc<Image>,
+    /// What to serve: an image, a stack of layers, a layer store.
+    pub view: Arc<dyn View>,
     /// Where to mount it.
     pub mountpoint: PathBuf,
     /// Parsed `-o` options.
@@ -54,7 +54,7 @@ pub fn mount(request: MountRequest) -> Result<()> {
         return serve(&request, &config, None);
     }
     let (reader, writer) = nix::unistd::pipe().map_err(|e| Error::io("pipe", e.into()))?;
-    // SAFETY: no other thread exists yet (the image is mapped, nothing
+    // SAFETY: no other thread exists yet (the images are mapped, nothing
     // spawned), so the child may run arbitrary code after fork.
     match unsafe { fork() }.map_err(|e| Error::io("fork", e.into()))? {
         ForkResult::Parent { .. } => {
@@ -109,7 +109,7 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
         .map_err(|e| Error::io("sigprocmask", e.into()))?;
 
     let fs = ErofsFs::new(
-        Arc::clone(&request.image),
+        Arc::clone(&request.view),
         request.options.enforces_permissions(),
     );
     let session = fuser::Session::new(fs, &request.mountpoint, config);
@@ -143,7 +143,7 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
         detach_stdio();
     }
     let result = session.run().map_err(|e| Error::io(&request.mountpoint, e));
-    for (path, stats) in request.image.verity_stats() {
+    for (path, stats) in request.view.verity_stats() {
         let line = format!(
             "verity: {}: {} data and {} hash blocks verified, {} mismatches",
             path.display(),

@@ -421,6 +421,21 @@ impl FuseMount {
         mount
     }
 
+    /// `erofs-fuse mount --layer L ... DIR EXTRA...`: a merged stack,
+    /// `layers` bottom first (each IMAGE[:DEVICE...]).
+    pub fn layers(layers: &[String], extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount");
+        for l in layers {
+            cmd.arg("--layer").arg(l);
+        }
+        cmd.arg(dir.path()).args(extra);
+        let mount = Self { dir };
+        run_ok(&mut cmd);
+        mount
+    }
+
     /// The mountpoint.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -1,0 +1,235 @@
+//! [`ImageView`]: one image as a [`View`], inode numbers derived from nids.
+
+use std::sync::Arc;
+
+use super::{Attr, DirItem, FsStats, Ino, View, ROOT};
+use crate::error::Result;
+use crate::format::Nid;
+use crate::reader::{DirPos, Image, Inode};
+
+/// Prefix of the overlayfs xattrs the kernel's overlayfs reads by default.
+pub(crate) const TRUSTED_OVERLAY: &[u8] = b"trusted.overlay.";
+/// Prefix rootless overlayfs (`-o userxattr`) reads instead.
+pub(crate) const USER_OVERLAY: &[u8] = b"user.overlay.";
+
+/// Which namespace an image's overlayfs xattrs are presented in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OverlayXattrs {
+    /// As stored (`trusted.overlay.*`).
+    #[default]
+    Trusted,
+    /// `trusted.overlay.*` presented as `user.overlay.*`, for rootless
+    /// overlayfs (`userxattr`), which reads only those; the image's own
+    /// `user.overlay.*` are hidden so they cannot be taken for them.
+    User,
+}
+
+impl OverlayXattrs {
+    /// The stored name to look up for the presented `name`, or `None` when
+    /// the name is hidden.
+    fn stored_name(self, name: &[u8]) -> Option<Vec<u8>> {
+        match self {
+            Self::Trusted => Some(name.to_vec()),
+            Self::User if name.starts_with(TRUSTED_OVERLAY) => None,
+            Self::User => Some(match name.strip_prefix(USER_OVERLAY) {
+                Some(rest) => [TRUSTED_OVERLAY, rest].concat(),
+                None => name.to_vec(),
+            }),
+        }
+    }
+
+    /// The presented name of a stored one, or `None` when it is hidden.
+    fn presented_name(self, stored: Vec<u8>) -> Option<Vec<u8>> {
+        match self {
+            Self::Trusted => Some(stored),
+            Self::User if stored.starts_with(USER_OVERLAY) => None,
+            Self::User => Some(match stored.strip_prefix(TRUSTED_OVERLAY) {
+                Some(rest) => [USER_OVERLAY, rest].concat(),
+                None => stored,
+            }),
+        }
+    }
+}
+
+/// One image served as it is. The root is inode 1 and every other nid n
+/// is n + 2, so hard links share an inode number and numbers are stable.
+pub struct ImageView {
+    image: Arc<Image>,
+    root: Nid,
+    overlay_xattrs: OverlayXattrs,
+}
+
+impl ImageView {
+    /// A view of `image` with its xattrs presented as `overlay_xattrs` says.
+    pub fn new(image: Arc<Image>, overlay_xattrs: OverlayXattrs) -> Self {
+        let root = image.superblock().root_nid;
+        Self {
+            image,
+            root,
+            overlay_xattrs,
+        }
+    }
+
+    /// The image served.
+    pub fn image(&self) -> &Arc<Image> {
+        &self.image
+    }
+
+    fn ino(&self, nid: Nid) -> Ino {
+        if nid == self.root {
+            ROOT
+        } else {
+            nid.0.wrapping_add(2)
+        }
+    }
+
+    fn nid(&self, ino: Ino) -> Nid {
+        if ino == ROOT {
+            self.root
+        } else {
+            Nid(ino.wrapping_sub(2))
+        }
+    }
+
+    fn inode(&self, ino: Ino) -> Result<Inode> {
+        self.image.inode(self.nid(ino))
+    }
+
+    fn attr_of(&self, inode: &Inode) -> Attr {
+        Attr::of_inode(inode, self.ino(inode.nid))
+    }
+}
+
+impl View for ImageView {
+    fn attr(&self, ino: Ino) -> Result<Attr> {
+        Ok(self.attr_of(&self.inode(ino)?))
+    }
+
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Attr>> {
+        let dir = self.inode(parent)?;
+        match self.image.lookup(&dir, name)? {
+            Some(entry) => Ok(Some(self.attr_of(&self.image.inode(entry.nid)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn read_dir(
+        &self,
+        ino: Ino,
+        pos: u64,
+        plus: bool,
+        sink: &mut dyn FnMut(DirItem<'_>) -> bool,
+    ) -> Result<()> {
+        let dir = self.inode(ino)?;
+        for item in self.image.read_dir(&dir, DirPos(pos))? {
+            let (entry, next) = item?;
+            let attr = if plus {
+                Some(self.attr_of(&self.image.inode(entry.nid)?))
+            } else {
+                None
+            };
+            let item = DirItem {
+                ino: self.ino(entry.nid),
+                name: &entry.name,
+                kind: entry.file_type,
+                next: next.0,
+                attr,
+            };
+            if sink(item) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
+        self.image.read_link(&self.inode(ino)?)
+    }
+
+    fn read<'a>(
+        &'a self,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        ahead: Option<(u64, u64)>,
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let inode = self.inode(ino)?;
+        let bytes = self.image.read_range_with(&inode, offset, len, scratch)?;
+        if let Some((start, len)) = ahead.filter(|_| !bytes.is_empty()) {
+            self.image.prefetch(&inode, start, len);
+        }
+        Ok(bytes)
+    }
+
+    fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Some(stored) = self.overlay_xattrs.stored_name(name) else {
+            return Ok(None);
+        };
+        self.image.xattr(&self.inode(ino)?, &stored)
+    }
+
+    fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let list = self.image.xattrs(&self.inode(ino)?)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|x| self.overlay_xattrs.presented_name(x.name))
+            .collect())
+    }
+
+    fn stats(&self) -> FsStats {
+        image_stats(&self.image)
+    }
+
+    fn release_mapped(&self) {
+        self.image.release_mapped();
+    }
+
+    fn verity_stats(&self) -> Vec<(std::path::PathBuf, crate::verity::VerityStats)> {
+        self.image.verity_stats()
+    }
+}
+
+/// Blocks of an image and its extra devices, and its inode count.
+pub(crate) fn image_stats(image: &Image) -> FsStats {
+    let sb = image.superblock();
+    let extra: u64 = image.devices().extra.iter().map(|d| d.blocks).sum();
+    FsStats {
+        blocks: sb.blocks + extra,
+        inodes: sb.inos,
+        block_size: image.block_size() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_overlay_xattrs_rename_and_hide() {
+        let m = OverlayXattrs::User;
+        assert_eq!(
+            m.presented_name(b"trusted.overlay.opaque".to_vec()),
+            Some(b"user.overlay.opaque".to_vec())
+        );
+        assert_eq!(m.presented_name(b"user.overlay.opaque".to_vec()), None);
+        assert_eq!(
+            m.presented_name(b"user.comment".to_vec()),
+            Some(b"user.comment".to_vec())
+        );
+        assert_eq!(
+            m.stored_name(b"user.overlay.opaque"),
+            Some(b"trusted.overlay.opaque".to_vec())
+        );
+        assert_eq!(m.stored_name(b"trusted.overlay.opaque"), None);
+        assert_eq!(
+            m.stored_name(b"security.capability"),
+            Some(b"security.capability".to_vec())
+        );
+        let t = OverlayXattrs::Trusted;
+        assert_eq!(
+            t.stored_name(b"trusted.overlay.opaque"),
+            Some(b"trusted.overlay.opaque".to_vec())
+        );
+    }
+}
