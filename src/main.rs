@@ -115,24 +115,16 @@ enum Command {
         /// opaque directories when stacked by an unprivileged user.
         #[arg(long, value_enum, default_value = "trusted", value_name = "NAMESPACE")]
         overlay_xattrs: OverlayXattrsArg,
-        /// Serve in the foreground (logs on stderr); SIGINT or SIGTERM
-        /// unmounts cleanly.
-        #[arg(short, long)]
-        foreground: bool,
-        /// Threads serving requests (default: the number of CPUs).
-        #[arg(long, value_name = "N")]
-        threads: Option<usize>,
-        /// Mount options, comma-separated (repeatable).
-        #[arg(short = 'o', value_name = "OPT[,OPT...]")]
-        options: Vec<String>,
-        /// Log every request (same as -o debug, or -vv).
-        #[arg(long)]
-        debug: bool,
-        /// Append logs to this file. In the background the server has no
-        /// terminal, so without it only errors before the mount is live are
-        /// shown.
-        #[arg(long, value_name = "PATH")]
-        log_file: Option<PathBuf>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+    /// An additional layer store for containers/storage (podman, buildah):
+    /// `add` converts layer blobs into a store directory, `serve` mounts
+    /// the layout containers/storage looks for, so that a pull finds the
+    /// layers there instead of downloading and unpacking them.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Show the superblock: block size, features, inode count, devices, uuid,
     /// build time, size.
@@ -265,6 +257,83 @@ enum Command {
     },
 }
 
+/// Options of every command that serves a mount.
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Serve in the foreground (logs on stderr); SIGINT or SIGTERM
+    /// unmounts cleanly.
+    #[arg(short, long)]
+    foreground: bool,
+    /// Threads serving requests (default: the number of CPUs).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Mount options, comma-separated (repeatable).
+    #[arg(short = 'o', value_name = "OPT[,OPT...]")]
+    options: Vec<String>,
+    /// Log every request (same as -o debug, or -vv).
+    #[arg(long)]
+    debug: bool,
+    /// Append logs to this file. In the background the server has no
+    /// terminal, so without it only errors before the mount is live are
+    /// shown.
+    #[arg(long, value_name = "PATH")]
+    log_file: Option<PathBuf>,
+}
+
+/// `store` subcommands.
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Add layer blobs (tar or tar.gz, as a registry serves them) to the
+    /// store directory STORE: each becomes STORE/<digest>/ with a
+    /// tar-index EROFS image of the layer (OCI whiteouts turned into
+    /// overlayfs ones), its info for containers/storage, and the blob.
+    /// Prints each layer's digest and diffID.
+    Add {
+        /// The store directory (created if missing).
+        store: PathBuf,
+        /// Layer blobs.
+        #[arg(required = true)]
+        blobs: Vec<PathBuf>,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Mount the layers of STORE at MOUNTPOINT in the layout of
+    /// containers/storage's additional layer stores:
+    /// MOUNTPOINT/<base64 image reference>/<layer digest>/{diff/,info,blob}.
+    /// Configure it in storage.conf as
+    /// additionallayerstores = ["MOUNTPOINT:ref"]. Every layer of STORE is
+    /// served under every reference; layers added while mounted are found.
+    Serve {
+        /// The store directory.
+        store: PathBuf,
+        /// Existing directory to mount on.
+        mountpoint: PathBuf,
+        /// Memory for decoded compressed data (see mount --cache-size).
+        #[arg(long, value_name = "SIZE", default_value = "64M",
+              value_parser = erofs_fuse::fuse::options::parse_size)]
+        cache_size: u64,
+        /// Namespace of the layers' overlayfs xattrs: "auto" is "trusted"
+        /// for root in the initial user namespace (rootful overlayfs) and
+        /// "user" otherwise (rootless overlayfs reads user.overlay.*).
+        #[arg(long, value_enum, default_value = "auto", value_name = "NAMESPACE")]
+        overlay_xattrs: StoreXattrsArg,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+/// `store serve --overlay-xattrs`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum StoreXattrsArg {
+    /// trusted for real root, user otherwise.
+    Auto,
+    /// As stored.
+    Trusted,
+    /// trusted.overlay.* shown as user.overlay.*.
+    User,
+}
+
 /// `mount --overlay-xattrs`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum OverlayXattrsArg {
@@ -360,7 +429,7 @@ enum ConvertMode {
 /// Names of the subcommands, to recognise the mount-helper form.
 const SUBCOMMANDS: &[&str] = &[
     "mount", "inspect", "ls", "cat", "stat", "manifest", "fsck", "extract", "convert", "verity",
-    "help",
+    "store", "help",
 ];
 
 fn main() -> ExitCode {
@@ -372,22 +441,26 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse_from(args);
-    let verbose = match &cli.command {
-        Command::Mount { debug, options, .. }
-            if *debug
-                || options
-                    .iter()
-                    .flat_map(|o| o.split(','))
-                    .any(|o| o == "debug") =>
-        {
-            cli.verbose.max(2)
-        }
-        _ => cli.verbose,
-    };
-    let log_file = match &cli.command {
-        Command::Mount { log_file, .. } => log_file.clone(),
+    let serving = match &cli.command {
+        Command::Mount { serve, .. }
+        | Command::Store {
+            command: StoreCommand::Serve { serve, .. },
+        } => Some(serve),
         _ => None,
     };
+    let debug = serving.is_some_and(|s| {
+        s.debug
+            || s.options
+                .iter()
+                .flat_map(|o| o.split(','))
+                .any(|o| o == "debug")
+    });
+    let verbose = if debug {
+        cli.verbose.max(2)
+    } else {
+        cli.verbose
+    };
+    let log_file = serving.and_then(|s| s.log_file.clone());
     if let Err(e) = cli::init_logging(verbose, log_file.as_deref()) {
         eprintln!("erofs-fuse: {e}");
         return ExitCode::FAILURE;
@@ -398,11 +471,7 @@ fn main() -> ExitCode {
             open,
             layers,
             overlay_xattrs,
-            foreground,
-            threads,
-            options,
-            debug: _,
-            log_file: _,
+            serve,
         } => cli::mount(&cli::MountArgs {
             paths,
             open,
@@ -411,10 +480,32 @@ fn main() -> ExitCode {
                 OverlayXattrsArg::Trusted => erofs_fuse::view::OverlayXattrs::Trusted,
                 OverlayXattrsArg::User => erofs_fuse::view::OverlayXattrs::User,
             },
-            foreground,
-            threads,
-            options,
+            serve,
         }),
+        Command::Store { command } => match command {
+            StoreCommand::Add {
+                store,
+                blobs,
+                quiet,
+            } => cli::store_add(&store, &blobs, !quiet),
+            StoreCommand::Serve {
+                store,
+                mountpoint,
+                cache_size,
+                overlay_xattrs,
+                serve,
+            } => {
+                use erofs_fuse::view::OverlayXattrs;
+                let overlay_xattrs = match overlay_xattrs {
+                    StoreXattrsArg::Auto if erofs_fuse::fuse::privileged() => {
+                        OverlayXattrs::Trusted
+                    }
+                    StoreXattrsArg::Auto | StoreXattrsArg::User => OverlayXattrs::User,
+                    StoreXattrsArg::Trusted => OverlayXattrs::Trusted,
+                };
+                cli::store_serve(&store, &mountpoint, cache_size, overlay_xattrs, &serve)
+            }
+        },
         Command::Inspect { image, json } => cli::inspect(&image, json),
         Command::Ls {
             image,

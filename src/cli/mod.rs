@@ -8,7 +8,7 @@ use erofs_fuse::reader::{FileKind, WalkEntry, WalkVisitor};
 use erofs_fuse::verity::VeritySource;
 use erofs_fuse::{Image, Inode, OpenOptions};
 
-use crate::{ImageArgs, OpenArgs};
+use crate::{ImageArgs, OpenArgs, ServeArgs};
 
 /// A command's failure, already phrased for the user.
 pub type CliResult = Result<(), String>;
@@ -356,6 +356,9 @@ pub fn fsck(args: &ImageArgs) -> CliResult {
     write_out(format!("{summary}; no problems\n").as_bytes())
 }
 
+use erofs_fuse::fuse::options::MountOptions;
+use erofs_fuse::fuse::session::MountRequest;
+
 /// What `mount` was given.
 pub struct MountArgs {
     /// IMAGE MOUNTPOINT, or MOUNTPOINT alone with layers.
@@ -366,21 +369,15 @@ pub struct MountArgs {
     pub layers: Vec<String>,
     /// `--overlay-xattrs`.
     pub overlay_xattrs: erofs_fuse::view::OverlayXattrs,
-    /// `-f`.
-    pub foreground: bool,
-    /// `--threads`.
-    pub threads: Option<usize>,
-    /// `-o` values.
-    pub options: Vec<String>,
+    /// How to serve.
+    pub serve: ServeArgs,
 }
 
 /// `mount`.
 pub fn mount(args: &MountArgs) -> CliResult {
-    use erofs_fuse::fuse::options::MountOptions;
-    use erofs_fuse::fuse::session::{mount, MountRequest};
     use erofs_fuse::view::{ImageView, View};
     use std::sync::Arc;
-    let options = MountOptions::parse(&args.options).map_err(|e| e.to_string())?;
+    let options = MountOptions::parse(&args.serve.options).map_err(|e| e.to_string())?;
     let mut open = args.open.clone();
     open.devices.extend(options.devices.iter().cloned());
     open.device_verity
@@ -412,22 +409,75 @@ pub fn mount(args: &MountArgs) -> CliResult {
             (_, true) => return Err("mount needs IMAGE and MOUNTPOINT".into()),
             (_, false) => return Err("with --layer, mount takes only MOUNTPOINT".into()),
         };
+    serve(view, &source, mountpoint, options, &args.serve)
+        .map_err(|e| format!("mount {}: {e}", source.display()))
+}
+
+/// Mounts `view` (from `source`) at `mountpoint` and serves it.
+fn serve(
+    view: std::sync::Arc<dyn erofs_fuse::view::View>,
+    source: &Path,
+    mountpoint: &Path,
+    options: MountOptions,
+    args: &ServeArgs,
+) -> erofs_fuse::Result<()> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let fsname = std::fs::canonicalize(&source)
-        .unwrap_or_else(|_| source.clone())
+    let fsname = std::fs::canonicalize(source)
+        .unwrap_or_else(|_| source.to_path_buf())
         .display()
         .to_string();
-    mount(MountRequest {
+    erofs_fuse::fuse::session::mount(MountRequest {
         view,
-        mountpoint: mountpoint.clone(),
+        mountpoint: mountpoint.to_path_buf(),
         options,
         foreground: args.foreground,
         threads,
         fsname,
     })
-    .map_err(|e| format!("mount {}: {e}", source.display()))
+}
+
+/// `store add`.
+pub fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> CliResult {
+    for blob in blobs {
+        let info =
+            erofs_fuse::store::layout::add(store, blob, progress).map_err(|e| e.to_string())?;
+        write_out(
+            format!(
+                "{} {}: diffid {} ({} bytes)\n",
+                blob.display(),
+                info.compressed_digest,
+                info.diff_digest,
+                info.diff_size
+            )
+            .as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// `store serve`.
+pub fn store_serve(
+    store: &Path,
+    mountpoint: &Path,
+    cache_size: u64,
+    overlay_xattrs: erofs_fuse::view::OverlayXattrs,
+    args: &ServeArgs,
+) -> CliResult {
+    let options = MountOptions::parse(&args.options).map_err(|e| e.to_string())?;
+    if options.verity.is_some() || !options.devices.is_empty() || !options.device_verity.is_empty()
+    {
+        return Err("store serve: device and verity options apply to single images".into());
+    }
+    let open = OpenOptions {
+        cache_size: options.cache_size.unwrap_or(cache_size),
+        ..OpenOptions::default()
+    };
+    let view = erofs_fuse::store::StoreView::new(store.to_path_buf(), open, overlay_xattrs)
+        .map_err(|e| e.to_string())?;
+    serve(std::sync::Arc::new(view), store, mountpoint, options, args)
+        .map_err(|e| format!("store {}: {e}", store.display()))
 }
 
 /// Opens the layers of `mount --layer` (IMAGE[:DEVICE...] each, bottom

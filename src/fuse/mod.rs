@@ -67,6 +67,12 @@ fn prefetch_window(offset: u64, len: u64) -> (u64, u64) {
     }
 }
 
+/// Whether this process is root in the initial user namespace: the one
+/// that may read trusted.* xattrs, and whose overlayfs reads them.
+pub fn privileged() -> bool {
+    nix::unistd::Uid::effective().is_root() && in_initial_user_namespace()
+}
+
 /// The FUSE filesystem over a [`View`].
 pub struct ErofsFs {
     view: Arc<dyn View>,

@@ -47,9 +47,16 @@ pub fn mount(request: MountRequest) -> Result<()> {
         ));
     }
     let is_root = nix::unistd::Uid::effective().is_root();
-    let config = request
+    let mut config = request
         .options
         .fuser_config(is_root, request.threads, &request.fsname)?;
+    if !request.view.read_only_mount() {
+        // The view takes some changes as signals, which a read-only mount
+        // would refuse before they reach it; it still changes nothing.
+        config
+            .mount_options
+            .retain(|o| *o != fuser::MountOption::RO);
+    }
     if request.foreground {
         return serve(&request, &config, None);
     }

@@ -27,7 +27,7 @@ pub enum OverlayXattrs {
 impl OverlayXattrs {
     /// The stored name to look up for the presented `name`, or `None` when
     /// the name is hidden.
-    fn stored_name(self, name: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn stored_name(self, name: &[u8]) -> Option<Vec<u8>> {
         match self {
             Self::Trusted => Some(name.to_vec()),
             Self::User if name.starts_with(TRUSTED_OVERLAY) => None,
@@ -39,7 +39,7 @@ impl OverlayXattrs {
     }
 
     /// The presented name of a stored one, or `None` when it is hidden.
-    fn presented_name(self, stored: Vec<u8>) -> Option<Vec<u8>> {
+    pub(crate) fn presented_name(self, stored: Vec<u8>) -> Option<Vec<u8>> {
         match self {
             Self::Trusted => Some(stored),
             Self::User if stored.starts_with(USER_OVERLAY) => None,

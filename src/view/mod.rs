@@ -143,6 +143,13 @@ pub trait View: Send + Sync + 'static {
         self.stats().block_size
     }
 
+    /// Whether the kernel should refuse every change itself (a read-only
+    /// mount). A view that takes a create or a removal as a signal (the
+    /// layer store) needs them to reach it; it still changes nothing.
+    fn read_only_mount(&self) -> bool {
+        true
+    }
+
     /// A request to create `name` in `parent`. Read-only views refuse.
     fn create(&self, _parent: Ino, _name: &[u8]) -> Result<()> {
         Err(Error::ReadOnly)

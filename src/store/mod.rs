@@ -1,0 +1,557 @@
+//! An additional layer store for containers/storage (podman's
+//! `additionallayerstores = ["DIR:ref"]`), served from a directory of
+//! EROFS layers (see [`layout`]).
+//!
+//! containers/storage looks for a pulled layer at
+//! `DIR/<base64 image reference>/<layer digest>/` and takes it when `diff/`
+//! (the layer's tree), `info` (its description) and `blob` (the blob) are
+//! there; the layer's `diff` then becomes an overlayfs lower directory, so
+//! the image is neither downloaded nor unpacked. It signals use by creating
+//! `<layer>/use` and release by removing the layer directory; as
+//! stargz-store does, both are logged and answered ENOENT, which tells it
+//! the store handles them (nothing is ever deleted: the store serves every
+//! layer it holds to every reference).
+
+pub mod layout;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::PathBuf;
+use std::sync::{OnceLock, RwLock};
+
+use crate::error::{Error, Result};
+use crate::format::{FileType, Nid};
+use crate::reader::{DirPos, Image, OpenOptions};
+use crate::view::{Attr, DirItem, FsStats, Ino, OverlayXattrs, View, ROOT};
+
+/// Most image references tracked: each looked-up name costs a node.
+pub const MAX_REFS: usize = 1 << 16;
+
+/// Most layers the store serves.
+pub const MAX_LAYERS: usize = 1 << 14;
+
+/// The entries of a layer directory, sorted.
+const LAYER_ENTRIES: [&[u8]; 3] = [b"blob", b"diff", b"info"];
+
+/// One served layer.
+struct Layer {
+    digest: String,
+    image: Image,
+    info: Vec<u8>,
+    blob: File,
+    blob_size: u64,
+    mtime: (i64, u32),
+}
+
+/// What an inode of the store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Root,
+    /// `DIR/<ref>`: index into the references.
+    Ref(usize),
+    /// `DIR/<ref>/<digest>`.
+    Layer {
+        r: usize,
+        l: usize,
+    },
+    /// `.../info` of a layer.
+    Info(usize),
+    /// `.../blob` of a layer.
+    Blob(usize),
+    /// An inode of a layer's tree under `.../diff`.
+    Diff {
+        r: usize,
+        l: usize,
+        nid: Nid,
+    },
+}
+
+#[derive(Default)]
+struct State {
+    /// Inode `ino` is `keys[ino - 1]`.
+    keys: Vec<Key>,
+    inos: HashMap<Key, Ino>,
+    refs: Vec<Vec<u8>>,
+    ref_index: HashMap<Vec<u8>, usize>,
+    /// Layers loaded so far: the first `layer_count` of the view's slots.
+    layer_count: usize,
+    layer_index: HashMap<String, usize>,
+}
+
+/// The additional layer store as a [`View`].
+pub struct StoreView {
+    dir: PathBuf,
+    open: OpenOptions,
+    overlay_xattrs: OverlayXattrs,
+    /// Owner of the store's own directories and files.
+    owner: (u32, u32),
+    mtime: (i64, u32),
+    state: RwLock<State>,
+    /// Loaded layers, set once each and never removed, so a read can
+    /// borrow a layer's image map for as long as the view lives.
+    layers: Box<[OnceLock<Layer>]>,
+}
+
+impl StoreView {
+    /// Serves the layers in `dir`, opening each with `open` on first use
+    /// and presenting their overlayfs xattrs as `overlay_xattrs` says.
+    pub fn new(dir: PathBuf, open: OpenOptions, overlay_xattrs: OverlayXattrs) -> Result<Self> {
+        let meta = std::fs::metadata(&dir).map_err(|e| Error::io(&dir, e))?;
+        if !meta.is_dir() {
+            return Err(Error::io(&dir, std::io::Error::from_raw_os_error(20)));
+        }
+        let mut state = State::default();
+        state.keys.push(Key::Root);
+        state.inos.insert(Key::Root, ROOT);
+        Ok(Self {
+            dir,
+            open,
+            overlay_xattrs,
+            owner: (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            ),
+            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+            state: RwLock::new(state),
+            layers: (0..MAX_LAYERS).map(|_| OnceLock::new()).collect(),
+        })
+    }
+
+    fn key(&self, ino: Ino) -> Result<Key> {
+        let state = self.state.read().expect("store lock");
+        ino.checked_sub(1)
+            .and_then(|i| state.keys.get(i as usize))
+            .copied()
+            .ok_or(Error::NotFound)
+    }
+
+    fn intern(&self, key: Key) -> Ino {
+        if let Some(&ino) = self.state.read().expect("store lock").inos.get(&key) {
+            return ino;
+        }
+        let mut state = self.state.write().expect("store lock");
+        if let Some(&ino) = state.inos.get(&key) {
+            return ino;
+        }
+        state.keys.push(key);
+        let ino = state.keys.len() as Ino;
+        state.inos.insert(key, ino);
+        ino
+    }
+
+    fn layer(&self, l: usize) -> Result<&Layer> {
+        self.layers
+            .get(l)
+            .and_then(OnceLock::get)
+            .ok_or(Error::NotFound)
+    }
+
+    /// The index of reference `name`, tracking it if it is new and looks
+    /// like one (base64, as containers/storage encodes references).
+    fn reference(&self, name: &[u8]) -> Option<usize> {
+        let base64 = |b: &u8| b.is_ascii_alphanumeric() || b"+/=".contains(b);
+        if name.is_empty() || !name.iter().all(base64) {
+            return None;
+        }
+        if let Some(&r) = self.state.read().expect("store lock").ref_index.get(name) {
+            return Some(r);
+        }
+        let mut state = self.state.write().expect("store lock");
+        if let Some(&r) = state.ref_index.get(name) {
+            return Some(r);
+        }
+        if state.refs.len() >= MAX_REFS {
+            tracing::warn!("more than {MAX_REFS} image references looked up; refusing more");
+            return None;
+        }
+        state.refs.push(name.to_vec());
+        let r = state.refs.len() - 1;
+        state.ref_index.insert(name.to_vec(), r);
+        Some(r)
+    }
+
+    /// The index of layer `digest`, opening it if it is new. A layer that
+    /// is absent or broken is `None` (logged), so the caller pulls it.
+    fn load(&self, digest: &[u8]) -> Option<usize> {
+        if !layout::is_layer_name(digest) {
+            return None;
+        }
+        let digest = String::from_utf8_lossy(digest).into_owned();
+        if let Some(&l) = self
+            .state
+            .read()
+            .expect("store lock")
+            .layer_index
+            .get(&digest)
+        {
+            return Some(l);
+        }
+        let dir = layout::layer_dir(&self.dir, &digest);
+        if !dir.is_dir() {
+            tracing::debug!("{digest}: not in the store");
+            return None;
+        }
+        let layer = match self.open_layer(dir, &digest) {
+            Ok(layer) => layer,
+            Err(e) => {
+                tracing::error!("layer {digest}: {e}");
+                return None;
+            }
+        };
+        let mut state = self.state.write().expect("store lock");
+        if let Some(&l) = state.layer_index.get(&digest) {
+            return Some(l);
+        }
+        let l = state.layer_count;
+        if l >= MAX_LAYERS {
+            tracing::warn!("more than {MAX_LAYERS} layers; refusing more");
+            return None;
+        }
+        tracing::info!("serving layer {digest}");
+        let _ = self.layers[l].set(layer);
+        state.layer_count += 1;
+        state.layer_index.insert(digest, l);
+        Some(l)
+    }
+
+    fn open_layer(&self, dir: PathBuf, digest: &str) -> Result<Layer> {
+        let image = Image::open(&dir.join(layout::IMAGE_FILE), &self.open)?;
+        let info_path = dir.join(layout::INFO_FILE);
+        let info = std::fs::read(&info_path).map_err(|e| Error::io(&info_path, e))?;
+        if info.len() as u64 > layout::MAX_INFO_SIZE {
+            return Err(Error::Invalid(format!(
+                "{}: too large",
+                info_path.display()
+            )));
+        }
+        let parsed: layout::LayerInfo = serde_json::from_slice(&info)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", info_path.display())))?;
+        if parsed.compressed_digest != digest {
+            return Err(Error::Invalid(format!(
+                "{}: describes {}, not {digest}",
+                info_path.display(),
+                parsed.compressed_digest
+            )));
+        }
+        let blob_path = dir.join(layout::BLOB_FILE);
+        let blob = File::open(&blob_path).map_err(|e| Error::io(&blob_path, e))?;
+        let meta = blob.metadata().map_err(|e| Error::io(&blob_path, e))?;
+        Ok(Layer {
+            digest: digest.to_string(),
+            image,
+            info,
+            blob,
+            blob_size: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec() as u32),
+        })
+    }
+
+    /// Attributes of the store's own directories and files.
+    fn own_attr(&self, ino: Ino, kind: FileType, size: u64, mtime: (i64, u32)) -> Attr {
+        let dir = kind == FileType::Directory;
+        Attr {
+            ino,
+            kind,
+            perm: if dir { 0o555 } else { 0o444 },
+            size,
+            nlink: if dir { 2 } else { 1 },
+            uid: self.owner.0,
+            gid: self.owner.1,
+            mtime: mtime.0,
+            mtime_nsec: mtime.1,
+            rdev: (0, 0),
+        }
+    }
+
+    /// The entries of a store directory (not a layer tree), sorted.
+    fn own_entries(&self, key: Key) -> Result<Vec<(Vec<u8>, Ino, FileType)>> {
+        match key {
+            // References cannot be listed: any looked-up one exists.
+            Key::Root => Ok(Vec::new()),
+            Key::Ref(r) => {
+                let mut names = Vec::new();
+                let dir = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+                for entry in dir.flatten().take(MAX_LAYERS) {
+                    let name = entry.file_name().into_encoded_bytes();
+                    if layout::is_layer_name(&name) {
+                        names.push(name);
+                    }
+                }
+                names.sort();
+                Ok(names
+                    .into_iter()
+                    .filter_map(|name| {
+                        let l = self.load(&name)?;
+                        Some((name, self.intern(Key::Layer { r, l }), FileType::Directory))
+                    })
+                    .collect())
+            }
+            Key::Layer { r, l } => Ok(LAYER_ENTRIES
+                .iter()
+                .filter_map(|name| {
+                    let child = self.child_of_layer(r, l, name)?;
+                    let kind = if *name == b"diff" {
+                        FileType::Directory
+                    } else {
+                        FileType::Regular
+                    };
+                    Some((name.to_vec(), child, kind))
+                })
+                .collect()),
+            _ => Err(Error::NotDir),
+        }
+    }
+
+    fn child_of_layer(&self, r: usize, l: usize, name: &[u8]) -> Option<Ino> {
+        let key = match name {
+            b"info" => Key::Info(l),
+            b"blob" => Key::Blob(l),
+            b"diff" => {
+                let nid = self.layer(l).ok()?.image.superblock().root_nid;
+                Key::Diff { r, l, nid }
+            }
+            _ => return None,
+        };
+        Some(self.intern(key))
+    }
+
+    /// The parent of a store directory, for `..`.
+    fn parent(&self, key: Key) -> Ino {
+        match key {
+            Key::Layer { r, .. } => self.intern(Key::Ref(r)),
+            _ => ROOT,
+        }
+    }
+}
+
+impl View for StoreView {
+    fn attr(&self, ino: Ino) -> Result<Attr> {
+        match self.key(ino)? {
+            Key::Root | Key::Ref(_) => Ok(self.own_attr(ino, FileType::Directory, 0, self.mtime)),
+            Key::Layer { l, .. } => {
+                let layer = self.layer(l)?;
+                Ok(self.own_attr(ino, FileType::Directory, 0, layer.mtime))
+            }
+            Key::Info(l) => {
+                let layer = self.layer(l)?;
+                let size = layer.info.len() as u64;
+                Ok(self.own_attr(ino, FileType::Regular, size, layer.mtime))
+            }
+            Key::Blob(l) => {
+                let layer = self.layer(l)?;
+                Ok(self.own_attr(ino, FileType::Regular, layer.blob_size, layer.mtime))
+            }
+            Key::Diff { l, nid, .. } => {
+                let inode = self.layer(l)?.image.inode(nid)?;
+                Ok(Attr::of_inode(&inode, ino))
+            }
+        }
+    }
+
+    fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Attr>> {
+        let child = match self.key(parent)? {
+            Key::Root => self.reference(name).map(|r| self.intern(Key::Ref(r))),
+            Key::Ref(r) => self.load(name).map(|l| self.intern(Key::Layer { r, l })),
+            Key::Layer { r, l } => self.child_of_layer(r, l, name),
+            Key::Info(_) | Key::Blob(_) => return Err(Error::NotDir),
+            Key::Diff { r, l, nid } => {
+                let image = &self.layer(l)?.image;
+                let dir = image.inode(nid)?;
+                image
+                    .lookup(&dir, name)?
+                    .map(|e| self.intern(Key::Diff { r, l, nid: e.nid }))
+            }
+        };
+        child.map(|ino| self.attr(ino)).transpose()
+    }
+
+    fn read_dir(
+        &self,
+        ino: Ino,
+        pos: u64,
+        plus: bool,
+        sink: &mut dyn FnMut(DirItem<'_>) -> bool,
+    ) -> Result<()> {
+        let key = self.key(ino)?;
+        let attr = |ino: Ino| {
+            if plus {
+                self.attr(ino).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        if let Key::Diff { r, l, nid } = key {
+            let layer = self.layer(l)?;
+            let dir = layer.image.inode(nid)?;
+            for item in layer.image.read_dir(&dir, DirPos(pos))? {
+                let (entry, next) = item?;
+                let child = self.intern(Key::Diff {
+                    r,
+                    l,
+                    nid: entry.nid,
+                });
+                let item = DirItem {
+                    ino: child,
+                    name: &entry.name,
+                    kind: entry.file_type,
+                    next: next.0,
+                    attr: attr(child)?,
+                };
+                if sink(item) {
+                    break;
+                }
+            }
+            return Ok(());
+        }
+        let mut entries = vec![
+            (b".".to_vec(), ino, FileType::Directory),
+            (b"..".to_vec(), self.parent(key), FileType::Directory),
+        ];
+        entries.extend(self.own_entries(key)?);
+        let skip = usize::try_from(pos).unwrap_or(usize::MAX);
+        for (i, (name, child, kind)) in entries.iter().enumerate().skip(skip) {
+            let item = DirItem {
+                ino: *child,
+                name,
+                kind: *kind,
+                next: i as u64 + 1,
+                attr: attr(*child)?,
+            };
+            if sink(item) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn read_link(&self, ino: Ino) -> Result<Vec<u8>> {
+        match self.key(ino)? {
+            Key::Diff { l, nid, .. } => {
+                let image = &self.layer(l)?.image;
+                image.read_link(&image.inode(nid)?)
+            }
+            _ => Err(Error::NotSymlink),
+        }
+    }
+
+    fn read<'a>(
+        &'a self,
+        ino: Ino,
+        offset: u64,
+        len: u64,
+        ahead: Option<(u64, u64)>,
+        scratch: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        let key = self.key(ino)?;
+        let layer = match key {
+            Key::Info(l) | Key::Blob(l) | Key::Diff { l, .. } => self.layer(l)?,
+            _ => return Err(Error::IsDir),
+        };
+        match key {
+            Key::Info(_) => {
+                let start = offset.min(layer.info.len() as u64) as usize;
+                let end = offset.saturating_add(len).min(layer.info.len() as u64) as usize;
+                scratch.clear();
+                scratch.extend_from_slice(&layer.info[start..end]);
+                Ok(scratch)
+            }
+            Key::Blob(_) => {
+                let len = len.min(layer.blob_size.saturating_sub(offset)) as usize;
+                scratch.resize(len, 0);
+                let path = || layout::layer_dir(&self.dir, &layer.digest).join(layout::BLOB_FILE);
+                let n = layer
+                    .blob
+                    .read_at(scratch, offset)
+                    .map_err(|e| Error::io(path(), e))?;
+                scratch.truncate(n);
+                Ok(scratch)
+            }
+            Key::Diff { nid, .. } => {
+                let inode = layer.image.inode(nid)?;
+                let bytes = layer.image.read_range_with(&inode, offset, len, scratch)?;
+                if let Some((start, len)) = ahead.filter(|_| !bytes.is_empty()) {
+                    layer.image.prefetch(&inode, start, len);
+                }
+                Ok(bytes)
+            }
+            _ => Err(Error::IsDir),
+        }
+    }
+
+    fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        let Key::Diff { l, nid, .. } = self.key(ino)? else {
+            return Ok(None);
+        };
+        let Some(stored) = self.overlay_xattrs.stored_name(name) else {
+            return Ok(None);
+        };
+        let image = &self.layer(l)?.image;
+        image.xattr(&image.inode(nid)?, &stored)
+    }
+
+    fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
+        let Key::Diff { l, nid, .. } = self.key(ino)? else {
+            return Ok(Vec::new());
+        };
+        let image = &self.layer(l)?.image;
+        let list = image.xattrs(&image.inode(nid)?)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|x| self.overlay_xattrs.presented_name(x.name))
+            .collect())
+    }
+
+    fn stats(&self) -> FsStats {
+        let mut stats = FsStats {
+            block_size: 4096,
+            ..FsStats::default()
+        };
+        for layer in self.layers.iter().map_while(OnceLock::get) {
+            let s = crate::view::image_stats(&layer.image);
+            stats.blocks += s.blocks * u64::from(s.block_size) / 4096;
+            stats.inodes += s.inodes;
+        }
+        stats
+    }
+
+    fn read_only_mount(&self) -> bool {
+        false
+    }
+
+    fn create(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        match self.key(parent)? {
+            Key::Layer { r, l } if name == b"use" => {
+                let state = self.state.read().expect("store lock");
+                tracing::info!(
+                    "layer {} in use by {}",
+                    self.layer(l)?.digest,
+                    String::from_utf8_lossy(&state.refs[r])
+                );
+                Err(Error::NotFound)
+            }
+            _ => Err(Error::ReadOnly),
+        }
+    }
+
+    fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<()> {
+        match self.key(parent)? {
+            Key::Ref(r) if layout::is_layer_name(name) => {
+                let state = self.state.read().expect("store lock");
+                tracing::info!(
+                    "layer {} released by {}",
+                    String::from_utf8_lossy(name),
+                    String::from_utf8_lossy(&state.refs[r])
+                );
+                Err(Error::NotFound)
+            }
+            _ => Err(Error::ReadOnly),
+        }
+    }
+
+    fn release_mapped(&self) {
+        for layer in self.layers.iter().map_while(OnceLock::get) {
+            layer.image.release_mapped();
+        }
+    }
+}
