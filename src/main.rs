@@ -286,13 +286,16 @@ enum StoreCommand {
     /// Add layer blobs (tar or tar.gz, as a registry serves them) to the
     /// store directory STORE: each becomes STORE/<digest>/ with a
     /// tar-index EROFS image of the layer (OCI whiteouts turned into
-    /// overlayfs ones), its info for containers/storage, and the blob.
-    /// Prints each layer's digest and diffID.
+    /// overlayfs ones) in layer.erofs, its info for containers/storage, and
+    /// the blob. Prints a line per layer: its digest, "diffid", its diffID
+    /// and the blob's path.
     Add {
         /// The store directory (created if missing).
         store: PathBuf,
-        /// Layer blobs.
-        #[arg(required = true)]
+        /// Layer blobs, or OCI image layouts (directories, as `skopeo copy
+        /// docker://REF oci:DIR` writes them), whose layers are added bottom
+        /// first.
+        #[arg(required = true, value_name = "BLOB|OCI_DIR")]
         blobs: Vec<PathBuf>,
         /// No progress bar.
         #[arg(short, long)]

@@ -438,21 +438,27 @@ fn serve(
     })
 }
 
-/// `store add`.
+/// `store add`: each argument a layer blob or an OCI image layout.
 pub fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> CliResult {
-    for blob in blobs {
-        let info =
-            erofs_fuse::store::layout::add(store, blob, progress).map_err(|e| e.to_string())?;
-        write_out(
-            format!(
-                "{} {}: diffid {} ({} bytes)\n",
-                blob.display(),
-                info.compressed_digest,
-                info.diff_digest,
-                info.diff_size
-            )
-            .as_bytes(),
-        )?;
+    use erofs_fuse::store::layout;
+    for arg in blobs {
+        let layers = if arg.is_dir() {
+            layout::oci_layers(arg).map_err(|e| e.to_string())?
+        } else {
+            vec![arg.clone()]
+        };
+        for blob in layers {
+            let info = layout::add(store, &blob, progress).map_err(|e| e.to_string())?;
+            write_out(
+                format!(
+                    "{} diffid {} {}\n",
+                    info.compressed_digest,
+                    info.diff_digest,
+                    blob.display()
+                )
+                .as_bytes(),
+            )?;
+        }
     }
     Ok(())
 }
@@ -480,6 +486,32 @@ pub fn store_serve(
         .map_err(|e| format!("store {}: {e}", store.display()))
 }
 
+/// Splits a `--layer IMAGE[:DEVICE...]` value. Paths may hold colons (a
+/// layer store names layers `sha256:...`): the image is the shortest prefix
+/// ending at a colon (or the whole value) that names an existing file.
+fn split_layer(value: &str) -> (PathBuf, Vec<PathBuf>) {
+    let ends = value
+        .match_indices(':')
+        .map(|(i, _)| i)
+        .chain([value.len()]);
+    for end in ends {
+        let image = &value[..end];
+        if Path::new(image).is_file() {
+            let rest = value[end..].strip_prefix(':').unwrap_or_default();
+            let devices = rest
+                .split(':')
+                .filter(|d| !d.is_empty())
+                .map(PathBuf::from)
+                .collect();
+            return (PathBuf::from(image), devices);
+        }
+    }
+    // Nothing exists: let opening report the missing file.
+    let mut parts = value.split(':');
+    let image = PathBuf::from(parts.next().unwrap_or_default());
+    (image, parts.map(PathBuf::from).collect())
+}
+
 /// Opens the layers of `mount --layer` (IMAGE[:DEVICE...] each, bottom
 /// first) as one stack, with `open`'s cache size.
 fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay::Stack, String> {
@@ -496,10 +528,9 @@ fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay:
     }
     let mut images = Vec::with_capacity(layers.len());
     for layer in layers {
-        let mut parts = layer.split(':');
-        let image = PathBuf::from(parts.next().unwrap_or_default());
+        let (image, devices) = split_layer(layer);
         let mut this = open.clone();
-        this.devices = parts.map(PathBuf::from).collect();
+        this.devices = devices;
         images.push(std::sync::Arc::new(open_with(&image, &this)?));
     }
     erofs_fuse::overlay::Stack::new(images).map_err(|e| e.to_string())
@@ -766,4 +797,31 @@ pub fn verity_verify(
         params.data_block_size
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_values_split_where_an_image_file_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("sha256:ab").join("layer.erofs");
+        std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+        std::fs::write(&image, b"").unwrap();
+        let whole = image.display().to_string();
+        assert_eq!(split_layer(&whole), (image.clone(), vec![]));
+        assert_eq!(
+            split_layer(&format!("{whole}:/x/l.tar:/y/b.img")),
+            (image, vec![PathBuf::from("/x/l.tar"), PathBuf::from("/y/b.img")])
+        );
+        // Nothing exists: plain colon splitting, for the error to name.
+        assert_eq!(
+            split_layer("/nope/a.erofs:/nope/a.tar"),
+            (
+                PathBuf::from("/nope/a.erofs"),
+                vec![PathBuf::from("/nope/a.tar")]
+            )
+        );
+    }
 }
