@@ -813,7 +813,10 @@ mod tests {
         assert_eq!(split_layer(&whole), (image.clone(), vec![]));
         assert_eq!(
             split_layer(&format!("{whole}:/x/l.tar:/y/b.img")),
-            (image, vec![PathBuf::from("/x/l.tar"), PathBuf::from("/y/b.img")])
+            (
+                image,
+                vec![PathBuf::from("/x/l.tar"), PathBuf::from("/y/b.img")]
+            )
         );
         // Nothing exists: plain colon splitting, for the error to name.
         assert_eq!(

@@ -289,12 +289,7 @@ impl View for Stack {
     ) -> Result<&'a [u8]> {
         let node = self.node(ino)?;
         let image = self.layer(node.top.layer);
-        let inode = image.inode(node.top.nid)?;
-        let bytes = image.read_range_with(&inode, offset, len, scratch)?;
-        if let Some((start, len)) = ahead.filter(|_| !bytes.is_empty()) {
-            image.prefetch(&inode, start, len);
-        }
-        Ok(bytes)
+        crate::view::read_file(image, node.top.nid, offset, len, ahead, scratch)
     }
 
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {

@@ -158,7 +158,10 @@ pub fn oci_layers(dir: &Path) -> Result<Vec<PathBuf>> {
     let layers = manifest["layers"]
         .as_array()
         .ok_or_else(|| Error::Invalid(format!("{}: a manifest without layers", dir.display())))?;
-    layers.iter().map(|l| blob_path(dir, &l["digest"])).collect()
+    layers
+        .iter()
+        .map(|l| blob_path(dir, &l["digest"]))
+        .collect()
 }
 
 /// `dir/blobs/sha256/<hex>` for a digest value, checked to be one.

@@ -468,12 +468,7 @@ impl View for StoreView {
                 Ok(scratch)
             }
             Key::Diff { nid, .. } => {
-                let inode = layer.image.inode(nid)?;
-                let bytes = layer.image.read_range_with(&inode, offset, len, scratch)?;
-                if let Some((start, len)) = ahead.filter(|_| !bytes.is_empty()) {
-                    layer.image.prefetch(&inode, start, len);
-                }
-                Ok(bytes)
+                crate::view::read_file(&layer.image, nid, offset, len, ahead, scratch)
             }
             _ => Err(Error::IsDir),
         }
@@ -483,11 +478,8 @@ impl View for StoreView {
         let Key::Diff { l, nid, .. } = self.key(ino)? else {
             return Ok(None);
         };
-        let Some(stored) = self.overlay_xattrs.stored_name(name) else {
-            return Ok(None);
-        };
         let image = &self.layer(l)?.image;
-        image.xattr(&image.inode(nid)?, &stored)
+        self.overlay_xattrs.get(image, &image.inode(nid)?, name)
     }
 
     fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
@@ -495,11 +487,7 @@ impl View for StoreView {
             return Ok(Vec::new());
         };
         let image = &self.layer(l)?.image;
-        let list = image.xattrs(&image.inode(nid)?)?;
-        Ok(list
-            .into_iter()
-            .filter_map(|x| self.overlay_xattrs.presented_name(x.name))
-            .collect())
+        self.overlay_xattrs.names(image, &image.inode(nid)?)
     }
 
     fn stats(&self) -> FsStats {

@@ -27,7 +27,7 @@ pub enum OverlayXattrs {
 impl OverlayXattrs {
     /// The stored name to look up for the presented `name`, or `None` when
     /// the name is hidden.
-    pub(crate) fn stored_name(self, name: &[u8]) -> Option<Vec<u8>> {
+    fn stored_name(self, name: &[u8]) -> Option<Vec<u8>> {
         match self {
             Self::Trusted => Some(name.to_vec()),
             Self::User if name.starts_with(TRUSTED_OVERLAY) => None,
@@ -38,8 +38,25 @@ impl OverlayXattrs {
         }
     }
 
+    /// The value of the presented xattr `name` of `inode`.
+    pub(crate) fn get(self, image: &Image, inode: &Inode, name: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.stored_name(name) {
+            Some(stored) => image.xattr(inode, &stored),
+            None => Ok(None),
+        }
+    }
+
+    /// The presented names of the xattrs of `inode`.
+    pub(crate) fn names(self, image: &Image, inode: &Inode) -> Result<Vec<Vec<u8>>> {
+        let list = image.xattrs(inode)?;
+        Ok(list
+            .into_iter()
+            .filter_map(|x| self.presented_name(x.name))
+            .collect())
+    }
+
     /// The presented name of a stored one, or `None` when it is hidden.
-    pub(crate) fn presented_name(self, stored: Vec<u8>) -> Option<Vec<u8>> {
+    fn presented_name(self, stored: Vec<u8>) -> Option<Vec<u8>> {
         match self {
             Self::Trusted => Some(stored),
             Self::User if stored.starts_with(USER_OVERLAY) => None,
@@ -49,6 +66,24 @@ impl OverlayXattrs {
             }),
         }
     }
+}
+
+/// Up to `len` bytes of file `nid` of `image` from `offset` (see
+/// [`View::read`]), prefetching `ahead` when the read returned data.
+pub(crate) fn read_file<'a>(
+    image: &'a Image,
+    nid: Nid,
+    offset: u64,
+    len: u64,
+    ahead: Option<(u64, u64)>,
+    scratch: &'a mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    let inode = image.inode(nid)?;
+    let bytes = image.read_range_with(&inode, offset, len, scratch)?;
+    if let Some((start, len)) = ahead.filter(|_| !bytes.is_empty()) {
+        image.prefetch(&inode, start, len);
+    }
+    Ok(bytes)
 }
 
 /// One image served as it is. The root is inode 1 and every other nid n
@@ -154,27 +189,16 @@ impl View for ImageView {
         ahead: Option<(u64, u64)>,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
-        let inode = self.inode(ino)?;
-        let bytes = self.image.read_range_with(&inode, offset, len, scratch)?;
-        if let Some((start, len)) = ahead.filter(|_| !bytes.is_empty()) {
-            self.image.prefetch(&inode, start, len);
-        }
-        Ok(bytes)
+        read_file(&self.image, self.nid(ino), offset, len, ahead, scratch)
     }
 
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
-        let Some(stored) = self.overlay_xattrs.stored_name(name) else {
-            return Ok(None);
-        };
-        self.image.xattr(&self.inode(ino)?, &stored)
+        self.overlay_xattrs
+            .get(&self.image, &self.inode(ino)?, name)
     }
 
     fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        let list = self.image.xattrs(&self.inode(ino)?)?;
-        Ok(list
-            .into_iter()
-            .filter_map(|x| self.overlay_xattrs.presented_name(x.name))
-            .collect())
+        self.overlay_xattrs.names(&self.image, &self.inode(ino)?)
     }
 
     fn stats(&self) -> FsStats {
