@@ -8,7 +8,8 @@ change set of a layer over those below it, as an OCI image diff spells it:
 new and changed entries with their parent directories, deletions as
 `.wh.NAME` whiteout files, and directories emptied and refilled as opaque
 (`.wh..wh..opq`). Changes cover: files rewritten, files and whole
-directories deleted, a file replaced by a directory and a directory by a
+directories deleted (with `.wh.` files or 0:0 character devices), names
+no layer has whited out, a directory too big for one readdir reply, a file replaced by a directory and a directory by a
 file, new files, directories, symlinks, hard links, fifos and devices, and
 directories made opaque. Whiteouts only name what the layers below hold,
 as a real diff does. Deterministic for a seed.
@@ -90,6 +91,20 @@ class Stack:
             else:
                 self.add_entry(out, child, linkable)
 
+    def whiteout(self, out, path):
+        """A whiteout hiding `path` of the layers below."""
+        parent, _, name = path.rpartition("/")
+        if self.rng.random() < 0.25:
+            ti = self.info(path, tarfile.CHRTYPE, 0o600)
+            ti.devmajor = ti.devminor = 0
+            ti.pax_headers = {}
+            out.append((ti, None))
+            return
+        ti = self.info((parent + "/" if parent else "") + ".wh." + name, tarfile.REGTYPE, 0o644)
+        ti.size = 0
+        ti.pax_headers = {}
+        out.append((ti, b""))
+
     def remove(self, path):
         for p in [p for p in self.state if p == path or p.startswith(path + "/")]:
             del self.state[p]
@@ -97,6 +112,12 @@ class Stack:
     def base(self):
         out, linkable = [], []
         out.append((self.info(".", tarfile.DIRTYPE, 0o755), None))
+        # A directory too big for one readdir reply, so listings resume
+        # mid-way; later layers add to it and delete from it.
+        out.append((self.info("big", tarfile.DIRTYPE, 0o755), None))
+        self.state["big"] = "dir"
+        for i in range(self.rng.randrange(200, 400)):
+            self.add_entry(out, "big/%s-%04d" % ("x" * self.rng.randrange(20, 60), i), linkable)
         for _ in range(self.rng.randrange(6, 10)):
             self.add_tree(out, self.fresh(""), 1, linkable)
         for _ in range(self.rng.randrange(2, 6)):
@@ -126,7 +147,8 @@ class Stack:
                     out.append((self.info(p, tarfile.DIRTYPE, 0o755), None))
 
         for _ in range(rng.randrange(10, 20)):
-            existing = sorted(self.state)
+            # Mostly outside the big directory, which would draw most picks.
+            existing = sorted(p for p in self.state if not p.startswith("big/") or rng.random() < 0.1)
             if not existing:
                 break
             path = rng.choice(existing)
@@ -138,13 +160,9 @@ class Stack:
             list_parents(path)
             touched.append(path)
             if r < 0.3:
-                # Delete.
-                name = path.rsplit("/", 1)[-1]
-                wh = (parent + "/" if parent else "") + ".wh." + name
-                ti = self.info(wh, tarfile.REGTYPE, 0o644)
-                ti.size = 0
-                ti.pax_headers = {}
-                out.append((ti, b""))
+                # Delete: mostly OCI's .wh. file, sometimes overlayfs's own
+                # 0:0 character device (some tools write those).
+                self.whiteout(out, path)
                 self.remove(path)
             elif r < 0.55 and kind == "file":
                 # Rewrite.
@@ -177,6 +195,14 @@ class Stack:
                     self.add_tree(out, child, 2, linkable)
                 else:
                     self.add_entry(out, child, linkable)
+        # A whiteout of a name no layer has (diff tools write those too),
+        # in a directory that merges.
+        dirs = [d for d in self.dirs() if d and free(d)]
+        if dirs and rng.random() < 0.5:
+            d = rng.choice(dirs)
+            list_parents(d + "/x")
+            touched.append(d)
+            self.whiteout(out, self.fresh(d))
         # Something new at the top.
         if rng.random() < 0.7:
             path = self.fresh("")

@@ -88,6 +88,45 @@ struct Generated {
     index: Vec<String>,
     /// Kernel erofs layers under kernel overlayfs, walked.
     expected: String,
+    /// Its hard-link groups.
+    links: LinkGroups,
+}
+
+/// The paths of each file that has more than one, as sets.
+type LinkGroups = std::collections::BTreeSet<Vec<String>>;
+
+/// Groups the files below `root` by inode: hard links must share one.
+fn link_groups(root: &Path) -> LinkGroups {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_inode: std::collections::HashMap<(u64, u64), Vec<String>> = Default::default();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = std::fs::symlink_metadata(entry.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && meta.nlink() > 1 {
+                let rel = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                by_inode
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(rel);
+            }
+        }
+    }
+    by_inode
+        .into_values()
+        .map(|mut paths| {
+            paths.sort();
+            paths
+        })
+        .collect()
 }
 
 fn generate(seed: u64) -> Generated {
@@ -118,12 +157,14 @@ fn generate(seed: u64) -> Generated {
     let overlay = Overlay::new(&top_first);
     let expected = tree_manifest(overlay.dir.path());
     assert!(expected.lines().count() > 20, "seed {seed}: a tiny tree");
+    let links = link_groups(overlay.dir.path());
     Generated {
         _work: work,
         aufs,
         oci,
         index,
         expected,
+        links,
     }
 }
 
@@ -170,8 +211,10 @@ fn merged_layers_show_what_overlayfs_shows() {
         return;
     }
     let mut failures = Vec::new();
+    let mut linked = 0;
     for seed in 1..=stack_count() {
         let g = generate(seed);
+        linked += g.links.len();
         let stacks = [
             ("aufs", strings(&g.aufs)),
             ("oci", strings(&g.oci)),
@@ -183,9 +226,17 @@ fn merged_layers_show_what_overlayfs_shows() {
             if let Some(diff) = manifest_diff(&g.expected, &got, 20) {
                 failures.push(format!("seed {seed}, {what} layers:\n{diff}"));
             }
+            let links = link_groups(mount.path());
+            if links != g.links {
+                failures.push(format!(
+                    "seed {seed}, {what} layers: hard links {links:?}, overlayfs {:?}",
+                    g.links
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(linked > 0, "no stack had hard links to check");
 }
 
 /// The rootless form: inside a user namespace (where trusted.* xattrs are

@@ -139,7 +139,7 @@ fn serve_presents_the_additional_layer_store_layout() {
     add(&store, &gz);
     let digest = sha256(&std::fs::read(&gz).unwrap());
     let served = Served::new(&store, &[]);
-    let reference = "bG9jYWxob3N0OjUwMDAvdGlueToxCg==";
+    let reference = "bG9jYWxob3N0OjUwMDAvdGlueTox"; // localhost:5000/tiny:1
     let layer = served.dir.path().join(reference).join(&digest);
     for name in ["diff", "info", "blob"] {
         assert!(layer.join(name).exists(), "{name} missing");
@@ -175,6 +175,20 @@ fn serve_presents_the_additional_layer_store_layout() {
         errno_of(std::fs::write(layer.join("info"), b"x")),
         Some(libc::EROFS)
     );
+    // The mount is not read-only (the signals must reach the store), so
+    // every open comes to the server: one for writing is refused, however
+    // many read-only opens came first.
+    for _ in 0..3 {
+        std::fs::read(layer.join("diff").join("e1")).ok();
+        std::fs::read(layer.join("info")).unwrap();
+    }
+    for path in [layer.join("info"), layer.join("blob")] {
+        let rw = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path);
+        assert_eq!(errno_of(rw), Some(libc::EROFS), "{}", path.display());
+    }
     assert_eq!(
         errno_of(std::fs::create_dir(layer.join("diff").join("new"))),
         Some(libc::EROFS)
@@ -182,6 +196,8 @@ fn serve_presents_the_additional_layer_store_layout() {
     let unknown = format!("sha256:{}", "0".repeat(64));
     assert!(!served.dir.path().join(reference).join(unknown).exists());
     assert!(!served.dir.path().join("not base64!").exists());
+    // Base64, but of a newline: not a reference.
+    assert!(!served.dir.path().join("Cg==").exists());
     assert!(!served.dir.path().join(reference).join("..%2f").exists());
     // A layer added while mounted is found.
     add(&store, &tar);

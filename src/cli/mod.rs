@@ -1,14 +1,19 @@
 //! Command implementations: open the image, call the library, print.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use erofs_fuse::inspect::{format_utc, mode_string, EntrySummary, ImageSummary};
 use erofs_fuse::reader::{FileKind, WalkEntry, WalkVisitor};
 use erofs_fuse::verity::VeritySource;
 use erofs_fuse::{Image, Inode, OpenOptions};
 
-use crate::{ImageArgs, OpenArgs, ServeArgs};
+use crate::{ImageArgs, OpenArgs};
+
+pub mod dispatch;
+mod serve;
+
+pub use serve::{mount, store_add, store_serve, MountArgs};
 
 /// A command's failure, already phrased for the user.
 pub type CliResult = Result<(), String>;
@@ -356,186 +361,6 @@ pub fn fsck(args: &ImageArgs) -> CliResult {
     write_out(format!("{summary}; no problems\n").as_bytes())
 }
 
-use erofs_fuse::fuse::options::MountOptions;
-use erofs_fuse::fuse::session::MountRequest;
-
-/// What `mount` was given.
-pub struct MountArgs {
-    /// IMAGE MOUNTPOINT, or MOUNTPOINT alone with layers.
-    pub paths: Vec<PathBuf>,
-    /// How to open the image (and each layer).
-    pub open: OpenArgs,
-    /// `--layer` values, bottom first.
-    pub layers: Vec<String>,
-    /// `--overlay-xattrs`.
-    pub overlay_xattrs: erofs_fuse::view::OverlayXattrs,
-    /// How to serve.
-    pub serve: ServeArgs,
-}
-
-/// `mount`.
-pub fn mount(args: &MountArgs) -> CliResult {
-    use erofs_fuse::view::{ImageView, View};
-    use std::sync::Arc;
-    let options = MountOptions::parse(&args.serve.options).map_err(|e| e.to_string())?;
-    let mut open = args.open.clone();
-    open.devices.extend(options.devices.iter().cloned());
-    open.device_verity
-        .extend(options.device_verity.iter().cloned());
-    if let Some(source) = &options.verity {
-        if open.verity.is_some() || open.dmverity.is_some() {
-            return Err("verity given both as an option and with -o".into());
-        }
-        open.verity = Some(source.clone());
-    }
-    if let Some(size) = options.cache_size {
-        open.cache_size = size;
-    }
-    let (source, mountpoint, view): (PathBuf, &PathBuf, Arc<dyn View>) =
-        match (args.paths.as_slice(), args.layers.is_empty()) {
-            ([image, mountpoint], true) => {
-                let view = ImageView::new(Arc::new(open_with(image, &open)?), args.overlay_xattrs);
-                (image.clone(), mountpoint, Arc::new(view))
-            }
-            ([mountpoint], false) => {
-                let stack = open_stack(&args.layers, &open)?;
-                let top = args.layers.last().map(|l| l.split(':').next().unwrap_or(l));
-                (
-                    PathBuf::from(top.unwrap_or("layers")),
-                    mountpoint,
-                    Arc::new(stack),
-                )
-            }
-            (_, true) => return Err("mount needs IMAGE and MOUNTPOINT".into()),
-            (_, false) => return Err("with --layer, mount takes only MOUNTPOINT".into()),
-        };
-    serve(view, &source, mountpoint, options, &args.serve)
-        .map_err(|e| format!("mount {}: {e}", source.display()))
-}
-
-/// Mounts `view` (from `source`) at `mountpoint` and serves it.
-fn serve(
-    view: std::sync::Arc<dyn erofs_fuse::view::View>,
-    source: &Path,
-    mountpoint: &Path,
-    options: MountOptions,
-    args: &ServeArgs,
-) -> erofs_fuse::Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let fsname = std::fs::canonicalize(source)
-        .unwrap_or_else(|_| source.to_path_buf())
-        .display()
-        .to_string();
-    erofs_fuse::fuse::session::mount(MountRequest {
-        view,
-        mountpoint: mountpoint.to_path_buf(),
-        options,
-        foreground: args.foreground,
-        threads,
-        fsname,
-    })
-}
-
-/// `store add`: each argument a layer blob or an OCI image layout.
-pub fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> CliResult {
-    use erofs_fuse::store::layout;
-    for arg in blobs {
-        let layers = if arg.is_dir() {
-            layout::oci_layers(arg).map_err(|e| e.to_string())?
-        } else {
-            vec![arg.clone()]
-        };
-        for blob in layers {
-            let info = layout::add(store, &blob, progress).map_err(|e| e.to_string())?;
-            write_out(
-                format!(
-                    "{} diffid {} {}\n",
-                    info.compressed_digest,
-                    info.diff_digest,
-                    blob.display()
-                )
-                .as_bytes(),
-            )?;
-        }
-    }
-    Ok(())
-}
-
-/// `store serve`.
-pub fn store_serve(
-    store: &Path,
-    mountpoint: &Path,
-    cache_size: u64,
-    overlay_xattrs: erofs_fuse::view::OverlayXattrs,
-    args: &ServeArgs,
-) -> CliResult {
-    let options = MountOptions::parse(&args.options).map_err(|e| e.to_string())?;
-    if options.verity.is_some() || !options.devices.is_empty() || !options.device_verity.is_empty()
-    {
-        return Err("store serve: device and verity options apply to single images".into());
-    }
-    let open = OpenOptions {
-        cache_size: options.cache_size.unwrap_or(cache_size),
-        ..OpenOptions::default()
-    };
-    let view = erofs_fuse::store::StoreView::new(store.to_path_buf(), open, overlay_xattrs)
-        .map_err(|e| e.to_string())?;
-    serve(std::sync::Arc::new(view), store, mountpoint, options, args)
-        .map_err(|e| format!("store {}: {e}", store.display()))
-}
-
-/// Splits a `--layer IMAGE[:DEVICE...]` value. Paths may hold colons (a
-/// layer store names layers `sha256:...`): the image is the shortest prefix
-/// ending at a colon (or the whole value) that names an existing file.
-fn split_layer(value: &str) -> (PathBuf, Vec<PathBuf>) {
-    let ends = value
-        .match_indices(':')
-        .map(|(i, _)| i)
-        .chain([value.len()]);
-    for end in ends {
-        let image = &value[..end];
-        if Path::new(image).is_file() {
-            let rest = value[end..].strip_prefix(':').unwrap_or_default();
-            let devices = rest
-                .split(':')
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .collect();
-            return (PathBuf::from(image), devices);
-        }
-    }
-    // Nothing exists: let opening report the missing file.
-    let mut parts = value.split(':');
-    let image = PathBuf::from(parts.next().unwrap_or_default());
-    (image, parts.map(PathBuf::from).collect())
-}
-
-/// Opens the layers of `mount --layer` (IMAGE[:DEVICE...] each, bottom
-/// first) as one stack, with `open`'s cache size.
-fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay::Stack, String> {
-    if open.verity.is_some()
-        || open.dmverity.is_some()
-        || !open.devices.is_empty()
-        || !open.device_verity.is_empty()
-        || open.offset != 0
-    {
-        return Err(
-            "with --layer, give each layer's devices after colons; --device, --offset and verity apply to single images"
-                .into(),
-        );
-    }
-    let mut images = Vec::with_capacity(layers.len());
-    for layer in layers {
-        let (image, devices) = split_layer(layer);
-        let mut this = open.clone();
-        this.devices = devices;
-        images.push(std::sync::Arc::new(open_with(&image, &this)?));
-    }
-    erofs_fuse::overlay::Stack::new(images).map_err(|e| e.to_string())
-}
-
 /// `extract`.
 pub fn extract(args: &ImageArgs, dest: &Path, owners: bool, xattrs: bool) -> CliResult {
     let image = open(args)?;
@@ -797,34 +622,4 @@ pub fn verity_verify(
         params.data_block_size
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layer_values_split_where_an_image_file_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("sha256:ab").join("layer.erofs");
-        std::fs::create_dir_all(image.parent().unwrap()).unwrap();
-        std::fs::write(&image, b"").unwrap();
-        let whole = image.display().to_string();
-        assert_eq!(split_layer(&whole), (image.clone(), vec![]));
-        assert_eq!(
-            split_layer(&format!("{whole}:/x/l.tar:/y/b.img")),
-            (
-                image,
-                vec![PathBuf::from("/x/l.tar"), PathBuf::from("/y/b.img")]
-            )
-        );
-        // Nothing exists: plain colon splitting, for the error to name.
-        assert_eq!(
-            split_layer("/nope/a.erofs:/nope/a.tar"),
-            (
-                PathBuf::from("/nope/a.erofs"),
-                vec![PathBuf::from("/nope/a.tar")]
-            )
-        );
-    }
 }

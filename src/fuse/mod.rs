@@ -84,6 +84,8 @@ pub struct ErofsFs {
     /// The kernel checks permissions (default_permissions): POSIX ACLs are
     /// negotiated and enforced too.
     default_permissions: bool,
+    /// The mount is read-only to the kernel ([`View::read_only_mount`]).
+    read_only_mount: bool,
     /// Bytes served since the mount (see [`TRIM_EVERY`]).
     served: std::sync::atomic::AtomicU64,
     /// Whether the server runs in the initial user namespace, where uid 0
@@ -97,6 +99,7 @@ impl ErofsFs {
     pub fn new(view: Arc<dyn View>, default_permissions: bool) -> Self {
         let block_size = view.block_size();
         Self {
+            read_only_mount: view.read_only_mount(),
             view,
             block_size,
             no_open: false,
@@ -238,9 +241,10 @@ impl Filesystem for ErofsFs {
         if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
-        if self.no_open {
+        if self.no_open && self.read_only_mount {
             // Read-only opens need nothing from us; the mount is read-only,
-            // so the kernel refuses write opens itself from now on.
+            // so the kernel refuses write opens itself from now on. (On a
+            // mount that is not, every open must come here to be refused.)
             return reply.error(Errno::ENOSYS);
         }
         match self.attr("open", ino) {

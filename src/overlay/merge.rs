@@ -28,7 +28,7 @@ const OPAQUE_XATTRS: [&[u8]; 2] = [b"trusted.overlay.opaque", b"user.overlay.opa
 /// Most directory entries read, over all layers, to merge one directory:
 /// far beyond any real directory, and a bound on the work and memory a
 /// hostile stack can ask for.
-pub const MAX_MERGE_ENTRIES: usize = 1 << 22;
+pub const MAX_MERGE_ENTRIES: usize = 1 << 20;
 
 /// A name in a merged directory and where it comes from.
 #[derive(Debug, Clone)]
@@ -62,6 +62,20 @@ enum Meaning {
     Entry,
 }
 
+/// Classifies a stored entry by its name and whether its inode is a 0:0
+/// character device.
+fn meaning(name: &[u8], whiteout_device: bool) -> Meaning {
+    if name == b"." || name == b".." || name == OPAQUE_MARKER {
+        Meaning::Skip
+    } else if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
+        Meaning::Whiteout(hidden.to_vec())
+    } else if whiteout_device {
+        Meaning::Whiteout(name.to_vec())
+    } else {
+        Meaning::Entry
+    }
+}
+
 impl Stack {
     /// The merged entries of the directory drawn from `contributors` (top
     /// first), sorted by name; `.` and `..` are not among them.
@@ -84,10 +98,20 @@ impl Stack {
                     layer: dir.layer,
                     nid: entry.nid,
                 };
-                match self.meaning(origin, &entry.name, entry.file_type)? {
+                // The inode's type decides, not the entry's claim (as in
+                // overlayfs). A broken inode keeps its entry's type; it
+                // fails when it is looked at.
+                let (kind, whiteout_device) = match image.inode(entry.nid) {
+                    Ok(inode) => (
+                        inode.kind.file_type(),
+                        inode.kind == FileKind::CharDevice(0, 0),
+                    ),
+                    Err(_) => (entry.file_type, false),
+                };
+                match meaning(&entry.name, whiteout_device) {
                     Meaning::Skip => {}
                     Meaning::Whiteout(name) => whiteouts.push(name),
-                    Meaning::Entry => self.add(&mut slots, entry.name, entry.file_type, origin)?,
+                    Meaning::Entry => self.add(&mut slots, entry.name, kind, origin)?,
                 }
             }
             // A whiteout hides the name below its own layer only: an entry
@@ -149,23 +173,6 @@ impl Stack {
             entry.lower.push(origin);
         }
         Ok(())
-    }
-
-    /// Classifies a stored entry.
-    fn meaning(&self, origin: Origin, name: &[u8], kind: FileType) -> Result<Meaning> {
-        if name == b"." || name == b".." || name == OPAQUE_MARKER {
-            return Ok(Meaning::Skip);
-        }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-            return Ok(Meaning::Whiteout(hidden.to_vec()));
-        }
-        if kind == FileType::CharDevice {
-            let inode = self.layer(origin.layer).inode(origin.nid)?;
-            if inode.kind == FileKind::CharDevice(0, 0) {
-                return Ok(Meaning::Whiteout(name.to_vec()));
-            }
-        }
-        Ok(Meaning::Entry)
     }
 
     /// Whether directory `dir` hides the directories below it.

@@ -10,7 +10,7 @@
 mod merge;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use lru::LruCache;
 
@@ -20,18 +20,30 @@ use crate::error::{Error, Result};
 use crate::format::{FileType, Nid};
 use crate::reader::Image;
 use crate::view::{Attr, DirItem, FsStats, Ino, View, ROOT};
-use merge::Merged;
 
 /// Most layers a stack may have (overlayfs itself takes 500).
 pub const MAX_LAYERS: usize = 500;
 
-/// Total entries of the merged listings kept; beyond it the least recently
-/// used are dropped (and rebuilt on their next use).
-const LISTING_BUDGET: usize = 1 << 18;
+/// Memory for merged listings kept, in bytes as [`Listing::cost`] counts
+/// them; beyond it the least recently used are dropped (and rebuilt on
+/// their next use). The listing in use is kept whatever its size, which
+/// [`MAX_MERGE_ENTRIES`] bounds.
+const LISTING_BUDGET: usize = 64 << 20;
+
+/// What a listing entry costs besides its name: the entry itself and the
+/// sorted vector's share.
+const ENTRY_COST: usize = std::mem::size_of::<Entry>() + 16;
 
 /// Readdir positions: 0 starts, 1 resumes after `.`, 2 after `..`, and
 /// 3 + i after merged entry i.
 const FIRST_ENTRY_POS: u64 = 2;
+
+/// Whether `name` is one of overlayfs's own xattrs, which the merge reads
+/// and the merged tree does not show (as overlayfs keeps its own to itself;
+/// `user.overlay.*` too, since the merge honours those markers).
+fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(crate::view::TRUSTED_OVERLAY) || name.starts_with(crate::view::USER_OVERLAY)
+}
 
 /// An entry of one layer: the layer's index (0 at the bottom) and its nid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,7 +62,7 @@ struct Node {
     /// The directory it was found in (the root is its own parent).
     parent: Ino,
     /// Directories only: the lower directories merged under `top`.
-    lower: Vec<Origin>,
+    lower: Arc<[Origin]>,
 }
 
 /// Every inode handed out so far.
@@ -61,10 +73,19 @@ struct Table {
     by_origin: HashMap<Origin, Ino>,
 }
 
+/// One entry of a merged listing.
+struct Entry {
+    name: Box<[u8]>,
+    kind: FileType,
+    ino: Ino,
+}
+
 /// One merged directory listing.
 struct Listing {
     /// Sorted by name.
-    entries: Vec<(Merged, Ino)>,
+    entries: Vec<Entry>,
+    /// Its memory, as the budget counts it.
+    cost: usize,
 }
 
 /// A stack of layers merged with overlayfs semantics.
@@ -78,7 +99,8 @@ pub struct Stack {
 
 struct Listings {
     lru: LruCache<Ino, Arc<Listing>>,
-    entries: usize,
+    /// Sum of the kept listings' costs.
+    cost: usize,
 }
 
 impl Stack {
@@ -96,24 +118,28 @@ impl Stack {
             table: RwLock::new(Table::default()),
             listings: Mutex::new(Listings {
                 lru: LruCache::unbounded(),
-                entries: 0,
+                cost: 0,
             }),
             block_size,
         };
-        // The root merges the layers' roots, top down to the first opaque one.
+        // The root merges every layer's root: as in overlayfs, a layer's
+        // root is never opaque (containers' engines ignore an opaque
+        // marker there too).
         let mut roots = Vec::new();
         for layer in (0..stack.layers.len()).rev() {
             let root = Origin {
                 layer,
                 nid: stack.layers[layer].superblock().root_nid,
             };
-            roots.push(root);
-            if stack.is_opaque(root)? {
-                break;
+            if !stack.layers[layer].root()?.is_dir() {
+                return Err(Error::corrupt(format!(
+                    "layer {layer}: the root is not a directory"
+                )));
             }
+            roots.push(root);
         }
         let top = roots.remove(0);
-        stack.intern(top, ROOT, roots);
+        stack.intern(top, ROOT, roots.into());
         Ok(stack)
     }
 
@@ -127,11 +153,13 @@ impl Stack {
     }
 
     /// The inode number of `top`, creating its node if it is new.
-    fn intern(&self, top: Origin, parent: Ino, lower: Vec<Origin>) -> Ino {
-        if let Some(&ino) = self.table.read().expect("table lock").by_origin.get(&top) {
+    fn intern(&self, top: Origin, parent: Ino, lower: Arc<[Origin]>) -> Ino {
+        let read = self.table.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(&ino) = read.by_origin.get(&top) {
             return ino;
         }
-        let mut table = self.table.write().expect("table lock");
+        drop(read);
+        let mut table = self.table.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(&ino) = table.by_origin.get(&top) {
             return ino;
         }
@@ -142,7 +170,7 @@ impl Stack {
     }
 
     fn node(&self, ino: Ino) -> Result<Node> {
-        let table = self.table.read().expect("table lock");
+        let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         ino.checked_sub(1)
             .and_then(|i| table.nodes.get(i as usize))
             .cloned()
@@ -160,35 +188,45 @@ impl Stack {
         Ok(attr)
     }
 
+    fn kept(&self) -> std::sync::MutexGuard<'_, Listings> {
+        self.listings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The merged listing of directory `ino` (built if not kept).
     fn listing(&self, ino: Ino) -> Result<Arc<Listing>> {
-        if let Some(listing) = self.listings.lock().expect("listing lock").lru.get(&ino) {
+        if let Some(listing) = self.kept().lru.get(&ino) {
             return Ok(Arc::clone(listing));
         }
         let node = self.node(ino)?;
         let mut contributors = vec![node.top];
         contributors.extend_from_slice(&node.lower);
         let merged = self.merge_dir(&contributors)?;
-        let entries = merged
+        let mut cost = 0;
+        let entries: Vec<Entry> = merged
             .into_iter()
             .map(|m| {
-                let lower = if m.kind == FileType::Directory {
-                    m.lower.clone()
+                let lower: Arc<[Origin]> = if m.kind == FileType::Directory {
+                    m.lower.into()
                 } else {
-                    Vec::new()
+                    Arc::new([])
                 };
-                let child = self.intern(m.top, ino, lower);
-                (m, child)
+                cost += ENTRY_COST + m.name.len();
+                Entry {
+                    ino: self.intern(m.top, ino, lower),
+                    kind: m.kind,
+                    name: m.name.into_boxed_slice(),
+                }
             })
             .collect();
-        let listing = Arc::new(Listing { entries });
-        let mut kept = self.listings.lock().expect("listing lock");
-        if kept.lru.put(ino, Arc::clone(&listing)).is_none() {
-            kept.entries += listing.entries.len();
+        let listing = Arc::new(Listing { entries, cost });
+        let mut kept = self.kept();
+        if let Some(old) = kept.lru.put(ino, Arc::clone(&listing)) {
+            kept.cost -= old.cost;
         }
-        while kept.entries > LISTING_BUDGET && kept.lru.len() > 1 {
+        kept.cost += listing.cost;
+        while kept.cost > LISTING_BUDGET && kept.lru.len() > 1 {
             if let Some((_, old)) = kept.lru.pop_lru() {
-                kept.entries -= old.entries.len();
+                kept.cost -= old.cost;
             }
         }
         Ok(listing)
@@ -214,12 +252,11 @@ impl View for Stack {
         let listing = self.listing(parent)?;
         let Ok(i) = listing
             .entries
-            .binary_search_by(|(m, _)| m.name.as_slice().cmp(name))
+            .binary_search_by(|e| e.name.as_ref().cmp(name))
         else {
             return Ok(None);
         };
-        let ino = listing.entries[i].1;
-        Ok(Some(self.attr(ino)?))
+        Ok(Some(self.attr(listing.entries[i].ino)?))
     }
 
     fn read_dir(
@@ -258,13 +295,13 @@ impl View for Stack {
         }
         let skip = pos.saturating_sub(FIRST_ENTRY_POS);
         let skip = usize::try_from(skip).unwrap_or(usize::MAX);
-        for (i, (m, child)) in listing.entries.iter().enumerate().skip(skip) {
+        for (i, e) in listing.entries.iter().enumerate().skip(skip) {
             let item = DirItem {
-                ino: *child,
-                name: &m.name,
-                kind: m.kind,
+                ino: e.ino,
+                name: &e.name,
+                kind: e.kind,
                 next: FIRST_ENTRY_POS + i as u64 + 1,
-                attr: attr(*child)?,
+                attr: attr(e.ino)?,
             };
             if sink(item) {
                 break;
@@ -293,7 +330,7 @@ impl View for Stack {
     }
 
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {
-        if name.starts_with(crate::view::TRUSTED_OVERLAY) {
+        if is_overlay_xattr(name) {
             return Ok(None);
         }
         let node = self.node(ino)?;
@@ -302,30 +339,18 @@ impl View for Stack {
     }
 
     fn xattr_names(&self, ino: Ino) -> Result<Vec<Vec<u8>>> {
-        // overlayfs keeps its own xattrs to itself.
         let node = self.node(ino)?;
         let image = self.layer(node.top.layer);
         let list = image.xattrs(&image.inode(node.top.nid)?)?;
         Ok(list
             .into_iter()
             .map(|x| x.name)
-            .filter(|name| !name.starts_with(crate::view::TRUSTED_OVERLAY))
+            .filter(|name| !is_overlay_xattr(name))
             .collect())
     }
 
     fn stats(&self) -> FsStats {
-        let mut bytes = 0u64;
-        let mut inodes = 0u64;
-        for image in &self.layers {
-            let s = crate::view::image_stats(image);
-            bytes = bytes.saturating_add(s.blocks.saturating_mul(u64::from(s.block_size)));
-            inodes = inodes.saturating_add(s.inodes);
-        }
-        FsStats {
-            blocks: bytes / u64::from(self.block_size),
-            inodes,
-            block_size: self.block_size,
-        }
+        crate::view::total_stats(self.layers.iter().map(|i| &**i), self.block_size)
     }
 
     fn release_mapped(&self) {

@@ -18,15 +18,21 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
-use std::sync::{OnceLock, RwLock};
+use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::error::{Error, Result};
 use crate::format::{FileType, Nid};
 use crate::reader::{DirPos, Image, OpenOptions};
 use crate::view::{Attr, DirItem, FsStats, Ino, OverlayXattrs, View, ROOT};
 
-/// Most image references tracked: each looked-up name costs a node.
-pub const MAX_REFS: usize = 1 << 16;
+/// Most image references tracked: each looked-up name costs a node, and
+/// every inode of a layer is a node once per reference it is reached by.
+pub const MAX_REFS: usize = 1 << 10;
+
+/// Most inodes handed out (about 50 bytes each): past it, lookups of new
+/// ones fail, so callers cannot make the server's memory grow without
+/// bound.
+pub const MAX_INODES: usize = 1 << 21;
 
 /// Most layers the store serves.
 pub const MAX_LAYERS: usize = 1 << 14;
@@ -118,26 +124,40 @@ impl StoreView {
         })
     }
 
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn key(&self, ino: Ino) -> Result<Key> {
-        let state = self.state.read().expect("store lock");
+        let state = self.read_state();
         ino.checked_sub(1)
             .and_then(|i| state.keys.get(i as usize))
             .copied()
             .ok_or(Error::NotFound)
     }
 
-    fn intern(&self, key: Key) -> Ino {
-        if let Some(&ino) = self.state.read().expect("store lock").inos.get(&key) {
-            return ino;
+    fn intern(&self, key: Key) -> Result<Ino> {
+        if let Some(&ino) = self.read_state().inos.get(&key) {
+            return Ok(ino);
         }
-        let mut state = self.state.write().expect("store lock");
+        let mut state = self.write_state();
         if let Some(&ino) = state.inos.get(&key) {
-            return ino;
+            return Ok(ino);
+        }
+        if state.keys.len() >= MAX_INODES {
+            tracing::warn!("more than {MAX_INODES} inodes in use; refusing more");
+            return Err(Error::Unsupported(format!(
+                "more than {MAX_INODES} inodes in one store mount"
+            )));
         }
         state.keys.push(key);
         let ino = state.keys.len() as Ino;
         state.inos.insert(key, ino);
-        ino
+        Ok(ino)
     }
 
     fn layer(&self, l: usize) -> Result<&Layer> {
@@ -148,16 +168,20 @@ impl StoreView {
     }
 
     /// The index of reference `name`, tracking it if it is new and looks
-    /// like one (base64, as containers/storage encodes references).
+    /// like one: base64 (as containers/storage encodes references) of
+    /// printable ASCII.
     fn reference(&self, name: &[u8]) -> Option<usize> {
-        let base64 = |b: &u8| b.is_ascii_alphanumeric() || b"+/=".contains(b);
-        if name.is_empty() || !name.iter().all(base64) {
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(name)
+            .ok()?;
+        if decoded.is_empty() || !decoded.iter().all(|b| b.is_ascii_graphic()) {
             return None;
         }
-        if let Some(&r) = self.state.read().expect("store lock").ref_index.get(name) {
+        if let Some(&r) = self.read_state().ref_index.get(name) {
             return Some(r);
         }
-        let mut state = self.state.write().expect("store lock");
+        let mut state = self.write_state();
         if let Some(&r) = state.ref_index.get(name) {
             return Some(r);
         }
@@ -178,13 +202,7 @@ impl StoreView {
             return None;
         }
         let digest = String::from_utf8_lossy(digest).into_owned();
-        if let Some(&l) = self
-            .state
-            .read()
-            .expect("store lock")
-            .layer_index
-            .get(&digest)
-        {
+        if let Some(&l) = self.read_state().layer_index.get(&digest) {
             return Some(l);
         }
         let dir = layout::layer_dir(&self.dir, &digest);
@@ -199,7 +217,7 @@ impl StoreView {
                 return None;
             }
         };
-        let mut state = self.state.write().expect("store lock");
+        let mut state = self.write_state();
         if let Some(&l) = state.layer_index.get(&digest) {
             return Some(l);
         }
@@ -283,7 +301,8 @@ impl StoreView {
                     .into_iter()
                     .filter_map(|name| {
                         let l = self.load(&name)?;
-                        Some((name, self.intern(Key::Layer { r, l }), FileType::Directory))
+                        let ino = self.intern(Key::Layer { r, l }).ok()?;
+                        Some((name, ino, FileType::Directory))
                     })
                     .collect())
             }
@@ -313,14 +332,14 @@ impl StoreView {
             }
             _ => return None,
         };
-        Some(self.intern(key))
+        self.intern(key).ok()
     }
 
     /// The parent of a store directory, for `..`.
-    fn parent(&self, key: Key) -> Ino {
+    fn parent(&self, key: Key) -> Result<Ino> {
         match key {
             Key::Layer { r, .. } => self.intern(Key::Ref(r)),
-            _ => ROOT,
+            _ => Ok(ROOT),
         }
     }
 }
@@ -351,16 +370,23 @@ impl View for StoreView {
 
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Attr>> {
         let child = match self.key(parent)? {
-            Key::Root => self.reference(name).map(|r| self.intern(Key::Ref(r))),
-            Key::Ref(r) => self.load(name).map(|l| self.intern(Key::Layer { r, l })),
+            Key::Root => match self.reference(name) {
+                Some(r) => Some(self.intern(Key::Ref(r))?),
+                None => None,
+            },
+            Key::Ref(r) => match self.load(name) {
+                Some(l) => Some(self.intern(Key::Layer { r, l })?),
+                None => None,
+            },
             Key::Layer { r, l } => self.child_of_layer(r, l, name),
             Key::Info(_) | Key::Blob(_) => return Err(Error::NotDir),
             Key::Diff { r, l, nid } => {
                 let image = &self.layer(l)?.image;
                 let dir = image.inode(nid)?;
-                image
-                    .lookup(&dir, name)?
-                    .map(|e| self.intern(Key::Diff { r, l, nid: e.nid }))
+                match image.lookup(&dir, name)? {
+                    Some(e) => Some(self.intern(Key::Diff { r, l, nid: e.nid })?),
+                    None => None,
+                }
             }
         };
         child.map(|ino| self.attr(ino)).transpose()
@@ -390,7 +416,7 @@ impl View for StoreView {
                     r,
                     l,
                     nid: entry.nid,
-                });
+                })?;
                 let item = DirItem {
                     ino: child,
                     name: &entry.name,
@@ -406,7 +432,7 @@ impl View for StoreView {
         }
         let mut entries = vec![
             (b".".to_vec(), ino, FileType::Directory),
-            (b"..".to_vec(), self.parent(key), FileType::Directory),
+            (b"..".to_vec(), self.parent(key)?, FileType::Directory),
         ];
         entries.extend(self.own_entries(key)?);
         let skip = usize::try_from(pos).unwrap_or(usize::MAX);
@@ -491,16 +517,8 @@ impl View for StoreView {
     }
 
     fn stats(&self) -> FsStats {
-        let mut stats = FsStats {
-            block_size: 4096,
-            ..FsStats::default()
-        };
-        for layer in self.layers.iter().map_while(OnceLock::get) {
-            let s = crate::view::image_stats(&layer.image);
-            stats.blocks += s.blocks * u64::from(s.block_size) / 4096;
-            stats.inodes += s.inodes;
-        }
-        stats
+        let images = self.layers.iter().map_while(OnceLock::get);
+        crate::view::total_stats(images.map(|l| &l.image), 4096)
     }
 
     fn read_only_mount(&self) -> bool {
@@ -510,7 +528,7 @@ impl View for StoreView {
     fn create(&self, parent: Ino, name: &[u8]) -> Result<()> {
         match self.key(parent)? {
             Key::Layer { r, l } if name == b"use" => {
-                let state = self.state.read().expect("store lock");
+                let state = self.read_state();
                 tracing::info!(
                     "layer {} in use by {}",
                     self.layer(l)?.digest,
@@ -525,7 +543,7 @@ impl View for StoreView {
     fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<()> {
         match self.key(parent)? {
             Key::Ref(r) if layout::is_layer_name(name) => {
-                let state = self.state.read().expect("store lock");
+                let state = self.read_state();
                 tracing::info!(
                     "layer {} released by {}",
                     String::from_utf8_lossy(name),

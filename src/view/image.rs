@@ -11,6 +11,8 @@ use crate::reader::{DirPos, Image, Inode};
 pub(crate) const TRUSTED_OVERLAY: &[u8] = b"trusted.overlay.";
 /// Prefix rootless overlayfs (`-o userxattr`) reads instead.
 pub(crate) const USER_OVERLAY: &[u8] = b"user.overlay.";
+/// The overlayfs xattrs [`OverlayXattrs::User`] presents.
+const USER_PRESENTED: [&[u8]; 2] = [b"opaque", b"origin"];
 
 /// Which namespace an image's overlayfs xattrs are presented in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,9 +20,13 @@ pub enum OverlayXattrs {
     /// As stored (`trusted.overlay.*`).
     #[default]
     Trusted,
-    /// `trusted.overlay.*` presented as `user.overlay.*`, for rootless
-    /// overlayfs (`userxattr`), which reads only those; the image's own
-    /// `user.overlay.*` are hidden so they cannot be taken for them.
+    /// `trusted.overlay.opaque` and `trusted.overlay.origin` presented as
+    /// `user.overlay.*`, for rootless overlayfs (`userxattr`), which reads
+    /// only those: opaque directories, and whiteouts hidden in directories
+    /// that merge nothing. Other overlayfs xattrs (redirects, metacopy),
+    /// which only overlayfs's own upper layers hold, and the image's own
+    /// `user.overlay.*` are hidden, so nothing else steers the overlayfs
+    /// stacked on the mount.
     User,
 }
 
@@ -31,10 +37,13 @@ impl OverlayXattrs {
         match self {
             Self::Trusted => Some(name.to_vec()),
             Self::User if name.starts_with(TRUSTED_OVERLAY) => None,
-            Self::User => Some(match name.strip_prefix(USER_OVERLAY) {
-                Some(rest) => [TRUSTED_OVERLAY, rest].concat(),
-                None => name.to_vec(),
-            }),
+            Self::User => match name.strip_prefix(USER_OVERLAY) {
+                Some(rest) if USER_PRESENTED.contains(&rest) => {
+                    Some([TRUSTED_OVERLAY, rest].concat())
+                }
+                Some(_) => None,
+                None => Some(name.to_vec()),
+            },
         }
     }
 
@@ -60,10 +69,11 @@ impl OverlayXattrs {
         match self {
             Self::Trusted => Some(stored),
             Self::User if stored.starts_with(USER_OVERLAY) => None,
-            Self::User => Some(match stored.strip_prefix(TRUSTED_OVERLAY) {
-                Some(rest) => [USER_OVERLAY, rest].concat(),
-                None => stored,
-            }),
+            Self::User => match stored.strip_prefix(TRUSTED_OVERLAY) {
+                Some(rest) if USER_PRESENTED.contains(&rest) => Some([USER_OVERLAY, rest].concat()),
+                Some(_) => None,
+                None => Some(stored),
+            },
         }
     }
 }
@@ -217,11 +227,28 @@ impl View for ImageView {
 /// Blocks of an image and its extra devices, and its inode count.
 pub(crate) fn image_stats(image: &Image) -> FsStats {
     let sb = image.superblock();
-    let extra: u64 = image.devices().extra.iter().map(|d| d.blocks).sum();
+    let extra = image.devices().extra.iter().map(|d| d.blocks);
     FsStats {
-        blocks: sb.blocks + extra,
+        blocks: extra.fold(sb.blocks, u64::saturating_add),
         inodes: sb.inos,
         block_size: image.block_size() as u32,
+    }
+}
+
+/// The totals of several images, in `block_size` blocks (the numbers are
+/// the images' claims, so the sums saturate).
+pub(crate) fn total_stats<'a>(images: impl Iterator<Item = &'a Image>, block_size: u32) -> FsStats {
+    let mut bytes = 0u64;
+    let mut inodes = 0u64;
+    for image in images {
+        let s = image_stats(image);
+        bytes = bytes.saturating_add(s.blocks.saturating_mul(u64::from(s.block_size)));
+        inodes = inodes.saturating_add(s.inodes);
+    }
+    FsStats {
+        blocks: bytes / u64::from(block_size.max(1)),
+        inodes,
+        block_size,
     }
 }
 
@@ -246,6 +273,13 @@ mod tests {
             Some(b"trusted.overlay.opaque".to_vec())
         );
         assert_eq!(m.stored_name(b"trusted.overlay.opaque"), None);
+        // Redirects and metacopy never reach the overlayfs above.
+        assert_eq!(m.presented_name(b"trusted.overlay.redirect".to_vec()), None);
+        assert_eq!(m.stored_name(b"user.overlay.redirect"), None);
+        assert_eq!(
+            m.presented_name(b"trusted.overlay.origin".to_vec()),
+            Some(b"user.overlay.origin".to_vec())
+        );
         assert_eq!(
             m.stored_name(b"security.capability"),
             Some(b"security.capability".to_vec())

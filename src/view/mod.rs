@@ -10,7 +10,7 @@
 
 mod image;
 
-pub(crate) use image::{image_stats, read_file, TRUSTED_OVERLAY};
+pub(crate) use image::{read_file, total_stats, TRUSTED_OVERLAY, USER_OVERLAY};
 pub use image::{ImageView, OverlayXattrs};
 
 use crate::error::{Error, Result};
