@@ -15,6 +15,9 @@
 #               full mode; whatever it writes must fsck clean
 #   verity      the tree superblock parser, and the block checker against
 #               whole-tree verification with flipped data and tree bytes
+#   stack       two images merged as layers (mount --layer), walked through
+#               the served view: chunked listings must equal whole ones and
+#               every listed name must look up to the same inode
 # --time: seconds per target (default 60). --parallel: targets at once
 # (default: CPUs). Needs cargo-fuzz (installed from crates.io when
 # missing); a stable toolchain is used with RUSTC_BOOTSTRAP=1.
@@ -39,8 +42,8 @@ while (($#)); do
     esac
     shift
 done
-((${#targets[@]})) || targets=(image decompress convert verity)
-declare -A max_len=([image]=262144 [decompress]=262144 [convert]=65536 [verity]=8192)
+((${#targets[@]})) || targets=(image decompress convert verity stack)
+declare -A max_len=([image]=262144 [decompress]=262144 [convert]=65536 [verity]=8192 [stack]=262144)
 for t in "${targets[@]}"; do
     [ -n "${max_len[$t]:-}" ] || { echo "fuzz.sh: unknown target $t" >&2; exit 2; }
 done
@@ -52,6 +55,7 @@ mkdir -p "$logs"
 cargo build --quiet --release --example fuzz_seeds
 rm -rf "$seeds"
 target/release/examples/fuzz_seeds tests/fixtures "$seeds"
+mkdir -p "$seeds/stack"
 # The fixtures are larger than the image target's max_len: small images of
 # a small tree in several layouts make whole seeds (mkfs.erofs, if present).
 if command -v mkfs.erofs >/dev/null; then
@@ -70,7 +74,29 @@ if command -v mkfs.erofs >/dev/null; then
         mkfs.erofs --quiet $opts "$seeds/image/small-$i.erofs" "$small/tree" >/dev/null 2>&1 || true
         i=$((i + 1))
     done
-    rm -rf "$small"
+    # An upper layer over it: a whiteout (OCI and overlayfs), an opaque
+    # directory, a file replacing a directory. Stack seeds pair the small
+    # images as lower and upper: a u32 length, then both.
+    mkdir -p "$small/upper/d/e" "$small/upper/link"
+    printf 'new\n' > "$small/upper/a"
+    : > "$small/upper/d/.wh.b"
+    : > "$small/upper/d/e/.wh..wh..opq"
+    mknod "$small/upper/hard" c 0 0 2>/dev/null || true
+    python3 -c 'import os,sys; os.setxattr(sys.argv[1], "trusted.overlay.opaque", b"y")' \
+        "$small/upper/d/e" 2>/dev/null || true
+    mkfs.erofs --quiet "$seeds/upper.erofs" "$small/upper" >/dev/null 2>&1 || true
+    mkdir -p "$seeds/stack"
+    python3 - "$seeds" <<'PY'
+import glob, os, struct, sys
+seeds = sys.argv[1]
+lower = sorted(glob.glob(seeds + "/image/small-*.erofs"))
+upper = [seeds + "/upper.erofs"] if os.path.exists(seeds + "/upper.erofs") else []
+for i, a in enumerate(lower):
+    for j, b in enumerate(upper + lower[:2]):
+        da, db = open(a, "rb").read(), open(b, "rb").read()
+        open("%s/stack/pair-%d-%d" % (seeds, i, j), "wb").write(struct.pack("<I", len(da)) + da + db)
+PY
+    rm -rf "$small" "$seeds/upper.erofs"
 fi
 (cd fuzz && cargo fuzz build --debug-assertions)
 

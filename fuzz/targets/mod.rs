@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod decompress;
 pub mod image;
+pub mod stack;
 pub mod verity;
 
 use std::path::Path;

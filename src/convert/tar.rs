@@ -89,7 +89,7 @@ pub fn read_tar(
             None => ConvertError::tar(0, None, e.to_string()),
         })?;
         let at = entry.raw_header_position();
-        let raw_path = entry.path_bytes().into_owned();
+        let raw_path = c_string(entry.path_bytes().into_owned());
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
         previous = Some((shown.clone(), at));
         let fail = |message: String| ConvertError::tar(at, Some(shown.clone()), message);
@@ -177,6 +177,7 @@ pub fn read_tar(
                     .link_name_bytes()
                     .ok_or_else(|| fail("hard link without a target".into()))?
                     .into_owned();
+                let target = c_string(target);
                 hard_link(&mut tree, parent, name, &target).map_err(fail)?;
                 continue;
             }
@@ -185,6 +186,7 @@ pub fn read_tar(
                     .link_name_bytes()
                     .ok_or_else(|| fail("symbolic link without a target".into()))?
                     .into_owned();
+                let target = c_string(target);
                 if target.is_empty() || target.len() >= 4096 {
                     return Err(fail(format!(
                         "symbolic link target of {} bytes",
@@ -489,6 +491,15 @@ fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
     } else {
         (-secs - 1, 1_000_000_000 - nanos)
     })
+}
+
+/// Names and link targets are C strings, as GNU tar and libarchive read
+/// them: a GNU long name's data (or any name) ends at its first NUL.
+fn c_string(mut bytes: Vec<u8>) -> Vec<u8> {
+    if let Some(end) = bytes.iter().position(|&b| b == 0) {
+        bytes.truncate(end);
+    }
+    bytes
 }
 
 #[cfg(test)]
