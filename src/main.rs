@@ -92,6 +92,13 @@ enum Command {
     /// --device-verity),
     /// auto_unmount, debug; fstab words like defaults, user, nofail, _netdev
     /// and x-* are accepted and ignored.
+    ///
+    /// With --layer (repeated, bottom layer first) it mounts the merged tree
+    /// of a stack of layers as overlayfs would show it.
+    #[command(
+        override_usage = "erofs-fuse mount [OPTIONS] IMAGE MOUNTPOINT\n       \
+                                erofs-fuse mount [OPTIONS] --layer IMAGE[:DEVICE...]... MOUNTPOINT"
+    )]
     Mount {
         /// IMAGE MOUNTPOINT: the image and the existing directory to mount
         /// it on; with --layer, only MOUNTPOINT.
