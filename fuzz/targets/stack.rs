@@ -100,8 +100,9 @@ pub fn run(data: &[u8]) {
                 let _ = stack.read_link(ino);
             }
             _ => {
-                let _ = stack.read(ino, 0, 64 << 10, Some((0, 1 << 20)), &mut scratch);
-                let _ = stack.read(ino, attr.size / 2, 4096, None, &mut scratch);
+                let _ = stack.read(ino, 0, 64 << 10, &mut scratch);
+                stack.prefetch(ino, 0, 1 << 20);
+                let _ = stack.read(ino, attr.size / 2, 4096, &mut scratch);
             }
         }
     }

@@ -269,24 +269,28 @@ impl Filesystem for ErofsFs {
             // Reused for replies that cannot borrow from the map.
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        // A readahead-sized read means a sequential reader: start the disk
-        // on what it will ask for next.
-        let ahead = (size >= SEQUENTIAL_READ).then(|| prefetch_window(offset, u64::from(size)));
         // Uncompressed data is borrowed from the image map: the reply is
         // written to /dev/fuse straight from it, with no buffer between.
-        SCRATCH.with_borrow_mut(|scratch| {
-            match self
-                .view
-                .read(ino.0, offset, u64::from(size), ahead, scratch)
-            {
+        let served = SCRATCH.with_borrow_mut(|scratch| {
+            match self.view.read(ino.0, offset, u64::from(size), scratch) {
                 Ok(bytes) => {
                     let served = bytes.len() as u64;
                     reply.data(bytes);
-                    self.account(served);
+                    served
                 }
-                Err(e) => reply.error(self.fail("read", ino, e)),
+                Err(e) => {
+                    reply.error(self.fail("read", ino, e));
+                    0
+                }
             }
         });
+        self.account(METADATA_REQUEST + served);
+        // A readahead-sized read means a sequential reader: once it has its
+        // reply, start the disk on what it will ask for next.
+        if size >= SEQUENTIAL_READ && served > 0 {
+            let (ahead, len) = prefetch_window(offset, served);
+            self.view.prefetch(ino.0, ahead, len);
+        }
     }
 
     fn flush(

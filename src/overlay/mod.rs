@@ -321,12 +321,18 @@ impl View for Stack {
         ino: Ino,
         offset: u64,
         len: u64,
-        ahead: Option<(u64, u64)>,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
         let node = self.node(ino)?;
         let image = self.layer(node.top.layer);
-        crate::view::read_file(image, node.top.nid, offset, len, ahead, scratch)
+        crate::view::read_file(image, node.top.nid, offset, len, scratch)
+    }
+
+    fn prefetch(&self, ino: Ino, offset: u64, len: u64) {
+        if let Ok(node) = self.node(ino) {
+            let image = self.layer(node.top.layer);
+            crate::view::prefetch_file(image, node.top.nid, offset, len);
+        }
     }
 
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {

@@ -466,7 +466,6 @@ impl View for StoreView {
         ino: Ino,
         offset: u64,
         len: u64,
-        ahead: Option<(u64, u64)>,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
         let key = self.key(ino)?;
@@ -494,9 +493,17 @@ impl View for StoreView {
                 Ok(scratch)
             }
             Key::Diff { nid, .. } => {
-                crate::view::read_file(&layer.image, nid, offset, len, ahead, scratch)
+                crate::view::read_file(&layer.image, nid, offset, len, scratch)
             }
             _ => Err(Error::IsDir),
+        }
+    }
+
+    fn prefetch(&self, ino: Ino, offset: u64, len: u64) {
+        if let Ok(Key::Diff { l, nid, .. }) = self.key(ino) {
+            if let Ok(layer) = self.layer(l) {
+                crate::view::prefetch_file(&layer.image, nid, offset, len);
+            }
         }
     }
 

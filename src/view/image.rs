@@ -79,21 +79,23 @@ impl OverlayXattrs {
 }
 
 /// Up to `len` bytes of file `nid` of `image` from `offset` (see
-/// [`View::read`]), prefetching `ahead` when the read returned data.
+/// [`View::read`]).
 pub(crate) fn read_file<'a>(
     image: &'a Image,
     nid: Nid,
     offset: u64,
     len: u64,
-    ahead: Option<(u64, u64)>,
     scratch: &'a mut Vec<u8>,
 ) -> Result<&'a [u8]> {
-    let inode = image.inode(nid)?;
-    let bytes = image.read_range_with(&inode, offset, len, scratch)?;
-    if let Some((start, len)) = ahead.filter(|_| !bytes.is_empty()) {
-        image.prefetch(&inode, start, len);
+    image.read_range_with(&image.inode(nid)?, offset, len, scratch)
+}
+
+/// Starts reading `len` bytes of file `nid` of `image` from `offset` into
+/// the page cache (see [`View::prefetch`]).
+pub(crate) fn prefetch_file(image: &Image, nid: Nid, offset: u64, len: u64) {
+    if let Ok(inode) = image.inode(nid) {
+        image.prefetch(&inode, offset, len);
     }
-    Ok(bytes)
 }
 
 /// One image served as it is. The root is inode 1 and every other nid n
@@ -196,10 +198,13 @@ impl View for ImageView {
         ino: Ino,
         offset: u64,
         len: u64,
-        ahead: Option<(u64, u64)>,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
-        read_file(&self.image, self.nid(ino), offset, len, ahead, scratch)
+        read_file(&self.image, self.nid(ino), offset, len, scratch)
+    }
+
+    fn prefetch(&self, ino: Ino, offset: u64, len: u64) {
+        prefetch_file(&self.image, self.nid(ino), offset, len);
     }
 
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>> {

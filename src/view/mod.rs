@@ -10,7 +10,7 @@
 
 mod image;
 
-pub(crate) use image::{read_file, total_stats, TRUSTED_OVERLAY, USER_OVERLAY};
+pub(crate) use image::{prefetch_file, read_file, total_stats, TRUSTED_OVERLAY, USER_OVERLAY};
 pub use image::{ImageView, OverlayXattrs};
 
 use crate::error::{Error, Result};
@@ -118,16 +118,19 @@ pub trait View: Send + Sync + 'static {
     fn read_link(&self, ino: Ino) -> Result<Vec<u8>>;
 
     /// Up to `len` bytes of file `ino` from `offset`, borrowed from the
-    /// image where possible and assembled in `scratch` otherwise. `ahead`,
-    /// when given, is a range worth prefetching for a sequential reader.
+    /// image where possible and assembled in `scratch` otherwise.
     fn read<'a>(
         &'a self,
         ino: Ino,
         offset: u64,
         len: u64,
-        ahead: Option<(u64, u64)>,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]>;
+
+    /// A hint that a sequential reader of file `ino` will want `len` bytes
+    /// from `offset` next: start reading them into the page cache. Called
+    /// after the reply, so its system calls do not delay it.
+    fn prefetch(&self, _ino: Ino, _offset: u64, _len: u64) {}
 
     /// The value of xattr `name` of `ino`, if it has one.
     fn xattr(&self, ino: Ino, name: &[u8]) -> Result<Option<Vec<u8>>>;
