@@ -32,7 +32,7 @@ fn list(view: &Stack, dir: Ino, chunk: usize) -> Option<Vec<(Vec<u8>, Ino)>> {
     loop {
         let mut got = 0;
         let mut next = pos;
-        view.read_dir(dir, pos, chunk > 1, &mut |item| {
+        view.read_dir(dir, pos, &mut |item| {
             out.push((item.name.to_vec(), item.ino));
             next = item.next;
             got += 1;

@@ -174,12 +174,11 @@ impl ErofsFs {
         op: &str,
         ino: INodeNo,
         offset: u64,
-        plus: bool,
         add: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), Errno> {
         self.account(METADATA_REQUEST);
         self.view
-            .read_dir(ino.0, offset, plus, add)
+            .read_dir(ino.0, offset, add)
             .map_err(|e| self.fail(op, ino, e))
     }
 }
@@ -335,7 +334,7 @@ impl Filesystem for ErofsFs {
                 OsStr::from_bytes(item.name),
             )
         };
-        match self.list("readdir", ino, offset, false, &mut add) {
+        match self.list("readdir", ino, offset, &mut add) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -349,22 +348,29 @@ impl Filesystem for ErofsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let mut add = |item: DirItem<'_>| {
-            let Some(attr) = item.attr else {
-                return true;
-            };
-            reply.add(
+        // Each entry's attributes come from the view as for getattr; the
+        // first that fails ends the listing with its error.
+        let mut failed = None;
+        let mut add = |item: DirItem<'_>| match self.view.attr(item.ino) {
+            Ok(attr) => reply.add(
                 INodeNo(item.ino),
                 item.next,
                 OsStr::from_bytes(item.name),
                 &TTL,
                 &self.file_attr(&attr),
                 Generation(0),
-            )
+            ),
+            Err(e) => {
+                failed = Some(self.fail("readdirplus", ino, e));
+                true
+            }
         };
-        match self.list("readdirplus", ino, offset, true, &mut add) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+        match self
+            .list("readdirplus", ino, offset, &mut add)
+            .map(|()| failed)
+        {
+            Ok(None) => reply.ok(),
+            Ok(Some(e)) | Err(e) => reply.error(e),
         }
     }
 

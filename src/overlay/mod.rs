@@ -263,19 +263,11 @@ impl View for Stack {
         &self,
         ino: Ino,
         pos: u64,
-        plus: bool,
         sink: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
         let node = self.node(ino)?;
         self.require_dir(&node)?;
         let listing = self.listing(ino)?;
-        let attr = |ino: Ino| -> Result<Option<Attr>> {
-            if plus {
-                Ok(Some(self.attr(ino)?))
-            } else {
-                Ok(None)
-            }
-        };
         for (i, (name, this)) in [(&b"."[..], ino), (&b".."[..], node.parent)]
             .into_iter()
             .enumerate()
@@ -286,7 +278,6 @@ impl View for Stack {
                     name,
                     kind: FileType::Directory,
                     next: i as u64 + 1,
-                    attr: attr(this)?,
                 };
                 if sink(item) {
                     return Ok(());
@@ -301,7 +292,6 @@ impl View for Stack {
                 name: &e.name,
                 kind: e.kind,
                 next: FIRST_ENTRY_POS + i as u64 + 1,
-                attr: attr(e.ino)?,
             };
             if sink(item) {
                 break;

@@ -396,17 +396,9 @@ impl View for StoreView {
         &self,
         ino: Ino,
         pos: u64,
-        plus: bool,
         sink: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
         let key = self.key(ino)?;
-        let attr = |ino: Ino| {
-            if plus {
-                self.attr(ino).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
         if let Key::Diff { r, l, nid } = key {
             let layer = self.layer(l)?;
             let dir = layer.image.inode(nid)?;
@@ -422,7 +414,6 @@ impl View for StoreView {
                     name: &entry.name,
                     kind: entry.file_type,
                     next: next.0,
-                    attr: attr(child)?,
                 };
                 if sink(item) {
                     break;
@@ -442,7 +433,6 @@ impl View for StoreView {
                 name,
                 kind: *kind,
                 next: i as u64 + 1,
-                attr: attr(*child)?,
             };
             if sink(item) {
                 break;

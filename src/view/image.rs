@@ -164,23 +164,16 @@ impl View for ImageView {
         &self,
         ino: Ino,
         pos: u64,
-        plus: bool,
         sink: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<()> {
         let dir = self.inode(ino)?;
         for item in self.image.read_dir(&dir, DirPos(pos))? {
             let (entry, next) = item?;
-            let attr = if plus {
-                Some(self.attr_of(&self.image.inode(entry.nid)?))
-            } else {
-                None
-            };
             let item = DirItem {
                 ino: self.ino(entry.nid),
                 name: &entry.name,
                 kind: entry.file_type,
                 next: next.0,
-                attr,
             };
             if sink(item) {
                 break;

@@ -77,8 +77,6 @@ pub struct DirItem<'a> {
     pub kind: FileType,
     /// The position that resumes after this entry.
     pub next: u64,
-    /// Its attributes, when the caller asked for them (readdirplus).
-    pub attr: Option<Attr>,
 }
 
 /// Filesystem totals for statfs.
@@ -105,14 +103,8 @@ pub trait View: Send + Sync + 'static {
 
     /// Lists directory `ino` from position `pos` (0 is the start), passing
     /// each entry to `sink` until it returns true (its buffer is full).
-    /// With `plus`, each entry carries its attributes.
-    fn read_dir(
-        &self,
-        ino: Ino,
-        pos: u64,
-        plus: bool,
-        sink: &mut dyn FnMut(DirItem<'_>) -> bool,
-    ) -> Result<()>;
+    fn read_dir(&self, ino: Ino, pos: u64, sink: &mut dyn FnMut(DirItem<'_>) -> bool)
+        -> Result<()>;
 
     /// The target of symlink `ino`.
     fn read_link(&self, ino: Ino) -> Result<Vec<u8>>;
