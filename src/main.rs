@@ -87,7 +87,8 @@ enum Command {
     /// -o options: ro, allow_other, allow_root, default_permissions,
     /// no_default_permissions, suid, nosuid, dev, nodev, exec, noexec,
     /// fsname=NAME, subtype=NAME, device=PATH (like --device), threads=N,
-    /// cache_size=SIZE (like --cache-size), verity=ROOT_HASH:HASH_FILE[:OFFSET]
+    /// cache_size=SIZE (like --cache-size), readahead=SIZE (like
+    /// --readahead), verity=ROOT_HASH:HASH_FILE[:OFFSET]
     /// (like --verity), dmverity=SIDECAR, device_verity=SPEC (like
     /// --device-verity),
     /// auto_unmount, debug; fstab words like defaults, user, nofail, _netdev
@@ -274,6 +275,13 @@ pub struct ServeArgs {
     /// Threads serving requests (default: the number of CPUs).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// The kernel's readahead window for the mount (default 1M; 0 keeps
+    /// the kernel's 128K). Larger windows mean fewer, larger read requests
+    /// for sequential readers. Only root may set it; other users' mounts
+    /// keep the kernel's default.
+    #[arg(long, value_name = "SIZE",
+          value_parser = erofs_fuse::fuse::options::parse_size)]
+    readahead: Option<u64>,
     /// Mount options, comma-separated (repeatable).
     #[arg(short = 'o', value_name = "OPT[,OPT...]")]
     options: Vec<String>,

@@ -101,6 +101,50 @@ fn writes_are_refused_with_erofs() {
     );
 }
 
+/// The kernel's readahead window of the mount at `dir`, in KiB.
+fn readahead_kib(dir: &Path) -> u64 {
+    let dir = std::fs::canonicalize(dir).unwrap();
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let device = table
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&&*dir.to_string_lossy())).then(|| f[2].to_string())
+        })
+        .unwrap_or_else(|| panic!("{} is not a mountpoint", dir.display()));
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    std::fs::read_to_string(&knob)
+        .unwrap_or_else(|e| panic!("{knob}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn root_mounts_widen_the_kernel_readahead_window() {
+    if !have("root_mounts_widen_the_kernel_readahead_window", FUSE_ROOT) {
+        return;
+    }
+    let image = fixture("plain-4k.erofs");
+    let kernel_default = {
+        let mount = FuseMount::new(&image, &[], &["--readahead", "0"]);
+        readahead_kib(mount.path())
+    };
+    for (extra, want) in [
+        (&[][..], 1024),
+        (&["--readahead", "3M"][..], 3072),
+        (&["-o", "readahead=256K"][..], 256),
+        // -o wins over the flag, as for threads.
+        (&["--readahead", "8M", "-o", "readahead=512K"][..], 512),
+    ] {
+        let mount = FuseMount::new(&image, &[], extra);
+        assert_eq!(readahead_kib(mount.path()), want, "mount {extra:?}");
+        assert!(mount.path().join("hard/one").exists());
+    }
+    assert_ne!(kernel_default, 1024, "--readahead 0 must keep the kernel's");
+}
+
 /// Reads every regular file below `root`, returning path -> contents hash.
 fn read_tree(root: &Path) -> BTreeMap<PathBuf, u64> {
     let mut out = BTreeMap::new();

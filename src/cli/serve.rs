@@ -79,6 +79,10 @@ fn serve(
         .unwrap_or_else(|_| source.to_path_buf())
         .display()
         .to_string();
+    let readahead = options
+        .readahead
+        .or(args.readahead)
+        .unwrap_or(erofs_fuse::fuse::readahead::DEFAULT_READAHEAD);
     erofs_fuse::fuse::session::mount(MountRequest {
         view,
         mountpoint: mountpoint.to_path_buf(),
@@ -86,6 +90,7 @@ fn serve(
         foreground: args.foreground,
         threads,
         fsname,
+        readahead,
     })
 }
 

@@ -9,6 +9,7 @@
 
 mod convert;
 pub mod options;
+pub mod readahead;
 pub mod session;
 
 use std::ffi::OsStr;

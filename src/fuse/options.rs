@@ -69,6 +69,8 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// `cache_size=SIZE`: budget of the decoded-extent cache.
     pub cache_size: Option<u64>,
+    /// `readahead=SIZE`: the kernel's readahead window for the mount.
+    pub readahead: Option<u64>,
     /// `debug`: log every request.
     pub debug: bool,
     /// `verity=ROOT_HASH:HASH_FILE[:OFFSET]` or `dmverity=SIDECAR`.
@@ -154,6 +156,13 @@ impl MountOptions {
                     o.cache_size = Some(parse_size(&v).map_err(|e| {
                         Error::Invalid(format!("mount option cache_size={v}: {e}"))
                     })?);
+                }
+                "readahead" => {
+                    let v = need(value)?;
+                    o.readahead =
+                        Some(parse_size(&v).map_err(|e| {
+                            Error::Invalid(format!("mount option readahead={v}: {e}"))
+                        })?);
                 }
                 "verity" | "dmverity" => {
                     if o.verity.is_some() {
@@ -295,6 +304,11 @@ mod tests {
             Some(16 << 20)
         );
         assert!(MountOptions::parse(&["cache_size=lots"]).is_err());
+        assert_eq!(
+            MountOptions::parse(&["readahead=4M"]).unwrap().readahead,
+            Some(4 << 20)
+        );
+        assert!(MountOptions::parse(&["readahead="]).is_err());
         assert!(MountOptions::parse(&["device="]).is_err());
     }
 

@@ -34,6 +34,9 @@ pub struct MountRequest {
     pub threads: usize,
     /// Source name shown in /proc/mounts.
     pub fsname: String,
+    /// The kernel's readahead window for the mount, in bytes; 0 leaves the
+    /// kernel's default.
+    pub readahead: u64,
 }
 
 /// Mounts the image and serves it until unmounted.
@@ -119,6 +122,9 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
         Arc::clone(&request.view),
         request.options.enforces_permissions(),
     );
+    // Resolved now: once mounted, resolving the path would ask this server,
+    // which does not answer until it runs.
+    let canonical = std::fs::canonicalize(&request.mountpoint);
     let session = fuser::Session::new(fs, &request.mountpoint, config);
     let mut session = match session {
         Ok(session) => session,
@@ -130,6 +136,11 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
             return Err(err);
         }
     };
+    match canonical {
+        Ok(path) if request.readahead > 0 => super::readahead::set_window(&path, request.readahead),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("readahead: {}: {e}", request.mountpoint.display()),
+    }
     let mut unmounter = session.unmount_callable();
     let mountpoint = request.mountpoint.clone();
     std::thread::spawn(move || {

@@ -1,0 +1,120 @@
+//! The kernel's readahead window for a FUSE mount.
+//!
+//! FUSE mounts get the kernel's default window of 128 KiB (the server may
+//! only lower it in `FUSE_INIT`), so a sequential reader's cold reads reach
+//! the server as 128 KiB requests, each a round trip. Kernel erofs on a
+//! loop device reads ahead in windows of the backing device's size (2.5 MiB
+//! on these machines). The window is the mount's backing device info,
+//! `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`, which only root can write;
+//! for anyone else the mount keeps the default, and that is logged.
+
+use std::path::Path;
+
+/// The window the mount asks for unless told otherwise: one full request
+/// (`max_pages` of 256 pages). Measured on a 256 MiB file read cold with
+/// `dd bs=1M`: 128 KiB took 0.26 s (median of 10), 1 MiB 0.21 s, 2.5 MiB
+/// 0.27 s, kernel erofs 0.21 s.
+pub const DEFAULT_READAHEAD: u64 = 1 << 20;
+
+/// Sets the readahead window of the FUSE mount at `mountpoint` (a
+/// canonical path, resolved before mounting: resolving it now would ask the
+/// server, which does not answer yet) to `bytes`, rounded down to KiB. Best
+/// effort: the mount works either way, so a failure is logged.
+pub fn set_window(mountpoint: &Path, bytes: u64) {
+    let device = match mount_device(mountpoint) {
+        Ok(Some(device)) => device,
+        Ok(None) => {
+            tracing::warn!(
+                "readahead: {} not found in /proc/self/mountinfo",
+                mountpoint.display()
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("readahead: reading /proc/self/mountinfo: {e}");
+            return;
+        }
+    };
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    let kib = bytes / 1024;
+    match std::fs::write(&knob, format!("{kib}\n")) {
+        Ok(()) => tracing::debug!("readahead: {knob} set to {kib} KiB"),
+        Err(e) => {
+            let current = std::fs::read_to_string(&knob).unwrap_or_default();
+            tracing::info!(
+                "readahead stays at the kernel's {} KiB: writing {knob}: {e} (only root may)",
+                current.trim()
+            );
+        }
+    }
+}
+
+/// The `MAJOR:MINOR` device of the most recent mount at `mountpoint`.
+fn mount_device(mountpoint: &Path) -> std::io::Result<Option<String>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(device_in(&table, mountpoint.as_os_str().as_encoded_bytes()))
+}
+
+/// Finds `mountpoint` in a mountinfo table; the last entry wins, as the
+/// most recent mount on a path hides those under it.
+fn device_in(table: &str, mountpoint: &[u8]) -> Option<String> {
+    table.lines().rev().find_map(|line| {
+        // mount ID, parent ID, MAJOR:MINOR, root, mount point, ...
+        let mut fields = line.split(' ');
+        let device = fields.nth(2)?;
+        let point = fields.nth(1)?;
+        (unescape(point) == mountpoint).then(|| device.to_string())
+    })
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                let value = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                out.push(value as u8);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+42 22 0:39 / /tmp/a\\040b ro,noatime - fuse /img ro,user_id=0,group_id=0
+43 22 7:0 / /tmp/k ro,relatime - erofs /dev/loop0 ro
+44 42 0:41 / /tmp/a\\040b ro,noatime - fuse /img2 ro,user_id=0,group_id=0
+";
+
+    #[test]
+    fn finds_the_latest_mount_on_a_path() {
+        assert_eq!(device_in(TABLE, b"/tmp/a b").as_deref(), Some("0:41"));
+        assert_eq!(device_in(TABLE, b"/tmp/k").as_deref(), Some("7:0"));
+        assert_eq!(device_in(TABLE, b"/tmp/a\\040b"), None);
+        assert_eq!(device_in(TABLE, b"/nowhere"), None);
+        assert_eq!(device_in("short line\n", b"/"), None);
+    }
+
+    #[test]
+    fn unescapes_octal() {
+        assert_eq!(unescape(r"a\040b\134c"), b"a b\\c");
+        assert_eq!(unescape(r"trailing\04"), b"trailing\\04");
+        assert_eq!(unescape(r"\999"), b"\\999");
+    }
+}
