@@ -79,10 +79,7 @@ fn serve(
         .unwrap_or_else(|_| source.to_path_buf())
         .display()
         .to_string();
-    let readahead = options
-        .readahead
-        .or(args.readahead)
-        .unwrap_or(erofs_fuse::fuse::readahead::DEFAULT_READAHEAD);
+    let readahead = options.readahead.or(args.readahead);
     erofs_fuse::fuse::session::mount(MountRequest {
         view,
         mountpoint: mountpoint.to_path_buf(),

@@ -34,9 +34,9 @@ pub struct MountRequest {
     pub threads: usize,
     /// Source name shown in /proc/mounts.
     pub fsname: String,
-    /// The kernel's readahead window for the mount, in bytes; 0 leaves the
-    /// kernel's default.
-    pub readahead: u64,
+    /// The kernel's readahead window for the mount, in bytes (0 leaves the
+    /// kernel's default), if asked for; `None` means the default window.
+    pub readahead: Option<u64>,
 }
 
 /// Mounts the image and serves it until unmounted.
@@ -137,8 +137,7 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
         }
     };
     match canonical {
-        Ok(path) if request.readahead > 0 => super::readahead::set_window(&path, request.readahead),
-        Ok(_) => {}
+        Ok(path) => super::readahead::set_window(&path, request.readahead),
         Err(e) => tracing::warn!("readahead: {}: {e}", request.mountpoint.display()),
     }
     let mut unmounter = session.unmount_callable();
