@@ -5,6 +5,7 @@
 # and its ratio to the kernel's.
 #
 #   scripts/bench.sh [--quick] [--workdir DIR] [--clean] [--tables LIST]
+#                    [--rounds N]
 #
 # --tables: which of plain, lz4hc and verity to measure (default: all,
 # comma-separated).
@@ -28,19 +29,24 @@
 #                 warm: four passes
 #   rand-4k       fio random 4 KiB reads of the largest file, 10 s (IOPS)
 # Times are the best of 3 rounds (5 for the verity table, whose overhead is
-# the median of paired rounds), the implementations taking turns in each.
+# the median of paired rounds; --rounds N for N), the implementations taking
+# turns in each. Under the plain and lz4hc tables, erofs-fuse's ratio to the
+# kernel is also given as the median of each round's pair, which one lucky
+# round of either side cannot decide.
 # Ratios: time / kernel time (lower is better), throughput / kernel
 # throughput (higher is better).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 clean=0 work=/var/tmp/erofs-fuse-bench tables=plain,lz4hc,verity
+quick=0 clean=0 work=/var/tmp/erofs-fuse-bench tables=plain,lz4hc,verity rounds_opt=
 while (($#)); do
     case "$1" in
         --quick) quick=1 ;;
         --clean) clean=1 ;;
         --workdir) work=$2; shift ;;
         --tables) tables=$2; shift ;;
+        --rounds) rounds_opt=$2; shift
+            [[ "$rounds_opt" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --rounds takes a positive number" >&2; exit 2; } ;;
         -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -193,10 +199,11 @@ measure_one() { # impl metric
 # is the median of the paired ratios, which a lucky round of one side
 # (this machine's "cold" reads are sometimes served by the host's cache)
 # cannot skew the way a best-of-N against a best-of-N can.
-declare -A pairs
+declare -A pairs kpairs
 measure_all() {
     local impl metric run best rounds=3
     [ "$table" = verity ] && rounds=5
+    [ -n "$rounds_opt" ] && rounds=$rounds_opt
     for metric in "${metrics[@]}"; do
         for run in $(seq "$rounds"); do
             declare -A this_round=()
@@ -211,6 +218,14 @@ measure_all() {
             done
             if [ "$table" = verity ]; then
                 pairs[$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity]} / ${this_round[erofs-fuse]})")"
+            else
+                # As the table shows it: time ratio, or for dd's seq-read
+                # times the throughput ratio (kernel time / ours).
+                case "$metric" in
+                    seq-read-*) r="${this_round[kernel]} / ${this_round[erofs-fuse]}" ;;
+                    *) r="${this_round[erofs-fuse]} / ${this_round[kernel]}" ;;
+                esac
+                kpairs[$table,$metric]+=" $(python3 -c "print($r)")"
             fi
             [ "$metric" = rand-4k ] && break  # 10 s runs: one round is enough
         done
@@ -239,6 +254,17 @@ print_table() { # title
         done
         echo
     done
+    [ "$table" = verity ] && return
+    local line=""
+    for metric in "${metrics[@]}"; do
+        [ "$metric" = rand-4k ] && continue  # one round only
+        line+=$(python3 -c "
+import statistics, sys
+r = [float(x) for x in sys.argv[2].split()]
+print(' %s %.2fx (%.2f-%.2f);' % (sys.argv[1], statistics.median(r), min(r), max(r)))
+" "$metric" "${kpairs[$table,$metric]}")
+    done
+    echo "erofs-fuse/kernel, median of paired rounds:${line%;}"
 }
 
 plain_metrics=(mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k)
