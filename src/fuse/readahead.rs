@@ -19,9 +19,9 @@ pub const DEFAULT_READAHEAD: u64 = 1 << 20;
 
 /// Sets the readahead window of the FUSE mount at `mountpoint` (a
 /// canonical path, resolved before mounting: resolving it now would ask the
-/// server, which does not answer yet) to `requested` bytes, rounded down to
-/// KiB, or to [`DEFAULT_READAHEAD`] when none was asked for; 0 leaves the
-/// kernel's. Best effort: the mount works either way, so a failure is
+/// server, which does not answer yet) to `requested` bytes (see
+/// [`window_kib`]), or to [`DEFAULT_READAHEAD`] when none was asked for; 0
+/// leaves the kernel's. Best effort: the mount works either way, so a failure is
 /// logged, as a warning when the window was asked for.
 pub fn set_window(mountpoint: &Path, requested: Option<u64>) {
     let bytes = requested.unwrap_or(DEFAULT_READAHEAD);
@@ -43,7 +43,7 @@ pub fn set_window(mountpoint: &Path, requested: Option<u64>) {
         }
     };
     let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
-    let kib = bytes / 1024;
+    let kib = window_kib(bytes);
     match std::fs::write(&knob, format!("{kib}\n")) {
         Ok(()) => tracing::debug!("readahead: {knob} set to {kib} KiB"),
         Err(e) => {
@@ -59,6 +59,13 @@ pub fn set_window(mountpoint: &Path, requested: Option<u64>) {
             }
         }
     }
+}
+
+/// A non-zero window in whole KiB, rounded down but at least one 4 KiB page:
+/// the kernel counts the window in pages, and a window under a page would
+/// turn readahead off rather than make it small.
+fn window_kib(bytes: u64) -> u64 {
+    (bytes / 1024).max(4)
 }
 
 /// The `MAJOR:MINOR` device of the most recent mount at `mountpoint`.
@@ -121,6 +128,14 @@ mod tests {
         assert_eq!(device_in(TABLE, b"/tmp/a\\040b"), None);
         assert_eq!(device_in(TABLE, b"/nowhere"), None);
         assert_eq!(device_in("short line\n", b"/"), None);
+    }
+
+    #[test]
+    fn windows_are_whole_kib_and_at_least_a_page() {
+        assert_eq!(window_kib(1 << 20), 1024);
+        assert_eq!(window_kib(1536 * 1024 + 100), 1536);
+        assert_eq!(window_kib(100), 4);
+        assert_eq!(window_kib(5000), 4);
     }
 
     #[test]
