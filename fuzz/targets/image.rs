@@ -3,7 +3,7 @@
 //! file's data (as fsck reads it, and as the FUSE server reads it).
 use std::path::Path;
 
-use erofs_fuse::device::Device;
+use erofs_fuse::device::{Access, Device};
 use erofs_fuse::fsck::{fsck, FsckLimits};
 use erofs_fuse::reader::{WalkEntry, WalkVisitor};
 use erofs_fuse::Image;
@@ -37,10 +37,14 @@ impl WalkVisitor for ServerReads<'_> {
             return Ok(());
         }
         self.files += 1;
-        for offset in [0, inode.size / 2, inode.size.saturating_sub(1)] {
+        for (offset, access) in [
+            (0, Access::Sequential),
+            (inode.size / 2, Access::Random),
+            (inode.size.saturating_sub(1), Access::Sequential),
+        ] {
             let _ = self
                 .image
-                .read_range_with(inode, offset, 128 << 10, &mut self.scratch);
+                .read_range_with(inode, offset, 128 << 10, access, &mut self.scratch);
             self.image.prefetch(inode, offset, 128 << 10);
         }
         let _ = self.image.hole_len(inode, 0);

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
 
-use erofs_fuse::device::Device;
+use erofs_fuse::device::{Access, Device};
 use erofs_fuse::format::FileType;
 use erofs_fuse::overlay::Stack;
 use erofs_fuse::view::{Ino, View, ROOT};
@@ -100,9 +100,9 @@ pub fn run(data: &[u8]) {
                 let _ = stack.read_link(ino);
             }
             _ => {
-                let _ = stack.read(ino, 0, 64 << 10, &mut scratch);
+                let _ = stack.read(ino, 0, 64 << 10, Access::Sequential, &mut scratch);
                 stack.prefetch(ino, 0, 1 << 20);
-                let _ = stack.read(ino, attr.size / 2, 4096, &mut scratch);
+                let _ = stack.read(ino, attr.size / 2, 4096, Access::Random, &mut scratch);
             }
         }
     }

@@ -25,6 +25,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::device::{Access, FAULT_SPAN};
 use crate::format::FileType;
 use crate::view::{Attr, DirItem, View};
 
@@ -41,23 +42,27 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// sequential reader; smaller ones are treated as random.
 const SEQUENTIAL_READ: u32 = 64 << 10;
 
-/// After this many bytes served (metadata requests count 4 KiB each), every
-/// image page is unmapped from the server, so that its resident memory stays
-/// bounded however much of the image it has read. The pages stay in the page
-/// cache; the next access maps them again.
+/// After requests that may have mapped this many bytes of image into the
+/// server, every image page is unmapped from it, so that its resident
+/// memory stays bounded however much of the image it has read. The pages
+/// stay in the page cache; the next access maps them again.
 const TRIM_EVERY: u64 = 8 << 20;
 
-/// What a metadata request counts for [`TRIM_EVERY`].
-const METADATA_REQUEST: u64 = 4096;
+/// What a request may map besides the data it returns: one page fault on
+/// its metadata (an inode, a directory block).
+const METADATA_REQUEST: u64 = FAULT_SPAN;
 
-/// How far past a sequential read to prefetch, in multiples of its size.
+/// After this many bytes served, free heap memory goes back to the system.
+const MALLOC_TRIM_EVERY: u64 = 8 << 20;
+
+/// How far past a sequential read to hint, in multiples of its size.
 const PREFETCH_FACTOR: u64 = 16;
 
-/// What to prefetch after serving `len` bytes at `offset`: the window of
-/// [`PREFETCH_FACTOR`] reads past it. The first read of a file asks for the
-/// whole window; later ones only for the read-sized slice at its far end,
-/// which the previous read's window did not cover, so a sequential stream
-/// asks the page cache about each page once rather than once a read.
+/// What to hint ([`View::prefetch`]) after serving `len` bytes at `offset`:
+/// the window of [`PREFETCH_FACTOR`] reads past it. The first read of a
+/// file hints the whole window; later ones only the read-sized slice at its
+/// far end, which the previous read's window did not cover, so a sequential
+/// stream hints each page once rather than once a read.
 fn prefetch_window(offset: u64, len: u64) -> (u64, u64) {
     let next = offset + len;
     let window = len * PREFETCH_FACTOR;
@@ -66,6 +71,12 @@ fn prefetch_window(offset: u64, len: u64) -> (u64, u64) {
     } else {
         (next + window - len, len)
     }
+}
+
+/// Adds `amount` to `counter`; true when that crosses a multiple of `every`.
+fn crosses(counter: &std::sync::atomic::AtomicU64, amount: u64, every: u64) -> bool {
+    let before = counter.fetch_add(amount, std::sync::atomic::Ordering::Relaxed);
+    before / every != (before + amount) / every
 }
 
 /// Whether this process is root in the initial user namespace: the one
@@ -87,7 +98,10 @@ pub struct ErofsFs {
     default_permissions: bool,
     /// The mount is read-only to the kernel ([`View::read_only_mount`]).
     read_only_mount: bool,
-    /// Bytes served since the mount (see [`TRIM_EVERY`]).
+    /// Bytes the requests since the mount may have mapped (see
+    /// [`TRIM_EVERY`]).
+    mapped: std::sync::atomic::AtomicU64,
+    /// Bytes served since the mount (see [`MALLOC_TRIM_EVERY`]).
     served: std::sync::atomic::AtomicU64,
     /// Whether the server runs in the initial user namespace, where uid 0
     /// stands for a caller that may see trusted.* xattrs.
@@ -106,17 +120,23 @@ impl ErofsFs {
             no_open: false,
             no_opendir: false,
             default_permissions,
+            mapped: std::sync::atomic::AtomicU64::new(0),
             served: std::sync::atomic::AtomicU64::new(0),
             init_userns: in_initial_user_namespace(),
         }
     }
 
-    /// Counts `bytes` served, unmapping the images every [`TRIM_EVERY`].
-    fn account(&self, bytes: u64) {
-        use std::sync::atomic::Ordering;
-        let before = self.served.fetch_add(bytes, Ordering::Relaxed);
-        if before / TRIM_EVERY != (before + bytes) / TRIM_EVERY {
+    /// Counts a request that may have mapped `mapped` bytes of image into
+    /// the server, unmapping the images every [`TRIM_EVERY`] of them.
+    fn account(&self, mapped: u64) {
+        if crosses(&self.mapped, mapped, TRIM_EVERY) {
             self.view.release_mapped();
+        }
+    }
+
+    /// Counts `bytes` of file data served.
+    fn account_served(&self, bytes: u64) {
+        if crosses(&self.served, bytes, MALLOC_TRIM_EVERY) {
             // Decode buffers freed by cache evictions sit in the serving
             // threads' malloc arenas; hand them back so resident memory
             // follows the cache budget rather than its past peaks.
@@ -269,10 +289,21 @@ impl Filesystem for ErofsFs {
             // Reused for replies that cannot borrow from the map.
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        // A small read in the middle of a file is a random reader's (the
+        // kernel's readahead sends a sequential one larger requests, and
+        // whole small files from offset 0): read only what it asks for.
+        let access = if offset > 0 && size < SEQUENTIAL_READ {
+            Access::Random
+        } else {
+            Access::Sequential
+        };
         // Uncompressed data is borrowed from the image map: the reply is
         // written to /dev/fuse straight from it, with no buffer between.
         let served = SCRATCH.with_borrow_mut(|scratch| {
-            match self.view.read(ino.0, offset, u64::from(size), scratch) {
+            match self
+                .view
+                .read(ino.0, offset, u64::from(size), access, scratch)
+            {
                 Ok(bytes) => {
                     let served = bytes.len() as u64;
                     reply.data(bytes);
@@ -284,9 +315,16 @@ impl Filesystem for ErofsFs {
                 }
             }
         });
-        self.account(METADATA_REQUEST + served);
+        // A sequential read maps whole 2 MiB pages: its data rounded out
+        // to them; a random one maps only the pages it reads.
+        let data_mapped = match access {
+            Access::Sequential if served > 0 => served.next_multiple_of(FAULT_SPAN) + FAULT_SPAN,
+            _ => served,
+        };
+        self.account(METADATA_REQUEST + data_mapped);
+        self.account_served(served);
         // A readahead-sized read means a sequential reader: once it has its
-        // reply, start the disk on what it will ask for next.
+        // reply, say what it will ask for next (verity checks it ahead).
         if size >= SEQUENTIAL_READ && served > 0 {
             let (ahead, len) = prefetch_window(offset, served);
             self.view.prefetch(ino.0, ahead, len);

@@ -16,6 +16,7 @@ use lru::LruCache;
 
 pub use merge::MAX_MERGE_ENTRIES;
 
+use crate::device::Access;
 use crate::error::{Error, Result};
 use crate::format::{FileType, Nid};
 use crate::reader::Image;
@@ -311,11 +312,12 @@ impl View for Stack {
         ino: Ino,
         offset: u64,
         len: u64,
+        access: Access,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
         let node = self.node(ino)?;
         let image = self.layer(node.top.layer);
-        crate::view::read_file(image, node.top.nid, offset, len, scratch)
+        crate::view::read_file(image, node.top.nid, offset, len, access, scratch)
     }
 
     fn prefetch(&self, ino: Ino, offset: u64, len: u64) {

@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::error::{ensure, Error, Result};
 use crate::format::{
     read_struct, ChunkIndex, DataLayout, BLOCK_MAP_ENTRY_SIZE, CHUNK_FORMAT_48BIT,
@@ -170,14 +170,19 @@ impl Image {
     }
 
     /// The bytes of `mapping` from its start, `len` at most (`len <= mapping.len`).
-    fn extent_bytes<'a>(&'a self, mapping: &Mapping<'a>, len: u64) -> Result<Cow<'a, [u8]>> {
+    fn extent_bytes<'a>(
+        &'a self,
+        mapping: &Mapping<'a>,
+        len: u64,
+        access: Access,
+    ) -> Result<Cow<'a, [u8]>> {
         match mapping.extent {
-            Extent::Device(dev, pa) => dev.slice(pa, len).map(Cow::Borrowed),
+            Extent::Device(dev, pa) => dev.slice_for(access, pa, len).map(Cow::Borrowed),
             Extent::Meta(pos) => self.meta(pos, len),
             Extent::Hole => Ok(Cow::Owned(vec![0; len as usize])),
             Extent::Encoded(ext, alg, within) => {
                 let mut out = vec![0; len as usize];
-                self.read_encoded(&ext, alg, within, &mut out)?;
+                self.read_encoded(&ext, alg, within, &mut out, access)?;
                 Ok(Cow::Owned(out))
             }
         }
@@ -186,6 +191,17 @@ impl Image {
     /// Reads file bytes at `offset` into `buf`; returns how many were read,
     /// fewer than `buf.len()` only at the end of the file.
     pub fn read_at(&self, inode: &Inode, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        self.read_at_for(Access::Sequential, inode, offset, buf)
+    }
+
+    /// [`Image::read_at`], reading the image as `access` says.
+    fn read_at_for(
+        &self,
+        access: Access,
+        inode: &Inode,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize> {
         let mut done = 0usize;
         let mut zinfo = None;
         while done < buf.len() {
@@ -198,8 +214,10 @@ impl Image {
             let dst = &mut buf[done..done + want as usize];
             match mapping.extent {
                 Extent::Hole => dst.fill(0),
-                Extent::Encoded(ext, alg, within) => self.read_encoded(&ext, alg, within, dst)?,
-                _ => dst.copy_from_slice(&self.extent_bytes(&mapping, want)?),
+                Extent::Encoded(ext, alg, within) => {
+                    self.read_encoded(&ext, alg, within, dst, access)?
+                }
+                _ => dst.copy_from_slice(&self.extent_bytes(&mapping, want, access)?),
             }
             done += want as usize;
         }
@@ -216,7 +234,7 @@ impl Image {
         }
         let mapping = self.map(inode, offset)?;
         if mapping.len >= len && !matches!(mapping.extent, Extent::Hole) {
-            return self.extent_bytes(&mapping, len);
+            return self.extent_bytes(&mapping, len, Access::Sequential);
         }
         let mut buf = vec![0; len as usize];
         let n = self.read_at(inode, offset, &mut buf)?;
@@ -227,11 +245,14 @@ impl Image {
     /// [`Image::read_range`] for a server: bytes that are contiguous on a
     /// device are borrowed from the map; anything else is assembled in
     /// `scratch`, whose allocation a caller keeps from read to read.
+    /// `access` says how the reader goes on, which decides how much of the
+    /// image around the bytes is read from disk with them.
     pub fn read_range_with<'a>(
         &'a self,
         inode: &Inode,
         offset: u64,
         len: u64,
+        access: Access,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
         let len = len.min(inode.size.saturating_sub(offset));
@@ -241,11 +262,11 @@ impl Image {
         if !inode.layout.is_compressed() {
             let mapping = self.map(inode, offset)?;
             if let (true, Extent::Device(dev, pa)) = (mapping.len >= len, &mapping.extent) {
-                return dev.slice(*pa, len);
+                return dev.slice_for(access, *pa, len);
             }
         }
         scratch.resize(len as usize, 0);
-        let n = self.read_at(inode, offset, scratch)?;
+        let n = self.read_at_for(access, inode, offset, scratch)?;
         Ok(&scratch[..n])
     }
 
@@ -305,9 +326,9 @@ impl Image {
         }
     }
 
-    /// Starts reading file bytes `[offset, offset + len)` into the page
-    /// cache in the background, so that a sequential reader finds them
-    /// there. Only a hint.
+    /// Hints that a sequential reader will want file bytes `[offset,
+    /// offset + len)` next ([`crate::device::Device::will_need`] says what
+    /// is done with that).
     pub fn prefetch(&self, inode: &Inode, offset: u64, len: u64) {
         if inode.layout.is_compressed() {
             // Mapping every pcluster ahead would cost more than it saves:

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use crate::device::Access;
 use crate::error::{ensure, Error, Result};
 
 use super::data::{Extent, Mapping};
@@ -215,6 +216,7 @@ impl Image {
         alg: u8,
         within: u64,
         dst: &mut [u8],
+        access: Access,
     ) -> Result<()> {
         let within = within as usize;
         if within == 0 && dst.len() as u64 == ext.len {
@@ -222,9 +224,9 @@ impl Image {
                 dst.copy_from_slice(&data);
                 return Ok(());
             }
-            return self.decode_into(ext, alg, dst);
+            return self.decode_into(ext, alg, dst, access);
         }
-        let data = self.decoded(ext, alg)?;
+        let data = self.decoded(ext, alg, access)?;
         let src = data
             .get(within..within + dst.len())
             .ok_or_else(|| Error::corrupt("decoded extent is shorter than its mapping"))?;
@@ -234,7 +236,7 @@ impl Image {
 
     /// The decoded bytes of compressed extent `ext`, from the cache or
     /// decoded now (and cached).
-    fn decoded(&self, ext: &ZExtent, alg: u8) -> Result<Arc<[u8]>> {
+    fn decoded(&self, ext: &ZExtent, alg: u8, access: Access) -> Result<Arc<[u8]>> {
         let key = ExtentKey::of(ext);
         if let Some(data) = self.cache.get(&key) {
             return Ok(data);
@@ -242,17 +244,18 @@ impl Image {
         // SAFETY: all-zero bytes are valid `u8`s.
         let mut data: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(ext.len as usize).assume_init() };
         let out = Arc::get_mut(&mut data).expect("a new Arc is unique");
-        self.decode_into(ext, alg, out)?;
+        self.decode_into(ext, alg, out, access)?;
         self.cache.insert(key, Arc::clone(&data));
         Ok(data)
     }
 
-    /// Decodes compressed extent `ext` into `out` (exactly its length).
-    fn decode_into(&self, ext: &ZExtent, alg: u8, out: &mut [u8]) -> Result<()> {
+    /// Decodes compressed extent `ext` into `out` (exactly its length),
+    /// reading its pcluster as `access` says.
+    fn decode_into(&self, ext: &ZExtent, alg: u8, out: &mut [u8], access: Access) -> Result<()> {
         let input = match ext.at {
             PclusterAt::Device(pa) => {
                 let (dev, pa) = self.devices.resolve(0, pa)?;
-                std::borrow::Cow::Borrowed(dev.slice(pa, ext.plen)?)
+                std::borrow::Cow::Borrowed(dev.slice_for(access, pa, ext.plen)?)
             }
             PclusterAt::Inline(pos) => self.meta(pos, ext.plen)?,
             PclusterAt::Fragment(_) | PclusterAt::Unmapped => {

@@ -20,6 +20,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use crate::device::Access;
 use crate::error::{Error, Result};
 use crate::format::{FileType, Nid};
 use crate::reader::{DirPos, Image, OpenOptions};
@@ -456,6 +457,7 @@ impl View for StoreView {
         ino: Ino,
         offset: u64,
         len: u64,
+        access: Access,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
         let key = self.key(ino)?;
@@ -483,7 +485,7 @@ impl View for StoreView {
                 Ok(scratch)
             }
             Key::Diff { nid, .. } => {
-                crate::view::read_file(&layer.image, nid, offset, len, scratch)
+                crate::view::read_file(&layer.image, nid, offset, len, access, scratch)
             }
             _ => Err(Error::IsDir),
         }

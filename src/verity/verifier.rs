@@ -344,7 +344,7 @@ impl Verifier {
 const AHEAD_QUEUE: usize = 64;
 
 /// Verifies, on a background thread, data a reader is about to need (the
-/// ranges the server prefetches for sequential reads), so that hashing
+/// ranges the server expects sequential readers to ask for), so that hashing
 /// overlaps with the kernel and the reader consuming earlier replies
 /// instead of delaying the next one. Each block is still hashed once: the
 /// read finds it marked. The thread starts on first use, so a process may

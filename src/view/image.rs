@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::{Attr, DirItem, FsStats, Ino, View, ROOT};
+use crate::device::Access;
 use crate::error::Result;
 use crate::format::Nid;
 use crate::reader::{DirPos, Image, Inode};
@@ -85,13 +86,14 @@ pub(crate) fn read_file<'a>(
     nid: Nid,
     offset: u64,
     len: u64,
+    access: Access,
     scratch: &'a mut Vec<u8>,
 ) -> Result<&'a [u8]> {
-    image.read_range_with(&image.inode(nid)?, offset, len, scratch)
+    image.read_range_with(&image.inode(nid)?, offset, len, access, scratch)
 }
 
-/// Starts reading `len` bytes of file `nid` of `image` from `offset` into
-/// the page cache (see [`View::prefetch`]).
+/// Hints that `len` bytes of file `nid` of `image` from `offset` are read
+/// next (see [`View::prefetch`]).
 pub(crate) fn prefetch_file(image: &Image, nid: Nid, offset: u64, len: u64) {
     if let Ok(inode) = image.inode(nid) {
         image.prefetch(&inode, offset, len);
@@ -191,9 +193,10 @@ impl View for ImageView {
         ino: Ino,
         offset: u64,
         len: u64,
+        access: Access,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]> {
-        read_file(&self.image, self.nid(ino), offset, len, scratch)
+        read_file(&self.image, self.nid(ino), offset, len, access, scratch)
     }
 
     fn prefetch(&self, ino: Ino, offset: u64, len: u64) {

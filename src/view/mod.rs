@@ -13,6 +13,7 @@ mod image;
 pub(crate) use image::{prefetch_file, read_file, total_stats, TRUSTED_OVERLAY, USER_OVERLAY};
 pub use image::{ImageView, OverlayXattrs};
 
+use crate::device::Access;
 use crate::error::{Error, Result};
 use crate::format::FileType;
 use crate::reader::Inode;
@@ -110,18 +111,21 @@ pub trait View: Send + Sync + 'static {
     fn read_link(&self, ino: Ino) -> Result<Vec<u8>>;
 
     /// Up to `len` bytes of file `ino` from `offset`, borrowed from the
-    /// image where possible and assembled in `scratch` otherwise.
+    /// image where possible and assembled in `scratch` otherwise; `access`
+    /// says whether the reader is likely to go on from there.
     fn read<'a>(
         &'a self,
         ino: Ino,
         offset: u64,
         len: u64,
+        access: Access,
         scratch: &'a mut Vec<u8>,
     ) -> Result<&'a [u8]>;
 
     /// A hint that a sequential reader of file `ino` will want `len` bytes
-    /// from `offset` next: start reading them into the page cache. Called
-    /// after the reply, so its system calls do not delay it.
+    /// from `offset` next (see [`crate::device::Device::will_need`]: a
+    /// verified image checks them in the background). Called after the
+    /// reply, so the work does not delay it.
     fn prefetch(&self, _ino: Ino, _offset: u64, _len: u64) {}
 
     /// The value of xattr `name` of `ino`, if it has one.
