@@ -40,14 +40,16 @@ pub enum Access {
     /// reads the 2 MiB-aligned chunk around it and the next one, into 2 MiB
     /// folios, and maps them whole. Without that advice, faults read
     /// around by the device's readahead window into 4 KiB folios: on the
-    /// benchmark machine (8 MiB window) cold sequential and full-tree reads
-    /// took 16% and 20% longer, and the metadata walk 10%.
+    /// benchmark machine (8 MiB window), a cold 256 MB sequential read took
+    /// 23% longer and a cold full-tree read 18% (medians of 10 and 5 paired
+    /// rounds).
     #[default]
     Sequential,
     /// A small read in the middle of a file, whose neighbours are not
     /// likely next. Through a `MADV_RANDOM` mapping: a fault reads only the
     /// page it needs. Read around instead, 5 s of random 4 KiB reads of a
-    /// cold 4 GiB file read all 4 GiB from disk (the kernel's erofs, 0.2).
+    /// cold 4 GiB file read all 4 GiB from disk; this way they read 0.25
+    /// GiB, as the kernel's erofs does.
     Random,
 }
 
