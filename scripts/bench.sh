@@ -27,7 +27,12 @@
 #   read-all      tar cf - . | wc -c (every byte of every file)
 #   seq-read      dd of the largest file (256 MB), 1 MiB blocks (MB/s);
 #                 warm: four passes
-#   rand-4k       fio random 4 KiB reads of the largest file, 10 s (IOPS)
+#   rand-4k-cold  4096 fio random 4 KiB reads of the largest file, cold
+#                 (IOPS; below the table, how many MB each read from disk
+#                 for them: read-around can make a few MB of reads cost the
+#                 whole file)
+#   rand-4k-warm  fio random 4 KiB reads for 10 s, the file read once
+#                 before and its cache kept (IOPS)
 # Times are the best of 3 rounds (5 for the verity table, whose overhead is
 # the median of paired rounds; --rounds N for N), the implementations taking
 # turns in each. Under the plain and lz4hc tables, erofs-fuse's ratio to the
@@ -152,6 +157,11 @@ unmount() {
     sleep 0.2
 }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# Sectors read so far from the block device the images live on (0 when it
+# has no statistics, as for a filesystem on several devices).
+disk_stat=/sys/dev/block/$(python3 -c "import os, sys; d = os.stat(sys.argv[1]).st_dev; print('%d:%d' % (os.major(d), os.minor(d)))" "$work")/stat
+disk_sectors() { if [ -r "$disk_stat" ]; then awk '{print $3}' "$disk_stat"; else echo 0; fi; }
+declare -A disk_mb
 now() { date +%s.%N; }
 secs() { python3 -c "import sys; print('%.3f' % (float(sys.argv[2]) - float(sys.argv[1])))" "$1" "$2"; }
 
@@ -183,11 +193,21 @@ measure_one() { # impl metric
                         dd if="$mnt/$large" of=/dev/null bs=1M status=none; done ;;
             esac
             t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
-        rand-4k)
+        rand-4k-cold|rand-4k-warm)
             mount_with "$impl"
+            local limit=(--number_ios=4096) disk0
+            if [ "$metric" = rand-4k-warm ]; then
+                cat "$mnt/$large" >/dev/null
+                # fio would drop the file's cache first (invalidate=1).
+                limit=(--time_based --runtime=10 --invalidate=0)
+            else
+                drop
+            fi
+            disk0=$(disk_sectors)
             value=$(fio --name=rand --filename="$mnt/$large" --rw=randread --bs=4k --ioengine=psync \
-                --time_based --runtime=10 --readonly --output-format=terse --terse-version=3 2>/dev/null \
+                "${limit[@]}" --readonly --output-format=terse --terse-version=3 2>/dev/null \
                 | awk -F';' '{print $8}')
+            disk_mb[$table,$impl,$metric]=$(( ($(disk_sectors) - disk0) * 512 / 1000000 ))
             unmount ;;
     esac
 }
@@ -212,7 +232,7 @@ measure_all() {
                 this_round[$impl]=$value
                 best=${result[$table,$impl,$metric]:-}
                 if [ -z "$best" ]; then best=$value
-                elif [ "$metric" = rand-4k ]; then best=$(python3 -c "print(max($best, $value))")
+                elif [[ "$metric" = rand-4k-* ]]; then best=$(python3 -c "print(max($best, $value))")
                 else best=$(python3 -c "print(min($best, $value))"); fi
                 result[$table,$impl,$metric]=$best
             done
@@ -227,7 +247,7 @@ measure_all() {
                 esac
                 kpairs[$table,$metric]+=" $(python3 -c "print($r)")"
             fi
-            [ "$metric" = rand-4k ] && break  # 10 s runs: one round is enough
+            [[ "$metric" = rand-4k-* ]] && break  # one round is enough
         done
         for impl in "${impls[@]}"; do
             echo "bench.sh: $table $impl $metric ${result[$table,$impl,$metric]}" >&2
@@ -247,7 +267,7 @@ print_table() { # title
             case "$metric" in
                 seq-read-cold) cell=$(python3 -c "v=$large_mb/$v; k=$large_mb/$k; print('%.0f MB/s (%.2fx)' % (v, v/k))") ;;
                 seq-read-warm) cell=$(python3 -c "v=4*$large_mb/$v; k=4*$large_mb/$k; print('%.0f MB/s (%.2fx)' % (v, v/k))") ;;
-                rand-4k) cell=$(python3 -c "print('%d IOPS (%.2fx)' % ($v, $v/$k))") ;;
+                rand-4k-*) cell=$(python3 -c "print('%d IOPS (%.2fx)' % ($v, $v/$k))") ;;
                 *) cell=$(python3 -c "print('%.3f s (%.2fx)' % ($v, $v/$k))") ;;
             esac
             printf '| %-22s' "$cell"
@@ -257,7 +277,7 @@ print_table() { # title
     [ "$table" = verity ] && return
     local line=""
     for metric in "${metrics[@]}"; do
-        [ "$metric" = rand-4k ] && continue  # one round only
+        [[ "$metric" = rand-4k-* ]] && continue  # one round only
         line+=$(python3 -c "
 import statistics, sys
 r = [float(x) for x in sys.argv[2].split()]
@@ -265,13 +285,16 @@ print(' %s %.2fx (%.2f-%.2f);' % (sys.argv[1], statistics.median(r), min(r), max
 " "$metric" "${kpairs[$table,$metric]}")
     done
     echo "erofs-fuse/kernel, median of paired rounds:${line%;}"
+    line=""
+    for impl in "${impls[@]}"; do line+=" $impl ${disk_mb[$table,$impl,rand-4k-cold]} MB,"; done
+    echo "rand-4k-cold read from disk, for 16 MB of random reads:${line%,}"
 }
 
-plain_metrics=(mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k)
+plain_metrics=(mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k-cold rand-4k-warm)
 plain_impls=(kernel erofs-fuse)
 command -v erofsfuse >/dev/null && plain_impls+=(erofsfuse)
 command -v squashfuse >/dev/null && plain_impls+=(squashfuse)
-z_metrics=(mount read-all-cold seq-read-cold seq-read-warm rand-4k)
+z_metrics=(mount read-all-cold seq-read-cold seq-read-warm rand-4k-cold rand-4k-warm)
 z_impls=(kernel erofs-fuse)
 v_metrics=(mount walk-cold read-all-cold seq-read-cold)
 v_impls=(kernel erofs-fuse erofs-fuse-verity)

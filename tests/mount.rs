@@ -1,6 +1,7 @@
 //! `erofs-fuse mount`: every fixture served through FUSE equals
 //! the kernel's manifest; the mount-helper form works; writes are refused;
-//! concurrent readers get identical bytes.
+//! concurrent readers get identical bytes; random reads of a cold file
+//! read little more than they ask for.
 
 mod common;
 
@@ -256,5 +257,92 @@ fn a_broken_directory_gives_eio_and_the_rest_keeps_working() {
             .unwrap()
             .count()
             >= 3
+    );
+}
+
+/// Bytes `pid` has caused to be read from storage (`/proc/PID/io`).
+fn storage_read_bytes(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let line = io.lines().find(|l| l.starts_with("read_bytes:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Drops the page cache's copy of `path` (its pages are clean).
+fn evict(path: &Path) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path).unwrap();
+    file.sync_all().unwrap();
+    // SAFETY: advice on an open descriptor; no memory is involved.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise {}", path.display());
+}
+
+#[test]
+fn random_reads_of_a_cold_file_read_little_more_than_they_ask_for() {
+    let needs = [
+        Need::Root,
+        Need::Fuse,
+        Need::Program("fusermount3"),
+        Need::Program("mkfs.erofs"),
+    ];
+    if !have(
+        "random_reads_of_a_cold_file_read_little_more_than_they_ask_for",
+        &needs,
+    ) {
+        return;
+    }
+    // On the disk the build lives on (a tmpfs /tmp would read nothing
+    // from storage, and prove nothing).
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let mut next = xorshift(0x0dd5_eed5);
+    let data: Vec<u8> = (0..(64usize << 20) / 8)
+        .flat_map(|_| next().to_le_bytes())
+        .collect();
+    std::fs::write(tree.join("big.bin"), &data).unwrap();
+    let image = work.path().join("big.erofs");
+    run_ok(
+        Command::new("mkfs.erofs")
+            .arg("--quiet")
+            .arg(&image)
+            .arg(&tree),
+    );
+    evict(&image);
+    let mount = FuseMount::new(&image, &[], &[]);
+    let pid = server_pid(mount.path());
+    let file = std::fs::File::open(mount.path().join("big.bin")).unwrap();
+
+    // 128 reads of 4 KiB, 512 KiB apart: 0.5 MiB asked for. Read around
+    // (the kernel's default for a mapping), each would bring in the
+    // device's readahead window, megabytes, and together the whole file.
+    let before = storage_read_bytes(pid);
+    let mut buf = [0u8; 4096];
+    for i in 0..128usize {
+        let offset = i * (512 << 10) + (i * 7 % 100) * 4096 + 4096;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset as u64).unwrap();
+        assert!(buf[..] == data[offset..offset + 4096], "4 KiB at {offset}");
+    }
+    let random = storage_read_bytes(pid) - before;
+
+    // And the check can fail: a sequential read of the rest shows reads
+    // from storage are counted here.
+    let before = storage_read_bytes(pid);
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut rest).unwrap();
+    assert!(rest == data, "the whole file");
+    let sequential = storage_read_bytes(pid) - before;
+    eprintln!(
+        "server read {} KiB from storage for 128 random 4 KiB reads, {} KiB for the whole 64 MiB file after them",
+        random >> 10,
+        sequential >> 10
+    );
+    assert!(
+        random < 16 << 20,
+        "128 random 4 KiB reads cost {random} bytes read from storage"
+    );
+    assert!(
+        sequential > 32 << 20,
+        "a cold 64 MiB read counted only {sequential} bytes read from storage"
     );
 }
