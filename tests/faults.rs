@@ -13,15 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn stress_needs() -> [Need; 4] {
-    [
-        Need::Root,
-        Need::Fuse,
-        Need::Program("fusermount3"),
-        Need::Program("mkfs.erofs"),
-    ]
-}
-
 #[test]
 fn a_killed_server_leaves_enotconn_and_a_new_mount_works() {
     if !have(
@@ -210,10 +201,7 @@ fn mixed_reader(root: &Path, want: &Reference, seed: u64, deadline: Instant, ops
 
 #[test]
 fn sixteen_mixed_readers_under_cache_pressure() {
-    if !have(
-        "sixteen_mixed_readers_under_cache_pressure",
-        &stress_needs(),
-    ) {
+    if !have("sixteen_mixed_readers_under_cache_pressure", FUSE_ROOT_MKFS) {
         return;
     }
     let seconds: u64 = std::env::var("EROFS_FUSE_STRESS_MIXED_SECS")

@@ -171,15 +171,9 @@ fn read_tree(root: &Path) -> BTreeMap<PathBuf, u64> {
 
 #[test]
 fn concurrent_readers_see_identical_bytes_in_bounded_memory() {
-    let needs = [
-        Need::Root,
-        Need::Fuse,
-        Need::Program("fusermount3"),
-        Need::Program("mkfs.erofs"),
-    ];
     if !have(
         "concurrent_readers_see_identical_bytes_in_bounded_memory",
-        &needs,
+        FUSE_ROOT_MKFS,
     ) {
         return;
     }
@@ -279,15 +273,9 @@ fn evict(path: &Path) {
 
 #[test]
 fn random_reads_of_a_cold_file_read_little_more_than_they_ask_for() {
-    let needs = [
-        Need::Root,
-        Need::Fuse,
-        Need::Program("fusermount3"),
-        Need::Program("mkfs.erofs"),
-    ];
     if !have(
         "random_reads_of_a_cold_file_read_little_more_than_they_ask_for",
-        &needs,
+        FUSE_ROOT_MKFS,
     ) {
         return;
     }

@@ -466,6 +466,15 @@ pub const FUSE_ROOT: &[Need] = &[
     Need::Program("python3"),
 ];
 
+/// The needs of a test that makes an image with Debian's mkfs.erofs and
+/// mounts it with erofs-fuse as root.
+pub const FUSE_ROOT_MKFS: &[Need] = &[
+    Need::Root,
+    Need::Fuse,
+    Need::Program("fusermount3"),
+    Need::Program("mkfs.erofs"),
+];
+
 /// Recomputes an image's superblock checksum as mkfs.erofs does, after a
 /// test has patched bytes it covers.
 pub fn fix_checksum(b: &mut [u8]) {
