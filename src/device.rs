@@ -230,7 +230,9 @@ impl Device {
             // 6,000 per second against 3,000; a 64 KiB pcluster decoded
             // for a 4 KiB read: 4,500 against 2,000).
             if let Some((start, len)) = self.page_range(offset, len) {
-                let _ = self.random.advise_range(memmap2::Advice::WillNeed, start, len);
+                let _ = self
+                    .random
+                    .advise_range(memmap2::Advice::WillNeed, start, len);
             }
         }
         if let Some(verity) = &self.verity {

@@ -8,6 +8,7 @@
 //! kernel's caches serve repeated access without asking again.
 
 mod convert;
+mod memory;
 pub mod options;
 pub mod readahead;
 pub mod session;
@@ -25,11 +26,12 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::device::{Access, FAULT_SPAN};
+use crate::device::Access;
 use crate::format::FileType;
 use crate::view::{Attr, DirItem, View};
 
 use convert::{encode_dev, fuse_type, in_initial_user_namespace, reply_xattr, to_system_time};
+use memory::METADATA_REQUEST;
 
 /// How long the kernel may cache entries and attributes: the image never
 /// changes while mounted.
@@ -41,19 +43,6 @@ const MAX_READAHEAD: u32 = 1 << 20;
 /// A read at least this large comes from the kernel's readahead of a
 /// sequential reader; smaller ones are treated as random.
 const SEQUENTIAL_READ: u32 = 64 << 10;
-
-/// After requests that may have mapped this many bytes of image into the
-/// server, every image page is unmapped from it, so that its resident
-/// memory stays bounded however much of the image it has read. The pages
-/// stay in the page cache; the next access maps them again.
-const TRIM_EVERY: u64 = 8 << 20;
-
-/// What a request may map besides the data it returns: one page fault on
-/// its metadata (an inode, a directory block).
-const METADATA_REQUEST: u64 = FAULT_SPAN;
-
-/// After this many bytes served, free heap memory goes back to the system.
-const MALLOC_TRIM_EVERY: u64 = 8 << 20;
 
 /// How far past a sequential read to hint, in multiples of its size.
 const PREFETCH_FACTOR: u64 = 16;
@@ -71,12 +60,6 @@ fn prefetch_window(offset: u64, len: u64) -> (u64, u64) {
     } else {
         (next + window - len, len)
     }
-}
-
-/// Adds `amount` to `counter`; true when that crosses a multiple of `every`.
-fn crosses(counter: &std::sync::atomic::AtomicU64, amount: u64, every: u64) -> bool {
-    let before = counter.fetch_add(amount, std::sync::atomic::Ordering::Relaxed);
-    before / every != (before + amount) / every
 }
 
 /// Whether this process is root in the initial user namespace: the one
@@ -98,11 +81,8 @@ pub struct ErofsFs {
     default_permissions: bool,
     /// The mount is read-only to the kernel ([`View::read_only_mount`]).
     read_only_mount: bool,
-    /// Bytes the requests since the mount may have mapped (see
-    /// [`TRIM_EVERY`]).
-    mapped: std::sync::atomic::AtomicU64,
-    /// Bytes served since the mount (see [`MALLOC_TRIM_EVERY`]).
-    served: std::sync::atomic::AtomicU64,
+    /// What the server has mapped and served, for trimming it.
+    budget: memory::Budget,
     /// Whether the server runs in the initial user namespace, where uid 0
     /// stands for a caller that may see trusted.* xattrs.
     init_userns: bool,
@@ -120,37 +100,19 @@ impl ErofsFs {
             no_open: false,
             no_opendir: false,
             default_permissions,
-            mapped: std::sync::atomic::AtomicU64::new(0),
-            served: std::sync::atomic::AtomicU64::new(0),
+            budget: memory::Budget::default(),
             init_userns: in_initial_user_namespace(),
         }
     }
 
-    /// Counts a request that may have mapped `mapped` bytes of image into
-    /// the server, unmapping the images every [`TRIM_EVERY`] of them.
-    fn account(&self, mapped: u64) {
-        if crosses(&self.mapped, mapped, TRIM_EVERY) {
-            self.view.release_mapped();
-        }
-    }
-
-    /// Counts `bytes` of file data served.
-    fn account_served(&self, bytes: u64) {
-        if crosses(&self.served, bytes, MALLOC_TRIM_EVERY) {
-            // Decode buffers freed by cache evictions sit in the serving
-            // threads' malloc arenas; hand them back so resident memory
-            // follows the cache budget rather than its past peaks.
-            #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim only releases free heap memory.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
+    /// Counts a metadata request (see [`memory::Budget`]).
+    fn account(&self) {
+        self.budget.mapped(&*self.view, METADATA_REQUEST);
     }
 
     /// Attributes of `ino`, counted as a metadata request.
     fn attr(&self, op: &str, ino: INodeNo) -> Result<Attr, Errno> {
-        self.account(METADATA_REQUEST);
+        self.account();
         self.view.attr(ino.0).map_err(|e| self.fail(op, ino, e))
     }
 
@@ -197,7 +159,7 @@ impl ErofsFs {
         offset: u64,
         add: &mut dyn FnMut(DirItem<'_>) -> bool,
     ) -> Result<(), Errno> {
-        self.account(METADATA_REQUEST);
+        self.account();
         self.view
             .read_dir(ino.0, offset, add)
             .map_err(|e| self.fail(op, ino, e))
@@ -234,7 +196,7 @@ impl Filesystem for ErofsFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.account(METADATA_REQUEST);
+        self.account();
         match self.view.lookup(parent.0, name.as_bytes()) {
             Ok(Some(attr)) => reply.entry(&TTL, &self.file_attr(&attr), Generation(0)),
             Ok(None) => reply.error(Errno::ENOENT),
@@ -250,7 +212,7 @@ impl Filesystem for ErofsFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.account(METADATA_REQUEST);
+        self.account();
         match self.view.read_link(ino.0) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(self.fail("readlink", ino, e)),
@@ -315,14 +277,7 @@ impl Filesystem for ErofsFs {
                 }
             }
         });
-        // A sequential read maps whole 2 MiB pages: its data rounded out
-        // to them; a random one maps only the pages it reads.
-        let data_mapped = match access {
-            Access::Sequential if served > 0 => served.next_multiple_of(FAULT_SPAN) + FAULT_SPAN,
-            _ => served,
-        };
-        self.account(METADATA_REQUEST + data_mapped);
-        self.account_served(served);
+        self.budget.read(&*self.view, access, served);
         // A readahead-sized read means a sequential reader: once it has its
         // reply, say what it will ask for next (verity checks it ahead).
         if size >= SEQUENTIAL_READ && served > 0 {
@@ -428,7 +383,7 @@ impl Filesystem for ErofsFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.account(METADATA_REQUEST);
+        self.account();
         match self.view.xattr(ino.0, name.as_bytes()) {
             Ok(Some(value)) => reply_xattr(reply, size, &value),
             Ok(None) => reply.error(Errno::NO_XATTR),
@@ -444,7 +399,7 @@ impl Filesystem for ErofsFs {
         // On a mount in a user namespace without POSIX_ACL the kernel
         // refuses ACL xattrs; do not list what cannot be read.
         let show_acls = self.init_userns || self.default_permissions;
-        self.account(METADATA_REQUEST);
+        self.account();
         match self.view.xattr_names(ino.0) {
             Ok(list) => {
                 let mut names = Vec::new();
