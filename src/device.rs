@@ -98,17 +98,28 @@ impl Device {
         // SAFETY: the maps are read-only. Another process truncating the
         // file while it is mapped would raise SIGBUS; images are treated as
         // immutable while in use, as the kernel's loop device does.
-        let map = |advice| {
+        let map = |advice: &[memmap2::Advice]| {
             let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
             // Only advice: a kernel without transparent huge pages refuses
             // MADV_HUGEPAGE, and then faults read around as by default.
-            let _ = map.advise(advice);
+            for &advice in advice {
+                let _ = map.advise(advice);
+            }
             Ok::<_, Error>(Arc::new(map))
         };
-        let sequential = map(memmap2::Advice::HugePage)?;
+        let sequential = map(&[memmap2::Advice::HugePage])?;
+        // Not mapped 2 MiB at a time either, where a sequential reader has
+        // left huge pages in the page cache: a random read maps its page.
+        let random = map(&[memmap2::Advice::Random, memmap2::Advice::NoHugePage])?;
+        if random.len() != sequential.len() {
+            return Err(Error::Invalid(format!(
+                "{}: changed size while being opened",
+                path.display()
+            )));
+        }
         let whole = Self {
             len: sequential.len(),
-            random: map(memmap2::Advice::Random)?,
+            random,
             map: sequential,
             in_memory: false,
             start: 0,
@@ -166,9 +177,16 @@ impl Device {
         self.ahead = Some(Arc::new(VerifyAhead::new(
             Arc::clone(&verifier),
             Arc::clone(&self.map),
+            !self.in_memory,
         )));
         self.verity = Some(verifier);
         Ok(())
+    }
+
+    /// Whether a verity tree is attached and checks ranges ahead of readers
+    /// ([`Device::will_need`] does something).
+    pub fn verifies_ahead(&self) -> bool {
+        self.ahead.is_some()
     }
 
     /// The verity counters, when a tree is attached.
@@ -288,11 +306,15 @@ impl Device {
     }
 
     /// Drops `[offset, offset + len)` from this process's page tables
-    /// (`MADV_DONTNEED`). The bytes stay in the page cache, and a later
-    /// access maps them again; this only keeps pages the server has served
-    /// from counting as its resident memory. An in-memory device keeps its
-    /// pages: they are its only copy.
+    /// (`MADV_DONTNEED`), and the whole verity tree when one is attached.
+    /// The bytes stay in the page cache, and a later access maps them
+    /// again; this only keeps pages the server has served from counting as
+    /// its resident memory. An in-memory device keeps its pages: they are
+    /// its only copy.
     pub fn release(&self, offset: u64, len: u64) {
+        if let Some(verity) = &self.verity {
+            verity.release_tree();
+        }
         if self.in_memory {
             return;
         }

@@ -102,11 +102,17 @@ fn serve(request: &MountRequest, config: &fuser::Config, ready: Option<OwnedFd>)
     // decode buffers that cache evictions free pile up in each arena and
     // resident memory drifts far past the cache budget (46 MiB against 29
     // MiB for a 16 MiB cache in the stress test). Requests allocate little
-    // else, so the shared arena's lock is not contended.
+    // else, so the shared arena's lock is not contended. And buffers of 1
+    // MiB or more (extents of compressed zeros decode to several MiB) are
+    // mapped apart and given back when freed, rather than left as holes
+    // in the heap: glibc's default raises that threshold to the largest
+    // block freed so far. 8 readers of such a tree with a 16 MiB cache:
+    // 19 MiB of heap at most instead of 26.
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only tunes the allocator; no threads exist yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
     // Signals are taken by one thread with sigwait; block them before the
     // session spawns its workers so those inherit the mask.

@@ -330,6 +330,13 @@ impl Image {
     /// offset + len)` next ([`crate::device::Device::will_need`] says what
     /// is done with that).
     pub fn prefetch(&self, inode: &Inode, offset: u64, len: u64) {
+        let devices = &self.devices;
+        if !devices.primary.verifies_ahead()
+            && !devices.extra.iter().any(|d| d.backing.verifies_ahead())
+        {
+            // Nothing would be done with the hint: skip mapping the runs.
+            return;
+        }
         if inode.layout.is_compressed() {
             // Mapping every pcluster ahead would cost more than it saves:
             // mkfs lays a file's pclusters out in order, and they are no

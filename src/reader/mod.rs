@@ -13,6 +13,7 @@ mod inode;
 mod superblock;
 mod walk;
 mod xattr;
+mod zcache;
 mod zdata;
 mod zindex;
 mod zmap;
@@ -28,7 +29,7 @@ pub use inode::{FileKind, Inode};
 pub use superblock::SuperInfo;
 pub use walk::{WalkEntry, WalkVisitor, MAX_WALK_DEPTH};
 pub use xattr::{LongPrefix, Xattr};
-pub use zdata::{CacheStats, DEFAULT_CACHE_SIZE};
+pub use zcache::{CacheStats, DEFAULT_CACHE_SIZE};
 pub use zsummary::{CompressedExtent, CompressionInfo, Stored, MAX_LISTED_EXTENTS};
 
 use crate::device::Device;
@@ -147,7 +148,7 @@ pub struct Image {
     packed: Option<Inode>,
     prefixes: xattr::Prefixes,
     codecs: decompress::Codecs,
-    cache: zdata::ExtentCache,
+    cache: zcache::ExtentCache,
 }
 
 impl Image {
@@ -155,7 +156,7 @@ impl Image {
     pub fn open(path: &Path, options: &OpenOptions) -> Result<Self> {
         let (primary, extra) = options.open_devices(path)?;
         let mut image = Self::from_devices(primary, extra)?;
-        image.cache = zdata::ExtentCache::new(options.cache_size);
+        image.cache = zcache::ExtentCache::new(options.cache_size);
         Ok(image)
     }
 
@@ -171,7 +172,7 @@ impl Image {
             packed: None,
             prefixes: xattr::Prefixes::default(),
             codecs,
-            cache: zdata::ExtentCache::default(),
+            cache: zcache::ExtentCache::default(),
         };
         if let Some(nid) = image.sb.metabox_nid {
             image.metabox = Some(image.inode(nid)?);

@@ -1,135 +1,20 @@
 //! Reading compressed files (the kernel's `zdata.c`): turning a mapped
-//! extent into bytes, and the LRU cache of decoded extents.
+//! extent into bytes. The decoded extents are cached in `zcache`.
 //!
 //! Uncompressed pclusters are never copied: they map straight to the image
 //! bytes like flat files. Compressed ones are decoded whole, once, and kept
 //! in a cache shared by all readers, so that reading a file 4 KiB at a time
 //! or from many threads decodes each pcluster once while it stays cached.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-use lru::LruCache;
+use std::sync::Arc;
 
 use crate::device::Access;
 use crate::error::{ensure, Error, Result};
 
 use super::data::{Extent, Mapping};
+use super::zcache::{CacheStats, ExtentKey};
 use super::zmap::{PclusterAt, ZExtent, ZFormat, ZInfo};
 use super::{Image, Inode};
-
-/// Default budget of the decoded-extent cache, in bytes.
-pub const DEFAULT_CACHE_SIZE: u64 = 64 << 20;
-
-/// What identifies a decoded extent: the same pcluster decoded to the same
-/// length gives the same bytes, whichever file (dedupe) asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct ExtentKey {
-    at: PclusterAt,
-    len: u64,
-}
-
-impl ExtentKey {
-    fn of(ext: &ZExtent) -> Self {
-        Self {
-            at: ext.at,
-            len: ext.len,
-        }
-    }
-}
-
-/// An LRU cache of decoded extents bounded by their total size in bytes.
-#[derive(Debug)]
-pub(crate) struct ExtentCache {
-    budget: u64,
-    inner: Mutex<CacheInner>,
-    hits: AtomicU64,
-    decodes: AtomicU64,
-}
-
-/// Counters of the decoded-extent cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CacheStats {
-    /// Reads served from the cache.
-    pub hits: u64,
-    /// Extents decoded (cache misses).
-    pub decodes: u64,
-    /// Bytes of decoded data held now.
-    pub bytes: u64,
-    /// The budget in bytes.
-    pub budget: u64,
-}
-
-#[derive(Debug)]
-struct CacheInner {
-    map: LruCache<ExtentKey, Arc<[u8]>>,
-    bytes: u64,
-}
-
-impl ExtentCache {
-    /// A cache holding at most `budget` bytes of decoded data.
-    pub fn new(budget: u64) -> Self {
-        Self {
-            budget,
-            inner: Mutex::new(CacheInner {
-                map: LruCache::unbounded(),
-                bytes: 0,
-            }),
-            hits: AtomicU64::new(0),
-            decodes: AtomicU64::new(0),
-        }
-    }
-
-    fn get(&self, key: &ExtentKey) -> Option<Arc<[u8]>> {
-        let found = self.lock().map.get(key).cloned();
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.decodes
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    fn insert(&self, key: ExtentKey, data: Arc<[u8]>) {
-        let size = data.len() as u64;
-        if size > self.budget {
-            return;
-        }
-        let mut inner = self.lock();
-        if let Some(old) = inner.map.put(key, data) {
-            inner.bytes -= old.len() as u64;
-        }
-        inner.bytes += size;
-        while inner.bytes > self.budget {
-            match inner.map.pop_lru() {
-                Some((_, old)) => inner.bytes -= old.len() as u64,
-                None => break,
-            }
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
-        // A panic elsewhere cannot leave the cache inconsistent: every
-        // update above completes before the guard drops.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn stats(&self) -> CacheStats {
-        CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            decodes: self.decodes.load(Ordering::Relaxed),
-            bytes: self.lock().bytes,
-            budget: self.budget,
-        }
-    }
-}
-
-impl Default for ExtentCache {
-    fn default() -> Self {
-        Self::new(DEFAULT_CACHE_SIZE)
-    }
-}
 
 impl Image {
     /// Maps `offset` of compressed `inode`, whose map header is `info`.
@@ -237,16 +122,9 @@ impl Image {
     /// The decoded bytes of compressed extent `ext`, from the cache or
     /// decoded now (and cached).
     fn decoded(&self, ext: &ZExtent, alg: u8, access: Access) -> Result<Arc<[u8]>> {
-        let key = ExtentKey::of(ext);
-        if let Some(data) = self.cache.get(&key) {
-            return Ok(data);
-        }
-        // SAFETY: all-zero bytes are valid `u8`s.
-        let mut data: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(ext.len as usize).assume_init() };
-        let out = Arc::get_mut(&mut data).expect("a new Arc is unique");
-        self.decode_into(ext, alg, out, access)?;
-        self.cache.insert(key, Arc::clone(&data));
-        Ok(data)
+        self.cache.get_or_decode(ExtentKey::of(ext), |out| {
+            self.decode_into(ext, alg, out, access)
+        })
     }
 
     /// Decodes compressed extent `ext` into `out` (exactly its length),

@@ -337,6 +337,13 @@ impl Verifier {
     pub fn data_path(&self) -> &Path {
         &self.data_path
     }
+
+    /// Unmaps the tree from this process (its pages stay in the page
+    /// cache): what reads have mapped of it would otherwise grow by 1/128
+    /// of the data read.
+    pub fn release_tree(&self) {
+        unmap(&self.hash, 0, self.hash.len() as u64);
+    }
 }
 
 /// Ranges handed to the verify-ahead thread and not yet taken; beyond
@@ -354,15 +361,20 @@ const AHEAD_QUEUE: usize = 64;
 pub struct VerifyAhead {
     verifier: Arc<Verifier>,
     map: Arc<Mmap>,
+    /// Whether `map` maps a file, whose pages the thread may unmap once it
+    /// has verified them.
+    file_backed: bool,
     queue: OnceLock<Option<SyncSender<(u64, u64)>>>,
 }
 
 impl VerifyAhead {
-    /// Verify-ahead for `verifier` over the data file mapped at `map`.
-    pub fn new(verifier: Arc<Verifier>, map: Arc<Mmap>) -> Self {
+    /// Verify-ahead for `verifier` over the data file mapped at `map`
+    /// (`file_backed`: a shared map of the file, not a copy in memory).
+    pub fn new(verifier: Arc<Verifier>, map: Arc<Mmap>, file_backed: bool) -> Self {
         Self {
             verifier,
             map,
+            file_backed,
             queue: OnceLock::new(),
         }
     }
@@ -373,11 +385,18 @@ impl VerifyAhead {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = sync_channel::<(u64, u64)>(AHEAD_QUEUE);
             let (verifier, map) = (Arc::clone(&self.verifier), Arc::clone(&self.map));
+            let file_backed = self.file_backed;
             let spawned = std::thread::Builder::new()
                 .name("verity-ahead".into())
                 .spawn(move || {
                     while let Ok((offset, len)) = rx.recv() {
                         verifier.check_ahead(&map, offset, len);
+                        if file_backed {
+                            // What it mapped to hash counts as the server's
+                            // memory, and no request of this thread's
+                            // triggers a trim: let go of it now.
+                            unmap(&map, offset, len);
+                        }
                     }
                 });
             spawned.ok().map(|_| tx)
@@ -385,6 +404,27 @@ impl VerifyAhead {
         if let Some(tx) = queue {
             let _ = tx.try_send((offset, len));
         }
+    }
+}
+
+/// Unmaps `[offset, offset + len)` (clipped, widened to pages) of `map`,
+/// a shared map of a file: the pages stay in the page cache, and the next
+/// access maps them again.
+fn unmap(map: &Mmap, offset: u64, len: u64) {
+    const PAGE: u64 = 4096;
+    let end = offset.saturating_add(len).min(map.len() as u64);
+    let start = offset / PAGE * PAGE;
+    if start < end {
+        // SAFETY: callers pass only shared read-only maps of files, for which
+        // MADV_DONTNEED only unmaps pages: their contents come back from the
+        // file on the next access, so no reader can see other bytes.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
     }
 }
 
@@ -473,7 +513,7 @@ mod tests {
         // SAFETY: a private test file nothing else writes.
         let map = Arc::new(unsafe { Mmap::map(&File::open(&path).unwrap()) }.unwrap());
         let v = Arc::new(Verifier::open(&path, &map, &spec).unwrap());
-        let ahead = VerifyAhead::new(Arc::clone(&v), Arc::clone(&map));
+        let ahead = VerifyAhead::new(Arc::clone(&v), Arc::clone(&map), true);
         // Blocks 0..100, and a range running into the bad block 200 and
         // past the end of the tree.
         ahead.request(0, 100 * 512);
