@@ -13,7 +13,10 @@
 //! [`TRIM_AT`] over the least it measured after an unmapping. The least,
 //! not the last: other threads map pages while one unmaps, and a floor
 //! measured among them let peaks drift 8 MiB higher (with 4 threads
-//! reading compressed data).
+//! reading compressed data). Every [`REBASE_EVERY`] unmappings the floor
+//! starts again from the last measure, so that file-backed memory that is
+//! not the image (more of the binary paged in) cannot make every check
+//! unmap for good.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -36,6 +39,9 @@ const TRIM_AT: u64 = 4 << 20;
 /// one page fault on its metadata (an inode, a directory block).
 pub const METADATA_REQUEST: u64 = FAULT_SPAN;
 
+/// After this many unmappings the floor is measured afresh.
+const REBASE_EVERY: u64 = 64;
+
 /// After this many bytes served, free heap memory goes back to the system.
 const MALLOC_TRIM_EVERY: u64 = 8 << 20;
 
@@ -48,8 +54,10 @@ pub struct Budget {
     /// Bytes the requests since the mount may have mapped (the estimate).
     mapped: AtomicU64,
     /// The least file-backed resident bytes measured right after an
-    /// unmapping: the binary and its libraries.
+    /// unmapping since the last rebase: the binary and its libraries.
     floor: AtomicU64,
+    /// Unmappings since the mount.
+    trims: AtomicU64,
     /// Bytes of file data served since the mount.
     served: AtomicU64,
     /// `/proc/self/statm`, opened on first use (`None`: not readable, so
@@ -62,6 +70,7 @@ impl Default for Budget {
         Self {
             mapped: AtomicU64::new(0),
             floor: AtomicU64::new(UNMEASURED),
+            trims: AtomicU64::new(0),
             served: AtomicU64::new(0),
             statm: OnceLock::new(),
         }
@@ -70,8 +79,8 @@ impl Default for Budget {
 
 impl Budget {
     /// Counts a request that may have mapped `mapped` bytes of image; at
-    /// each [`CHECK_EVERY`], measures and unmaps `view`'s images if they
-    /// take [`TRIM_AT`] or more.
+    /// each [`CHECK_EVERY`], measures the process's file-backed memory and
+    /// unmaps `view`'s images if it is [`TRIM_AT`] or more over the floor.
     pub fn mapped(&self, view: &dyn View, mapped: u64) {
         if !crosses(&self.mapped, mapped, CHECK_EVERY) {
             return;
@@ -82,7 +91,11 @@ impl Budget {
             _ => {
                 view.release_mapped();
                 let after = self.file_resident().unwrap_or(UNMEASURED);
-                self.floor.fetch_min(after, Ordering::Relaxed);
+                if self.trims.fetch_add(1, Ordering::Relaxed) % REBASE_EVERY == REBASE_EVERY - 1 {
+                    self.floor.store(after, Ordering::Relaxed);
+                } else {
+                    self.floor.fetch_min(after, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -6,7 +6,7 @@
 //! in a cache shared by all readers, so that reading a file 4 KiB at a time
 //! or from many threads decodes each pcluster once while it stays cached.
 
-use std::sync::Arc;
+use std::borrow::Cow;
 
 use crate::device::Access;
 use crate::error::{ensure, Error, Result};
@@ -104,14 +104,27 @@ impl Image {
         access: Access,
     ) -> Result<()> {
         let within = within as usize;
+        let key = ExtentKey::of(ext);
         if within == 0 && dst.len() as u64 == ext.len {
-            if let Some(data) = self.cache.get(&ExtentKey::of(ext)) {
+            if let Some(data) = self.cache.get(&key) {
                 dst.copy_from_slice(&data);
                 return Ok(());
             }
-            return self.decode_into(ext, alg, dst, access);
+            self.cache.count_decode();
+            let input = self.pcluster(ext, access)?;
+            return self.decode_from(ext, alg, &input, dst);
         }
-        let data = self.decoded(ext, alg, access)?;
+        let data = match self.cache.get(&key) {
+            Some(data) => data,
+            None => {
+                // Read before the cache's turn to decode is taken: reading an
+                // inline pcluster of a compressed metabox decodes too, and
+                // decodes must not nest (the cache would wait on itself).
+                let input = self.pcluster(ext, access)?;
+                self.cache
+                    .get_or_decode(key, |out| self.decode_from(ext, alg, &input, out))?
+            }
+        };
         let src = data
             .get(within..within + dst.len())
             .ok_or_else(|| Error::corrupt("decoded extent is shorter than its mapping"))?;
@@ -119,29 +132,25 @@ impl Image {
         Ok(())
     }
 
-    /// The decoded bytes of compressed extent `ext`, from the cache or
-    /// decoded now (and cached).
-    fn decoded(&self, ext: &ZExtent, alg: u8, access: Access) -> Result<Arc<[u8]>> {
-        self.cache.get_or_decode(ExtentKey::of(ext), |out| {
-            self.decode_into(ext, alg, out, access)
-        })
-    }
-
-    /// Decodes compressed extent `ext` into `out` (exactly its length),
-    /// reading its pcluster as `access` says.
-    fn decode_into(&self, ext: &ZExtent, alg: u8, out: &mut [u8], access: Access) -> Result<()> {
-        let input = match ext.at {
+    /// The encoded bytes of compressed extent `ext`, read as `access` says.
+    fn pcluster(&self, ext: &ZExtent, access: Access) -> Result<Cow<'_, [u8]>> {
+        match ext.at {
             PclusterAt::Device(pa) => {
                 let (dev, pa) = self.devices.resolve(0, pa)?;
-                std::borrow::Cow::Borrowed(dev.slice_for(access, pa, ext.plen)?)
+                Ok(Cow::Borrowed(dev.slice_for(access, pa, ext.plen)?))
             }
-            PclusterAt::Inline(pos) => self.meta(pos, ext.plen)?,
+            PclusterAt::Inline(pos) => self.meta(pos, ext.plen),
             PclusterAt::Fragment(_) | PclusterAt::Unmapped => {
-                return Err(Error::corrupt("compressed extent without a pcluster"))
+                Err(Error::corrupt("compressed extent without a pcluster"))
             }
-        };
+        }
+    }
+
+    /// Decodes compressed extent `ext` from its pcluster `input` into `out`
+    /// (exactly its length).
+    fn decode_from(&self, ext: &ZExtent, alg: u8, input: &[u8], out: &mut [u8]) -> Result<()> {
         self.codecs
-            .decode(alg, &input, out, ext.partial)
+            .decode(alg, input, out, ext.partial)
             .map_err(|e| match e {
                 Error::Corrupt(msg) => {
                     Error::Corrupt(format!("extent at file offset {}: {msg}", ext.start))
