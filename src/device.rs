@@ -320,13 +320,7 @@ impl Device {
         }
         if let Some((start, len)) = self.page_range(offset, len) {
             for map in [&self.map, &self.random] {
-                // SAFETY: the maps are read-only shared file mappings, for
-                // which MADV_DONTNEED only unmaps pages: their contents come
-                // back from the file on the next access, so no reader can
-                // see other bytes.
-                let _ = unsafe {
-                    map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
-                };
+                unmap_pages(map, start as u64, len as u64);
             }
         }
     }
@@ -341,6 +335,28 @@ impl Device {
         let start = (self.start as u64 + offset) / PAGE * PAGE;
         let end = self.start as u64 + end;
         Some((start as usize, (end - start) as usize))
+    }
+}
+
+/// Unmaps `[offset, offset + len)` of `map` (clipped to it, widened to
+/// pages) from this process (`MADV_DONTNEED`). `map` must be a shared map
+/// of a file: its pages stay in the page cache, and the next access maps
+/// them again.
+pub(crate) fn unmap_pages(map: &Mmap, offset: u64, len: u64) {
+    let end = offset.saturating_add(len).min(map.len() as u64);
+    let start = offset / PAGE * PAGE;
+    if start < end {
+        // SAFETY: callers pass only read-only shared maps of files, for
+        // which MADV_DONTNEED only unmaps pages: their contents come back
+        // from the file on the next access, so no reader can see other
+        // bytes.
+        let _ = unsafe {
+            map.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                start as usize,
+                (end - start) as usize,
+            )
+        };
     }
 }
 

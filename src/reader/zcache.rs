@@ -165,18 +165,16 @@ impl ExtentCache {
         found
     }
 
-    /// The bytes of `key`: cached, or made now by `decode` (which fills a
-    /// zeroed buffer of the extent's length) and cached. A thread that
-    /// misses an extent another is decoding waits for it instead of
-    /// decoding it too.
+    /// The bytes of `key` after a [`get`](Self::get) missed them: made now
+    /// by `decode` (which fills a zeroed buffer of the extent's length) and
+    /// cached, or found cached once this thread's turn to decode comes (a
+    /// thread that misses an extent another is decoding waits for it
+    /// instead of decoding it too).
     pub fn get_or_decode(
         &self,
         key: ExtentKey,
         decode: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<Arc<[u8]>> {
-        if let Some(data) = self.get(&key) {
-            return Ok(data);
-        }
         if DECODING.with(Cell::get) {
             return Err(Error::corrupt(
                 "a compressed extent's encoded bytes lie in another compressed extent",

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
 
+use crate::device::unmap_pages;
 use memmap2::Mmap;
 
 use super::{hex, Level, TreeSpec, VerityError, VerityParams, DIGEST_SIZE};
@@ -342,7 +343,7 @@ impl Verifier {
     /// cache): what reads have mapped of it would otherwise grow by 1/128
     /// of the data read.
     pub fn release_tree(&self) {
-        unmap(&self.hash, 0, self.hash.len() as u64);
+        unmap_pages(&self.hash, 0, self.hash.len() as u64);
     }
 }
 
@@ -395,7 +396,7 @@ impl VerifyAhead {
                             // What it mapped to hash counts as the server's
                             // memory, and no request of this thread's
                             // triggers a trim: let go of it now.
-                            unmap(&map, offset, len);
+                            unmap_pages(&map, offset, len);
                         }
                     }
                 });
@@ -404,27 +405,6 @@ impl VerifyAhead {
         if let Some(tx) = queue {
             let _ = tx.try_send((offset, len));
         }
-    }
-}
-
-/// Unmaps `[offset, offset + len)` (clipped, widened to pages) of `map`,
-/// a shared map of a file: the pages stay in the page cache, and the next
-/// access maps them again.
-fn unmap(map: &Mmap, offset: u64, len: u64) {
-    const PAGE: u64 = 4096;
-    let end = offset.saturating_add(len).min(map.len() as u64);
-    let start = offset / PAGE * PAGE;
-    if start < end {
-        // SAFETY: callers pass only shared read-only maps of files, for which
-        // MADV_DONTNEED only unmaps pages: their contents come back from the
-        // file on the next access, so no reader can see other bytes.
-        let _ = unsafe {
-            map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                start as usize,
-                (end - start) as usize,
-            )
-        };
     }
 }
 
