@@ -80,9 +80,11 @@ enum Command {
     /// (no subcommand) is `mount`, so `mount -t fuse.erofs-fuse IMAGE DIR`
     /// and /etc/fstab entries work through mount.fuse3.
     ///
-    /// Security: with allow_other the kernel enforces the image's
-    /// permission bits (default_permissions) unless -o no_default_permissions
-    /// is given; a mount by an unprivileged user is always nosuid,nodev.
+    /// Security: every mount is nosuid,nodev (setuid bits and device nodes
+    /// in the image have no effect); root may opt in with -o suid or -o dev,
+    /// other users cannot. With allow_other or allow_root the kernel
+    /// enforces the image's permission bits (default_permissions) unless
+    /// -o no_default_permissions is given.
     ///
     /// -o options: ro, allow_other, allow_root, default_permissions,
     /// no_default_permissions, suid, nosuid, dev, nodev, exec, noexec,
@@ -272,8 +274,11 @@ pub struct ServeArgs {
     /// unmounts cleanly.
     #[arg(short, long)]
     foreground: bool,
-    /// Threads serving requests (default: the number of CPUs).
-    #[arg(long, value_name = "N")]
+    /// Threads serving requests, 1 to 1024 (default: the number of CPUs).
+    /// Each holds a /dev/fuse descriptor: the open-file limit must allow
+    /// them, or the mount fails before it starts.
+    #[arg(long, value_name = "N",
+          value_parser = erofs_fuse::fuse::options::parse_threads)]
     threads: Option<usize>,
     /// The kernel's readahead window for the mount (default 1M; 0 keeps
     /// the kernel's 128K). Larger windows mean fewer, larger read requests
@@ -282,7 +287,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE",
           value_parser = erofs_fuse::fuse::options::parse_size)]
     readahead: Option<u64>,
-    /// Mount options, comma-separated (repeatable).
+    /// Mount options, comma-separated (repeatable); see `mount --help`.
+    /// Every mount is nosuid,nodev unless root adds -o suid or -o dev.
     #[arg(short = 'o', value_name = "OPT[,OPT...]")]
     options: Vec<String>,
     /// Log every request (same as -o debug, or -vv).

@@ -4,9 +4,12 @@
 //! - Visible to other users (`allow_other`/`allow_root`) implies
 //!   `default_permissions`: the kernel enforces the image's modes, so nobody
 //!   reads a file the image forbids them. `no_default_permissions` opts out.
-//! - An unprivileged mount is `nosuid,nodev` (fusermount3 enforces it too);
-//!   root gets what the kernel's own erofs mount gives (`suid,dev`) unless
-//!   told otherwise.
+//! - Every mount is `nosuid,nodev` unless root asks for `suid` or `dev`:
+//!   the image is untrusted input, so a setuid binary or a device node in it
+//!   must not become a way in for whoever can reach the mount. (The
+//!   kernel's erofs takes mount(8)'s `suid,dev` defaults; here opting in is
+//!   explicit.) An unprivileged user cannot opt in (fusermount3 refuses too).
+//! - Serving threads: 1 to [`MAX_THREADS`].
 
 use std::path::PathBuf;
 
@@ -80,6 +83,20 @@ pub struct MountOptions {
     pub device_verity: Vec<Option<VeritySource>>,
 }
 
+/// The most serving threads a mount may ask for. Each holds a cloned
+/// `/dev/fuse` descriptor and a stack.
+pub const MAX_THREADS: usize = 1024;
+
+/// Parses a serving thread count: a whole number from 1 to [`MAX_THREADS`].
+pub fn parse_threads(text: &str) -> std::result::Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?}: expected a number of threads from 1 to {MAX_THREADS}"
+        )),
+    }
+}
+
 /// Parses a byte size: a number with an optional binary suffix K, M, G or
 /// T (`64M` is 64 MiB; `KiB`, `MB` and lower case are accepted too).
 pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
@@ -144,11 +161,8 @@ impl MountOptions {
                 "debug" => o.debug = true,
                 "threads" => {
                     let n = need(value)?;
-                    let n = n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "mount option threads={n}: expected a positive number"
-                        ))
-                    })?;
+                    let n = parse_threads(&n)
+                        .map_err(|e| Error::Invalid(format!("mount option threads: {e}")))?;
                     o.threads = Some(n);
                 }
                 "cache_size" => {
@@ -224,12 +238,12 @@ impl MountOptions {
         if default_permissions {
             opts.push(MountOption::DefaultPermissions);
         }
-        opts.push(if self.suid.unwrap_or(is_root) {
+        opts.push(if self.suid.unwrap_or(false) {
             MountOption::Suid
         } else {
             MountOption::NoSuid
         });
-        opts.push(if self.dev.unwrap_or(is_root) {
+        opts.push(if self.dev.unwrap_or(false) {
             MountOption::Dev
         } else {
             MountOption::NoDev
@@ -249,7 +263,9 @@ impl MountOptions {
         } else {
             SessionACL::Owner
         };
-        config.n_threads = Some(self.threads.unwrap_or(threads).max(1));
+        let threads = self.threads.unwrap_or(threads);
+        parse_threads(&threads.to_string()).map_err(|e| Error::Invalid(format!("threads: {e}")))?;
+        config.n_threads = Some(threads);
         config.clone_fd = true;
         Ok(config)
     }
@@ -284,9 +300,26 @@ mod tests {
             .unwrap()
             .fuser_config(false, 1, "x")
             .is_err());
-        let c = config("", true);
+        assert!(MountOptions::parse(&["dev"])
+            .unwrap()
+            .fuser_config(false, 1, "x")
+            .is_err());
+    }
+
+    #[test]
+    fn root_mounts_are_nosuid_nodev_unless_asked() {
+        for opts in ["", "allow_other", "allow_root", "nosuid,nodev"] {
+            let c = config(opts, true);
+            assert!(c.mount_options.contains(&MountOption::NoSuid), "{opts}");
+            assert!(c.mount_options.contains(&MountOption::NoDev), "{opts}");
+            assert!(!c.mount_options.contains(&MountOption::Suid), "{opts}");
+            assert!(!c.mount_options.contains(&MountOption::Dev), "{opts}");
+        }
+        let c = config("allow_other,suid", true);
         assert!(c.mount_options.contains(&MountOption::Suid));
-        let c = config("nosuid,nodev", true);
+        assert!(c.mount_options.contains(&MountOption::NoDev));
+        let c = config("dev", true);
+        assert!(c.mount_options.contains(&MountOption::Dev));
         assert!(c.mount_options.contains(&MountOption::NoSuid));
     }
 
@@ -299,6 +332,14 @@ mod tests {
         assert_eq!(o.threads, Some(3));
         assert!(MountOptions::parse(&["bogus"]).is_err());
         assert!(MountOptions::parse(&["threads=0"]).is_err());
+        assert!(MountOptions::parse(&["threads=1025"]).is_err());
+        assert!(MountOptions::parse(&["threads=99999999999999999999999"]).is_err());
+        assert!(MountOptions::parse(&["threads=-1"]).is_err());
+        assert_eq!(
+            MountOptions::parse(&["threads=1024"]).unwrap().threads,
+            Some(1024)
+        );
+        assert!(MountOptions::default().fuser_config(true, 0, "x").is_err());
         assert_eq!(
             MountOptions::parse(&["cache_size=16M"]).unwrap().cache_size,
             Some(16 << 20)

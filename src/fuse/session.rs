@@ -53,6 +53,7 @@ pub fn mount(request: MountRequest) -> Result<()> {
     let mut config = request
         .options
         .fuser_config(is_root, request.threads, &request.fsname)?;
+    reserve_descriptors(config.n_threads.unwrap_or(1))?;
     if !request.view.read_only_mount() {
         // The view takes some changes as signals, which a read-only mount
         // would refuse before they reach it; it still changes nothing.
@@ -81,6 +82,32 @@ pub fn mount(request: MountRequest) -> Result<()> {
             std::process::exit(i32::from(result.is_err()));
         }
     }
+}
+
+/// Descriptors kept free beside the serving threads' own: the signal
+/// thread, logs, sysfs and the images a store opens while serving.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Makes sure each serving thread can open its `/dev/fuse` clone: raises the
+/// soft open-file limit as far as needed (up to the hard limit), or fails
+/// before mounting. Once serving, a thread that cannot open its descriptor
+/// would leave a mount that answers nothing.
+fn reserve_descriptors(threads: usize) -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let open = std::fs::read_dir("/proc/self/fd").map_or(16, |d| d.count() as u64);
+    let needed = open + threads as u64 + SPARE_DESCRIPTORS;
+    let (soft, hard) =
+        getrlimit(Resource::RLIMIT_NOFILE).map_err(|e| Error::io("getrlimit", e.into()))?;
+    if soft >= needed {
+        return Ok(());
+    }
+    if hard < needed {
+        return Err(Error::Invalid(format!(
+            "{threads} serving threads need {needed} open files, but the limit is {hard} \
+             (ulimit -n): use fewer --threads"
+        )));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, needed, hard).map_err(|e| Error::io("setrlimit", e.into()))
 }
 
 /// Parent side: wait for the child's "ready" byte or its error message.

@@ -85,6 +85,18 @@ pub struct Level {
     pub blocks: u64,
 }
 
+/// Checks a data or hash block size as veritysetup does: a power of two
+/// from 512 bytes to 1 MiB.
+pub fn check_block_size(what: &str, size: u32) -> Result<(), String> {
+    if size.is_power_of_two() && (512..=1 << 20).contains(&size) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} block size {size} is not a power of two from 512 to 1 MiB"
+        ))
+    }
+}
+
 impl VerityParams {
     /// Checks sizes as veritysetup does.
     pub fn validate(&self) -> Result<(), VerityError> {
@@ -92,11 +104,7 @@ impl VerityParams {
             ("data", self.data_block_size),
             ("hash", self.hash_block_size),
         ] {
-            if !size.is_power_of_two() || !(512..=1 << 20).contains(&size) {
-                return Err(VerityError::Invalid(format!(
-                    "{what} block size {size} is not a power of two from 512 to 1 MiB"
-                )));
-            }
+            check_block_size(what, size).map_err(VerityError::Invalid)?;
         }
         if self.salt.len() > VERITY_MAX_SALT {
             return Err(VerityError::Invalid(format!(

@@ -52,7 +52,7 @@ impl NoSuperblock {
             hash_block_size: self.hash_block_size,
             data_blocks: self
                 .data_blocks
-                .unwrap_or(data_len / u64::from(self.data_block_size)),
+                .unwrap_or(data_len / u64::from(self.data_block_size.max(1))),
             salt: self.salt.clone(),
             uuid: [0; 16],
         }
@@ -93,10 +93,12 @@ impl VeritySource {
                     .parse::<u64>()
                     .map_err(|_| format!("{spec:?}: {key}={value} is not a number"))
             };
-            let size = || {
-                number()?
+            let size = |what| {
+                let size = number()?
                     .try_into()
-                    .map_err(|_| format!("{spec:?}: {key}={value} is too large"))
+                    .map_err(|_| format!("{spec:?}: {key}={value} is too large"))?;
+                super::check_block_size(what, size).map_err(|e| format!("{spec:?}: {e}"))?;
+                Ok::<u32, String>(size)
             };
             match key {
                 "salt" if value == "-" => ns.salt = Vec::new(),
@@ -105,8 +107,8 @@ impl VeritySource {
                         .ok_or_else(|| format!("{spec:?}: salt {value} is not hex"))?
                 }
                 "data-blocks" => ns.data_blocks = Some(number()?),
-                "data-block-size" => ns.data_block_size = size()?,
-                _ => ns.hash_block_size = size()?,
+                "data-block-size" => ns.data_block_size = size("data")?,
+                _ => ns.hash_block_size = size("hash")?,
             }
         }
         let mut offset = 0;
@@ -262,6 +264,9 @@ mod tests {
         assert_eq!(spec.no_superblock.unwrap().params(10_000).data_blocks, 2);
         assert!(parse("h:salt=xyz").is_err());
         assert!(parse("h:data-block-size=99999999999").is_err());
+        assert!(parse("h:data-block-size=0").is_err());
+        assert!(parse("h:hash-block-size=4095").is_err());
+        assert!(parse("h:data-block-size=2097152").is_err());
     }
 
     #[test]
