@@ -295,3 +295,58 @@ fn convert_refuses_paths_deeper_than_the_readers_follow() {
     );
     assert!(err.len() < 1000, "error of {} bytes", err.len());
 }
+
+/// An image (built with the library, which applies no depth policy) with
+/// one empty directory `depth` levels deep.
+fn deep_image(dir: &Path, depth: usize) -> std::path::PathBuf {
+    use erofs_fuse::build::{BuildOptions, DataSource, ImageBuilder, Node, NodeData, Tree};
+    let mut tree = Tree::new(0o755, 0, 0, 0);
+    let mut parent = Tree::ROOT;
+    for _ in 0..depth {
+        let node = tree.add(Node {
+            mode: 0o040755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            xattrs: Default::default(),
+            data: NodeData::Dir(Default::default()),
+        });
+        tree.link(parent, b"d".to_vec(), node);
+        parent = node;
+    }
+    let path = dir.join(format!("deep-{depth}.erofs"));
+    let builder = ImageBuilder::new(File::create(&path).unwrap(), 12).unwrap();
+    let options = BuildOptions {
+        source: DataSource::Image,
+        uuid: [0; 16],
+    };
+    builder.finish(&tree, &options).unwrap();
+    path
+}
+
+#[test]
+fn readers_refuse_exactly_what_convert_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = erofs_fuse::format::MAX_PATH_DEPTH;
+    assert_eq!(erofs_fuse::reader::MAX_WALK_DEPTH, limit);
+    // At the limit any entry is fine, a directory too (before, fsck and
+    // the walk refused directories 2048 deep, which convert made).
+    let ok = deep_image(dir.path(), limit);
+    fsck_clean(&ok);
+    let image = erofs_fuse::Image::open(&ok, &Default::default()).unwrap();
+    assert_eq!(
+        erofs_fuse::manifest::manifest(&image).unwrap().len(),
+        limit + 1
+    );
+    // One deeper: refused by both.
+    let deep = deep_image(dir.path(), limit + 1);
+    let image = erofs_fuse::Image::open(&deep, &Default::default()).unwrap();
+    let report = erofs_fuse::fsck::fsck(&image, &Default::default());
+    assert_eq!(report.problem_count, 1, "{report:?}");
+    let err = erofs_fuse::manifest::manifest(&image)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("deeper than {limit}")), "{err}");
+    assert!(err.len() < 1000, "error of {} bytes", err.len());
+}
