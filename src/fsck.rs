@@ -292,6 +292,13 @@ impl Checker<'_> {
             }
             self.report.entries += 1;
             let name = entry.name.as_slice();
+            if depth + 1 > MAX_WALK_DEPTH {
+                // One problem for the directory, as the walks refuse it.
+                let e = Error::corrupt(format!(
+                    "entries nested deeper than {MAX_WALK_DEPTH} levels"
+                ));
+                return self.problem(here, name, "tree", e);
+            }
             match self.image.lookup(dir, &entry.name) {
                 Ok(Some(found)) if found.nid == entry.nid => {}
                 Ok(found) => {
@@ -312,15 +319,8 @@ impl Checker<'_> {
                 }
             };
             if self.check_inode(&inode, here, name) {
-                if depth + 1 >= MAX_WALK_DEPTH {
-                    let e = Error::corrupt(format!(
-                        "directories nested deeper than {MAX_WALK_DEPTH} levels"
-                    ));
-                    self.problem(here, name, "tree", e);
-                } else {
-                    self.names.push((index, entry.name.clone()));
-                    pending.push((inode, self.names.len() - 1, depth + 1));
-                }
+                self.names.push((index, entry.name.clone()));
+                pending.push((inode, self.names.len() - 1, depth + 1));
             }
         }
     }

@@ -235,6 +235,11 @@ enum Command {
     /// unless the tar lists "./", is mode 0777 owned by 0:0, as mkfs.erofs
     /// makes it. Output is deterministic: the same input and options give
     /// the same bytes.
+    ///
+    /// Bounds (a tar is untrusted input): PAX extended headers and GNU long
+    /// names/links over 1 MiB, paths deeper than 2048 levels and, with
+    /// --aufs, the whiteouts .wh., .wh.. and .wh... are errors naming the
+    /// entry.
     Convert {
         /// The layer: a tar, a tar.gz, or - for stdin.
         input: PathBuf,

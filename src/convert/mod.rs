@@ -9,6 +9,8 @@
 //! with the data.
 
 mod input;
+mod pax;
+mod stream;
 mod tar;
 
 use std::fs::File;

@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 
-use base64::Engine;
 use tar::EntryType;
 
+use super::pax::{apply_pax, drop_user_xattrs, max_inline_xattrs, Attrs, Globals};
+use super::stream::{shown, Member, TarStream};
 use super::ConvertError;
-use crate::build::{xattr, FileData, ImageBuilder, Node, NodeData, NodeId, Tree};
+use crate::build::{FileData, ImageBuilder, Node, NodeData, NodeId, Tree};
 use crate::format::{
-    encode_rdev, NAME_LEN_MAX, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG,
+    encode_rdev, MAX_PATH_DEPTH, NAME_LEN_MAX, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT,
+    S_IFREG,
 };
 
 /// Where regular files' data goes while the tar is read.
@@ -39,164 +41,179 @@ const OVERLAY_ORIGIN: &[u8] = b"trusted.overlay.origin";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 
-/// Base64 as libarchive writes it (padding optional).
-const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-);
-
-/// Attributes of one entry after its PAX records are applied.
-struct Attrs {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    mtime_nsec: u32,
-    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
-}
-
-/// PAX records that apply to every later entry (`g` headers).
-#[derive(Default)]
-struct Globals {
-    records: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
 /// Reads every entry of the tar stream `reader` into a tree.
 pub fn read_tar(
     reader: impl Read,
     options: TarOptions,
-    mut sink: DataSink<'_>,
+    sink: DataSink<'_>,
 ) -> Result<Tree, ConvertError> {
-    let mut archive = tar::Archive::new(reader);
-    let mut tree = Tree::new(0o777, 0, 0, 0);
-    // Directories no entry has described (yet): they get `implied_mtime`.
-    let mut implied = HashSet::from([Tree::ROOT]);
-    let mut newest = i64::MIN;
-    let mut globals = Globals::default();
-    let mut previous: Option<(String, u64)> = None;
-    let mut warned_absolute = false;
-    let entries = archive
-        .entries()
-        .map_err(|e| ConvertError::tar(0, None, e.to_string()))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| match &previous {
-            Some((path, at)) => ConvertError::tar(
-                *at,
-                Some(path.clone()),
-                format!("{e} (in or after this entry)"),
-            ),
-            None => ConvertError::tar(0, None, e.to_string()),
-        })?;
-        let at = entry.raw_header_position();
-        let raw_path = c_string(entry.path_bytes().into_owned());
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        previous = Some((shown.clone(), at));
-        let fail = |message: String| ConvertError::tar(at, Some(shown.clone()), message);
-        let kind = entry.header().entry_type();
+    let mut stream = TarStream::new(reader);
+    let mut state = State {
+        tree: Tree::new(0o777, 0, 0, 0),
+        implied: HashSet::from([Tree::ROOT]),
+        newest: i64::MIN,
+        globals: Globals::default(),
+        warned_absolute: false,
+        options,
+        sink,
+    };
+    while let Some(member) = stream.next_member()? {
+        let shown_path = shown(&member.path);
+        let fail =
+            |message: String| ConvertError::tar(member.at, Some(shown_path.clone()), message);
+        state.add(&mut stream, &member).map_err(fail)?;
+    }
+    let implied_mtime = state
+        .options
+        .implied_mtime
+        .unwrap_or(if state.newest == i64::MIN {
+            0
+        } else {
+            state.newest
+        });
+    for id in state.implied {
+        state.tree.node_mut(id).mtime = implied_mtime;
+    }
+    Ok(state.tree)
+}
+
+/// The tree being built and what reading the tar so far has set.
+struct State<'a> {
+    tree: Tree,
+    /// Directories no entry has described (yet): they get `implied_mtime`.
+    implied: HashSet<NodeId>,
+    newest: i64,
+    globals: Globals,
+    warned_absolute: bool,
+    options: TarOptions,
+    sink: DataSink<'a>,
+}
+
+impl State<'_> {
+    /// Adds one member of the tar; the error says what is wrong with it.
+    fn add<R: Read>(&mut self, stream: &mut TarStream<R>, member: &Member) -> Result<(), String> {
+        let kind = member.header.entry_type();
         if kind.is_pax_global_extensions() {
-            globals
-                .records
-                .extend(pax_records(&mut entry).map_err(|e| fail(e.to_string()))?);
-            continue;
+            return self.globals.merge(member.pax.clone());
         }
         if kind == EntryType::new(b'V') {
-            tracing::info!("tar: skipping the volume label at byte {at}");
-            continue;
+            tracing::info!("tar: skipping the volume label at byte {}", member.at);
+            return Ok(());
         }
         if kind.is_gnu_sparse() {
-            return Err(fail(
+            return Err(
                 "GNU sparse files are not supported (re-create the tar without --sparse)".into(),
-            ));
+            );
         }
-        let attrs = attributes(&mut entry, &globals).map_err(fail)?;
-        newest = newest.max(attrs.mtime);
-        if raw_path.first() == Some(&b'/') && !warned_absolute {
-            tracing::warn!("tar: '{shown}': leading '/' removed from absolute paths");
-            warned_absolute = true;
+        let attrs = attributes(member, &self.globals)?;
+        self.newest = self.newest.max(attrs.mtime);
+        let raw_path = c_string(member.path.clone());
+        if raw_path.first() == Some(&b'/') && !self.warned_absolute {
+            tracing::warn!(
+                "tar: '{}': leading '/' removed from absolute paths",
+                shown(&raw_path)
+            );
+            self.warned_absolute = true;
         }
-        let parts = components(&raw_path).map_err(fail)?;
+        let parts = components(&raw_path)?;
         let Some((name, parents)) = parts.split_last() else {
             // The root itself ("./").
             if kind != EntryType::Directory {
-                return Err(fail("the root of the tar is not a directory".into()));
+                return Err("the root of the tar is not a directory".into());
             }
-            set_attrs(tree.node_mut(Tree::ROOT), attrs);
-            implied.remove(&Tree::ROOT);
-            continue;
+            set_attrs(self.tree.node_mut(Tree::ROOT), attrs);
+            self.implied.remove(&Tree::ROOT);
+            return Ok(());
         };
-        let parent = make_parents(&mut tree, parents, &mut implied).map_err(fail)?;
-        let name = name.to_vec();
+        let parent = make_parents(&mut self.tree, parents, &mut self.implied)?;
+        if self.options.aufs && self.whiteout(parent, name, &attrs)? {
+            return Ok(());
+        }
+        let Some(data) = self.node_data(stream, member, parent, name)? else {
+            return Ok(());
+        };
+        self.place(member, parent, name.to_vec(), data, attrs)
+    }
 
-        if options.aufs && name == OPAQUE_MARKER {
-            tree.node_mut(parent)
+    /// Handles `name` as an OCI whiteout or opaque marker; whether it was one.
+    fn whiteout(&mut self, parent: NodeId, name: &[u8], attrs: &Attrs) -> Result<bool, String> {
+        if name == OPAQUE_MARKER {
+            self.tree
+                .node_mut(parent)
                 .xattrs
                 .insert(OVERLAY_OPAQUE.to_vec(), b"y".to_vec());
-            continue;
+            return Ok(true);
         }
-        if options.aufs && name.starts_with(WHITEOUT_PREFIX) {
-            let hidden = name[WHITEOUT_PREFIX.len()..].to_vec();
-            if hidden.is_empty() {
-                return Err(fail("whiteout without a name".into()));
-            }
-            // As mkfs.erofs: a 0:0 character device with no permissions,
-            // and the directory marked so overlayfs does not show it as is.
-            let whiteout = tree.add(Node {
-                mode: S_IFCHR,
-                uid: attrs.uid,
-                gid: attrs.gid,
-                mtime: attrs.mtime,
-                mtime_nsec: attrs.mtime_nsec,
-                xattrs: BTreeMap::new(),
-                data: NodeData::Device(0),
-            });
-            tree.link(parent, hidden, whiteout);
-            tree.node_mut(parent)
-                .xattrs
-                .entry(OVERLAY_ORIGIN.to_vec())
-                .or_default();
-            continue;
+        let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) else {
+            return Ok(false);
+        };
+        // As containerd: `.wh.`, `.wh..` and `.wh...` would hide nothing, the
+        // directory itself or its parent; refused ("invalid whiteout name").
+        if matches!(hidden, b"" | b"." | b"..") {
+            return Err(format!(
+                "invalid whiteout name '{}' (it names no entry of its directory)",
+                shown(name)
+            ));
         }
+        // As mkfs.erofs: a 0:0 character device with no permissions,
+        // and the directory marked so overlayfs does not show it as is.
+        let whiteout = self.tree.add(Node {
+            mode: S_IFCHR,
+            uid: attrs.uid,
+            gid: attrs.gid,
+            mtime: attrs.mtime,
+            mtime_nsec: attrs.mtime_nsec,
+            xattrs: BTreeMap::new(),
+            data: NodeData::Device(0),
+        });
+        self.tree.link(parent, hidden.to_vec(), whiteout);
+        self.tree
+            .node_mut(parent)
+            .xattrs
+            .entry(OVERLAY_ORIGIN.to_vec())
+            .or_default();
+        Ok(true)
+    }
 
-        let data = match kind {
-            EntryType::Regular | EntryType::Continuous => {
-                let size = entry.size();
-                let data = match &mut sink {
-                    DataSink::Index => FileData {
-                        size,
-                        offset: entry.raw_file_position(),
-                    },
-                    DataSink::Full(builder) => builder
-                        .add_data(&mut entry, size)
-                        .map_err(|e| fail(format!("reading its data: {e}")))?,
-                };
-                NodeData::File(data)
+    /// What the node of `member` holds (its data read or indexed); `None`
+    /// for a hard link, which is linked here.
+    fn node_data<R: Read>(
+        &mut self,
+        stream: &mut TarStream<R>,
+        member: &Member,
+        parent: NodeId,
+        name: &[u8],
+    ) -> Result<Option<NodeData>, String> {
+        let link = || -> Result<Vec<u8>, String> {
+            let target = c_string(member.link.clone().unwrap_or_default());
+            match target.is_empty() {
+                true => Err("link without a target".into()),
+                false => Ok(target),
             }
+        };
+        Ok(Some(match member.header.entry_type() {
+            EntryType::Regular | EntryType::Continuous => NodeData::File(match &mut self.sink {
+                DataSink::Index => FileData {
+                    size: member.size,
+                    offset: member.data_at,
+                },
+                DataSink::Full(builder) => builder
+                    .add_data(&mut stream.data(member), member.size)
+                    .map_err(|e| format!("reading its data: {e}"))?,
+            }),
             EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| fail("hard link without a target".into()))?
-                    .into_owned();
-                let target = c_string(target);
-                hard_link(&mut tree, parent, name, &target).map_err(fail)?;
-                continue;
+                hard_link(&mut self.tree, parent, name.to_vec(), &link()?)?;
+                return Ok(None);
             }
             EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| fail("symbolic link without a target".into()))?
-                    .into_owned();
-                let target = c_string(target);
-                if target.is_empty() || target.len() >= 4096 {
-                    return Err(fail(format!(
-                        "symbolic link target of {} bytes",
-                        target.len()
-                    )));
+                let target = link()?;
+                if target.len() >= 4096 {
+                    return Err(format!("symbolic link target of {} bytes", target.len()));
                 }
                 NodeData::Symlink(target)
             }
             EntryType::Char | EntryType::Block => {
-                let header = entry.header();
+                let header = &member.header;
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 NodeData::Device(encode_rdev(major, minor))
@@ -204,13 +221,24 @@ pub fn read_tar(
             EntryType::Directory => NodeData::Dir(BTreeMap::new()),
             EntryType::Fifo => NodeData::Special,
             other => {
-                return Err(fail(format!(
+                return Err(format!(
                     "entry type '{}' is not supported",
                     other.as_byte().escape_ascii()
-                )))
+                ))
             }
-        };
-        let file_type = match kind {
+        }))
+    }
+
+    /// Puts a node for `member` at `name` in `parent`.
+    fn place(
+        &mut self,
+        member: &Member,
+        parent: NodeId,
+        name: Vec<u8>,
+        data: NodeData,
+        attrs: Attrs,
+    ) -> Result<(), String> {
+        let file_type = match member.header.entry_type() {
             EntryType::Symlink => S_IFLNK,
             EntryType::Char => S_IFCHR,
             EntryType::Block => S_IFBLK,
@@ -223,17 +251,26 @@ pub fn read_tar(
             ..attrs
         };
         if !matches!(data, NodeData::File(_) | NodeData::Dir(_)) {
-            drop_user_xattrs(&mut attrs.xattrs, &shown);
+            drop_user_xattrs(&mut attrs.xattrs, &shown(&member.path));
         }
-        match tree.child(parent, &name) {
+        if attrs.xattr_size() > max_inline_xattrs() {
+            return Err(format!(
+                "{} bytes of xattrs (an inode holds at most {})",
+                attrs.xattr_size(),
+                max_inline_xattrs()
+            ));
+        }
+        match self.tree.child(parent, &name) {
             // A directory listed again (or after its content): new
             // attributes, same entries.
-            Some(existing) if tree.node(existing).is_dir() && matches!(data, NodeData::Dir(_)) => {
-                set_attrs(tree.node_mut(existing), attrs);
-                implied.remove(&existing);
+            Some(existing)
+                if self.tree.node(existing).is_dir() && matches!(data, NodeData::Dir(_)) =>
+            {
+                set_attrs(self.tree.node_mut(existing), attrs);
+                self.implied.remove(&existing);
             }
             _ => {
-                let node = tree.add(Node {
+                let node = self.tree.add(Node {
                     mode: attrs.mode,
                     uid: attrs.uid,
                     gid: attrs.gid,
@@ -242,25 +279,24 @@ pub fn read_tar(
                     xattrs: attrs.xattrs,
                     data,
                 });
-                tree.link(parent, name, node);
+                self.tree.link(parent, name, node);
             }
         }
+        Ok(())
     }
-    let implied_mtime =
-        options
-            .implied_mtime
-            .unwrap_or(if newest == i64::MIN { 0 } else { newest });
-    for id in implied {
-        tree.node_mut(id).mtime = implied_mtime;
-    }
-    Ok(tree)
 }
 
 /// A path's components: empty and `.` ones dropped, a leading `/` ignored;
-/// `..` is refused (it could point outside the tree).
+/// `..` is refused (it could point outside the tree), and so are paths
+/// deeper than [`MAX_PATH_DEPTH`], which no reader of the image would follow.
 fn components(path: &[u8]) -> Result<Vec<&[u8]>, String> {
     let mut parts = Vec::new();
     for part in path.split(|&b| b == b'/') {
+        if parts.len() == MAX_PATH_DEPTH && !matches!(part, b"" | b".") {
+            return Err(format!(
+                "a path more than {MAX_PATH_DEPTH} levels deep (readers refuse deeper trees)"
+            ));
+        }
         match part {
             b"" | b"." => {}
             b".." => {
@@ -292,12 +328,7 @@ fn make_parents(
     for &part in parents {
         dir = match tree.child(dir, part) {
             Some(child) if tree.node(child).is_dir() => child,
-            Some(_) => {
-                return Err(format!(
-                    "'{}' in its path is not a directory",
-                    String::from_utf8_lossy(part)
-                ))
-            }
+            Some(_) => return Err(format!("'{}' in its path is not a directory", shown(part))),
             None => {
                 let parent = tree.node(dir);
                 let node = Node {
@@ -321,7 +352,7 @@ fn make_parents(
 
 /// Links `name` in `parent` to the node an earlier entry made at `target`.
 fn hard_link(tree: &mut Tree, parent: NodeId, name: Vec<u8>, target: &[u8]) -> Result<(), String> {
-    let shown = String::from_utf8_lossy(target);
+    let shown = shown(target);
     let mut node = Tree::ROOT;
     for part in components(target)? {
         node = tree
@@ -347,21 +378,9 @@ fn set_attrs(node: &mut Node, attrs: Attrs) {
     }
 }
 
-/// The PAX records of an entry (its own `x` headers, or a `g` header's).
-fn pax_records<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut records = Vec::new();
-    if let Some(extensions) = entry.pax_extensions()? {
-        for record in extensions {
-            let record = record?;
-            records.push((record.key_bytes().to_vec(), record.value_bytes().to_vec()));
-        }
-    }
-    Ok(records)
-}
-
 /// An entry's attributes: its header, then global PAX records, then its own.
-fn attributes<R: Read>(entry: &mut tar::Entry<'_, R>, globals: &Globals) -> Result<Attrs, String> {
-    let header = entry.header();
+fn attributes(member: &Member, globals: &Globals) -> Result<Attrs, String> {
+    let header = &member.header;
     let number = |value: std::io::Result<u64>, field: &str| {
         value.map_err(|e| format!("bad {field} field: {e}"))
     };
@@ -376,121 +395,11 @@ fn attributes<R: Read>(entry: &mut tar::Entry<'_, R>, globals: &Globals) -> Resu
         mtime_nsec: 0,
         xattrs: BTreeMap::new(),
     };
-    let own = pax_records(entry).map_err(|e| format!("bad PAX header: {e}"))?;
-    for (key, value) in globals.records.iter().chain(own.iter()) {
+    globals.apply(&mut attrs)?;
+    for (key, value) in &member.pax {
         apply_pax(&mut attrs, key, value)?;
     }
     Ok(attrs)
-}
-
-/// Applies one PAX record to `attrs` (path, linkpath and size are the tar
-/// reader's business).
-fn apply_pax(attrs: &mut Attrs, key: &[u8], value: &[u8]) -> Result<(), String> {
-    let text = || String::from_utf8_lossy(value).into_owned();
-    let id = |field: &str| -> Result<u32, String> {
-        text()
-            .trim()
-            .parse()
-            .map_err(|_| format!("bad PAX {field} '{}'", text()))
-    };
-    match key {
-        b"uid" => attrs.uid = id("uid")?,
-        b"gid" => attrs.gid = id("gid")?,
-        b"mtime" => {
-            (attrs.mtime, attrs.mtime_nsec) =
-                parse_pax_time(&text()).ok_or_else(|| format!("bad PAX mtime '{}'", text()))?;
-        }
-        _ => {
-            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                add_xattr(attrs, name.to_vec(), value.to_vec());
-            } else if let Some(name) = key.strip_prefix(b"LIBARCHIVE.xattr.") {
-                // libarchive: the name %-escaped, the value base64.
-                let name = percent_decode(name);
-                let value = BASE64.decode(value.trim_ascii()).map_err(|_| {
-                    format!(
-                        "bad base64 value of PAX record {}",
-                        String::from_utf8_lossy(key)
-                    )
-                })?;
-                add_xattr(attrs, name, value);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Linux keeps user.* attributes on regular files and directories only (a
-/// read elsewhere gives ENODATA, extraction cannot set them): they are left
-/// out, with a warning, rather than stored where no one can read them.
-fn drop_user_xattrs(xattrs: &mut BTreeMap<Vec<u8>, Vec<u8>>, path: &str) {
-    xattrs.retain(|name, _| {
-        let keep = !name.starts_with(b"user.");
-        if !keep {
-            tracing::warn!(
-                "'{path}': xattr '{}' left out: user.* attributes exist only on files and directories",
-                String::from_utf8_lossy(name)
-            );
-        }
-        keep
-    });
-}
-
-/// Records an xattr, or logs why it is left out.
-fn add_xattr(attrs: &mut Attrs, name: Vec<u8>, value: Vec<u8>) {
-    match xattr::check(&name, &value) {
-        Ok(()) => {
-            attrs.xattrs.insert(name, value);
-        }
-        Err(why) => tracing::warn!("xattr '{}' left out: {why}", String::from_utf8_lossy(&name)),
-    }
-}
-
-/// `%XX` escapes decoded.
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(byte) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16)
-            {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
-}
-
-/// A PAX time, `[-]SECONDS[.FRACTION]`, as seconds and nanoseconds
-/// (nanoseconds always count forward from the seconds).
-fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
-    let text = text.trim();
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let secs: i64 = whole.parse().ok()?;
-    let mut nanos: u32 = 0;
-    for (i, digit) in fraction.bytes().take(9).enumerate() {
-        nanos += u32::from(digit - b'0') * 10u32.pow(8 - i as u32);
-    }
-    Some(if !negative {
-        (secs, nanos)
-    } else if nanos == 0 {
-        (-secs, 0)
-    } else {
-        (-secs - 1, 1_000_000_000 - nanos)
-    })
 }
 
 /// Names and link targets are C strings, as GNU tar and libarchive read
@@ -507,19 +416,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pax_times_parse_with_fractions_and_signs() {
-        assert_eq!(parse_pax_time("1700000000"), Some((1_700_000_000, 0)));
-        assert_eq!(
-            parse_pax_time("1700000000.5"),
-            Some((1_700_000_000, 500_000_000))
-        );
-        assert_eq!(parse_pax_time("1.123456789123"), Some((1, 123_456_789)));
-        assert_eq!(parse_pax_time("-1.25"), Some((-2, 750_000_000)));
-        assert_eq!(parse_pax_time("abc"), None);
-        assert_eq!(parse_pax_time("1.2e3"), None);
-    }
-
-    #[test]
     fn paths_are_relative_and_stay_inside() {
         assert_eq!(components(b"./a//b/").unwrap(), vec![&b"a"[..], b"b"]);
         assert_eq!(
@@ -528,11 +424,5 @@ mod tests {
         );
         assert!(components(b"a/../../b").is_err());
         assert!(components(b"./").unwrap().is_empty());
-    }
-
-    #[test]
-    fn percent_escapes_decode() {
-        assert_eq!(percent_decode(b"user.a%20b%3d"), b"user.a b=".to_vec());
-        assert_eq!(percent_decode(b"100%"), b"100%".to_vec());
     }
 }

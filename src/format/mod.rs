@@ -71,5 +71,11 @@ pub const INODE_SLOT_SIZE: u64 = 32;
 /// Longest file or xattr name suffix EROFS stores.
 pub const NAME_LEN_MAX: usize = 255;
 
+/// Deepest path this project writes or reads: a path has at most this many
+/// components below the root (Linux's PATH_MAX allows at most 2048 levels).
+/// `convert` refuses deeper entries; walks and fsck refuse deeper trees as
+/// hostile.
+pub const MAX_PATH_DEPTH: usize = 2048;
+
 /// The "null" block address marking a hole (all ones, masked to the address width).
 pub const NULL_ADDR: u64 = u64::MAX;

@@ -8,9 +8,9 @@ use crate::format::Nid;
 
 use super::{DirPos, Image, Inode};
 
-/// Deepest directory nesting a walk follows; deeper trees are corrupt or
-/// hostile (Linux's PATH_MAX allows at most 2048 levels).
-pub const MAX_WALK_DEPTH: usize = 2048;
+/// Deepest entry a walk reaches (components below the root); deeper trees
+/// are corrupt or hostile. The one limit `convert` applies too.
+pub const MAX_WALK_DEPTH: usize = crate::format::MAX_PATH_DEPTH;
 
 /// An entry reached by a walk.
 #[derive(Debug, Clone)]
@@ -82,14 +82,16 @@ impl Image {
                         inode,
                         depth: frame.depth + 1,
                     };
+                    // Checked for every entry (not only directories), as
+                    // fsck and convert do; this also bounds the stack.
+                    if child.depth > MAX_WALK_DEPTH {
+                        return Err(Error::corrupt(format!(
+                            "entries nested deeper than {MAX_WALK_DEPTH} levels at {}",
+                            String::from_utf8_lossy(&path[..path.len().min(256)])
+                        )));
+                    }
                     visitor.visit(&child)?;
                     if child.inode.is_dir() {
-                        if stack.len() >= MAX_WALK_DEPTH {
-                            return Err(Error::corrupt(format!(
-                                "directories nested deeper than {MAX_WALK_DEPTH} levels at {}",
-                                String::from_utf8_lossy(&child.path)
-                            )));
-                        }
                         stack.push(Frame {
                             path_len: path.len(),
                             children: self.children(&child.inode, &path, &mut seen)?.into_iter(),

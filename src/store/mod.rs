@@ -16,6 +16,8 @@ pub mod layout;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::BuildHasher;
+use std::num::NonZeroUsize;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
 use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -26,9 +28,15 @@ use crate::format::{FileType, Nid};
 use crate::reader::{DirPos, Image, OpenOptions};
 use crate::view::{Attr, DirItem, FsStats, Ino, OverlayXattrs, View, ROOT};
 
-/// Most image references tracked: each looked-up name costs a node, and
-/// every inode of a layer is a node once per reference it is reached by.
+/// Most image references whose names are kept (for the `use` and release
+/// logs), least recently used evicted first. A reference takes a slot only
+/// once a layer the store holds is looked up under it, so junk names never
+/// push real ones out; an evicted reference keeps working.
 pub const MAX_REFS: usize = 1 << 10;
+
+/// Bit set in the inode number of a reference's directory: the rest is a
+/// keyed hash of its name, so looking up a name costs no inode and no slot.
+const REF_INO_BIT: u64 = 1 << 62;
 
 /// Most inodes handed out (about 50 bytes each): past it, lookups of new
 /// ones fail, so callers cannot make the server's memory grow without
@@ -55,11 +63,11 @@ struct Layer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
     Root,
-    /// `DIR/<ref>`: index into the references.
-    Ref(usize),
+    /// `DIR/<ref>`: its inode number (see [`REF_INO_BIT`]).
+    Ref(Ino),
     /// `DIR/<ref>/<digest>`.
     Layer {
-        r: usize,
+        r: Ino,
         l: usize,
     },
     /// `.../info` of a layer.
@@ -68,19 +76,21 @@ enum Key {
     Blob(usize),
     /// An inode of a layer's tree under `.../diff`.
     Diff {
-        r: usize,
+        r: Ino,
         l: usize,
         nid: Nid,
     },
 }
 
-#[derive(Default)]
 struct State {
-    /// Inode `ino` is `keys[ino - 1]`.
+    /// Inode `ino` is `keys[ino - 1]` (references' directories aside).
     keys: Vec<Key>,
     inos: HashMap<Key, Ino>,
-    refs: Vec<Vec<u8>>,
-    ref_index: HashMap<Vec<u8>, usize>,
+    /// Names of the references under which a layer was found, by inode.
+    refs: lru::LruCache<Ino, Vec<u8>>,
+    /// Names looked up at the root and not (yet) used for a layer: only
+    /// where [`Self::refs`] takes its names from, so junk churns here.
+    candidates: lru::LruCache<Ino, Vec<u8>>,
     /// Layers loaded so far: the first `layer_count` of the view's slots.
     layer_count: usize,
     layer_index: HashMap<String, usize>,
@@ -95,6 +105,9 @@ pub struct StoreView {
     owner: (u32, u32),
     mtime: (i64, u32),
     state: RwLock<State>,
+    /// Keyed hash of reference names (random keys: names cannot be chosen
+    /// to collide).
+    ref_hasher: std::hash::RandomState,
     /// Loaded layers, set once each and never removed, so a read can
     /// borrow a layer's image map for as long as the view lives.
     layers: Box<[OnceLock<Layer>]>,
@@ -108,7 +121,15 @@ impl StoreView {
         if !meta.is_dir() {
             return Err(Error::io(&dir, std::io::Error::from_raw_os_error(20)));
         }
-        let mut state = State::default();
+        let slots = NonZeroUsize::new(MAX_REFS).unwrap_or(NonZeroUsize::MIN);
+        let mut state = State {
+            keys: Vec::new(),
+            inos: HashMap::new(),
+            refs: lru::LruCache::new(slots),
+            candidates: lru::LruCache::new(slots),
+            layer_count: 0,
+            layer_index: HashMap::new(),
+        };
         state.keys.push(Key::Root);
         state.inos.insert(Key::Root, ROOT);
         Ok(Self {
@@ -121,6 +142,7 @@ impl StoreView {
             ),
             mtime: (meta.mtime(), meta.mtime_nsec() as u32),
             state: RwLock::new(state),
+            ref_hasher: std::hash::RandomState::new(),
             layers: (0..MAX_LAYERS).map(|_| OnceLock::new()).collect(),
         })
     }
@@ -134,6 +156,9 @@ impl StoreView {
     }
 
     fn key(&self, ino: Ino) -> Result<Key> {
+        if ino & REF_INO_BIT != 0 {
+            return Ok(Key::Ref(ino));
+        }
         let state = self.read_state();
         ino.checked_sub(1)
             .and_then(|i| state.keys.get(i as usize))
@@ -168,10 +193,10 @@ impl StoreView {
             .ok_or(Error::NotFound)
     }
 
-    /// The index of reference `name`, tracking it if it is new and looks
-    /// like one: base64 (as containers/storage encodes references) of
-    /// printable ASCII.
-    fn reference(&self, name: &[u8]) -> Option<usize> {
+    /// The inode of reference `name`'s directory if it looks like one:
+    /// base64 (as containers/storage encodes references) of printable
+    /// ASCII. It costs no inode and takes no slot in the reference table.
+    fn reference(&self, name: &[u8]) -> Option<Ino> {
         use base64::Engine as _;
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(name)
@@ -179,21 +204,30 @@ impl StoreView {
         if decoded.is_empty() || !decoded.iter().all(|b| b.is_ascii_graphic()) {
             return None;
         }
-        if let Some(&r) = self.read_state().ref_index.get(name) {
-            return Some(r);
-        }
+        let r = REF_INO_BIT | (self.ref_hasher.hash_one(name) & (REF_INO_BIT - 1));
         let mut state = self.write_state();
-        if let Some(&r) = state.ref_index.get(name) {
-            return Some(r);
+        if state.refs.get(&r).is_none() {
+            state.candidates.put(r, name.to_vec());
         }
-        if state.refs.len() >= MAX_REFS {
-            tracing::warn!("more than {MAX_REFS} image references looked up; refusing more");
-            return None;
-        }
-        state.refs.push(name.to_vec());
-        let r = state.refs.len() - 1;
-        state.ref_index.insert(name.to_vec(), r);
         Some(r)
+    }
+
+    /// Records that a layer the store holds was looked up under reference
+    /// `r`: it takes (or refreshes) a slot in the reference table.
+    fn used(&self, r: Ino) {
+        let mut state = self.write_state();
+        if state.refs.get(&r).is_none() {
+            let name = state.candidates.pop(&r).unwrap_or_default();
+            state.refs.put(r, name);
+        }
+    }
+
+    /// The name of reference `r`, for the logs.
+    fn ref_name(&self, r: Ino) -> String {
+        match self.write_state().refs.get(&r) {
+            Some(name) if !name.is_empty() => String::from_utf8_lossy(name).into_owned(),
+            _ => format!("reference (inode {r:#x})"),
+        }
     }
 
     /// The index of layer `digest`, opening it if it is new. A layer that
@@ -323,7 +357,7 @@ impl StoreView {
         }
     }
 
-    fn child_of_layer(&self, r: usize, l: usize, name: &[u8]) -> Option<Ino> {
+    fn child_of_layer(&self, r: Ino, l: usize, name: &[u8]) -> Option<Ino> {
         let key = match name {
             b"info" => Key::Info(l),
             b"blob" => Key::Blob(l),
@@ -339,7 +373,7 @@ impl StoreView {
     /// The parent of a store directory, for `..`.
     fn parent(&self, key: Key) -> Result<Ino> {
         match key {
-            Key::Layer { r, .. } => self.intern(Key::Ref(r)),
+            Key::Layer { r, .. } => Ok(r),
             _ => Ok(ROOT),
         }
     }
@@ -371,12 +405,12 @@ impl View for StoreView {
 
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Attr>> {
         let child = match self.key(parent)? {
-            Key::Root => match self.reference(name) {
-                Some(r) => Some(self.intern(Key::Ref(r))?),
-                None => None,
-            },
+            Key::Root => self.reference(name),
             Key::Ref(r) => match self.load(name) {
-                Some(l) => Some(self.intern(Key::Layer { r, l })?),
+                Some(l) => {
+                    self.used(r);
+                    Some(self.intern(Key::Layer { r, l })?)
+                }
                 None => None,
             },
             Key::Layer { r, l } => self.child_of_layer(r, l, name),
@@ -527,11 +561,10 @@ impl View for StoreView {
     fn create(&self, parent: Ino, name: &[u8]) -> Result<()> {
         match self.key(parent)? {
             Key::Layer { r, l } if name == b"use" => {
-                let state = self.read_state();
                 tracing::info!(
                     "layer {} in use by {}",
                     self.layer(l)?.digest,
-                    String::from_utf8_lossy(&state.refs[r])
+                    self.ref_name(r)
                 );
                 Err(Error::NotFound)
             }
@@ -542,11 +575,10 @@ impl View for StoreView {
     fn remove_dir(&self, parent: Ino, name: &[u8]) -> Result<()> {
         match self.key(parent)? {
             Key::Ref(r) if layout::is_layer_name(name) => {
-                let state = self.read_state();
                 tracing::info!(
                     "layer {} released by {}",
                     String::from_utf8_lossy(name),
-                    String::from_utf8_lossy(&state.refs[r])
+                    self.ref_name(r)
                 );
                 Err(Error::NotFound)
             }
