@@ -120,7 +120,16 @@ impl ImageSummary {
             long_xattr_prefixes: image
                 .long_prefixes()
                 .iter()
-                .map(|p| String::from_utf8_lossy(&p.prefix).into_owned())
+                .map(|p| {
+                    let name = String::from_utf8_lossy(&p.prefix);
+                    // A prefix the kernel never shows (base index 0: inode
+                    // digests) is listed, marked as such.
+                    if p.visible() {
+                        name.into_owned()
+                    } else {
+                        format!("{name}(hidden,base={})", p.base_index)
+                    }
+                })
                 .collect(),
             devices: devices
                 .extra

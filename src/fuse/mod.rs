@@ -135,7 +135,7 @@ impl ErofsFs {
         FileAttr {
             ino: INodeNo(attr.ino),
             size: attr.size,
-            blocks: attr.size.div_ceil(512),
+            blocks: attr.blocks,
             atime: mtime,
             mtime,
             ctime: mtime,
