@@ -186,9 +186,9 @@ impl Image {
         let end = pa
             .checked_add(len)
             .and_then(|end| end.checked_next_multiple_of(block));
-        if !end.is_some_and(|end| end <= dev.len()) {
+        if end.is_none_or(|end| end > dev.len()) {
             return Err(Error::corrupt(format!(
-                "{len} bytes of data at byte {pa} of {} need {block}-byte blocks past its end ({} bytes; a partial last block is not readable)",
+                "{len} bytes of data at byte {pa} need {block}-byte blocks past the end of {} ({} bytes; a partial last block cannot be read)",
                 dev.path().display(),
                 dev.len()
             )));
