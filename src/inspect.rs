@@ -166,6 +166,8 @@ pub struct EntrySummary {
     pub nlink: u32,
     /// Size in bytes.
     pub size: u64,
+    /// `st_blocks` as the kernel reports it (512-byte units).
+    pub blocks: u64,
     /// Modification time, seconds.
     pub mtime: i64,
     /// Modification time, nanoseconds.
@@ -271,6 +273,7 @@ impl EntrySummary {
             gid: inode.gid,
             nlink: inode.nlink,
             size: inode.size,
+            blocks: inode.blocks,
             mtime: inode.mtime,
             mtime_nsec: inode.mtime_nsec,
             mtime_utc: format_utc(inode.mtime, inode.mtime_nsec),

@@ -102,6 +102,20 @@ fn st_blocks_agree_with_the_kernel_on_every_fixture() {
         if let Some(diff) = blocks_diff(&expected, &stat_blocks(fuse.path()), 6) {
             failures.push(format!("{}: {diff}", f.image));
         }
+        // The library's inodes (what `stat` prints) say the same.
+        let image = open_fixture(f);
+        for (path, want) in &expected {
+            if path.contains('\u{fffd}') {
+                continue; // not UTF-8: stat_blocks spelled it lossily
+            }
+            let inode = image.resolve(path.as_bytes()).unwrap();
+            if inode.blocks != *want {
+                failures.push(format!(
+                    "{}: {path}: kernel st_blocks {want}, library {}",
+                    f.image, inode.blocks
+                ));
+            }
+        }
     }
     assert!(
         failures.is_empty(),
