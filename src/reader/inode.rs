@@ -291,3 +291,28 @@ impl Image {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_count_as_the_kernel_counts_them() {
+        // Uncompressed: whole blocks, inline tails and chunks alike.
+        assert_eq!(kernel_blocks(DataLayout::FlatInline, 5290, 0, 12), 16);
+        assert_eq!(kernel_blocks(DataLayout::ChunkBased, 1, 0x7, 12), 8);
+        assert_eq!(kernel_blocks(DataLayout::FlatPlain, 0, 0, 12), 0);
+        assert_eq!(kernel_blocks(DataLayout::FlatPlain, 513, 0, 9), 2);
+        // Compressed: the stored block count, whatever the size.
+        assert_eq!(
+            kernel_blocks(DataLayout::CompressedCompact, 1 << 20, 3, 12),
+            24
+        );
+        assert_eq!(kernel_blocks(DataLayout::CompressedFull, 1 << 20, 3, 9), 3);
+        assert_eq!(kernel_blocks(DataLayout::CompressedFull, 100, 0, 12), 0);
+        assert_eq!(
+            kernel_blocks(DataLayout::FlatPlain, i64::MAX as u64, 0, 12),
+            (i64::MAX as u64).div_ceil(4096) << 3
+        );
+    }
+}
