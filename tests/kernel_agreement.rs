@@ -83,6 +83,35 @@ fn inode_digest_image_mounts_as_the_kernel_mounts_it() {
     if let Some(diff) = manifest_diff(&expected, &tree_manifest(fuse.path()), 10) {
         panic!("erofs-fuse mount differs from the kernel mount:\n{diff}");
     }
+    // Reading the digest by any name fails as in the kernel: EOPNOTSUPP
+    // for a namespace erofs has no handler for, ENODATA in one it has.
+    for name in [
+        "erofs.fingerprint.v1",
+        "lustre.x",
+        "user.nope",
+        "trusted.nope",
+    ] {
+        let file = "etc/os-release";
+        let want = get_xattr_errno(&kernel.path().join(file), name);
+        let got = get_xattr_errno(&fuse.path().join(file), name);
+        assert_eq!(got, want, "getxattr {name} on /{file}");
+    }
+}
+
+/// `lgetxattr(path, name)`: the value's length, or the errno.
+fn get_xattr_errno(path: &Path, name: &str) -> Result<usize, i32> {
+    let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for
+    // the length passed.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if len < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(len as usize)
+    }
 }
 
 #[test]
