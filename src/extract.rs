@@ -151,7 +151,8 @@ impl Extractor<'_> {
                 .map_err(|e| Error::io(path, e))?;
         }
         if self.options.xattrs {
-            for x in self.image.xattrs(inode)? {
+            // user.* cannot be set on symlinks and special files.
+            for x in self.image.readable_xattrs(inode)? {
                 if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name), &x.value) {
                     let denied = matches!(e.raw_os_error(), Some(1 | 13 | 95));
                     if self.is_root || !denied {

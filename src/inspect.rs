@@ -120,7 +120,16 @@ impl ImageSummary {
             long_xattr_prefixes: image
                 .long_prefixes()
                 .iter()
-                .map(|p| String::from_utf8_lossy(&p.prefix).into_owned())
+                .map(|p| {
+                    let name = String::from_utf8_lossy(&p.prefix);
+                    // A prefix the kernel never shows (base index 0: inode
+                    // digests) is listed, marked as such.
+                    if p.visible() {
+                        name.into_owned()
+                    } else {
+                        format!("{name}(hidden,base={})", p.base_index)
+                    }
+                })
                 .collect(),
             devices: devices
                 .extra
@@ -157,6 +166,8 @@ pub struct EntrySummary {
     pub nlink: u32,
     /// Size in bytes.
     pub size: u64,
+    /// `st_blocks` as the kernel reports it (512-byte units).
+    pub blocks: u64,
     /// Modification time, seconds.
     pub mtime: i64,
     /// Modification time, nanoseconds.
@@ -262,6 +273,7 @@ impl EntrySummary {
             gid: inode.gid,
             nlink: inode.nlink,
             size: inode.size,
+            blocks: inode.blocks,
             mtime: inode.mtime,
             mtime_nsec: inode.mtime_nsec,
             mtime_utc: format_utc(inode.mtime, inode.mtime_nsec),

@@ -96,8 +96,10 @@ pub fn manifest_line(image: &Image, path: &str, inode: &Inode) -> Result<String>
         kind_name(inode.kind),
         inode.uid
     );
+    // What a mount shows: user.* on a symlink or special file is listed by
+    // the kernel but cannot be read.
     let mut xattrs: Vec<(String, String)> = image
-        .xattrs(inode)?
+        .readable_xattrs(inode)?
         .into_iter()
         .map(|x| (decode_name(&x.name), hex(&x.value)))
         .collect();

@@ -2,7 +2,8 @@
 //! are packed with Debian's mkfs.erofs in several layouts, mounted with
 //! `mount -t erofs -o loop,ro`, and the kernel's view (scripts/manifest.py
 //! of the mount) must equal the library's manifest field by field, byte for
-//! byte, and so must the same image mounted with erofs-fuse. Needs root,
+//! byte, and so must the same image mounted with erofs-fuse (st_blocks
+//! too, compared by stat of every path of both mounts). Needs root,
 //! kernel erofs, loop devices, FUSE and mkfs.erofs.
 
 mod common;
@@ -104,6 +105,12 @@ fn generated_trees_read_as_the_kernel_reads_them() {
         if let Some(diff) = manifest_diff(&kernel, &served, 8) {
             failures.push(format!(
                 "seed {seed}, mkfs.erofs {layout:?}, erofs-fuse mount:\n{diff}"
+            ));
+        }
+        // st_blocks (du) is not in the manifest: stat every path of both.
+        if let Some(diff) = blocks_diff(&stat_blocks(mount.path()), &stat_blocks(fuse.path()), 8) {
+            failures.push(format!(
+                "seed {seed}, mkfs.erofs {layout:?}, erofs-fuse st_blocks: {diff}"
             ));
         }
         drop(fuse);

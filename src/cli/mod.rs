@@ -270,7 +270,7 @@ pub fn stat(args: &ImageArgs, path: &str, json: bool) -> CliResult {
         return write_out(format!("{text}\n").as_bytes());
     }
     let mut t = format!(
-        "  File: {}{}\n  Type: {}  Mode: {} ({})  Links: {}\n  Size: {}  Nid: {}  Inode: {}, {}\n   Uid: {}  Gid: {}\nModify: {} UTC ({}.{:09})\n",
+        "  File: {}{}\n  Type: {}  Mode: {} ({})  Links: {}\n  Size: {}  Blocks: {}  Nid: {}  Inode: {}, {}\n   Uid: {}  Gid: {}\nModify: {} UTC ({}.{:09})\n",
         s.path,
         s.target.as_ref().map(|t| format!(" -> {t}")).unwrap_or_default(),
         s.kind,
@@ -278,6 +278,7 @@ pub fn stat(args: &ImageArgs, path: &str, json: bool) -> CliResult {
         mode_string(inode.kind, inode.mode),
         s.nlink,
         s.size,
+        s.blocks,
         s.nid,
         s.inode_format,
         s.layout,

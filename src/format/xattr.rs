@@ -53,6 +53,17 @@ pub fn xattr_entry_size(name_len: u8, value_size: u16) -> u64 {
     (XATTR_ENTRY_SIZE + u64::from(name_len) + u64::from(value_size)).next_multiple_of(4)
 }
 
+/// Whether the kernel's erofs has an xattr handler for `name` (user.*,
+/// trusted.*, security.* and the two POSIX ACL names). For any other name
+/// the VFS answers getxattr with EOPNOTSUPP without asking erofs.
+pub fn xattr_name_handled(name: &[u8]) -> bool {
+    [&b"user."[..], b"trusted.", b"security."]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
+}
+
 /// The built-in short prefix for an index (1..=6), `None` for others.
 pub fn xattr_short_prefix(index: u8) -> Option<&'static str> {
     Some(match index {

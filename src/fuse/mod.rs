@@ -135,7 +135,7 @@ impl ErofsFs {
         FileAttr {
             ino: INodeNo(attr.ino),
             size: attr.size,
-            blocks: attr.size.div_ceil(512),
+            blocks: attr.blocks,
             atime: mtime,
             mtime,
             ctime: mtime,
@@ -384,6 +384,10 @@ impl Filesystem for ErofsFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.account();
+        if !crate::format::xattr_name_handled(name.as_bytes()) {
+            // As for the kernel's erofs: a namespace it has no handler for.
+            return reply.error(Errno::from_i32(libc::EOPNOTSUPP));
+        }
         match self.view.xattr(ino.0, name.as_bytes()) {
             Ok(Some(value)) => reply_xattr(reply, size, &value),
             Ok(None) => reply.error(Errno::NO_XATTR),

@@ -169,6 +169,33 @@ impl Image {
         })
     }
 
+    /// `len` bytes of file data (or a pcluster) at `pa` on `dev`. The
+    /// kernel reads data from a device in whole blocks: a block that runs
+    /// past the end of the device (its file is not a whole number of
+    /// blocks) is EIO there, loop device or file-backed mount alike, even
+    /// when the bytes wanted lie inside the file. So it is an error here:
+    /// serving them would show what the kernel never does.
+    pub(crate) fn data_slice<'a>(
+        &self,
+        dev: &'a Device,
+        access: Access,
+        pa: u64,
+        len: u64,
+    ) -> Result<&'a [u8]> {
+        let block = self.block_size();
+        let end = pa
+            .checked_add(len)
+            .and_then(|end| end.checked_next_multiple_of(block));
+        if end.is_none_or(|end| end > dev.len()) {
+            return Err(Error::corrupt(format!(
+                "{len} bytes of data at byte {pa} need {block}-byte blocks past the end of {} ({} bytes; a partial last block cannot be read)",
+                dev.path().display(),
+                dev.len()
+            )));
+        }
+        dev.slice_for(access, pa, len)
+    }
+
     /// The bytes of `mapping` from its start, `len` at most (`len <= mapping.len`).
     fn extent_bytes<'a>(
         &'a self,
@@ -177,7 +204,7 @@ impl Image {
         access: Access,
     ) -> Result<Cow<'a, [u8]>> {
         match mapping.extent {
-            Extent::Device(dev, pa) => dev.slice_for(access, pa, len).map(Cow::Borrowed),
+            Extent::Device(dev, pa) => self.data_slice(dev, access, pa, len).map(Cow::Borrowed),
             Extent::Meta(pos) => self.meta(pos, len),
             Extent::Hole => Ok(Cow::Owned(vec![0; len as usize])),
             Extent::Encoded(ext, alg, within) => {
@@ -262,7 +289,7 @@ impl Image {
         if !inode.layout.is_compressed() {
             let mapping = self.map(inode, offset)?;
             if let (true, Extent::Device(dev, pa)) = (mapping.len >= len, &mapping.extent) {
-                return dev.slice_for(access, *pa, len);
+                return self.data_slice(dev, access, *pa, len);
             }
         }
         scratch.resize(len as usize, 0);

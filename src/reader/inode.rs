@@ -76,6 +76,9 @@ pub struct Inode {
     pub ino_hint: u32,
     /// Whether the inode is in the 64-byte extended form.
     pub extended: bool,
+    /// `st_blocks` as the kernel reports it (512-byte units): see
+    /// `kernel_blocks`.
+    pub blocks: u64,
     /// How the data is stored.
     pub layout: DataLayout,
     /// Where the inode starts.
@@ -125,6 +128,22 @@ impl Inode {
     /// map) starts: right after the inode core and inline xattrs.
     pub(crate) fn after_xattrs(&self) -> Result<MetaPos> {
         self.pos.add(self.inode_size() + self.xattr_size())
+    }
+}
+
+/// `st_blocks` (512-byte units) as the kernel's erofs_read_inode() sets
+/// `i_blocks`, whatever the file type: for a compressed layout the stored
+/// compressed block count (`i_u`, the low 32 bits only, even with 48-bit
+/// addresses; 0 for data held only in fragments or an inline tail), for
+/// every other layout the size rounded up to whole blocks (tails inline in
+/// the metadata, chunks and holes counted as if stored).
+pub(crate) fn kernel_blocks(layout: DataLayout, size: u64, i_u: u32, block_bits: u8) -> u64 {
+    let sector_shift = u32::from(block_bits).saturating_sub(9);
+    match layout {
+        DataLayout::CompressedFull | DataLayout::CompressedCompact => {
+            u64::from(i_u) << sector_shift
+        }
+        _ => size.div_ceil(1 << block_bits) << sector_shift,
     }
 }
 
@@ -263,11 +282,37 @@ impl Image {
             mtime_nsec,
             ino_hint,
             extended,
+            blocks: kernel_blocks(layout, size, i_u, sb.block_bits),
             layout,
             pos,
             xattr_icount: compact.i_xattr_icount.get(),
             raw_addr,
             dot_omitted: is_dir && flag4,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_count_as_the_kernel_counts_them() {
+        // Uncompressed: whole blocks, inline tails and chunks alike.
+        assert_eq!(kernel_blocks(DataLayout::FlatInline, 5290, 0, 12), 16);
+        assert_eq!(kernel_blocks(DataLayout::ChunkBased, 1, 0x7, 12), 8);
+        assert_eq!(kernel_blocks(DataLayout::FlatPlain, 0, 0, 12), 0);
+        assert_eq!(kernel_blocks(DataLayout::FlatPlain, 513, 0, 9), 2);
+        // Compressed: the stored block count, whatever the size.
+        assert_eq!(
+            kernel_blocks(DataLayout::CompressedCompact, 1 << 20, 3, 12),
+            24
+        );
+        assert_eq!(kernel_blocks(DataLayout::CompressedFull, 1 << 20, 3, 9), 3);
+        assert_eq!(kernel_blocks(DataLayout::CompressedFull, 100, 0, 12), 0);
+        assert_eq!(
+            kernel_blocks(DataLayout::FlatPlain, i64::MAX as u64, 0, 12),
+            (i64::MAX as u64).div_ceil(4096) << 3
+        );
     }
 }

@@ -12,7 +12,7 @@ use crate::format::{
     XATTR_IBODY_HEADER_SIZE, XATTR_LONG_PREFIX, XATTR_LONG_PREFIX_MASK,
 };
 
-use super::{Image, Inode, MetaPos, MetaSpace};
+use super::{FileKind, Image, Inode, MetaPos, MetaSpace};
 
 /// The short-prefix index the kernel has no handler for (`lustre.`): it
 /// never lists or returns such attributes.
@@ -32,8 +32,25 @@ pub struct Xattr {
 pub struct LongPrefix {
     /// The short prefix index it extends.
     pub base_index: u8,
-    /// The full prefix (short prefix + infix).
+    /// The full prefix (short prefix + infix); just the infix when the
+    /// base index has no short prefix (0, as for mkfs.erofs's
+    /// `--xattr-inode-digest` name `erofs.fingerprint.v1`).
     pub prefix: Vec<u8>,
+}
+
+impl LongPrefix {
+    /// Whether the kernel exposes attributes with this prefix: only when
+    /// its base index has an xattr handler (user, the two ACLs, trusted,
+    /// security). Others (0, lustre, unknown) are never listed nor
+    /// returned, as the kernel's erofs_xattr_prefix() gives no prefix.
+    pub fn visible(&self) -> bool {
+        kernel_handles(self.base_index)
+    }
+}
+
+/// Whether the kernel has an xattr handler for a short prefix index.
+fn kernel_handles(index: u8) -> bool {
+    index != LUSTRE_INDEX && xattr_short_prefix(index).is_some()
 }
 
 /// The loaded long prefix table.
@@ -91,10 +108,11 @@ impl Prefixes {
                 "long xattr prefix {i} has length {len}"
             );
             let body = read(pos + 2, len)?;
+            // Any base index is accepted, as the kernel accepts it: one
+            // without a handler (0 for mkfs.erofs's inode digests) only
+            // hides the attributes that use the prefix.
             let base_index = body[0];
-            let short = xattr_short_prefix(base_index).ok_or_else(|| {
-                Error::corrupt(format!("long xattr prefix {i} has base index {base_index}"))
-            })?;
+            let short = xattr_short_prefix(base_index).unwrap_or_default();
             let mut prefix = short.as_bytes().to_vec();
             prefix.extend_from_slice(&body[1..]);
             list.push(LongPrefix { base_index, prefix });
@@ -163,8 +181,9 @@ impl Image {
     }
 
     /// Decodes the entry at the start of `bytes` and passes it to `f`;
-    /// returns the entry's padded size. Entries with a prefix the kernel
-    /// does not handle are skipped.
+    /// returns the entry's padded size. Entries the kernel never shows are
+    /// skipped: a short prefix it has no handler for, a long prefix whose
+    /// base index it has no handler for or that is not in the table.
     fn visit_entry<T>(
         &self,
         bytes: &[u8],
@@ -182,19 +201,13 @@ impl Image {
         let index = entry.e_name_index;
         let prefix: &[u8] = if index & XATTR_LONG_PREFIX != 0 {
             let n = usize::from(index & XATTR_LONG_PREFIX_MASK);
-            let long = self.prefixes.list().get(n).ok_or_else(|| {
-                Error::corrupt(format!(
-                    "xattr uses long prefix {n} of {}",
-                    self.prefixes.list().len()
-                ))
-            })?;
-            if long.base_index == LUSTRE_INDEX {
-                return Ok((size, ControlFlow::Continue(())));
+            match self.prefixes.list().get(n) {
+                Some(long) if long.visible() => &long.prefix,
+                _ => return Ok((size, ControlFlow::Continue(()))),
             }
-            &long.prefix
         } else {
             match xattr_short_prefix(index) {
-                Some(p) if index != LUSTRE_INDEX => p.as_bytes(),
+                Some(p) if kernel_handles(index) => p.as_bytes(),
                 _ => return Ok((size, ControlFlow::Continue(()))),
             }
         };
@@ -214,6 +227,19 @@ impl Image {
             });
             ControlFlow::<()>::Continue(())
         })?;
+        Ok(list)
+    }
+
+    /// The xattrs of `inode` that a mount lets anyone read: [`Image::xattrs`]
+    /// without `user.*` ones on anything but regular files and directories.
+    /// The kernel lists those (erofs does not filter its listing) but the
+    /// VFS refuses to read them (ENODATA) and to set them on such files
+    /// (EPERM), so no tree on Linux, mounted or extracted, can show them.
+    pub fn readable_xattrs(&self, inode: &Inode) -> Result<Vec<Xattr>> {
+        let mut list = self.xattrs(inode)?;
+        if !matches!(inode.kind, FileKind::Regular | FileKind::Directory) {
+            list.retain(|x| !x.name.starts_with(b"user."));
+        }
         Ok(list)
     }
 

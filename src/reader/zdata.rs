@@ -137,7 +137,7 @@ impl Image {
         match ext.at {
             PclusterAt::Device(pa) => {
                 let (dev, pa) = self.devices.resolve(0, pa)?;
-                Ok(Cow::Borrowed(dev.slice_for(access, pa, ext.plen)?))
+                Ok(Cow::Borrowed(self.data_slice(dev, access, pa, ext.plen)?))
             }
             PclusterAt::Inline(pos) => self.meta(pos, ext.plen),
             PclusterAt::Fragment(_) | PclusterAt::Unmapped => {

@@ -308,6 +308,7 @@ impl StoreView {
             kind,
             perm: if dir { 0o555 } else { 0o444 },
             size,
+            blocks: size.div_ceil(512),
             nlink: if dir { 2 } else { 1 },
             uid: self.owner.0,
             gid: self.owner.1,

@@ -35,6 +35,8 @@ pub struct Attr {
     pub perm: u16,
     /// Size in bytes.
     pub size: u64,
+    /// `st_blocks`: 512-byte units, as the kernel counts them.
+    pub blocks: u64,
     /// Link count.
     pub nlink: u32,
     /// Owner.
@@ -57,6 +59,7 @@ impl Attr {
             kind: inode.kind.file_type(),
             perm: inode.permissions() as u16,
             size: inode.size,
+            blocks: inode.blocks,
             nlink: inode.nlink,
             uid: inode.uid,
             gid: inode.gid,

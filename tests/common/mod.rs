@@ -152,6 +152,13 @@ pub const FIXTURES: &[Fixture] = &[
         devices: &[],
         manifest: TAR,
     },
+    // mkfs.erofs --xattr-inode-digest: a long xattr prefix with base
+    // index 0, which the kernel accepts and never shows.
+    Fixture {
+        image: "xattr-inode-digest.erofs",
+        devices: &[],
+        manifest: TAR,
+    },
 ];
 
 /// A small deterministic pseudo-random generator (xorshift64) for tests
@@ -564,4 +571,49 @@ pub fn large_image(dir: &Path) -> PathBuf {
             .arg(&tree),
     );
     image
+}
+
+/// `st_blocks` of every path below `root` (lstat, not following symlinks
+/// nor crossing mounts), keyed by path relative to it ("/" for the root).
+pub fn stat_blocks(root: &Path) -> std::collections::BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), "/".to_string())];
+    while let Some((path, rel)) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)
+            .unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+        out.insert(rel.clone(), meta.blocks());
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path).unwrap() {
+                let entry = entry.unwrap();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let child = format!("{}/{name}", rel.trim_end_matches('/'));
+                stack.push((entry.path(), child));
+            }
+        }
+    }
+    out
+}
+
+/// Paths whose `st_blocks` differ between two [`stat_blocks`] maps (at most
+/// `max`), one line each, or None when they agree.
+pub fn blocks_diff(
+    kernel: &std::collections::BTreeMap<String, u64>,
+    ours: &std::collections::BTreeMap<String, u64>,
+    max: usize,
+) -> Option<String> {
+    let mut lines = Vec::new();
+    for (path, k) in kernel {
+        match ours.get(path) {
+            Some(o) if o == k => {}
+            Some(o) => lines.push(format!("{path}: kernel st_blocks {k}, ours {o}")),
+            None => lines.push(format!("{path}: missing")),
+        }
+    }
+    for path in ours.keys().filter(|p| !kernel.contains_key(*p)) {
+        lines.push(format!("{path}: extra"));
+    }
+    let total = lines.len();
+    lines.truncate(max);
+    (total > 0).then(|| format!("{total} paths differ:\n{}", lines.join("\n")))
 }
