@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod overlay;
 pub mod reader;
+pub mod safe_fs;
 pub mod store;
 pub mod verity;
 pub mod view;
