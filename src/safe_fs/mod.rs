@@ -230,6 +230,25 @@ pub fn open_dest(dest: &Path) -> io::Result<(OwnedFd, bool)> {
     Ok((open_dir_at(parent.fd(), name)?, true))
 }
 
+/// Whether `a` and `b` name the same file: the same inode when both
+/// exist (symlinks followed), else the same name in the same directory.
+pub fn same_target(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let same =
+        |x: &std::fs::Metadata, y: &std::fs::Metadata| x.dev() == y.dev() && x.ino() == y.ino();
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return same(&x, &y);
+    }
+    if a.file_name().is_none() || a.file_name() != b.file_name() {
+        return false;
+    }
+    let (pa, pb) = (parent_of(a), parent_of(b));
+    match (std::fs::metadata(pa), std::fs::metadata(pb)) {
+        (Ok(x), Ok(y)) => same(&x, &y),
+        _ => pa == pb,
+    }
+}
+
 /// The directory `path` is in (`.` for a bare name).
 pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {
@@ -288,6 +307,20 @@ mod tests {
         std::fs::write(dir.path().join("a"), b"other").unwrap();
         link_pinned(pinned.as_fd(), fd.as_fd(), OsStr::new("b")).unwrap();
         assert_eq!(std::fs::read(dir.path().join("b")).unwrap(), b"a");
+    }
+
+    #[test]
+    fn same_target_compares_inodes_then_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"").unwrap();
+        let dotted = dir.path().join(".").join("a");
+        assert!(same_target(&a, &dotted));
+        assert!(!same_target(&a, &dir.path().join("b")));
+        // Neither exists: the same name in the same directory.
+        let x = dir.path().join("x.tar");
+        assert!(same_target(&x, &dir.path().join("./x.tar")));
+        assert!(!same_target(&x, &dir.path().join("x.erofs")));
     }
 
     #[test]

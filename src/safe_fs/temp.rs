@@ -51,6 +51,19 @@ impl OutputDir {
         Ok((Self::open(parent_of(path))?, name.to_os_string()))
     }
 
+    /// A directory already open as `fd` (opened by `path`).
+    pub fn from_fd(fd: OwnedFd, path: PathBuf) -> Self {
+        Self { fd, path }
+    }
+
+    /// A second handle on the same directory.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
     /// The directory.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
