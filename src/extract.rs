@@ -159,16 +159,27 @@ fn fail(path: &Path, e: impl Into<std::io::Error>) -> Error {
 }
 
 /// Checks that `fd` is what this run just created: a `kind` (S_IF*) owned
-/// by this user, so a name swapped in between is never acted on.
-fn check_created(fd: BorrowedFd<'_>, kind: u32, euid: Uid, path: &Path) -> Result<()> {
+/// by this user, so a name swapped in between is never acted on; returns
+/// its status.
+fn check_created(
+    fd: BorrowedFd<'_>,
+    kind: u32,
+    euid: Uid,
+    path: &Path,
+) -> Result<nix::sys::stat::FileStat> {
     let st = nix::sys::stat::fstat(fd.as_raw_fd()).map_err(|e| fail(path, e))?;
     if st.st_mode & libc::S_IFMT != kind || st.st_uid != euid.as_raw() {
-        return Err(Error::io(
-            path,
-            std::io::Error::other("was replaced by someone else during extraction"),
-        ));
+        return Err(replaced(path));
     }
-    Ok(())
+    Ok(st)
+}
+
+/// The error for an entry someone else moved or replaced meanwhile.
+fn replaced(path: &Path) -> Error {
+    Error::io(
+        path,
+        std::io::Error::other("was moved or replaced by someone else during extraction"),
+    )
 }
 
 impl Extractor<'_> {
@@ -279,7 +290,11 @@ impl Extractor<'_> {
     fn make_dir(&mut self, parent: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<()> {
         let os = OsStr::from_bytes(name);
         mkdirat(Some(parent.as_raw_fd()), os, Mode::S_IRWXU).map_err(|e| fail(path, e))?;
-        let fd = safe_fs::open_dir_at(parent, os).map_err(|e| fail(path, e))?;
+        let fd = safe_fs::open_dir_at(parent, os).map_err(|e| match e.raw_os_error() {
+            // Gone or not a directory any more: someone else moved it.
+            Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP) => replaced(path),
+            _ => fail(path, e),
+        })?;
         check_created(fd.as_fd(), libc::S_IFDIR, self.euid, path)?;
         self.stack.push(Level {
             dir: File::from(fd),
@@ -331,14 +346,14 @@ impl Extractor<'_> {
         if kind != SFlag::S_IFLNK {
             mknodat(at, name, kind, private, dev).map_err(|e| fail(path, e))?;
         }
-        let pinned: OwnedFd = safe_fs::open_pinned(parent, name).map_err(|e| fail(path, e))?;
-        check_created(pinned.as_fd(), kind.bits(), self.euid, path)?;
-        let st = nix::sys::stat::fstat(pinned.as_raw_fd()).map_err(|e| fail(path, e))?;
+        let pinned: OwnedFd =
+            safe_fs::open_pinned(parent, name).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => replaced(path),
+                _ => fail(path, e),
+            })?;
+        let st = check_created(pinned.as_fd(), kind.bits(), self.euid, path)?;
         if st.st_rdev != dev {
-            return Err(fail(
-                path,
-                std::io::Error::other("was replaced during extraction"),
-            ));
+            return Err(replaced(path));
         }
         self.remember_link(entry, (st.st_dev, st.st_ino));
         self.set_attributes(inode, Held::Pinned(pinned.as_fd()), path)

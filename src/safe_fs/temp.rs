@@ -186,7 +186,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = OutputDir::open(dir.path()).unwrap();
         let temp = out.temp_file().unwrap();
-        (&*temp.file()).write_all(b"image").unwrap();
+        temp.file().write_all(b"image").unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         temp.persist(OsStr::new("out"), 0o644).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path())
@@ -208,7 +208,7 @@ mod tests {
         std::os::unix::fs::symlink(&victim, dir.path().join("out")).unwrap();
         let out = OutputDir::open(dir.path()).unwrap();
         let temp = out.temp_file().unwrap();
-        (&*temp.file()).write_all(b"new").unwrap();
+        temp.file().write_all(b"new").unwrap();
         temp.persist(OsStr::new("out"), 0o600).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(std::fs::read(dir.path().join("out")).unwrap(), b"new");
