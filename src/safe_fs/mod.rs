@@ -10,10 +10,11 @@
 //!   `O_NOFOLLOW|O_EXCL`, so an entry in the way is an error, never reused;
 //! - metadata is changed on the open file (`fchmod`, `fchown`,
 //!   `futimens`, `fsetxattr`), or for symlinks and special files on an
-//!   `O_PATH` descriptor through `/proc/self/fd/N` (which names exactly
-//!   that inode) or with `AT_SYMLINK_NOFOLLOW`;
+//!   `O_PATH` descriptor (`AT_EMPTY_PATH`, or `/proc/self/fd/N`, which
+//!   names exactly that inode: chmod, xattrs, times and links of those
+//!   need /proc mounted);
 //! - output files are written with no name ([`OutputDir::temp_file`],
-//!   `O_TMPFILE`) and renamed into place when complete (see [`temp`]).
+//!   `O_TMPFILE`) and renamed into place when complete ([`TempFile`]).
 
 mod temp;
 
@@ -104,7 +105,14 @@ pub fn chmod_pinned(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
 
 /// chown of the inode behind an `O_PATH` descriptor, a symlink included.
 pub fn chown_pinned(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::chown(proc_path(fd), Some(uid), Some(gid))
+    nix::unistd::fchownat(
+        Some(fd.as_raw_fd()),
+        Path::new(""),
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(io::Error::from)
 }
 
 /// Sets the access and modification times of the inode behind an `O_PATH`
@@ -321,6 +329,27 @@ mod tests {
         let x = dir.path().join("x.tar");
         assert!(same_target(&x, &dir.path().join("./x.tar")));
         assert!(!same_target(&x, &dir.path().join("x.erofs")));
+    }
+
+    #[test]
+    fn pinned_changes_reach_the_symlink_not_its_target() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fd = File::open(dir.path()).unwrap();
+        let pinned = open_pinned(fd.as_fd(), OsStr::new("link")).unwrap();
+        let time = nix::sys::time::TimeSpec::new(1_000_000, 5);
+        set_times_pinned(pinned.as_fd(), &time).unwrap();
+        assert_eq!(std::fs::symlink_metadata(&link).unwrap().mtime(), 1_000_000);
+        assert_ne!(std::fs::metadata(&target).unwrap().mtime(), 1_000_000);
+        if nix::unistd::Uid::effective().is_root() {
+            chown_pinned(pinned.as_fd(), 1234, 1234).unwrap();
+            assert_eq!(std::fs::symlink_metadata(&link).unwrap().uid(), 1234);
+            assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0);
+        }
     }
 
     #[test]
