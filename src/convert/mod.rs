@@ -17,7 +17,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::build::{BuildError, BuildOptions, DataSource, ImageBuilder};
-use crate::safe_fs::{self, same_target, OutputDir};
+use crate::safe_fs::{self, same_target, OutputDir, TempFile};
 pub use input::Digest;
 use input::{open_input, Tee};
 pub use tar::TarOptions;
@@ -148,34 +148,8 @@ pub(crate) fn convert_at(
         Mode::Index => 9,
         Mode::Full => 12,
     };
-    // Index mode needs the raw tar as a file: the input itself when it is
-    // one, else a copy written while reading: kept at --tar-out or beside
-    // the output, or (appended) only as long as the run.
-    let needs_copy = options.mode == Mode::Index && (gzip || from_stdin);
-    let keep_tar = match (&options.tar_out, options.append_tar) {
-        _ if !needs_copy => None,
-        (Some(path), _) => Some(TarDest::open(path)?),
-        (None, false) => Some(TarDest::beside(dir, name)?),
-        (None, true) => None,
-    };
-    if let Some(tar) = &keep_tar {
-        if (!from_stdin && same_target(&tar.path, input)) || same_target(&tar.path, &output) {
-            return Err(invalid(
-                &tar.path,
-                "the tar would overwrite the input or the output (use --tar-out)",
-            ));
-        }
-    }
-    let tar_temp = match (&keep_tar, needs_copy) {
-        (Some(tar), _) => Some(
-            tar.dir
-                .temp_file()
-                .map_err(|e| ConvertError::io(&tar.path, e))?,
-        ),
-        (None, true) => Some(dir.temp_file().map_err(|e| ConvertError::io(&output, e))?),
-        (None, false) => None,
-    };
-    let tee = match &tar_temp {
+    let copy = TarCopy::plan(input, gzip, dir, name, options)?;
+    let tee = match &copy.temp {
         Some(temp) => Some(
             temp.file()
                 .try_clone()
@@ -201,45 +175,27 @@ pub(crate) fn convert_at(
     // Whatever follows the end-of-archive blocks is part of the layer too.
     io::copy(&mut stream, &mut io::sink()).map_err(|e| ConvertError::io(input, e))?;
     let tar_size = stream.written();
-    let tar_name = keep_tar.as_ref().map_or(input, |t| t.path.as_path());
+    let tar_name = copy.keep.as_ref().map_or(input, |t| t.path.as_path());
     stream.finish().map_err(|e| ConvertError::io(tar_name, e))?;
     let (input_digest, tar_digest) = source.digests();
     source.done();
 
-    let data_source = match options.mode {
-        Mode::Index => DataSource::Tar { size: tar_size },
-        Mode::Full => DataSource::Image,
-    };
-    // Deterministic: the same tar gives the same UUID.
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&tar_digest.bytes()[..16]);
-    let summary = builder.finish(
-        &tree,
-        &BuildOptions {
-            source: data_source,
-            uuid,
-        },
-    )?;
+    let summary = finish_image(builder, &tree, options.mode, tar_size, &tar_digest)?;
 
-    let mut tar_path = None;
-    if options.mode == Mode::Index {
-        if options.append_tar {
-            let mut tar = match &tar_temp {
-                Some(temp) => temp.file().try_clone(),
-                None => File::open(input),
-            }
-            .map_err(|e| ConvertError::io(tar_name, e))?;
-            append(image.file(), summary.image_size, &mut tar)
-                .map_err(|e| ConvertError::io(&output, e))?;
-        } else {
-            tar_path = Some(tar_name.to_path_buf());
+    let tar_path =
+        (options.mode == Mode::Index && !options.append_tar).then(|| tar_name.to_path_buf());
+    if options.mode == Mode::Index && options.append_tar {
+        let mut tar = match &copy.temp {
+            Some(temp) => temp.file().try_clone(),
+            None => File::open(input),
         }
+        .map_err(|e| ConvertError::io(tar_name, e))?;
+        append(image.file(), summary.image_size, &mut tar)
+            .map_err(|e| ConvertError::io(&output, e))?;
     }
+    // Complete: the tar, then the image that refers to it, into place.
     let mode = 0o666 & !safe_fs::umask();
-    if let (Some(tar), Some(temp)) = (&keep_tar, tar_temp) {
-        temp.persist(&tar.name, mode)
-            .map_err(|e| ConvertError::io(&tar.path, e))?;
-    }
+    copy.persist(mode)?;
     image
         .persist(name, mode)
         .map_err(|e| ConvertError::io(&output, e))?;
@@ -254,12 +210,88 @@ pub(crate) fn convert_at(
     })
 }
 
+/// Writes the metadata of `tree` and finishes the image: its data in the
+/// tar (index mode) or in itself, its UUID from the tar's digest
+/// (deterministic: the same tar gives the same image).
+fn finish_image(
+    builder: ImageBuilder,
+    tree: &crate::build::Tree,
+    mode: Mode,
+    tar_size: u64,
+    tar_digest: &Digest,
+) -> Result<crate::build::BuildSummary, ConvertError> {
+    let source = match mode {
+        Mode::Index => DataSource::Tar { size: tar_size },
+        Mode::Full => DataSource::Image,
+    };
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&tar_digest.bytes()[..16]);
+    Ok(builder.finish(tree, &BuildOptions { source, uuid })?)
+}
+
 /// An [`io::ErrorKind::InvalidInput`] error about `path`.
 fn invalid(path: &Path, message: &str) -> ConvertError {
     ConvertError::io(
         path,
         io::Error::new(io::ErrorKind::InvalidInput, message.to_string()),
     )
+}
+
+/// The copy of the uncompressed tar that index mode needs when the input
+/// is not a tar file (gzip or stdin): written while reading, kept at
+/// `--tar-out` or beside the output, or (appended) only for the run.
+struct TarCopy {
+    keep: Option<TarDest>,
+    temp: Option<TempFile>,
+}
+
+impl TarCopy {
+    /// What `options` ask for, refusing a kept tar that would be the input
+    /// or the output.
+    fn plan(
+        input: &Path,
+        gzip: bool,
+        dir: &OutputDir,
+        name: &OsStr,
+        options: &ConvertOptions,
+    ) -> Result<Self, ConvertError> {
+        let from_stdin = input == Path::new("-");
+        let output = dir.path().join(name);
+        let needs_copy = options.mode == Mode::Index && (gzip || from_stdin);
+        let keep = match (&options.tar_out, options.append_tar) {
+            _ if !needs_copy => None,
+            (Some(path), _) => Some(TarDest::open(path)?),
+            (None, false) => Some(TarDest::beside(dir, name)?),
+            (None, true) => None,
+        };
+        if let Some(tar) = &keep {
+            if (!from_stdin && same_target(&tar.path, input)) || same_target(&tar.path, &output) {
+                return Err(invalid(
+                    &tar.path,
+                    "the tar would overwrite the input or the output (use --tar-out)",
+                ));
+            }
+        }
+        let temp = match (&keep, needs_copy) {
+            (Some(tar), _) => Some(
+                tar.dir
+                    .temp_file()
+                    .map_err(|e| ConvertError::io(&tar.path, e))?,
+            ),
+            (None, true) => Some(dir.temp_file().map_err(|e| ConvertError::io(&output, e))?),
+            (None, false) => None,
+        };
+        Ok(Self { keep, temp })
+    }
+
+    /// Renames a kept tar into place with `mode`.
+    fn persist(self, mode: u32) -> Result<(), ConvertError> {
+        if let (Some(tar), Some(temp)) = (self.keep, self.temp) {
+            temp.persist(&tar.name, mode)
+                .map_err(|e| ConvertError::io(&tar.path, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Where the uncompressed tar is kept: its directory, name and path.
