@@ -82,6 +82,7 @@ pub fn extract(image: &Image, dest: &Path, options: &ExtractOptions) -> Result<E
         )));
     }
     let root = image.root()?;
+    let root_nid = root.nid;
     let mut extractor = Extractor {
         image,
         dest: dest.to_path_buf(),
@@ -91,7 +92,9 @@ pub fn extract(image: &Image, dest: &Path, options: &ExtractOptions) -> Result<E
         stack: vec![Level {
             dir: File::from(dest_fd),
             name: Vec::new(),
+            nid: root_nid,
         }],
+        dirs: HashMap::new(),
         stats: ExtractStats::default(),
     };
     image.walk(root, b"/", &mut extractor)?;
@@ -102,13 +105,14 @@ pub fn extract(image: &Image, dest: &Path, options: &ExtractOptions) -> Result<E
 struct Level {
     dir: File,
     name: Vec<u8>,
+    nid: Nid,
 }
 
 /// Where the first name of a multiply-linked inode is, to link the others
 /// to exactly that inode.
 struct FirstLink {
-    /// Directory names from DEST down to its parent.
-    dirs: Vec<Vec<u8>>,
+    /// Its directory (see [`Extractor::dirs`]).
+    parent: Nid,
     name: Vec<u8>,
     dev: u64,
     ino: u64,
@@ -131,6 +135,10 @@ struct Extractor<'a> {
     links: HashMap<Nid, FirstLink>,
     /// DEST, then each directory being filled: `stack[d]` is at depth `d`.
     stack: Vec<Level>,
+    /// Parent and name of the directories holding a first link and of
+    /// their ancestors: each stored once, so the memory stays within the
+    /// image's own directory entries however many links there are.
+    dirs: HashMap<Nid, (Nid, Vec<u8>)>,
     stats: ExtractStats,
 }
 
@@ -287,7 +295,13 @@ impl Extractor<'_> {
 
     /// Creates a directory (0700, this user's) and opens it for its
     /// children; its attributes come at `leave_dir`.
-    fn make_dir(&mut self, parent: BorrowedFd<'_>, name: &[u8], path: &Path) -> Result<()> {
+    fn make_dir(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &[u8],
+        nid: Nid,
+        path: &Path,
+    ) -> Result<()> {
         let os = OsStr::from_bytes(name);
         mkdirat(Some(parent.as_raw_fd()), os, Mode::S_IRWXU).map_err(|e| fail(path, e))?;
         let fd = safe_fs::open_dir_at(parent, os).map_err(|e| match e.raw_os_error() {
@@ -299,6 +313,7 @@ impl Extractor<'_> {
         self.stack.push(Level {
             dir: File::from(fd),
             name: name.to_vec(),
+            nid,
         });
         Ok(())
     }
@@ -365,13 +380,39 @@ impl Extractor<'_> {
             return;
         }
         let Ok(name) = last_name(entry) else { return };
+        // The open directories, deepest first, until one already known
+        // (its ancestors are then known too).
+        for depth in (1..self.stack.len()).rev() {
+            let level = &self.stack[depth];
+            if self.dirs.contains_key(&level.nid) {
+                break;
+            }
+            let parent = self.stack[depth - 1].nid;
+            self.dirs.insert(level.nid, (parent, level.name.clone()));
+        }
         let first = FirstLink {
-            dirs: self.stack[1..].iter().map(|l| l.name.clone()).collect(),
+            parent: self.stack.last().map_or(entry.inode.nid, |l| l.nid),
             name: name.to_vec(),
             dev,
             ino,
         };
         self.links.insert(entry.inode.nid, first);
+    }
+
+    /// The directories from DEST's child down to `dir`, as (nid, name).
+    fn dir_chain(&self, mut dir: Nid) -> Result<Vec<(Nid, &[u8])>> {
+        let mut chain = Vec::new();
+        while dir != self.stack[0].nid {
+            let (parent, name) = self
+                .dirs
+                .get(&dir)
+                .filter(|_| chain.len() <= MAX_WALK_DEPTH)
+                .ok_or_else(|| Error::corrupt(format!("directory {dir} has no known path")))?;
+            chain.push((dir, name.as_slice()));
+            dir = *parent;
+        }
+        chain.reverse();
+        Ok(chain)
     }
 
     /// Links `name` in `parent` to the inode `first` names, after checking
@@ -384,15 +425,14 @@ impl Extractor<'_> {
         path: &Path,
     ) -> Result<()> {
         // Start from the deepest directory still open on the way to it.
-        let open = &self.stack[1..];
-        let common = first
-            .dirs
+        let chain = self.dir_chain(first.parent)?;
+        let common = chain
             .iter()
-            .zip(open)
-            .take_while(|(a, b)| **a == b.name)
+            .zip(&self.stack[1..])
+            .take_while(|((nid, _), level)| *nid == level.nid)
             .count();
         let mut held: Option<OwnedFd> = None;
-        for dir in &first.dirs[common..] {
+        for (_, dir) in &chain[common..] {
             let from = held
                 .as_ref()
                 .map_or(self.stack[common].dir.as_fd(), |fd| fd.as_fd());
@@ -440,7 +480,7 @@ impl WalkVisitor for Extractor<'_> {
             }
         }
         match inode.kind {
-            FileKind::Directory => self.make_dir(parent.as_fd(), name, &path)?,
+            FileKind::Directory => self.make_dir(parent.as_fd(), name, inode.nid, &path)?,
             FileKind::Regular => self.make_file(parent.as_fd(), entry, &path)?,
             _ => self.make_other(parent.as_fd(), entry, &path)?,
         }

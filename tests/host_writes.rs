@@ -458,3 +458,31 @@ fn a_deep_extraction_fits_a_small_descriptor_limit() {
     );
     assert_eq!(std::fs::read(dest.join(&file)).unwrap(), b"xxxxx");
 }
+
+#[test]
+fn hard_links_across_directories_extract_as_one_inode() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let items = [
+        Item::Dir("a", 0o755),
+        Item::Dir("a/deep", 0o755),
+        Item::File("a/deep/first", 0o640, 3),
+        Item::Dir("b", 0o555),
+        Item::Dir("b/c", 0o755),
+        Item::HardLink("b/c/second", "a/deep/first"),
+        Item::HardLink("third", "a/deep/first"),
+        Item::Symlink("a/link", "deep/first"),
+        Item::HardLink("b/link2", "a/link"),
+    ];
+    let image = image_from(dir.path(), &items);
+    let dest = dir.path().join("dest");
+    extract(&image, &dest, &ExtractOptions::default()).unwrap();
+    let ino = |p: &str| std::fs::symlink_metadata(dest.join(p)).unwrap().ino();
+    assert_eq!(ino("a/deep/first"), ino("b/c/second"));
+    assert_eq!(ino("a/deep/first"), ino("third"));
+    assert_eq!(ino("a/link"), ino("b/link2"));
+    let meta = std::fs::metadata(dest.join("third")).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.nlink()), (0o640, 3));
+    let b = std::fs::metadata(dest.join("b")).unwrap();
+    assert_eq!(b.mode() & 0o7777, 0o555);
+}

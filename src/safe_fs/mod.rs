@@ -163,7 +163,13 @@ pub fn link_pinned(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io:
 
 /// Whether the directory open as `dir` has entries besides `.` and `..`.
 pub fn has_entries(dir: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(std::fs::read_dir(proc_path(dir))?.next().is_some())
+    match std::fs::read_dir(proc_path(dir)) {
+        Ok(mut entries) => Ok(entries.next().is_some()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::other(
+            "cannot list it by its descriptor: /proc is not mounted",
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// The process's umask, read without changing it (`umask(2)` would set it
@@ -235,7 +241,13 @@ pub fn open_dest(dest: &Path) -> io::Result<(OwnedFd, bool)> {
         name,
         Mode::from_bits_truncate(0o700),
     )?;
-    Ok((open_dir_at(parent.fd(), name)?, true))
+    let dir = open_dir_at(parent.fd(), name)?;
+    // Still the directory just made, not one swapped in meanwhile.
+    let st = nix::sys::stat::fstat(dir.as_raw_fd())?;
+    if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+        return Err(io::Error::other("was replaced while being created"));
+    }
+    Ok((dir, true))
 }
 
 /// Whether `a` and `b` name the same file: the same inode when both

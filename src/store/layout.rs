@@ -151,11 +151,9 @@ impl<'a> Staging<'a> {
     /// Opens the directory to everyone the umask allows and renames it to
     /// `digest`, unless that exists: whether it was renamed.
     fn publish(&self, digest: &str) -> Result<bool> {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = 0o777 & !safe_fs::umask();
-        let perms = std::fs::Permissions::from_mode(mode);
-        std::fs::set_permissions(safe_fs::proc_path(self.dir.fd()), perms)
-            .map_err(|e| Error::io(self.dir.path(), e))?;
+        let mode = FileMode::from_bits_truncate(0o777 & !safe_fs::umask());
+        nix::sys::stat::fchmod(self.dir.fd().as_raw_fd(), mode)
+            .map_err(|e| Error::io(self.dir.path(), e.into()))?;
         let at = Some(self.store.fd().as_raw_fd());
         let dest = self.store.path().join(digest);
         match renameat2(
