@@ -92,8 +92,15 @@ impl OutputDir {
             Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {}
             Err(e) => return Err(e.into()),
         }
+        self.named_temp_file(dir)
+    }
+
+    /// [`Self::temp_file`] where there is no `O_TMPFILE`: a new file under
+    /// a random name (`O_CREAT|O_EXCL|O_NOFOLLOW`), in `dir` (this one).
+    fn named_temp_file(&self, dir: OwnedFd) -> io::Result<TempFile> {
         let flags =
             OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mode = Mode::from_bits_truncate(0o600);
         for _ in 0..NAME_TRIES {
             let name = random_name(OsStr::new("tmp"));
             match openat(Some(dir.as_raw_fd()), name.as_os_str(), flags, mode) {
@@ -198,6 +205,29 @@ mod tests {
         // Dropped unpersisted: nothing is left.
         drop(out.temp_file().unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn named_temp_files_are_removed_unless_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = OutputDir::open(dir.path()).unwrap();
+        let count = || std::fs::read_dir(dir.path()).unwrap().count();
+        let temp = out.named_temp_file(out.fd.try_clone().unwrap()).unwrap();
+        assert_eq!(count(), 1);
+        drop(temp);
+        assert_eq!(count(), 0);
+        // Someone replaced the random name: what is there now stays.
+        let temp = out.named_temp_file(out.fd.try_clone().unwrap()).unwrap();
+        let name = temp.name.clone().unwrap();
+        std::fs::remove_file(dir.path().join(&name)).unwrap();
+        std::fs::write(dir.path().join(&name), b"theirs").unwrap();
+        drop(temp);
+        assert_eq!(std::fs::read(dir.path().join(&name)).unwrap(), b"theirs");
+        let temp = out.named_temp_file(out.fd.try_clone().unwrap()).unwrap();
+        temp.file().write_all(b"ok").unwrap();
+        temp.persist(OsStr::new("done"), 0o640).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("done")).unwrap(), b"ok");
+        assert_eq!(count(), 2);
     }
 
     #[test]
