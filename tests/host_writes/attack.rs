@@ -76,6 +76,19 @@ impl OtherUser {
         assert!(status.success(), "ln -s as {} failed", self.name);
     }
 
+    /// Whether this user can run this test binary (its path must be
+    /// reachable: a 0700 home on the way is not).
+    pub fn can_run_tests(&self) -> bool {
+        let exe = std::env::current_exe().unwrap();
+        self.command(exe)
+            .args(["attacker_main", "--exact", "--quiet"])
+            .env_remove(ATTACK_ENV)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
     /// Starts this test binary again as this user, running `attack` on
     /// `base` against `victim` until `until` from now.
     pub fn start_attack(&self, attack: &str, base: &Path, victim: &Path, until: Duration) -> Child {
