@@ -325,8 +325,10 @@ impl Extractor<'_> {
         let private = entry.inode.permissions() & 0o700;
         let file = safe_fs::create_file_at(parent, name, private).map_err(|e| fail(path, e))?;
         self.write_contents(&entry.inode, &file, path)?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        self.remember_link(entry, (meta.dev(), meta.ino()));
+        if entry.inode.nlink > 1 {
+            let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+            self.remember_link(entry, (meta.dev(), meta.ino()));
+        }
         self.set_attributes(&entry.inode, Held::Open(&file), path)
     }
 
