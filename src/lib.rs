@@ -10,6 +10,8 @@
 //! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte layouts;
 //! - [`inspect`], [`manifest`], [`extract`], [`fsck`]: tools built on the reader
 //!   (summaries, JSON-lines manifests, copying a tree out).
+//! - [`safe_fs`]: writing files (extract, convert, store add) without
+//!   following or replacing what other users put in the way.
 
 #![warn(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod inspect;
 pub mod manifest;
 pub mod overlay;
 pub mod reader;
+pub mod safe_fs;
 pub mod store;
 pub mod verity;
 pub mod view;

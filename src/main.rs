@@ -198,7 +198,9 @@ enum Command {
     Extract {
         #[command(flatten)]
         image: ImageArgs,
-        /// Destination: must not exist, or be an empty directory.
+        /// Destination: must not exist, or be an empty directory (not a
+        /// symlink to one). Entries are created private and opened up once
+        /// complete; nothing there is ever followed or replaced.
         dest: PathBuf,
         /// Do not set owners even when running as root.
         #[arg(long)]
@@ -243,7 +245,9 @@ enum Command {
     Convert {
         /// The layer: a tar, a tar.gz, or - for stdin.
         input: PathBuf,
-        /// The EROFS image to write (replaced only once complete).
+        /// The EROFS image to write (replaced only once complete, by a
+        /// rename: a symlink there is replaced, never written through).
+        /// Must not be the input or the tar written beside it.
         output: PathBuf,
         /// Kind of image.
         #[arg(long, value_enum, default_value = "index")]

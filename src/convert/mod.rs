@@ -13,11 +13,13 @@ mod pax;
 mod stream;
 mod tar;
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::build::{BuildError, BuildOptions, DataSource, ImageBuilder};
+use crate::safe_fs::{self, same_target, OutputDir, TempFile};
 pub use input::Digest;
 use input::{open_input, Tee};
 pub use tar::TarOptions;
@@ -115,91 +117,55 @@ impl ConvertError {
 
 /// Converts `input` (a path, or `-` for stdin) to an EROFS image at `output`.
 ///
-/// The output appears only when complete: it is written under a temporary
-/// name beside it and renamed at the end.
+/// The output appears only when complete: it is written with no name in
+/// its directory and renamed over `output` at the end, so a symlink
+/// planted at `output` (or at the tar written beside it) is replaced,
+/// never written through, and a failed run leaves every existing file as
+/// it was.
 pub fn convert(
     input: &Path,
     output: &Path,
     options: &ConvertOptions,
 ) -> Result<ConvertReport, ConvertError> {
-    if same_file(input, output) {
-        return Err(ConvertError::io(
-            output,
-            io::Error::new(io::ErrorKind::InvalidInput, "the output is the input"),
-        ));
-    }
-    let temp = temp_path(output, "tmp");
-    // Files this run creates, removed again if it fails.
-    let mut created = vec![temp.clone()];
-    let result = convert_into(input, output, &temp, options, &mut created);
-    if result.is_err() {
-        for path in created {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-    result
+    let (dir, name) = OutputDir::of(output).map_err(|e| ConvertError::io(output, e))?;
+    convert_at(input, &dir, &name, options)
 }
 
-/// Whether `a` and `b` name the same existing file.
-fn same_file(a: &Path, b: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
-}
-
-fn convert_into(
+/// [`convert`] into the file `name` of the directory `dir`, already open.
+pub(crate) fn convert_at(
     input: &Path,
-    output: &Path,
-    temp: &Path,
+    dir: &OutputDir,
+    name: &OsStr,
     options: &ConvertOptions,
-    created: &mut Vec<PathBuf>,
 ) -> Result<ConvertReport, ConvertError> {
+    let output = dir.path().join(name);
+    let from_stdin = input == Path::new("-");
+    if !from_stdin && same_target(input, &output) {
+        return Err(invalid(&output, "the output is the input"));
+    }
     let mut source = open_input(input, options.progress).map_err(|e| ConvertError::io(input, e))?;
     let gzip = source.gzip;
-    let out = File::create(temp).map_err(|e| ConvertError::io(temp, e))?;
+    let image = dir.temp_file().map_err(|e| ConvertError::io(&output, e))?;
     let block_bits = match options.mode {
         Mode::Index => 9,
         Mode::Full => 12,
     };
-    // Index mode needs the raw tar as a file: the input itself when it is
-    // one, else a copy written while reading.
-    let input_is_tar_file = !gzip && input != Path::new("-");
-    let tar_copy: Option<PathBuf> = match options.mode {
-        Mode::Index if options.append_tar && !input_is_tar_file => Some(
-            options
-                .tar_out
-                .clone()
-                .unwrap_or_else(|| temp_path(output, "tar.tmp")),
+    let copy = TarCopy::plan(input, gzip, dir, name, options)?;
+    let tee = match &copy.temp {
+        Some(temp) => Some(
+            temp.file()
+                .try_clone()
+                .map_err(|e| ConvertError::io(&output, e))?,
         ),
-        Mode::Index if !input_is_tar_file => Some(
-            options
-                .tar_out
-                .clone()
-                .unwrap_or_else(|| output.with_extension("tar")),
-        ),
-        _ => None,
-    };
-    let tee = match &tar_copy {
-        Some(path) => {
-            if same_file(path, input) || same_file(path, output) {
-                return Err(ConvertError::io(
-                    path,
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        "the tar would overwrite the input or the output (use --tar-out)",
-                    ),
-                ));
-            }
-            let file = File::create(path).map_err(|e| ConvertError::io(path, e))?;
-            created.push(path.clone());
-            Some(file)
-        }
         None => None,
     };
     let mut stream = Tee::new(&mut source.reader, tee);
-    let mut builder = ImageBuilder::new(out, block_bits).map_err(|e| ConvertError::io(temp, e))?;
+    let out = image
+        .file()
+        .try_clone()
+        .map_err(|e| ConvertError::io(&output, e))?;
+    let mut builder =
+        ImageBuilder::new(out, block_bits).map_err(|e| ConvertError::io(&output, e))?;
     let tar_options = TarOptions {
         aufs: options.aufs,
         implied_mtime: options.implied_mtime,
@@ -211,40 +177,30 @@ fn convert_into(
     // Whatever follows the end-of-archive blocks is part of the layer too.
     io::copy(&mut stream, &mut io::sink()).map_err(|e| ConvertError::io(input, e))?;
     let tar_size = stream.written();
-    stream
-        .finish()
-        .map_err(|e| ConvertError::io(tar_copy.as_deref().unwrap_or(input), e))?;
+    let tar_name = copy.keep.as_ref().map_or(input, |t| t.path.as_path());
+    stream.finish().map_err(|e| ConvertError::io(tar_name, e))?;
     let (input_digest, tar_digest) = source.digests();
     source.done();
 
-    let data_source = match options.mode {
-        Mode::Index => DataSource::Tar { size: tar_size },
-        Mode::Full => DataSource::Image,
-    };
-    // Deterministic: the same tar gives the same UUID.
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&tar_digest.bytes()[..16]);
-    let summary = builder.finish(
-        &tree,
-        &BuildOptions {
-            source: data_source,
-            uuid,
-        },
-    )?;
+    let summary = finish_image(builder, &tree, options.mode, tar_size, &tar_digest)?;
 
-    let mut tar_path = None;
-    if options.mode == Mode::Index {
-        let tar_file = tar_copy.clone().unwrap_or_else(|| input.to_path_buf());
-        if options.append_tar {
-            append(temp, summary.image_size, &tar_file)?;
-            if options.tar_out.is_none() && tar_copy.is_some() {
-                let _ = std::fs::remove_file(&tar_file);
-            }
-        } else {
-            tar_path = Some(tar_file);
+    let tar_path =
+        (options.mode == Mode::Index && !options.append_tar).then(|| tar_name.to_path_buf());
+    if options.mode == Mode::Index && options.append_tar {
+        let mut tar = match &copy.temp {
+            Some(temp) => temp.file().try_clone(),
+            None => File::open(input),
         }
+        .map_err(|e| ConvertError::io(tar_name, e))?;
+        append(image.file(), summary.image_size, &mut tar)
+            .map_err(|e| ConvertError::io(&output, e))?;
     }
-    std::fs::rename(temp, output).map_err(|e| ConvertError::io(output, e))?;
+    // Complete: the tar, then the image that refers to it, into place.
+    let mode = 0o666 & !safe_fs::umask();
+    copy.persist(mode)?;
+    image
+        .persist(name, mode)
+        .map_err(|e| ConvertError::io(&output, e))?;
     Ok(ConvertReport {
         input_digest,
         tar_digest,
@@ -256,28 +212,127 @@ fn convert_into(
     })
 }
 
-/// Appends the tar at `tar` to the image at `image` (which ends at
-/// `image_size`, a block boundary), as containerd's single-file layer.
-fn append(image: &Path, image_size: u64, tar: &Path) -> Result<(), ConvertError> {
-    let mut src = File::open(tar).map_err(|e| ConvertError::io(tar, e))?;
-    let mut dst = std::fs::OpenOptions::new()
-        .append(true)
-        .open(image)
-        .map_err(|e| ConvertError::io(image, e))?;
-    debug_assert_eq!(dst.metadata().map(|m| m.len()).ok(), Some(image_size));
-    // io::copy between files uses copy_file_range: no pass through userspace.
-    let copied = io::copy(&mut src, &mut dst).map_err(|e| ConvertError::io(image, e))?;
-    // Whole 512-byte blocks, so the device's size is exact.
-    let pad = copied.next_multiple_of(512) - copied;
-    dst.write_all(&vec![0; pad as usize])
-        .map_err(|e| ConvertError::io(image, e))?;
-    dst.sync_all().map_err(|e| ConvertError::io(image, e))
+/// Writes the metadata of `tree` and finishes the image: its data in the
+/// tar (index mode) or in itself, its UUID from the tar's digest
+/// (deterministic: the same tar gives the same image).
+fn finish_image(
+    builder: ImageBuilder,
+    tree: &crate::build::Tree,
+    mode: Mode,
+    tar_size: u64,
+    tar_digest: &Digest,
+) -> Result<crate::build::BuildSummary, ConvertError> {
+    let source = match mode {
+        Mode::Index => DataSource::Tar { size: tar_size },
+        Mode::Full => DataSource::Image,
+    };
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&tar_digest.bytes()[..16]);
+    Ok(builder.finish(tree, &BuildOptions { source, uuid })?)
 }
 
-/// `path` with `.suffix` added to its file name.
-fn temp_path(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".");
-    name.push(suffix);
-    path.with_file_name(name)
+/// An [`io::ErrorKind::InvalidInput`] error about `path`.
+fn invalid(path: &Path, message: &str) -> ConvertError {
+    ConvertError::io(
+        path,
+        io::Error::new(io::ErrorKind::InvalidInput, message.to_string()),
+    )
+}
+
+/// The copy of the uncompressed tar that index mode needs when the input
+/// is not a tar file (gzip or stdin): written while reading, kept at
+/// `--tar-out` or beside the output, or (appended) only for the run.
+struct TarCopy {
+    keep: Option<TarDest>,
+    temp: Option<TempFile>,
+}
+
+impl TarCopy {
+    /// What `options` ask for, refusing a kept tar that would be the input
+    /// or the output.
+    fn plan(
+        input: &Path,
+        gzip: bool,
+        dir: &OutputDir,
+        name: &OsStr,
+        options: &ConvertOptions,
+    ) -> Result<Self, ConvertError> {
+        let from_stdin = input == Path::new("-");
+        let output = dir.path().join(name);
+        let needs_copy = options.mode == Mode::Index && (gzip || from_stdin);
+        let keep = match (&options.tar_out, options.append_tar) {
+            _ if !needs_copy => None,
+            (Some(path), _) => Some(TarDest::open(path)?),
+            (None, false) => Some(TarDest::beside(dir, name)?),
+            (None, true) => None,
+        };
+        if let Some(tar) = &keep {
+            if (!from_stdin && same_target(&tar.path, input)) || same_target(&tar.path, &output) {
+                return Err(invalid(
+                    &tar.path,
+                    "the tar would overwrite the input or the output (use --tar-out)",
+                ));
+            }
+        }
+        let temp = match (&keep, needs_copy) {
+            (Some(tar), _) => Some(
+                tar.dir
+                    .temp_file()
+                    .map_err(|e| ConvertError::io(&tar.path, e))?,
+            ),
+            (None, true) => Some(dir.temp_file().map_err(|e| ConvertError::io(&output, e))?),
+            (None, false) => None,
+        };
+        Ok(Self { keep, temp })
+    }
+
+    /// Renames a kept tar into place with `mode`.
+    fn persist(self, mode: u32) -> Result<(), ConvertError> {
+        if let (Some(tar), Some(temp)) = (self.keep, self.temp) {
+            temp.persist(&tar.name, mode)
+                .map_err(|e| ConvertError::io(&tar.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the uncompressed tar is kept: its directory, name and path.
+struct TarDest {
+    dir: OutputDir,
+    name: OsString,
+    path: PathBuf,
+}
+
+impl TarDest {
+    /// At `path` (`--tar-out`).
+    fn open(path: &Path) -> Result<Self, ConvertError> {
+        let (dir, name) = OutputDir::of(path).map_err(|e| ConvertError::io(path, e))?;
+        Ok(Self {
+            dir,
+            name,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Beside the output `name` in `dir`, its extension replaced by `.tar`.
+    fn beside(dir: &OutputDir, name: &OsStr) -> Result<Self, ConvertError> {
+        let name = Path::new(name).with_extension("tar").into_os_string();
+        let path = dir.path().join(&name);
+        let dir = dir.try_clone().map_err(|e| ConvertError::io(&path, e))?;
+        Ok(Self { dir, name, path })
+    }
+}
+
+/// Appends the tar read from `tar` to the image `image` (which ends at
+/// `image_size`, a block boundary), as containerd's single-file layer.
+fn append(mut image: &File, image_size: u64, tar: &mut File) -> io::Result<()> {
+    debug_assert_eq!(image.metadata().map(|m| m.len()).ok(), Some(image_size));
+    tar.seek(SeekFrom::Start(0))?;
+    image.seek(SeekFrom::Start(image_size))?;
+    // io::copy between files uses copy_file_range: no pass through userspace.
+    let copied = io::copy(tar, &mut image)?;
+    // Whole 512-byte blocks, so the device's size is exact.
+    let pad = copied.next_multiple_of(512) - copied;
+    image.write_all(&vec![0; pad as usize])?;
+    image.sync_all()
 }

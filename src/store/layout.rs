@@ -8,15 +8,24 @@
 //!                   /blob          the layer blob as the registry has it
 //! ```
 //!
-//! `add` builds a layer under a temporary name and renames it into place,
-//! so a layer is either complete or absent.
+//! `add` builds a layer under a random temporary name and renames it into
+//! place (never over an existing one), so a layer is either complete or
+//! absent.
 
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{renameat2, AtFlags, RenameFlags};
+use nix::sys::stat::{fstatat, Mode as FileMode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{convert, ConvertOptions, Mode};
+use crate::convert::{convert_at, ConvertOptions, Mode};
 use crate::error::{Error, Result};
+use crate::safe_fs::{self, OutputDir};
 
 /// The image of a layer.
 pub const IMAGE_FILE: &str = "layer.erofs";
@@ -66,33 +75,129 @@ pub fn is_layer_name(name: &[u8]) -> bool {
 /// a tar-index image with OCI whiteouts turned into overlayfs ones (so the
 /// layer can be an overlayfs lower directory). Returns its description;
 /// a layer already present is left as it is.
+///
+/// The layer is built in a new directory of its own (random name, mode
+/// 0700, every file created in it relative to its descriptor) and renamed
+/// into place, never over anything, once complete; a failed add removes
+/// what it created and nothing else.
 pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
     std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
-    let temp = store.join(format!(".add-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&temp);
-    std::fs::create_dir(&temp).map_err(|e| Error::io(&temp, e))?;
-    let result = build(&temp, blob, progress).and_then(|info| {
-        let dest = store.join(&info.compressed_digest);
-        if dest.exists() {
-            tracing::info!(
-                "{} is already in {}",
-                info.compressed_digest,
-                store.display()
-            );
-            let _ = std::fs::remove_dir_all(&temp);
-            return Ok(info);
-        }
-        std::fs::rename(&temp, &dest).map_err(|e| Error::io(&dest, e))?;
-        Ok(info)
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&temp);
+    let store_dir = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
+    let staging = Staging::create(&store_dir)?;
+    let info = build(&staging, blob, progress)?;
+    if !staging.publish(&info.compressed_digest)? {
+        tracing::info!(
+            "{} is already in {}",
+            info.compressed_digest,
+            store.display()
+        );
     }
-    result
+    Ok(info)
 }
 
-/// Converts `blob` into the layer directory `dir`.
-fn build(dir: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
+/// A layer directory being built in the store under a random name.
+struct Staging<'a> {
+    store: &'a OutputDir,
+    name: OsString,
+    dir: OutputDir,
+    /// Files created in it, removed again unless published.
+    created: std::cell::RefCell<Vec<&'static str>>,
+    published: std::cell::Cell<bool>,
+}
+
+impl<'a> Staging<'a> {
+    /// Makes a new 0700 directory in `store`.
+    fn create(store: &'a OutputDir) -> Result<Self> {
+        let at = Some(store.fd().as_raw_fd());
+        for _ in 0..16 {
+            let name = safe_fs::random_name(OsStr::new("add"));
+            match nix::sys::stat::mkdirat(at, name.as_os_str(), FileMode::S_IRWXU) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::EEXIST) => continue,
+                Err(e) => return Err(Error::io(store.path().join(&name), e.into())),
+            }
+            let path = store.path().join(&name);
+            let fd = safe_fs::open_dir_at(store.fd(), &name).map_err(|e| Error::io(&path, e))?;
+            let dir = OutputDir::from_fd(fd, path);
+            return Ok(Self {
+                store,
+                name,
+                dir,
+                created: Default::default(),
+                published: Default::default(),
+            });
+        }
+        Err(Error::Invalid(format!(
+            "{}: cannot find a free temporary name",
+            store.path().display()
+        )))
+    }
+
+    /// Creates `name` in the layer directory, open for writing (mode 0600
+    /// until [`Self::finish_file`]).
+    fn create_file(&self, name: &'static str) -> Result<File> {
+        let path = self.dir.path().join(name);
+        let file = safe_fs::create_file_at(self.dir.fd(), OsStr::new(name), 0o600)
+            .map_err(|e| Error::io(&path, e))?;
+        self.created.borrow_mut().push(name);
+        Ok(file)
+    }
+
+    /// Records a file made in the directory by other means.
+    fn made(&self, name: &'static str) {
+        self.created.borrow_mut().push(name);
+    }
+
+    /// Opens the directory to everyone the umask allows and renames it to
+    /// `digest`, unless that exists: whether it was renamed.
+    fn publish(&self, digest: &str) -> Result<bool> {
+        let mode = FileMode::from_bits_truncate(0o777 & !safe_fs::umask());
+        nix::sys::stat::fchmod(self.dir.fd().as_raw_fd(), mode)
+            .map_err(|e| Error::io(self.dir.path(), e.into()))?;
+        let at = Some(self.store.fd().as_raw_fd());
+        let dest = self.store.path().join(digest);
+        match renameat2(
+            at,
+            self.name.as_os_str(),
+            at,
+            digest,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {
+                self.published.set(true);
+                Ok(true)
+            }
+            Err(nix::errno::Errno::EEXIST | nix::errno::Errno::ENOTEMPTY) => Ok(false),
+            Err(e) => Err(Error::io(&dest, e.into())),
+        }
+    }
+}
+
+impl Drop for Staging<'_> {
+    /// Removes what this add created, unless it was published: the files
+    /// by name in the directory it holds open, then the directory if its
+    /// name still is that directory.
+    fn drop(&mut self) {
+        if self.published.get() {
+            return;
+        }
+        let dir = Some(self.dir.fd().as_raw_fd());
+        for name in self.created.borrow().iter() {
+            let _ = unlinkat(dir, *name, UnlinkatFlags::NoRemoveDir);
+        }
+        let at = Some(self.store.fd().as_raw_fd());
+        let ours = nix::sys::stat::fstat(self.dir.fd().as_raw_fd()).ok();
+        let there = fstatat(at, self.name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+        if let (Some(a), Some(b)) = (ours, there) {
+            if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) {
+                let _ = unlinkat(at, self.name.as_os_str(), UnlinkatFlags::RemoveDir);
+            }
+        }
+    }
+}
+
+/// Converts `blob` into the layer directory being built.
+fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo> {
     let options = ConvertOptions {
         mode: Mode::Index,
         aufs: true,
@@ -101,17 +206,10 @@ fn build(dir: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
         progress,
         implied_mtime: None,
     };
-    let image = dir.join(IMAGE_FILE);
-    let report = convert(blob, &image, &options)
+    let report = convert_at(blob, &staging.dir, OsStr::new(IMAGE_FILE), &options)
         .map_err(|e| Error::Invalid(format!("converting {}: {e}", blob.display())))?;
-    let copy = dir.join(BLOB_FILE);
-    // The blob is kept as pulled; a hard link costs nothing.
-    if std::fs::hard_link(blob, &copy).is_err() {
-        std::fs::copy(blob, &copy).map_err(|e| Error::io(&copy, e))?;
-    }
-    let compressed_size = std::fs::metadata(&copy)
-        .map_err(|e| Error::io(&copy, e))?
-        .len();
+    staging.made(IMAGE_FILE);
+    let compressed_size = keep_blob(staging, blob)?;
     let info = LayerInfo {
         compressed_digest: report.input_digest.to_string(),
         compressed_size,
@@ -119,10 +217,45 @@ fn build(dir: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
         diff_size: report.tar_size,
         compression: if report.gzip { GZIP } else { UNCOMPRESSED },
     };
-    let path = dir.join(INFO_FILE);
     let json = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
-    std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+    let path = staging.dir.path().join(INFO_FILE);
+    let mut file = staging.create_file(INFO_FILE)?;
+    file.write_all(&json).map_err(|e| Error::io(&path, e))?;
+    finish_file(&file, &path)?;
     Ok(info)
+}
+
+/// Keeps the blob as pulled in the layer directory (a hard link costs
+/// nothing; a copy across filesystems); returns its size.
+fn keep_blob(staging: &Staging<'_>, blob: &Path) -> Result<u64> {
+    let path = staging.dir.path().join(BLOB_FILE);
+    let at = Some(staging.dir.fd().as_raw_fd());
+    let linked = nix::unistd::linkat(
+        None,
+        blob,
+        at,
+        Path::new(BLOB_FILE),
+        AtFlags::AT_SYMLINK_FOLLOW,
+    );
+    if linked.is_ok() {
+        staging.made(BLOB_FILE);
+        let st = fstatat(at, BLOB_FILE, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::io(&path, e.into()))?;
+        return Ok(st.st_size as u64);
+    }
+    let mut src = File::open(blob).map_err(|e| Error::io(blob, e))?;
+    let mut dst = staging.create_file(BLOB_FILE)?;
+    let size = std::io::copy(&mut src, &mut dst).map_err(|e| Error::io(&path, e))?;
+    finish_file(&dst, &path)?;
+    Ok(size)
+}
+
+/// Gives a file written in the layer directory its final mode.
+fn finish_file(file: &File, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = 0o666 & !safe_fs::umask();
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(path, e))
 }
 
 /// Largest OCI index or manifest read (they are a few KiB).
