@@ -220,7 +220,8 @@ enum Command {
     /// Index mode (default) writes a metadata-only image whose files point
     /// into the uncompressed tar: mount it with `--device LAYER.tar` (kernel:
     /// `-o device=`). For a tar.gz or stdin the tar is written beside the
-    /// output (OUTPUT with extension .tar) or to --tar-out. With
+    /// output (OUTPUT with extension .tar, which must not exist yet) or to
+    /// --tar-out (replaced once complete). With
     /// --append-tar the output is the index followed by the tar in one file,
     /// containerd's layer.erofs, mountable with no device option.
     ///

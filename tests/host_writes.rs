@@ -344,10 +344,18 @@ fn convert_never_writes_through_planted_symlinks() {
         for v in &victims {
             v.assert_intact(&format!("convert to {name}"));
         }
+        if *name == "layer.erofs" {
+            // The implied layer.tar is not a name the user gave: what is
+            // there stays, and convert says so.
+            let err = result.expect_err("convert replaced a layer.tar it did not create");
+            assert!(err.to_string().contains("already exists"), "{err}");
+            assert!(out.join("layer.tar").is_symlink());
+            continue;
+        }
         result.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!out.join(name).is_symlink());
     }
-    assert!(!out.join("layer.tar").is_symlink());
+    // Named by the user: replaced by a new file, never written through.
     assert!(!out.join("named.tar").is_symlink());
 }
 

@@ -16,6 +16,7 @@ mod tar;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use crate::build::{BuildError, BuildOptions, DataSource, ImageBuilder};
@@ -318,6 +319,19 @@ impl TarDest {
     fn beside(dir: &OutputDir, name: &OsStr) -> Result<Self, ConvertError> {
         let name = Path::new(name).with_extension("tar").into_os_string();
         let path = dir.path().join(&name);
+        // The user did not name this file: something already there (a tar
+        // of theirs, a planted link) is theirs, and is never replaced.
+        let existing = nix::sys::stat::fstatat(
+            Some(dir.fd().as_raw_fd()),
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+        if existing.is_ok() {
+            return Err(invalid(
+                &path,
+                "already exists: convert keeps the layer's tar there and replaces no file it did not create (remove it, or name the tar with --tar-out)",
+            ));
+        }
         let dir = dir.try_clone().map_err(|e| ConvertError::io(&path, e))?;
         Ok(Self { dir, name, path })
     }
