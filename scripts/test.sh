@@ -16,6 +16,10 @@ declare -A package=(
     [veritysetup]=cryptsetup-bin
     [losetup]=mount
     [mount]=mount
+    [setpriv]=util-linux
+    [prlimit]=util-linux
+    [useradd]=passwd
+    [/usr/bin/time]=time
 )
 missing=()
 for program in "${!package[@]}"; do
