@@ -3,21 +3,31 @@
 //!
 //! Every access is bounds-checked and returns a slice of the map, so the
 //! reader never copies bytes it only needs to look at. Every byte the
-//! reader sees passes through [`Device::slice_for`], which is where a verity
-//! tree, when one is attached, checks the blocks first: metadata and data
-//! alike reach the parser only verified.
+//! reader sees passes through [`Device::slice_for`] (metadata) or
+//! [`Device::data_for`] (file data), which is where a verity tree, when one
+//! is attached, checks the blocks first: metadata and data alike reach the
+//! parser only verified. File data is by default served from a copy hashed
+//! after it was taken, so a file changed under the mount is never served as
+//! good; metadata blocks (and file data with `--verity-once`) are hashed on
+//! the map once and trusted from then on (see [`crate::verity::Verifier`]).
+//!
+//! The maps are [`ImageMap`]s: a file shrinking under them fails the
+//! request that reads past its new end instead of killing the process
+//! ([`crate::fault`]).
 //!
 //! A file is mapped twice, once for each [`Access`] pattern, because the
 //! advice given to a mapping decides how much the kernel reads on a page
 //! fault, and neither amount suits both patterns.
 
-use std::fs::File;
+use std::borrow::Cow;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::fault::ImageMap;
 use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 
 /// Reads larger than this that miss the verified blocks start verifying
@@ -60,10 +70,10 @@ pub enum Access {
 #[derive(Clone)]
 pub struct Device {
     /// The file mapped for [`Access::Sequential`] reads.
-    map: Arc<Mmap>,
+    map: Arc<ImageMap>,
     /// The file mapped for [`Access::Random`] reads (the same map for an
     /// in-memory device, where faults read nothing).
-    random: Arc<Mmap>,
+    random: Arc<ImageMap>,
     /// Anonymous memory ([`Device::from_bytes`]), which unmapping would
     /// zero.
     in_memory: bool,
@@ -74,6 +84,9 @@ pub struct Device {
     verity: Option<Arc<Verifier>>,
     /// Its background verification of ranges about to be read.
     ahead: Option<Arc<VerifyAhead>>,
+    /// Whether file data, once verified, is trusted not to change
+    /// (`--verity-once`) instead of being hashed on a copy at every read.
+    verity_once: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -88,18 +101,13 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
-    /// Maps `path` read-only, from byte `offset` to the end of the file.
+    /// Maps `path` read-only, from byte `offset` to the end of the file
+    /// (a regular file or a block device; see
+    /// [`crate::input::open_input`]).
     pub fn open(path: &Path, offset: u64) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
-            return Err(Error::io(path, std::io::Error::from_raw_os_error(21)));
-        }
-        // SAFETY: the maps are read-only. Another process truncating the
-        // file while it is mapped would raise SIGBUS; images are treated as
-        // immutable while in use, as the kernel's loop device does.
+        let (file, len) = crate::input::open_input(path)?;
         let map = |advice: &[memmap2::Advice]| {
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let map = ImageMap::map(&file, path, len)?;
             // Only advice: a kernel without transparent huge pages refuses
             // MADV_HUGEPAGE, and then faults read around as by default.
             for &advice in advice {
@@ -111,12 +119,6 @@ impl Device {
         // Not mapped 2 MiB at a time either, where a sequential reader has
         // left huge pages in the page cache: a random read maps its page.
         let random = map(&[memmap2::Advice::Random, memmap2::Advice::NoHugePage])?;
-        if random.len() != sequential.len() {
-            return Err(Error::Invalid(format!(
-                "{}: changed size while being opened",
-                path.display()
-            )));
-        }
         let whole = Self {
             len: sequential.len(),
             random,
@@ -126,6 +128,7 @@ impl Device {
             path: path.to_path_buf(),
             verity: None,
             ahead: None,
+            verity_once: false,
         };
         if offset > whole.len() {
             return Err(Error::Invalid(format!(
@@ -145,7 +148,8 @@ impl Device {
         let mut anon =
             memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(name, e))?;
         anon[..bytes.len()].copy_from_slice(bytes);
-        let map = Arc::new(anon.make_read_only().map_err(|e| Error::io(name, e))?);
+        let map = anon.make_read_only().map_err(|e| Error::io(name, e))?;
+        let map = Arc::new(ImageMap::anonymous(map));
         Ok(Self {
             random: Arc::clone(&map),
             map,
@@ -155,14 +159,17 @@ impl Device {
             path: name.to_path_buf(),
             verity: None,
             ahead: None,
+            verity_once: false,
         })
     }
 
     /// Checks every block of the whole file against the tree `source`
     /// describes from now on; fails now if the tree or its root hash is
     /// wrong. Devices made from this one with [`Device::subrange`] later
-    /// share the check.
-    pub fn attach_verity(&mut self, source: &VeritySource) -> Result<()> {
+    /// share the check. File data is hashed on a copy at every read, or,
+    /// with `once`, on the map at its first read and trusted after that
+    /// (faster, but a change to the file after that is served).
+    pub fn attach_verity(&mut self, source: &VeritySource, once: bool) -> Result<()> {
         let spec = source.resolve(&self.path)?;
         let verifier = Verifier::open(&self.path, &self.map, &spec)?;
         tracing::info!(
@@ -178,8 +185,10 @@ impl Device {
             Arc::clone(&verifier),
             Arc::clone(&self.map),
             !self.in_memory,
+            !once,
         )));
         self.verity = Some(verifier);
+        self.verity_once = once;
         Ok(())
     }
 
@@ -206,6 +215,7 @@ impl Device {
             path: self.path.clone(),
             verity: self.verity.clone(),
             ahead: self.ahead.clone(),
+            verity_once: self.verity_once,
         })
     }
 
@@ -242,17 +252,7 @@ impl Device {
             Access::Sequential => &self.map,
             Access::Random => &self.random,
         };
-        if access == Access::Random && len > PAGE {
-            // Each fault on this map reads one page: have the kernel read
-            // the range in one request instead (cold random 16 KiB reads:
-            // 6,000 per second against 3,000; a 64 KiB pcluster decoded
-            // for a 4 KiB read: 4,500 against 2,000).
-            if let Some((start, len)) = self.page_range(offset, len) {
-                let _ = self
-                    .random
-                    .advise_range(memmap2::Advice::WillNeed, start, len);
-            }
-        }
+        self.advise_random(access, offset, len);
         if let Some(verity) = &self.verity {
             let missed = verity.check_missed(map, start as u64, len)?;
             // A file's data had to be hashed on the request path: the
@@ -268,6 +268,98 @@ impl Device {
         }
         // In bounds: checked above.
         Ok(&map[start..start + len as usize])
+    }
+
+    /// `len` bytes of file data at `offset`, read as `access` says: as
+    /// [`Device::slice_for`] gives them, or, when a verity tree checks every
+    /// read, from `copy`, which is filled with the whole verity blocks
+    /// around them, copied out of the map and hashed after that.
+    pub fn data_for<'a>(
+        &'a self,
+        access: Access,
+        offset: u64,
+        len: u64,
+        copy: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        match self.copy_verified(access, offset, len, copy)? {
+            Some(range) => Ok(&copy[range]),
+            None => self.slice_for(access, offset, len),
+        }
+    }
+
+    /// [`Device::data_for`], copying into a new buffer when it copies.
+    pub fn data_cow(&self, access: Access, offset: u64, len: u64) -> Result<Cow<'_, [u8]>> {
+        let mut copy = Vec::new();
+        match self.copy_verified(access, offset, len, &mut copy)? {
+            Some(range) => {
+                copy.copy_within(range.clone(), 0);
+                copy.truncate(range.len());
+                Ok(Cow::Owned(copy))
+            }
+            None => self.slice_for(access, offset, len).map(Cow::Borrowed),
+        }
+    }
+
+    /// With a tree checking every read: copies the whole verity blocks
+    /// around `[offset, offset + len)` into `copy`, hashes them, and gives
+    /// where the range lies in `copy`. `None` without such a tree.
+    fn copy_verified(
+        &self,
+        access: Access,
+        offset: u64,
+        len: u64,
+        copy: &mut Vec<u8>,
+    ) -> Result<Option<Range<usize>>> {
+        let verifier = match &self.verity {
+            Some(verifier) if !self.verity_once => verifier,
+            _ => return Ok(None),
+        };
+        let start = self.bounds(offset, len)? as u64;
+        copy.clear();
+        if len == 0 {
+            return Ok(Some(0..0));
+        }
+        let bits = verifier.params().data_block_size.trailing_zeros();
+        let first = start >> bits;
+        let (from, to) = (first << bits, (((start + len - 1) >> bits) + 1) << bits);
+        if to > verifier.covered() {
+            return Err(crate::verity::VerityError::Invalid(format!(
+                "{}: bytes {start}..{} reach past the {} bytes its verity tree covers",
+                self.path.display(),
+                start + len,
+                verifier.covered()
+            ))
+            .into());
+        }
+        self.advise_random(access, offset, len);
+        let map = match access {
+            Access::Sequential => &self.map,
+            Access::Random => &self.random,
+        };
+        // In the map: the tree covers no more than the file had at open.
+        copy.extend_from_slice(&map[from as usize..to as usize]);
+        verifier.check_copy(copy, first)?;
+        if len > AHEAD_MIN_READ && access == Access::Sequential {
+            if let Some(ahead) = &self.ahead {
+                ahead.request(start + len, AHEAD_STRETCH);
+            }
+        }
+        let at = (start - from) as usize;
+        Ok(Some(at..at + len as usize))
+    }
+
+    /// For a random read of more than a page: each fault on its map reads
+    /// one page, so have the kernel read the range in one request instead
+    /// (cold random 16 KiB reads: 6,000 per second against 3,000; a 64 KiB
+    /// pcluster decoded for a 4 KiB read: 4,500 against 2,000).
+    fn advise_random(&self, access: Access, offset: u64, len: u64) {
+        if access == Access::Random && len > PAGE {
+            if let Some((start, len)) = self.page_range(offset, len) {
+                let _ = self
+                    .random
+                    .advise_range(memmap2::Advice::WillNeed, start, len);
+            }
+        }
     }
 
     /// Where `[offset, offset + len)` starts in the map, after checking it
@@ -364,6 +456,7 @@ pub(crate) fn unmap_pages(map: &Mmap, offset: u64, len: u64) {
 mod tests {
     use super::*;
     use crate::verity::{format, TreeSpec, VerityParams};
+    use std::fs::File;
     use std::os::unix::fs::FileExt;
 
     const BLOCKS: u64 = 64;
@@ -432,7 +525,7 @@ mod tests {
             offset: 0,
             no_superblock: None,
         });
-        dev.attach_verity(&source).unwrap();
+        dev.attach_verity(&source, true).unwrap();
         assert!(dev.slice_for(Access::Random, 3 * 4096 + 10, 16).is_ok());
         assert!(dev.slice_for(Access::Random, 7 * 4096, 16).is_err());
         assert!(dev.slice_for(Access::Sequential, 7 * 4096, 4096).is_err());
@@ -441,6 +534,58 @@ mod tests {
             .is_err());
         assert!(dev.slice_for(Access::Random, 9 * 4096 + 4000, 16).is_err());
         assert_eq!(dev.verity_stats().unwrap().mismatches, 4);
+    }
+
+    #[test]
+    fn file_data_is_hashed_at_every_read_unless_verified_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, bytes) = data_file(dir.path());
+        let hash_file = dir.path().join("tree");
+        let params = VerityParams {
+            data_block_size: 4096,
+            hash_block_size: 4096,
+            data_blocks: BLOCKS,
+            salt: vec![7; 32],
+            uuid: [0; 16],
+        };
+        let root = format(
+            &File::open(&path).unwrap(),
+            &File::create(&hash_file).unwrap(),
+            0,
+            &params,
+        )
+        .unwrap();
+        let source = VeritySource::Tree(TreeSpec {
+            root,
+            hash_file,
+            offset: 0,
+            no_superblock: None,
+        });
+        let open = |once| {
+            let mut dev = Device::open(&path, 0).unwrap();
+            dev.attach_verity(&source, once).unwrap();
+            dev
+        };
+        let (every, once) = (open(false), open(true));
+        let mut copy = Vec::new();
+        for access in [Access::Sequential, Access::Random] {
+            let got = every.data_for(access, 5 * 4096 + 10, 5000, &mut copy);
+            assert!(got.unwrap() == &bytes[5 * 4096 + 10..5 * 4096 + 5010]);
+        }
+        assert_eq!(
+            &*once.data_cow(Access::Random, 6 * 4096 + 10, 16).unwrap(),
+            &bytes[6 * 4096 + 10..6 * 4096 + 26]
+        );
+        // Block 6 changes after both have read it.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(b"changed", 6 * 4096 + 9).unwrap();
+        for access in [Access::Sequential, Access::Random] {
+            assert!(every.data_for(access, 6 * 4096, 16, &mut copy).is_err());
+            assert!(every.data_cow(access, 6 * 4096 + 4000, 200).is_err());
+        }
+        // Block 5 is unchanged, and --verity-once trusts what it checked.
+        assert!(every.data_cow(Access::Sequential, 5 * 4096, 4096).is_ok());
+        assert!(once.data_cow(Access::Sequential, 6 * 4096, 16).is_ok());
     }
 
     #[test]

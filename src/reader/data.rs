@@ -177,8 +177,8 @@ impl Image {
         access: Access,
     ) -> Result<Cow<'a, [u8]>> {
         match mapping.extent {
-            Extent::Device(dev, pa) => dev.slice_for(access, pa, len).map(Cow::Borrowed),
-            Extent::Meta(pos) => self.meta(pos, len),
+            Extent::Device(dev, pa) => dev.data_cow(access, pa, len),
+            Extent::Meta(pos) => self.meta_data(pos, len),
             Extent::Hole => Ok(Cow::Owned(vec![0; len as usize])),
             Extent::Encoded(ext, alg, within) => {
                 let mut out = vec![0; len as usize];
@@ -262,7 +262,7 @@ impl Image {
         if !inode.layout.is_compressed() {
             let mapping = self.map(inode, offset)?;
             if let (true, Extent::Device(dev, pa)) = (mapping.len >= len, &mapping.extent) {
-                return dev.slice_for(access, *pa, len);
+                return dev.data_for(access, *pa, len, scratch);
             }
         }
         scratch.resize(len as usize, 0);

@@ -137,9 +137,9 @@ impl Image {
         match ext.at {
             PclusterAt::Device(pa) => {
                 let (dev, pa) = self.devices.resolve(0, pa)?;
-                Ok(Cow::Borrowed(dev.slice_for(access, pa, ext.plen)?))
+                dev.data_cow(access, pa, ext.plen)
             }
-            PclusterAt::Inline(pos) => self.meta(pos, ext.plen),
+            PclusterAt::Inline(pos) => self.meta_data(pos, ext.plen),
             PclusterAt::Fragment(_) | PclusterAt::Unmapped => {
                 Err(Error::corrupt("compressed extent without a pcluster"))
             }

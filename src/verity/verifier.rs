@@ -3,18 +3,23 @@
 //! the way against its parent's digest, the top block against the root
 //! hash. Verified blocks are marked in bitmaps, so each is hashed once.
 //!
-//! The bitmaps mark blocks of the mapped files, so the guarantee is about
-//! the files' bytes when first read: files must not change under a mount
-//! (as for any mmap reader); the parser stays safe on any bytes regardless.
+//! Hash blocks are copied out of the tree file before they are hashed,
+//! and the verified copies are what later digests are read from (as
+//! dm-verity keeps verified hash blocks in its buffer cache): changing the
+//! tree file afterwards changes nothing. Data is checked in one of two ways:
+//! - [`Verifier::check_copy`] hashes a copy of the blocks a read serves,
+//!   taken after they left the map, every time (what the server does for
+//!   file data by default: a changed data file is never served as good);
+//! - [`Verifier::check`] hashes blocks of the map on first use and marks
+//!   them in a bitmap, trusting the file not to change after that (metadata,
+//!   and file data with `--verity-once`).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use crate::device::unmap_pages;
-use memmap2::Mmap;
+use crate::fault::ImageMap;
 
 use super::{hex, Level, TreeSpec, VerityError, VerityParams, DIGEST_SIZE};
 
@@ -59,12 +64,14 @@ pub struct Verifier {
     root: [u8; DIGEST_SIZE],
     /// The hash file, and the byte offset in it of the tree's first
     /// block (hash block 1: block 0 is the superblock's, present or not).
-    hash: Mmap,
+    hash: ImageMap,
     tree_start: u64,
+    /// Verified copies of hash blocks, by block number (empty when not
+    /// verified yet).
+    hash_copies: Vec<OnceLock<Box<[u8]>>>,
     hash_path: PathBuf,
     data_path: PathBuf,
     data_done: Bitmap,
-    hash_done: Bitmap,
     data_verified: AtomicU64,
     hash_verified: AtomicU64,
     mismatches: AtomicU64,
@@ -79,10 +86,12 @@ impl Verifier {
         let hash_path = spec.hash_file.as_path();
         let offset = spec.offset;
         let named = |what: String| VerityError::Invalid(format!("{}: {what}", hash_path.display()));
-        let file = File::open(hash_path).map_err(|e| named(e.to_string()))?;
-        // SAFETY: read-only map; the files must not change while in use,
-        // as for the image itself (see the module comment).
-        let hash = unsafe { Mmap::map(&file) }.map_err(|e| named(e.to_string()))?;
+        let (file, len) = crate::input::open_input(hash_path).map_err(|e| match e {
+            crate::Error::Io { source, .. } => named(source.to_string()),
+            other => VerityError::Invalid(other.to_string()),
+        })?;
+        let hash = ImageMap::map(&file, hash_path, len)
+            .map_err(|e| VerityError::Invalid(e.to_string()))?;
         let past_end = || {
             named(format!(
                 "hash offset {offset} is past the end ({} bytes)",
@@ -145,7 +154,7 @@ impl Verifier {
         let hash_blocks = params.hash_area_size() / u64::from(params.hash_block_size);
         let verifier = Self {
             data_done: Bitmap::new(data_bytes / u64::from(params.data_block_size)),
-            hash_done: Bitmap::new(hash_blocks),
+            hash_copies: (0..hash_blocks).map(|_| OnceLock::new()).collect(),
             params,
             levels,
             root: spec.root,
@@ -160,9 +169,10 @@ impl Verifier {
         // The top: one hash block, or the only data block of a tiny file.
         let (what, top) = match verifier.levels.last() {
             Some(level) => ("hash", verifier.hash_block(level.start)),
-            None => ("data", verifier.data_block(data, 0)),
+            None => ("data", verifier.data_block(data, 0).map(Box::from)),
         };
-        let computed = verifier.params.digest(top.unwrap_or_default());
+        let top = top.unwrap_or_default();
+        let computed = verifier.params.digest(&top);
         if computed != spec.root {
             return Err(VerityError::Invalid(format!(
                 "{}: the root hash does not match the tree (its {what} top gives {})",
@@ -171,7 +181,9 @@ impl Verifier {
             )));
         }
         match verifier.levels.last() {
-            Some(level) => verifier.hash_done.set(level.start),
+            Some(level) => {
+                let _ = verifier.hash_copies[level.start as usize].set(top);
+            }
             None => verifier.data_done.set(0),
         }
         Ok(verifier)
@@ -223,7 +235,7 @@ impl Verifier {
     /// [`Verifier::check`] ahead of a reader, for [`VerifyAhead`]: the part
     /// of the range the tree covers, stopping quietly at a bad block (the
     /// read that needs it reports it).
-    fn check_ahead(&self, data: &[u8], offset: u64, len: u64) {
+    pub(super) fn check_ahead(&self, data: &[u8], offset: u64, len: u64) {
         let end = offset.saturating_add(len).min(self.covered());
         if offset < end {
             let _ = self.check_blocks(data, offset, end, false);
@@ -280,33 +292,87 @@ impl Verifier {
         };
         let per_block_bits = (self.params.hash_block_size as usize / DIGEST_SIZE).ilog2();
         let block = holder.start + (index >> per_block_bits);
-        if !self.hash_done.get(block) {
-            let expected = self.stored_digest(level + 1, index >> per_block_bits, report)?;
-            let bytes = self.hash_block(block).unwrap_or_default();
-            if self.params.digest(bytes) != expected {
-                return Err(self.mismatch("hash", block, report));
+        let copy = self
+            .hash_copies
+            .get(block as usize)
+            .ok_or_else(|| self.mismatch("hash", block, report))?;
+        let verified = match copy.get() {
+            Some(verified) => verified,
+            None => {
+                let expected = self.stored_digest(level + 1, index >> per_block_bits, report)?;
+                // Hashed after it was copied: the copy is what is kept.
+                let bytes = self.hash_block(block).unwrap_or_default();
+                if self.params.digest(&bytes) != expected {
+                    return Err(self.mismatch("hash", block, report));
+                }
+                self.hash_verified.fetch_add(1, Ordering::Relaxed);
+                // Another thread may have set an equal copy meanwhile.
+                let _ = copy.set(bytes);
+                copy.get()
+                    .ok_or_else(|| self.mismatch("hash", block, report))?
             }
-            self.hash_done.set(block);
-            self.hash_verified.fetch_add(1, Ordering::Relaxed);
-        }
+        };
         let at = (index & ((1 << per_block_bits) - 1)) as usize * DIGEST_SIZE;
-        let digest = self
-            .hash_block(block)
-            .and_then(|b| b.get(at..at + DIGEST_SIZE))
+        let digest = verified
+            .get(at..at + DIGEST_SIZE)
             .and_then(|d| <[u8; DIGEST_SIZE]>::try_from(d).ok());
         digest.ok_or_else(|| self.mismatch("hash", block, report))
     }
 
-    /// Hash block `block` (numbered from the superblock's block), if the
-    /// file holds it (checked at open for every block of the tree).
-    fn hash_block(&self, block: u64) -> Option<&[u8]> {
+    /// A copy of hash block `block` (numbered from the superblock's block),
+    /// if the file holds it (checked at open for every block of the tree).
+    fn hash_block(&self, block: u64) -> Option<Box<[u8]>> {
         let size = u64::from(self.params.hash_block_size);
         let start = block
             .checked_sub(1)?
             .checked_mul(size)?
             .checked_add(self.tree_start)?;
         let start = usize::try_from(start).ok()?;
-        self.hash.get(start..start.checked_add(size as usize)?)
+        self.hash
+            .get(start..start.checked_add(size as usize)?)
+            .map(Box::from)
+    }
+
+    /// Checks `copy`, whole data blocks starting with block `first`, copied
+    /// out of the data file by the caller: each block is hashed now, whether
+    /// or not it was verified before, so bytes that changed in the file
+    /// since are never taken as good.
+    pub fn check_copy(&self, copy: &[u8], first: u64) -> Result<(), VerityError> {
+        let size = self.params.data_block_size as usize;
+        for (i, block) in copy.chunks(size).enumerate() {
+            let index = first + i as u64;
+            if block.len() != size || index >= self.params.data_blocks {
+                return Err(VerityError::Invalid(format!(
+                    "{}: data block {index} is past the end of what its verity tree covers",
+                    self.data_path.display()
+                )));
+            }
+            if self.params.digest(block) != self.stored_digest(0, index, true)? {
+                return Err(self.mismatch("data", index, true));
+            }
+            self.data_verified.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Verifies the hash blocks holding the digests of the data blocks
+    /// touching `[offset, offset + len)` (clipped to what the tree covers),
+    /// stopping quietly at a bad one: what [`VerifyAhead`] does when data
+    /// is checked on copies.
+    pub(super) fn check_tree_ahead(&self, offset: u64, len: u64) {
+        let end = offset.saturating_add(len).min(self.covered());
+        if offset >= end {
+            return;
+        }
+        let bits = self.params.data_block_size.trailing_zeros();
+        let per_block = 1u64 << (self.params.hash_block_size as usize / DIGEST_SIZE).ilog2();
+        let mut block = offset >> bits;
+        while block <= (end - 1) >> bits {
+            if self.stored_digest(0, block, false).is_err() {
+                return;
+            }
+            block = (block / per_block + 1) * per_block;
+        }
     }
 
     fn data_block<'a>(&self, data: &'a [u8], block: u64) -> Option<&'a [u8]> {
@@ -347,75 +413,17 @@ impl Verifier {
     }
 }
 
-/// Ranges handed to the verify-ahead thread and not yet taken; beyond
-/// this, hints are dropped (they are only hints).
-const AHEAD_QUEUE: usize = 64;
-
-/// Verifies, on a background thread, data a reader is about to need (the
-/// ranges the server expects sequential readers to ask for), so that hashing
-/// overlaps with the kernel and the reader consuming earlier replies
-/// instead of delaying the next one. Each block is still hashed once: the
-/// read finds it marked. The thread starts on first use, so a process may
-/// fork after opening an image (the server does); it ends with the last
-/// device holding this.
-#[derive(Debug)]
-pub struct VerifyAhead {
-    verifier: Arc<Verifier>,
-    map: Arc<Mmap>,
-    /// Whether `map` maps a file, whose pages the thread may unmap once it
-    /// has verified them.
-    file_backed: bool,
-    queue: OnceLock<Option<SyncSender<(u64, u64)>>>,
-}
-
-impl VerifyAhead {
-    /// Verify-ahead for `verifier` over the data file mapped at `map`
-    /// (`file_backed`: a shared map of the file, not a copy in memory).
-    pub fn new(verifier: Arc<Verifier>, map: Arc<Mmap>, file_backed: bool) -> Self {
-        Self {
-            verifier,
-            map,
-            file_backed,
-            queue: OnceLock::new(),
-        }
-    }
-
-    /// Asks for `[offset, offset + len)` of the data file to be verified
-    /// soon; returns at once.
-    pub fn request(&self, offset: u64, len: u64) {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = sync_channel::<(u64, u64)>(AHEAD_QUEUE);
-            let (verifier, map) = (Arc::clone(&self.verifier), Arc::clone(&self.map));
-            let file_backed = self.file_backed;
-            let spawned = std::thread::Builder::new()
-                .name("verity-ahead".into())
-                .spawn(move || {
-                    while let Ok((offset, len)) = rx.recv() {
-                        verifier.check_ahead(&map, offset, len);
-                        if file_backed {
-                            // What it mapped to hash counts as the server's
-                            // memory, and no request of this thread's
-                            // triggers a trim: let go of it now.
-                            unmap_pages(&map, offset, len);
-                        }
-                    }
-                });
-            spawned.ok().map(|_| tx)
-        });
-        if let Some(tx) = queue {
-            let _ = tx.try_send((offset, len));
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::verity::{format, VerityParams};
+    use std::fs::File;
 
     /// A data file of `blocks` 512-byte blocks and its tree with 512-byte
     /// hash blocks (16 digests each, so 300 blocks make three levels).
-    fn setup(blocks: u64) -> (tempfile::TempDir, Vec<u8>, TreeSpec, VerityParams) {
+    pub(in crate::verity) fn setup(
+        blocks: u64,
+    ) -> (tempfile::TempDir, Vec<u8>, TreeSpec, VerityParams) {
         let dir = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..blocks * 512).map(|i| (i * 7 % 251) as u8).collect();
         let data_path = dir.path().join("data");
@@ -482,39 +490,6 @@ mod tests {
         assert!(err.contains(&format!("hash block {leaf} ")), "{err}");
         v.check(&data, 0, 64 * 512).unwrap();
         v.check(&data, 80 * 512, 220 * 512).unwrap();
-    }
-
-    #[test]
-    fn verify_ahead_marks_blocks_and_leaves_bad_ones_to_the_read() {
-        let (dir, mut data, spec, _) = setup(300);
-        data[200 * 512] ^= 1;
-        let path = dir.path().join("data");
-        std::fs::write(&path, &data).unwrap();
-        // SAFETY: a private test file nothing else writes.
-        let map = Arc::new(unsafe { Mmap::map(&File::open(&path).unwrap()) }.unwrap());
-        let v = Arc::new(Verifier::open(&path, &map, &spec).unwrap());
-        let ahead = VerifyAhead::new(Arc::clone(&v), Arc::clone(&map), true);
-        // Blocks 0..100, and a range running into the bad block 200 and
-        // past the end of the tree.
-        ahead.request(0, 100 * 512);
-        ahead.request(150 * 512, 1 << 20);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while v.stats().data_verified < 150 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let stats = v.stats();
-        // 100 + 50 (150..200), stopping quietly at 200.
-        assert_eq!(stats.data_verified, 150, "{stats:?}");
-        assert_eq!(stats.mismatches, 0, "a background check counted a mismatch");
-        v.check(&map, 0, 100 * 512).unwrap();
-        assert_eq!(
-            v.stats().data_verified,
-            150,
-            "verified blocks were hashed again"
-        );
-        // The read that needs the bad block reports it.
-        assert!(v.check(&map, 200 * 512, 512).is_err());
-        assert_eq!(v.stats().mismatches, 1);
     }
 
     #[test]

@@ -1,0 +1,128 @@
+//! Verify-ahead: a background thread that checks what sequential readers
+//! are about to ask for, so hashing overlaps with the reader instead of
+//! delaying the next reply.
+
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, OnceLock};
+
+use crate::device::unmap_pages;
+use crate::fault::ImageMap;
+
+use super::Verifier;
+
+/// Ranges handed to the verify-ahead thread and not yet taken; beyond
+/// this, hints are dropped (they are only hints).
+const AHEAD_QUEUE: usize = 64;
+
+/// Verifies, on a background thread, data a reader is about to need (the
+/// ranges the server expects sequential readers to ask for). When data is
+/// checked on first use ([`Verifier::check`]), the thread hashes the data
+/// blocks, and the read finds them marked. When every read hashes its own
+/// copy ([`Verifier::check_copy`]), only the hash blocks covering the range
+/// are verified ahead (the read then hashes data alone). The thread starts
+/// on first use, so a process may fork after opening an image (the server
+/// does); it ends with the last device holding this.
+#[derive(Debug)]
+pub struct VerifyAhead {
+    verifier: Arc<Verifier>,
+    map: Arc<ImageMap>,
+    /// Whether `map` maps a file, whose pages the thread may unmap once it
+    /// has verified them.
+    file_backed: bool,
+    /// Whether reads check copies, so only the tree is worth checking ahead.
+    tree_only: bool,
+    queue: OnceLock<Option<SyncSender<(u64, u64)>>>,
+}
+
+impl VerifyAhead {
+    /// Verify-ahead for `verifier` over the data file mapped at `map`
+    /// (`file_backed`: a shared map of the file, not a copy in memory;
+    /// `tree_only`: reads hash their data themselves).
+    pub fn new(
+        verifier: Arc<Verifier>,
+        map: Arc<ImageMap>,
+        file_backed: bool,
+        tree_only: bool,
+    ) -> Self {
+        Self {
+            verifier,
+            map,
+            file_backed,
+            tree_only,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// Asks for `[offset, offset + len)` of the data file to be verified
+    /// soon; returns at once.
+    pub fn request(&self, offset: u64, len: u64) {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = sync_channel::<(u64, u64)>(AHEAD_QUEUE);
+            let (verifier, map) = (Arc::clone(&self.verifier), Arc::clone(&self.map));
+            let (file_backed, tree_only) = (self.file_backed, self.tree_only);
+            let spawned = std::thread::Builder::new()
+                .name("verity-ahead".into())
+                .spawn(move || {
+                    while let Ok((offset, len)) = rx.recv() {
+                        if tree_only {
+                            let _ = crate::fault::watch(|| verifier.check_tree_ahead(offset, len));
+                            continue;
+                        }
+                        // A page past a new end reads as zeros here
+                        // (the fault is noted, nothing is served).
+                        let _ = crate::fault::watch(|| verifier.check_ahead(&map, offset, len));
+                        if file_backed {
+                            // What it mapped to hash counts as the server's
+                            // memory, and no request of this thread's
+                            // triggers a trim: let go of it now.
+                            unmap_pages(&map, offset, len);
+                        }
+                    }
+                });
+            spawned.ok().map(|_| tx)
+        });
+        if let Some(tx) = queue {
+            let _ = tx.try_send((offset, len));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verity::verifier::tests::setup;
+    use std::fs::File;
+
+    #[test]
+    fn verify_ahead_marks_blocks_and_leaves_bad_ones_to_the_read() {
+        let (dir, mut data, spec, _) = setup(300);
+        data[200 * 512] ^= 1;
+        let path = dir.path().join("data");
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let map = Arc::new(ImageMap::map(&file, &path, data.len() as u64).unwrap());
+        let v = Arc::new(Verifier::open(&path, &map, &spec).unwrap());
+        let ahead = VerifyAhead::new(Arc::clone(&v), Arc::clone(&map), true, false);
+        // Blocks 0..100, and a range running into the bad block 200 and
+        // past the end of the tree.
+        ahead.request(0, 100 * 512);
+        ahead.request(150 * 512, 1 << 20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while v.stats().data_verified < 150 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let stats = v.stats();
+        // 100 + 50 (150..200), stopping quietly at 200.
+        assert_eq!(stats.data_verified, 150, "{stats:?}");
+        assert_eq!(stats.mismatches, 0, "a background check counted a mismatch");
+        v.check(&map, 0, 100 * 512).unwrap();
+        assert_eq!(
+            v.stats().data_verified,
+            150,
+            "verified blocks were hashed again"
+        );
+        // The read that needs the bad block reports it.
+        assert!(v.check(&map, 200 * 512, 512).is_err());
+        assert_eq!(v.stats().mismatches, 1);
+    }
+}
