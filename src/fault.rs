@@ -57,6 +57,9 @@ struct Slot {
     generation: AtomicU64,
     /// The file's name, NUL-terminated, owned by the [`ImageMap`].
     name: AtomicPtr<libc::c_char>,
+    /// The `madvise` advice given to the whole map, re-applied to pages
+    /// mapped back (so they behave as before and merge with their map).
+    advice: [AtomicI32; 2],
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
@@ -66,6 +69,7 @@ const FREE: Slot = Slot {
     fd: AtomicI32::new(-1),
     generation: AtomicU64::new(0),
     name: AtomicPtr::new(std::ptr::null_mut()),
+    advice: [AtomicI32::new(0), AtomicI32::new(0)],
 };
 
 static TABLE: [Slot; SLOTS] = [FREE; SLOTS];
@@ -180,6 +184,31 @@ impl ImageMap {
         })
     }
 
+    /// Gives the whole map `advice` (as [`Mmap::advise`]), remembered for
+    /// pages mapped back after a fault. At most two pieces of advice are
+    /// remembered.
+    pub fn advise(&self, advice: memmap2::Advice) -> std::io::Result<()> {
+        self.map.advise(advice)?;
+        if let Some(slot) = self.slot {
+            let raw = match advice {
+                memmap2::Advice::HugePage => libc::MADV_HUGEPAGE,
+                memmap2::Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
+                memmap2::Advice::Random => libc::MADV_RANDOM,
+                memmap2::Advice::Sequential => libc::MADV_SEQUENTIAL,
+                _ => return Ok(()),
+            };
+            let _lock = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(free) = TABLE[slot]
+                .advice
+                .iter()
+                .find(|a| a.load(Ordering::Relaxed) == 0)
+            {
+                free.store(raw, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     /// An anonymous map (it cannot shrink, so it is not registered).
     pub fn anonymous(map: Mmap) -> Self {
         Self {
@@ -207,6 +236,9 @@ impl Drop for ImageMap {
             s.len.store(0, Ordering::Release);
             s.name.store(std::ptr::null_mut(), Ordering::Release);
             s.fd.store(-1, Ordering::Release);
+            for advice in &s.advice {
+                advice.store(0, Ordering::Relaxed);
+            }
             s.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -451,11 +483,12 @@ fn repair() {
     }
     let page_size = PAGE.load(Ordering::Relaxed);
     let _lock = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let mut repaired = true;
     if overflow {
         for s in &TABLE {
             let len = s.len.load(Ordering::Acquire);
             if len != 0 {
-                remap(s, s.start.load(Ordering::Relaxed), len);
+                repaired &= remap(s, s.start.load(Ordering::Relaxed), len);
             }
         }
     } else {
@@ -465,7 +498,7 @@ fn repair() {
             if s.len.load(Ordering::Acquire) != 0
                 && s.generation.load(Ordering::Acquire) == patch.generation
             {
-                remap(s, patch.page, page_size);
+                repaired &= remap(s, patch.page, page_size);
             }
         }
     }
@@ -473,12 +506,19 @@ fn repair() {
         s.count.set(0);
         s.overflow.set(false);
     });
-    PATCHED.fetch_sub(count as u64, Ordering::SeqCst);
+    if repaired {
+        PATCHED.fetch_sub(count as u64, Ordering::SeqCst);
+    } else {
+        // A page of zeros stays: every watched request fails from now on
+        // rather than risk reading it as the file's bytes.
+        tracing::error!("a page of an image map could not be mapped back: every read fails from now on");
+    }
 }
 
-/// Maps `[at, at + len)` of slot `s`'s map from its file again. Called
-/// with [`REGISTRY`] held, so the map cannot be unmapped meanwhile.
-fn remap(s: &Slot, at: usize, len: usize) {
+/// Maps `[at, at + len)` of slot `s`'s map from its file again, with the
+/// map's advice; false when the kernel refused. Called with [`REGISTRY`]
+/// held, so the map cannot be unmapped meanwhile.
+fn remap(s: &Slot, at: usize, len: usize) -> bool {
     let start = s.start.load(Ordering::Relaxed);
     let fd = s.fd.load(Ordering::Acquire);
     // SAFETY: `[at, at + len)` lies in a registered map, alive while the
@@ -499,7 +539,16 @@ fn remap(s: &Slot, at: usize, len: usize) {
             "could not map a file back over a page patched after a bus error: {}",
             std::io::Error::last_os_error()
         );
+        return false;
     }
+    for advice in &s.advice {
+        let advice = advice.load(Ordering::Relaxed);
+        if advice != 0 {
+            // SAFETY: advice on the range just mapped; only a hint.
+            unsafe { libc::madvise(at as *mut libc::c_void, len, advice) };
+        }
+    }
+    true
 }
 
 #[cfg(test)]
@@ -519,6 +568,13 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let file = File::open(&path).unwrap();
         let map = ImageMap::map(&file, &path, bytes.len() as u64).unwrap();
+        map.advise(memmap2::Advice::Random).unwrap();
+        let vmas = || {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let name = path.to_str().unwrap().to_string();
+            maps.lines().filter(|l| l.ends_with(&name)).count()
+        };
+        assert_eq!(vmas(), 1);
         assert_eq!(watch(|| map[3 * 4096 + 5]), Ok(bytes[3 * 4096 + 5]));
         let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         writer.set_len(4096).unwrap();
@@ -534,6 +590,8 @@ mod tests {
             .unwrap();
         writer.write_all(&bytes[4096..]).unwrap();
         assert_eq!(watch(|| map[3 * 4096 + 5]), Ok(bytes[3 * 4096 + 5]));
+        // Pages mapped back, with the map's advice, merge with it again.
+        assert_eq!(vmas(), 1);
         assert_eq!(
             watch(|| map.iter().map(|&b| u64::from(b)).sum::<u64>()),
             Ok(bytes.iter().map(|&b| u64::from(b)).sum())
@@ -557,8 +615,17 @@ mod tests {
             .set_len(0)
             .unwrap();
         let sum = |map: &ImageMap| (0..pages).map(|p| u64::from(map[p * 4096])).sum::<u64>();
+        let vmas = || {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            let name = path.to_str().unwrap().to_string();
+            maps.lines().filter(|l| l.ends_with(&name)).count()
+        };
+        let before = vmas();
         assert!(watch(|| sum(&map)).is_err());
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(watch(|| sum(&map)), Ok(7 * pages as u64));
+        // Pages mapped back merge with their map: faults do not pile up
+        // mappings (the kernel caps them per process).
+        assert_eq!(vmas(), before);
     }
 }

@@ -468,3 +468,138 @@ fn a_loop_device_is_read_as_an_image() {
     );
     assert_eq!(listed.stdout, direct.stdout);
 }
+
+
+/// What the other user does to the image in [`race_with_the_image`],
+/// as fast as it can for 5 s: cut it at a random page boundary and put the
+/// bytes back, or change a random byte and put it back.
+const RACE: &str = r#"
+import os, random, sys, time
+image, saved, mode = sys.argv[1], open(sys.argv[2], "rb").read(), sys.argv[3]
+rounds, end = 0, time.time() + 5
+fd = os.open(image, os.O_WRONLY)
+while time.time() < end:
+    if mode == "cut":
+        keep = random.randrange(len(saved) // 4096) * 4096
+        os.truncate(fd, keep)
+        time.sleep(random.random() / 500)
+        os.pwrite(fd, saved[keep:], keep)
+    else:
+        at = random.randrange(len(saved))
+        os.pwrite(fd, bytes([saved[at] ^ 0x5a]), at)
+        time.sleep(random.random() / 500)
+        os.pwrite(fd, saved[at:at + 1], at)
+    rounds += 1
+print(rounds)
+"#;
+
+/// Mounts a copy of plain-4k (owned by nobody) with `args` while nobody
+/// changes it (`mode`: see [`RACE`]) and three readers read random files
+/// with their cache dropped: every read gives the clean bytes or EIO, the
+/// server lives, and once the image is whole every read succeeds.
+fn race_with_the_image(args: &[String], mode: &str) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (dir, files) = nobody_dir(&["plain-4k.erofs"]);
+    let image = &files[0];
+    let clean = {
+        let mount = FuseMount::new(image, &[], &args);
+        relative(read_all(mount.path()), mount.path())
+    };
+    let mut paths: Vec<PathBuf> = clean.keys().cloned().collect();
+    paths.retain(|p| clean[p].as_ref().is_ok_and(|b| !b.is_empty()));
+    let saved = dir.path().join("saved");
+    std::fs::copy(image, &saved).unwrap();
+    std::os::unix::fs::chown(&saved, Some(NOBODY), Some(NOBODY)).unwrap();
+
+    let mount = FuseMount::new(image, &[], &args);
+    let pid = server_pid(mount.path());
+    let cutter = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        // The system's python, which the other user can run.
+        .args([system_python(), "-c", RACE])
+        .arg(image)
+        .arg(&saved)
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (good, eio) = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..3u64)
+            .map(|seed| {
+                let (paths, clean, root) = (&paths, &clean, mount.path());
+                s.spawn(move || {
+                    let mut next = xorshift(seed + 1);
+                    let (mut good, mut eio) = (0, 0);
+                    while Instant::now() < deadline {
+                        let rel = &paths[next() as usize % paths.len()];
+                        let path = root.join(rel);
+                        evict(&path);
+                        match std::fs::read(&path) {
+                            Ok(bytes) => {
+                                assert!(
+                                    clean[rel].as_ref().is_ok_and(|c| *c == bytes),
+                                    "{}: wrong bytes served while the image changed ({mode})",
+                                    rel.display()
+                                );
+                                good += 1;
+                            }
+                            Err(e) if errno(&e) == EIO => eio += 1,
+                            Err(e) => panic!("{}: {e}", rel.display()),
+                        }
+                    }
+                    (good, eio)
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .fold((0, 0), |(g, e), (g2, e2)| (g + g2, e + e2))
+    });
+    let out = cutter.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the changing loop failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rounds: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    eprintln!("{mode} {args:?}: {rounds} changes; {good} reads served, {eio} failed with EIO");
+    assert!(rounds > 20, "only {rounds} changes in 5 s");
+    assert!(good > 0, "nothing was served");
+    assert!(alive(pid), "the server died");
+    // Whole again: everything reads as it should.
+    let t = tally(&clean, &read_all(mount.path()), mount.path());
+    assert_eq!(t.eio, 0, "reads still fail with the image whole again");
+}
+
+/// python3 from the system (a user's own, e.g. under root's home, may not
+/// be reachable by nobody).
+fn system_python() -> &'static str {
+    ["/usr/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("python3")
+}
+
+#[test]
+fn truncating_and_restoring_in_a_loop_never_serves_wrong_bytes() {
+    let test = "truncating_and_restoring_in_a_loop_never_serves_wrong_bytes";
+    if !have(test, NEEDS) {
+        return;
+    }
+    race_with_the_image(&[], "cut");
+}
+
+#[test]
+fn verity_never_serves_bytes_changed_in_a_loop() {
+    if !have("verity_never_serves_bytes_changed_in_a_loop", NEEDS) {
+        return;
+    }
+    let root = std::fs::read_to_string(fixture("plain-4k.erofs.roothash")).unwrap();
+    let spec = format!("{}:{}", root.trim(), fixture("plain-4k.erofs.verity").display());
+    for mode in ["flip", "cut"] {
+        race_with_the_image(&["--verity".to_string(), spec.clone()], mode);
+    }
+}
