@@ -6,10 +6,12 @@
 //! reader sees passes through [`Device::slice_for`] (metadata) or
 //! [`Device::data_for`] (file data), which is where a verity tree, when one
 //! is attached, checks the blocks first: metadata and data alike reach the
-//! parser only verified. File data is by default served from a copy hashed
-//! after it was taken, so a file changed under the mount is never served as
-//! good; metadata blocks (and file data with `--verity-once`) are hashed on
-//! the map once and trusted from then on (see [`crate::verity::Verifier`]).
+//! parser only verified. By default, nothing is read from the map after it
+//! was hashed: file data is served from a copy hashed after it was taken,
+//! at every read, and metadata is read from verified copies of its blocks,
+//! kept; so a file changed under the mount is never served or parsed as
+//! good. With `--verity-once`, blocks are hashed on the map at first use
+//! and trusted from then on (see [`crate::verity::Verifier`]).
 //!
 //! The maps are [`ImageMap`]s: a file shrinking under them fails the
 //! request that reads past its new end instead of killing the process
@@ -171,7 +173,11 @@ impl Device {
     /// (faster, but a change to the file after that is served).
     pub fn attach_verity(&mut self, source: &VeritySource, once: bool) -> Result<()> {
         let spec = source.resolve(&self.path)?;
-        let verifier = Verifier::open(&self.path, &self.map, &spec)?;
+        let mut verifier = Verifier::open(&self.path, &self.map, &spec)?;
+        if !once {
+            // Metadata too is read from verified copies.
+            verifier.keep_copies()?;
+        }
         tracing::info!(
             "verity: {} checked against {} at offset {} ({} blocks of {} bytes)",
             self.path.display(),
@@ -243,7 +249,8 @@ impl Device {
     /// `len` bytes at `offset`, read through the mapping for `access`, or a
     /// corruption error naming the device when the range is not inside it.
     /// When a verity tree is attached, the blocks holding them are checked
-    /// first, and a block that does not match is an error.
+    /// first, and a block that does not match is an error; unless verified
+    /// once, the bytes then come from verified copies of those blocks.
     pub fn slice_for(&self, access: Access, offset: u64, len: u64) -> Result<&[u8]> {
         let start = self.bounds(offset, len)?;
         // Hashing reads the whole blocks around the range: through the
@@ -254,6 +261,9 @@ impl Device {
         };
         self.advise_random(access, offset, len);
         if let Some(verity) = &self.verity {
+            if let Some(copy) = verity.check_meta(map, start as u64, len)? {
+                return Ok(copy);
+            }
             let missed = verity.check_missed(map, start as u64, len)?;
             // A file's data had to be hashed on the request path: the
             // files laid out after it are likely read next (mkfs writes
@@ -586,6 +596,20 @@ mod tests {
         // Block 5 is unchanged, and --verity-once trusts what it checked.
         assert!(every.data_cow(Access::Sequential, 5 * 4096, 4096).is_ok());
         assert!(once.data_cow(Access::Sequential, 6 * 4096, 16).is_ok());
+
+        // Metadata: read from the copy verified before the change, and a
+        // block changed before its first read fails.
+        assert_eq!(
+            every.slice(2 * 4096, 100).unwrap(),
+            &bytes[2 * 4096..2 * 4096 + 100]
+        );
+        file.write_all_at(b"changed", 2 * 4096 + 9).unwrap();
+        file.write_all_at(b"changed", 3 * 4096 + 9).unwrap();
+        assert_eq!(
+            every.slice(2 * 4096, 100).unwrap(),
+            &bytes[2 * 4096..2 * 4096 + 100]
+        );
+        assert!(every.slice(3 * 4096, 100).is_err());
     }
 
     #[test]

@@ -511,7 +511,9 @@ fn repair() {
     } else {
         // A page of zeros stays: every watched request fails from now on
         // rather than risk reading it as the file's bytes.
-        tracing::error!("a page of an image map could not be mapped back: every read fails from now on");
+        tracing::error!(
+            "a page of an image map could not be mapped back: every read fails from now on"
+        );
     }
 }
 

@@ -469,7 +469,6 @@ fn a_loop_device_is_read_as_an_image() {
     assert_eq!(listed.stdout, direct.stdout);
 }
 
-
 /// What the other user does to the image in [`race_with_the_image`],
 /// as fast as it can for 5 s: cut it at a random page boundary and put the
 /// bytes back, or change a random byte and put it back.
@@ -598,7 +597,11 @@ fn verity_never_serves_bytes_changed_in_a_loop() {
         return;
     }
     let root = std::fs::read_to_string(fixture("plain-4k.erofs.roothash")).unwrap();
-    let spec = format!("{}:{}", root.trim(), fixture("plain-4k.erofs.verity").display());
+    let spec = format!(
+        "{}:{}",
+        root.trim(),
+        fixture("plain-4k.erofs.verity").display()
+    );
     for mode in ["flip", "cut"] {
         race_with_the_image(&["--verity".to_string(), spec.clone()], mode);
     }

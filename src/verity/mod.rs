@@ -10,6 +10,7 @@
 //! data block when there is just one).
 
 mod ahead;
+mod copies;
 mod source;
 mod verifier;
 

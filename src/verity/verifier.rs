@@ -10,9 +10,12 @@
 //! - [`Verifier::check_copy`] hashes a copy of the blocks a read serves,
 //!   taken after they left the map, every time (what the server does for
 //!   file data by default: a changed data file is never served as good);
-//! - [`Verifier::check`] hashes blocks of the map on first use and marks
-//!   them in a bitmap, trusting the file not to change after that (metadata,
-//!   and file data with `--verity-once`).
+//! - [`Verifier::check_meta`] (metadata, by default) copies a block out of
+//!   the file on first use, hashes the copy and keeps it: later reads of the
+//!   block read the verified copy;
+//! - [`Verifier::check`] (with `--verity-once`) hashes blocks of the map on
+//!   first use and marks them in a bitmap, trusting the file not to change
+//!   after that.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +24,7 @@ use std::sync::OnceLock;
 use crate::device::unmap_pages;
 use crate::fault::ImageMap;
 
+use super::copies::Copies;
 use super::{hex, Level, TreeSpec, VerityError, VerityParams, DIGEST_SIZE};
 
 /// A set of block numbers, safe to mark from many threads.
@@ -71,7 +75,12 @@ pub struct Verifier {
     hash_copies: Vec<OnceLock<Box<[u8]>>>,
     hash_path: PathBuf,
     data_path: PathBuf,
+    /// Data blocks verified: on the map, trusted from then on, or (with
+    /// `copies`) copied into `copies` and verified there.
     data_done: Bitmap,
+    /// Verified copies of the data blocks metadata is read from, when every
+    /// read is checked ([`Verifier::keep_copies`]).
+    copies: Option<Copies>,
     data_verified: AtomicU64,
     hash_verified: AtomicU64,
     mismatches: AtomicU64,
@@ -155,6 +164,7 @@ impl Verifier {
         let verifier = Self {
             data_done: Bitmap::new(data_bytes / u64::from(params.data_block_size)),
             hash_copies: (0..hash_blocks).map(|_| OnceLock::new()).collect(),
+            copies: None,
             params,
             levels,
             root: spec.root,
@@ -180,13 +190,77 @@ impl Verifier {
                 hex(&computed)
             )));
         }
-        match verifier.levels.last() {
-            Some(level) => {
-                let _ = verifier.hash_copies[level.start as usize].set(top);
-            }
-            None => verifier.data_done.set(0),
+        // The top's verified copy is kept. The only block of a one-block
+        // file is not marked: a read hashes it (again) against the root,
+        // on the map or on a copy as the mode says.
+        if let Some(level) = verifier.levels.last() {
+            let _ = verifier.hash_copies[level.start as usize].set(top);
         }
         Ok(verifier)
+    }
+
+    /// From now on, [`Verifier::check_meta`] checks blocks on copies it
+    /// keeps and reads them from there (fails when the region for them
+    /// cannot be reserved).
+    pub fn keep_copies(&mut self) -> Result<(), VerityError> {
+        self.copies = Some(Copies::new(self.covered())?);
+        Ok(())
+    }
+
+    /// With [`Verifier::keep_copies`]: `[offset, offset + len)` of the data
+    /// file (mapped at `data`), from verified copies of its blocks (blocks
+    /// not copied yet are copied out of `data` and hashed now); `None`
+    /// otherwise.
+    pub fn check_meta(
+        &self,
+        data: &[u8],
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<&[u8]>, VerityError> {
+        let Some(copies) = &self.copies else {
+            return Ok(None);
+        };
+        if len == 0 {
+            return Ok(Some(&[]));
+        }
+        let end = offset.saturating_add(len);
+        if end > self.covered() {
+            return Err(VerityError::Invalid(format!(
+                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
+                self.data_path.display(),
+                self.covered()
+            )));
+        }
+        let bits = self.params.data_block_size.trailing_zeros();
+        for block in offset >> bits..=(end - 1) >> bits {
+            if self.data_done.get(block) {
+                continue;
+            }
+            let bytes = self.data_block(data, block).ok_or_else(|| {
+                VerityError::Invalid(format!(
+                    "{}: data block {block} is past the end",
+                    self.data_path.display()
+                ))
+            })?;
+            let start = (block << bits) as usize;
+            copies.fill(
+                block,
+                start,
+                bytes,
+                || self.data_done.get(block),
+                |copy| {
+                    // Hashed after it was copied: the copy is what is read.
+                    if self.params.digest(copy) != self.stored_digest(0, block, true)? {
+                        return Err(self.mismatch("data", block, true));
+                    }
+                    self.data_done.set(block);
+                    self.data_verified.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                },
+            )?;
+        }
+        // SAFETY: every block of the range is marked: filled and verified.
+        Ok(Some(unsafe { copies.slice(offset as usize, len as usize) }))
     }
 
     /// The tree's parameters.
