@@ -55,8 +55,9 @@ pub struct OpenArgs {
     /// is an I/O error, never wrong data. HASH_FILE holds the tree with its
     /// superblock at byte OFFSET (default 0; it may be IMAGE itself). The
     /// root hash is checked before anything is read. File data is hashed
-    /// on a copy taken at every read (a changed file is never served as
-    /// good; see --verity-once); metadata blocks when first read.
+    /// on a copy taken at every read, and metadata is read from verified
+    /// copies of its blocks: a file changed while in use is never served as
+    /// good (see --verity-once).
     #[arg(long, value_name = "ROOT_HASH:HASH_FILE[:OFFSET]",
           value_parser = erofs_fuse::verity::VeritySource::parse)]
     verity: Option<erofs_fuse::verity::VeritySource>,
@@ -70,11 +71,12 @@ pub struct OpenArgs {
     #[arg(long, value_name = "ROOT_HASH:HASH_FILE[:OFFSET]|-",
           value_parser = erofs_fuse::verity::VeritySource::parse_optional)]
     device_verity: Vec<Option<erofs_fuse::verity::VeritySource>>,
-    /// With --verity/--dmverity/--device-verity: hash each block of file
-    /// data once, on the file's map, and trust it from then on, instead of
-    /// hashing a copy of what every read serves. Faster on cold reads, but
-    /// it trusts the files not to change while in use: bytes changed after
-    /// their first read are served unchecked.
+    /// With --verity/--dmverity/--device-verity: hash each block once, on
+    /// the file's map, and trust it from then on, instead of hashing a
+    /// copy of the file data every read serves (and keeping verified copies
+    /// of metadata). It trusts the files not to change while in use: bytes
+    /// changed after their block was first read (or verified ahead) are
+    /// served unchecked.
     #[arg(long)]
     verity_once: bool,
 }
