@@ -341,6 +341,11 @@ impl Device {
             ))
             .into());
         }
+        // Copied and verified ahead of the reader, if it keeps pace.
+        let prepared = self.ahead.as_ref().and_then(|a| a.prepared());
+        if prepared.is_some_and(|p| p.copy_range(start, len, copy)) {
+            return Ok(Some(0..len as usize));
+        }
         self.advise_random(access, offset, len);
         let map = match access {
             Access::Sequential => &self.map,
@@ -349,6 +354,9 @@ impl Device {
         // In the map: the tree covers no more than the file had at open.
         copy.extend_from_slice(&map[from as usize..to as usize]);
         verifier.check_copy(copy, first)?;
+        // A file's data had to be hashed on the request path: have the
+        // stretch after it copied and verified in the background (as
+        // [`Device::slice_for`] does for data verified once).
         if len > AHEAD_MIN_READ && access == Access::Sequential {
             if let Some(ahead) = &self.ahead {
                 ahead.request(start + len, AHEAD_STRETCH);

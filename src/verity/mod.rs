@@ -11,10 +11,12 @@
 
 mod ahead;
 mod copies;
+mod prepared;
 mod source;
 mod verifier;
 
 pub use ahead::VerifyAhead;
+pub use prepared::Prepared;
 pub use source::{parse_root, NoSuperblock, Sidecar, TreeSpec, VeritySource};
 pub use verifier::{Verifier, VerityStats};
 

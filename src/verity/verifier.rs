@@ -412,6 +412,17 @@ impl Verifier {
     /// or not it was verified before, so bytes that changed in the file
     /// since are never taken as good.
     pub fn check_copy(&self, copy: &[u8], first: u64) -> Result<(), VerityError> {
+        self.check_copy_with(copy, first, true)
+    }
+
+    /// [`Verifier::check_copy`]; a mismatch is counted and logged when
+    /// `report` (not ahead of readers: the read that needs it reports it).
+    pub(super) fn check_copy_with(
+        &self,
+        copy: &[u8],
+        first: u64,
+        report: bool,
+    ) -> Result<(), VerityError> {
         let size = self.params.data_block_size as usize;
         for (i, block) in copy.chunks(size).enumerate() {
             let index = first + i as u64;
@@ -421,32 +432,12 @@ impl Verifier {
                     self.data_path.display()
                 )));
             }
-            if self.params.digest(block) != self.stored_digest(0, index, true)? {
-                return Err(self.mismatch("data", index, true));
+            if self.params.digest(block) != self.stored_digest(0, index, report)? {
+                return Err(self.mismatch("data", index, report));
             }
             self.data_verified.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
-    }
-
-    /// Verifies the hash blocks holding the digests of the data blocks
-    /// touching `[offset, offset + len)` (clipped to what the tree covers),
-    /// stopping quietly at a bad one: what [`VerifyAhead`] does when data
-    /// is checked on copies.
-    pub(super) fn check_tree_ahead(&self, offset: u64, len: u64) {
-        let end = offset.saturating_add(len).min(self.covered());
-        if offset >= end {
-            return;
-        }
-        let bits = self.params.data_block_size.trailing_zeros();
-        let per_block = 1u64 << (self.params.hash_block_size as usize / DIGEST_SIZE).ilog2();
-        let mut block = offset >> bits;
-        while block <= (end - 1) >> bits {
-            if self.stored_digest(0, block, false).is_err() {
-                return;
-            }
-            block = (block / per_block + 1) * per_block;
-        }
     }
 
     fn data_block<'a>(&self, data: &'a [u8], block: u64) -> Option<&'a [u8]> {
