@@ -23,6 +23,17 @@
 //!
 //! The handler allocates nothing, takes no lock and reads only atomics and
 //! thread-local cells initialised at compile time.
+//!
+//! What this does not cover:
+//! - a file cut in the middle of a page: the kernel shows the rest of that
+//!   page as zeros, with no fault (kernel erofs over a loop device reads
+//!   zeros past a shrunk file's end too). Verity catches them: the block's
+//!   hash does not match;
+//! - file data the kernel copies from a map into a reply (unverified
+//!   mounts): a page past the end fails that copy and the kernel fails the
+//!   read with EIO, but in the instant another thread has a zero page
+//!   patched over that same page, the kernel copies zeros. Verified mounts
+//!   copy and hash in the server, so they never serve them.
 
 use std::cell::Cell;
 use std::ffi::CString;
