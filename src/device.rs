@@ -354,6 +354,9 @@ impl Device {
         // In the map: the tree covers no more than the file had at open.
         copy.extend_from_slice(&map[from as usize..to as usize]);
         verifier.check_copy(copy, first)?;
+        if let Some(prepared) = prepared {
+            prepared.passed(start + len);
+        }
         // A file's data had to be hashed on the request path: have the
         // stretch after it copied and verified in the background (as
         // [`Device::slice_for`] does for data verified once).

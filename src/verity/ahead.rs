@@ -103,7 +103,7 @@ fn prepare(verifier: &Verifier, map: &[u8], prepared: &Prepared, offset: u64, le
     let bits = verifier.params().data_block_size.trailing_zeros();
     let mut index = offset / size;
     while index * size < end {
-        if !prepared.contains(index) {
+        if !prepared.skip(index) {
             let from = index * size;
             let to = (from + size).min(covered);
             let Some(bytes) = map.get(from as usize..to as usize) else {

@@ -5,6 +5,7 @@
 //! request path (hashing still happens after copying, as it must).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Bytes of data per prepared chunk (at least one data block).
@@ -18,6 +19,9 @@ const CAPACITY: u64 = 16 << 20;
 pub struct Prepared {
     chunk: u64,
     inner: Mutex<Chunks>,
+    /// The furthest end of a read served so far: preparing what readers
+    /// are past already would hash it twice (they hashed it themselves).
+    passed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -33,6 +37,7 @@ impl Prepared {
         Self {
             chunk: CHUNK.max(u64::from(block_size)),
             inner: Mutex::new(Chunks::default()),
+            passed: AtomicU64::new(0),
         }
     }
 
@@ -45,9 +50,16 @@ impl Prepared {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether chunk `index` is prepared.
-    pub(super) fn contains(&self, index: u64) -> bool {
-        self.lock().by_index.contains_key(&index)
+    /// Whether chunk `index` need not be prepared: it is, or a read
+    /// served the bytes past it already.
+    pub(super) fn skip(&self, index: u64) -> bool {
+        (index + 1) * self.chunk <= self.passed.load(Ordering::Relaxed)
+            || self.lock().by_index.contains_key(&index)
+    }
+
+    /// Notes that a read served the data file up to `end`.
+    pub fn passed(&self, end: u64) {
+        self.passed.fetch_max(end, Ordering::Relaxed);
     }
 
     /// Keeps `bytes`, the verified copy of chunk `index`.
@@ -70,6 +82,7 @@ impl Prepared {
     /// False, with `out` untouched, when one is missing.
     pub fn copy_range(&self, start: u64, len: u64, out: &mut Vec<u8>) -> bool {
         let end = start + len;
+        self.passed(end);
         let (first, last) = (start / self.chunk, (end - 1) / self.chunk);
         let pieces: Option<Vec<Arc<[u8]>>> = {
             let chunks = self.lock();
