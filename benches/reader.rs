@@ -90,6 +90,35 @@ fn benches(c: &mut Criterion) {
             })
         },
     );
+    // What the server adds to each request: the SIGBUS watch around it.
+    let pages = largest.size / 4096;
+    g.throughput(Throughput::Elements(pages));
+    for watched in [false, true] {
+        let name = if watched { ", watched" } else { "" };
+        g.bench_function(format!("4 KiB reads of every page{name}"), |b| {
+            let mut scratch = Vec::new();
+            b.iter(|| {
+                for page in 0..pages {
+                    let mut read = || {
+                        let access = erofs_fuse::device::Access::Random;
+                        let bytes = image.read_range_with(
+                            &largest,
+                            page * 4096,
+                            4096,
+                            access,
+                            &mut scratch,
+                        );
+                        bytes.unwrap().len()
+                    };
+                    if watched {
+                        erofs_fuse::fault::watch(read).unwrap();
+                    } else {
+                        read();
+                    }
+                }
+            })
+        });
+    }
     g.finish();
 }
 
@@ -181,6 +210,22 @@ fn verity(c: &mut Criterion) {
             }
         })
     });
+    // What --verity does by default: each read copies its blocks and
+    // hashes the copy, every time (against --verity-once above).
+    g.bench_function(
+        "verify copies of 64 MiB at every read, 128 KiB reads",
+        |b| {
+            let v = Verifier::open(&data_path, &data, &spec).unwrap();
+            let mut copy = Vec::new();
+            b.iter(|| {
+                for offset in (0..data.len()).step_by(128 << 10) {
+                    copy.clear();
+                    copy.extend_from_slice(&data[offset..offset + (128 << 10)]);
+                    v.check_copy(&copy, offset as u64 / 4096).unwrap();
+                }
+            })
+        },
+    );
     g.bench_function("sha256 of 64 MiB in one go", |b| {
         b.iter(|| sha2::Sha256::digest(&data))
     });

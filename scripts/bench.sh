@@ -19,7 +19,9 @@
 # erofs). Both are kept in the workdir (default /var/tmp/erofs-fuse-bench)
 # for the next run; --clean removes them afterwards. The verity table
 # mounts the uncompressed image with --verity and a tree made by `verity
-# format` (sha256, 4 KiB blocks), against the same mount without it.
+# format` (sha256, 4 KiB blocks), against the same mount without it; and
+# with --verity --verity-once (file data hashed once on the map and
+# trusted after, instead of a copy hashed at every read).
 # Measured, each after `echo 3 > drop_caches` and a fresh mount (cold) and
 # again without (warm):
 #   mount         time until the mountpoint answers
@@ -144,6 +146,7 @@ mount_with() { # impl
         kernel) mount -t erofs -o loop,ro "$img" "$mnt" ;;
         erofs-fuse) "$bin" mount "$img" "$mnt" ;;
         erofs-fuse-verity) "$bin" mount --verity "$(cat "$img.roothash"):$img.verity" "$img" "$mnt" ;;
+        erofs-fuse-verity-once) "$bin" mount --verity "$(cat "$img.roothash"):$img.verity" --verity-once "$img" "$mnt" ;;
         erofsfuse) erofsfuse "$img" "$mnt" >/dev/null 2>&1 ;;
         squashfuse) squashfuse "$sqfs" "$mnt" ;;
     esac
@@ -219,7 +222,7 @@ measure_one() { # impl metric
 # is the median of the paired ratios, which a lucky round of one side
 # (this machine's "cold" reads are sometimes served by the host's cache)
 # cannot skew the way a best-of-N against a best-of-N can.
-declare -A pairs kpairs
+declare -A pairs opairs kpairs
 measure_all() {
     local impl metric run best rounds=3
     [ "$table" = verity ] && rounds=5
@@ -238,6 +241,7 @@ measure_all() {
             done
             if [ "$table" = verity ]; then
                 pairs[$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity]} / ${this_round[erofs-fuse]})")"
+                opairs[$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity-once]} / ${this_round[erofs-fuse]})")"
             else
                 # As the table shows it: time ratio, or for dd's seq-read
                 # times the throughput ratio (kernel time / ours).
@@ -297,7 +301,7 @@ command -v squashfuse >/dev/null && plain_impls+=(squashfuse)
 z_metrics=(mount read-all-cold seq-read-cold seq-read-warm rand-4k-cold rand-4k-warm)
 z_impls=(kernel erofs-fuse)
 v_metrics=(mount walk-cold read-all-cold seq-read-cold)
-v_impls=(kernel erofs-fuse erofs-fuse-verity)
+v_impls=(kernel erofs-fuse erofs-fuse-verity erofs-fuse-verity-once)
 
 # Uncompressed image: every figure, every implementation.
 wanted() { [[ ",$tables," == *",$1,"* ]]; }
@@ -333,12 +337,15 @@ if wanted verity; then
 fi
 wanted verity && for metric in "${v_metrics[@]}"; do
     # Every verity figure is a time: overhead = extra time, per round.
-    python3 -c "
+    for kind in verity verity-once; do
+        if [ "$kind" = verity ]; then ratios=${pairs[$metric]}; else ratios=${opairs[$metric]}; fi
+        python3 -c "
 import statistics, sys
-m, ratios = sys.argv[1], [float(r) for r in sys.argv[2].split()]
-print('verity overhead, %s: %+.1f%% (median of %d paired rounds; %+.1f%% to %+.1f%%)' % (
-    m, 100 * (statistics.median(ratios) - 1), len(ratios), 100 * (min(ratios) - 1), 100 * (max(ratios) - 1)))
-" "$metric" "${pairs[$metric]}"
+k, m, ratios = sys.argv[1], sys.argv[2], [float(r) for r in sys.argv[3].split()]
+print('%s overhead, %s: %+.1f%% (median of %d paired rounds; %+.1f%% to %+.1f%%)' % (
+    k, m, 100 * (statistics.median(ratios) - 1), len(ratios), 100 * (min(ratios) - 1), 100 * (max(ratios) - 1)))
+" "$kind" "$metric" "$ratios"
+    done
 done
 echo "Times: lower is better; MB/s and IOPS: higher is better. Ratios are against kernel erofs."
 [ "$clean" -eq 0 ] || rm -rf "$work"

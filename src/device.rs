@@ -3,21 +3,33 @@
 //!
 //! Every access is bounds-checked and returns a slice of the map, so the
 //! reader never copies bytes it only needs to look at. Every byte the
-//! reader sees passes through [`Device::slice_for`], which is where a verity
-//! tree, when one is attached, checks the blocks first: metadata and data
-//! alike reach the parser only verified.
+//! reader sees passes through [`Device::slice_for`] (metadata) or
+//! [`Device::data_for`] (file data), which is where a verity tree, when one
+//! is attached, checks the blocks first: metadata and data alike reach the
+//! parser only verified. By default, nothing is read from the map after it
+//! was hashed: file data is served from a copy hashed after it was taken,
+//! at every read, and metadata is read from verified copies of its blocks,
+//! kept; so a file changed under the mount is never served or parsed as
+//! good. With `--verity-once`, blocks are hashed on the map at first use
+//! and trusted from then on (see [`crate::verity::Verifier`]).
+//!
+//! The maps are [`ImageMap`]s: a file shrinking under them fails the
+//! request that reads past its new end instead of killing the process
+//! ([`crate::fault`]).
 //!
 //! A file is mapped twice, once for each [`Access`] pattern, because the
 //! advice given to a mapping decides how much the kernel reads on a page
 //! fault, and neither amount suits both patterns.
 
-use std::fs::File;
+use std::borrow::Cow;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
+use crate::fault::ImageMap;
 use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 
 /// Reads larger than this that miss the verified blocks start verifying
@@ -60,10 +72,10 @@ pub enum Access {
 #[derive(Clone)]
 pub struct Device {
     /// The file mapped for [`Access::Sequential`] reads.
-    map: Arc<Mmap>,
+    map: Arc<ImageMap>,
     /// The file mapped for [`Access::Random`] reads (the same map for an
     /// in-memory device, where faults read nothing).
-    random: Arc<Mmap>,
+    random: Arc<ImageMap>,
     /// Anonymous memory ([`Device::from_bytes`]), which unmapping would
     /// zero.
     in_memory: bool,
@@ -74,6 +86,9 @@ pub struct Device {
     verity: Option<Arc<Verifier>>,
     /// Its background verification of ranges about to be read.
     ahead: Option<Arc<VerifyAhead>>,
+    /// Whether file data, once verified, is trusted not to change
+    /// (`--verity-once`) instead of being hashed on a copy at every read.
+    verity_once: bool,
 }
 
 impl std::fmt::Debug for Device {
@@ -88,18 +103,13 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
-    /// Maps `path` read-only, from byte `offset` to the end of the file.
+    /// Maps `path` read-only, from byte `offset` to the end of the file
+    /// (a regular file or a block device; see
+    /// [`crate::input::open_input`]).
     pub fn open(path: &Path, offset: u64) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() {
-            return Err(Error::io(path, std::io::Error::from_raw_os_error(21)));
-        }
-        // SAFETY: the maps are read-only. Another process truncating the
-        // file while it is mapped would raise SIGBUS; images are treated as
-        // immutable while in use, as the kernel's loop device does.
+        let (file, len) = crate::input::open_input(path)?;
         let map = |advice: &[memmap2::Advice]| {
-            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let map = ImageMap::map(&file, path, len)?;
             // Only advice: a kernel without transparent huge pages refuses
             // MADV_HUGEPAGE, and then faults read around as by default.
             for &advice in advice {
@@ -111,12 +121,6 @@ impl Device {
         // Not mapped 2 MiB at a time either, where a sequential reader has
         // left huge pages in the page cache: a random read maps its page.
         let random = map(&[memmap2::Advice::Random, memmap2::Advice::NoHugePage])?;
-        if random.len() != sequential.len() {
-            return Err(Error::Invalid(format!(
-                "{}: changed size while being opened",
-                path.display()
-            )));
-        }
         let whole = Self {
             len: sequential.len(),
             random,
@@ -126,6 +130,7 @@ impl Device {
             path: path.to_path_buf(),
             verity: None,
             ahead: None,
+            verity_once: false,
         };
         if offset > whole.len() {
             return Err(Error::Invalid(format!(
@@ -145,7 +150,8 @@ impl Device {
         let mut anon =
             memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(name, e))?;
         anon[..bytes.len()].copy_from_slice(bytes);
-        let map = Arc::new(anon.make_read_only().map_err(|e| Error::io(name, e))?);
+        let map = anon.make_read_only().map_err(|e| Error::io(name, e))?;
+        let map = Arc::new(ImageMap::anonymous(map));
         Ok(Self {
             random: Arc::clone(&map),
             map,
@@ -155,16 +161,23 @@ impl Device {
             path: name.to_path_buf(),
             verity: None,
             ahead: None,
+            verity_once: false,
         })
     }
 
     /// Checks every block of the whole file against the tree `source`
     /// describes from now on; fails now if the tree or its root hash is
     /// wrong. Devices made from this one with [`Device::subrange`] later
-    /// share the check.
-    pub fn attach_verity(&mut self, source: &VeritySource) -> Result<()> {
+    /// share the check. File data is hashed on a copy at every read, or,
+    /// with `once`, on the map at its first read and trusted after that
+    /// (faster, but a change to the file after that is served).
+    pub fn attach_verity(&mut self, source: &VeritySource, once: bool) -> Result<()> {
         let spec = source.resolve(&self.path)?;
-        let verifier = Verifier::open(&self.path, &self.map, &spec)?;
+        let mut verifier = Verifier::open(&self.path, &self.map, &spec)?;
+        if !once {
+            // Metadata too is read from verified copies.
+            verifier.keep_copies()?;
+        }
         tracing::info!(
             "verity: {} checked against {} at offset {} ({} blocks of {} bytes)",
             self.path.display(),
@@ -178,8 +191,10 @@ impl Device {
             Arc::clone(&verifier),
             Arc::clone(&self.map),
             !self.in_memory,
+            !once,
         )));
         self.verity = Some(verifier);
+        self.verity_once = once;
         Ok(())
     }
 
@@ -206,6 +221,7 @@ impl Device {
             path: self.path.clone(),
             verity: self.verity.clone(),
             ahead: self.ahead.clone(),
+            verity_once: self.verity_once,
         })
     }
 
@@ -233,7 +249,8 @@ impl Device {
     /// `len` bytes at `offset`, read through the mapping for `access`, or a
     /// corruption error naming the device when the range is not inside it.
     /// When a verity tree is attached, the blocks holding them are checked
-    /// first, and a block that does not match is an error.
+    /// first, and a block that does not match is an error; unless verified
+    /// once, the bytes then come from verified copies of those blocks.
     pub fn slice_for(&self, access: Access, offset: u64, len: u64) -> Result<&[u8]> {
         let start = self.bounds(offset, len)?;
         // Hashing reads the whole blocks around the range: through the
@@ -242,18 +259,11 @@ impl Device {
             Access::Sequential => &self.map,
             Access::Random => &self.random,
         };
-        if access == Access::Random && len > PAGE {
-            // Each fault on this map reads one page: have the kernel read
-            // the range in one request instead (cold random 16 KiB reads:
-            // 6,000 per second against 3,000; a 64 KiB pcluster decoded
-            // for a 4 KiB read: 4,500 against 2,000).
-            if let Some((start, len)) = self.page_range(offset, len) {
-                let _ = self
-                    .random
-                    .advise_range(memmap2::Advice::WillNeed, start, len);
-            }
-        }
+        self.advise_random(access, offset, len);
         if let Some(verity) = &self.verity {
+            if let Some(copy) = verity.check_meta(map, start as u64, len)? {
+                return Ok(copy);
+            }
             let missed = verity.check_missed(map, start as u64, len)?;
             // A file's data had to be hashed on the request path: the
             // files laid out after it are likely read next (mkfs writes
@@ -268,6 +278,109 @@ impl Device {
         }
         // In bounds: checked above.
         Ok(&map[start..start + len as usize])
+    }
+
+    /// `len` bytes of file data at `offset`, read as `access` says: as
+    /// [`Device::slice_for`] gives them, or, when a verity tree checks every
+    /// read, from `copy`, which is filled with the whole verity blocks
+    /// around them, copied out of the map and hashed after that.
+    pub fn data_for<'a>(
+        &'a self,
+        access: Access,
+        offset: u64,
+        len: u64,
+        copy: &'a mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        match self.copy_verified(access, offset, len, copy)? {
+            Some(range) => Ok(&copy[range]),
+            None => self.slice_for(access, offset, len),
+        }
+    }
+
+    /// [`Device::data_for`], copying into a new buffer when it copies.
+    pub fn data_cow(&self, access: Access, offset: u64, len: u64) -> Result<Cow<'_, [u8]>> {
+        let mut copy = Vec::new();
+        match self.copy_verified(access, offset, len, &mut copy)? {
+            Some(range) => {
+                copy.copy_within(range.clone(), 0);
+                copy.truncate(range.len());
+                Ok(Cow::Owned(copy))
+            }
+            None => self.slice_for(access, offset, len).map(Cow::Borrowed),
+        }
+    }
+
+    /// With a tree checking every read: copies the whole verity blocks
+    /// around `[offset, offset + len)` into `copy`, hashes them, and gives
+    /// where the range lies in `copy`. `None` without such a tree.
+    fn copy_verified(
+        &self,
+        access: Access,
+        offset: u64,
+        len: u64,
+        copy: &mut Vec<u8>,
+    ) -> Result<Option<Range<usize>>> {
+        let verifier = match &self.verity {
+            Some(verifier) if !self.verity_once => verifier,
+            _ => return Ok(None),
+        };
+        let start = self.bounds(offset, len)? as u64;
+        copy.clear();
+        if len == 0 {
+            return Ok(Some(0..0));
+        }
+        let bits = verifier.params().data_block_size.trailing_zeros();
+        let first = start >> bits;
+        let (from, to) = (first << bits, (((start + len - 1) >> bits) + 1) << bits);
+        if to > verifier.covered() {
+            return Err(crate::verity::VerityError::Invalid(format!(
+                "{}: bytes {start}..{} reach past the {} bytes its verity tree covers",
+                self.path.display(),
+                start + len,
+                verifier.covered()
+            ))
+            .into());
+        }
+        // Copied and verified ahead of the reader, if it keeps pace.
+        let prepared = self.ahead.as_ref().and_then(|a| a.prepared());
+        if prepared.is_some_and(|p| p.copy_range(start, len, copy)) {
+            return Ok(Some(0..len as usize));
+        }
+        self.advise_random(access, offset, len);
+        let map = match access {
+            Access::Sequential => &self.map,
+            Access::Random => &self.random,
+        };
+        // In the map: the tree covers no more than the file had at open.
+        copy.extend_from_slice(&map[from as usize..to as usize]);
+        verifier.check_copy(copy, first)?;
+        if let Some(prepared) = prepared {
+            prepared.passed(start + len);
+        }
+        // A file's data had to be hashed on the request path: have the
+        // stretch after it copied and verified in the background (as
+        // [`Device::slice_for`] does for data verified once).
+        if len > AHEAD_MIN_READ && access == Access::Sequential {
+            if let Some(ahead) = &self.ahead {
+                ahead.request(start + len, AHEAD_STRETCH);
+            }
+        }
+        let at = (start - from) as usize;
+        Ok(Some(at..at + len as usize))
+    }
+
+    /// For a random read of more than a page: each fault on its map reads
+    /// one page, so have the kernel read the range in one request instead
+    /// (cold random 16 KiB reads: 6,000 per second against 3,000; a 64 KiB
+    /// pcluster decoded for a 4 KiB read: 4,500 against 2,000).
+    fn advise_random(&self, access: Access, offset: u64, len: u64) {
+        if access == Access::Random && len > PAGE {
+            if let Some((start, len)) = self.page_range(offset, len) {
+                let _ = self
+                    .random
+                    .advise_range(memmap2::Advice::WillNeed, start, len);
+            }
+        }
     }
 
     /// Where `[offset, offset + len)` starts in the map, after checking it
@@ -357,104 +470,5 @@ pub(crate) fn unmap_pages(map: &Mmap, offset: u64, len: u64) {
                 (end - start) as usize,
             )
         };
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::verity::{format, TreeSpec, VerityParams};
-    use std::os::unix::fs::FileExt;
-
-    const BLOCKS: u64 = 64;
-
-    /// A file of 64 4 KiB blocks, no two alike, and its bytes.
-    fn data_file(dir: &Path) -> (PathBuf, Vec<u8>) {
-        let bytes: Vec<u8> = (0..BLOCKS as u32 * 4096)
-            .map(|i| (i / 4096 * 31 + i % 251) as u8)
-            .collect();
-        let path = dir.join("data");
-        std::fs::write(&path, &bytes).unwrap();
-        (path, bytes)
-    }
-
-    #[test]
-    fn both_access_patterns_read_the_same_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, bytes) = data_file(dir.path());
-        let dev = Device::open(&path, 4096).unwrap();
-        let want = &bytes[4096..];
-        for (offset, len) in [(0u64, 4096u64), (5000, 70000), (want.len() as u64 - 1, 1)] {
-            let range = offset as usize..(offset + len) as usize;
-            let sequential = dev.slice_for(Access::Sequential, offset, len).unwrap();
-            assert_eq!(sequential, &want[range.clone()], "{range:?}");
-            let random = dev.slice_for(Access::Random, offset, len).unwrap();
-            assert_eq!(random, &want[range.clone()], "{range:?}");
-        }
-        for access in [Access::Sequential, Access::Random] {
-            assert!(dev.slice_for(access, want.len() as u64, 1).is_err());
-        }
-        // Unmapping changes nothing a later read sees.
-        dev.release(0, dev.len());
-        assert_eq!(
-            dev.slice_for(Access::Random, 8192, 16).unwrap(),
-            &want[8192..8208]
-        );
-    }
-
-    #[test]
-    fn random_reads_are_verified_like_sequential_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let (path, _) = data_file(dir.path());
-        let hash_file = dir.path().join("tree");
-        let params = VerityParams {
-            data_block_size: 4096,
-            hash_block_size: 4096,
-            data_blocks: BLOCKS,
-            salt: vec![7; 32],
-            uuid: [0; 16],
-        };
-        let root = format(
-            &File::open(&path).unwrap(),
-            &File::create(&hash_file).unwrap(),
-            0,
-            &params,
-        )
-        .unwrap();
-        // Blocks 7 and 9 change after the tree was made.
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(b"tampered", 7 * 4096 + 100).unwrap();
-        file.write_all_at(b"tampered", 9 * 4096).unwrap();
-        let mut dev = Device::open(&path, 0).unwrap();
-        let source = VeritySource::Tree(TreeSpec {
-            root,
-            hash_file,
-            offset: 0,
-            no_superblock: None,
-        });
-        dev.attach_verity(&source).unwrap();
-        assert!(dev.slice_for(Access::Random, 3 * 4096 + 10, 16).is_ok());
-        assert!(dev.slice_for(Access::Random, 7 * 4096, 16).is_err());
-        assert!(dev.slice_for(Access::Sequential, 7 * 4096, 4096).is_err());
-        assert!(dev
-            .slice_for(Access::Sequential, 9 * 4096 - 10, 20)
-            .is_err());
-        assert!(dev.slice_for(Access::Random, 9 * 4096 + 4000, 16).is_err());
-        assert_eq!(dev.verity_stats().unwrap().mismatches, 4);
-    }
-
-    #[test]
-    fn released_in_memory_devices_keep_their_bytes() {
-        let bytes: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 253) as u8).collect();
-        let dev = Device::from_bytes(Path::new("memory"), &bytes).unwrap();
-        dev.release(0, dev.len());
-        assert_eq!(
-            dev.slice_for(Access::Sequential, 0, 12288).unwrap(),
-            &bytes[..]
-        );
-        assert_eq!(
-            dev.slice_for(Access::Random, 4096, 10).unwrap(),
-            &bytes[4096..4106]
-        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Layers, each using only those above it:
 //! - [`format`]: on-disk structures, no I/O;
-//! - [`device`]: read-only memory maps of image files and ranges of them;
+//! - [`device`]: read-only memory maps of image files and ranges of them
+//!   ([`fault`]: surviving those files shrinking under their maps);
 //! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
 //!   data), knowing nothing of FUSE;
 //! - [`view`]: read-only trees served through FUSE: one image, a merged
@@ -20,9 +21,11 @@ pub mod convert;
 pub mod device;
 pub mod error;
 pub mod extract;
+pub mod fault;
 pub mod format;
 pub mod fsck;
 pub mod fuse;
+pub mod input;
 pub mod inspect;
 pub mod manifest;
 pub mod overlay;

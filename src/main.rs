@@ -54,7 +54,10 @@ pub struct OpenArgs {
     /// dm-verity tree, as veritysetup makes it: a block that does not match
     /// is an I/O error, never wrong data. HASH_FILE holds the tree with its
     /// superblock at byte OFFSET (default 0; it may be IMAGE itself). The
-    /// root hash is checked before anything is read.
+    /// root hash is checked before anything is read. File data is hashed
+    /// on a copy taken at every read, and metadata is read from verified
+    /// copies of its blocks: a file changed while in use is never served as
+    /// good (see --verity-once).
     #[arg(long, value_name = "ROOT_HASH:HASH_FILE[:OFFSET]",
           value_parser = erofs_fuse::verity::VeritySource::parse)]
     verity: Option<erofs_fuse::verity::VeritySource>,
@@ -68,6 +71,14 @@ pub struct OpenArgs {
     #[arg(long, value_name = "ROOT_HASH:HASH_FILE[:OFFSET]|-",
           value_parser = erofs_fuse::verity::VeritySource::parse_optional)]
     device_verity: Vec<Option<erofs_fuse::verity::VeritySource>>,
+    /// With --verity/--dmverity/--device-verity: hash each block once, on
+    /// the file's map, and trust it from then on, instead of hashing a
+    /// copy of the file data every read serves (and keeping verified copies
+    /// of metadata). It trusts the files not to change while in use: bytes
+    /// changed after their block was first read (or verified ahead) are
+    /// served unchecked.
+    #[arg(long)]
+    verity_once: bool,
 }
 
 #[derive(Subcommand)]
@@ -92,7 +103,7 @@ enum Command {
     /// cache_size=SIZE (like --cache-size), readahead=SIZE (like
     /// --readahead), verity=ROOT_HASH:HASH_FILE[:OFFSET]
     /// (like --verity), dmverity=SIDECAR, device_verity=SPEC (like
-    /// --device-verity),
+    /// --device-verity), verity_once (like --verity-once),
     /// auto_unmount, debug; fstab words like defaults, user, nofail, _netdev
     /// and x-* are accepted and ignored.
     ///

@@ -68,6 +68,7 @@ fn open_with(path: &Path, args: &OpenArgs) -> Result<Image, String> {
             .clone()
             .or_else(|| args.dmverity.clone().map(VeritySource::Sidecar)),
         device_verity: args.device_verity.clone(),
+        verity_once: args.verity_once,
     };
     Image::open(path, &options).map_err(|e| match e {
         // These already name the file they concern.

@@ -41,6 +41,7 @@ pub fn mount(args: &MountArgs) -> CliResult {
     if let Some(size) = options.cache_size {
         open.cache_size = size;
     }
+    open.verity_once |= options.verity_once;
     let (source, mountpoint, view): (PathBuf, &PathBuf, Arc<dyn View>) = match (
         args.paths.as_slice(),
         args.layers.is_empty(),

@@ -92,6 +92,9 @@ impl ErofsFs {
     /// Serves `view`; `default_permissions` says whether the mount lets
     /// the kernel enforce its permissions.
     pub fn new(view: Arc<dyn View>, default_permissions: bool) -> Self {
+        // Every call fails with EIO rather than kill the server when an
+        // image file shrinks under it (see crate::fault).
+        let view: Arc<dyn View> = Arc::new(crate::view::Guarded(view));
         let block_size = view.block_size();
         Self {
             read_only_mount: view.read_only_mount(),

@@ -81,6 +81,9 @@ pub struct MountOptions {
     /// `device_verity=ROOT_HASH:HASH_FILE[:OFFSET]` or `device_verity=-`,
     /// in order, for the `device=` options.
     pub device_verity: Vec<Option<VeritySource>>,
+    /// `verity_once`: trust verified file data not to change (see
+    /// [`crate::OpenOptions::verity_once`]).
+    pub verity_once: bool,
 }
 
 /// The most serving threads a mount may ask for. Each holds a cloned
@@ -159,6 +162,7 @@ impl MountOptions {
                 "device" => o.devices.push(PathBuf::from(need(value)?)),
                 "auto_unmount" => o.auto_unmount = true,
                 "debug" => o.debug = true,
+                "verity_once" => o.verity_once = true,
                 "threads" => {
                     let n = need(value)?;
                     let n = parse_threads(&n)

@@ -169,19 +169,14 @@ impl Image {
         })
     }
 
-    /// `len` bytes of file data (or a pcluster) at `pa` on `dev`. The
-    /// kernel reads data from a device in whole blocks: a block that runs
-    /// past the end of the device (its file is not a whole number of
-    /// blocks) is EIO there, loop device or file-backed mount alike, even
-    /// when the bytes wanted lie inside the file. So it is an error here:
-    /// serving them would show what the kernel never does.
-    pub(crate) fn data_slice<'a>(
-        &self,
-        dev: &'a Device,
-        access: Access,
-        pa: u64,
-        len: u64,
-    ) -> Result<&'a [u8]> {
+    /// Checks that `len` bytes of file data (or a pcluster) at `pa` on
+    /// `dev` lie in whole blocks of it. The kernel reads data from a device
+    /// in whole blocks: a block that runs past the end of the device (its
+    /// file is not a whole number of blocks) is EIO there, loop device or
+    /// file-backed mount alike, even when the bytes wanted lie inside the
+    /// file. So it is an error here: serving them would show what the
+    /// kernel never does.
+    pub(crate) fn check_whole_blocks(&self, dev: &Device, pa: u64, len: u64) -> Result<()> {
         let block = self.block_size();
         let end = pa
             .checked_add(len)
@@ -193,7 +188,7 @@ impl Image {
                 dev.len()
             )));
         }
-        dev.slice_for(access, pa, len)
+        Ok(())
     }
 
     /// The bytes of `mapping` from its start, `len` at most (`len <= mapping.len`).
@@ -204,8 +199,11 @@ impl Image {
         access: Access,
     ) -> Result<Cow<'a, [u8]>> {
         match mapping.extent {
-            Extent::Device(dev, pa) => self.data_slice(dev, access, pa, len).map(Cow::Borrowed),
-            Extent::Meta(pos) => self.meta(pos, len),
+            Extent::Device(dev, pa) => {
+                self.check_whole_blocks(dev, pa, len)?;
+                dev.data_cow(access, pa, len)
+            }
+            Extent::Meta(pos) => self.meta_data(pos, len),
             Extent::Hole => Ok(Cow::Owned(vec![0; len as usize])),
             Extent::Encoded(ext, alg, within) => {
                 let mut out = vec![0; len as usize];
@@ -289,7 +287,8 @@ impl Image {
         if !inode.layout.is_compressed() {
             let mapping = self.map(inode, offset)?;
             if let (true, Extent::Device(dev, pa)) = (mapping.len >= len, &mapping.extent) {
-                return self.data_slice(dev, access, *pa, len);
+                self.check_whole_blocks(dev, *pa, len)?;
+                return dev.data_for(access, *pa, len, scratch);
             }
         }
         scratch.resize(len as usize, 0);

@@ -52,6 +52,10 @@ pub struct OpenOptions {
     /// serves that device unverified. When the image is verified, every
     /// device given must have an entry (an explicit `None` included).
     pub device_verity: Vec<Option<VeritySource>>,
+    /// Trust file data once its blocks were verified (`--verity-once`):
+    /// hashed on the map at first use, not on a copy at every read.
+    /// Faster, but a change to a file after its first read is served.
+    pub verity_once: bool,
 }
 
 impl Default for OpenOptions {
@@ -62,6 +66,7 @@ impl Default for OpenOptions {
             cache_size: DEFAULT_CACHE_SIZE,
             verity: None,
             device_verity: Vec::new(),
+            verity_once: false,
         }
     }
 }
@@ -87,7 +92,7 @@ impl OpenOptions {
         }
         let mut primary = Device::open(path, 0)?;
         if let Some(source) = &self.verity {
-            primary.attach_verity(source)?;
+            primary.attach_verity(source, self.verity_once)?;
         }
         if self.offset > primary.len() {
             return Err(Error::Invalid(format!(
@@ -102,7 +107,7 @@ impl OpenOptions {
         for (i, device) in self.devices.iter().enumerate() {
             let mut dev = Device::open(device, 0)?;
             if let Some(Some(source)) = self.device_verity.get(i) {
-                dev.attach_verity(source)?;
+                dev.attach_verity(source, self.verity_once)?;
             }
             extra.push(dev);
         }
@@ -238,6 +243,20 @@ impl Image {
     /// The long xattr name prefixes.
     pub fn long_prefixes(&self) -> &[LongPrefix] {
         self.prefixes.list()
+    }
+
+    /// `len` bytes of file data stored in the metadata at `pos` (an inline
+    /// tail or pcluster): as [`Image::meta`], but read as file data (see
+    /// [`Device::data_cow`]: a verified copy when every read is checked).
+    pub(crate) fn meta_data(&self, pos: MetaPos, len: u64) -> Result<Cow<'_, [u8]>> {
+        match pos.space {
+            MetaSpace::Primary => {
+                self.devices
+                    .primary
+                    .data_cow(crate::device::Access::Sequential, pos.offset, len)
+            }
+            MetaSpace::Metabox => self.meta(pos, len),
+        }
     }
 
     /// `len` bytes of metadata at `pos`: a slice of the primary device, or

@@ -137,9 +137,10 @@ impl Image {
         match ext.at {
             PclusterAt::Device(pa) => {
                 let (dev, pa) = self.devices.resolve(0, pa)?;
-                Ok(Cow::Borrowed(self.data_slice(dev, access, pa, ext.plen)?))
+                self.check_whole_blocks(dev, pa, ext.plen)?;
+                dev.data_cow(access, pa, ext.plen)
             }
-            PclusterAt::Inline(pos) => self.meta(pos, ext.plen),
+            PclusterAt::Inline(pos) => self.meta_data(pos, ext.plen),
             PclusterAt::Fragment(_) | PclusterAt::Unmapped => {
                 Err(Error::corrupt("compressed extent without a pcluster"))
             }

@@ -9,11 +9,16 @@
 //! zero-padded. The root hash is the digest of the top block (of the only
 //! data block when there is just one).
 
+mod ahead;
+mod copies;
+mod prepared;
 mod source;
 mod verifier;
 
+pub use ahead::VerifyAhead;
+pub use prepared::Prepared;
 pub use source::{parse_root, NoSuperblock, Sidecar, TreeSpec, VeritySource};
-pub use verifier::{Verifier, VerifyAhead, VerityStats};
+pub use verifier::{Verifier, VerityStats};
 
 use std::fs::File;
 use std::io;

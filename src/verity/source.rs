@@ -196,7 +196,11 @@ impl Sidecar {
     /// Reads and checks a sidecar file.
     pub fn load(path: &Path) -> Result<Self, VerityError> {
         let named = |what: String| VerityError::Invalid(format!("{}: {what}", path.display()));
-        let file = std::fs::File::open(path).map_err(|e| named(e.to_string()))?;
+        // Not a FIFO, which would block the read (or the open).
+        let (file, _) = crate::input::open_input(path).map_err(|e| match e {
+            crate::Error::Io { source, .. } => named(source.to_string()),
+            other => VerityError::Invalid(other.to_string()),
+        })?;
         let mut text = String::new();
         std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_SIDECAR), &mut text)
             .map_err(|e| named(e.to_string()))?;

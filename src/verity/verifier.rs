@@ -3,19 +3,28 @@
 //! the way against its parent's digest, the top block against the root
 //! hash. Verified blocks are marked in bitmaps, so each is hashed once.
 //!
-//! The bitmaps mark blocks of the mapped files, so the guarantee is about
-//! the files' bytes when first read: files must not change under a mount
-//! (as for any mmap reader); the parser stays safe on any bytes regardless.
+//! Hash blocks are copied out of the tree file before they are hashed,
+//! and the verified copies are what later digests are read from (as
+//! dm-verity keeps verified hash blocks in its buffer cache): changing the
+//! tree file afterwards changes nothing. Data is checked in one of two ways:
+//! - [`Verifier::check_copy`] hashes a copy of the blocks a read serves,
+//!   taken after they left the map, every time (what the server does for
+//!   file data by default: a changed data file is never served as good);
+//! - [`Verifier::check_meta`] (metadata, by default) copies a block out of
+//!   the file on first use, hashes the copy and keeps it: later reads of the
+//!   block read the verified copy;
+//! - [`Verifier::check`] (with `--verity-once`) hashes blocks of the map on
+//!   first use and marks them in a bitmap, trusting the file not to change
+//!   after that.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use crate::device::unmap_pages;
-use memmap2::Mmap;
+use crate::fault::ImageMap;
 
+use super::copies::Copies;
 use super::{hex, Level, TreeSpec, VerityError, VerityParams, DIGEST_SIZE};
 
 /// A set of block numbers, safe to mark from many threads.
@@ -59,12 +68,19 @@ pub struct Verifier {
     root: [u8; DIGEST_SIZE],
     /// The hash file, and the byte offset in it of the tree's first
     /// block (hash block 1: block 0 is the superblock's, present or not).
-    hash: Mmap,
+    hash: ImageMap,
     tree_start: u64,
+    /// Verified copies of hash blocks, by block number (empty when not
+    /// verified yet).
+    hash_copies: Vec<OnceLock<Box<[u8]>>>,
     hash_path: PathBuf,
     data_path: PathBuf,
+    /// Data blocks verified: on the map, trusted from then on, or (with
+    /// `copies`) copied into `copies` and verified there.
     data_done: Bitmap,
-    hash_done: Bitmap,
+    /// Verified copies of the data blocks metadata is read from, when every
+    /// read is checked ([`Verifier::keep_copies`]).
+    copies: Option<Copies>,
     data_verified: AtomicU64,
     hash_verified: AtomicU64,
     mismatches: AtomicU64,
@@ -79,10 +95,12 @@ impl Verifier {
         let hash_path = spec.hash_file.as_path();
         let offset = spec.offset;
         let named = |what: String| VerityError::Invalid(format!("{}: {what}", hash_path.display()));
-        let file = File::open(hash_path).map_err(|e| named(e.to_string()))?;
-        // SAFETY: read-only map; the files must not change while in use,
-        // as for the image itself (see the module comment).
-        let hash = unsafe { Mmap::map(&file) }.map_err(|e| named(e.to_string()))?;
+        let (file, len) = crate::input::open_input(hash_path).map_err(|e| match e {
+            crate::Error::Io { source, .. } => named(source.to_string()),
+            other => VerityError::Invalid(other.to_string()),
+        })?;
+        let hash = ImageMap::map(&file, hash_path, len)
+            .map_err(|e| VerityError::Invalid(e.to_string()))?;
         let past_end = || {
             named(format!(
                 "hash offset {offset} is past the end ({} bytes)",
@@ -145,7 +163,8 @@ impl Verifier {
         let hash_blocks = params.hash_area_size() / u64::from(params.hash_block_size);
         let verifier = Self {
             data_done: Bitmap::new(data_bytes / u64::from(params.data_block_size)),
-            hash_done: Bitmap::new(hash_blocks),
+            hash_copies: (0..hash_blocks).map(|_| OnceLock::new()).collect(),
+            copies: None,
             params,
             levels,
             root: spec.root,
@@ -160,9 +179,10 @@ impl Verifier {
         // The top: one hash block, or the only data block of a tiny file.
         let (what, top) = match verifier.levels.last() {
             Some(level) => ("hash", verifier.hash_block(level.start)),
-            None => ("data", verifier.data_block(data, 0)),
+            None => ("data", verifier.data_block(data, 0).map(Box::from)),
         };
-        let computed = verifier.params.digest(top.unwrap_or_default());
+        let top = top.unwrap_or_default();
+        let computed = verifier.params.digest(&top);
         if computed != spec.root {
             return Err(VerityError::Invalid(format!(
                 "{}: the root hash does not match the tree (its {what} top gives {})",
@@ -170,11 +190,77 @@ impl Verifier {
                 hex(&computed)
             )));
         }
-        match verifier.levels.last() {
-            Some(level) => verifier.hash_done.set(level.start),
-            None => verifier.data_done.set(0),
+        // The top's verified copy is kept. The only block of a one-block
+        // file is not marked: a read hashes it (again) against the root,
+        // on the map or on a copy as the mode says.
+        if let Some(level) = verifier.levels.last() {
+            let _ = verifier.hash_copies[level.start as usize].set(top);
         }
         Ok(verifier)
+    }
+
+    /// From now on, [`Verifier::check_meta`] checks blocks on copies it
+    /// keeps and reads them from there (fails when the region for them
+    /// cannot be reserved).
+    pub fn keep_copies(&mut self) -> Result<(), VerityError> {
+        self.copies = Some(Copies::new(self.covered())?);
+        Ok(())
+    }
+
+    /// With [`Verifier::keep_copies`]: `[offset, offset + len)` of the data
+    /// file (mapped at `data`), from verified copies of its blocks (blocks
+    /// not copied yet are copied out of `data` and hashed now); `None`
+    /// otherwise.
+    pub fn check_meta(
+        &self,
+        data: &[u8],
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<&[u8]>, VerityError> {
+        let Some(copies) = &self.copies else {
+            return Ok(None);
+        };
+        if len == 0 {
+            return Ok(Some(&[]));
+        }
+        let end = offset.saturating_add(len);
+        if end > self.covered() {
+            return Err(VerityError::Invalid(format!(
+                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
+                self.data_path.display(),
+                self.covered()
+            )));
+        }
+        let bits = self.params.data_block_size.trailing_zeros();
+        for block in offset >> bits..=(end - 1) >> bits {
+            if self.data_done.get(block) {
+                continue;
+            }
+            let bytes = self.data_block(data, block).ok_or_else(|| {
+                VerityError::Invalid(format!(
+                    "{}: data block {block} is past the end",
+                    self.data_path.display()
+                ))
+            })?;
+            let start = (block << bits) as usize;
+            copies.fill(
+                block,
+                start,
+                bytes,
+                || self.data_done.get(block),
+                |copy| {
+                    // Hashed after it was copied: the copy is what is read.
+                    if self.params.digest(copy) != self.stored_digest(0, block, true)? {
+                        return Err(self.mismatch("data", block, true));
+                    }
+                    self.data_done.set(block);
+                    self.data_verified.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                },
+            )?;
+        }
+        // SAFETY: every block of the range is marked: filled and verified.
+        Ok(Some(unsafe { copies.slice(offset as usize, len as usize) }))
     }
 
     /// The tree's parameters.
@@ -223,7 +309,7 @@ impl Verifier {
     /// [`Verifier::check`] ahead of a reader, for [`VerifyAhead`]: the part
     /// of the range the tree covers, stopping quietly at a bad block (the
     /// read that needs it reports it).
-    fn check_ahead(&self, data: &[u8], offset: u64, len: u64) {
+    pub(super) fn check_ahead(&self, data: &[u8], offset: u64, len: u64) {
         let end = offset.saturating_add(len).min(self.covered());
         if offset < end {
             let _ = self.check_blocks(data, offset, end, false);
@@ -280,33 +366,78 @@ impl Verifier {
         };
         let per_block_bits = (self.params.hash_block_size as usize / DIGEST_SIZE).ilog2();
         let block = holder.start + (index >> per_block_bits);
-        if !self.hash_done.get(block) {
-            let expected = self.stored_digest(level + 1, index >> per_block_bits, report)?;
-            let bytes = self.hash_block(block).unwrap_or_default();
-            if self.params.digest(bytes) != expected {
-                return Err(self.mismatch("hash", block, report));
+        let copy = self
+            .hash_copies
+            .get(block as usize)
+            .ok_or_else(|| self.mismatch("hash", block, report))?;
+        let verified = match copy.get() {
+            Some(verified) => verified,
+            None => {
+                let expected = self.stored_digest(level + 1, index >> per_block_bits, report)?;
+                // Hashed after it was copied: the copy is what is kept.
+                let bytes = self.hash_block(block).unwrap_or_default();
+                if self.params.digest(&bytes) != expected {
+                    return Err(self.mismatch("hash", block, report));
+                }
+                self.hash_verified.fetch_add(1, Ordering::Relaxed);
+                // Another thread may have set an equal copy meanwhile.
+                let _ = copy.set(bytes);
+                copy.get()
+                    .ok_or_else(|| self.mismatch("hash", block, report))?
             }
-            self.hash_done.set(block);
-            self.hash_verified.fetch_add(1, Ordering::Relaxed);
-        }
+        };
         let at = (index & ((1 << per_block_bits) - 1)) as usize * DIGEST_SIZE;
-        let digest = self
-            .hash_block(block)
-            .and_then(|b| b.get(at..at + DIGEST_SIZE))
+        let digest = verified
+            .get(at..at + DIGEST_SIZE)
             .and_then(|d| <[u8; DIGEST_SIZE]>::try_from(d).ok());
         digest.ok_or_else(|| self.mismatch("hash", block, report))
     }
 
-    /// Hash block `block` (numbered from the superblock's block), if the
-    /// file holds it (checked at open for every block of the tree).
-    fn hash_block(&self, block: u64) -> Option<&[u8]> {
+    /// A copy of hash block `block` (numbered from the superblock's block),
+    /// if the file holds it (checked at open for every block of the tree).
+    fn hash_block(&self, block: u64) -> Option<Box<[u8]>> {
         let size = u64::from(self.params.hash_block_size);
         let start = block
             .checked_sub(1)?
             .checked_mul(size)?
             .checked_add(self.tree_start)?;
         let start = usize::try_from(start).ok()?;
-        self.hash.get(start..start.checked_add(size as usize)?)
+        self.hash
+            .get(start..start.checked_add(size as usize)?)
+            .map(Box::from)
+    }
+
+    /// Checks `copy`, whole data blocks starting with block `first`, copied
+    /// out of the data file by the caller: each block is hashed now, whether
+    /// or not it was verified before, so bytes that changed in the file
+    /// since are never taken as good.
+    pub fn check_copy(&self, copy: &[u8], first: u64) -> Result<(), VerityError> {
+        self.check_copy_with(copy, first, true)
+    }
+
+    /// [`Verifier::check_copy`]; a mismatch is counted and logged when
+    /// `report` (not ahead of readers: the read that needs it reports it).
+    pub(super) fn check_copy_with(
+        &self,
+        copy: &[u8],
+        first: u64,
+        report: bool,
+    ) -> Result<(), VerityError> {
+        let size = self.params.data_block_size as usize;
+        for (i, block) in copy.chunks(size).enumerate() {
+            let index = first + i as u64;
+            if block.len() != size || index >= self.params.data_blocks {
+                return Err(VerityError::Invalid(format!(
+                    "{}: data block {index} is past the end of what its verity tree covers",
+                    self.data_path.display()
+                )));
+            }
+            if self.params.digest(block) != self.stored_digest(0, index, report)? {
+                return Err(self.mismatch("data", index, report));
+            }
+            self.data_verified.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     fn data_block<'a>(&self, data: &'a [u8], block: u64) -> Option<&'a [u8]> {
@@ -344,216 +475,5 @@ impl Verifier {
     /// of the data read.
     pub fn release_tree(&self) {
         unmap_pages(&self.hash, 0, self.hash.len() as u64);
-    }
-}
-
-/// Ranges handed to the verify-ahead thread and not yet taken; beyond
-/// this, hints are dropped (they are only hints).
-const AHEAD_QUEUE: usize = 64;
-
-/// Verifies, on a background thread, data a reader is about to need (the
-/// ranges the server expects sequential readers to ask for), so that hashing
-/// overlaps with the kernel and the reader consuming earlier replies
-/// instead of delaying the next one. Each block is still hashed once: the
-/// read finds it marked. The thread starts on first use, so a process may
-/// fork after opening an image (the server does); it ends with the last
-/// device holding this.
-#[derive(Debug)]
-pub struct VerifyAhead {
-    verifier: Arc<Verifier>,
-    map: Arc<Mmap>,
-    /// Whether `map` maps a file, whose pages the thread may unmap once it
-    /// has verified them.
-    file_backed: bool,
-    queue: OnceLock<Option<SyncSender<(u64, u64)>>>,
-}
-
-impl VerifyAhead {
-    /// Verify-ahead for `verifier` over the data file mapped at `map`
-    /// (`file_backed`: a shared map of the file, not a copy in memory).
-    pub fn new(verifier: Arc<Verifier>, map: Arc<Mmap>, file_backed: bool) -> Self {
-        Self {
-            verifier,
-            map,
-            file_backed,
-            queue: OnceLock::new(),
-        }
-    }
-
-    /// Asks for `[offset, offset + len)` of the data file to be verified
-    /// soon; returns at once.
-    pub fn request(&self, offset: u64, len: u64) {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = sync_channel::<(u64, u64)>(AHEAD_QUEUE);
-            let (verifier, map) = (Arc::clone(&self.verifier), Arc::clone(&self.map));
-            let file_backed = self.file_backed;
-            let spawned = std::thread::Builder::new()
-                .name("verity-ahead".into())
-                .spawn(move || {
-                    while let Ok((offset, len)) = rx.recv() {
-                        verifier.check_ahead(&map, offset, len);
-                        if file_backed {
-                            // What it mapped to hash counts as the server's
-                            // memory, and no request of this thread's
-                            // triggers a trim: let go of it now.
-                            unmap_pages(&map, offset, len);
-                        }
-                    }
-                });
-            spawned.ok().map(|_| tx)
-        });
-        if let Some(tx) = queue {
-            let _ = tx.try_send((offset, len));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::verity::{format, VerityParams};
-
-    /// A data file of `blocks` 512-byte blocks and its tree with 512-byte
-    /// hash blocks (16 digests each, so 300 blocks make three levels).
-    fn setup(blocks: u64) -> (tempfile::TempDir, Vec<u8>, TreeSpec, VerityParams) {
-        let dir = tempfile::tempdir().unwrap();
-        let data: Vec<u8> = (0..blocks * 512).map(|i| (i * 7 % 251) as u8).collect();
-        let data_path = dir.path().join("data");
-        std::fs::write(&data_path, &data).unwrap();
-        let params = VerityParams {
-            data_block_size: 512,
-            hash_block_size: 512,
-            data_blocks: blocks,
-            salt: vec![1, 2, 3],
-            uuid: [0; 16],
-        };
-        let hash_path = dir.path().join("hash");
-        let root = format(
-            &File::open(&data_path).unwrap(),
-            &File::create(&hash_path).unwrap(),
-            0,
-            &params,
-        )
-        .unwrap();
-        let spec = TreeSpec {
-            root,
-            hash_file: hash_path,
-            offset: 0,
-            no_superblock: None,
-        };
-        (dir, data, spec, params)
-    }
-
-    #[test]
-    fn checks_every_level_and_marks_blocks_once() {
-        let (dir, data, spec, params) = setup(300);
-        assert_eq!(params.levels().len(), 3);
-        let v = Verifier::open(&dir.path().join("data"), &data, &spec).unwrap();
-        v.check(&data, 0, data.len() as u64).unwrap();
-        let stats = v.stats();
-        assert_eq!(stats.data_verified, 300);
-        // 19 leaves + 2 middle blocks; the top was checked at open.
-        assert_eq!(stats.hash_verified, 21);
-        v.check(&data, 100, 5000).unwrap();
-        assert_eq!(v.stats(), stats, "verified blocks are not hashed again");
-        // Past the covered bytes: refused.
-        assert!(v.check(&data, data.len() as u64 - 1, 2).is_err());
-    }
-
-    #[test]
-    fn a_bad_data_or_hash_block_fails_only_what_it_covers() {
-        let (dir, mut data, spec, _) = setup(300);
-        data[77 * 512 + 9] ^= 0x10;
-        let v = Verifier::open(&dir.path().join("data"), &data, &spec).unwrap();
-        let err = v.check(&data, 77 * 512, 1).unwrap_err().to_string();
-        assert!(err.contains("data block 77 does not match"), "{err}");
-        v.check(&data, 0, 77 * 512).unwrap();
-        v.check(&data, 78 * 512, 222 * 512).unwrap();
-        assert_eq!(v.stats().mismatches, 1);
-
-        // A leaf hash block (the 5th of level 0, covering blocks 64..80).
-        let (dir, data, spec, params) = setup(300);
-        let mut hash = std::fs::read(&spec.hash_file).unwrap();
-        let leaf = params.levels()[0].start + 4;
-        hash[leaf as usize * 512 + 40] ^= 1;
-        std::fs::write(&spec.hash_file, &hash).unwrap();
-        let v = Verifier::open(&dir.path().join("data"), &data, &spec).unwrap();
-        let err = v.check(&data, 70 * 512, 1).unwrap_err().to_string();
-        assert!(err.contains(&format!("hash block {leaf} ")), "{err}");
-        v.check(&data, 0, 64 * 512).unwrap();
-        v.check(&data, 80 * 512, 220 * 512).unwrap();
-    }
-
-    #[test]
-    fn verify_ahead_marks_blocks_and_leaves_bad_ones_to_the_read() {
-        let (dir, mut data, spec, _) = setup(300);
-        data[200 * 512] ^= 1;
-        let path = dir.path().join("data");
-        std::fs::write(&path, &data).unwrap();
-        // SAFETY: a private test file nothing else writes.
-        let map = Arc::new(unsafe { Mmap::map(&File::open(&path).unwrap()) }.unwrap());
-        let v = Arc::new(Verifier::open(&path, &map, &spec).unwrap());
-        let ahead = VerifyAhead::new(Arc::clone(&v), Arc::clone(&map), true);
-        // Blocks 0..100, and a range running into the bad block 200 and
-        // past the end of the tree.
-        ahead.request(0, 100 * 512);
-        ahead.request(150 * 512, 1 << 20);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while v.stats().data_verified < 150 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let stats = v.stats();
-        // 100 + 50 (150..200), stopping quietly at 200.
-        assert_eq!(stats.data_verified, 150, "{stats:?}");
-        assert_eq!(stats.mismatches, 0, "a background check counted a mismatch");
-        v.check(&map, 0, 100 * 512).unwrap();
-        assert_eq!(
-            v.stats().data_verified,
-            150,
-            "verified blocks were hashed again"
-        );
-        // The read that needs the bad block reports it.
-        assert!(v.check(&map, 200 * 512, 512).is_err());
-        assert_eq!(v.stats().mismatches, 1);
-    }
-
-    #[test]
-    fn a_one_block_file_is_checked_against_the_root_at_open() {
-        let (dir, mut data, spec, params) = setup(1);
-        assert!(params.levels().is_empty());
-        let path = dir.path().join("data");
-        let v = Verifier::open(&path, &data, &spec).unwrap();
-        v.check(&data, 0, 512).unwrap();
-        data[3] ^= 1;
-        let err = Verifier::open(&path, &data, &spec).unwrap_err();
-        assert!(
-            err.to_string().contains("root hash does not match"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn malformed_trees_fail_at_open() {
-        let (dir, data, spec, _) = setup(300);
-        let path = dir.path().join("data");
-        let hash = std::fs::read(&spec.hash_file).unwrap();
-        let short = TreeSpec {
-            hash_file: dir.path().join("short"),
-            ..spec.clone()
-        };
-        std::fs::write(&short.hash_file, &hash[..hash.len() - 512]).unwrap();
-        assert!(Verifier::open(&path, &data, &short).is_err());
-        // A superblock claiming more blocks than the data has.
-        let mut big = hash.clone();
-        big[72..80].copy_from_slice(&u64::MAX.to_le_bytes());
-        std::fs::write(&short.hash_file, &big).unwrap();
-        assert!(Verifier::open(&path, &data, &short).is_err());
-        let past = TreeSpec {
-            offset: u64::MAX,
-            ..spec.clone()
-        };
-        assert!(Verifier::open(&path, &data, &past).is_err());
-        // Less data than the tree covers.
-        assert!(Verifier::open(&path, &data[..1024], &spec).is_err());
     }
 }

@@ -8,8 +8,10 @@
 //! - [`crate::store::StoreView`]: containers/storage's additional layer
 //!   store layout over a directory of layers.
 
+mod guard;
 mod image;
 
+pub use guard::Guarded;
 pub(crate) use image::{prefetch_file, read_file, total_stats, TRUSTED_OVERLAY, USER_OVERLAY};
 pub use image::{ImageView, OverlayXattrs};
 
