@@ -270,6 +270,24 @@ fn threads_beyond_the_open_file_limit_fail_before_mounting() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
+    // No threads, or more than the most a mount takes: a usage error, and
+    // nothing mounted.
+    for threads in ["0", "1025"] {
+        let out = Command::new(bin())
+            .args(["mount", "--threads", threads])
+            .arg(&image)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        let listed = std::fs::read_dir(&mnt).map(|d| d.count()).unwrap_or(0);
+        unmount(&mnt);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--threads {threads} was accepted"
+        );
+        assert_eq!(listed, 0, "--threads {threads} mounted");
+    }
     // A hard limit of 100 open files: 500 threads cannot each hold a
     // /dev/fuse descriptor, and the mount must say so instead of exiting 0.
     let out = Command::new("prlimit")
