@@ -20,8 +20,9 @@ use super::xattr;
 use crate::format::{
     superblock_checksum, superblock_checksum_len, ChunkIndex, DataLayout, DeviceSlot, InodeCompact,
     InodeExtended, SuperBlock, CHUNK_FORMAT_INDEXES, COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE,
-    EROFS_MAGIC, INCOMPAT_CHUNKED_FILE, INCOMPAT_DEVICE_TABLE, INODE_SLOT_SIZE,
-    SUPERBLOCK_BASE_SIZE, SUPERBLOCK_OFFSET, S_IFMT,
+    EROFS_MAGIC, INCOMPAT_CHUNKED_FILE, INCOMPAT_DEVICE_TABLE, INODE_COMPACT_SIZE,
+    INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE, SUPERBLOCK_CHECKSUM_FIELD,
+    SUPERBLOCK_OFFSET, S_IFMT,
 };
 
 /// Where regular files' bytes live.
@@ -114,9 +115,9 @@ struct Record {
 impl Record {
     fn inode_size(&self) -> u64 {
         if self.compact {
-            32
+            INODE_COMPACT_SIZE
         } else {
-            64
+            INODE_EXTENDED_SIZE
         }
     }
 
@@ -433,7 +434,7 @@ impl ImageBuilder {
             area[at..at + slot.as_bytes().len()].copy_from_slice(slot.as_bytes());
         }
         let checksum = superblock_checksum(&area);
-        area[4..8].copy_from_slice(&checksum.to_le_bytes());
+        area[SUPERBLOCK_CHECKSUM_FIELD].copy_from_slice(&checksum.to_le_bytes());
         // The checksummed area ends before the first inode or data block
         // (see `new`), and the rest of it is still zeros in the file.
         let len = SUPERBLOCK_BASE_SIZE + DEVICE_SLOT_SIZE as usize;

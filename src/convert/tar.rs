@@ -36,10 +36,7 @@ pub struct TarOptions {
 }
 
 /// The overlayfs attributes `--aufs` sets.
-const OVERLAY_OPAQUE: &[u8] = b"trusted.overlay.opaque";
-const OVERLAY_ORIGIN: &[u8] = b"trusted.overlay.origin";
-const WHITEOUT_PREFIX: &[u8] = b".wh.";
-const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+use crate::format::{OPAQUE_MARKER, OVERLAY_OPAQUE, OVERLAY_ORIGIN, WHITEOUT_PREFIX};
 
 /// Reads every entry of the tar stream `reader` into a tree.
 pub fn read_tar(

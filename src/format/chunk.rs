@@ -18,7 +18,7 @@ pub struct ChunkIndex {
 /// Size of one block map entry (a bare `le32` block address).
 pub const BLOCK_MAP_ENTRY_SIZE: u64 = 4;
 /// Size of one [`ChunkIndex`].
-pub const CHUNK_INDEX_SIZE: u64 = 8;
+pub const CHUNK_INDEX_SIZE: u64 = size_of::<ChunkIndex>() as u64;
 /// Chunk format: chunk size is `block size << (format & mask)`.
 pub const CHUNK_FORMAT_BLKBITS_MASK: u16 = 0x1f;
 /// Chunk format: 8-byte indexes instead of a 4-byte block map.

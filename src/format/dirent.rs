@@ -18,7 +18,7 @@ pub struct Dirent {
 }
 
 /// Size of a [`Dirent`].
-pub const DIRENT_SIZE: usize = 12;
+pub const DIRENT_SIZE: usize = size_of::<Dirent>();
 
 /// The `d_type` classes EROFS records in a directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

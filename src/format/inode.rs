@@ -63,6 +63,11 @@ pub struct InodeExtended {
     pub i_reserved2: [u8; 16],
 }
 
+/// Size of a [`InodeCompact`] core.
+pub const INODE_COMPACT_SIZE: u64 = size_of::<InodeCompact>() as u64;
+/// Size of a [`InodeExtended`] core.
+pub const INODE_EXTENDED_SIZE: u64 = size_of::<InodeExtended>() as u64;
+
 /// `i_format` bit 0: 0 compact, 1 extended.
 pub const I_VERSION_MASK: u16 = 0x1;
 /// `i_format` bits 1..3: the data layout.

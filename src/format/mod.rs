@@ -11,6 +11,7 @@
 mod chunk;
 mod dirent;
 mod inode;
+mod overlay;
 mod superblock;
 mod verity;
 mod xattr;
@@ -19,6 +20,7 @@ mod zmap;
 pub use chunk::*;
 pub use dirent::*;
 pub use inode::*;
+pub use overlay::*;
 pub use superblock::*;
 pub use verity::*;
 pub use xattr::*;
@@ -65,8 +67,28 @@ impl std::fmt::Display for Nid {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockAddr(pub u64);
 
-/// Size of one inode slot: nids count in these.
-pub const INODE_SLOT_SIZE: u64 = 32;
+/// Size of one inode slot, that of a compact inode: nids count in these.
+pub const INODE_SLOT_SIZE: u64 = size_of::<InodeCompact>() as u64;
+
+// The on-disk sizes, checked at compile time as the kernel's
+// erofs_check_ondisk_layout_definitions() checks them at module load.
+const _: () = {
+    assert!(size_of::<SuperBlock>() == 128);
+    assert!(size_of::<SuperBlockExt>() == 16);
+    assert!(size_of::<DeviceSlot>() == 128);
+    assert!(size_of::<InodeCompact>() == 32);
+    assert!(size_of::<InodeExtended>() == 64);
+    assert!(size_of::<XattrIbodyHeader>() == 12);
+    assert!(size_of::<XattrEntry>() == 4);
+    assert!(size_of::<ChunkIndex>() == 8);
+    assert!(size_of::<Dirent>() == 12);
+    assert!(size_of::<MapHeader>() == 8);
+    assert!(size_of::<LclusterIndex>() == 8);
+    assert!(size_of::<ExtentRecord>() == 32);
+    // The algorithm configs are read as prefixes of their records (the
+    // kernel's structs end in reserved bytes), so they are not checked.
+    assert!(size_of::<VeritySuperBlock>() == VERITY_SUPERBLOCK_SIZE);
+};
 
 /// Longest file or xattr name suffix EROFS stores.
 pub const NAME_LEN_MAX: usize = 255;

@@ -8,11 +8,15 @@ pub const EROFS_MAGIC: u32 = 0xE0F5_E1E2;
 /// Byte offset of the superblock in the primary device.
 pub const SUPERBLOCK_OFFSET: u64 = 1024;
 /// Size of the fixed superblock; `sb_extslots` adds 16-byte slots after it.
-pub const SUPERBLOCK_BASE_SIZE: usize = 128;
+pub const SUPERBLOCK_BASE_SIZE: usize = size_of::<SuperBlock>();
 /// Size of one superblock extension slot.
-pub const SUPERBLOCK_EXTSLOT_SIZE: usize = 16;
+pub const SUPERBLOCK_EXTSLOT_SIZE: usize = size_of::<SuperBlockExt>();
+/// Where the checksum field lies in the superblock (zeroed while it is
+/// computed).
+pub const SUPERBLOCK_CHECKSUM_FIELD: std::ops::Range<usize> =
+    std::mem::offset_of!(SuperBlock, checksum)..std::mem::offset_of!(SuperBlock, checksum) + 4;
 /// Size of a device table slot; `devt_slotoff` counts in these.
-pub const DEVICE_SLOT_SIZE: u64 = 128;
+pub const DEVICE_SLOT_SIZE: u64 = size_of::<DeviceSlot>() as u64;
 
 /// The fixed 128-byte EROFS superblock (`struct erofs_super_block`).
 #[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -17,7 +17,7 @@ pub struct XattrIbodyHeader {
 }
 
 /// Size of [`XattrIbodyHeader`].
-pub const XATTR_IBODY_HEADER_SIZE: u64 = 12;
+pub const XATTR_IBODY_HEADER_SIZE: u64 = size_of::<XattrIbodyHeader>() as u64;
 
 /// Header of one xattr entry (`struct erofs_xattr_entry`), followed by the
 /// name suffix and the value, padded to 4 bytes.
@@ -33,7 +33,7 @@ pub struct XattrEntry {
 }
 
 /// Size of [`XattrEntry`].
-pub const XATTR_ENTRY_SIZE: u64 = 4;
+pub const XATTR_ENTRY_SIZE: u64 = size_of::<XattrEntry>() as u64;
 /// `e_name_index` bit selecting the long prefix table.
 pub const XATTR_LONG_PREFIX: u8 = 0x80;
 /// Mask of the long prefix number.

@@ -99,7 +99,7 @@ impl MapHeader {
 }
 
 /// Size of the map header.
-pub const MAP_HEADER_SIZE: u64 = 8;
+pub const MAP_HEADER_SIZE: u64 = size_of::<MapHeader>() as u64;
 /// Full indexes start this far after the (8-aligned) map header start.
 pub const FULL_INDEX_OFFSET: u64 = MAP_HEADER_SIZE + 8;
 
@@ -117,7 +117,7 @@ pub struct LclusterIndex {
 }
 
 /// Size of one [`LclusterIndex`].
-pub const LCLUSTER_INDEX_SIZE: u64 = 8;
+pub const LCLUSTER_INDEX_SIZE: u64 = size_of::<LclusterIndex>() as u64;
 
 /// One extent record of the EXTENTS map (`struct z_erofs_extent`); records
 /// are truncated to the size the header advises, so only a prefix is stored.

@@ -7,7 +7,7 @@
 //! with `FOPEN_KEEP_CACHE` and directories with `FOPEN_CACHE_DIR`: the
 //! kernel's caches serve repeated access without asking again.
 
-mod convert;
+mod attr;
 mod memory;
 pub mod options;
 pub mod readahead;
@@ -30,7 +30,7 @@ use crate::device::Access;
 use crate::format::FileType;
 use crate::view::{Attr, DirItem, View};
 
-use convert::{encode_dev, fuse_type, in_initial_user_namespace, reply_xattr, to_system_time};
+use attr::{encode_dev, fuse_type, in_initial_user_namespace, reply_xattr, to_system_time};
 use memory::METADATA_REQUEST;
 
 /// How long the kernel may cache entries and attributes: the image never

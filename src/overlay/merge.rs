@@ -16,14 +16,11 @@ use std::collections::BTreeMap;
 use super::{Origin, Stack};
 use crate::error::{Error, Result};
 use crate::format::FileType;
+use crate::format::{OPAQUE_MARKER, OVERLAY_OPAQUE, USER_OVERLAY_OPAQUE, WHITEOUT_PREFIX};
 use crate::reader::{DirPos, FileKind};
 
-/// Prefix of an OCI whiteout file's name.
-pub(crate) const WHITEOUT_PREFIX: &[u8] = b".wh.";
-/// An OCI opaque-directory marker.
-pub(crate) const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 /// The overlayfs xattrs that make a directory opaque (with value `y`).
-const OPAQUE_XATTRS: [&[u8]; 2] = [b"trusted.overlay.opaque", b"user.overlay.opaque"];
+const OPAQUE_XATTRS: [&[u8]; 2] = [OVERLAY_OPAQUE, USER_OVERLAY_OPAQUE];
 
 /// Most directory entries read, over all layers, to merge one directory:
 /// far beyond any real directory, and a bound on the work and memory a

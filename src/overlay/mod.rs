@@ -43,7 +43,8 @@ const FIRST_ENTRY_POS: u64 = 2;
 /// and the merged tree does not show (as overlayfs keeps its own to itself;
 /// `user.overlay.*` too, since the merge honours those markers).
 fn is_overlay_xattr(name: &[u8]) -> bool {
-    name.starts_with(crate::view::TRUSTED_OVERLAY) || name.starts_with(crate::view::USER_OVERLAY)
+    name.starts_with(crate::format::TRUSTED_OVERLAY)
+        || name.starts_with(crate::format::USER_OVERLAY)
 }
 
 /// An entry of one layer: the layer's index (0 at the bottom) and its nid.

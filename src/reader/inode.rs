@@ -3,8 +3,8 @@
 use crate::error::{ensure, Error, Result};
 use crate::format::{
     decode_rdev, read_struct, DataLayout, FileType, InodeCompact, InodeExtended, Nid,
-    CHUNK_FORMAT_ALL, INODE_SLOT_SIZE, I_DATALAYOUT_MASK, I_DATALAYOUT_SHIFT, I_FORMAT_ALL,
-    I_NLINK_1_OR_DOT_OMITTED, I_VERSION_MASK, NULL_ADDR, S_IFMT,
+    CHUNK_FORMAT_ALL, INODE_COMPACT_SIZE, INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, I_DATALAYOUT_MASK,
+    I_DATALAYOUT_SHIFT, I_FORMAT_ALL, I_NLINK_1_OR_DOT_OMITTED, I_VERSION_MASK, NULL_ADDR, S_IFMT,
 };
 
 use super::{Image, MetaPos, MetaSpace};
@@ -96,9 +96,9 @@ impl Inode {
     /// Size of the on-disk inode core (32 or 64).
     pub fn inode_size(&self) -> u64 {
         if self.extended {
-            64
+            INODE_EXTENDED_SIZE
         } else {
-            32
+            INODE_COMPACT_SIZE
         }
     }
 
@@ -174,7 +174,7 @@ impl Image {
             .and_then(|o| o.checked_add(base))
             .ok_or_else(|| Error::corrupt("nid out of range"))?;
         let pos = MetaPos { space, offset };
-        let head = self.meta(pos, 32)?;
+        let head = self.meta(pos, INODE_COMPACT_SIZE)?;
         let compact: &InodeCompact =
             read_struct(&head).ok_or_else(|| Error::corrupt("short inode"))?;
         let format = compact.i_format.get();
@@ -192,7 +192,7 @@ impl Image {
         let ext_bytes;
         let (size, uid, gid, nlink, mtime, mtime_nsec, i_u, i_nb, ino_hint, addr_mask);
         if extended {
-            ext_bytes = self.meta(pos, 64)?;
+            ext_bytes = self.meta(pos, INODE_EXTENDED_SIZE)?;
             let ext: &InodeExtended =
                 read_struct(&ext_bytes).ok_or_else(|| Error::corrupt("short inode"))?;
             size = ext.i_size.get();

@@ -6,7 +6,7 @@ use crate::format::{
     read_struct, superblock_checksum, superblock_checksum_len, Nid, SuperBlock, SuperBlockExt,
     COMPAT_SB_CHKSUM, EROFS_MAGIC, INCOMPAT_48BIT, INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE,
     INCOMPAT_METABOX, INCOMPAT_NAMES, INCOMPAT_SUPPORTED, SUPERBLOCK_BASE_SIZE,
-    SUPERBLOCK_EXTSLOT_SIZE, SUPERBLOCK_OFFSET,
+    SUPERBLOCK_CHECKSUM_FIELD, SUPERBLOCK_EXTSLOT_SIZE, SUPERBLOCK_OFFSET,
 };
 
 /// Smallest block size the kernel mounts (512 bytes).
@@ -230,7 +230,7 @@ fn verify_checksum(dev: &Device, block_bits: u8, stored: u32) -> Result<()> {
     let len = superblock_checksum_len(1u64 << block_bits);
     let bytes = dev.slice(SUPERBLOCK_OFFSET, len)?;
     let mut copy = bytes.to_vec();
-    copy[4..8].fill(0);
+    copy[SUPERBLOCK_CHECKSUM_FIELD].fill(0);
     let computed = superblock_checksum(&copy);
     ensure!(
         computed == stored,

@@ -264,9 +264,9 @@ impl Image {
                 },
                 recsz,
             )?;
-            let mut full = [0u8; 32];
+            let mut full = [0u8; size_of::<ExtentRecord>()];
             full[..bytes.len()].copy_from_slice(&bytes);
-            let r: &ExtentRecord = read_struct(&full).expect("32 bytes");
+            let r: &ExtentRecord = read_struct(&full).expect("a whole record");
             Ok([
                 r.plen.get(),
                 r.pstart_lo.get(),

@@ -5,13 +5,9 @@ use std::sync::Arc;
 use super::{Attr, DirItem, FsStats, Ino, View, ROOT};
 use crate::device::Access;
 use crate::error::Result;
-use crate::format::Nid;
+use crate::format::{Nid, TRUSTED_OVERLAY, USER_OVERLAY};
 use crate::reader::{DirPos, Image, Inode};
 
-/// Prefix of the overlayfs xattrs the kernel's overlayfs reads by default.
-pub(crate) const TRUSTED_OVERLAY: &[u8] = b"trusted.overlay.";
-/// Prefix rootless overlayfs (`-o userxattr`) reads instead.
-pub(crate) const USER_OVERLAY: &[u8] = b"user.overlay.";
 /// The overlayfs xattrs [`OverlayXattrs::User`] presents.
 const USER_PRESENTED: [&[u8]; 2] = [b"opaque", b"origin"];
 

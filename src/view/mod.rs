@@ -12,7 +12,7 @@ mod guard;
 mod image;
 
 pub use guard::Guarded;
-pub(crate) use image::{prefetch_file, read_file, total_stats, TRUSTED_OVERLAY, USER_OVERLAY};
+pub(crate) use image::{prefetch_file, read_file, total_stats};
 pub use image::{ImageView, OverlayXattrs};
 
 use crate::device::Access;
