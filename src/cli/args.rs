@@ -16,6 +16,7 @@ pub struct Cli {
     /// Log more (repeat for even more); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,6 +26,7 @@ pub struct Cli {
 pub struct ImageArgs {
     /// The EROFS image file.
     pub image: PathBuf,
+    /// How to open the image.
     #[command(flatten)]
     pub open: OpenArgs,
 }
@@ -118,6 +120,7 @@ pub enum Command {
     /// the layout containers/storage looks for, so that a pull finds the
     /// layers there instead of downloading and unpacking them.
     Store {
+        /// The subcommand.
         #[command(subcommand)]
         command: StoreCommand,
     },
@@ -146,6 +149,7 @@ pub enum Command {
     Extract(ExtractArgs),
     /// dm-verity hash trees compatible with veritysetup.
     Verity {
+        /// The subcommand.
         #[command(subcommand)]
         command: VerityCommand,
     },
@@ -290,6 +294,7 @@ pub struct MountArgs {
     /// it on; with --layer, only MOUNTPOINT.
     #[arg(value_names = ["IMAGE", "MOUNTPOINT"], num_args = 1..=2, required = true)]
     pub paths: Vec<PathBuf>,
+    /// How to open the image.
     #[command(flatten)]
     pub open: OpenArgs,
     /// Mount the merged tree of a stack of layers instead of one image,
@@ -308,6 +313,7 @@ pub struct MountArgs {
     /// opaque directories when stacked by an unprivileged user.
     #[arg(long, value_enum, default_value = "trusted", value_name = "NAMESPACE")]
     pub overlay_xattrs: OverlayXattrsArg,
+    /// How to serve the mount.
     #[command(flatten)]
     pub serve: ServeArgs,
 }
@@ -315,6 +321,7 @@ pub struct MountArgs {
 /// `inspect` arguments.
 #[derive(Args)]
 pub struct InspectArgs {
+    /// The image and how to open it.
     #[command(flatten)]
     pub image: ImageArgs,
     /// Print JSON instead of text.
@@ -325,6 +332,7 @@ pub struct InspectArgs {
 /// `ls` arguments.
 #[derive(Args)]
 pub struct LsArgs {
+    /// The image and how to open it.
     #[command(flatten)]
     pub image: ImageArgs,
     /// Directory (or file) inside the image.
@@ -341,6 +349,7 @@ pub struct LsArgs {
 /// `cat` arguments.
 #[derive(Args)]
 pub struct CatArgs {
+    /// The image and how to open it.
     #[command(flatten)]
     pub image: ImageArgs,
     /// File inside the image.
@@ -350,6 +359,7 @@ pub struct CatArgs {
 /// `stat` arguments.
 #[derive(Args)]
 pub struct StatArgs {
+    /// The image and how to open it.
     #[command(flatten)]
     pub image: ImageArgs,
     /// Path inside the image.
@@ -362,6 +372,7 @@ pub struct StatArgs {
 /// `manifest` arguments.
 #[derive(Args)]
 pub struct ManifestArgs {
+    /// The image and how to open it.
     #[command(flatten)]
     pub image: ImageArgs,
 }
@@ -369,6 +380,7 @@ pub struct ManifestArgs {
 /// `fsck` arguments.
 #[derive(Args)]
 pub struct FsckArgs {
+    /// The image and how to open it.
     #[command(flatten)]
     pub image: ImageArgs,
 }
@@ -376,6 +388,7 @@ pub struct FsckArgs {
 /// `extract` arguments.
 #[derive(Args)]
 pub struct ExtractArgs {
+    /// The image and how to open it.
     #[command(flatten)]
     pub image: ImageArgs,
     /// Destination: must not exist, or be an empty directory (not a
@@ -456,6 +469,7 @@ pub struct StoreServeArgs {
     /// "user" otherwise (rootless overlayfs reads user.overlay.*).
     #[arg(long, value_enum, default_value = "auto", value_name = "NAMESPACE")]
     pub overlay_xattrs: StoreXattrsArg,
+    /// How to serve the mount.
     #[command(flatten)]
     pub serve: ServeArgs,
 }
