@@ -5,6 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod store;
+mod verity;
+
+pub use store::{StoreAddArgs, StoreCommand, StoreServeArgs, StoreXattrsArg};
+pub use verity::{VerityCommand, VerityFormatArgs, VerityVerifyArgs};
+
 /// Read EROFS images (and tar-indexed OCI layers) in userspace.
 ///
 /// Every command opens the image read-only through mmap and checks every
@@ -219,36 +225,6 @@ pub struct ServeArgs {
     pub log_file: Option<PathBuf>,
 }
 
-/// `store` subcommands.
-#[derive(Subcommand)]
-pub enum StoreCommand {
-    /// Add layer blobs (tar or tar.gz, as a registry serves them) to the
-    /// store directory STORE: each becomes STORE/<digest>/ with a
-    /// tar-index EROFS image of the layer (OCI whiteouts turned into
-    /// overlayfs ones) in layer.erofs, its info for containers/storage, and
-    /// the blob. Prints a line per layer: its digest, "diffid", its diffID
-    /// and the blob's path.
-    Add(StoreAddArgs),
-    /// Mount the layers of STORE at MOUNTPOINT in the layout of
-    /// containers/storage's additional layer stores:
-    /// MOUNTPOINT/<base64 image reference>/<layer digest>/{diff/,info,blob}.
-    /// Configure it in storage.conf as
-    /// additionallayerstores = ["MOUNTPOINT:ref"]. Every layer of STORE is
-    /// served under every reference; layers added while mounted are found.
-    Serve(StoreServeArgs),
-}
-
-/// `store serve --overlay-xattrs`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum StoreXattrsArg {
-    /// trusted for real root, user otherwise.
-    Auto,
-    /// As stored.
-    Trusted,
-    /// trusted.overlay.* shown as user.overlay.*.
-    User,
-}
-
 /// `mount --overlay-xattrs`.
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum OverlayXattrsArg {
@@ -256,25 +232,6 @@ pub enum OverlayXattrsArg {
     Trusted,
     /// trusted.overlay.* shown as user.overlay.*.
     User,
-}
-
-/// `verity` subcommands.
-#[derive(Debug, Subcommand)]
-pub enum VerityCommand {
-    /// Build a dm-verity hash tree for DATA into HASH_FILE, byte for byte
-    /// what `veritysetup format` writes with the same parameters (format 1,
-    /// sha256), and print its header and root hash as veritysetup does.
-    /// Salt and UUID are random unless given.
-    ///
-    /// With --append FILE, containerd's layout for an EROFS layer instead:
-    /// FILE zero-padded to whole blocks (512 bytes for an image with 512-byte
-    /// blocks, i.e. tar-index layers, else 4096), superblock and tree
-    /// appended to it (salt: 32 zero bytes), and FILE.dmverity written with
-    /// {"roothash", "hashoffset"}.
-    Format(VerityFormatArgs),
-    /// Check DATA against the tree in HASH_FILE and ROOT_HASH: exit 0, or
-    /// name the first bad block.
-    Verify(VerityVerifyArgs),
 }
 
 /// Kind of image `convert` makes.
@@ -436,104 +393,6 @@ pub struct ConvertArgs {
     /// No progress bar (it is shown only on a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,
-}
-
-/// `store add` arguments.
-#[derive(Args)]
-pub struct StoreAddArgs {
-    /// The store directory (created if missing).
-    pub store: PathBuf,
-    /// Layer blobs, or OCI image layouts (directories, as `skopeo copy
-    /// docker://REF oci:DIR` writes them), whose layers are added bottom
-    /// first.
-    #[arg(required = true, value_name = "BLOB|OCI_DIR")]
-    pub blobs: Vec<PathBuf>,
-    /// No progress bar.
-    #[arg(short, long)]
-    pub quiet: bool,
-}
-
-/// `store serve` arguments.
-#[derive(Args)]
-pub struct StoreServeArgs {
-    /// The store directory.
-    pub store: PathBuf,
-    /// Existing directory to mount on.
-    pub mountpoint: PathBuf,
-    /// Memory for decoded compressed data (see mount --cache-size).
-    #[arg(long, value_name = "SIZE", default_value = "64M",
-          value_parser = erofs_fuse::fuse::options::parse_size)]
-    pub cache_size: u64,
-    /// Namespace of the layers' overlayfs xattrs: "auto" is "trusted"
-    /// for root in the initial user namespace (rootful overlayfs) and
-    /// "user" otherwise (rootless overlayfs reads user.overlay.*).
-    #[arg(long, value_enum, default_value = "auto", value_name = "NAMESPACE")]
-    pub overlay_xattrs: StoreXattrsArg,
-    /// How to serve the mount.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
-/// `verity format` arguments.
-#[derive(Args, Debug)]
-pub struct VerityFormatArgs {
-    /// The data: an image, a layer tar, any file. Only whole data blocks
-    /// are covered, as veritysetup does.
-    pub data: PathBuf,
-    /// Where to write the superblock and the tree (created or
-    /// overwritten); not with --append.
-    #[arg(required_unless_present = "append", conflicts_with = "append")]
-    pub hash_file: Option<PathBuf>,
-    /// Append the tree to DATA and write DATA.dmverity (containerd).
-    #[arg(long, conflicts_with_all = ["salt", "data_block_size", "hash_block_size", "no_superblock"])]
-    pub append: bool,
-    /// Write the tree alone, without the superblock (veritysetup
-    /// --no-superblock): salt and sizes must then be given to use it.
-    #[arg(long)]
-    pub no_superblock: bool,
-    /// Salt in hex (veritysetup: 32 random bytes; "-" for none).
-    #[arg(long)]
-    pub salt: Option<String>,
-    /// UUID of the hash device.
-    #[arg(long)]
-    pub uuid: Option<String>,
-    /// Data block size in bytes.
-    #[arg(long, default_value_t = 4096)]
-    pub data_block_size: u32,
-    /// Hash block size in bytes.
-    #[arg(long, default_value_t = 4096)]
-    pub hash_block_size: u32,
-}
-
-/// `verity verify` arguments.
-#[derive(Args, Debug)]
-pub struct VerityVerifyArgs {
-    /// The data.
-    pub data: PathBuf,
-    /// The hash file (superblock at offset 0, or at --hash-offset).
-    pub hash_file: PathBuf,
-    /// The root hash, in hex.
-    pub root_hash: String,
-    /// Byte offset of the superblock (or tree) in HASH_FILE.
-    #[arg(long, default_value_t = 0)]
-    pub hash_offset: u64,
-    /// The tree has no superblock (veritysetup --no-superblock): its
-    /// parameters come from --salt, --data-blocks and the block sizes.
-    #[arg(long)]
-    pub no_superblock: bool,
-    /// Salt in hex ("-" for none), with --no-superblock.
-    #[arg(long, requires = "no_superblock")]
-    pub salt: Option<String>,
-    /// Data blocks covered, with --no-superblock (default: every whole
-    /// block of DATA).
-    #[arg(long, requires = "no_superblock")]
-    pub data_blocks: Option<u64>,
-    /// Data block size, with --no-superblock.
-    #[arg(long, default_value_t = 4096, requires = "no_superblock")]
-    pub data_block_size: u32,
-    /// Hash block size, with --no-superblock.
-    #[arg(long, default_value_t = 4096, requires = "no_superblock")]
-    pub hash_block_size: u32,
 }
 
 /// The arguments as clap should see them: `erofs-fuse IMAGE MOUNTPOINT
