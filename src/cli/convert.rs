@@ -29,14 +29,14 @@ impl ConvertArgs {
 /// A layer tar to EROFS, then its digests.
 fn convert(input: &Path, output: &Path, mut options: ConvertOptions) -> Result {
     if options.mode == Mode::Full && (options.append_tar || options.tar_out.is_some()) {
-        return Err(CliError::invalid(
+        return Err(CliError::msg(
             "--append-tar and --tar-out apply to --mode index only",
         ));
     }
     if options.implied_mtime.is_none() {
         if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
             let seconds = epoch.trim().parse().map_err(|_| {
-                CliError::invalid(format!(
+                CliError::msg(format!(
                     "SOURCE_DATE_EPOCH={epoch}: not a number of seconds"
                 ))
             })?;

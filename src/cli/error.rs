@@ -22,9 +22,10 @@ pub enum CliError {
     /// JSON output could not be made.
     #[error("{0}")]
     Json(#[from] serde_json::Error),
-    /// Arguments that do not fit together, or a value the command rejects.
+    /// A failure the command found and phrased itself: arguments that do
+    /// not fit together, a value it rejects, fsck's count of problems.
     #[error("{0}")]
-    Invalid(String),
+    Message(String),
     /// `cause`, while doing what `context` says (a path, an action).
     #[error("{context}: {cause}")]
     Context {
@@ -37,8 +38,8 @@ pub enum CliError {
 
 impl CliError {
     /// An error with its message alone.
-    pub fn invalid(message: impl Into<String>) -> Self {
-        Self::Invalid(message.into())
+    pub fn msg(message: impl Into<String>) -> Self {
+        Self::Message(message.into())
     }
 }
 

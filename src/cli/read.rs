@@ -185,7 +185,7 @@ fn cat(args: &ImageArgs, path: &str) -> Result {
     match inode.kind {
         FileKind::Regular => {}
         FileKind::Directory => return Err(erofs_fuse::Error::IsDir).with_context(what),
-        _ => return Err(CliError::invalid("not a regular file")).with_context(what),
+        _ => return Err(CliError::msg("not a regular file")).with_context(what),
     }
     const CHUNK: u64 = 1 << 20;
     let mut offset = 0;
@@ -305,7 +305,7 @@ fn fsck(args: &ImageArgs) -> Result {
         );
     }
     if report.problem_count > 0 || report.limited {
-        return Err(CliError::invalid(format!(
+        return Err(CliError::msg(format!(
             "{summary}; {} problems",
             report.problem_count + u64::from(report.limited)
         )));

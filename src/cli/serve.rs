@@ -34,9 +34,7 @@ fn mount(args: &MountArgs) -> Result {
         .extend(options.device_verity.iter().cloned());
     if let Some(source) = &options.verity {
         if open.verity.is_some() || open.dmverity.is_some() {
-            return Err(CliError::invalid(
-                "verity given both as an option and with -o",
-            ));
+            return Err(CliError::msg("verity given both as an option and with -o"));
         }
         open.verity = Some(source.clone());
     }
@@ -54,18 +52,14 @@ fn mount(args: &MountArgs) -> Result {
         }
         ([mountpoint], false) => {
             if overlay_xattrs != OverlayXattrs::Trusted {
-                return Err(CliError::invalid("--overlay-xattrs applies to single images: a merged stack shows no overlayfs xattrs"));
+                return Err(CliError::msg("--overlay-xattrs applies to single images: a merged stack shows no overlayfs xattrs"));
             }
             let stack = open_stack(&args.layers, &open)?;
             let top = args.layers.last().map(|l| split_layer(l).0);
             (top.unwrap_or_default(), mountpoint, Arc::new(stack))
         }
-        (_, true) => return Err(CliError::invalid("mount needs IMAGE and MOUNTPOINT")),
-        (_, false) => {
-            return Err(CliError::invalid(
-                "with --layer, mount takes only MOUNTPOINT",
-            ))
-        }
+        (_, true) => return Err(CliError::msg("mount needs IMAGE and MOUNTPOINT")),
+        (_, false) => return Err(CliError::msg("with --layer, mount takes only MOUNTPOINT")),
     };
     serve(view, &source, mountpoint, options, &args.serve)
         .with_context(|| format!("mount {}", source.display()))
@@ -159,7 +153,7 @@ fn store_serve(
     let options = MountOptions::parse(&args.options)?;
     if options.verity.is_some() || !options.devices.is_empty() || !options.device_verity.is_empty()
     {
-        return Err(CliError::invalid(
+        return Err(CliError::msg(
             "store serve: device and verity options apply to single images",
         ));
     }
@@ -207,7 +201,7 @@ fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay:
         || !open.device_verity.is_empty()
         || open.offset != 0
     {
-        return Err(CliError::invalid(
+        return Err(CliError::msg(
             "with --layer, give each layer's devices after colons; --device, --offset and verity apply to single images",
         ));
     }

@@ -44,7 +44,7 @@ impl TreeArgs<'_> {
             None => default_salt()?,
             Some("-") => Vec::new(),
             Some(text) => erofs_fuse::verity::from_hex(text)
-                .ok_or_else(|| CliError::invalid(format!("--salt {text}: not hex")))?,
+                .ok_or_else(|| CliError::msg(format!("--salt {text}: not hex")))?,
         };
         let len = data.metadata()?.len();
         Ok(erofs_fuse::verity::VerityParams {
@@ -109,7 +109,7 @@ fn verity_format(data: &Path, hash_file: &Path, tree: &TreeArgs, uuid: Option<&s
     if let (Ok(a), Ok(b)) = (std::fs::metadata(data), std::fs::metadata(hash_file)) {
         use std::os::unix::fs::MetadataExt;
         if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
-            return Err(CliError::invalid(format!(
+            return Err(CliError::msg(format!(
                 "{}: the hash file is the data (use --append to add a tree to a file)",
                 hash_file.display()
             )));
@@ -159,7 +159,7 @@ fn uuid_arg(uuid: Option<&str>) -> Result<[u8; 16]> {
             Ok(bytes)
         }
         Some(text) => erofs_fuse::verity::parse_uuid(text)
-            .ok_or_else(|| CliError::invalid(format!("--uuid {text}: not a UUID"))),
+            .ok_or_else(|| CliError::msg(format!("--uuid {text}: not a UUID"))),
     }
 }
 
@@ -206,7 +206,7 @@ fn verity_verify(
 ) -> Result {
     use erofs_fuse::verity::{from_hex, verify_tree};
     let root = from_hex(root_hash)
-        .ok_or_else(|| CliError::invalid(format!("root hash {root_hash}: not hex")))?;
+        .ok_or_else(|| CliError::msg(format!("root hash {root_hash}: not hex")))?;
     let open = |p: &Path| std::fs::File::open(p).context(p.display());
     let input = open(data)?;
     let given = if tree.superblock {
