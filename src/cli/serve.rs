@@ -6,35 +6,35 @@ use erofs_fuse::fuse::options::MountOptions;
 use erofs_fuse::fuse::session::MountRequest;
 use erofs_fuse::OpenOptions;
 
-use super::{open_with, write_out, CliResult};
-use crate::{OpenArgs, ServeArgs};
+use super::args::{
+    MountArgs, OpenArgs, OverlayXattrsArg, ServeArgs, StoreAddArgs, StoreServeArgs, StoreXattrsArg,
+};
+use super::error::{CliError, Context, Result};
+use super::{open_with, write_out};
+use erofs_fuse::view::OverlayXattrs;
 
-/// What `mount` was given.
-pub struct MountArgs {
-    /// IMAGE MOUNTPOINT, or MOUNTPOINT alone with layers.
-    pub paths: Vec<PathBuf>,
-    /// How to open the image (and each layer).
-    pub open: OpenArgs,
-    /// `--layer` values, bottom first.
-    pub layers: Vec<String>,
-    /// `--overlay-xattrs`.
-    pub overlay_xattrs: erofs_fuse::view::OverlayXattrs,
-    /// How to serve.
-    pub serve: ServeArgs,
+impl MountArgs {
+    /// `mount`.
+    pub fn run(self) -> Result {
+        mount(&self)
+    }
 }
 
-/// `mount`.
-pub fn mount(args: &MountArgs) -> CliResult {
+fn mount(args: &MountArgs) -> Result {
     use erofs_fuse::view::{ImageView, View};
     use std::sync::Arc;
-    let options = MountOptions::parse(&args.serve.options).map_err(|e| e.to_string())?;
+    let overlay_xattrs = match args.overlay_xattrs {
+        OverlayXattrsArg::Trusted => OverlayXattrs::Trusted,
+        OverlayXattrsArg::User => OverlayXattrs::User,
+    };
+    let options = MountOptions::parse(&args.serve.options)?;
     let mut open = args.open.clone();
     open.devices.extend(options.devices.iter().cloned());
     open.device_verity
         .extend(options.device_verity.iter().cloned());
     if let Some(source) = &options.verity {
         if open.verity.is_some() || open.dmverity.is_some() {
-            return Err("verity given both as an option and with -o".into());
+            return Err(CliError::msg("verity given both as an option and with -o"));
         }
         open.verity = Some(source.clone());
     }
@@ -47,22 +47,22 @@ pub fn mount(args: &MountArgs) -> CliResult {
         args.layers.is_empty(),
     ) {
         ([image, mountpoint], true) => {
-            let view = ImageView::new(Arc::new(open_with(image, &open)?), args.overlay_xattrs);
+            let view = ImageView::new(Arc::new(open_with(image, &open)?), overlay_xattrs);
             (image.clone(), mountpoint, Arc::new(view))
         }
         ([mountpoint], false) => {
-            if args.overlay_xattrs != erofs_fuse::view::OverlayXattrs::Trusted {
-                return Err("--overlay-xattrs applies to single images: a merged stack shows no overlayfs xattrs".into());
+            if overlay_xattrs != OverlayXattrs::Trusted {
+                return Err(CliError::msg("--overlay-xattrs applies to single images: a merged stack shows no overlayfs xattrs"));
             }
             let stack = open_stack(&args.layers, &open)?;
             let top = args.layers.last().map(|l| split_layer(l).0);
             (top.unwrap_or_default(), mountpoint, Arc::new(stack))
         }
-        (_, true) => return Err("mount needs IMAGE and MOUNTPOINT".into()),
-        (_, false) => return Err("with --layer, mount takes only MOUNTPOINT".into()),
+        (_, true) => return Err(CliError::msg("mount needs IMAGE and MOUNTPOINT")),
+        (_, false) => return Err(CliError::msg("with --layer, mount takes only MOUNTPOINT")),
     };
     serve(view, &source, mountpoint, options, &args.serve)
-        .map_err(|e| format!("mount {}: {e}", source.display()))
+        .with_context(|| format!("mount {}", source.display()))
 }
 
 /// Mounts `view` (from `source`) at `mountpoint` and serves it.
@@ -93,16 +93,16 @@ fn serve(
 }
 
 /// `store add`: each argument a layer blob or an OCI image layout.
-pub fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> CliResult {
+fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> Result {
     use erofs_fuse::store::layout;
     for arg in blobs {
         let layers = if arg.is_dir() {
-            layout::oci_layers(arg).map_err(|e| e.to_string())?
+            layout::oci_layers(arg)?
         } else {
             vec![arg.clone()]
         };
         for blob in layers {
-            let info = layout::add(store, &blob, progress).map_err(|e| e.to_string())?;
+            let info = layout::add(store, &blob, progress)?;
             write_out(
                 format!(
                     "{} diffid {} {}\n",
@@ -117,27 +117,53 @@ pub fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> CliResult {
     Ok(())
 }
 
+impl StoreAddArgs {
+    /// `store add`.
+    pub fn run(self) -> Result {
+        store_add(&self.store, &self.blobs, !self.quiet)
+    }
+}
+
+impl StoreServeArgs {
+    /// `store serve`.
+    pub fn run(self) -> Result {
+        let overlay_xattrs = match self.overlay_xattrs {
+            StoreXattrsArg::Auto if erofs_fuse::fuse::privileged() => OverlayXattrs::Trusted,
+            StoreXattrsArg::Auto | StoreXattrsArg::User => OverlayXattrs::User,
+            StoreXattrsArg::Trusted => OverlayXattrs::Trusted,
+        };
+        store_serve(
+            &self.store,
+            &self.mountpoint,
+            self.cache_size,
+            overlay_xattrs,
+            &self.serve,
+        )
+    }
+}
+
 /// `store serve`.
-pub fn store_serve(
+fn store_serve(
     store: &Path,
     mountpoint: &Path,
     cache_size: u64,
-    overlay_xattrs: erofs_fuse::view::OverlayXattrs,
+    overlay_xattrs: OverlayXattrs,
     args: &ServeArgs,
-) -> CliResult {
-    let options = MountOptions::parse(&args.options).map_err(|e| e.to_string())?;
+) -> Result {
+    let options = MountOptions::parse(&args.options)?;
     if options.verity.is_some() || !options.devices.is_empty() || !options.device_verity.is_empty()
     {
-        return Err("store serve: device and verity options apply to single images".into());
+        return Err(CliError::msg(
+            "store serve: device and verity options apply to single images",
+        ));
     }
     let open = OpenOptions {
         cache_size: options.cache_size.unwrap_or(cache_size),
         ..OpenOptions::default()
     };
-    let view = erofs_fuse::store::StoreView::new(store.to_path_buf(), open, overlay_xattrs)
-        .map_err(|e| e.to_string())?;
+    let view = erofs_fuse::store::StoreView::new(store.to_path_buf(), open, overlay_xattrs)?;
     serve(std::sync::Arc::new(view), store, mountpoint, options, args)
-        .map_err(|e| format!("store {}: {e}", store.display()))
+        .with_context(|| format!("store {}", store.display()))
 }
 
 /// Splits a `--layer IMAGE[:DEVICE...]` value. Paths may hold colons (a
@@ -168,17 +194,16 @@ fn split_layer(value: &str) -> (PathBuf, Vec<PathBuf>) {
 
 /// Opens the layers of `mount --layer` (IMAGE[:DEVICE...] each, bottom
 /// first) as one stack, with `open`'s cache size.
-fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay::Stack, String> {
+fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay::Stack> {
     if open.verity.is_some()
         || open.dmverity.is_some()
         || !open.devices.is_empty()
         || !open.device_verity.is_empty()
         || open.offset != 0
     {
-        return Err(
-            "with --layer, give each layer's devices after colons; --device, --offset and verity apply to single images"
-                .into(),
-        );
+        return Err(CliError::msg(
+            "with --layer, give each layer's devices after colons; --device, --offset and verity apply to single images",
+        ));
     }
     let mut images = Vec::with_capacity(layers.len());
     for layer in layers {
@@ -187,7 +212,7 @@ fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay:
         this.devices = devices;
         images.push(std::sync::Arc::new(open_with(&image, &this)?));
     }
-    erofs_fuse::overlay::Stack::new(images).map_err(|e| e.to_string())
+    Ok(erofs_fuse::overlay::Stack::new(images)?)
 }
 
 #[cfg(test)]

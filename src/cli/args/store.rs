@@ -1,0 +1,73 @@
+//! `store` arguments: adding layers to a store and serving it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::ServeArgs;
+
+/// `store` subcommands.
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Add layer blobs (tar or tar.gz, as a registry serves them) to the
+    /// store directory STORE: each becomes STORE/<digest>/ with a
+    /// tar-index EROFS image of the layer (OCI whiteouts turned into
+    /// overlayfs ones) in layer.erofs, its info for containers/storage, and
+    /// the blob. Prints a line per layer: its digest, "diffid", its diffID
+    /// and the blob's path.
+    Add(StoreAddArgs),
+    /// Mount the layers of STORE at MOUNTPOINT in the layout of
+    /// containers/storage's additional layer stores:
+    /// MOUNTPOINT/<base64 image reference>/<layer digest>/{diff/,info,blob}.
+    /// Configure it in storage.conf as
+    /// additionallayerstores = ["MOUNTPOINT:ref"]. Every layer of STORE is
+    /// served under every reference; layers added while mounted are found.
+    Serve(StoreServeArgs),
+}
+
+/// `store serve --overlay-xattrs`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum StoreXattrsArg {
+    /// trusted for real root, user otherwise.
+    Auto,
+    /// As stored.
+    Trusted,
+    /// trusted.overlay.* shown as user.overlay.*.
+    User,
+}
+
+/// `store add` arguments.
+#[derive(Args)]
+pub struct StoreAddArgs {
+    /// The store directory (created if missing).
+    pub store: PathBuf,
+    /// Layer blobs, or OCI image layouts (directories, as `skopeo copy
+    /// docker://REF oci:DIR` writes them), whose layers are added bottom
+    /// first.
+    #[arg(required = true, value_name = "BLOB|OCI_DIR")]
+    pub blobs: Vec<PathBuf>,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `store serve` arguments.
+#[derive(Args)]
+pub struct StoreServeArgs {
+    /// The store directory.
+    pub store: PathBuf,
+    /// Existing directory to mount on.
+    pub mountpoint: PathBuf,
+    /// Memory for decoded compressed data (see mount --cache-size).
+    #[arg(long, value_name = "SIZE", default_value = "64M",
+          value_parser = erofs_fuse::fuse::options::parse_size)]
+    pub cache_size: u64,
+    /// Namespace of the layers' overlayfs xattrs: "auto" is "trusted"
+    /// for root in the initial user namespace (rootful overlayfs) and
+    /// "user" otherwise (rootless overlayfs reads user.overlay.*).
+    #[arg(long, value_enum, default_value = "auto", value_name = "NAMESPACE")]
+    pub overlay_xattrs: StoreXattrsArg,
+    /// How to serve the mount.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}

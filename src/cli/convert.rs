@@ -1,0 +1,73 @@
+//! `convert`: an OCI layer tar to EROFS.
+
+use std::io::Write;
+use std::path::Path;
+
+use erofs_fuse::convert::{ConvertOptions, Mode};
+
+use super::args::{ConvertArgs, ConvertMode};
+use super::error::{CliError, Context, Result};
+
+impl ConvertArgs {
+    /// `convert`.
+    pub fn run(self) -> Result {
+        let options = ConvertOptions {
+            mode: match self.mode {
+                ConvertMode::Index => Mode::Index,
+                ConvertMode::Full => Mode::Full,
+            },
+            aufs: self.aufs,
+            append_tar: self.append_tar,
+            tar_out: self.tar_out,
+            progress: !self.quiet,
+            implied_mtime: self.implied_mtime,
+        };
+        convert(&self.input, &self.output, options)
+    }
+}
+
+/// A layer tar to EROFS, then its digests.
+fn convert(input: &Path, output: &Path, mut options: ConvertOptions) -> Result {
+    if options.mode == Mode::Full && (options.append_tar || options.tar_out.is_some()) {
+        return Err(CliError::msg(
+            "--append-tar and --tar-out apply to --mode index only",
+        ));
+    }
+    if options.implied_mtime.is_none() {
+        if let Ok(epoch) = std::env::var("SOURCE_DATE_EPOCH") {
+            let seconds = epoch.trim().parse().map_err(|_| {
+                CliError::msg(format!(
+                    "SOURCE_DATE_EPOCH={epoch}: not a number of seconds"
+                ))
+            })?;
+            options.implied_mtime = Some(seconds);
+        }
+    }
+    let report = erofs_fuse::convert::convert(input, output, &options).with_context(|| {
+        if input == Path::new("-") {
+            "converting stdin".to_string()
+        } else {
+            format!("converting {}", input.display())
+        }
+    })?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "digest {}", report.input_digest);
+    let _ = writeln!(out, "diffid {}", report.tar_digest);
+    let _ = writeln!(
+        out,
+        "image {} ({} bytes, {} inodes)",
+        output.display(),
+        report.image_size,
+        report.inodes
+    );
+    if let Some(tar) = &report.tar_path {
+        let _ = writeln!(
+            out,
+            "tar {} ({} bytes): mount with --device {}",
+            tar.display(),
+            report.tar_size,
+            tar.display()
+        );
+    }
+    Ok(())
+}
