@@ -26,10 +26,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
 use crate::error::{Error, Result};
 use crate::fault::ImageMap;
+use crate::mmap::{self, Advice, PAGE};
 use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 
 /// Reads larger than this that miss the verified blocks start verifying
@@ -37,9 +36,6 @@ use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 const AHEAD_MIN_READ: u64 = 4096;
 /// How far past such a read to verify ahead.
 const AHEAD_STRETCH: u64 = 4 << 20;
-
-/// The page size the maps are read in.
-const PAGE: u64 = 4096;
 
 /// The most image one page fault maps into the process: a 2 MiB huge page
 /// of an [`Access::Sequential`] read.
@@ -108,7 +104,7 @@ impl Device {
     /// [`crate::input::open_input`]).
     pub fn open(path: &Path, offset: u64) -> Result<Self> {
         let (file, len) = crate::input::open_input(path)?;
-        let map = |advice: &[memmap2::Advice]| {
+        let map = |advice: &[Advice]| {
             let map = ImageMap::map(&file, path, len)?;
             // Only advice: a kernel without transparent huge pages refuses
             // MADV_HUGEPAGE, and then faults read around as by default.
@@ -117,10 +113,10 @@ impl Device {
             }
             Ok::<_, Error>(Arc::new(map))
         };
-        let sequential = map(&[memmap2::Advice::HugePage])?;
+        let sequential = map(&[Advice::HugePage])?;
         // Not mapped 2 MiB at a time either, where a sequential reader has
         // left huge pages in the page cache: a random read maps its page.
-        let random = map(&[memmap2::Advice::Random, memmap2::Advice::NoHugePage])?;
+        let random = map(&[Advice::Random, Advice::NoHugePage])?;
         let whole = Self {
             len: sequential.len(),
             random,
@@ -147,11 +143,7 @@ impl Device {
     pub fn from_bytes(name: &Path, bytes: &[u8]) -> Result<Self> {
         // An anonymous map cannot be empty; one spare byte stays outside
         // the device's range.
-        let mut anon =
-            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(name, e))?;
-        anon[..bytes.len()].copy_from_slice(bytes);
-        let map = anon.make_read_only().map_err(|e| Error::io(name, e))?;
-        let map = Arc::new(ImageMap::anonymous(map));
+        let map = Arc::new(ImageMap::anonymous(mmap::map_copy(name, bytes)?));
         Ok(Self {
             random: Arc::clone(&map),
             map,
@@ -376,9 +368,7 @@ impl Device {
     fn advise_random(&self, access: Access, offset: u64, len: u64) {
         if access == Access::Random && len > PAGE {
             if let Some((start, len)) = self.page_range(offset, len) {
-                let _ = self
-                    .random
-                    .advise_range(memmap2::Advice::WillNeed, start, len);
+                mmap::will_need(&self.random, start, len);
             }
         }
     }
@@ -433,7 +423,7 @@ impl Device {
         }
         if let Some((start, len)) = self.page_range(offset, len) {
             for map in [&self.map, &self.random] {
-                unmap_pages(map, start as u64, len as u64);
+                mmap::unmap(map, start as u64, len as u64);
             }
         }
     }
@@ -448,27 +438,5 @@ impl Device {
         let start = (self.start as u64 + offset) / PAGE * PAGE;
         let end = self.start as u64 + end;
         Some((start as usize, (end - start) as usize))
-    }
-}
-
-/// Unmaps `[offset, offset + len)` of `map` (clipped to it, widened to
-/// pages) from this process (`MADV_DONTNEED`). `map` must be a shared map
-/// of a file: its pages stay in the page cache, and the next access maps
-/// them again.
-pub(crate) fn unmap_pages(map: &Mmap, offset: u64, len: u64) {
-    let end = offset.saturating_add(len).min(map.len() as u64);
-    let start = offset / PAGE * PAGE;
-    if start < end {
-        // SAFETY: callers pass only read-only shared maps of files, for
-        // which MADV_DONTNEED only unmaps pages: their contents come back
-        // from the file on the next access, so no reader can see other
-        // bytes.
-        let _ = unsafe {
-            map.unchecked_advise_range(
-                memmap2::UncheckedAdvice::DontNeed,
-                start as usize,
-                (end - start) as usize,
-            )
-        };
     }
 }

@@ -36,7 +36,7 @@ pub enum Error {
     NotSymlink,
     /// A block failed verity verification, or a verity tree is unusable.
     #[error("verity: {0}")]
-    Verity(#[from] crate::verity::VerityError),
+    Verity(#[from] VerityError),
     /// A change to a read-only filesystem was asked for.
     #[error("read-only file system")]
     ReadOnly,
@@ -73,6 +73,38 @@ impl Error {
             Self::ReadOnly => libc_errno::EROFS,
         }
     }
+}
+
+/// An error building or checking a tree.
+#[derive(Debug, thiserror::Error)]
+pub enum VerityError {
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Bad parameters or a malformed superblock.
+    #[error("{0}")]
+    Invalid(String),
+    /// A block does not match its hash.
+    #[error("{what} block {block} does not match its hash")]
+    Mismatch {
+        /// "data" or "hash".
+        what: &'static str,
+        /// The block number (data blocks from 0; hash blocks from the hash offset).
+        block: u64,
+    },
+    /// A block read through a mount does not match its hash.
+    #[error("{}: {what} block {block} does not match its hash", file.display())]
+    BadBlock {
+        /// The data or hash file holding the block.
+        file: std::path::PathBuf,
+        /// "data" or "hash".
+        what: &'static str,
+        /// The block number (hash blocks from the superblock's block).
+        block: u64,
+    },
+    /// The tree's top does not match the root hash given.
+    #[error("the root hash does not match (tree gives {0})")]
+    RootMismatch(String),
 }
 
 /// The few errno values the library reports (Linux numbering).

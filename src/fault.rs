@@ -34,6 +34,7 @@
 //!   read with EIO, but in the instant another thread has a zero page
 //!   patched over that same page, the kernel copies zeros. Verified mounts
 //!   copy and hash in the server, so they never serve them.
+#![allow(unsafe_code)]
 
 use std::cell::Cell;
 use std::ffi::CString;
@@ -44,10 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use memmap2::Mmap;
-
 use crate::error::Error;
-
+use crate::mmap::{lasting_advice, Advice, Mmap};
 /// How many file maps can be registered at once (three per verified
 /// image file: its two maps and its tree's). Maps beyond this are made
 /// anyway, unprotected, with a warning.
@@ -168,12 +167,7 @@ impl ImageMap {
     pub fn map(file: &File, path: &Path, len: u64) -> crate::Result<Self> {
         let len = usize::try_from(len)
             .map_err(|_| Error::Invalid(format!("{}: too large to map", path.display())))?;
-        // SAFETY: a read-only shared map. The file may change or shrink
-        // under it: changed bytes are input like any other (the parser is
-        // safe on any bytes, verity checks copies), and pages past a new end
-        // are handled by this module instead of killing the process.
-        let map = unsafe { memmap2::MmapOptions::new().len(len).map(file) }
-            .map_err(|e| Error::io(path, e))?;
+        let map = crate::mmap::map_file(file, path, len)?;
         let name = CString::new(path.as_os_str().as_bytes()).unwrap_or_default();
         let file = file.try_clone().map_err(|e| Error::io(path, e))?;
         let slot = if map.is_empty() {
@@ -198,16 +192,9 @@ impl ImageMap {
     /// Gives the whole map `advice` (as [`Mmap::advise`]), remembered for
     /// pages mapped back after a fault. At most two pieces of advice are
     /// remembered.
-    pub fn advise(&self, advice: memmap2::Advice) -> std::io::Result<()> {
+    pub fn advise(&self, advice: Advice) -> std::io::Result<()> {
         self.map.advise(advice)?;
-        if let Some(slot) = self.slot {
-            let raw = match advice {
-                memmap2::Advice::HugePage => libc::MADV_HUGEPAGE,
-                memmap2::Advice::NoHugePage => libc::MADV_NOHUGEPAGE,
-                memmap2::Advice::Random => libc::MADV_RANDOM,
-                memmap2::Advice::Sequential => libc::MADV_SEQUENTIAL,
-                _ => return Ok(()),
-            };
+        if let (Some(slot), Some(raw)) = (self.slot, lasting_advice(advice)) {
             let _lock = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(free) = TABLE[slot]
                 .advice

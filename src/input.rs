@@ -3,7 +3,6 @@
 //! could block.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -26,7 +25,7 @@ pub fn open_input(path: &Path) -> Result<(File, u64)> {
     let len = if kind.is_file() {
         meta.len()
     } else if kind.is_block_device() {
-        block_device_size(&file).map_err(|e| Error::io(path, e))?
+        crate::sys::block_device_size(&file).map_err(|e| Error::io(path, e))?
     } else {
         let what = if kind.is_dir() {
             "a directory"
@@ -46,25 +45,6 @@ pub fn open_input(path: &Path) -> Result<(File, u64)> {
     };
     // Reads block again (they never wait on a regular file or a disk, but
     // the flag would otherwise outlive this check).
-    // SAFETY: fcntl on an fd this function owns.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0
-        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
-    {
-        return Err(Error::io(path, std::io::Error::last_os_error()));
-    }
+    crate::sys::clear_nonblock(&file).map_err(|e| Error::io(path, e))?;
     Ok((file, len))
-}
-
-/// The size in bytes of the block device open as `file`.
-fn block_device_size(file: &File) -> std::io::Result<u64> {
-    // BLKGETSIZE64: _IOR(0x12, 114, size_t).
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
-    let mut size: u64 = 0;
-    // SAFETY: the ioctl writes one u64 to the pointer given.
-    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(size)
 }

@@ -1,18 +1,29 @@
 //! erofs-fuse: read EROFS images (and tar-indexed OCI layers) in userspace.
 //!
-//! Layers, each using only those above it:
-//! - [`format`]: on-disk structures, no I/O;
-//! - [`device`]: read-only memory maps of image files and ranges of them
-//!   ([`fault`]: surviving those files shrinking under their maps);
+//! Layers, from the bottom; each uses only those below it (the order is
+//! checked by a unit test, `layering`, which holds the same table):
+//! - [`error`]: the error type;
+//! - [`format`]: on-disk structures, no I/O; [`safe_fs`]: writing files
+//!   (extract, convert, store add) without following or replacing what
+//!   other users put in the way; [`sys`]: the few raw system calls;
+//! - [`mmap`]: memory maps (map, advise, unmap); [`input`]: opening image
+//!   files and block devices; [`fault`]: the maps the reader keeps,
+//!   surviving their files shrinking under them;
+//! - [`verity`]: dm-verity trees, built and checked;
+//! - [`device`]: bounds-checked (and verified) reads of image files and
+//!   ranges of them;
 //! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
-//!   data), knowing nothing of FUSE;
-//! - [`view`]: read-only trees served through FUSE: one image, a merged
-//!   [`overlay`] stack of layers, or the layer [`store`];
-//! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte layouts;
-//! - [`inspect`], [`manifest`], [`extract`], [`fsck`]: tools built on the reader
-//!   (summaries, JSON-lines manifests, copying a tree out).
-//! - [`safe_fs`]: writing files (extract, convert, store add) without
-//!   following or replacing what other users put in the way.
+//!   data), knowing nothing of FUSE; [`build`]: the mkfs side, writing
+//!   images;
+//! - [`view`]: read-only trees served through FUSE; [`inspect`], [`fsck`],
+//!   [`extract`]: tools built on the reader; [`convert`]: tar layers to
+//!   images (through [`build`]);
+//! - [`overlay`]: a merged stack of layers; [`manifest`]: JSON-lines
+//!   manifests;
+//! - [`store`]: the layer store (converting and serving layers);
+//! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte
+//!   layouts. Process-wide effects (daemonizing, allocator tuning) are the
+//!   binary's.
 
 #![warn(missing_docs)]
 
@@ -27,11 +38,15 @@ pub mod fsck;
 pub mod fuse;
 pub mod input;
 pub mod inspect;
+#[cfg(test)]
+mod layering;
 pub mod manifest;
+pub mod mmap;
 pub mod overlay;
 pub mod reader;
 pub mod safe_fs;
 pub mod store;
+pub mod sys;
 pub mod verity;
 pub mod view;
 

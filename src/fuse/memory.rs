@@ -114,11 +114,7 @@ impl Budget {
             // Decode buffers freed by cache evictions sit in the serving
             // threads' malloc arenas; hand them back so resident memory
             // follows the cache budget rather than its past peaks.
-            #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim only releases free heap memory.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::sys::malloc_trim();
         }
     }
 
@@ -131,9 +127,7 @@ impl Budget {
         let mut buf = [0u8; 128];
         let n = statm.read_at(&mut buf, 0).ok()?;
         let pages = parse_statm_shared(buf.get(..n)?)?;
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        pages.checked_mul(u64::try_from(page).ok()?)
+        pages.checked_mul(crate::sys::page_size()?)
     }
 }
 
@@ -182,8 +176,7 @@ mod tests {
         std::fs::write(&path, vec![7u8; 16 << 20]).unwrap();
         let budget = Budget::default();
         let before = budget.file_resident().unwrap();
-        // SAFETY: a private test file nothing else writes.
-        let map = unsafe { memmap2::Mmap::map(&File::open(&path).unwrap()) }.unwrap();
+        let map = crate::mmap::map_file(&File::open(&path).unwrap(), &path, 16 << 20).unwrap();
         let sum: u64 = map.iter().step_by(4096).map(|&b| u64::from(b)).sum();
         assert_eq!(sum, 7 * 4096);
         let after = budget.file_resident().unwrap();

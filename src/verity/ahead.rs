@@ -5,7 +5,6 @@
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
 
-use crate::device::unmap_pages;
 use crate::fault::ImageMap;
 
 use super::{Prepared, Verifier};
@@ -81,7 +80,7 @@ impl VerifyAhead {
                             // What it mapped to hash counts as the server's
                             // memory, and no request of this thread's
                             // triggers a trim: let go of it now.
-                            unmap_pages(&map, offset, len);
+                            crate::mmap::unmap(&map, offset, len);
                         }
                     }
                 });

@@ -20,6 +20,10 @@ pub use prepared::Prepared;
 pub use source::{parse_root, NoSuperblock, Sidecar, TreeSpec, VeritySource};
 pub use verifier::{Verifier, VerityStats};
 
+/// Re-exported where it was always named; it lives in [`crate::error`], below
+/// every layer that reports it.
+pub use crate::error::VerityError;
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -46,38 +50,6 @@ pub struct VerityParams {
     pub salt: Vec<u8>,
     /// UUID stored in the superblock.
     pub uuid: [u8; 16],
-}
-
-/// An error building or checking a tree.
-#[derive(Debug, thiserror::Error)]
-pub enum VerityError {
-    /// Reading or writing failed.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// Bad parameters or a malformed superblock.
-    #[error("{0}")]
-    Invalid(String),
-    /// A block does not match its hash.
-    #[error("{what} block {block} does not match its hash")]
-    Mismatch {
-        /// "data" or "hash".
-        what: &'static str,
-        /// The block number (data blocks from 0; hash blocks from the hash offset).
-        block: u64,
-    },
-    /// A block read through a mount does not match its hash.
-    #[error("{}: {what} block {block} does not match its hash", file.display())]
-    BadBlock {
-        /// The data or hash file holding the block.
-        file: std::path::PathBuf,
-        /// "data" or "hash".
-        what: &'static str,
-        /// The block number (hash blocks from the superblock's block).
-        block: u64,
-    },
-    /// The tree's top does not match the root hash given.
-    #[error("the root hash does not match (tree gives {0})")]
-    RootMismatch(String),
 }
 
 /// One level of the tree: its first block (in hash blocks from the hash

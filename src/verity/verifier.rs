@@ -21,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use crate::device::unmap_pages;
 use crate::fault::ImageMap;
 
 use super::copies::Copies;
@@ -157,7 +156,7 @@ impl Verifier {
         // fault of the tree for each new group of data blocks. Only a hint.
         if let (Ok(start), Ok(len @ 1..)) = (usize::try_from(tree_start), usize::try_from(tree_len))
         {
-            let _ = hash.advise_range(memmap2::Advice::WillNeed, start, len.min(64 << 20));
+            crate::mmap::will_need(&hash, start, len.min(64 << 20));
         }
         let levels = params.levels();
         let hash_blocks = params.hash_area_size() / u64::from(params.hash_block_size);
@@ -474,6 +473,6 @@ impl Verifier {
     /// cache): what reads have mapped of it would otherwise grow by 1/128
     /// of the data read.
     pub fn release_tree(&self) {
-        unmap_pages(&self.hash, 0, self.hash.len() as u64);
+        crate::mmap::unmap(&self.hash, 0, self.hash.len() as u64);
     }
 }
