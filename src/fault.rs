@@ -358,6 +358,7 @@ fn exit_shrunk(slot: usize) -> ! {
         // SAFETY: the slot's name is a NUL-terminated string owned by the
         // live map being read.
         let len = unsafe { libc::strlen(name) };
+        // SAFETY: `len` bytes of that string, just measured.
         say(unsafe { std::slice::from_raw_parts(name.cast::<u8>(), len) });
     }
     say(b": the file shrank while being read (a page past its new end was read)\n");

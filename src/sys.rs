@@ -26,10 +26,12 @@ pub fn malloc_trim() {
 pub fn clear_nonblock(file: &File) -> std::io::Result<()> {
     // SAFETY: fcntl on a descriptor `file` keeps open.
     let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // SAFETY: as above; F_SETFL takes an int.
-    if flags < 0
-        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
-    {
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) };
+    if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

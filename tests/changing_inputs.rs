@@ -58,6 +58,7 @@ fn nobody_dir(names: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
 
 /// Drops `path`'s pages from the mount's page cache, so the next read
 /// reaches the server.
+#[allow(unsafe_code)]
 fn evict(path: &Path) {
     if let Ok(file) = std::fs::File::open(path) {
         // SAFETY: advice on an open descriptor; no memory is involved.

@@ -85,6 +85,7 @@ fn many_faults_in_one_watch_are_all_repaired() {
 }
 
 #[test]
+#[allow(unsafe_code)]
 fn a_fault_outside_a_watch_exits_with_one_line_naming_the_file() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();

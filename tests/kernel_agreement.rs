@@ -99,6 +99,7 @@ fn inode_digest_image_mounts_as_the_kernel_mounts_it() {
 }
 
 /// `lgetxattr(path, name)`: the value's length, or the errno.
+#[allow(unsafe_code)]
 fn get_xattr_errno(path: &Path, name: &str) -> Result<usize, i32> {
     let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
@@ -259,6 +260,7 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
 }
 
 /// The names `llistxattr` gives for `path`.
+#[allow(unsafe_code)]
 fn list_xattrs(path: &Path) -> Vec<String> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     let mut buf = vec![0u8; 4096];

@@ -267,6 +267,7 @@ fn storage_read_bytes(pid: u32) -> Option<u64> {
 }
 
 /// Drops the page cache's copy of `path` (its pages are clean).
+#[allow(unsafe_code)]
 fn evict(path: &Path) {
     use std::os::fd::AsRawFd;
     let file = std::fs::File::open(path).unwrap();

@@ -49,25 +49,30 @@ fn count_free(size: usize) {
     let _ = LIVE.try_with(|live| live.set(live.get().saturating_sub(size)));
 }
 
+#[allow(unsafe_code)]
 // SAFETY: every call is passed on to the system allocator unchanged; the
 // bookkeeping touches only const-initialized thread-locals, which never
 // allocate.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count_alloc(layout.size());
+        // SAFETY: the caller's contract, passed on unchanged.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count_alloc(layout.size());
+        // SAFETY: the caller's contract, passed on unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         count_free(layout.size());
+        // SAFETY: the caller's contract, passed on unchanged.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count_free(layout.size());
         count_alloc(new_size);
+        // SAFETY: the caller's contract, passed on unchanged.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }

@@ -10,6 +10,7 @@ use erofs_fuse::{Image, Inode, OpenOptions};
 
 pub mod args;
 mod convert;
+mod daemon;
 pub mod error;
 mod read;
 mod serve;

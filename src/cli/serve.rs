@@ -81,7 +81,7 @@ fn serve(
         .display()
         .to_string();
     let readahead = options.readahead.or(args.readahead);
-    erofs_fuse::fuse::session::mount(MountRequest {
+    let mount = MountRequest {
         view,
         mountpoint: mountpoint.to_path_buf(),
         options,
@@ -89,7 +89,9 @@ fn serve(
         threads,
         fsname,
         readahead,
-    })
+    }
+    .prepare()?;
+    super::daemon::run(mount)
 }
 
 /// `store add`: each argument a layer blob or an OCI image layout.

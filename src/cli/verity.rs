@@ -8,6 +8,7 @@ use super::args::{VerityFormatArgs, VerityVerifyArgs};
 use super::error::{CliError, Context, Result};
 
 /// Random bytes from the kernel.
+#[allow(unsafe_code)]
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut bytes = [0u8; N];
     // SAFETY: getrandom writes at most N bytes into the buffer.

@@ -10,6 +10,7 @@
 //! MicroLZMA is liblzma (`liblzma-sys`, bundled xz), the only implementation
 //! of that framing; DEFLATE is `flate2` (miniz_oxide, pure Rust, already a
 //! dependency for tar.gz); Zstandard is libzstd (`zstd`).
+#![allow(unsafe_code)]
 
 use std::ffi::{c_char, c_int};
 

@@ -14,6 +14,7 @@
 //!
 //! A decode must not need another decode (the cache would wait on itself):
 //! callers read the encoded bytes first, and a nested call is an error.
+#![allow(unsafe_code)]
 
 use std::cell::Cell;
 use std::collections::hash_map::RandomState;

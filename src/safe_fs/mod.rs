@@ -15,6 +15,7 @@
 //!   need /proc mounted);
 //! - output files are written with no name ([`OutputDir::temp_file`],
 //!   `O_TMPFILE`) and renamed into place when complete ([`TempFile`]).
+#![allow(unsafe_code)]
 
 mod temp;
 

@@ -210,6 +210,7 @@ impl Verifier {
     /// file (mapped at `data`), from verified copies of its blocks (blocks
     /// not copied yet are copied out of `data` and hashed now); `None`
     /// otherwise.
+    #[allow(unsafe_code)]
     pub fn check_meta(
         &self,
         data: &[u8],
