@@ -158,6 +158,49 @@ fn every_module_uses_only_lower_layers() {
     assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
 }
 
+/// Calls that change the whole process (daemonizing, the allocator, the
+/// standard descriptors, limits, signal dispositions): the binary's.
+const PROCESS_WIDE: &[&str] = &[
+    "fork(",
+    "setsid(",
+    "process::exit(",
+    "mallopt(",
+    "dup2(",
+    "setrlimit(",
+    "sigaction(",
+];
+
+/// The library's exceptions, and why: the SIGBUS handler is process-wide
+/// by nature (it chains to the previous one); `safe_fs` raises the soft
+/// open-file limit to retry an open that hit it.
+const PROCESS_WIDE_ALLOWED: &[(&str, &str)] = &[("fault", "sigaction("), ("safe_fs", "setrlimit(")];
+
+#[test]
+fn the_library_leaves_the_process_alone() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut found = Vec::new();
+    for file in &files {
+        let module = module_of(&src, file);
+        if NOT_LAYERS.contains(&module.as_str()) {
+            continue;
+        }
+        let text = strip_comments(&std::fs::read_to_string(file).unwrap());
+        for call in PROCESS_WIDE {
+            if text.contains(call) && !PROCESS_WIDE_ALLOWED.contains(&(module.as_str(), *call)) {
+                found.push(format!("{}: {call}", file.display()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "process-wide calls in the library:\n{}",
+        found.join("\n")
+    );
+}
+
 #[test]
 fn the_table_names_each_module_once() {
     let mut seen = BTreeSet::new();
