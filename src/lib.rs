@@ -3,7 +3,7 @@
 //! Layers, from the bottom; each uses only those below it (the order is
 //! checked by a unit test, `layering`, which holds the same table):
 //! - [`error`]: the error type;
-//! - [`format`]: on-disk structures, no I/O; [`safe_fs`]: writing files
+//! - [`format`](mod@format): on-disk structures, no I/O; [`safe_fs`]: writing files
 //!   (extract, convert, store add) without following or replacing what
 //!   other users put in the way; [`sys`]: the few raw system calls;
 //! - [`mmap`]: memory maps (map, advise, unmap); [`input`]: opening image
