@@ -222,7 +222,7 @@ pub fn format(
     format_tree(data, hash, hash_offset, params, true)
 }
 
-/// [`format`], or with `superblock` false the tree alone from
+/// [`format`](fn@format), or with `superblock` false the tree alone from
 /// `hash_offset` (`veritysetup format --no-superblock`).
 pub fn format_tree(
     data: &File,
