@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite, installing the Debian packages it needs first.
+# Runs the whole test suite (both tiers: see docs/testing.md), installing
+# the Debian packages it needs first.
 #
 # Tests that need root, kernel erofs, loop devices or FUSE skip with a loud
 # "SKIPPED" line when those are missing; with EROFS_FUSE_REQUIRE_PRIVILEGED=1
@@ -44,5 +45,7 @@ if [ "$(id -u)" -eq 0 ]; then
     modprobe -q fuse 2>/dev/null || true
 fi
 
-# Library, binary and integration tests (there are no doc tests).
-exec cargo test --lib --bins --tests "$@"
+# Library, binary and integration tests (there are no doc tests), both
+# tiers: plain `cargo test` is the fast tier only, the `privileged` feature
+# adds the mounts, attacks, stress runs and the full mutation sweep.
+exec cargo test --features privileged --lib --bins --tests "$@"

@@ -175,6 +175,10 @@ pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
 
 static UNPACK: Mutex<()> = Mutex::new(());
 
+/// Held by the tests that drop the page cache and by those it would upset
+/// (in mount.rs and faults.rs, which share one process).
+pub static CACHE_DROPS: Mutex<()> = Mutex::new(());
+
 /// Path of an unpacked fixture file (`tests/fixtures/NAME.gz` gunzipped once).
 pub fn fixture(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");

@@ -1,7 +1,7 @@
 //! Mounting with dm-verity: verified mounts of the fixtures equal their
 //! manifests, bad trees fail before the mount is live, and no tampered
 //! byte (image, tar or hash files) is ever served.
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -6,7 +6,7 @@
 //! owners it does not map (shown as the overflow id 65534) and POSIX ACLs
 //! (refused on FUSE mounts there unless permissions are enforced).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! in every mode, must read (library, kernel, erofs-fuse mount) exactly as
 //! the images mkfs.erofs 1.9.3 made from it; output is deterministic;
 //! malformed tars fail naming the entry.
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -132,6 +132,10 @@ fn converted_layers_read_as_mkfs_erofs_images_do() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn converted_layers_mount_with_the_kernel_and_erofs_fuse() {
     let needs = [
         Need::Root,
@@ -437,6 +441,10 @@ fn later_entries_win_and_parents_are_implied() {
 /// devices, whiteout names, paths listed twice), converted in both modes
 /// and mounted by the kernel, read as GNU tar extracts them.
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn generated_tars_mount_as_gnu_tar_extracts_them() {
     let needs = [
         Need::Root,

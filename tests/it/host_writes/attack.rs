@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 /// Environment variable selecting the attack in the re-run binary.
 pub const ATTACK_ENV: &str = "EROFS_FUSE_HOST_WRITES_ATTACK";
 
+/// The attacker's test, by its full name in the one integration binary
+/// (run with `--exact`, so nothing else runs in the attacker process).
+const ATTACKER_TEST: &str = "host_writes::attacker_main";
+
 /// useradd and userdel lock /etc/passwd: one at a time in this process.
 static ACCOUNTS: Mutex<()> = Mutex::new(());
 
@@ -80,13 +84,24 @@ impl OtherUser {
     /// reachable: a 0700 home on the way is not).
     pub fn can_run_tests(&self) -> bool {
         let exe = std::env::current_exe().unwrap();
-        self.command(exe)
-            .args(["attacker_main", "--exact", "--quiet"])
+        let out = self
+            .command(&exe)
+            .args([ATTACKER_TEST, "--exact", "--quiet"])
             .env_remove(ATTACK_ENV)
-            .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+            .output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            return false;
+        }
+        // A filter that names no test succeeds too, and every attack would
+        // then run nothing: the attacker must be exactly one test.
+        let stdout = String::from_utf8_lossy(&out.unwrap().stdout).into_owned();
+        assert!(
+            stdout.contains(" 1 passed"),
+            "{ATTACKER_TEST} names no test of {}: {stdout}",
+            exe.display()
+        );
+        true
     }
 
     /// Starts this test binary again as this user, running `attack` on
@@ -94,12 +109,7 @@ impl OtherUser {
     pub fn start_attack(&self, attack: &str, base: &Path, victim: &Path, until: Duration) -> Child {
         let exe = std::env::current_exe().unwrap();
         self.command(exe)
-            .args([
-                "attacker_main",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+            .args([ATTACKER_TEST, "--exact", "--nocapture", "--test-threads=1"])
             .env(ATTACK_ENV, attack)
             .env("ATTACK_BASE", base)
             .env("ATTACK_VICTIM", victim)

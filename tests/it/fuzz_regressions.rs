@@ -3,7 +3,7 @@
 //! now run clean. A new finding is added by copying it there from
 //! `fuzz/artifacts/TARGET/` with a name that says what it was.
 
-#[path = "../fuzz/targets/mod.rs"]
+#[path = "../../fuzz/targets/mod.rs"]
 mod targets;
 
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! partly past the end of its device, and `user.*` xattrs on symlinks and
 //! special files. Each comparison is against a real kernel mount.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;

@@ -6,7 +6,7 @@
 //! too, compared by stat of every path of both mounts). Needs root,
 //! kernel erofs, loop devices, FUSE and mkfs.erofs.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -9,7 +9,7 @@
 //! in full and in tar-index form. Needs root, kernel erofs and overlayfs,
 //! loop devices and FUSE.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! lines stay short, global PAX records cost linear time, whiteouts never
 //! make `.`/`..` entries, and paths deeper than the readers follow are
 //! refused.
-mod common;
+use crate::common;
 
 use std::fs::File;
 use std::io::Write;

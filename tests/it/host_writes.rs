@@ -9,7 +9,7 @@
 
 #[path = "host_writes/attack.rs"]
 mod attack;
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

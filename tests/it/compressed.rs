@@ -3,7 +3,7 @@
 //! short data; a file read 4 KiB at a time decodes each pcluster once;
 //! `stat` and `inspect` report how files are compressed.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -230,6 +230,10 @@ fn stat_and_inspect_report_compression() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn corrupted_pcluster_is_eio_through_a_mount() {
     if !have("corrupted_pcluster_is_eio_through_a_mount", FUSE_ROOT) {
         return;

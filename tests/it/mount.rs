@@ -3,16 +3,13 @@
 //! concurrent readers get identical bytes; random reads of a cold file
 //! read little more than they ask for.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-
-/// Held by the tests that drop the page cache and by those it would upset.
-static CACHE_DROPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn every_fixture_mounts_as_the_kernel_shows_it() {

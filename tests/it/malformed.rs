@@ -2,7 +2,7 @@
 //! Targets are found in a real fixture and patched (with the superblock
 //! checksum recomputed where the test is about something else).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `verity format` / `verity verify`: trees byte-identical to veritysetup's
 //! (the fixtures' and freshly made ones), and verification that names the
 //! block at fault.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! the mount, so junk names must take no slot, and real references beyond
 //! the table's size evict the least recently used instead of being refused.
 //! Serving needs root and FUSE.
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

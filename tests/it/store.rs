@@ -4,7 +4,7 @@
 //! the `use` and release signals with ENOENT, and refuses every change.
 //! Serving needs root and FUSE.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -126,6 +126,10 @@ fn errno_of(result: std::io::Result<impl Sized>) -> Option<i32> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn serve_presents_the_additional_layer_store_layout() {
     if !have(
         "serve_presents_the_additional_layer_store_layout",
@@ -221,6 +225,10 @@ fn serve_presents_the_additional_layer_store_layout() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn serve_presents_overlay_xattrs_for_rootless_overlayfs() {
     if !have(
         "serve_presents_overlay_xattrs_for_rootless_overlayfs",

@@ -2,7 +2,7 @@
 //! setuid-root binary in the image does not give another user root, and a
 //! device node in it cannot be opened. `-o suid` / `-o dev` opt in.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

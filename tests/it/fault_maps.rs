@@ -100,7 +100,9 @@ fn a_fault_outside_a_watch_exits_with_one_line_naming_the_file() {
         .unwrap();
     // The child only touches the map (no allocation after fork); its
     // stderr goes to a pipe read here.
-    let (read, write) = nix::unistd::pipe().unwrap();
+    // Close-on-exec: other tests of this binary spawn programs meanwhile,
+    // and one that inherited the write end would keep the read below open.
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     // SAFETY: the child calls only dup2, reads a byte of the map (the
     // handler then writes and calls _exit) and _exit.
     match unsafe { nix::unistd::fork() }.unwrap() {

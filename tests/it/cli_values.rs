@@ -2,7 +2,7 @@
 //! numeric options, exits with a status (0, 1 or 2) and never panics.
 //! Mounts that do come up are unmounted at once.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -135,6 +135,10 @@ fn verity_specs(root: &str, tree: &Path, value: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn reading_commands_survive_any_numeric_value() {
     let (image, tree, root) = verity_fixture();
     let commands: &[&[&str]] = &[
@@ -219,6 +223,10 @@ fn convert_survives_any_numeric_value() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn mounts_survive_any_numeric_value() {
     if !have("mounts_survive_any_numeric_value", FUSE_ROOT) {
         return;
@@ -259,6 +267,10 @@ fn mounts_survive_any_numeric_value() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn threads_beyond_the_open_file_limit_fail_before_mounting() {
     if !have(
         "threads_beyond_the_open_file_limit_fail_before_mounting",

@@ -4,7 +4,7 @@
 //! --verity, bytes changed after they were read or verified ahead are never
 //! served; FIFOs given as inputs are refused at once instead of blocking.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;

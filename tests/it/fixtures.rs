@@ -1,7 +1,7 @@
 //! Every fixture, compressed or not, read by the library, equals the
 //! manifest the kernel produced for it; `extract` of each (as root) does too.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -35,6 +35,10 @@ fn cli_manifest_equals_kernel_manifest() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
 fn extract_equals_kernel_manifest() {
     if !have(
         "extract_equals_kernel_manifest",

@@ -1,0 +1,52 @@
+//! The integration tests, as one binary in two tiers.
+//!
+//! `cargo test` runs the fast tier: the library against the fixtures,
+//! hostile and malformed inputs, verity trees, conversion, the store's
+//! layout and a short mutation sweep, none of which mounts anything.
+//! `cargo test --features privileged` (what `scripts/test.sh` and `.ci/run`
+//! run) adds the privileged and long tier: mounts through FUSE and the
+//! kernel, rootless and multi-user attacks, faults and stress runs, and the
+//! full mutation sweep. Tests of that tier skip loudly when the machine
+//! lacks root, FUSE or kernel erofs, and fail instead under
+//! `EROFS_FUSE_REQUIRE_PRIVILEGED=1`.
+
+mod common;
+
+// The fast tier (tests in it that mount are ignored without the feature).
+mod cli_values;
+mod compressed;
+mod convert;
+mod device_maps;
+mod fault_maps;
+mod fixtures;
+mod fuzz_regressions;
+mod hostile_tars;
+mod malformed;
+mod mutation;
+mod store;
+mod verity;
+mod verity_verifier;
+
+// The privileged and long tier.
+#[cfg(feature = "privileged")]
+mod changing_inputs;
+#[cfg(feature = "privileged")]
+mod faults;
+#[cfg(feature = "privileged")]
+mod host_writes;
+#[cfg(feature = "privileged")]
+mod kernel_agreement;
+#[cfg(feature = "privileged")]
+mod kernel_diff;
+#[cfg(feature = "privileged")]
+mod mount;
+#[cfg(feature = "privileged")]
+mod mount_defaults;
+#[cfg(feature = "privileged")]
+mod overlay;
+#[cfg(feature = "privileged")]
+mod rootless;
+#[cfg(feature = "privileged")]
+mod store_refs;
+#[cfg(feature = "privileged")]
+mod verity_mount;
