@@ -25,7 +25,7 @@
 # Exits 1 if any target found a crash, a timeout (an input taking over 10 s)
 # or an out-of-memory (over 2 GiB); the input is kept in
 # fuzz/artifacts/TARGET/ and named in the output: copy it to
-# tests/fuzz-regressions/TARGET/ (tests/fuzz_regressions.rs replays it).
+# tests/fuzz-regressions/TARGET/ (tests/it/fuzz_regressions.rs replays it).
 # Corpora grow in fuzz/corpus/TARGET across runs
 # (not committed); logs are in target/fuzz-logs/.
 set -euo pipefail

@@ -1,5 +1,5 @@
 //! The bodies of the fuzz targets, as plain functions: the libFuzzer
-//! binaries in `fuzz_targets/` call them, and `tests/fuzz_regressions.rs`
+//! binaries in `fuzz_targets/` call them, and `tests/it/fuzz_regressions.rs`
 //! replays every input kept in `tests/fuzz-regressions/TARGET/` through
 //! them in the normal test suite.
 #![allow(dead_code)]
