@@ -18,12 +18,13 @@ use super::dir;
 use super::tree::{FileData, NodeData, NodeId, Tree};
 use super::xattr;
 use crate::format::{
-    superblock_checksum, superblock_checksum_len, ChunkIndex, DataLayout, DeviceSlot, InodeCompact,
-    InodeExtended, SuperBlock, CHUNK_FORMAT_INDEXES, COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE,
-    EROFS_MAGIC, INCOMPAT_CHUNKED_FILE, INCOMPAT_DEVICE_TABLE, INODE_COMPACT_SIZE,
-    INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE, SUPERBLOCK_CHECKSUM_FIELD,
-    SUPERBLOCK_OFFSET, S_IFMT,
+    superblock_checksum, superblock_checksum_len, DataLayout, DeviceSlot, SuperBlock,
+    COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE, EROFS_MAGIC, INCOMPAT_CHUNKED_FILE, INCOMPAT_DEVICE_TABLE,
+    INODE_COMPACT_SIZE, INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE,
+    SUPERBLOCK_CHECKSUM_FIELD, SUPERBLOCK_OFFSET,
 };
+
+mod encode;
 
 /// Where regular files' bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,34 @@ impl Record {
         }
     }
 
+    /// Places the inode at or after `pos` (32-byte aligned; an extended
+    /// core or an inline tail never crosses a block) and returns where the
+    /// next one may start.
+    fn place(&mut self, pos: u64, block: u64) -> u64 {
+        let mut pos = pos.next_multiple_of(INODE_SLOT_SIZE);
+        let isize = self.inode_size();
+        if !self.compact && pos % block + isize > block {
+            pos = pos.next_multiple_of(block);
+        }
+        let base = isize + self.xattrs.len() as u64;
+        let len = match self.payload {
+            Payload::Bytes { size } => {
+                let tail = size % block;
+                if tail > 0 && base + tail <= block {
+                    if pos % block + base + tail > block {
+                        pos = pos.next_multiple_of(block);
+                    }
+                    self.inline = tail;
+                }
+                base + self.inline
+            }
+            Payload::Chunks { count, .. } => base.next_multiple_of(8) + 8 * count,
+            _ => base,
+        };
+        self.pos = pos;
+        pos + len
+    }
+
     fn layout(&self) -> DataLayout {
         match self.payload {
             Payload::Bytes { .. } if self.inline > 0 => DataLayout::FlatInline,
@@ -128,6 +157,18 @@ impl Record {
             _ => DataLayout::FlatPlain,
         }
     }
+}
+
+/// Where the metadata and block areas are.
+struct Layout {
+    block_bits: u8,
+    block: u64,
+    /// Start of the inode area (block aligned).
+    meta_start: u64,
+    /// Start of the directory and symlink blocks.
+    blocks_start: u64,
+    /// End of the image.
+    image_size: u64,
 }
 
 impl ImageBuilder {
@@ -166,54 +207,50 @@ impl ImageBuilder {
         Ok(FileData { size, offset })
     }
 
-    /// Lays out and writes the metadata of `tree`, finishing the image.
+    /// Lays out and writes the metadata of `tree`, finishing the image:
+    /// decides each inode's form, lays the inodes and blocks out, assigns
+    /// nids, then writes the metadata and the superblock.
     pub fn finish(self, tree: &Tree, options: &BuildOptions) -> Result<BuildSummary, BuildError> {
-        let block_bits = self.block_bits;
-        let block = 1u64 << block_bits;
         let nodes = tree.reachable();
         let epoch = common_mtime(tree, &nodes);
-
         let mut records = Vec::with_capacity(nodes.len());
         for &(id, refs) in &nodes {
             records.push(self.record(tree, id, refs, epoch, options.source)?);
         }
+        let layout = self.layout(&mut records)?;
+        let nid_of = assign_nids(&records, layout.meta_start);
+        let parent_of = parents(tree, &nodes);
+        let (meta, blocks) = layout.encode(tree, &records, &nid_of, &parent_of);
+        self.out.write_all_at(&meta, layout.meta_start)?;
+        self.out.write_all_at(&blocks, layout.blocks_start)?;
+        self.out.set_len(layout.image_size)?;
+        let geometry = Geometry {
+            blocks: layout.image_size / layout.block,
+            meta_blkaddr: layout.meta_start / layout.block,
+            root_nid: nid_of[&Tree::ROOT],
+            inodes: records.len() as u64,
+            epoch,
+        };
+        self.write_superblock(&geometry, options)?;
+        Ok(BuildSummary {
+            image_size: layout.image_size,
+            inodes: records.len() as u64,
+        })
+    }
 
-        // Inodes, each 32-byte aligned, tails never crossing a block.
+    /// Places every inode after the data area, each 32-byte aligned with
+    /// tails never crossing a block, then the directory and symlink blocks
+    /// after the inodes.
+    fn layout(&self, records: &mut [Record]) -> Result<Layout, BuildError> {
+        let block = 1u64 << self.block_bits;
         let meta_start = self.data_end;
         let mut pos = meta_start;
-        for rec in &mut records {
-            pos = pos.next_multiple_of(INODE_SLOT_SIZE);
-            let isize = rec.inode_size();
-            if !rec.compact && pos % block + isize > block {
-                pos = pos.next_multiple_of(block);
-            }
-            let base = isize + rec.xattrs.len() as u64;
-            let len = match rec.payload {
-                Payload::Bytes { size } => {
-                    let tail = size % block;
-                    if tail > 0 && base + tail <= block {
-                        if pos % block + base + tail > block {
-                            pos = pos.next_multiple_of(block);
-                        }
-                        rec.inline = tail;
-                    }
-                    base + rec.inline
-                }
-                Payload::Chunks { count, .. } => base.next_multiple_of(8) + 8 * count,
-                _ => base,
-            };
-            rec.pos = pos;
-            pos += len;
+        for rec in records.iter_mut() {
+            pos = rec.place(pos, block);
         }
-        let nid_of: HashMap<NodeId, u64> = records
-            .iter()
-            .map(|r| (r.id, (r.pos - meta_start) / INODE_SLOT_SIZE))
-            .collect();
-
-        // Directory and symlink blocks after the inodes.
         let blocks_start = pos.next_multiple_of(block);
         let mut next_block = blocks_start / block;
-        for rec in &mut records {
+        for rec in records.iter_mut() {
             if let Payload::Bytes { size } = rec.payload {
                 rec.blkaddr = next_block;
                 next_block += (size - rec.inline).div_ceil(block);
@@ -221,85 +258,12 @@ impl ImageBuilder {
         }
         let image_size = next_block * block;
         check_block_addr(next_block)?;
-
-        // Each directory's parent, for its `..` (the root is its own).
-        let mut parent_of: HashMap<NodeId, NodeId> = HashMap::new();
-        for &(id, _) in &nodes {
-            if let NodeData::Dir(children) = &tree.node(id).data {
-                for &child in children.values() {
-                    if tree.node(child).is_dir() {
-                        parent_of.insert(child, id);
-                    }
-                }
-            }
-        }
-
-        let mut meta = vec![0u8; (blocks_start - meta_start) as usize];
-        let mut blocks = vec![0u8; (image_size - blocks_start) as usize];
-        for (ino, rec) in records.iter().enumerate() {
-            let node = tree.node(rec.id);
-            let bytes = match &node.data {
-                NodeData::Dir(children) => {
-                    let parent = nid_of[parent_of.get(&rec.id).unwrap_or(&Tree::ROOT)];
-                    dir_bytes(tree, children, nid_of[&rec.id], parent, &nid_of, block)
-                }
-                NodeData::Symlink(target) => target.clone(),
-                _ => Vec::new(),
-            };
-            let size = match node.data {
-                NodeData::File(data) => data.size,
-                _ => bytes.len() as u64,
-            };
-            let at = (rec.pos - meta_start) as usize;
-            // stat's 32-bit inode number hint: 1-based position in the table.
-            let core = inode_bytes(rec, node, size, block_bits, ino as u32 + 1);
-            meta[at..at + core.len()].copy_from_slice(&core);
-            let mut off = at + core.len();
-            meta[off..off + rec.xattrs.len()].copy_from_slice(&rec.xattrs);
-            off += rec.xattrs.len();
-            match rec.payload {
-                Payload::Bytes { .. } => {
-                    let split = bytes.len() - rec.inline as usize;
-                    meta[off..off + rec.inline as usize].copy_from_slice(&bytes[split..]);
-                    let b = (rec.blkaddr * block - blocks_start) as usize;
-                    blocks[b..b + split].copy_from_slice(&bytes[..split]);
-                }
-                Payload::Chunks {
-                    chunk_bits,
-                    count,
-                    first_block,
-                } => {
-                    off = off.next_multiple_of(8);
-                    let step = 1u64 << (chunk_bits - block_bits);
-                    for i in 0..count {
-                        let start = first_block + i * step;
-                        let index = ChunkIndex {
-                            startblk_hi: U16::new(0),
-                            device_id: U16::new(1),
-                            startblk_lo: U32::new(start as u32),
-                        };
-                        meta[off..off + 8].copy_from_slice(index.as_bytes());
-                        off += 8;
-                    }
-                }
-                _ => {}
-            }
-        }
-        self.out.write_all_at(&meta, meta_start)?;
-        self.out.write_all_at(&blocks, blocks_start)?;
-        self.out.set_len(image_size)?;
-        let root_nid = nid_of[&Tree::ROOT];
-        let geometry = Geometry {
-            blocks: image_size / block,
-            meta_blkaddr: meta_start / block,
-            root_nid,
-            inodes: records.len() as u64,
-            epoch,
-        };
-        self.write_superblock(&geometry, options)?;
-        Ok(BuildSummary {
+        Ok(Layout {
+            block_bits: self.block_bits,
+            block,
+            meta_start,
+            blocks_start,
             image_size,
-            inodes: records.len() as u64,
         })
     }
 
@@ -452,6 +416,29 @@ struct Geometry {
     epoch: i64,
 }
 
+/// Each inode's nid: its 32-byte slot from the start of the inode area.
+fn assign_nids(records: &[Record], meta_start: u64) -> HashMap<NodeId, u64> {
+    records
+        .iter()
+        .map(|r| (r.id, (r.pos - meta_start) / INODE_SLOT_SIZE))
+        .collect()
+}
+
+/// Each directory's parent, for its `..` (the root is its own).
+fn parents(tree: &Tree, nodes: &[(NodeId, u32)]) -> HashMap<NodeId, NodeId> {
+    let mut parent_of = HashMap::new();
+    for &(id, _) in nodes {
+        if let NodeData::Dir(children) = &tree.node(id).data {
+            for &child in children.values() {
+                if tree.node(child).is_dir() {
+                    parent_of.insert(child, id);
+                }
+            }
+        }
+    }
+    parent_of
+}
+
 /// The 32-bit block addresses of this format (no 48-bit layout) must hold
 /// every block.
 fn check_block_addr(block: u64) -> Result<(), BuildError> {
@@ -486,94 +473,6 @@ fn dir_names(children: &std::collections::BTreeMap<Vec<u8>, NodeId>) -> Vec<&[u8
     names.push(b"..");
     names.sort_unstable();
     names
-}
-
-/// The directory's bytes, with every entry's nid.
-fn dir_bytes(
-    tree: &Tree,
-    children: &std::collections::BTreeMap<Vec<u8>, NodeId>,
-    own: u64,
-    parent: u64,
-    nid_of: &HashMap<NodeId, u64>,
-    block: u64,
-) -> Vec<u8> {
-    let names = dir_names(children);
-    let (blocks, _) = dir::pack(&names, block as usize);
-    let entries: Vec<dir::Entry> = names
-        .iter()
-        .map(|&name| {
-            let (nid, file_type) = match name {
-                b"." => (own, crate::format::FileType::Directory),
-                b".." => (parent, crate::format::FileType::Directory),
-                _ => {
-                    let child = children[name];
-                    (nid_of[&child], tree.node(child).file_type())
-                }
-            };
-            dir::Entry {
-                name: name.to_vec(),
-                nid,
-                file_type,
-            }
-        })
-        .collect();
-    dir::encode(&entries, &blocks, block as usize)
-}
-
-/// The on-disk inode core of `rec`.
-fn inode_bytes(
-    rec: &Record,
-    node: &super::tree::Node,
-    size: u64,
-    block_bits: u8,
-    ino: u32,
-) -> Vec<u8> {
-    let format = rec.layout().to_bits() << crate::format::I_DATALAYOUT_SHIFT;
-    let i_u = match (&node.data, &rec.payload) {
-        (NodeData::Device(rdev), _) => *rdev,
-        (_, Payload::Chunks { chunk_bits, .. }) => {
-            u32::from(CHUNK_FORMAT_INDEXES | u16::from(chunk_bits - block_bits))
-        }
-        (_, Payload::Flat { blkaddr }) => *blkaddr as u32,
-        (_, Payload::Bytes { .. }) => rec.blkaddr as u32,
-        _ => 0,
-    };
-    let mode = (node.mode & (S_IFMT | 0o7777)) as u16;
-    if rec.compact {
-        InodeCompact {
-            i_format: U16::new(format),
-            i_xattr_icount: U16::new(rec.icount),
-            i_mode: U16::new(mode),
-            i_nb: U16::new(rec.nlink as u16),
-            i_size: U32::new(size as u32),
-            i_mtime: U32::new(0),
-            i_u: U32::new(i_u),
-            i_ino: U32::new(ino),
-            i_uid: U16::new(node.uid as u16),
-            i_gid: U16::new(node.gid as u16),
-            i_reserved: U32::new(0),
-        }
-        .as_bytes()
-        .to_vec()
-    } else {
-        InodeExtended {
-            i_format: U16::new(format | 1),
-            i_xattr_icount: U16::new(rec.icount),
-            i_mode: U16::new(mode),
-            i_nb: U16::new(0),
-            i_size: U64::new(size),
-            i_u: U32::new(i_u),
-            i_ino: U32::new(ino),
-            i_uid: U32::new(node.uid),
-            i_gid: U32::new(node.gid),
-            i_mtime: U64::new(node.mtime as u64),
-            i_mtime_nsec: U32::new(node.mtime_nsec),
-            i_nlink: U32::new(rec.nlink),
-            i_reserved2: [0; 16],
-        }
-        .as_bytes()
-        .to_vec()
-    }
 }
 
 /// Writes at increasing offsets of a file.

@@ -157,7 +157,56 @@ impl Image {
         })
     }
 
+    /// Parses inode `nid` (the kernel's `erofs_read_inode`): the compact
+    /// or extended core, then `i_u` by file type and data layout.
     fn read_inode(&self, nid: Nid) -> Result<Inode> {
+        let pos = self.inode_pos(nid)?;
+        let head = self.meta(pos, INODE_COMPACT_SIZE)?;
+        let compact: &InodeCompact =
+            read_struct(&head).ok_or_else(|| Error::corrupt("short inode"))?;
+        let format = compact.i_format.get();
+        if format & !I_FORMAT_ALL != 0 {
+            return Err(Error::Unsupported(format!("inode format bits {format:#x}")));
+        }
+        let layout_bits = (format >> I_DATALAYOUT_SHIFT) & I_DATALAYOUT_MASK;
+        let layout = DataLayout::from_bits(layout_bits)
+            .ok_or_else(|| Error::Unsupported(format!("data layout {layout_bits}")))?;
+        let extended = format & I_VERSION_MASK != 0;
+        let flag4 = format & I_NLINK_1_OR_DOT_OMITTED != 0;
+        let mode = u32::from(compact.i_mode.get());
+        let is_dir = mode & S_IFMT == crate::format::S_IFDIR;
+        let core = if extended {
+            self.extended_core(pos)?
+        } else {
+            self.compact_core(compact, !is_dir && flag4)
+        };
+        core.check()?;
+        let kind = file_kind(mode, core.i_u)?;
+        let raw_addr = raw_addr(layout, &core)?;
+        Ok(Inode {
+            nid,
+            kind,
+            mode,
+            uid: core.uid,
+            gid: core.gid,
+            nlink: core.nlink,
+            size: core.size,
+            mtime: core.mtime,
+            mtime_nsec: core.mtime_nsec,
+            ino_hint: core.ino_hint,
+            extended,
+            blocks: kernel_blocks(layout, core.size, core.i_u, self.sb.block_bits),
+            layout,
+            pos,
+            xattr_icount: compact.i_xattr_icount.get(),
+            raw_addr,
+            dot_omitted: is_dir && flag4,
+        })
+    }
+
+    /// Where inode `nid` starts: its slot in the metadata area, or in the
+    /// metabox for metabox nids.
+    fn inode_pos(&self, nid: Nid) -> Result<MetaPos> {
         let sb = &self.sb;
         let (space, base) = if nid.in_metabox() {
             (MetaSpace::Metabox, 0)
@@ -173,57 +222,73 @@ impl Image {
             .checked_mul(INODE_SLOT_SIZE)
             .and_then(|o| o.checked_add(base))
             .ok_or_else(|| Error::corrupt("nid out of range"))?;
-        let pos = MetaPos { space, offset };
-        let head = self.meta(pos, INODE_COMPACT_SIZE)?;
-        let compact: &InodeCompact =
-            read_struct(&head).ok_or_else(|| Error::corrupt("short inode"))?;
-        let format = compact.i_format.get();
-        if format & !I_FORMAT_ALL != 0 {
-            return Err(Error::Unsupported(format!("inode format bits {format:#x}")));
-        }
-        let layout_bits = (format >> I_DATALAYOUT_SHIFT) & I_DATALAYOUT_MASK;
-        let layout = DataLayout::from_bits(layout_bits)
-            .ok_or_else(|| Error::Unsupported(format!("data layout {layout_bits}")))?;
-        let extended = format & I_VERSION_MASK != 0;
-        let flag4 = format & I_NLINK_1_OR_DOT_OMITTED != 0;
-        let mode = u32::from(compact.i_mode.get());
-        let is_dir = mode & S_IFMT == crate::format::S_IFDIR;
+        Ok(MetaPos { space, offset })
+    }
 
-        let ext_bytes;
-        let (size, uid, gid, nlink, mtime, mtime_nsec, i_u, i_nb, ino_hint, addr_mask);
-        if extended {
-            ext_bytes = self.meta(pos, INODE_EXTENDED_SIZE)?;
-            let ext: &InodeExtended =
-                read_struct(&ext_bytes).ok_or_else(|| Error::corrupt("short inode"))?;
-            size = ext.i_size.get();
-            uid = ext.i_uid.get();
-            gid = ext.i_gid.get();
-            nlink = ext.i_nlink.get();
-            mtime = ext.i_mtime.get() as i64;
-            mtime_nsec = ext.i_mtime_nsec.get();
-            i_u = ext.i_u.get();
-            i_nb = ext.i_nb.get();
-            ino_hint = ext.i_ino.get();
-            addr_mask = (1u64 << 48) - 1;
+    /// The fields of the 64-byte extended core at `pos`.
+    fn extended_core(&self, pos: MetaPos) -> Result<InodeCore> {
+        let bytes = self.meta(pos, INODE_EXTENDED_SIZE)?;
+        let ext: &InodeExtended =
+            read_struct(&bytes).ok_or_else(|| Error::corrupt("short inode"))?;
+        Ok(InodeCore {
+            size: ext.i_size.get(),
+            uid: ext.i_uid.get(),
+            gid: ext.i_gid.get(),
+            nlink: ext.i_nlink.get(),
+            mtime: ext.i_mtime.get() as i64,
+            mtime_nsec: ext.i_mtime_nsec.get(),
+            i_u: ext.i_u.get(),
+            i_nb: ext.i_nb.get(),
+            ino_hint: ext.i_ino.get(),
+            addr_mask: (1u64 << 48) - 1,
+        })
+    }
+
+    /// The fields of a 32-byte compact core: mtime is the superblock's,
+    /// and with `nlink_1` (flag 4 on a non-directory) `i_nb` holds the
+    /// start block's high bits instead of the link count.
+    fn compact_core(&self, compact: &InodeCompact, nlink_1: bool) -> InodeCore {
+        let (nlink, i_nb, addr_mask) = if nlink_1 {
+            (1, compact.i_nb.get(), (1u64 << 48) - 1)
         } else {
-            size = u64::from(compact.i_size.get());
-            uid = u32::from(compact.i_uid.get());
-            gid = u32::from(compact.i_gid.get());
-            mtime = sb.epoch.wrapping_add(i64::from(compact.i_mtime.get()));
-            mtime_nsec = sb.fixed_nsec;
-            i_u = compact.i_u.get();
-            ino_hint = compact.i_ino.get();
-            if !is_dir && flag4 {
-                // NLINK_1: i_nb holds the start block's high bits.
-                nlink = 1;
-                i_nb = compact.i_nb.get();
-                addr_mask = (1u64 << 48) - 1;
-            } else {
-                nlink = u32::from(compact.i_nb.get());
-                i_nb = 0;
-                addr_mask = (1u64 << 32) - 1;
-            }
+            (u32::from(compact.i_nb.get()), 0, (1u64 << 32) - 1)
+        };
+        InodeCore {
+            size: u64::from(compact.i_size.get()),
+            uid: u32::from(compact.i_uid.get()),
+            gid: u32::from(compact.i_gid.get()),
+            nlink,
+            mtime: self.sb.epoch.wrapping_add(i64::from(compact.i_mtime.get())),
+            mtime_nsec: self.sb.fixed_nsec,
+            i_u: compact.i_u.get(),
+            i_nb,
+            ino_hint: compact.i_ino.get(),
+            addr_mask,
         }
+    }
+}
+
+/// The fields the compact and extended cores both carry, in host types.
+struct InodeCore {
+    size: u64,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+    /// The layout- and type-specific word (block, chunk format, rdev).
+    i_u: u32,
+    /// High bits of a 48-bit start block (0 when not stored).
+    i_nb: u16,
+    /// Valid bits of the start block: 32 or 48.
+    addr_mask: u64,
+    ino_hint: u32,
+}
+
+impl InodeCore {
+    /// Rejects sizes and timestamps no file can have.
+    fn check(&self) -> Result<()> {
+        let (size, mtime_nsec) = (self.size, self.mtime_nsec);
         ensure!(
             size <= i64::MAX as u64,
             "size {size} is negative as a file offset"
@@ -232,64 +297,54 @@ impl Image {
             mtime_nsec < 1_000_000_000,
             "mtime nanoseconds {mtime_nsec} out of range"
         );
-
-        let rdev = decode_rdev(i_u);
-        let kind = match FileType::from_mode(mode) {
-            Some(FileType::Regular) => FileKind::Regular,
-            Some(FileType::Directory) => FileKind::Directory,
-            Some(FileType::Symlink) => FileKind::Symlink,
-            Some(FileType::CharDevice) => FileKind::CharDevice(rdev.0, rdev.1),
-            Some(FileType::BlockDevice) => FileKind::BlockDevice(rdev.0, rdev.1),
-            Some(FileType::Fifo) => FileKind::Fifo,
-            Some(FileType::Socket) => FileKind::Socket,
-            Some(FileType::Unknown) | None => {
-                return Err(Error::corrupt(format!("bogus mode {mode:#o}")));
-            }
-        };
-
-        let raw_addr = match layout {
-            DataLayout::ChunkBased => {
-                let chunk_format = (i_u & 0xffff) as u16;
-                if chunk_format & !CHUNK_FORMAT_ALL != 0 {
-                    return Err(Error::Unsupported(format!(
-                        "chunk format {chunk_format:#x}"
-                    )));
-                }
-                u64::from(chunk_format)
-            }
-            DataLayout::FlatPlain | DataLayout::FlatInline => {
-                let addr = u64::from(i_u) | (u64::from(i_nb) << 32);
-                if layout == DataLayout::FlatPlain && (addr ^ NULL_ADDR) & addr_mask == 0 {
-                    NULL_ADDR
-                } else {
-                    addr & addr_mask
-                }
-            }
-            DataLayout::CompressedFull | DataLayout::CompressedCompact => {
-                u64::from(i_u) | (u64::from(i_nb) << 32)
-            }
-        };
-
-        Ok(Inode {
-            nid,
-            kind,
-            mode,
-            uid,
-            gid,
-            nlink,
-            size,
-            mtime,
-            mtime_nsec,
-            ino_hint,
-            extended,
-            blocks: kernel_blocks(layout, size, i_u, sb.block_bits),
-            layout,
-            pos,
-            xattr_icount: compact.i_xattr_icount.get(),
-            raw_addr,
-            dot_omitted: is_dir && flag4,
-        })
+        Ok(())
     }
+}
+
+/// The file kind of `mode`, with the device numbers `i_u` holds for devices.
+fn file_kind(mode: u32, i_u: u32) -> Result<FileKind> {
+    let rdev = decode_rdev(i_u);
+    Ok(match FileType::from_mode(mode) {
+        Some(FileType::Regular) => FileKind::Regular,
+        Some(FileType::Directory) => FileKind::Directory,
+        Some(FileType::Symlink) => FileKind::Symlink,
+        Some(FileType::CharDevice) => FileKind::CharDevice(rdev.0, rdev.1),
+        Some(FileType::BlockDevice) => FileKind::BlockDevice(rdev.0, rdev.1),
+        Some(FileType::Fifo) => FileKind::Fifo,
+        Some(FileType::Socket) => FileKind::Socket,
+        Some(FileType::Unknown) | None => {
+            return Err(Error::corrupt(format!("bogus mode {mode:#o}")));
+        }
+    })
+}
+
+/// What `i_u` (and `i_nb`) say about the data for `layout`: the start
+/// block of flat layouts ([`NULL_ADDR`] for a hole), the chunk format of
+/// chunked ones, the compressed block count of compressed ones.
+fn raw_addr(layout: DataLayout, core: &InodeCore) -> Result<u64> {
+    let (i_u, i_nb) = (core.i_u, core.i_nb);
+    Ok(match layout {
+        DataLayout::ChunkBased => {
+            let chunk_format = (i_u & 0xffff) as u16;
+            if chunk_format & !CHUNK_FORMAT_ALL != 0 {
+                return Err(Error::Unsupported(format!(
+                    "chunk format {chunk_format:#x}"
+                )));
+            }
+            u64::from(chunk_format)
+        }
+        DataLayout::FlatPlain | DataLayout::FlatInline => {
+            let addr = u64::from(i_u) | (u64::from(i_nb) << 32);
+            if layout == DataLayout::FlatPlain && (addr ^ NULL_ADDR) & core.addr_mask == 0 {
+                NULL_ADDR
+            } else {
+                addr & core.addr_mask
+            }
+        }
+        DataLayout::CompressedFull | DataLayout::CompressedCompact => {
+            u64::from(i_u) | (u64::from(i_nb) << 32)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -90,51 +90,19 @@ impl SuperInfo {
         }
     }
 
-    /// Reads and validates the superblock of `dev`.
+    /// Reads and validates the superblock of `dev` (the kernel's
+    /// `erofs_read_superblock`): format and feature checks, extension
+    /// slots and checksum, then the fields in host types.
     pub fn parse(dev: &Device) -> Result<Self> {
-        let size = std::mem::size_of::<SuperBlock>() as u64;
-        let bytes = if dev.len() >= SUPERBLOCK_OFFSET + size {
-            // Only the superblock: with verity, every byte read is hashed.
-            dev.slice(SUPERBLOCK_OFFSET, size)?
-        } else {
-            &[]
-        };
-        let sb: &SuperBlock = read_struct(bytes).ok_or_else(|| {
+        let base = read_base(dev)?;
+        let sb: &SuperBlock = read_struct(base).ok_or_else(|| {
             Error::corrupt(format!(
                 "{} is too small to hold an EROFS superblock ({} bytes)",
                 dev.path().display(),
                 dev.len()
             ))
         })?;
-        let magic = sb.magic.get();
-        if magic != EROFS_MAGIC {
-            return Err(Error::Invalid(format!(
-                "not an EROFS image (magic {magic:#010x} at offset 1024, expected {EROFS_MAGIC:#010x})"
-            )));
-        }
-        let block_bits = sb.blkszbits;
-        if !(MIN_BLOCK_BITS..=MAX_BLOCK_BITS).contains(&block_bits) {
-            return Err(Error::Unsupported(format!(
-                "block size 2^{block_bits} (supported: 512 to 4096 bytes)"
-            )));
-        }
-        let incompat = sb.feature_incompat.get();
-        let unknown = incompat & !INCOMPAT_SUPPORTED;
-        if unknown != 0 {
-            return Err(Error::Unsupported(format!(
-                "unknown incompatible feature bits {unknown:#x} (this version knows: {})",
-                INCOMPAT_NAMES
-                    .iter()
-                    .map(|(_, n)| *n)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        ensure!(
-            sb.dirblkbits == 0,
-            "directory block bits {} (must be 0)",
-            sb.dirblkbits
-        );
+        check_format(sb)?;
         let sb_size = SUPERBLOCK_BASE_SIZE + SUPERBLOCK_EXTSLOT_SIZE * usize::from(sb.sb_extslots);
         ensure!(
             sb_size <= MAX_SUPERBLOCK_SIZE && SUPERBLOCK_OFFSET + sb_size as u64 <= dev.len(),
@@ -142,62 +110,24 @@ impl SuperInfo {
             sb.sb_extslots
         );
         // The superblock with its extension slots.
-        let bytes = dev.slice(SUPERBLOCK_OFFSET, sb_size.max(bytes.len()) as u64)?;
+        let bytes = dev.slice(SUPERBLOCK_OFFSET, sb_size.max(base.len()) as u64)?;
         let compat = sb.feature_compat.get();
         let checksum = if compat & COMPAT_SB_CHKSUM != 0 {
-            verify_checksum(dev, block_bits, sb.checksum.get())?;
+            verify_checksum(dev, sb.blkszbits, sb.checksum.get())?;
             Some(sb.checksum.get())
         } else {
             None
         };
-
-        let is_48bit = incompat & INCOMPAT_48BIT != 0;
-        let mut blocks = u64::from(sb.blocks_lo.get());
-        let root_nid = if is_48bit && sb.rootnid_8b.get() != 0 {
-            blocks |= u64::from(sb.rootnid_2b.get()) << 32;
-            sb.rootnid_8b.get()
-        } else {
-            u64::from(sb.rootnid_2b.get())
-        };
+        let incompat = sb.feature_incompat.get();
+        let (root_nid, blocks) = root_nid_and_blocks(sb, incompat);
         let packed_nid = sb.packed_nid.get();
         ensure!(
             packed_nid & Nid::METABOX_BIT == 0,
             "packed nid {packed_nid:#x} has the metabox bit"
         );
-        let metabox_nid = if incompat & INCOMPAT_METABOX != 0 {
-            let ext: &SuperBlockExt = read_struct(&bytes[SUPERBLOCK_BASE_SIZE..])
-                .filter(|_| sb_size > SUPERBLOCK_BASE_SIZE)
-                .ok_or_else(|| {
-                    Error::corrupt("METABOX is set but the superblock has no extension slot")
-                })?;
-            let nid = ext.metabox_nid.get();
-            // A metabox inode inside the metabox would be a self-reference.
-            ensure!(
-                nid & Nid::METABOX_BIT == 0,
-                "metabox nid {nid:#x} points into the metabox"
-            );
-            Some(Nid(nid))
-        } else {
-            None
-        };
-        let extra_devices = if incompat & INCOMPAT_DEVICE_TABLE != 0 {
-            sb.extra_devices.get()
-        } else {
-            0
-        };
-        let available_compr_algs = if incompat & INCOMPAT_COMPR_CFGS != 0 {
-            sb.compr_algs_or_lz4_distance.get()
-        } else {
-            1
-        };
-        let volume_name = sb
-            .volume_name
-            .split(|&b| b == 0)
-            .next()
-            .unwrap_or_default()
-            .to_vec();
+        let metabox_nid = metabox_nid(bytes, sb_size, incompat)?;
         Ok(Self {
-            block_bits,
+            block_bits: sb.blkszbits,
             feature_compat: compat,
             feature_incompat: incompat,
             checksum,
@@ -211,9 +141,9 @@ impl SuperInfo {
             meta_blkaddr: u64::from(sb.meta_blkaddr.get()),
             xattr_blkaddr: u64::from(sb.xattr_blkaddr.get()),
             uuid: sb.uuid,
-            volume_name,
-            available_compr_algs,
-            extra_devices,
+            volume_name: volume_name(sb),
+            available_compr_algs: available_compr_algs(sb, incompat),
+            extra_devices: extra_devices(sb, incompat),
             devt_slotoff: sb.devt_slotoff.get(),
             xattr_prefix_count: sb.xattr_prefix_count,
             xattr_prefix_start: sb.xattr_prefix_start.get(),
@@ -221,6 +151,110 @@ impl SuperInfo {
             metabox_nid,
         })
     }
+}
+
+/// The base superblock's bytes, or none when `dev` is too small to hold
+/// it. Only the superblock: with verity, every byte read is hashed.
+fn read_base(dev: &Device) -> Result<&[u8]> {
+    let size = std::mem::size_of::<SuperBlock>() as u64;
+    if dev.len() >= SUPERBLOCK_OFFSET + size {
+        dev.slice(SUPERBLOCK_OFFSET, size)
+    } else {
+        Ok(&[])
+    }
+}
+
+/// The checks that decide whether this is an EROFS image this code can
+/// read: magic, block size, incompatible features, directory block bits.
+fn check_format(sb: &SuperBlock) -> Result<()> {
+    let magic = sb.magic.get();
+    if magic != EROFS_MAGIC {
+        return Err(Error::Invalid(format!(
+            "not an EROFS image (magic {magic:#010x} at offset 1024, expected {EROFS_MAGIC:#010x})"
+        )));
+    }
+    let block_bits = sb.blkszbits;
+    if !(MIN_BLOCK_BITS..=MAX_BLOCK_BITS).contains(&block_bits) {
+        return Err(Error::Unsupported(format!(
+            "block size 2^{block_bits} (supported: 512 to 4096 bytes)"
+        )));
+    }
+    let unknown = sb.feature_incompat.get() & !INCOMPAT_SUPPORTED;
+    if unknown != 0 {
+        return Err(Error::Unsupported(format!(
+            "unknown incompatible feature bits {unknown:#x} (this version knows: {})",
+            INCOMPAT_NAMES
+                .iter()
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    ensure!(
+        sb.dirblkbits == 0,
+        "directory block bits {} (must be 0)",
+        sb.dirblkbits
+    );
+    Ok(())
+}
+
+/// The root nid and the primary device's block count: with 48-bit
+/// addresses and an 8-byte root nid, the 2-byte root nid field holds the
+/// block count's high bits.
+fn root_nid_and_blocks(sb: &SuperBlock, incompat: u32) -> (u64, u64) {
+    let mut blocks = u64::from(sb.blocks_lo.get());
+    let root_nid = if incompat & INCOMPAT_48BIT != 0 && sb.rootnid_8b.get() != 0 {
+        blocks |= u64::from(sb.rootnid_2b.get()) << 32;
+        sb.rootnid_8b.get()
+    } else {
+        u64::from(sb.rootnid_2b.get())
+    };
+    (root_nid, blocks)
+}
+
+/// The metabox inode from the first extension slot of the `sb_size`-byte
+/// superblock `bytes`, when METABOX is set.
+fn metabox_nid(bytes: &[u8], sb_size: usize, incompat: u32) -> Result<Option<Nid>> {
+    if incompat & INCOMPAT_METABOX == 0 {
+        return Ok(None);
+    }
+    let ext: &SuperBlockExt = read_struct(&bytes[SUPERBLOCK_BASE_SIZE..])
+        .filter(|_| sb_size > SUPERBLOCK_BASE_SIZE)
+        .ok_or_else(|| Error::corrupt("METABOX is set but the superblock has no extension slot"))?;
+    let nid = ext.metabox_nid.get();
+    // A metabox inode inside the metabox would be a self-reference.
+    ensure!(
+        nid & Nid::METABOX_BIT == 0,
+        "metabox nid {nid:#x} points into the metabox"
+    );
+    Ok(Some(Nid(nid)))
+}
+
+/// Number of extra devices: the device table's length with DEVICE_TABLE.
+fn extra_devices(sb: &SuperBlock, incompat: u32) -> u16 {
+    if incompat & INCOMPAT_DEVICE_TABLE != 0 {
+        sb.extra_devices.get()
+    } else {
+        0
+    }
+}
+
+/// The algorithms in use: as declared with COMPR_CFGS, else LZ4 only.
+fn available_compr_algs(sb: &SuperBlock, incompat: u32) -> u16 {
+    if incompat & INCOMPAT_COMPR_CFGS != 0 {
+        sb.compr_algs_or_lz4_distance.get()
+    } else {
+        1
+    }
+}
+
+/// The volume name, up to its first NUL.
+fn volume_name(sb: &SuperBlock) -> Vec<u8> {
+    sb.volume_name
+        .split(|&b| b == 0)
+        .next()
+        .unwrap_or_default()
+        .to_vec()
 }
 
 /// Checks the superblock CRC32C as `mkfs.erofs` computes it: over the rest of

@@ -110,7 +110,9 @@ impl Image {
     }
 
     /// The compacted forms: packs of 2 (4-byte form) or 16 (2-byte form)
-    /// lclusters sharing one base block address.
+    /// lclusters sharing one base block address (the kernel's
+    /// `z_erofs_load_compact_lcluster`): finds where `lcn`'s entry is, then
+    /// unpacks it.
     fn load_compact_lcluster(
         &self,
         inode: &Inode,
@@ -118,7 +120,14 @@ impl Image {
         lcn: u64,
         lookahead: bool,
     ) -> Result<Lcluster> {
-        let bits = info.lcluster_bits;
+        let (pos, unit_shift) = self.compact_index_pos(inode, info, lcn);
+        self.unpack_compacted_index(info, lcn, pos, unit_shift, lookahead)
+    }
+
+    /// Byte offset of `lcn`'s compact entry and log2 of its amortized size
+    /// (2: 4-byte form, 1: 2-byte form). Up to the first 32-byte boundary
+    /// and after the last whole 2-byte run, entries take the 4-byte form.
+    fn compact_index_pos(&self, inode: &Inode, info: &ZInfo, lcn: u64) -> (u64, u32) {
         let ebase = info.header.offset + MAP_HEADER_SIZE;
         let total = inode.size.div_ceil(self.block_size());
         let initial_4b = ((32 - ebase % 32) / 4) & 7;
@@ -140,7 +149,20 @@ impl Image {
                 rel -= compacted_2b;
             }
         }
-        pos += rel << unit_shift;
+        (pos + (rel << unit_shift), unit_shift)
+    }
+
+    /// Reads the pack holding the entry at `pos` and decodes the entry
+    /// (the kernel's `unpack_compacted_index`).
+    fn unpack_compacted_index(
+        &self,
+        info: &ZInfo,
+        lcn: u64,
+        pos: u64,
+        unit_shift: u32,
+        lookahead: bool,
+    ) -> Result<Lcluster> {
+        let bits = info.lcluster_bits;
         let vcnt: u64 = match unit_shift {
             2 if bits <= 14 => 2,
             1 if bits <= 12 => 16,
@@ -153,61 +175,94 @@ impl Image {
         };
         let pack_size = vcnt << unit_shift;
         let pack_start = pos / pack_size * pack_size;
-        let pack = self.meta(
+        let bytes = self.meta(
             MetaPos {
                 offset: pack_start,
                 ..info.header
             },
             pack_size,
         )?;
-        let lobits = bits.max(12);
-        let encodebits = (((pack_size - 4) * 8) / vcnt) as usize;
-        let mut i = ((pos - pack_start) >> unit_shift) as usize;
-        let entry = |i: usize| compacted_bits(&pack, lobits, encodebits * i);
+        let pack = CompactPack {
+            bytes: &bytes,
+            lobits: bits.max(12),
+            encodebits: (((pack_size - 4) * 8) / vcnt) as usize,
+            vcnt: vcnt as usize,
+            big: info.advise & ADVISE_BIG_PCLUSTER_1 != 0,
+        };
+        let i = ((pos - pack_start) >> unit_shift) as usize;
         let mut lc = Lcluster {
             lcn,
             next_pack_off: pack_start + pack_size,
             ..Default::default()
         };
-        let (lo, kind) = entry(i)?;
+        let (lo, kind) = pack.entry(i)?;
         lc.kind = kind;
-        let big = info.advise & ADVISE_BIG_PCLUSTER_1 != 0;
-        let cblkcnt = u64::from(LI_D0_CBLKCNT);
         if kind == LCLUSTER_TYPE_NONHEAD {
             lc.cluster_offset = 1 << bits;
             if lookahead {
-                lc.delta[1] = compacted_lookahead(&pack, lobits, encodebits, vcnt as usize, i)?;
+                lc.delta[1] = pack.lookahead_distance(i)?;
             }
-            if lo & cblkcnt != 0 {
-                ensure!(big, "compressed block count without big pclusters");
-                lc.compressed_blocks = Some(lo & !cblkcnt);
-                lc.delta[0] = 1;
-            } else if i + 1 != vcnt as usize {
-                lc.delta[0] = lo;
-            } else {
-                // The pack's last entry stores delta[1]; derive delta[0]
-                // from the entry before it.
-                let (prev, prev_kind) = entry(i - 1)?;
-                let prev = if prev_kind != LCLUSTER_TYPE_NONHEAD {
-                    0
-                } else if prev & cblkcnt != 0 {
-                    1
-                } else {
-                    prev
-                };
-                lc.delta[0] = prev + 1;
-            }
-            return Ok(lc);
+            (lc.delta[0], lc.compressed_blocks) = pack.nonhead_delta(i, lo)?;
+        } else {
+            lc.cluster_offset = lo;
+            lc.pblk = pack.head_pblk(i)?;
         }
-        lc.cluster_offset = lo;
-        // A HEAD's block is the pack's base plus the blocks of the
-        // pclusters of the HEADs before it in the pack.
-        let mut nblk: u64 = if big { 0 } else { 1 };
+        Ok(lc)
+    }
+}
+
+/// One pack of compact lcluster indexes: `vcnt` entries of `encodebits`
+/// bits each, then the pack's 32-bit base block address.
+struct CompactPack<'a> {
+    bytes: &'a [u8],
+    /// Bits of an entry's value (the rest of `encodebits` is its type).
+    lobits: u32,
+    encodebits: usize,
+    vcnt: usize,
+    /// Big pclusters (HEAD1): NONHEADs may carry compressed block counts.
+    big: bool,
+}
+
+impl CompactPack<'_> {
+    /// Value and type of entry `i`.
+    fn entry(&self, i: usize) -> Result<(u64, u8)> {
+        compacted_bits(self.bytes, self.lobits, self.encodebits * i)
+    }
+
+    /// `delta[0]` and the compressed block count of NONHEAD entry `i`
+    /// whose value is `lo`.
+    fn nonhead_delta(&self, i: usize, lo: u64) -> Result<(u64, Option<u64>)> {
+        let cblkcnt = u64::from(LI_D0_CBLKCNT);
+        if lo & cblkcnt != 0 {
+            ensure!(self.big, "compressed block count without big pclusters");
+            return Ok((1, Some(lo & !cblkcnt)));
+        }
+        if i + 1 != self.vcnt {
+            return Ok((lo, None));
+        }
+        // The pack's last entry stores delta[1]; derive delta[0] from the
+        // entry before it.
+        let (prev, prev_kind) = self.entry(i - 1)?;
+        let prev = if prev_kind != LCLUSTER_TYPE_NONHEAD {
+            0
+        } else if prev & cblkcnt != 0 {
+            1
+        } else {
+            prev
+        };
+        Ok((prev + 1, None))
+    }
+
+    /// Block address of HEAD entry `i`: the pack's base plus the blocks of
+    /// the pclusters of the HEADs before it in the pack.
+    fn head_pblk(&self, i: usize) -> Result<u64> {
+        let cblkcnt = u64::from(LI_D0_CBLKCNT);
+        let mut nblk: u64 = if self.big { 0 } else { 1 };
         let mut j = i as i64;
         while j > 0 {
             j -= 1;
-            let (lo, kind) = entry(j as usize)?;
-            if !big {
+            let (lo, kind) = self.entry(j as usize)?;
+            if !self.big {
                 if kind == LCLUSTER_TYPE_NONHEAD {
                     j -= lo as i64;
                 }
@@ -226,36 +281,30 @@ impl Image {
                 nblk += 1;
             }
         }
-        i = pack.len() - 4;
-        let base = u32::from_le_bytes([pack[i], pack[i + 1], pack[i + 2], pack[i + 3]]);
-        lc.pblk = u64::from(base) + nblk;
-        Ok(lc)
+        let b = &self.bytes[self.bytes.len() - 4..];
+        let base = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        Ok(u64::from(base) + nblk)
     }
-}
 
-/// Distance from entry `i` of a compact pack to the next HEAD
-/// (`delta[1]`), looking through the rest of the pack.
-fn compacted_lookahead(
-    pack: &[u8],
-    lobits: u32,
-    encodebits: usize,
-    vcnt: usize,
-    mut i: usize,
-) -> Result<u64> {
-    let mut d1 = 0;
-    let mut lo = 0;
-    while i < vcnt {
-        let kind;
-        (lo, kind) = compacted_bits(pack, lobits, encodebits * i)?;
-        if kind != LCLUSTER_TYPE_NONHEAD {
-            return Ok(d1);
+    /// Distance from entry `i` to the next HEAD (`delta[1]`), looking
+    /// through the rest of the pack (the kernel's
+    /// `get_compacted_la_distance`).
+    fn lookahead_distance(&self, mut i: usize) -> Result<u64> {
+        let mut d1 = 0;
+        let mut lo = 0;
+        while i < self.vcnt {
+            let kind;
+            (lo, kind) = self.entry(i)?;
+            if kind != LCLUSTER_TYPE_NONHEAD {
+                return Ok(d1);
+            }
+            d1 += 1;
+            i += 1;
         }
-        d1 += 1;
-        i += 1;
+        // The last entry of a pack stores its own delta[1].
+        if lo & u64::from(LI_D0_CBLKCNT) == 0 {
+            d1 += lo.saturating_sub(1);
+        }
+        Ok(d1)
     }
-    // The last entry of a pack stores its own delta[1].
-    if lo & u64::from(LI_D0_CBLKCNT) == 0 {
-        d1 += lo.saturating_sub(1);
-    }
-    Ok(d1)
 }

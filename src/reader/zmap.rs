@@ -251,104 +251,34 @@ impl Image {
         Ok(extent)
     }
 
-    /// The EXTENTS form (the kernel's `z_erofs_map_blocks_ext`).
+    /// The EXTENTS form (the kernel's `z_erofs_map_blocks_ext`): finds the
+    /// record holding `offset`, then decodes it.
     fn zmap_extents(&self, inode: &Inode, info: &ZInfo, offset: u64) -> Result<ZExtent> {
         let recsz = 4u64 << ((info.advise >> ADVISE_EXTRECSZ_BIT) & ADVISE_EXTRECSZ_MASK);
-        let mut pos = (info.header.offset + MAP_HEADER_SIZE).next_multiple_of(recsz);
-        let lcluster = 1u64 << info.lcluster_bits;
-        let record = |pos: u64| -> Result<[u32; 5]> {
-            let bytes = self.meta(
-                MetaPos {
-                    offset: pos,
-                    ..info.header
-                },
-                recsz,
-            )?;
-            let mut full = [0u8; size_of::<ExtentRecord>()];
-            full[..bytes.len()].copy_from_slice(&bytes);
-            let r: &ExtentRecord = read_struct(&full).expect("a whole record");
-            Ok([
-                r.plen.get(),
-                r.pstart_lo.get(),
-                r.pstart_hi.get(),
-                r.lstart_lo.get(),
-                r.lstart_hi.get(),
-            ])
+        let records = ExtentRecords {
+            image: self,
+            header: info.header,
+            recsz,
+            first: (info.header.offset + MAP_HEADER_SIZE).next_multiple_of(recsz),
         };
-        let (mut start, mut end, mut plen, mut pa, last);
-        if recsz <= 8 {
-            // One record per lcluster; with 4-byte records only the lengths
-            // are stored and addresses accumulate from a base.
-            let mut base = None;
-            if recsz == 4 {
-                let bytes = self.meta(
-                    MetaPos {
-                        offset: pos,
-                        ..info.header
-                    },
-                    8,
-                )?;
-                base = Some(u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")));
-                pos += 8;
-                start = 0;
-            } else {
-                start = offset & !(lcluster - 1);
-                pos += (start >> info.lcluster_bits) * recsz;
-            }
-            ensure!(
-                (offset - start) >> info.lcluster_bits < (1 << 26),
-                "extent map of {} lclusters is too long to walk",
-                (offset - start) >> info.lcluster_bits
-            );
-            (plen, pa) = (0, 0);
-            while start <= offset {
-                let r = record(pos)?;
-                plen = r[0];
-                match base.as_mut() {
-                    Some(next) => {
-                        pa = *next;
-                        *next = next
-                            .checked_add(u64::from(plen & EXTENT_PLEN_MASK))
-                            .ok_or_else(|| Error::corrupt("extent address overflows"))?;
-                    }
-                    None => pa = u64::from(r[1]),
-                }
-                pos += recsz;
-                start += lcluster;
-            }
-            // `start` is a multiple of the lcluster size, so this is
-            // "past the last lcluster" without rounding `size` up (which
-            // could overflow).
-            last = start >= inode.size;
-            end = start.min(inode.size);
-            start -= lcluster;
+        let found = if recsz <= 8 {
+            records.per_lcluster(inode, info, offset)?
         } else {
-            // Sorted records: binary search for the last one at or before offset.
-            (start, end, plen, pa) = (inode.size, inode.size, 0, 0);
-            let (mut lo, mut hi) = (0u64, info.extents);
-            while lo < hi {
-                let mid = lo + (hi - lo) / 2;
-                let r = record(pos + mid * recsz)?;
-                let mut la = u64::from(r[3]);
-                if recsz > 16 {
-                    la |= u64::from(r[4]) << 32;
-                }
-                if la > offset {
-                    hi = mid;
-                    ensure!(la <= end, "extent records out of order");
-                    end = la;
-                } else {
-                    lo = mid + 1;
-                    if la == offset {
-                        hi = hi.min(lo + 1);
-                    }
-                    start = la;
-                    plen = r[0];
-                    pa = u64::from(r[1]) | (u64::from(r[2]) << 32);
-                }
-            }
-            last = lo >= info.extents;
-        }
+            records.search(inode, info, offset)?
+        };
+        Ok(self.extent_from_record(info, recsz, offset, &found))
+    }
+
+    /// The extent `found` describes (an unmapped one at `offset` when no
+    /// record covers it).
+    fn extent_from_record(
+        &self,
+        info: &ZInfo,
+        recsz: u64,
+        offset: u64,
+        found: &FoundRecord,
+    ) -> ZExtent {
+        let (plen, pa) = (found.plen, found.pa);
         let mut extent = ZExtent {
             start: offset,
             len: 0,
@@ -357,9 +287,9 @@ impl Image {
             format: ZFormat::Shifted,
             partial: false,
         };
-        if start < end {
-            extent.start = start;
-            if last && info.advise & ADVISE_FRAGMENT_PCLUSTER != 0 {
+        if found.start < found.end {
+            extent.start = found.start;
+            if found.last && info.advise & ADVISE_FRAGMENT_PCLUSTER != 0 {
                 let mut off = u64::from(plen);
                 if recsz > 4 {
                     off |= pa << 32;
@@ -382,8 +312,8 @@ impl Image {
                 };
             }
         }
-        extent.len = end.saturating_sub(extent.start);
-        Ok(extent)
+        extent.len = found.end.saturating_sub(extent.start);
+        extent
     }
 
     /// The lcluster-index forms (the kernel's `z_erofs_map_blocks_fo`),
@@ -527,5 +457,137 @@ impl Image {
                 head.lcn
             ))),
         }
+    }
+}
+
+/// The extent records of one inode (EXTENTS form), `recsz` bytes each
+/// from byte `first` of the metadata space of `header`.
+struct ExtentRecords<'a> {
+    image: &'a Image,
+    header: MetaPos,
+    recsz: u64,
+    first: u64,
+}
+
+/// The record found for an offset: logical range `[start, end)`, its
+/// `plen` word and physical address, and whether it is the last one.
+struct FoundRecord {
+    start: u64,
+    end: u64,
+    plen: u32,
+    pa: u64,
+    last: bool,
+}
+
+impl ExtentRecords<'_> {
+    /// `len` bytes at byte `pos` of the metadata space.
+    fn bytes(&self, pos: u64, len: u64) -> Result<std::borrow::Cow<'_, [u8]>> {
+        self.image.meta(
+            MetaPos {
+                offset: pos,
+                ..self.header
+            },
+            len,
+        )
+    }
+
+    /// The record at `pos`, zero-extended to the full form: plen,
+    /// pstart_lo, pstart_hi, lstart_lo, lstart_hi.
+    fn record(&self, pos: u64) -> Result<[u32; 5]> {
+        let bytes = self.bytes(pos, self.recsz)?;
+        let mut full = [0u8; size_of::<ExtentRecord>()];
+        full[..bytes.len()].copy_from_slice(&bytes);
+        let r: &ExtentRecord = read_struct(&full).expect("a whole record");
+        Ok([
+            r.plen.get(),
+            r.pstart_lo.get(),
+            r.pstart_hi.get(),
+            r.lstart_lo.get(),
+            r.lstart_hi.get(),
+        ])
+    }
+
+    /// One record per lcluster (4- or 8-byte records); with 4-byte records
+    /// only the lengths are stored and addresses accumulate from a base.
+    fn per_lcluster(&self, inode: &Inode, info: &ZInfo, offset: u64) -> Result<FoundRecord> {
+        let lcluster = 1u64 << info.lcluster_bits;
+        let mut pos = self.first;
+        let mut base = None;
+        let mut start;
+        if self.recsz == 4 {
+            let bytes = self.bytes(pos, 8)?;
+            base = Some(u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")));
+            pos += 8;
+            start = 0;
+        } else {
+            start = offset & !(lcluster - 1);
+            pos += (start >> info.lcluster_bits) * self.recsz;
+        }
+        ensure!(
+            (offset - start) >> info.lcluster_bits < (1 << 26),
+            "extent map of {} lclusters is too long to walk",
+            (offset - start) >> info.lcluster_bits
+        );
+        let (mut plen, mut pa) = (0, 0);
+        while start <= offset {
+            let r = self.record(pos)?;
+            plen = r[0];
+            match base.as_mut() {
+                Some(next) => {
+                    pa = *next;
+                    *next = next
+                        .checked_add(u64::from(plen & EXTENT_PLEN_MASK))
+                        .ok_or_else(|| Error::corrupt("extent address overflows"))?;
+                }
+                None => pa = u64::from(r[1]),
+            }
+            pos += self.recsz;
+            start += lcluster;
+        }
+        // `start` is a multiple of the lcluster size, so this is "past the
+        // last lcluster" without rounding `size` up (which could overflow).
+        Ok(FoundRecord {
+            last: start >= inode.size,
+            end: start.min(inode.size),
+            start: start - lcluster,
+            plen,
+            pa,
+        })
+    }
+
+    /// Sorted records (12 bytes and up): binary search for the last one at
+    /// or before `offset`.
+    fn search(&self, inode: &Inode, info: &ZInfo, offset: u64) -> Result<FoundRecord> {
+        let mut found = FoundRecord {
+            start: inode.size,
+            end: inode.size,
+            plen: 0,
+            pa: 0,
+            last: false,
+        };
+        let (mut lo, mut hi) = (0u64, info.extents);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let r = self.record(self.first + mid * self.recsz)?;
+            let mut la = u64::from(r[3]);
+            if self.recsz > 16 {
+                la |= u64::from(r[4]) << 32;
+            }
+            if la > offset {
+                hi = mid;
+                ensure!(la <= found.end, "extent records out of order");
+                found.end = la;
+            } else {
+                lo = mid + 1;
+                if la == offset {
+                    hi = hi.min(lo + 1);
+                }
+                found.start = la;
+                found.plen = r[0];
+                found.pa = u64::from(r[1]) | (u64::from(r[2]) << 32);
+            }
+        }
+        found.last = lo >= info.extents;
+        Ok(found)
     }
 }
