@@ -336,22 +336,8 @@ pub fn mode_string(kind: FileKind, mode: u32) -> String {
     s
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn format_uuid(u: &[u8; 16]) -> String {
-    let h = hex(u);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+use crate::format::format_uuid;
+pub use crate::format::hex;
 
 /// UTC date and time, `YYYY-MM-DD HH:MM:SS[.nnnnnnnnn]`.
 pub fn format_utc(secs: i64, nsec: u32) -> String {

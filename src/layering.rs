@@ -14,7 +14,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (3, &["fault"]),
     (4, &["verity"]),
     (5, &["device"]),
-    (6, &["reader", "build"]),
+    (6, &["reader", "mkfs"]),
     (7, &["view", "inspect", "fsck", "extract", "convert"]),
     (8, &["overlay", "manifest"]),
     (9, &["store"]),

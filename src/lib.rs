@@ -13,11 +13,11 @@
 //! - [`device`]: bounds-checked (and verified) reads of image files and
 //!   ranges of them;
 //! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
-//!   data), knowing nothing of FUSE; [`build`]: the mkfs side, writing
+//!   data), knowing nothing of FUSE; [`mkfs`]: the mkfs side, writing
 //!   images;
 //! - [`view`]: read-only trees served through FUSE; [`inspect`], [`fsck`],
 //!   [`extract`]: tools built on the reader; [`convert`]: tar layers to
-//!   images (through [`build`]);
+//!   images (through [`mkfs`]);
 //! - [`overlay`]: a merged stack of layers; [`manifest`]: JSON-lines
 //!   manifests;
 //! - [`store`]: the layer store (converting and serving layers);
@@ -27,7 +27,6 @@
 
 #![warn(missing_docs)]
 
-pub mod build;
 pub mod convert;
 pub mod device;
 pub mod error;
@@ -41,6 +40,7 @@ pub mod inspect;
 #[cfg(test)]
 mod layering;
 pub mod manifest;
+pub mod mkfs;
 pub mod mmap;
 pub mod overlay;
 pub mod reader;

@@ -19,7 +19,7 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use crate::build::{BuildError, BuildOptions, DataSource, ImageBuilder};
+use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
 pub use input::Digest;
 use input::{open_input, Tee};
@@ -218,11 +218,11 @@ pub(crate) fn convert_at(
 /// (deterministic: the same tar gives the same image).
 fn finish_image(
     builder: ImageBuilder,
-    tree: &crate::build::Tree,
+    tree: &crate::mkfs::Tree,
     mode: Mode,
     tar_size: u64,
     tar_digest: &Digest,
-) -> Result<crate::build::BuildSummary, ConvertError> {
+) -> Result<crate::mkfs::BuildSummary, ConvertError> {
     let source = match mode {
         Mode::Index => DataSource::Tar { size: tar_size },
         Mode::Full => DataSource::Image,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use base64::Engine;
 
 use super::stream::{shown, PaxRecords};
-use crate::build::xattr;
 use crate::format::{xattr_entry_size, xattr_ibody_size, XATTR_IBODY_HEADER_SIZE};
+use crate::mkfs::xattr;
 
 /// Base64 as libarchive writes it (padding optional).
 const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(

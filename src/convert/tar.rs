@@ -10,11 +10,11 @@ use tar::EntryType;
 use super::pax::{apply_pax, drop_user_xattrs, max_inline_xattrs, Attrs, Globals};
 use super::stream::{shown, Member, TarStream};
 use super::ConvertError;
-use crate::build::{FileData, ImageBuilder, Node, NodeData, NodeId, Tree};
 use crate::format::{
     encode_rdev, MAX_PATH_DEPTH, NAME_LEN_MAX, S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT,
     S_IFREG,
 };
+use crate::mkfs::{FileData, ImageBuilder, Node, NodeData, NodeId, Tree};
 
 /// Where regular files' data goes while the tar is read.
 pub enum DataSink<'a> {

@@ -299,7 +299,7 @@ fn convert_refuses_paths_deeper_than_the_readers_follow() {
 /// An image (built with the library, which applies no depth policy) with
 /// one empty directory `depth` levels deep.
 fn deep_image(dir: &Path, depth: usize) -> std::path::PathBuf {
-    use erofs_fuse::build::{BuildOptions, DataSource, ImageBuilder, Node, NodeData, Tree};
+    use erofs_fuse::mkfs::{BuildOptions, DataSource, ImageBuilder, Node, NodeData, Tree};
     let mut tree = Tree::new(0o755, 0, 0, 0);
     let mut parent = Tree::ROOT;
     for _ in 0..depth {
