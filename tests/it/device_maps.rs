@@ -21,6 +21,27 @@ fn data_file(dir: &Path) -> (PathBuf, Vec<u8>) {
     (path, bytes)
 }
 
+/// A verity tree (4 KiB blocks) of `path` in `dir/tree`: its root hash and
+/// path.
+fn verity_tree(dir: &Path, path: &Path) -> ([u8; 32], PathBuf) {
+    let hash_file = dir.join("tree");
+    let params = VerityParams {
+        data_block_size: 4096,
+        hash_block_size: 4096,
+        data_blocks: BLOCKS,
+        salt: vec![7; 32],
+        uuid: [0; 16],
+    };
+    let root = format(
+        &File::open(path).unwrap(),
+        &File::create(&hash_file).unwrap(),
+        0,
+        &params,
+    )
+    .unwrap();
+    (root, hash_file)
+}
+
 #[test]
 fn both_access_patterns_read_the_same_bytes() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,21 +70,7 @@ fn both_access_patterns_read_the_same_bytes() {
 fn random_reads_are_verified_like_sequential_ones() {
     let dir = tempfile::tempdir().unwrap();
     let (path, _) = data_file(dir.path());
-    let hash_file = dir.path().join("tree");
-    let params = VerityParams {
-        data_block_size: 4096,
-        hash_block_size: 4096,
-        data_blocks: BLOCKS,
-        salt: vec![7; 32],
-        uuid: [0; 16],
-    };
-    let root = format(
-        &File::open(&path).unwrap(),
-        &File::create(&hash_file).unwrap(),
-        0,
-        &params,
-    )
-    .unwrap();
+    let (root, hash_file) = verity_tree(dir.path(), &path);
     // Blocks 7 and 9 change after the tree was made.
     let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(b"tampered", 7 * 4096 + 100).unwrap();
@@ -90,21 +97,7 @@ fn random_reads_are_verified_like_sequential_ones() {
 fn file_data_is_hashed_at_every_read_unless_verified_once() {
     let dir = tempfile::tempdir().unwrap();
     let (path, bytes) = data_file(dir.path());
-    let hash_file = dir.path().join("tree");
-    let params = VerityParams {
-        data_block_size: 4096,
-        hash_block_size: 4096,
-        data_blocks: BLOCKS,
-        salt: vec![7; 32],
-        uuid: [0; 16],
-    };
-    let root = format(
-        &File::open(&path).unwrap(),
-        &File::create(&hash_file).unwrap(),
-        0,
-        &params,
-    )
-    .unwrap();
+    let (root, hash_file) = verity_tree(dir.path(), &path);
     let source = VeritySource::Tree(TreeSpec {
         root,
         hash_file,
