@@ -50,19 +50,11 @@ fn retry_emfile<T>(mut open: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; whether it grew.
 pub fn raise_nofile_limit() -> bool {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
-        || limit.rlim_cur >= limit.rlim_max
-    {
-        return false;
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok(),
+        _ => false,
     }
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit reads the struct we own.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 }
 }
 
 /// Opens the directory `name` in `dir`; a symlink there is an error
