@@ -10,7 +10,7 @@ use std::path::Path;
 const LAYERS: &[(u32, &[&str])] = &[
     (0, &["error"]),
     (1, &["format", "safe_fs", "sys"]),
-    (2, &["mmap", "input"]),
+    (2, &["mmap", "input", "registry"]),
     (3, &["fault"]),
     (4, &["verity"]),
     (5, &["device"]),

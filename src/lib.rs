@@ -7,7 +7,9 @@
 //!   (extract, convert, store add) without following or replacing what
 //!   other users put in the way; [`sys`]: the few raw system calls;
 //! - [`mmap`]: memory maps (map, advise, unmap); [`input`]: opening image
-//!   files and block devices; [`fault`]: the maps the reader keeps,
+//!   files and block devices; [`registry`]: images in OCI registries and
+//!   image layouts (references, manifests, blobs), knowing nothing of the
+//!   filesystem; [`fault`]: the maps the reader keeps,
 //!   surviving their files shrinking under them;
 //! - [`verity`]: dm-verity trees, built and checked;
 //! - [`device`]: bounds-checked (and verified) reads of image files and
@@ -44,6 +46,7 @@ pub mod mkfs;
 pub mod mmap;
 pub mod overlay;
 pub mod reader;
+pub mod registry;
 pub mod safe_fs;
 pub mod store;
 pub mod sys;
