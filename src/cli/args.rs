@@ -159,12 +159,12 @@ pub enum Command {
         #[command(subcommand)]
         command: VerityCommand,
     },
-    /// Convert an OCI layer (tar or tar.gz, gzip detected by its magic) to
+    /// Convert an OCI layer (tar, tar.gz or tar.zst, compression detected by its magic) to
     /// EROFS, as containerd's EROFS differ does with mkfs.erofs --tar.
     ///
     /// Index mode (default) writes a metadata-only image whose files point
     /// into the uncompressed tar: mount it with `--device LAYER.tar` (kernel:
-    /// `-o device=`). For a tar.gz or stdin the tar is written beside the
+    /// `-o device=`). For a compressed layer or stdin the tar is written beside the
     /// output (OUTPUT with extension .tar, which must not exist yet) or to
     /// --tar-out (replaced once complete). With
     /// --append-tar the output is the index followed by the tar in one file,
@@ -363,7 +363,7 @@ pub struct ExtractArgs {
 /// `convert` arguments.
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// The layer: a tar, a tar.gz, or - for stdin.
+    /// The layer: a tar, a tar.gz, a tar.zst, or - for stdin.
     pub input: PathBuf,
     /// The EROFS image to write (replaced only once complete, by a
     /// rename: a symlink there is replaced, never written through).
@@ -382,7 +382,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub append_tar: bool,
     /// Index mode: where to write the uncompressed tar when the input is
-    /// a tar.gz or stdin.
+    /// compressed or stdin.
     #[arg(long, value_name = "PATH")]
     pub tar_out: Option<PathBuf>,
     /// Modification time (seconds since 1970) of the root and of

@@ -37,9 +37,6 @@ pub const BLOB_FILE: &str = "blob";
 /// Largest `info` file read (they are a few hundred bytes).
 pub(crate) const MAX_INFO_SIZE: u64 = 1 << 20;
 
-/// containers/storage's compression codes (pkg/archive).
-const UNCOMPRESSED: u8 = 0;
-const GZIP: u8 = 2;
 
 /// The fields of containers/storage's `Layer` a store provides in `info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,7 +53,8 @@ pub struct LayerInfo {
     /// Size of the uncompressed tar.
     #[serde(rename = "diff-size")]
     pub diff_size: u64,
-    /// How the blob is compressed (0 none, 2 gzip).
+    /// How the blob is compressed (containers/storage's codes: 0 none,
+    /// 2 gzip, 4 zstd).
     pub compression: u8,
 }
 
@@ -215,7 +213,7 @@ fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo
         compressed_size,
         diff_digest: report.tar_digest.to_string(),
         diff_size: report.tar_size,
-        compression: if report.gzip { GZIP } else { UNCOMPRESSED },
+        compression: report.compression.storage_code(),
     };
     let json = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
     let path = staging.dir.path().join(INFO_FILE);
@@ -352,7 +350,7 @@ mod tests {
             compressed_size: 3,
             diff_digest: "sha256:bb".into(),
             diff_size: 10240,
-            compression: GZIP,
+            compression: 2,
         };
         let json = serde_json::to_string(&info).unwrap();
         assert_eq!(

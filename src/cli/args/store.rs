@@ -9,7 +9,7 @@ use super::ServeArgs;
 /// `store` subcommands.
 #[derive(Subcommand)]
 pub enum StoreCommand {
-    /// Add layer blobs (tar or tar.gz, as a registry serves them) to the
+    /// Add layer blobs (tar, tar.gz or tar.zst, as a registry serves them) to the
     /// store directory STORE: each becomes STORE/<digest>/ with a
     /// tar-index EROFS image of the layer (OCI whiteouts turned into
     /// overlayfs ones) in layer.erofs, its info for containers/storage, and
