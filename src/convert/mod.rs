@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
-pub use input::{Compression, Digest};
 use input::{open_input, Tee};
+pub use input::{Compression, Digest};
 pub use tar::TarOptions;
 use tar::{read_tar, DataSink};
 

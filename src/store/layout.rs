@@ -37,7 +37,6 @@ pub const BLOB_FILE: &str = "blob";
 /// Largest `info` file read (they are a few hundred bytes).
 pub(crate) const MAX_INFO_SIZE: u64 = 1 << 20;
 
-
 /// The fields of containers/storage's `Layer` a store provides in `info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerInfo {
