@@ -78,9 +78,10 @@ pub fn is_layer_name(name: &[u8]) -> bool {
 /// into place, never over anything, once complete; a failed add removes
 /// what it created and nothing else.
 pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
-    std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
-    let store_dir = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
-    let staging = Staging::create(&store_dir)?;
+    let opened = super::images::Store::open(store)?;
+    // Shared with pulls; gc (exclusive) never sees this add half done.
+    let _lock = opened.lock(false)?;
+    let staging = Staging::create(&opened.root)?;
     let info = build(&staging, blob, progress)?;
     if !staging.publish(&info.compressed_digest)? {
         tracing::info!(
@@ -92,11 +93,15 @@ pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
     Ok(info)
 }
 
+/// The prefix of the random names layers are built under (gc removes
+/// those a crash left behind).
+pub(crate) const STAGING_PREFIX: &str = ".add.";
+
 /// A layer directory being built in the store under a random name.
-struct Staging<'a> {
+pub(crate) struct Staging<'a> {
     store: &'a OutputDir,
     name: OsString,
-    dir: OutputDir,
+    pub(crate) dir: OutputDir,
     /// Files created in it, removed again unless published.
     created: std::cell::RefCell<Vec<&'static str>>,
     published: std::cell::Cell<bool>,
@@ -104,7 +109,7 @@ struct Staging<'a> {
 
 impl<'a> Staging<'a> {
     /// Makes a new 0700 directory in `store`.
-    fn create(store: &'a OutputDir) -> Result<Self> {
+    pub(crate) fn create(store: &'a OutputDir) -> Result<Self> {
         let at = Some(store.fd().as_raw_fd());
         for _ in 0..16 {
             let name = safe_fs::random_name(OsStr::new("add"));
@@ -132,7 +137,7 @@ impl<'a> Staging<'a> {
 
     /// Creates `name` in the layer directory, open for writing (mode 0600
     /// until [`Self::finish_file`]).
-    fn create_file(&self, name: &'static str) -> Result<File> {
+    pub(crate) fn create_file(&self, name: &'static str) -> Result<File> {
         let path = self.dir.path().join(name);
         let file = safe_fs::create_file_at(self.dir.fd(), OsStr::new(name), 0o600)
             .map_err(|e| Error::io(&path, e))?;
@@ -141,13 +146,13 @@ impl<'a> Staging<'a> {
     }
 
     /// Records a file made in the directory by other means.
-    fn made(&self, name: &'static str) {
+    pub(crate) fn made(&self, name: &'static str) {
         self.created.borrow_mut().push(name);
     }
 
     /// Opens the directory to everyone the umask allows and renames it to
     /// `digest`, unless that exists: whether it was renamed.
-    fn publish(&self, digest: &str) -> Result<bool> {
+    pub(crate) fn publish(&self, digest: &str) -> Result<bool> {
         let mode = FileMode::from_bits_truncate(0o777 & !safe_fs::umask());
         nix::sys::stat::fchmod(self.dir.fd().as_raw_fd(), mode)
             .map_err(|e| Error::io(self.dir.path(), e.into()))?;
@@ -214,12 +219,17 @@ fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo
         diff_size: report.tar_size,
         compression: report.compression.storage_code(),
     };
-    let json = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_info(staging, &info)?;
+    Ok(info)
+}
+
+/// Writes `info` into the layer directory being built.
+pub(crate) fn write_info(staging: &Staging<'_>, info: &LayerInfo) -> Result<()> {
+    let json = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
     let path = staging.dir.path().join(INFO_FILE);
     let mut file = staging.create_file(INFO_FILE)?;
     file.write_all(&json).map_err(|e| Error::io(&path, e))?;
-    finish_file(&file, &path)?;
-    Ok(info)
+    finish_file(&file, &path)
 }
 
 /// Keeps the blob as pulled in the layer directory (a hard link costs
@@ -248,7 +258,7 @@ fn keep_blob(staging: &Staging<'_>, blob: &Path) -> Result<u64> {
 }
 
 /// Gives a file written in the layer directory its final mode.
-fn finish_file(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn finish_file(file: &File, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = 0o666 & !safe_fs::umask();
     file.set_permissions(std::fs::Permissions::from_mode(mode))

@@ -23,6 +23,22 @@ pub enum StoreCommand {
     /// additionallayerstores = ["MOUNTPOINT:ref"]. Every layer of STORE is
     /// served under every reference; layers added while mounted are found.
     Serve(StoreServeArgs),
+    /// Remove what no image in the content store needs: layers pulled for
+    /// images whose records are gone (`rmi`), blobs, and what interrupted
+    /// pulls left. Layers added with `store add` belong to no image and
+    /// are kept, unless --all. Waits for running pulls and adds.
+    Gc(StoreGcArgs),
+}
+
+/// `store gc` arguments.
+#[derive(Args)]
+pub struct StoreGcArgs {
+    /// The content store (default as for `pull`).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Remove `store add`'s layers too when no image references them.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `store serve --overlay-xattrs`.
