@@ -305,9 +305,10 @@ pub struct MountArgs {
     /// Mount the image REF (see `pull`): only MOUNTPOINT follows.
     #[arg(long, value_name = "REF", conflicts_with = "layers")]
     pub image: Option<String>,
-    /// Where images by reference come from, and the store.
+    /// Where images by reference come from, and the store (boxed: the
+    /// other subcommands' arguments are smaller).
     #[command(flatten)]
-    pub source: ImageSourceArgs,
+    pub source: Box<ImageSourceArgs>,
 }
 
 /// `inspect` arguments.

@@ -36,9 +36,9 @@ pub const MAX_ENTRIES: usize = 4096;
 #[derive(Debug, Clone)]
 pub enum Manifest {
     /// An index (OCI) or manifest list (Docker): one manifest per platform.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
     /// One image: a config and layers.
-    Image(ImageManifest),
+    Image(Box<ImageManifest>),
 }
 
 /// The one field that tells documents without a media type apart.
@@ -84,7 +84,7 @@ impl Manifest {
                 .manifests()
                 .iter()
                 .try_for_each(|d| check_digest(d, &bad))?;
-            Self::Index(index)
+            Self::Index(Box::new(index))
         } else {
             let manifest: ImageManifest = serde_json::from_slice(&fetched.bytes)
                 .map_err(|e| bad(format!("not an image manifest: {e}")))?;
@@ -96,7 +96,7 @@ impl Manifest {
                 .layers()
                 .iter()
                 .try_for_each(|d| check_digest(d, &bad))?;
-            Self::Image(manifest)
+            Self::Image(Box::new(manifest))
         };
         Ok(parsed)
     }

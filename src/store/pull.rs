@@ -147,7 +147,7 @@ fn resolve(
         Manifest::Image(manifest) => Ok(Resolved {
             top,
             platform_manifest: None,
-            manifest,
+            manifest: *manifest,
             platform: None,
         }),
         Manifest::Index(index) => {
@@ -179,7 +179,7 @@ fn resolve(
             Ok(Resolved {
                 top,
                 platform_manifest: Some(fetched),
-                manifest,
+                manifest: *manifest,
                 platform,
             })
         }
