@@ -217,7 +217,7 @@ impl Store {
 
     /// Blob `digest`, as kept (at most 4 MiB: manifests and configs).
     pub fn blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let bytes = read_small(&self.blobs.path().join(hex_of(digest)?))?;
+        let bytes = read_small(&self.blobs, hex_of(digest)?)?;
         let got = sha256_digest(&bytes);
         if got != digest {
             return Err(Error::Invalid(format!(
@@ -230,8 +230,9 @@ impl Store {
 
     /// The record of `reference`, if it was pulled.
     pub fn record(&self, reference: &ImageRef) -> Result<Option<ImageRecord>> {
-        let path = self.images.path().join(record_name(reference));
-        let bytes = match read_small(&path) {
+        let name = record_name(reference);
+        let path = self.images.path().join(&name);
+        let bytes = match read_small(&self.images, &name) {
             Ok(bytes) => bytes,
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(None)
@@ -272,7 +273,7 @@ impl Store {
                 continue;
             }
             let path = self.images.path().join(&name);
-            match read_small(&path).and_then(|b| {
+            match read_small(&self.images, &name).and_then(|b| {
                 serde_json::from_slice::<ImageRecord>(&b)
                     .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
             }) {
@@ -361,9 +362,16 @@ fn write_file(dir: &OutputDir, name: &OsStr, bytes: &[u8]) -> Result<()> {
     temp.persist(name, mode).map_err(|e| Error::io(&path, e))
 }
 
-/// Reads a file of at most 4 MiB.
-fn read_small(path: &Path) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+/// Reads the file `name` of `dir` (at most 4 MiB; a symlink there is an
+/// error, never followed).
+fn read_small(dir: &OutputDir, name: &str) -> Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = &dir.path().join(name);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(safe_fs::proc_path(dir.fd()).join(name))
+        .map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
     file.take(MAX_MANIFEST_SIZE + 1)
         .read_to_end(&mut bytes)

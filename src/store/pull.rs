@@ -300,10 +300,16 @@ fn fetch_layer(
     Ok(())
 }
 
+/// The blob in the staging directory, by a path through the directory's
+/// descriptor: whoever can rename entries of the store cannot put another
+/// file in its place (the directory is ours, mode 0700).
+fn pinned_blob(staging: &Staging<'_>) -> std::path::PathBuf {
+    crate::safe_fs::proc_path(staging.dir.fd()).join(BLOB_FILE)
+}
+
 /// An EROFS layer: the blob is the image, once it opens as one.
 fn erofs_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
-    let blob_path = staging.dir.path().join(BLOB_FILE);
-    Image::open(&blob_path, &OpenOptions::default()).map_err(|e| {
+    Image::open(&pinned_blob(staging), &OpenOptions::default()).map_err(|e| {
         Error::Invalid(format!(
             "layer {} ({}): not a usable EROFS image: {e}",
             layer.digest, layer.media_type
@@ -331,7 +337,7 @@ fn erofs_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> 
 /// A tar layer (plain, gzip or zstd): converted to a tar-index image with
 /// the tar appended, OCI whiteouts made overlayfs ones.
 fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
-    let blob_path = staging.dir.path().join(BLOB_FILE);
+    let blob_path = pinned_blob(staging);
     let options = ConvertOptions {
         mode: Mode::Index,
         aufs: true,
