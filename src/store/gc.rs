@@ -3,8 +3,10 @@
 //!
 //! Removed: pulled layer directories no image needs (those `store add`
 //! made carry no image and stay, unless `all`), blobs no image needs,
-//! staging directories and temporary files a crash left behind, and lock
-//! files. Everything removed is something the store made: entries are
+//! pulls' staging directories and temporary files a crash left behind,
+//! and lock files. `store add` takes no lock (it keeps the store layout
+//! containers/storage reads as it was): `gc --all` during an add may
+//! remove the layer it adds. Everything removed is something the store made: entries are
 //! opened without following symlinks, a layer directory is first renamed
 //! to a staging name (so it vanishes at once), then emptied and removed.
 
@@ -20,8 +22,8 @@ use crate::error::{Error, Result};
 use crate::safe_fs::{self, OutputDir};
 
 use super::images::{list, Store};
-use super::layout::{is_layer_name, STAGING_PREFIX};
-use super::pull::PULLED_FILE;
+use super::layout::is_layer_name;
+use super::pull::{PULLED_FILE, PULL_PREFIX};
 
 /// What gc removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -44,8 +46,9 @@ pub fn gc(store: &Store, all: bool) -> Result<GcReport> {
     }
     let mut report = GcReport::default();
     let root = &store.root;
+    let staging = format!(".{PULL_PREFIX}.");
     for name in list(root)? {
-        if name.starts_with(STAGING_PREFIX) {
+        if name.starts_with(&staging) {
             remove_flat_dir(root, &name)?;
             report.stale += 1;
         } else if is_layer_name(name.as_bytes())
@@ -53,7 +56,7 @@ pub fn gc(store: &Store, all: bool) -> Result<GcReport> {
             && (all || is_pulled(root, &name))
         {
             // Out of sight first, then emptied.
-            let hidden = safe_fs::random_name(OsStr::new("add"));
+            let hidden = safe_fs::random_name(OsStr::new(PULL_PREFIX));
             let at = Some(root.fd().as_raw_fd());
             renameat2(
                 at,

@@ -78,10 +78,9 @@ pub fn is_layer_name(name: &[u8]) -> bool {
 /// into place, never over anything, once complete; a failed add removes
 /// what it created and nothing else.
 pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
-    let opened = super::images::Store::open(store)?;
-    // Shared with pulls; gc (exclusive) never sees this add half done.
-    let _lock = opened.lock(false)?;
-    let staging = Staging::create(&opened.root)?;
+    std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
+    let store_dir = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
+    let staging = Staging::create(&store_dir, ADD_PREFIX)?;
     let info = build(&staging, blob, progress)?;
     if !staging.publish(&info.compressed_digest)? {
         tracing::info!(
@@ -93,9 +92,8 @@ pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
     Ok(info)
 }
 
-/// The prefix of the random names layers are built under (gc removes
-/// those a crash left behind).
-pub(crate) const STAGING_PREFIX: &str = ".add.";
+/// What `add` names the directories it builds layers in.
+const ADD_PREFIX: &str = "add";
 
 /// A layer directory being built in the store under a random name.
 pub(crate) struct Staging<'a> {
@@ -108,11 +106,11 @@ pub(crate) struct Staging<'a> {
 }
 
 impl<'a> Staging<'a> {
-    /// Makes a new 0700 directory in `store`.
-    pub(crate) fn create(store: &'a OutputDir) -> Result<Self> {
+    /// Makes a new 0700 directory in `store`, named `.PREFIX.<random>`.
+    pub(crate) fn create(store: &'a OutputDir, prefix: &str) -> Result<Self> {
         let at = Some(store.fd().as_raw_fd());
         for _ in 0..16 {
-            let name = safe_fs::random_name(OsStr::new("add"));
+            let name = safe_fs::random_name(OsStr::new(prefix));
             match nix::sys::stat::mkdirat(at, name.as_os_str(), FileMode::S_IRWXU) {
                 Ok(()) => {}
                 Err(nix::errno::Errno::EEXIST) => continue,

@@ -32,6 +32,10 @@ use super::layout::{finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAG
 /// layers once no image needs them; `store add`'s are kept).
 pub const PULLED_FILE: &str = "pulled";
 
+/// What pulls name the directories they build layers in (`.pull.<random>`:
+/// gc removes those a crash left behind; `store add`'s are its own).
+pub const PULL_PREFIX: &str = "pull";
+
 /// Default number of layers fetched at once.
 pub const DEFAULT_THREADS: usize = 4;
 
@@ -279,7 +283,7 @@ fn fetch_layer(
         progress.finish(index, "already present");
         return Ok(());
     }
-    let staging = Staging::create(&store.root)?;
+    let staging = Staging::create(&store.root, PULL_PREFIX)?;
     let blob_path = staging.dir.path().join(BLOB_FILE);
     let blob = staging.create_file(BLOB_FILE)?;
     let mut sink = BufWriter::with_capacity(1 << 20, &blob);

@@ -447,8 +447,8 @@ fn gc_removes_what_no_image_needs_and_keeps_added_layers() {
     let added_dir = store.join(sha256(&std::fs::read(&added).unwrap()));
     assert!(added_dir.is_dir());
     // A crash's leftovers.
-    std::fs::create_dir(store.join(".add.0123456789abcdef")).unwrap();
-    std::fs::write(store.join(".add.0123456789abcdef/blob"), b"partial").unwrap();
+    std::fs::create_dir(store.join(".pull.0123456789abcdef")).unwrap();
+    std::fs::write(store.join(".pull.0123456789abcdef/blob"), b"partial").unwrap();
     let layer_dirs = |store: &Path| {
         std::fs::read_dir(store)
             .unwrap()
