@@ -493,3 +493,27 @@ fn gc_removes_what_no_image_needs_and_keeps_added_layers() {
 /// Mounts of pulled images (the privileged tier).
 #[cfg(feature = "privileged")]
 mod mounted;
+
+#[test]
+fn mount_by_reference_refuses_verity_and_takes_bare_words_for_files() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let reference = format!("oci:{}", oci_fixture("gzip").display());
+    let verity = format!("{}:/nonexistent", "a".repeat(64));
+    let mnt = work.path().to_str().unwrap();
+    let out = run(&mut cli(
+        &store,
+        &["mount", "--image", &reference, mnt, "--verity", &verity],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("the store keeps no verity trees yet"),
+        "{stderr}"
+    );
+    // Nothing was pulled for a mount that cannot be made.
+    assert!(records(&store).is_empty());
+    let out = run(&mut cli(&store, &["mount", "nosuchfile", mnt]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nosuchfile: No such file"), "{stderr}");
+}
