@@ -213,8 +213,10 @@ fn checked(fetched: FetchedManifest, name: &str) -> Result<FetchedManifest> {
 fn layer_record(d: &Descriptor, name: &str) -> Result<LayerRecord> {
     let digest = d.digest().to_string();
     let media_type = d.media_type().to_string();
-    let kind = LayerKind::of(&media_type)
-        .map_err(|e| Error::Unsupported(format!("{name}: layer {digest}: {e}")))?;
+    let kind = LayerKind::of(&media_type).map_err(|e| match e {
+        Error::Unsupported(why) => Error::Unsupported(format!("{name}: layer {digest}: {why}")),
+        e => e,
+    })?;
     Ok(LayerRecord {
         digest,
         size: d.size(),
