@@ -239,6 +239,10 @@ impl Progress for Bars {
         self.with(index, |bar| bar.set_position(done));
     }
 
+    fn step(&self, index: usize, what: &str) {
+        self.with(index, |bar| bar.set_message(what.to_string()));
+    }
+
     fn finish(&self, index: usize, how: &str) {
         self.with(index, |bar| bar.finish_with_message(how.to_string()));
     }

@@ -45,6 +45,8 @@ pub trait Progress: Sync {
     fn start(&self, index: usize, digest: &str, size: u64);
     /// `done` bytes of layer `index` are fetched.
     fn bytes(&self, index: usize, done: u64);
+    /// Layer `index` is at step `what` (fetched, now "converting").
+    fn step(&self, _index: usize, _what: &str) {}
     /// Layer `index` is finished: `how` says what happened.
     fn finish(&self, index: usize, how: &str);
 }
@@ -293,6 +295,7 @@ fn fetch_layer(
     sink.flush().map_err(|e| Error::io(&blob_path, e))?;
     drop(sink);
     blob.sync_all().map_err(|e| Error::io(&blob_path, e))?;
+    progress.step(index, "converting");
     let info = match layer.kind {
         LayerKind::Erofs => erofs_layer(&staging, layer)?,
         _ => tar_layer(&staging, layer)?,
