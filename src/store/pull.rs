@@ -103,8 +103,15 @@ pub fn pull(
             "{name}: config {config_digest} is larger than 4 MiB"
         )));
     }
-    let mut config_bytes = Vec::new();
-    source.blob(&config_digest, config.size(), &mut config_bytes, &|_| {})?;
+    // Kept by an earlier pull (checked against its digest), or fetched.
+    let config_bytes = match store.blob(&config_digest) {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let mut bytes = Vec::new();
+            source.blob(&config_digest, config.size(), &mut bytes, &|_| {})?;
+            bytes
+        }
+    };
     parse_config(&config_bytes, &format!("{name}: config {config_digest}"))?;
 
     fetch_layers(store, source, &layers, options.threads, progress)?;

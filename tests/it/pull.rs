@@ -242,6 +242,84 @@ fn store_state(store: &Path) -> (Vec<String>, Vec<String>, Vec<Value>) {
     )
 }
 
+/// A bad input: what it is, how to write its layout with a layer blob
+/// (returning the reference to pull), and what the error must say.
+type Case = (
+    &'static str,
+    Box<dyn Fn(&Layout, &[u8]) -> String>,
+    &'static str,
+);
+
+/// One layout per bad input a pull must refuse.
+fn bad_layouts() -> Vec<Case> {
+    vec![
+        (
+            "unknown tag",
+            Box::new(|l: &Layout, layer_bytes: &[u8]| {
+                let layer = l.blob(TAR, layer_bytes);
+                let mut m = l.manifest(&[layer], "amd64");
+                m["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
+                l.index(&[m]);
+                format!("{}:v2", l.reference())
+            }),
+            "no image tagged \"v2\"",
+        ),
+        (
+            "digest mismatch",
+            Box::new(|l: &Layout, layer_bytes: &[u8]| {
+                let layer = l.blob(TAR, layer_bytes);
+                let mut bad = layer_bytes.to_vec();
+                bad[600] ^= 1;
+                std::fs::write(l.blob_path(layer["digest"].as_str().unwrap()), bad).unwrap();
+                l.index(&[l.manifest(&[layer], "amd64")]);
+                l.reference()
+            }),
+            "does not match its digest",
+        ),
+        (
+            "truncated blob",
+            Box::new(|l: &Layout, layer_bytes: &[u8]| {
+                let layer = l.blob(TAR, layer_bytes);
+                let path = l.blob_path(layer["digest"].as_str().unwrap());
+                std::fs::write(path, &layer_bytes[..3000]).unwrap();
+                l.index(&[l.manifest(&[layer], "amd64")]);
+                l.reference()
+            }),
+            "truncated: 3000 of",
+        ),
+        (
+            "manifest over 4 MiB",
+            Box::new(|l: &Layout, _: &[u8]| {
+                let mut big = json!({"schemaVersion": 2, "config": {}, "layers": []}).to_string();
+                big.push_str(&" ".repeat(4 << 20));
+                l.index(&[l.blob("application/vnd.oci.image.manifest.v1+json", big.as_bytes())]);
+                l.reference()
+            }),
+            "larger than 4 MiB",
+        ),
+        (
+            "no matching platform",
+            Box::new(|l: &Layout, _: &[u8]| {
+                let mut m = l.manifest(&[], "mips64le");
+                m["platform"] = json!({"os": "linux", "architecture": "mips64le"});
+                let index = json!({"schemaVersion": 2, "manifests": [m]}).to_string();
+                l.index(&[l.blob("application/vnd.oci.image.index.v1+json", index.as_bytes())]);
+                l.reference()
+            }),
+            "the index offers: linux/mips64le",
+        ),
+        (
+            "unknown layer media type",
+            Box::new(|l: &Layout, layer_bytes: &[u8]| {
+                let layer = l.blob("application/vnd.oci.image.layer.v1.tar+bzip2", layer_bytes);
+                l.index(&[l.manifest(&[layer], "amd64")]);
+                l.reference()
+            }),
+            "layer media type \"application/vnd.oci.image.layer.v1.tar+bzip2\"",
+        ),
+    ]
+}
+
 #[test]
 fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     let work = tempfile::tempdir().unwrap();
@@ -253,77 +331,9 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     );
     let before = store_state(&store);
     let layer_bytes = tar_of(&[("f", &[7u8; 5000][..])]);
-    // Each case: a layout, and what the error must say.
-    type Case<'a> = (&'a str, Box<dyn Fn(&Layout) -> String + 'a>, &'a str);
-    let cases: Vec<Case> = vec![
-        (
-            "unknown tag",
-            Box::new(|l: &Layout| {
-                let layer = l.blob(TAR, &layer_bytes);
-                let mut m = l.manifest(&[layer], "amd64");
-                m["annotations"] = json!({"org.opencontainers.image.ref.name": "v1"});
-                l.index(&[m]);
-                format!("{}:v2", l.reference())
-            }),
-            "no image tagged \"v2\"",
-        ),
-        (
-            "digest mismatch",
-            Box::new(|l: &Layout| {
-                let layer = l.blob(TAR, &layer_bytes);
-                let mut bad = layer_bytes.clone();
-                bad[600] ^= 1;
-                std::fs::write(l.blob_path(layer["digest"].as_str().unwrap()), bad).unwrap();
-                l.index(&[l.manifest(&[layer], "amd64")]);
-                l.reference()
-            }),
-            "does not match its digest",
-        ),
-        (
-            "truncated blob",
-            Box::new(|l: &Layout| {
-                let layer = l.blob(TAR, &layer_bytes);
-                let path = l.blob_path(layer["digest"].as_str().unwrap());
-                std::fs::write(path, &layer_bytes[..3000]).unwrap();
-                l.index(&[l.manifest(&[layer], "amd64")]);
-                l.reference()
-            }),
-            "truncated: 3000 of",
-        ),
-        (
-            "manifest over 4 MiB",
-            Box::new(|l: &Layout| {
-                let mut big = json!({"schemaVersion": 2, "config": {}, "layers": []}).to_string();
-                big.push_str(&" ".repeat(4 << 20));
-                l.index(&[l.blob("application/vnd.oci.image.manifest.v1+json", big.as_bytes())]);
-                l.reference()
-            }),
-            "larger than 4 MiB",
-        ),
-        (
-            "no matching platform",
-            Box::new(|l: &Layout| {
-                let mut m = l.manifest(&[], "mips64le");
-                m["platform"] = json!({"os": "linux", "architecture": "mips64le"});
-                let index = json!({"schemaVersion": 2, "manifests": [m]}).to_string();
-                l.index(&[l.blob("application/vnd.oci.image.index.v1+json", index.as_bytes())]);
-                l.reference()
-            }),
-            "the index offers: linux/mips64le",
-        ),
-        (
-            "unknown layer media type",
-            Box::new(|l: &Layout| {
-                let layer = l.blob("application/vnd.oci.image.layer.v1.tar+bzip2", &layer_bytes);
-                l.index(&[l.manifest(&[layer], "amd64")]);
-                l.reference()
-            }),
-            "layer media type \"application/vnd.oci.image.layer.v1.tar+bzip2\"",
-        ),
-    ];
-    for (i, (what, make, says)) in cases.iter().enumerate() {
+    for (i, (what, make, says)) in bad_layouts().iter().enumerate() {
         let layout = Layout::new(work.path().join(format!("bad{i}")));
-        let reference = make(&layout);
+        let reference = make(&layout, &layer_bytes);
         let out = pull(&store, &reference, &["--platform", "linux/amd64"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
