@@ -238,15 +238,18 @@ pub fn select_platform<'a>(
 
 /// What a layer blob is, from its media type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum LayerKind {
     /// A tar, uncompressed.
+    #[serde(rename = "tar")]
     Tar,
     /// A gzip-compressed tar.
+    #[serde(rename = "tar+gzip")]
     TarGzip,
     /// A zstd-compressed tar (zstd:chunked included).
+    #[serde(rename = "tar+zstd")]
     TarZstd,
     /// An EROFS image, used as it is.
+    #[serde(rename = "erofs")]
     Erofs,
 }
 

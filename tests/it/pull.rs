@@ -527,3 +527,44 @@ fn mount_by_reference_refuses_verity_and_takes_bare_words_for_files() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("nosuchfile: No such file"), "{stderr}");
 }
+
+/// A Docker manifest list over a schema 2 manifest with Docker's gzip
+/// layer media type, the list's descriptor naming no manifest type.
+#[test]
+fn docker_manifest_lists_and_media_types_are_understood() {
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let layout = Layout::new(work.path().join("docker"));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar_of(&[("docker", b"v2")])).unwrap();
+    let layer = layout.blob(
+        "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        &gz.finish().unwrap(),
+    );
+    let config = layout.blob(
+        "application/vnd.docker.container.image.v1+json",
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
+    );
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": config, "layers": [layer],
+    });
+    let mut m = layout.blob("", manifest.to_string().as_bytes());
+    m["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
+    m["platform"] = json!({"os": "linux", "architecture": "amd64"});
+    let list = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [m],
+    });
+    // The descriptor says nothing useful: the document's own mediaType does.
+    let top = layout.blob("application/octet-stream", list.to_string().as_bytes());
+    layout.index(&[top]);
+    let store = work.path().join("store");
+    let digest = pull_ok(&store, &layout.reference(), &["--platform", "linux/amd64"]);
+    assert_eq!(digest, m["digest"]);
+    let record = &records(&store)[0];
+    assert_eq!(record["layers"][0]["kind"], "tar+gzip");
+    assert_eq!(record["platform"]["architecture"], "amd64");
+}
