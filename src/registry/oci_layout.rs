@@ -207,8 +207,14 @@ impl ImageSource for OciLayout {
         let path = self.blob_path(digest)?;
         tracing::debug!("fetching blob {digest} from {}", self.name());
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
-        copy_verified(file.take(size + 1), digest, size, sink, progress)
-            .map_err(|e| e.named(&self.name(), digest, &path))
+        copy_verified(
+            file.take(size.saturating_add(1)),
+            digest,
+            size,
+            sink,
+            progress,
+        )
+        .map_err(|e| e.named(&self.name(), digest, &path))
     }
 
     fn blob_range(&self, digest: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
