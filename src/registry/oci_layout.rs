@@ -363,6 +363,11 @@ mod tests {
             .blob(&layer, 12, &mut Vec::new(), &|_| {})
             .unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+        // A size no blob has (from an untrusted manifest) is just wrong.
+        let err = source
+            .blob(&layer, u64::MAX, &mut Vec::new(), &|_| {})
+            .unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
         let err = source
             .blob(&layer, 10, &mut Vec::new(), &|_| {})
             .unwrap_err();
