@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+mod pull;
 mod store;
 mod verity;
 
-pub use store::{StoreAddArgs, StoreCommand, StoreServeArgs, StoreXattrsArg};
+pub use pull::{ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RmiArgs};
+pub use store::{StoreAddArgs, StoreCommand, StoreGcArgs, StoreServeArgs, StoreXattrsArg};
 pub use verity::{VerityCommand, VerityFormatArgs, VerityVerifyArgs};
 
 /// Read EROFS images (and tar-indexed OCI layers) in userspace.
@@ -116,11 +118,38 @@ pub enum Command {
     ///
     /// With --layer (repeated, bottom layer first) it mounts the merged tree
     /// of a stack of layers as overlayfs would show it.
+    ///
+    /// With an image reference (REF: `oci:DIR[:TAG]` or a registry's, given
+    /// with --image, or in place of IMAGE when no such file exists) it
+    /// mounts the image's layers merged, pulling first what the store
+    /// lacks (see `pull`).
     #[command(
         override_usage = "erofs-fuse mount [OPTIONS] IMAGE MOUNTPOINT\n       \
-                                erofs-fuse mount [OPTIONS] --layer IMAGE[:DEVICE...]... MOUNTPOINT"
+                                erofs-fuse mount [OPTIONS] --layer IMAGE[:DEVICE...]... MOUNTPOINT\n       \
+                                erofs-fuse mount [OPTIONS] [--image] REF MOUNTPOINT"
     )]
     Mount(MountArgs),
+    /// Pull an image into the content store: resolve REF's manifest (for a
+    /// multi-platform index, the --platform one), fetch every layer
+    /// (verified against its digest as it streams) and convert it to a
+    /// tar-index EROFS layer, several at once, with a progress bar per
+    /// layer on a terminal. Prints the image manifest's digest.
+    ///
+    /// REF is a registry reference (`debian:13`, `localhost:5000/app`,
+    /// `quay.io/org/app@sha256:...`) or an OCI image layout on disk,
+    /// `oci:DIR[:TAG]` (as `skopeo copy ... oci:DIR:TAG` writes it).
+    /// Layer media types: tar, tar+gzip, tar+zstd (OCI and Docker names)
+    /// and EROFS layers (a media type ending in .erofs, used as is).
+    Pull(PullArgs),
+    /// List the images in the content store: reference, manifest digest,
+    /// layers, size of the layer blobs.
+    Images(ImagesArgs),
+    /// Print an image's config (entrypoint, cmd, env, user, working
+    /// directory...) as JSON, for `crun` or `podman run --rootfs`.
+    Config(ConfigArgs),
+    /// Remove images' records from the content store; `store gc` then
+    /// removes the layers and blobs no image needs.
+    Rmi(RmiArgs),
     /// An additional layer store for containers/storage (podman, buildah):
     /// `add` converts layer blobs into a store directory, `serve` mounts
     /// the layout containers/storage looks for, so that a pull finds the
@@ -159,12 +188,12 @@ pub enum Command {
         #[command(subcommand)]
         command: VerityCommand,
     },
-    /// Convert an OCI layer (tar or tar.gz, gzip detected by its magic) to
+    /// Convert an OCI layer (tar, tar.gz or tar.zst, compression detected by its magic) to
     /// EROFS, as containerd's EROFS differ does with mkfs.erofs --tar.
     ///
     /// Index mode (default) writes a metadata-only image whose files point
     /// into the uncompressed tar: mount it with `--device LAYER.tar` (kernel:
-    /// `-o device=`). For a tar.gz or stdin the tar is written beside the
+    /// `-o device=`). For a compressed layer or stdin the tar is written beside the
     /// output (OUTPUT with extension .tar, which must not exist yet) or to
     /// --tar-out (replaced once complete). With
     /// --append-tar the output is the index followed by the tar in one file,
@@ -273,6 +302,13 @@ pub struct MountArgs {
     /// How to serve the mount.
     #[command(flatten)]
     pub serve: ServeArgs,
+    /// Mount the image REF (see `pull`): only MOUNTPOINT follows.
+    #[arg(long, value_name = "REF", conflicts_with = "layers")]
+    pub image: Option<String>,
+    /// Where images by reference come from, and the store (boxed: the
+    /// other subcommands' arguments are smaller).
+    #[command(flatten)]
+    pub source: Box<ImageSourceArgs>,
 }
 
 /// `inspect` arguments.
@@ -363,7 +399,7 @@ pub struct ExtractArgs {
 /// `convert` arguments.
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// The layer: a tar, a tar.gz, or - for stdin.
+    /// The layer: a tar, a tar.gz, a tar.zst, or - for stdin.
     pub input: PathBuf,
     /// The EROFS image to write (replaced only once complete, by a
     /// rename: a symlink there is replaced, never written through).
@@ -382,7 +418,7 @@ pub struct ConvertArgs {
     #[arg(long)]
     pub append_tar: bool,
     /// Index mode: where to write the uncompressed tar when the input is
-    /// a tar.gz or stdin.
+    /// compressed or stdin.
     #[arg(long, value_name = "PATH")]
     pub tar_out: Option<PathBuf>,
     /// Modification time (seconds since 1970) of the root and of
@@ -431,7 +467,7 @@ mod tests {
     fn helper_form_is_mount_and_subcommands_stay() {
         let names = [
             "mount", "inspect", "ls", "cat", "stat", "manifest", "fsck", "extract", "convert",
-            "verity", "store", "help",
+            "verity", "store", "pull", "images", "config", "rmi", "help",
         ];
         for name in names {
             assert_eq!(form(&["erofs-fuse", name, "x"])[1], *name, "{name}");

@@ -12,6 +12,7 @@ pub mod args;
 mod convert;
 mod daemon;
 pub mod error;
+mod pull;
 mod read;
 mod serve;
 mod verity;
@@ -52,7 +53,12 @@ impl Command {
             Command::Store { command } => match command {
                 StoreCommand::Add(args) => args.run(),
                 StoreCommand::Serve(args) => args.run(),
+                StoreCommand::Gc(args) => args.run(),
             },
+            Command::Pull(args) => args.run(),
+            Command::Images(args) => args.run(),
+            Command::Config(args) => args.run(),
+            Command::Rmi(args) => args.run(),
             Command::Inspect(args) => args.run(),
             Command::Ls(args) => args.run(),
             Command::Cat(args) => args.run(),

@@ -42,6 +42,15 @@ fn mount(args: &MountArgs) -> Result {
         open.cache_size = size;
     }
     open.verity_once |= options.verity_once;
+    if let Some((image, mountpoint)) = image_reference(args)? {
+        if overlay_xattrs != OverlayXattrs::Trusted {
+            return Err(CliError::msg("--overlay-xattrs applies to single images: a merged stack shows no overlayfs xattrs"));
+        }
+        let (name, view) =
+            open_image(args, &image, &open).with_context(|| format!("mount {image}"))?;
+        return serve(view, Path::new(&name), mountpoint, options, &args.serve)
+            .with_context(|| format!("mount {name}"));
+    }
     let (source, mountpoint, view): (PathBuf, &PathBuf, Arc<dyn View>) = match (
         args.paths.as_slice(),
         args.layers.is_empty(),
@@ -63,6 +72,57 @@ fn mount(args: &MountArgs) -> Result {
     };
     serve(view, &source, mountpoint, options, &args.serve)
         .with_context(|| format!("mount {}", source.display()))
+}
+
+/// The image reference `mount` was given and the mountpoint: `--image
+/// REF MOUNTPOINT`, or `REF MOUNTPOINT` when no file REF exists and REF
+/// reads as a reference (`oci:...`, or one with a registry, tag, digest
+/// or path: a bare word is taken for a missing file).
+fn image_reference(args: &MountArgs) -> Result<Option<(String, &PathBuf)>> {
+    if let Some(image) = &args.image {
+        return match args.paths.as_slice() {
+            [mountpoint] => Ok(Some((image.clone(), mountpoint))),
+            _ => Err(CliError::msg("with --image, mount takes only MOUNTPOINT")),
+        };
+    }
+    let ([first, mountpoint], true) = (args.paths.as_slice(), args.layers.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(text) = first.to_str() else {
+        return Ok(None);
+    };
+    let reference = text.starts_with("oci:")
+        || (!first.exists()
+            && !text.starts_with(['/', '.'])
+            && text.contains([':', '/', '@'])
+            && erofs_fuse::store::images::ImageRef::parse(text).is_ok());
+    Ok(reference.then(|| (text.to_string(), mountpoint)))
+}
+
+/// The merged layers of image `reference` (pulled first if the store
+/// lacks them), and the image's name for the mount.
+fn open_image(
+    args: &MountArgs,
+    reference: &str,
+    open: &OpenArgs,
+) -> Result<(String, std::sync::Arc<dyn erofs_fuse::view::View>)> {
+    if open.verity.is_some() || open.dmverity.is_some() || !open.device_verity.is_empty() {
+        return Err(CliError::msg(
+            "the store keeps no verity trees yet: --verity applies to image files",
+        ));
+    }
+    if !open.devices.is_empty() || open.offset != 0 {
+        return Err(CliError::msg("--device and --offset apply to image files"));
+    }
+    let image = erofs_fuse::store::images::ImageRef::parse(reference)?;
+    let store = super::pull::open_store(args.source.store.as_deref())?;
+    let record = super::pull::ensure_pulled(&store, &image, &args.source)?;
+    let mut images = Vec::with_capacity(record.layers.len());
+    for path in super::pull::layer_images(&store, &record) {
+        images.push(std::sync::Arc::new(open_with(&path, open)?));
+    }
+    let stack = erofs_fuse::overlay::Stack::new(images)?;
+    Ok((image.to_string(), std::sync::Arc::new(stack)))
 }
 
 /// Mounts `view` (from `source`) at `mountpoint` and serves it.

@@ -1,4 +1,4 @@
-//! The input stream: a file or stdin, gzip or not, hashed as it is read,
+//! The input stream: a file or stdin, gzip, zstd or plain, hashed as it is read,
 //! with a progress bar, and a tee that keeps a copy of the tar.
 
 use std::cell::RefCell;
@@ -49,12 +49,48 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// How a layer blob is compressed, as its magic bytes say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// A plain tar.
+    #[default]
+    None,
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// Zstandard (`28 b5 2f fd`), zstd:chunked included: its skippable
+    /// frames are skipped by the decoder.
+    Zstd,
+}
+
+impl Compression {
+    /// What `head` (the first bytes of a blob) starts with.
+    pub fn detect(head: &[u8]) -> Self {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+
+    /// containers/storage's code for it (pkg/archive: Uncompressed 0,
+    /// Bzip2 1, Gzip 2, Xz 3, Zstd 4), as a layer's `info` records it.
+    pub fn storage_code(self) -> u8 {
+        match self {
+            Self::None => 0,
+            Self::Gzip => 2,
+            Self::Zstd => 4,
+        }
+    }
+}
+
 /// The opened input: the uncompressed tar stream and its digests.
 pub struct Source {
     /// The tar bytes.
     pub reader: Box<dyn Read>,
-    /// Whether the input was gzip.
-    pub gzip: bool,
+    /// How the input was compressed.
+    pub compression: Compression,
     input: Rc<RefCell<Sha256>>,
     tar: Option<Rc<RefCell<Sha256>>>,
     bar: Option<indicatif::ProgressBar>,
@@ -79,7 +115,7 @@ impl Source {
     }
 }
 
-/// Opens `path` (`-`: stdin), detecting gzip by its magic bytes.
+/// Opens `path` (`-`: stdin), detecting gzip and zstd by their magic bytes.
 pub fn open_input(path: &Path, progress: bool) -> io::Result<Source> {
     let (raw, len): (Box<dyn Read>, Option<u64>) = if path == Path::new("-") {
         (Box::new(io::stdin().lock()), None)
@@ -98,25 +134,33 @@ pub fn open_input(path: &Path, progress: bool) -> io::Result<Source> {
             bar: bar.clone(),
         },
     );
-    let gzip = buffered.fill_buf()?.starts_with(&[0x1f, 0x8b]);
-    let (reader, tar): (Box<dyn Read>, _) = if gzip {
-        let tar = Rc::new(RefCell::new(Sha256::new()));
-        let decoder = flate2::bufread::MultiGzDecoder::new(buffered);
-        let reader = Hashing {
-            inner: decoder,
-            hasher: tar.clone(),
-            bar: None,
-        };
-        (
-            Box::new(BufReader::with_capacity(1 << 20, reader)),
-            Some(tar),
-        )
-    } else {
-        (Box::new(buffered), None)
+    let compression = Compression::detect(buffered.fill_buf()?);
+    let decoder: Box<dyn Read> = match compression {
+        Compression::None => {
+            return Ok(Source {
+                reader: Box::new(buffered),
+                compression,
+                input,
+                tar: None,
+                bar,
+            })
+        }
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
     };
+    let tar = Rc::new(RefCell::new(Sha256::new()));
+    let reader = Hashing {
+        inner: decoder,
+        hasher: tar.clone(),
+        bar: None,
+    };
+    let (reader, tar): (Box<dyn Read>, _) = (
+        Box::new(BufReader::with_capacity(1 << 20, reader)),
+        Some(tar),
+    );
     Ok(Source {
         reader,
-        gzip,
+        compression,
         input,
         tar,
         bar,

@@ -1,11 +1,11 @@
-//! OCI layer tar (or tar.gz) to EROFS, as containerd's EROFS differ does
+//! OCI layer tar (or tar.gz, tar.zst) to EROFS, as containerd's EROFS differ does
 //! with `mkfs.erofs --tar`: a tar-index image (metadata only, file data left
 //! in the tar, 512-byte blocks), optionally with the tar appended, or a
 //! full image with the data copied in.
 //!
 //! The input is read once, as a stream: its sha256 (the layer digest) and
-//! the uncompressed tar's (the diffID) are computed on the way, gzip is
-//! detected by its magic, and memory grows with the number of entries, not
+//! the uncompressed tar's (the diffID) are computed on the way, gzip and
+//! zstd are detected by their magic, and memory grows with the number of entries, not
 //! with the data.
 
 mod input;
@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
-pub use input::Digest;
 use input::{open_input, Tee};
+pub use input::{Compression, Digest};
 pub use tar::TarOptions;
 use tar::{read_tar, DataSink};
 
@@ -64,8 +64,8 @@ pub struct ConvertReport {
     pub input_digest: Digest,
     /// sha256 of the uncompressed tar (the OCI diffID).
     pub tar_digest: Digest,
-    /// Whether the input was gzip.
-    pub gzip: bool,
+    /// How the input was compressed.
+    pub compression: Compression,
     /// Size of the uncompressed tar.
     pub tar_size: u64,
     /// Where the tar the image refers to is (index mode without
@@ -145,13 +145,13 @@ pub(crate) fn convert_at(
         return Err(invalid(&output, "the output is the input"));
     }
     let mut source = open_input(input, options.progress).map_err(|e| ConvertError::io(input, e))?;
-    let gzip = source.gzip;
+    let compression = source.compression;
     let image = dir.temp_file().map_err(|e| ConvertError::io(&output, e))?;
     let block_bits = match options.mode {
         Mode::Index => 9,
         Mode::Full => 12,
     };
-    let copy = TarCopy::plan(input, gzip, dir, name, options)?;
+    let copy = TarCopy::plan(input, compression != Compression::None, dir, name, options)?;
     let tee = match &copy.temp {
         Some(temp) => Some(
             temp.file()
@@ -205,7 +205,7 @@ pub(crate) fn convert_at(
     Ok(ConvertReport {
         input_digest,
         tar_digest,
-        gzip,
+        compression,
         tar_size,
         tar_path,
         image_size: summary.image_size,
@@ -253,14 +253,14 @@ impl TarCopy {
     /// or the output.
     fn plan(
         input: &Path,
-        gzip: bool,
+        compressed: bool,
         dir: &OutputDir,
         name: &OsStr,
         options: &ConvertOptions,
     ) -> Result<Self, ConvertError> {
         let from_stdin = input == Path::new("-");
         let output = dir.path().join(name);
-        let needs_copy = options.mode == Mode::Index && (gzip || from_stdin);
+        let needs_copy = options.mode == Mode::Index && (compressed || from_stdin);
         let keep = match (&options.tar_out, options.append_tar) {
             _ if !needs_copy => None,
             (Some(path), _) => Some(TarDest::open(path)?),

@@ -6,6 +6,8 @@
 //! - [`source`]: the [`ImageSource`] interface: manifests, whole blobs
 //!   (verified as they stream) and ranges of blobs.
 
+pub mod manifest;
+pub mod oci_layout;
 pub mod reference;
 pub mod source;
 

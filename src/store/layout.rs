@@ -37,10 +37,6 @@ pub const BLOB_FILE: &str = "blob";
 /// Largest `info` file read (they are a few hundred bytes).
 pub(crate) const MAX_INFO_SIZE: u64 = 1 << 20;
 
-/// containers/storage's compression codes (pkg/archive).
-const UNCOMPRESSED: u8 = 0;
-const GZIP: u8 = 2;
-
 /// The fields of containers/storage's `Layer` a store provides in `info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerInfo {
@@ -56,7 +52,8 @@ pub struct LayerInfo {
     /// Size of the uncompressed tar.
     #[serde(rename = "diff-size")]
     pub diff_size: u64,
-    /// How the blob is compressed (0 none, 2 gzip).
+    /// How the blob is compressed (containers/storage's codes: 0 none,
+    /// 2 gzip, 4 zstd).
     pub compression: u8,
 }
 
@@ -83,7 +80,7 @@ pub fn is_layer_name(name: &[u8]) -> bool {
 pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
     std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
     let store_dir = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
-    let staging = Staging::create(&store_dir)?;
+    let staging = Staging::create(&store_dir, ADD_PREFIX)?;
     let info = build(&staging, blob, progress)?;
     if !staging.publish(&info.compressed_digest)? {
         tracing::info!(
@@ -95,22 +92,25 @@ pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
     Ok(info)
 }
 
+/// What `add` names the directories it builds layers in.
+const ADD_PREFIX: &str = "add";
+
 /// A layer directory being built in the store under a random name.
-struct Staging<'a> {
+pub(crate) struct Staging<'a> {
     store: &'a OutputDir,
     name: OsString,
-    dir: OutputDir,
+    pub(crate) dir: OutputDir,
     /// Files created in it, removed again unless published.
     created: std::cell::RefCell<Vec<&'static str>>,
     published: std::cell::Cell<bool>,
 }
 
 impl<'a> Staging<'a> {
-    /// Makes a new 0700 directory in `store`.
-    fn create(store: &'a OutputDir) -> Result<Self> {
+    /// Makes a new 0700 directory in `store`, named `.PREFIX.<random>`.
+    pub(crate) fn create(store: &'a OutputDir, prefix: &str) -> Result<Self> {
         let at = Some(store.fd().as_raw_fd());
         for _ in 0..16 {
-            let name = safe_fs::random_name(OsStr::new("add"));
+            let name = safe_fs::random_name(OsStr::new(prefix));
             match nix::sys::stat::mkdirat(at, name.as_os_str(), FileMode::S_IRWXU) {
                 Ok(()) => {}
                 Err(nix::errno::Errno::EEXIST) => continue,
@@ -135,7 +135,7 @@ impl<'a> Staging<'a> {
 
     /// Creates `name` in the layer directory, open for writing (mode 0600
     /// until [`Self::finish_file`]).
-    fn create_file(&self, name: &'static str) -> Result<File> {
+    pub(crate) fn create_file(&self, name: &'static str) -> Result<File> {
         let path = self.dir.path().join(name);
         let file = safe_fs::create_file_at(self.dir.fd(), OsStr::new(name), 0o600)
             .map_err(|e| Error::io(&path, e))?;
@@ -144,13 +144,13 @@ impl<'a> Staging<'a> {
     }
 
     /// Records a file made in the directory by other means.
-    fn made(&self, name: &'static str) {
+    pub(crate) fn made(&self, name: &'static str) {
         self.created.borrow_mut().push(name);
     }
 
     /// Opens the directory to everyone the umask allows and renames it to
     /// `digest`, unless that exists: whether it was renamed.
-    fn publish(&self, digest: &str) -> Result<bool> {
+    pub(crate) fn publish(&self, digest: &str) -> Result<bool> {
         let mode = FileMode::from_bits_truncate(0o777 & !safe_fs::umask());
         nix::sys::stat::fchmod(self.dir.fd().as_raw_fd(), mode)
             .map_err(|e| Error::io(self.dir.path(), e.into()))?;
@@ -215,14 +215,19 @@ fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo
         compressed_size,
         diff_digest: report.tar_digest.to_string(),
         diff_size: report.tar_size,
-        compression: if report.gzip { GZIP } else { UNCOMPRESSED },
+        compression: report.compression.storage_code(),
     };
-    let json = serde_json::to_vec(&info).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_info(staging, &info)?;
+    Ok(info)
+}
+
+/// Writes `info` into the layer directory being built.
+pub(crate) fn write_info(staging: &Staging<'_>, info: &LayerInfo) -> Result<()> {
+    let json = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
     let path = staging.dir.path().join(INFO_FILE);
     let mut file = staging.create_file(INFO_FILE)?;
     file.write_all(&json).map_err(|e| Error::io(&path, e))?;
-    finish_file(&file, &path)?;
-    Ok(info)
+    finish_file(&file, &path)
 }
 
 /// Keeps the blob as pulled in the layer directory (a hard link costs
@@ -251,7 +256,7 @@ fn keep_blob(staging: &Staging<'_>, blob: &Path) -> Result<u64> {
 }
 
 /// Gives a file written in the layer directory its final mode.
-fn finish_file(file: &File, path: &Path) -> Result<()> {
+pub(crate) fn finish_file(file: &File, path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = 0o666 & !safe_fs::umask();
     file.set_permissions(std::fs::Permissions::from_mode(mode))
@@ -352,7 +357,7 @@ mod tests {
             compressed_size: 3,
             diff_digest: "sha256:bb".into(),
             diff_size: 10240,
-            compression: GZIP,
+            compression: 2,
         };
         let json = serde_json::to_string(&info).unwrap();
         assert_eq!(

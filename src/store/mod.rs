@@ -12,7 +12,10 @@
 //! the store handles them (nothing is ever deleted: the store serves every
 //! layer it holds to every reference).
 
+pub mod gc;
+pub mod images;
 pub mod layout;
+pub mod pull;
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -23,6 +23,7 @@ mod fuzz_regressions;
 mod hostile_tars;
 mod malformed;
 mod mutation;
+mod pull;
 mod store;
 mod verity;
 mod verity_verifier;

@@ -9,7 +9,7 @@ use super::ServeArgs;
 /// `store` subcommands.
 #[derive(Subcommand)]
 pub enum StoreCommand {
-    /// Add layer blobs (tar or tar.gz, as a registry serves them) to the
+    /// Add layer blobs (tar, tar.gz or tar.zst, as a registry serves them) to the
     /// store directory STORE: each becomes STORE/<digest>/ with a
     /// tar-index EROFS image of the layer (OCI whiteouts turned into
     /// overlayfs ones) in layer.erofs, its info for containers/storage, and
@@ -23,6 +23,22 @@ pub enum StoreCommand {
     /// additionallayerstores = ["MOUNTPOINT:ref"]. Every layer of STORE is
     /// served under every reference; layers added while mounted are found.
     Serve(StoreServeArgs),
+    /// Remove what no image in the content store needs: layers pulled for
+    /// images whose records are gone (`rmi`), blobs, and what interrupted
+    /// pulls left. Layers added with `store add` belong to no image and
+    /// are kept, unless --all. Waits for running pulls and adds.
+    Gc(StoreGcArgs),
+}
+
+/// `store gc` arguments.
+#[derive(Args)]
+pub struct StoreGcArgs {
+    /// The content store (default as for `pull`).
+    #[arg(long, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Remove `store add`'s layers too when no image references them.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `store serve --overlay-xattrs`.

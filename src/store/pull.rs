@@ -1,0 +1,380 @@
+//! `pull`: an image from an [`ImageSource`] into the content store.
+//!
+//! The manifest is resolved (an index to the platform's manifest), every
+//! layer's media type is checked before anything is fetched, then the
+//! layers are fetched and converted by a few threads: each straight into
+//! a staging directory of its own (verified as it streams), converted to a
+//! tar-index image with the tar appended (or, for an EROFS layer, checked
+//! to be one), and renamed into place whole. A per-digest lock makes two
+//! pulls of one layer fetch it once. The manifests, config and the image
+//! record are written last, so a failed pull leaves no record and no
+//! partial layer or blob.
+
+use std::ffi::OsStr;
+use std::io::{BufWriter, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use oci_spec::image::{Descriptor, ImageManifest};
+
+use crate::convert::{convert_at, ConvertOptions, Mode};
+use crate::error::{Error, Result};
+use crate::reader::{Image, OpenOptions};
+use crate::registry::manifest::{parse_config, select_platform, LayerKind, Manifest, Platform};
+use crate::registry::oci_layout::sha256_digest;
+use crate::registry::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
+
+use super::images::{ImageRecord, ImageRef, LayerRecord, Store};
+use super::layout::{finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAGE_FILE};
+
+/// The marker in a layer directory that a pull made it (gc removes such
+/// layers once no image needs them; `store add`'s are kept).
+pub const PULLED_FILE: &str = "pulled";
+
+/// What pulls name the directories they build layers in (`.pull.<random>`:
+/// gc removes those a crash left behind; `store add`'s are its own).
+pub const PULL_PREFIX: &str = "pull";
+
+/// Default number of layers fetched at once.
+pub const DEFAULT_THREADS: usize = 4;
+
+/// What a pull reports as it goes (the CLI's progress bars).
+pub trait Progress: Sync {
+    /// Layer `index` (of the manifest's) of `size` bytes is starting.
+    fn start(&self, index: usize, digest: &str, size: u64);
+    /// `done` bytes of layer `index` are fetched.
+    fn bytes(&self, index: usize, done: u64);
+    /// Layer `index` is at step `what` (fetched, now "converting").
+    fn step(&self, _index: usize, _what: &str) {}
+    /// Layer `index` is finished: `how` says what happened.
+    fn finish(&self, index: usize, how: &str);
+}
+
+/// No progress reports.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: usize, _: &str, _: u64) {}
+    fn bytes(&self, _: usize, _: u64) {}
+    fn finish(&self, _: usize, _: &str) {}
+}
+
+/// How to pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// The platform to choose from an index (default: the host's).
+    pub platform: Option<Platform>,
+    /// Layers fetched at once (0: [`DEFAULT_THREADS`]).
+    pub threads: usize,
+}
+
+/// The image `image` resolves to in `source`.
+struct Resolved {
+    /// What the reference names (index or manifest).
+    top: FetchedManifest,
+    /// The platform's manifest, when `top` is an index.
+    platform_manifest: Option<FetchedManifest>,
+    manifest: ImageManifest,
+    platform: Option<Platform>,
+}
+
+/// Pulls `image` from `source` into `store`: returns its record.
+pub fn pull(
+    store: &Store,
+    image: &ImageRef,
+    source: &dyn ImageSource,
+    options: &PullOptions,
+    progress: &dyn Progress,
+) -> Result<ImageRecord> {
+    let name = image.to_string();
+    let _lock = store.lock(false)?;
+    let resolved = resolve(image, source, options, &name)?;
+    let layers = resolved
+        .manifest
+        .layers()
+        .iter()
+        .map(|d| layer_record(d, &name))
+        .collect::<Result<Vec<_>>>()?;
+    let config = resolved.manifest.config();
+    let config_digest = config.digest().to_string();
+    if config.size() > MAX_MANIFEST_SIZE {
+        return Err(Error::Invalid(format!(
+            "{name}: config {config_digest} is larger than 4 MiB"
+        )));
+    }
+    // Kept by an earlier pull (checked against its digest), or fetched.
+    let config_bytes = match store.blob(&config_digest) {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            let mut bytes = Vec::new();
+            source.blob(&config_digest, config.size(), &mut bytes, &|_| {})?;
+            bytes
+        }
+    };
+    parse_config(&config_bytes, &format!("{name}: config {config_digest}"))?;
+
+    fetch_layers(store, source, &layers, options.threads, progress)?;
+
+    store.put_blob(&resolved.top.digest, &resolved.top.bytes)?;
+    let manifest_digest = match &resolved.platform_manifest {
+        Some(m) => {
+            store.put_blob(&m.digest, &m.bytes)?;
+            m.digest.clone()
+        }
+        None => resolved.top.digest.clone(),
+    };
+    store.put_blob(&config_digest, &config_bytes)?;
+    let record = ImageRecord {
+        reference: name,
+        digest: resolved.top.digest.clone(),
+        manifest_digest,
+        config_digest,
+        layers,
+        platform: resolved.platform,
+        pulled: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    store.put_record(image, &record)?;
+    Ok(record)
+}
+
+/// Fetches what `image` names and, for an index, the platform's manifest.
+fn resolve(
+    image: &ImageRef,
+    source: &dyn ImageSource,
+    options: &PullOptions,
+    name: &str,
+) -> Result<Resolved> {
+    let top = checked(source.manifest(&image.manifest_reference())?, name)?;
+    if let Some(pinned) = image.pinned_digest() {
+        if top.digest != pinned {
+            return Err(Error::Invalid(format!(
+                "{name}: the registry served manifest {} for {pinned}",
+                top.digest
+            )));
+        }
+    }
+    match Manifest::parse(&top, name)? {
+        Manifest::Image(manifest) => Ok(Resolved {
+            top,
+            platform_manifest: None,
+            manifest: *manifest,
+            platform: None,
+        }),
+        Manifest::Index(index) => {
+            let wanted = options.platform.clone().unwrap_or_else(Platform::host);
+            let entry = select_platform(&index, &wanted, name)?;
+            let digest = entry.digest().to_string();
+            if entry.size() > MAX_MANIFEST_SIZE {
+                return Err(Error::Invalid(format!(
+                    "{name}: manifest {digest} is larger than 4 MiB"
+                )));
+            }
+            let fetched = checked(source.manifest(&digest)?, name)?;
+            if fetched.digest != digest {
+                return Err(Error::Invalid(format!(
+                    "{name}: asked for manifest {digest}, got {}",
+                    fetched.digest
+                )));
+            }
+            let Manifest::Image(manifest) = Manifest::parse(&fetched, name)? else {
+                return Err(Error::Unsupported(format!(
+                    "{name}: manifest {digest} for {wanted} is itself an index"
+                )));
+            };
+            let platform = entry.platform().as_ref().map(|p| Platform {
+                os: p.os().to_string(),
+                architecture: p.architecture().to_string(),
+                variant: p.variant().clone(),
+            });
+            Ok(Resolved {
+                top,
+                platform_manifest: Some(fetched),
+                manifest: *manifest,
+                platform,
+            })
+        }
+    }
+}
+
+/// `fetched`, once its bytes are checked against its size limit and
+/// digest (whatever the source says, the store names blobs by content).
+fn checked(fetched: FetchedManifest, name: &str) -> Result<FetchedManifest> {
+    if fetched.bytes.len() as u64 > MAX_MANIFEST_SIZE {
+        return Err(Error::Invalid(format!(
+            "{name}: manifest {} is larger than 4 MiB",
+            fetched.digest
+        )));
+    }
+    let got = sha256_digest(&fetched.bytes);
+    if got != fetched.digest {
+        return Err(Error::Invalid(format!(
+            "{name}: manifest {} does not match its digest (got {got})",
+            fetched.digest
+        )));
+    }
+    Ok(fetched)
+}
+
+/// A layer descriptor as the record keeps it, its media type understood.
+fn layer_record(d: &Descriptor, name: &str) -> Result<LayerRecord> {
+    let digest = d.digest().to_string();
+    let media_type = d.media_type().to_string();
+    let kind = LayerKind::of(&media_type).map_err(|e| match e {
+        Error::Unsupported(why) => Error::Unsupported(format!("{name}: layer {digest}: {why}")),
+        e => e,
+    })?;
+    Ok(LayerRecord {
+        digest,
+        size: d.size(),
+        media_type,
+        kind,
+    })
+}
+
+/// Fetches the layers not in the store yet, `threads` at a time; the
+/// first error ends the pull (layers already complete stay).
+fn fetch_layers(
+    store: &Store,
+    source: &dyn ImageSource,
+    layers: &[LayerRecord],
+    threads: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let threads = match threads {
+        0 => DEFAULT_THREADS,
+        n => n,
+    }
+    .min(layers.len())
+    .max(1);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= layers.len() || failed.load(Ordering::Relaxed) {
+                    break;
+                }
+                if let Err(e) = fetch_layer(store, source, &layers[index], index, progress) {
+                    progress.finish(index, "failed");
+                    failed.store(true, Ordering::Relaxed);
+                    let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                }
+            });
+        }
+    });
+    match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Fetches and converts one layer, unless the store has it (or another
+/// process makes it while this one waits for its lock).
+fn fetch_layer(
+    store: &Store,
+    source: &dyn ImageSource,
+    layer: &LayerRecord,
+    index: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let digest = layer.digest.as_str();
+    progress.start(index, digest, layer.size);
+    if store.has_layer(digest) {
+        progress.finish(index, "already present");
+        return Ok(());
+    }
+    let _lock = store.lock_layer(digest)?;
+    if store.has_layer(digest) {
+        progress.finish(index, "already present");
+        return Ok(());
+    }
+    let staging = Staging::create(&store.root, PULL_PREFIX)?;
+    let blob_path = staging.dir.path().join(BLOB_FILE);
+    let blob = staging.create_file(BLOB_FILE)?;
+    let mut sink = BufWriter::with_capacity(1 << 20, &blob);
+    source.blob(digest, layer.size, &mut sink, &|n| progress.bytes(index, n))?;
+    sink.flush().map_err(|e| Error::io(&blob_path, e))?;
+    drop(sink);
+    blob.sync_all().map_err(|e| Error::io(&blob_path, e))?;
+    progress.step(index, "converting");
+    let info = match layer.kind {
+        LayerKind::Erofs => erofs_layer(&staging, layer)?,
+        _ => tar_layer(&staging, layer)?,
+    };
+    finish_file(&blob, &blob_path)?;
+    write_info(&staging, &info)?;
+    let marker = staging.create_file(PULLED_FILE)?;
+    finish_file(&marker, &staging.dir.path().join(PULLED_FILE))?;
+    staging.publish(digest)?;
+    progress.finish(index, "done");
+    Ok(())
+}
+
+/// The blob in the staging directory, by a path through the directory's
+/// descriptor: whoever can rename entries of the store cannot put another
+/// file in its place (the directory is ours, mode 0700).
+fn pinned_blob(staging: &Staging<'_>) -> std::path::PathBuf {
+    crate::safe_fs::proc_path(staging.dir.fd()).join(BLOB_FILE)
+}
+
+/// An EROFS layer: the blob is the image, once it opens as one.
+fn erofs_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
+    Image::open(&pinned_blob(staging), &OpenOptions::default()).map_err(|e| {
+        Error::Invalid(format!(
+            "layer {} ({}): not a usable EROFS image: {e}",
+            layer.digest, layer.media_type
+        ))
+    })?;
+    let at = Some(staging.dir.fd().as_raw_fd());
+    nix::unistd::linkat(
+        at,
+        OsStr::new(BLOB_FILE),
+        at,
+        OsStr::new(IMAGE_FILE),
+        nix::fcntl::AtFlags::empty(),
+    )
+    .map_err(|e| Error::io(staging.dir.path().join(IMAGE_FILE), e.into()))?;
+    staging.made(IMAGE_FILE);
+    Ok(LayerInfo {
+        compressed_digest: layer.digest.clone(),
+        compressed_size: layer.size,
+        diff_digest: layer.digest.clone(),
+        diff_size: layer.size,
+        compression: 0,
+    })
+}
+
+/// A tar layer (plain, gzip or zstd): converted to a tar-index image with
+/// the tar appended, OCI whiteouts made overlayfs ones.
+fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
+    let blob_path = pinned_blob(staging);
+    let options = ConvertOptions {
+        mode: Mode::Index,
+        aufs: true,
+        append_tar: true,
+        tar_out: None,
+        progress: false,
+        implied_mtime: None,
+    };
+    let converted = convert_at(&blob_path, &staging.dir, OsStr::new(IMAGE_FILE), &options);
+    let report = converted.map_err(|e| {
+        Error::Invalid(format!(
+            "layer {} ({}): converting: {e}",
+            layer.digest, layer.media_type
+        ))
+    })?;
+    staging.made(IMAGE_FILE);
+    Ok(LayerInfo {
+        compressed_digest: layer.digest.clone(),
+        compressed_size: layer.size,
+        diff_digest: report.tar_digest.to_string(),
+        diff_size: report.tar_size,
+        compression: report.compression.storage_code(),
+    })
+}

@@ -1,0 +1,186 @@
+//! Pulled images mounted: the fixture layouts against the kernel's
+//! overlay of their layers, an EROFS layer over a tar layer, and a rootless
+//! pull and mount with the default store.
+
+use super::*;
+
+/// The fixture's kernel manifest and a mount's, compared as the fixture
+/// README says: directories no layer lists (`/`, `/home...`,
+/// `/usr/share`) get each implementation's mode and mtime, and merged
+/// directories' link counts differ.
+fn loosely(manifest: &str) -> Vec<Value> {
+    manifest
+        .lines()
+        .map(|line| {
+            let mut v: Value = serde_json::from_str(line).unwrap();
+            let obj = v.as_object_mut().unwrap();
+            if obj["type"] == "dir" {
+                obj.remove("nlink");
+                let path = obj["path"].as_str().unwrap().to_string();
+                if path == "/"
+                    || path == "/usr/share"
+                    || path == "/home"
+                    || path.starts_with("/home/")
+                {
+                    obj.remove("mode");
+                    obj.remove("mtime");
+                }
+            }
+            v
+        })
+        .collect()
+}
+
+fn kernel_manifest() -> String {
+    std::fs::read_to_string(oci_fixture("merged.kernel.manifest.jsonl")).unwrap()
+}
+
+/// `erofs-fuse mount REF DIR --store STORE`, unmounted on drop.
+struct Mounted(tempfile::TempDir);
+
+impl Mounted {
+    fn new(store: &Path, reference: &str, image_flag: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(bin());
+        cmd.arg("mount");
+        if image_flag {
+            cmd.arg("--image");
+        }
+        cmd.arg(reference).arg(dir.path()).arg("--store").arg(store);
+        run_ok(&mut cmd);
+        Self(dir)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn pulled_fixture_layouts_mount_as_the_kernel_stacks_them() {
+    if !have(
+        "pulled_fixture_layouts_mount_as_the_kernel_stacks_them",
+        FUSE_ROOT,
+    ) {
+        return;
+    }
+    let expected = loosely(&kernel_manifest());
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    for (i, name) in LAYOUTS.iter().enumerate() {
+        let reference = format!("oci:{}:latest", oci_fixture(name).display());
+        // The first is pulled by mount itself; --image for one.
+        if i > 0 {
+            pull_ok(&store, &reference, &[]);
+        }
+        let mount = Mounted::new(&store, &reference, i == 2);
+        let got = loosely(&tree_manifest(mount.0.path()));
+        drop(mount);
+        assert_eq!(got.len(), expected.len(), "{name}: entries");
+        for (e, g) in expected.iter().zip(&got) {
+            assert_eq!(e, g, "{name}");
+        }
+    }
+}
+
+#[test]
+fn an_erofs_layer_mounts_over_a_tar_layer() {
+    if !have("an_erofs_layer_mounts_over_a_tar_layer", FUSE_ROOT) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let (layout, _) = erofs_layout(work.path());
+    let store = work.path().join("store");
+    let mount = Mounted::new(&store, &layout.reference(), false);
+    let read = |p: &str| std::fs::read(mount.0.path().join(p)).unwrap();
+    assert_eq!(read("shared"), b"erofs");
+    assert_eq!(read("upper"), b"up");
+    assert_eq!(read("lower"), b"low");
+}
+
+#[test]
+fn rootless_pull_and_mount_with_the_default_store() {
+    let needs = [
+        Need::Root,
+        Need::Fuse,
+        Need::Program("fusermount3"),
+        Need::Program("setpriv"),
+        Need::Program("/usr/bin/python3"),
+    ];
+    if !have("rootless_pull_and_mount_with_the_default_store", &needs) {
+        return;
+    }
+    std::fs::set_permissions(
+        "/dev/fuse",
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let nobody = |p: &Path| std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    nobody(home.path());
+    let layout = home.path().join("zstd");
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(oci_fixture("zstd"))
+            .arg(&layout),
+    );
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg("65534:65534")
+            .arg(&layout),
+    );
+    let mnt = home.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    nobody(&mnt);
+    let as_nobody = || {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .env("HOME", home.path())
+            .env_remove("XDG_DATA_HOME");
+        cmd
+    };
+    let reference = format!("oci:{}", layout.display());
+    run_ok(as_nobody().arg(bin()).args(["pull", "--quiet", &reference]));
+    let store = home.path().join(".local/share/erofs-fuse");
+    assert_eq!(records(&store).len(), 1, "the default store under HOME");
+    run_ok(
+        as_nobody()
+            .arg(bin())
+            .arg("mount")
+            .arg(&reference)
+            .arg(&mnt),
+    );
+    let walk = run(as_nobody()
+        .arg("/usr/bin/python3")
+        .arg(script("manifest.py"))
+        .arg(&mnt));
+    let _ = as_nobody().arg("fusermount3").arg("-u").arg(&mnt).status();
+    assert!(
+        walk.status.success(),
+        "{}",
+        String::from_utf8_lossy(&walk.stderr)
+    );
+    // nobody sees no trusted.* xattrs.
+    let strip = |mut v: Value| {
+        if let Some(Value::Object(x)) = v.get_mut("xattrs") {
+            x.retain(|k, _| !k.starts_with("trusted."));
+            if x.is_empty() {
+                v.as_object_mut().unwrap().remove("xattrs");
+            }
+        }
+        v
+    };
+    let expected: Vec<Value> = loosely(&kernel_manifest()).into_iter().map(strip).collect();
+    let got: Vec<Value> = loosely(&String::from_utf8_lossy(&walk.stdout))
+        .into_iter()
+        .map(strip)
+        .collect();
+    assert_eq!(got, expected);
+}
