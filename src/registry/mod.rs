@@ -4,17 +4,24 @@
 //!
 //! - [`reference`]: image references as docker and podman parse them;
 //! - [`source`]: the [`ImageSource`] interface: manifests, whole blobs
-//!   (verified as they stream) and ranges of blobs.
+//!   (verified as they stream) and ranges of blobs;
+//! - [`client`]: [`RegistryClient`], that interface over the distribution
+//!   API, on `http` (transport: TLS, timeouts, retries) and `auth`
+//!   (credentials, challenges, bearer tokens).
 
+mod auth;
+pub mod client;
+mod http;
 pub mod reference;
 pub mod source;
 
+pub use client::RegistryClient;
 pub use reference::Reference;
 pub use source::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 
 use std::path::PathBuf;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// How to reach registries, as the command line sets it.
 #[derive(Debug, Clone, Default)]
@@ -32,10 +39,8 @@ pub struct ClientOptions {
 }
 
 /// A source for the registry `reference` names, reached as `options` say.
+/// Reads `--ca-cert` files and finds credentials now; connects only when
+/// asked for something.
 pub fn open(reference: &Reference, options: &ClientOptions) -> Result<Box<dyn ImageSource>> {
-    let _ = options;
-    Err(Error::Unsupported(format!(
-        "{}: the registry client is not built yet",
-        reference.name()
-    )))
+    Ok(Box::new(RegistryClient::new(reference, options)?))
 }
