@@ -396,8 +396,6 @@ fn parse_token(body: &[u8]) -> std::result::Result<(String, Duration), String> {
 /// How a client authenticates to one repository: the credentials found,
 /// the scheme the registry asked for, and the bearer tokens per scope.
 pub(crate) struct Authenticator {
-    /// `registry/repository`, for errors.
-    name: String,
     repository: String,
     creds: Option<Credentials>,
     /// How the credentials (or their absence) are described in errors.
@@ -426,7 +424,6 @@ impl Authenticator {
     ) -> Result<Self> {
         let (creds, tried) = find_credentials(options, paths, registry, repository)?;
         Ok(Self {
-            name: format!("{registry}/{repository}"),
             repository: repository.to_string(),
             creds,
             tried,
@@ -518,18 +515,21 @@ impl Authenticator {
                 }
             }
         }
+        let what = format!("{what}: token service {}", one_line(realm, 200));
         let (value, life) =
-            self.fetch_token(transport, realm, challenge.param("service"), &scope)?;
+            self.fetch_token(transport, &what, realm, challenge.param("service"), &scope)?;
         let renew_at = Instant::now() + life.saturating_sub(TOKEN_MARGIN.min(life / 2));
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.tokens.insert(scope, Token { value, renew_at });
         Ok(())
     }
 
-    /// A token for `scope` from `realm`, with the credentials if any.
+    /// A token for `scope` from `realm`, with the credentials if any;
+    /// errors begin with `what`.
     fn fetch_token(
         &self,
         transport: &Transport,
+        what: &str,
         realm: &str,
         service: Option<&str>,
         scope: &str,
@@ -542,10 +542,9 @@ impl Authenticator {
                 sep = '&';
             }
         }
-        let what = format!("{}: token service {}", self.name, one_line(realm, 200));
         let basic = self.creds.as_ref().map(Credentials::basic);
         tracing::debug!("{what}: requesting a token for {scope}");
-        transport.retrying(&what, || {
+        transport.retrying(what, || {
             let headers: Vec<(&str, &str)> = basic
                 .as_deref()
                 .map(|b| ("Authorization", b))
@@ -554,7 +553,7 @@ impl Authenticator {
             let mut response = transport.get(&url, &headers)?;
             let status = response.status().as_u16();
             if status == 401 || status == 403 {
-                return Err(self.denied(&what, status).into());
+                return Err(self.denied(what, status).into());
             }
             if status != 200 {
                 let message = status_message(&mut response);

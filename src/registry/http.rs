@@ -280,6 +280,15 @@ fn classify(error: ureq::Error) -> Failure {
     use ureq::Error as E;
     match error {
         E::HostNotFound => Failure::Fatal(Error::Registry("unknown host".into())),
+        // rustls reports a refused certificate as InvalidData: no retry.
+        E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            let hint = if e.to_string().contains("certificate") {
+                " (a registry with its own CA needs --ca-cert)"
+            } else {
+                ""
+            };
+            Failure::Fatal(Error::Registry(format!("TLS: {e}{hint}")))
+        }
         E::Io(e) => Failure::transient(e.to_string()),
         E::Timeout(t) => Failure::transient(format!("timed out ({t})")),
         E::ConnectionFailed => Failure::transient("connection failed"),
