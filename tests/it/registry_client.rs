@@ -447,6 +447,13 @@ fn a_registry_restarted_mid_blob_resumes() {
         sink.bytes == bytes,
         "the resumed blob is the blob, no byte twice"
     );
+    drop(sink);
+    let log = reg.log();
+    let resumed = format!("\"GET /v2/big/blobs/{digest} HTTP/1.1\" 206 ");
+    assert!(
+        log.contains(&resumed),
+        "resumed with a Range request:\n{log}"
+    );
 }
 
 #[test]

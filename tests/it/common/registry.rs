@@ -80,7 +80,7 @@ impl Registry {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
+            "version: 0.1\nlog:\n  level: warn\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: {addr}\n  secret: erofs-fuse-test\n",
             dir.path().join("storage").display()
@@ -136,7 +136,11 @@ impl Registry {
     /// and storage, and waits until it listens.
     pub fn restart(&mut self) {
         self.kill();
-        let log = std::fs::File::create(self.dir.path().join("registry.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("registry.log"))
+            .unwrap();
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&self.config)
@@ -168,7 +172,8 @@ impl Registry {
         }
     }
 
-    /// What the registry logged.
+    /// What the registry logged (warnings, and an access log line per
+    /// request: `"GET /v2/... HTTP/1.1" 206 BYTES`), across restarts.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
