@@ -11,7 +11,8 @@ use sha2::{Digest, Sha256};
 use ureq::http::Response;
 use ureq::Body;
 
-use super::auth::{AuthPaths, Authenticator};
+use super::auth::Authenticator;
+use super::credentials::AuthPaths;
 use super::http::{header, status_message, Failure, Transport};
 use super::reference::{is_sha256_digest, Reference};
 use super::source::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
@@ -97,40 +98,34 @@ impl RegistryClient {
         }
     }
 
-    /// One pass of a blob download, from `*written` bytes on (a Range
-    /// request when some were written): streams into `hasher` and `sink`
-    /// until `size` bytes, failing transiently when the body breaks off.
-    #[allow(clippy::too_many_arguments)]
+    /// One pass of a blob download, from the bytes `download` has on (a
+    /// Range request when it has some), failing transiently when the body
+    /// breaks off.
     fn blob_pass(
         &self,
         what: &str,
         url: &str,
-        size: u64,
-        written: &mut u64,
-        hasher: &mut Sha256,
-        sink: &mut dyn Write,
-        progress: &dyn Fn(u64),
-        buf: &mut [u8],
+        download: &mut Download<'_>,
     ) -> std::result::Result<(), Failure> {
+        let written = download.written;
         let range = format!("bytes={written}-");
-        let headers: &[(&str, &str)] = if *written > 0 {
+        let headers: &[(&str, &str)] = if written > 0 {
             &[("Range", &range)]
         } else {
             &[]
         };
         let mut response = self.send(what, url, headers)?;
-        let status = response.status().as_u16();
-        let mut skip = 0;
-        match status {
-            200 => skip = *written, // the whole blob again: pass over what we have
-            206 if *written > 0 => {
-                let start = content_range_start(&response);
-                if start != Some(*written) {
+        // A 200 is the whole blob again: what we have is passed over.
+        let skip = match response.status().as_u16() {
+            200 => written,
+            206 if written > 0 => {
+                if content_range_start(&response) != Some(written) {
                     return Err(fatal(format!(
                         "{what}: the registry answered a Range request from {written} \
                          with a different range"
                     )));
                 }
+                0
             }
             404 => {
                 let message = status_message(&mut response);
@@ -140,10 +135,10 @@ impl RegistryClient {
                 let message = status_message(&mut response);
                 return Err(fatal(format!("{what}: {message}")));
             }
-        }
-        let expected = size - (*written - skip);
+        };
+        let size = download.size;
         if let Some(length) = response.body().content_length() {
-            if length > expected {
+            if length > size - (written - skip) {
                 return Err(fatal(format!(
                     "{what}: size overrun: the registry sends {length} bytes, the blob has {size}"
                 )));
@@ -157,30 +152,7 @@ impl RegistryClient {
                 "short body: {skipped} of {size} bytes"
             )));
         }
-        loop {
-            let n = match reader.read(buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Failure::transient(format!("reading the body: {e}"))),
-            };
-            if *written + n as u64 > size {
-                return Err(fatal(format!(
-                    "{what}: size overrun: the registry sends more than the blob's {size} bytes"
-                )));
-            }
-            hasher.update(&buf[..n]);
-            sink.write_all(&buf[..n])
-                .map_err(|e| fatal(format!("{what}: writing it: {e}")))?;
-            *written += n as u64;
-            progress(*written);
-        }
-        if *written < size {
-            return Err(Failure::transient(format!(
-                "short body: {written} of {size} bytes"
-            )));
-        }
-        Ok(())
+        download.stream(what, &mut reader)
     }
 
     /// One attempt at filling `buf` from `offset` of blob `url`.
@@ -233,6 +205,51 @@ impl RegistryClient {
             .as_reader()
             .read_exact(buf)
             .map_err(|e| Failure::transient(format!("reading the body: {e}")))
+    }
+}
+
+/// A blob download under way: what was written so far is hashed and kept
+/// across passes, so a retry resumes where the last pass broke off.
+struct Download<'a> {
+    size: u64,
+    written: u64,
+    hasher: Sha256,
+    sink: &'a mut dyn Write,
+    progress: &'a dyn Fn(u64),
+    buf: Vec<u8>,
+}
+
+impl Download<'_> {
+    /// Streams `reader` through the hasher into the sink, up to `size`
+    /// bytes in all; a body that ends early is a transient failure.
+    fn stream(&mut self, what: &str, reader: &mut dyn Read) -> std::result::Result<(), Failure> {
+        let size = self.size;
+        loop {
+            let n = match reader.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Failure::transient(format!("reading the body: {e}"))),
+            };
+            if self.written + n as u64 > size {
+                return Err(fatal(format!(
+                    "{what}: size overrun: the registry sends more than the blob's {size} bytes"
+                )));
+            }
+            self.hasher.update(&self.buf[..n]);
+            self.sink
+                .write_all(&self.buf[..n])
+                .map_err(|e| fatal(format!("{what}: writing it: {e}")))?;
+            self.written += n as u64;
+            (self.progress)(self.written);
+        }
+        if self.written < size {
+            return Err(Failure::transient(format!(
+                "short body: {} of {size} bytes",
+                self.written
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -377,22 +394,17 @@ impl ImageSource for RegistryClient {
             return Err(Error::Invalid(format!("{what}: not a sha256 digest")));
         }
         let url = self.url("blobs", digest);
-        let mut hasher = Sha256::new();
-        let mut written = 0;
-        let mut buf = vec![0; CHUNK];
-        self.transport.retrying(&what, || {
-            self.blob_pass(
-                &what,
-                &url,
-                size,
-                &mut written,
-                &mut hasher,
-                sink,
-                progress,
-                &mut buf,
-            )
-        })?;
-        let got = sha256_digest(hasher.finalize());
+        let mut download = Download {
+            size,
+            written: 0,
+            hasher: Sha256::new(),
+            sink,
+            progress,
+            buf: vec![0; CHUNK],
+        };
+        self.transport
+            .retrying(&what, || self.blob_pass(&what, &url, &mut download))?;
+        let got = sha256_digest(download.hasher.finalize());
         if got != digest {
             return Err(Error::Registry(format!(
                 "{what}: digest mismatch: expected {digest}, got {got}"

@@ -6,11 +6,12 @@
 //! - [`source`]: the [`ImageSource`] interface: manifests, whole blobs
 //!   (verified as they stream) and ranges of blobs;
 //! - [`client`]: [`RegistryClient`], that interface over the distribution
-//!   API, on `http` (transport: TLS, timeouts, retries) and `auth`
-//!   (credentials, challenges, bearer tokens).
+//!   API, on `http` (transport: TLS, timeouts, retries), `credentials`
+//!   (`--creds` and auth files) and `auth` (challenges, bearer tokens).
 
 mod auth;
 pub mod client;
+mod credentials;
 mod http;
 pub mod reference;
 pub mod source;
