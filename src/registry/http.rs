@@ -128,7 +128,10 @@ impl Transport {
             .timeout_per_read(Some(IO_TIMEOUT))
             .timeout_per_write(Some(IO_TIMEOUT))
             .max_redirects(MAX_REDIRECTS)
-            .redirect_auth_headers(RedirectAuthHeaders::SameHost)
+            // Registries redirect blobs to storage with signed URLs: the
+            // credentials never follow (SameHost would keep them for
+            // another port of the same host).
+            .redirect_auth_headers(RedirectAuthHeaders::Never)
             .user_agent(concat!("erofs-fuse/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls)
             .build()

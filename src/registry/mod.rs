@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use crate::error::Result;
 
 /// How to reach registries, as the command line sets it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClientOptions {
     /// Plain http is allowed (`--insecure`): only for a registry the
     /// reference names explicitly, or one on loopback.
@@ -39,9 +39,40 @@ pub struct ClientOptions {
     pub auth_file: Option<PathBuf>,
 }
 
+impl std::fmt::Debug for ClientOptions {
+    /// Everything but the credentials' values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("insecure", &self.insecure)
+            .field("ca_certs", &self.ca_certs)
+            .field("creds", &self.creds.as_ref().map(|_| "<redacted>"))
+            .field("auth_file", &self.auth_file)
+            .finish()
+    }
+}
+
 /// A source for the registry `reference` names, reached as `options` say.
 /// Reads `--ca-cert` files and finds credentials now; connects only when
 /// asked for something.
 pub fn open(reference: &Reference, options: &ClientOptions) -> Result<Box<dyn ImageSource>> {
     Ok(Box::new(RegistryClient::new(reference, options)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_debug_hides_credentials() {
+        let options = ClientOptions {
+            creds: Some(("alice".into(), "hunter2".into())),
+            ..ClientOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains("alice") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 }

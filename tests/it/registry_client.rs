@@ -186,6 +186,37 @@ fn base64_of(text: &str) -> String {
 }
 
 #[test]
+fn blobs_redirected_to_storage_get_no_credentials() {
+    if !available("blobs_redirected_to_storage_get_no_credentials") {
+        return;
+    }
+    for variant in [Variant::Basic, Variant::Token] {
+        let reg = Registry::start_redirecting(variant);
+        check_fixture(&reg);
+        let requests = reg.storage_requests();
+        let layer = format!(
+            "/docker/registry/v2/blobs/sha256/62/{}/data",
+            &GZIP_LAYER1[7..]
+        );
+        let to_layer: Vec<_> = requests.iter().filter(|r| r.path == layer).collect();
+        assert!(
+            to_layer.len() >= 2,
+            "whole and ranges, redirected: {requests:?}"
+        );
+        assert!(
+            to_layer
+                .iter()
+                .any(|r| r.range.as_deref() == Some("bytes=100000-104999")),
+            "the Range header follows the redirect: {requests:?}"
+        );
+        assert!(
+            requests.iter().all(|r| !r.authorization),
+            "{variant:?}: credentials went to the storage host: {requests:?}"
+        );
+    }
+}
+
+#[test]
 fn bearer_tokens_are_fetched_once_per_scope() {
     if !available("bearer_tokens_are_fetched_once_per_scope") {
         return;

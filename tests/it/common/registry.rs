@@ -14,7 +14,10 @@ use sha2::{Digest, Sha256};
 
 use super::{have, run_ok, Need};
 
+mod storage;
 mod token;
+pub use storage::StorageRequest;
+use storage::StorageServer;
 use token::{TokenServer, ISSUER, SERVICE};
 
 /// The user the basic and token variants accept.
@@ -66,11 +69,22 @@ pub struct Registry {
     config: PathBuf,
     child: Option<Child>,
     token: Option<TokenServer>,
+    storage_server: Option<StorageServer>,
 }
 
 impl Registry {
     /// Starts a registry of `variant` with empty storage.
     pub fn start(variant: Variant) -> Self {
+        Self::start_with(variant, false)
+    }
+
+    /// Starts a registry of `variant` that answers blob GETs with a redirect
+    /// to a storage server on another port (see [`Self::storage_requests`]).
+    pub fn start_redirecting(variant: Variant) -> Self {
+        Self::start_with(variant, true)
+    }
+
+    fn start_with(variant: Variant, redirect: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -112,6 +126,14 @@ impl Registry {
                 token = Some(server);
             }
         }
+        let storage_server = redirect.then(|| StorageServer::start(dir.path().join("storage")));
+        if let Some(server) = &storage_server {
+            config += &format!(
+                "middleware:\n  storage:\n    - name: redirect\n      options:\n        \
+                 baseurl: http://{}/\n",
+                server.addr
+            );
+        }
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).unwrap();
         let mut registry = Self {
@@ -122,6 +144,7 @@ impl Registry {
             config: config_path,
             child: None,
             token,
+            storage_server,
         };
         registry.restart();
         registry
@@ -274,6 +297,12 @@ impl Registry {
             std::fs::write(path, &digest).unwrap();
         }
         digest
+    }
+
+    /// The requests the storage server of [`Self::start_redirecting`] served.
+    pub fn storage_requests(&self) -> Vec<StorageRequest> {
+        let server = self.storage_server.as_ref().expect("not redirecting");
+        server.log.lock().unwrap().clone()
     }
 
     /// The token requests served so far (token variant): `(scope,
