@@ -166,7 +166,7 @@ impl Transport {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let mut response = request.call().map_err(classify)?;
+        let mut response = request.call().map_err(|e| classify(e, url))?;
         let status = response.status().as_u16();
         if status >= 500 || status == 429 {
             let retry_after = header(&response, "retry-after")
@@ -278,11 +278,18 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
         .collect()
 }
 
-/// Sorts a ureq error into what may pass and what will not.
-fn classify(error: ureq::Error) -> Failure {
+/// Sorts a ureq error for `url` into what may pass and what will not.
+fn classify(error: ureq::Error, url: &str) -> Failure {
     use ureq::Error as E;
     match error {
-        E::HostNotFound => Failure::Fatal(Error::Registry("unknown host".into())),
+        E::HostNotFound => {
+            let host = url.split("://").nth(1).unwrap_or(url);
+            let host = host.split(['/', '?']).next().unwrap_or(host);
+            Failure::Fatal(Error::Registry(format!(
+                "unknown host {}",
+                one_line(host, 200)
+            )))
+        }
         // rustls reports a refused certificate as InvalidData: no retry.
         E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             let hint = if e.to_string().contains("certificate") {
@@ -411,6 +418,29 @@ mod tests {
             &Default::default(),
         );
         assert_eq!(t.unwrap().base(), "https://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn failures_are_sorted_into_retried_and_not() {
+        let url = "https://reg.example:5000/v2/app/manifests/1";
+        let fatal = |e| match classify(e, url) {
+            Failure::Fatal(e) => e.to_string(),
+            Failure::Transient { message, .. } => panic!("transient: {message}"),
+        };
+        assert_eq!(
+            fatal(ureq::Error::HostNotFound),
+            "unknown host reg.example:5000"
+        );
+        assert!(fatal(ureq::Error::TooManyRedirects).contains("redirect"));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            classify(ureq::Error::Io(refused), url),
+            Failure::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(ureq::Error::ConnectionFailed, url),
+            Failure::Transient { .. }
+        ));
     }
 
     #[test]
