@@ -95,6 +95,20 @@ impl AuthPaths {
 struct AuthFile {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    /// Docker's credential store for every registry (not supported).
+    #[serde(rename = "credsStore", default)]
+    creds_store: Option<String>,
+    /// Docker's credential helpers by registry (not supported).
+    #[serde(rename = "credHelpers", default)]
+    cred_helpers: HashMap<String, String>,
+}
+
+/// What an auth file has for a registry.
+enum Found {
+    Creds(Credentials),
+    /// Only a credential helper, which this client does not run.
+    Helper,
+    Nothing,
 }
 
 /// One registry's entry.
@@ -124,21 +138,33 @@ pub(crate) fn find_credentials(
         return Ok((Some(creds), source));
     }
     let files = paths.files();
+    let mut helpers = Vec::new();
     for file in &files {
-        if let Some(creds) = lookup(file, registry, repository)? {
-            let source = creds.source.clone();
-            return Ok((Some(creds), source));
+        match lookup(file, registry, repository)? {
+            Found::Creds(creds) => {
+                let source = creds.source.clone();
+                return Ok((Some(creds), source));
+            }
+            Found::Helper => helpers.push(file.display().to_string()),
+            Found::Nothing => {}
         }
     }
     let looked: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    let none = format!(
-        "anonymously (no credentials for {registry} in {})",
+    let mut none = format!(
+        "anonymously (no credentials for {registry} in {}",
         if looked.is_empty() {
             "any auth file (no HOME)".to_string()
         } else {
             looked.join(", ")
         }
     );
+    if !helpers.is_empty() {
+        none += &format!(
+            "; credential helpers (named in {}) are not supported: use --creds",
+            helpers.join(", ")
+        );
+    }
+    none.push(')');
     Ok((None, none))
 }
 
@@ -174,11 +200,11 @@ fn normalize_key(key: &str) -> &str {
         .unwrap_or(key)
 }
 
-/// The credentials auth file `file` has for `registry`/`repository`; none
-/// when the file does not exist or has no entry.
-fn lookup(file: &Path, registry: &str, repository: &str) -> Result<Option<Credentials>> {
+/// The credentials auth file `file` has for `registry`/`repository`;
+/// nothing when the file does not exist or has no entry.
+fn lookup(file: &Path, registry: &str, repository: &str) -> Result<Found> {
     let Some(bytes) = read_bounded(file)? else {
-        return Ok(None);
+        return Ok(Found::Nothing);
     };
     let bad = |why: &str| Error::Invalid(format!("{}: {why}", file.display()));
     let parsed: AuthFile = serde_json::from_slice(&bytes).map_err(|e| {
@@ -203,13 +229,23 @@ fn lookup(file: &Path, registry: &str, repository: &str) -> Result<Option<Creden
                 "the entry for {key} is not base64 of user:password"
             )));
         };
-        return Ok(Some(Credentials {
+        return Ok(Found::Creds(Credentials {
             user: user.to_string(),
             password: password.to_string(),
             source: format!("credentials from {}", file.display()),
         }));
     }
-    Ok(None)
+    let keys = candidate_keys(registry, repository);
+    let helper = parsed.creds_store.is_some()
+        || parsed
+            .cred_helpers
+            .keys()
+            .any(|k| keys.iter().any(|key| normalize_key(k) == key));
+    Ok(if helper {
+        Found::Helper
+    } else {
+        Found::Nothing
+    })
 }
 
 /// The contents of regular file `file`, at most [`MAX_AUTH_FILE`] bytes;
@@ -325,6 +361,30 @@ mod tests {
             "{tried}"
         );
         assert!(tried.contains(".docker/config.json"), "{tried}");
+    }
+
+    #[test]
+    fn credential_helpers_are_named_as_unsupported() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.json");
+        let paths = AuthPaths {
+            explicit: Some(file.clone()),
+            ..AuthPaths::default()
+        };
+        std::fs::write(&file, r#"{"auths":{},"credHelpers":{"other.example":"x"}}"#).unwrap();
+        let (_, tried) = find_credentials(&Default::default(), &paths, "h", "r").unwrap();
+        assert!(!tried.contains("helper"), "{tried}");
+        std::fs::write(&file, r#"{"auths":{},"credHelpers":{"h":"ecr-login"}}"#).unwrap();
+        let (creds, tried) = find_credentials(&Default::default(), &paths, "h", "r").unwrap();
+        assert!(creds.is_none());
+        let expected = format!(
+            "credential helpers (named in {}) are not supported",
+            file.display()
+        );
+        assert!(tried.contains(&expected), "{tried}");
+        std::fs::write(&file, r#"{"credsStore":"desktop"}"#).unwrap();
+        let (_, tried) = find_credentials(&Default::default(), &paths, "h", "r").unwrap();
+        assert!(tried.contains("not supported: use --creds)"), "{tried}");
     }
 
     #[test]
