@@ -421,6 +421,23 @@ mod tests {
     }
 
     #[test]
+    fn the_agent_times_out_and_keeps_credentials_from_redirects() {
+        let reference = Reference::parse("127.0.0.1:5000/a").unwrap();
+        let t = Transport::new(&reference, &ClientOptions::default()).unwrap();
+        let c = t.agent.config();
+        assert_eq!(
+            c.timeout_per_read(),
+            Some(IO_TIMEOUT),
+            "a stalled body fails"
+        );
+        assert_eq!(c.timeouts().connect, Some(CONNECT_TIMEOUT));
+        assert_eq!(c.timeouts().resolve, Some(CONNECT_TIMEOUT));
+        assert_eq!(c.redirect_auth_headers(), RedirectAuthHeaders::Never);
+        assert!(c.https_only(), "no redirect down to http");
+        assert!(!c.http_status_as_error());
+    }
+
+    #[test]
     fn failures_are_sorted_into_retried_and_not() {
         let url = "https://reg.example:5000/v2/app/manifests/1";
         let fatal = |e| match classify(e, url) {
