@@ -333,34 +333,75 @@ fn oversized_manifest() -> Vec<u8> {
     manifest.to_string().into_bytes()
 }
 
-/// Serves `body` as a manifest to each of `count` connections on
-/// 127.0.0.1, with a Content-Length or (when `chunked`) without one.
-fn serve_manifest(body: Vec<u8>, count: usize, chunked: bool) -> String {
+/// Answers the connections to a port of 127.0.0.1, the n-th with
+/// `responses[n]` (raw HTTP), then stops; gives `127.0.0.1:PORT`.
+fn serve_raw(responses: Vec<Vec<u8>>) -> String {
     use std::io::{BufRead, BufReader};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(count) {
+        for (stream, response) in listener.incoming().zip(responses) {
             let mut stream = stream.unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 2 {
                 line.clear();
             }
-            let head =
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n";
-            let _ = if chunked {
-                write!(stream, "{head}Transfer-Encoding: chunked\r\n\r\n")
-                    .and_then(|_| write!(stream, "{:x}\r\n", body.len()))
-                    .and_then(|_| stream.write_all(&body))
-                    .and_then(|_| stream.write_all(b"\r\n0\r\n\r\n"))
-            } else {
-                write!(stream, "{head}Content-Length: {}\r\n\r\n", body.len())
-                    .and_then(|_| stream.write_all(&body))
-            };
+            let _ = stream.write_all(&response);
         }
     });
     addr
+}
+
+/// A 200 response carrying `body` as an OCI manifest, with a
+/// Content-Length or (when `chunked`) without one.
+fn manifest_response(body: &[u8], chunked: bool) -> Vec<u8> {
+    let mut r = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\
+        Content-Type: application/vnd.oci.image.manifest.v1+json\r\n"
+        .to_vec();
+    if chunked {
+        r.extend(format!("Transfer-Encoding: chunked\r\n\r\n{:x}\r\n", body.len()).bytes());
+        r.extend(body);
+        r.extend(b"\r\n0\r\n\r\n");
+    } else {
+        r.extend(format!("Content-Length: {}\r\n\r\n", body.len()).bytes());
+        r.extend(body);
+    }
+    r
+}
+
+/// Options for a server of the test's own on 127.0.0.1.
+fn local_options() -> ClientOptions {
+    ClientOptions {
+        insecure: true,
+        auth_file: Some("/nonexistent/auth.json".into()),
+        ..ClientOptions::default()
+    }
+}
+
+#[test]
+fn busy_registries_are_retried_as_they_ask() {
+    // docker-registry never answers 429: a server of the test's own does.
+    let path = oci_fixture("gzip")
+        .join("blobs/sha256")
+        .join(&GZIP_MANIFEST[7..]);
+    let manifest = std::fs::read(path).unwrap();
+    let addr = serve_raw(vec![
+        b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 0\r\n\
+          Connection: close\r\n\r\n"
+            .to_vec(),
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            .to_vec(),
+        manifest_response(&manifest, false),
+    ]);
+    let reference = Reference::parse(&format!("{addr}/fixture:latest")).unwrap();
+    let source = registry::open(&reference, &local_options()).unwrap();
+    let started = Instant::now();
+    assert_eq!(source.manifest("latest").unwrap().digest, GZIP_MANIFEST);
+    let waited = started.elapsed();
+    // Retry-After's 2 s, then the backoff's 0.5 s.
+    assert!(waited >= Duration::from_millis(2500), "{waited:?}");
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
 }
 
 #[test]
@@ -368,15 +409,11 @@ fn a_manifest_over_4_mib_is_refused() {
     // docker-registry itself neither takes (HTTP 400) nor serves (HTTP 500)
     // a manifest over 4 MiB: a server of the test's own sends one.
     let body = oversized_manifest();
-    let options = ClientOptions {
-        insecure: true,
-        auth_file: Some("/nonexistent/auth.json".into()),
-        ..ClientOptions::default()
-    };
     for chunked in [false, true] {
-        let addr = serve_manifest(body.clone(), 2, chunked);
+        let response = manifest_response(&body, chunked);
+        let addr = serve_raw(vec![response.clone(), response]);
         let reference = Reference::parse(&format!("{addr}/fixture:huge")).unwrap();
-        let source = registry::open(&reference, &options).unwrap();
+        let source = registry::open(&reference, &local_options()).unwrap();
         let e = one_line(source.manifest("huge"));
         assert!(e.starts_with(&format!("{addr}/fixture:huge: ")), "{e}");
         assert!(e.contains("larger than 4194304 bytes"), "{e}");
