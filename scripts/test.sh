@@ -21,6 +21,9 @@ declare -A package=(
     [prlimit]=util-linux
     [useradd]=passwd
     [/usr/bin/time]=time
+    [docker-registry]=docker-registry
+    [skopeo]=skopeo
+    [openssl]=openssl
 )
 missing=()
 for program in "${!package[@]}"; do

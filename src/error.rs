@@ -43,6 +43,10 @@ pub enum Error {
     /// The caller asked for something invalid (bad argument, bad option).
     #[error("{0}")]
     Invalid(String),
+    /// A registry could not be reached or refused or failed a request; the
+    /// message names the registry, reference or digest.
+    #[error("{0}")]
+    Registry(String),
 }
 
 impl Error {
@@ -71,6 +75,7 @@ impl Error {
             Self::NotSymlink => libc_errno::EINVAL,
             Self::Invalid(_) => libc_errno::EINVAL,
             Self::ReadOnly => libc_errno::EROFS,
+            Self::Registry(_) => libc_errno::EIO,
         }
     }
 }

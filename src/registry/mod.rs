@@ -4,22 +4,33 @@
 //!
 //! - [`reference`]: image references as docker and podman parse them;
 //! - [`source`]: the [`ImageSource`] interface: manifests, whole blobs
-//!   (verified as they stream) and ranges of blobs.
+//!   (verified as they stream) and ranges of blobs;
+//! - [`client`]: [`RegistryClient`], that interface over the distribution
+//!   API, on `http` (transport: TLS, timeouts, retries), `credentials`
+//!   (`--creds` and auth files) and `auth` (challenges, bearer tokens);
+//! - [`oci_layout`]: the interface over an OCI image layout (`oci:DIR`);
+//! - [`manifest`]: typed manifests and indexes (OCI and Docker), platform
+//!   selection, layer media types, the run config.
 
+mod auth;
+pub mod client;
+mod credentials;
+mod http;
 pub mod manifest;
 pub mod oci_layout;
 pub mod reference;
 pub mod source;
 
+pub use client::RegistryClient;
 pub use reference::Reference;
 pub use source::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 
 use std::path::PathBuf;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// How to reach registries, as the command line sets it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ClientOptions {
     /// Plain http is allowed (`--insecure`): only for a registry the
     /// reference names explicitly, or one on loopback.
@@ -33,11 +44,40 @@ pub struct ClientOptions {
     pub auth_file: Option<PathBuf>,
 }
 
+impl std::fmt::Debug for ClientOptions {
+    /// Everything but the credentials' values.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("insecure", &self.insecure)
+            .field("ca_certs", &self.ca_certs)
+            .field("creds", &self.creds.as_ref().map(|_| "<redacted>"))
+            .field("auth_file", &self.auth_file)
+            .finish()
+    }
+}
+
 /// A source for the registry `reference` names, reached as `options` say.
+/// Reads `--ca-cert` files and finds credentials now; connects only when
+/// asked for something.
 pub fn open(reference: &Reference, options: &ClientOptions) -> Result<Box<dyn ImageSource>> {
-    let _ = options;
-    Err(Error::Unsupported(format!(
-        "{}: the registry client is not built yet",
-        reference.name()
-    )))
+    Ok(Box::new(RegistryClient::new(reference, options)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_debug_hides_credentials() {
+        let options = ClientOptions {
+            creds: Some(("alice".into(), "hunter2".into())),
+            ..ClientOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(
+            !shown.contains("alice") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
 }

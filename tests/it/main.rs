@@ -46,6 +46,8 @@ mod mount_defaults;
 #[cfg(feature = "privileged")]
 mod overlay;
 #[cfg(feature = "privileged")]
+mod registry_client;
+#[cfg(feature = "privileged")]
 mod rootless;
 #[cfg(feature = "privileged")]
 mod store_refs;

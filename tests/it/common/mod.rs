@@ -2,6 +2,8 @@
 //! cargo's target tmpdir), the fixture table, privilege checks, commands.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

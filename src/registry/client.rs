@@ -1,0 +1,466 @@
+//! [`RegistryClient`]: the [`ImageSource`] of one repository in a registry,
+//! over the distribution API: manifests by tag or digest (bounded, hashed),
+//! blobs streamed through sha256 (resumed with a Range request when the
+//! connection breaks), and ranges of blobs for lazy layers.
+
+use std::io::{Read, Write};
+
+use oci_spec::image::{MediaType, ToDockerV2S2};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use ureq::http::Response;
+use ureq::Body;
+
+use super::auth::Authenticator;
+use super::credentials::AuthPaths;
+use super::http::{header, status_message, Failure, Transport};
+use super::reference::{is_sha256_digest, Reference};
+use super::source::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
+use super::ClientOptions;
+use crate::error::{Error, Result};
+
+/// Size of the buffer blobs stream through.
+const CHUNK: usize = 64 << 10;
+
+/// Longest tag (distribution's limit).
+const MAX_TAG_LEN: usize = 128;
+
+/// A repository in a registry, as an [`ImageSource`].
+pub struct RegistryClient {
+    /// `registry/repository`, for errors.
+    name: String,
+    repository: String,
+    transport: Transport,
+    auth: Authenticator,
+}
+
+impl RegistryClient {
+    /// The client for `reference`'s repository. Reads `--ca-cert` files and
+    /// finds credentials now; connects only when asked for something.
+    pub fn new(reference: &Reference, options: &ClientOptions) -> Result<Self> {
+        let transport = Transport::new(reference, options)?;
+        let paths = AuthPaths::from_env(options);
+        let auth = Authenticator::new(options, &paths, &reference.registry, &reference.repository)?;
+        Ok(Self {
+            name: reference.name(),
+            repository: reference.repository.clone(),
+            transport,
+            auth,
+        })
+    }
+
+    /// The API URL of `kind` (`manifests`, `blobs`) `id` in the repository.
+    fn url(&self, kind: &str, id: &str) -> String {
+        format!(
+            "{}/v2/{}/{kind}/{id}",
+            self.transport.base(),
+            self.repository
+        )
+    }
+
+    /// One GET of `url` with `headers`, answering one 401 challenge; a
+    /// 401 or 403 after that is an error naming the credentials' source.
+    fn send(
+        &self,
+        what: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> std::result::Result<Response<Body>, Failure> {
+        let mut challenged = false;
+        loop {
+            let authorization = self.auth.header();
+            let mut all = headers.to_vec();
+            if let Some(value) = authorization.as_deref() {
+                all.push(("Authorization", value));
+            }
+            let response = self.transport.get(url, &all).map_err(|f| match f {
+                Failure::Fatal(Error::Registry(m)) => {
+                    Failure::Fatal(Error::Registry(format!("{what}: {m}")))
+                }
+                other => other,
+            })?;
+            let status = response.status().as_u16();
+            if status == 401 && !challenged {
+                challenged = true;
+                let challenge = header(&response, "www-authenticate");
+                self.auth.on_unauthorized(
+                    &self.transport,
+                    what,
+                    challenge,
+                    authorization.as_deref(),
+                )?;
+                continue;
+            }
+            if status == 401 || status == 403 {
+                return Err(self.auth.denied(what, status).into());
+            }
+            return Ok(response);
+        }
+    }
+
+    /// One pass of a blob download, from the bytes `download` has on (a
+    /// Range request when it has some), failing transiently when the body
+    /// breaks off.
+    fn blob_pass(
+        &self,
+        what: &str,
+        url: &str,
+        download: &mut Download<'_>,
+    ) -> std::result::Result<(), Failure> {
+        let written = download.written;
+        let range = format!("bytes={written}-");
+        let headers: &[(&str, &str)] = if written > 0 {
+            &[("Range", &range)]
+        } else {
+            &[]
+        };
+        let mut response = self.send(what, url, headers)?;
+        // A 200 is the whole blob again: what we have is passed over.
+        let skip = match response.status().as_u16() {
+            200 => written,
+            206 if written > 0 => {
+                if content_range_start(&response) != Some(written) {
+                    return Err(fatal(format!(
+                        "{what}: the registry answered a Range request from {written} \
+                         with a different range"
+                    )));
+                }
+                0
+            }
+            404 => {
+                let message = status_message(&mut response);
+                return Err(fatal(format!("{what}: blob unknown ({message})")));
+            }
+            _ => {
+                let message = status_message(&mut response);
+                return Err(fatal(format!("{what}: {message}")));
+            }
+        };
+        let size = download.size;
+        if let Some(length) = response.body().content_length() {
+            if length > size - (written - skip) {
+                return Err(fatal(format!(
+                    "{what}: size overrun: the registry sends {length} bytes, the blob has {size}"
+                )));
+            }
+        }
+        let mut reader = response.body_mut().as_reader();
+        let skipped = std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
+            .map_err(|e| Failure::transient(format!("reading the body: {e}")))?;
+        if skipped < skip {
+            return Err(Failure::transient(format!(
+                "short body: {skipped} of {size} bytes"
+            )));
+        }
+        download.stream(what, &mut reader)
+    }
+
+    /// One attempt at filling `buf` from `offset` of blob `url`.
+    fn range_pass(
+        &self,
+        what: &str,
+        url: &str,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), Failure> {
+        let last = offset + buf.len() as u64 - 1;
+        let range = format!("bytes={offset}-{last}");
+        let mut response = self.send(what, url, &[("Range", &range)])?;
+        match response.status().as_u16() {
+            206 => {}
+            200 => {
+                return Err(fatal(format!(
+                    "{what}: the registry ignored the Range request (HTTP 200)"
+                )))
+            }
+            404 => {
+                let message = status_message(&mut response);
+                return Err(fatal(format!("{what}: blob unknown ({message})")));
+            }
+            416 => {
+                return Err(fatal(format!(
+                    "{what}: past the end of the blob (HTTP 416)"
+                )))
+            }
+            _ => {
+                let message = status_message(&mut response);
+                return Err(fatal(format!("{what}: {message}")));
+            }
+        }
+        if content_range_start(&response) != Some(offset) {
+            return Err(fatal(format!(
+                "{what}: the registry answered with a different range"
+            )));
+        }
+        if let Some(length) = response.body().content_length() {
+            if length != buf.len() as u64 {
+                return Err(fatal(format!(
+                    "{what}: the registry sends {length} bytes for a range of {}",
+                    buf.len()
+                )));
+            }
+        }
+        response
+            .body_mut()
+            .as_reader()
+            .read_exact(buf)
+            .map_err(|e| Failure::transient(format!("reading the body: {e}")))
+    }
+}
+
+/// A blob download under way: what was written so far is hashed and kept
+/// across passes, so a retry resumes where the last pass broke off.
+struct Download<'a> {
+    size: u64,
+    written: u64,
+    hasher: Sha256,
+    sink: &'a mut dyn Write,
+    progress: &'a dyn Fn(u64),
+    buf: Vec<u8>,
+}
+
+impl Download<'_> {
+    /// Streams `reader` through the hasher into the sink, up to `size`
+    /// bytes in all; a body that ends early is a transient failure.
+    fn stream(&mut self, what: &str, reader: &mut dyn Read) -> std::result::Result<(), Failure> {
+        let size = self.size;
+        loop {
+            let n = match reader.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Failure::transient(format!("reading the body: {e}"))),
+            };
+            if self.written + n as u64 > size {
+                return Err(fatal(format!(
+                    "{what}: size overrun: the registry sends more than the blob's {size} bytes"
+                )));
+            }
+            self.hasher.update(&self.buf[..n]);
+            self.sink
+                .write_all(&self.buf[..n])
+                .map_err(|e| fatal(format!("{what}: writing it: {e}")))?;
+            self.written += n as u64;
+            (self.progress)(self.written);
+        }
+        if self.written < size {
+            return Err(Failure::transient(format!(
+                "short body: {} of {size} bytes",
+                self.written
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A fatal [`Failure`] with `message`.
+fn fatal(message: String) -> Failure {
+    Failure::Fatal(Error::Registry(message))
+}
+
+/// The first byte a 206 response says it carries (`Content-Range: bytes
+/// START-END/TOTAL`).
+fn content_range_start(response: &Response<Body>) -> Option<u64> {
+    let value = header(response, "content-range")?;
+    let range = value.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
+/// The manifest media types asked for, in order of preference.
+fn accept() -> String {
+    let mut types = Vec::new();
+    for media in [MediaType::ImageIndex, MediaType::ImageManifest] {
+        types.push(media.as_ref().to_string());
+        if let Ok(docker) = media.to_docker_v2s2() {
+            types.push(docker.to_string());
+        }
+    }
+    types.join(", ")
+}
+
+/// Just a manifest's `mediaType`, for registries that omit Content-Type.
+#[derive(Deserialize)]
+struct MediaTypeField {
+    #[serde(rename = "mediaType", default)]
+    media_type: Option<String>,
+}
+
+/// Whether `id` may be a manifest reference: a tag or a sha256 digest.
+fn is_manifest_reference(id: &str) -> bool {
+    is_sha256_digest(id)
+        || (!id.is_empty()
+            && id.len() <= MAX_TAG_LEN
+            && !id.starts_with(['.', '-'])
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)))
+}
+
+/// `sha256:<hex>` of `bytes`.
+fn sha256_digest(hash: impl AsRef<[u8]>) -> String {
+    let mut out = String::from("sha256:");
+    for b in hash.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl ImageSource for RegistryClient {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn manifest(&self, reference: &str) -> Result<FetchedManifest> {
+        let sep = if is_sha256_digest(reference) {
+            '@'
+        } else {
+            ':'
+        };
+        let what = format!("{}{sep}{reference}", self.name);
+        if !is_manifest_reference(reference) {
+            return Err(Error::Invalid(format!(
+                "{what}: not a tag or a sha256 digest"
+            )));
+        }
+        let url = self.url("manifests", reference);
+        let accept = accept();
+        let (bytes, media_type) = self.transport.retrying(&what, || {
+            let mut response = self.send(&what, &url, &[("Accept", &accept)])?;
+            match response.status().as_u16() {
+                200 => {}
+                404 => {
+                    let message = status_message(&mut response);
+                    return Err(fatal(format!("{what}: manifest unknown ({message})")));
+                }
+                _ => {
+                    let message = status_message(&mut response);
+                    return Err(fatal(format!("{what}: {message}")));
+                }
+            }
+            let too_big = || {
+                fatal(format!(
+                    "{what}: the manifest is larger than {MAX_MANIFEST_SIZE} bytes"
+                ))
+            };
+            let length = response.body().content_length();
+            if length.is_some_and(|l| l > MAX_MANIFEST_SIZE) {
+                return Err(too_big());
+            }
+            let media_type = header(&response, "content-type")
+                .map(|v| v.split(';').next().unwrap_or("").trim().to_string())
+                .unwrap_or_default();
+            let mut bytes = Vec::with_capacity(length.unwrap_or(0) as usize);
+            response
+                .body_mut()
+                .as_reader()
+                .take(MAX_MANIFEST_SIZE + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| Failure::transient(format!("reading the manifest: {e}")))?;
+            if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+                return Err(too_big());
+            }
+            Ok((bytes, media_type))
+        })?;
+        let digest = sha256_digest(Sha256::digest(&bytes));
+        if is_sha256_digest(reference) && digest != reference {
+            return Err(Error::Registry(format!(
+                "{what}: digest mismatch: expected {reference}, got {digest}"
+            )));
+        }
+        let media_type = if media_type.is_empty() || media_type == "application/json" {
+            serde_json::from_slice::<MediaTypeField>(&bytes)
+                .ok()
+                .and_then(|m| m.media_type)
+                .unwrap_or(media_type)
+        } else {
+            media_type
+        };
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    fn blob(
+        &self,
+        digest: &str,
+        size: u64,
+        sink: &mut dyn Write,
+        progress: &dyn Fn(u64),
+    ) -> Result<()> {
+        let what = format!("{}@{digest}", self.name);
+        if !is_sha256_digest(digest) {
+            return Err(Error::Invalid(format!("{what}: not a sha256 digest")));
+        }
+        let url = self.url("blobs", digest);
+        let mut download = Download {
+            size,
+            written: 0,
+            hasher: Sha256::new(),
+            sink,
+            progress,
+            buf: vec![0; CHUNK],
+        };
+        self.transport
+            .retrying(&what, || self.blob_pass(&what, &url, &mut download))?;
+        let got = sha256_digest(download.hasher.finalize());
+        if got != digest {
+            return Err(Error::Registry(format!(
+                "{what}: digest mismatch: expected {digest}, got {got}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn blob_range(&self, digest: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let what = format!("{}@{digest} bytes {offset}+{}", self.name, buf.len());
+        if !is_sha256_digest(digest) {
+            return Err(Error::Invalid(format!("{what}: not a sha256 digest")));
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if offset.checked_add(buf.len() as u64).is_none() {
+            return Err(Error::Invalid(format!("{what}: the range overflows")));
+        }
+        let url = self.url("blobs", digest);
+        self.transport
+            .retrying(&what, || self.range_pass(&what, &url, offset, buf))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_references_are_tags_or_digests() {
+        for ok in ["latest", "v1.2_3-rc", &format!("sha256:{}", "a".repeat(64))] {
+            assert!(is_manifest_reference(ok), "{ok}");
+        }
+        let long = "a".repeat(129);
+        for bad in ["", "../x", "a/b", ".x", "-x", "a b", "sha256:abc?", &long] {
+            assert!(!is_manifest_reference(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn accept_lists_oci_and_docker_types() {
+        assert_eq!(
+            accept(),
+            "application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json, \
+             application/vnd.oci.image.manifest.v1+json, \
+             application/vnd.docker.distribution.manifest.v2+json"
+        );
+    }
+
+    #[test]
+    fn digests_print_as_sha256_hex() {
+        assert_eq!(
+            sha256_digest(Sha256::digest(b"")),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

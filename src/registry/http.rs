@@ -1,0 +1,480 @@
+//! The registry transport: one ureq agent per registry, TLS with the
+//! system's roots plus `--ca-cert`, plain http only where allowed, timeouts
+//! that make a stalled connection fail, and retries with capped exponential
+//! backoff for what may pass (connection failures, resets, 5xx, 429).
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde::Deserialize;
+use ureq::config::RedirectAuthHeaders;
+use ureq::http::Response;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
+use ureq::{Agent, Body};
+
+use super::reference::{Reference, DEFAULT_REGISTRY};
+use super::ClientOptions;
+use crate::error::{Error, Result};
+
+/// Longest wait for a connection (DNS, TCP and the TLS handshake each).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for any one read or write: a body that stalls fails.
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest `--ca-cert` file read.
+const MAX_CA_FILE: u64 = 1 << 20;
+
+/// Most of an error response's body read (for the registry's message).
+const MAX_ERROR_BODY: u64 = 4 << 10;
+
+/// Most redirects followed (registries redirect blobs to their storage).
+const MAX_REDIRECTS: u32 = 5;
+
+/// How often and how long to retry what may pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub tries: u32,
+    /// The wait after the first failure; doubled after each next one.
+    pub first: Duration,
+    /// The longest backoff wait.
+    pub cap: Duration,
+    /// The longest wait a `Retry-After` header is honoured with.
+    pub retry_after_cap: Duration,
+}
+
+impl RetryPolicy {
+    /// Four tries, waiting 0.25, 0.5 and 1 s (or what `Retry-After` asks,
+    /// up to 10 s).
+    pub const DEFAULT: Self = Self {
+        tries: 4,
+        first: Duration::from_millis(250),
+        cap: Duration::from_secs(4),
+        retry_after_cap: Duration::from_secs(10),
+    };
+
+    /// The wait after the `failures`-th failure (1 for the first), longer
+    /// when the server asked for it with `Retry-After`.
+    pub fn delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        let doubling = 1u32 << failures.saturating_sub(1).min(16);
+        let backoff = self.first.saturating_mul(doubling).min(self.cap);
+        retry_after
+            .map(|wanted| wanted.min(self.retry_after_cap))
+            .map_or(backoff, |wanted| wanted.max(backoff))
+    }
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// May pass: try again after a wait (at least `retry_after`, if given).
+    Transient {
+        /// What went wrong, for the error after the last try.
+        message: String,
+        /// What the server's `Retry-After` asked for.
+        retry_after: Option<Duration>,
+    },
+    /// Will not pass by trying again.
+    Fatal(Error),
+}
+
+impl Failure {
+    /// A transient failure without a requested wait.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Self::Fatal(e)
+    }
+}
+
+/// The connection to one registry.
+pub(crate) struct Transport {
+    agent: Agent,
+    /// `https://HOST[:PORT]` or `http://HOST[:PORT]`.
+    base: String,
+    /// Whether plain http is allowed (token realms included).
+    insecure: bool,
+    /// The retry policy every request follows.
+    pub policy: RetryPolicy,
+}
+
+impl Transport {
+    /// The transport to `reference`'s registry as `options` allow.
+    pub fn new(reference: &Reference, options: &ClientOptions) -> Result<Self> {
+        let insecure = allow_plain_http(reference, options)?;
+        let scheme = if insecure { "http" } else { "https" };
+        let mut roots: Vec<Certificate<'static>> = system_roots().to_vec();
+        for path in &options.ca_certs {
+            roots.extend(read_ca_file(path)?);
+        }
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::new_with_certs(&roots))
+            .build();
+        let agent: Agent = Agent::config_builder()
+            .http_status_as_error(false)
+            .https_only(!insecure)
+            .timeout_resolve(Some(CONNECT_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_per_read(Some(IO_TIMEOUT))
+            .timeout_per_write(Some(IO_TIMEOUT))
+            .max_redirects(MAX_REDIRECTS)
+            // Registries redirect blobs to storage with signed URLs: the
+            // credentials never follow (SameHost would keep them for
+            // another port of the same host).
+            .redirect_auth_headers(RedirectAuthHeaders::Never)
+            .user_agent(concat!("erofs-fuse/", env!("CARGO_PKG_VERSION")))
+            .tls_config(tls)
+            .build()
+            .into();
+        Ok(Self {
+            agent,
+            base: format!("{scheme}://{}", reference.api_host()),
+            insecure,
+            policy: RetryPolicy::DEFAULT,
+        })
+    }
+
+    /// `https://HOST[:PORT]` (or `http://` with `--insecure`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether `url` may be used: https, or http when `--insecure` allows.
+    pub fn allows(&self, url: &str) -> bool {
+        url.starts_with("https://") || (self.insecure && url.starts_with("http://"))
+    }
+
+    /// One GET of `url` with `headers`. Statuses other than 5xx and 429
+    /// come back as responses; those two and connection failures are
+    /// [`Failure::Transient`].
+    pub fn get(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> std::result::Result<Response<Body>, Failure> {
+        let mut request = self.agent.get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.call().map_err(|e| classify(e, url))?;
+        let status = response.status().as_u16();
+        if status >= 500 || status == 429 {
+            let retry_after = header(&response, "retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            return Err(Failure::Transient {
+                message: status_message(&mut response),
+                retry_after,
+            });
+        }
+        Ok(response)
+    }
+
+    /// Runs `attempt` until it succeeds, fails fatally, or has failed
+    /// transiently [`RetryPolicy::tries`] times, waiting between tries.
+    /// The last error is `what: MESSAGE (after N tries)`.
+    pub fn retrying<T>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut() -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
+        let mut failures = 0;
+        loop {
+            match attempt() {
+                Ok(value) => return Ok(value),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient {
+                    message,
+                    retry_after,
+                }) => {
+                    failures += 1;
+                    if failures >= self.policy.tries {
+                        return Err(Error::Registry(format!(
+                            "{what}: {message} (after {failures} tries)"
+                        )));
+                    }
+                    let wait = self.policy.delay(failures, retry_after);
+                    tracing::debug!("{what}: {message}; retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+    }
+}
+
+/// Whether plain http is used: only with `--insecure`, and then only for
+/// a registry the reference names or one on loopback (never for the
+/// default registry a bare name means).
+pub(crate) fn allow_plain_http(reference: &Reference, options: &ClientOptions) -> Result<bool> {
+    if !options.insecure {
+        return Ok(false);
+    }
+    if reference.registry != DEFAULT_REGISTRY || reference.is_loopback() {
+        return Ok(true);
+    }
+    Err(Error::Registry(format!(
+        "{}: plain http (--insecure) is only for a registry named in the reference or on \
+         loopback, not the default registry {DEFAULT_REGISTRY}",
+        reference.name()
+    )))
+}
+
+/// The first value of header `name`, if it is text.
+pub(crate) fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
+    response.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// An error body as the distribution spec has it.
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+/// One of its errors.
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// `HTTP 404 (MANIFEST_UNKNOWN: manifest unknown)`: the status and the
+/// registry's first error, from at most a few KiB of the body.
+pub(crate) fn status_message(response: &mut Response<Body>) -> String {
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    let _ = response
+        .body_mut()
+        .as_reader()
+        .take(MAX_ERROR_BODY)
+        .read_to_end(&mut body);
+    let detail = serde_json::from_slice::<ErrorBody>(&body)
+        .ok()
+        .and_then(|b| b.errors.into_iter().next())
+        .map(|e| one_line(&format!("{}: {}", e.code, e.message), 160));
+    match detail {
+        Some(detail) => format!("HTTP {status} ({detail})"),
+        None => format!("HTTP {status}"),
+    }
+}
+
+/// `text` on one line of printable characters, at most `max` of them.
+pub(crate) fn one_line(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect()
+}
+
+/// Sorts a ureq error for `url` into what may pass and what will not.
+fn classify(error: ureq::Error, url: &str) -> Failure {
+    use ureq::Error as E;
+    match error {
+        E::HostNotFound => {
+            let host = url.split("://").nth(1).unwrap_or(url);
+            let host = host.split(['/', '?']).next().unwrap_or(host);
+            Failure::Fatal(Error::Registry(format!(
+                "unknown host {}",
+                one_line(host, 200)
+            )))
+        }
+        // rustls reports a refused certificate as InvalidData: no retry.
+        E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            let hint = if e.to_string().contains("certificate") {
+                " (a registry with its own CA needs --ca-cert)"
+            } else {
+                ""
+            };
+            Failure::Fatal(Error::Registry(format!("TLS: {e}{hint}")))
+        }
+        E::Io(e) => Failure::transient(e.to_string()),
+        E::Timeout(t) => Failure::transient(format!("timed out ({t})")),
+        E::ConnectionFailed => Failure::transient("connection failed"),
+        E::Protocol(e) => Failure::transient(format!("bad HTTP response: {e}")),
+        E::Rustls(e) => Failure::Fatal(Error::Registry(format!(
+            "TLS: {e} (a registry with its own CA needs --ca-cert)"
+        ))),
+        E::Tls(e) => Failure::Fatal(Error::Registry(format!("TLS: {e}"))),
+        other => Failure::Fatal(Error::Registry(other.to_string())),
+    }
+}
+
+/// The system's trusted roots, loaded once (SSL_CERT_FILE, SSL_CERT_DIR,
+/// else the distribution's bundle, as OpenSSL finds them).
+fn system_roots() -> &'static [Certificate<'static>] {
+    static ROOTS: OnceLock<Vec<Certificate<'static>>> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::debug!("system certificates: {e}");
+        }
+        found
+            .certs
+            .iter()
+            .map(|der| Certificate::from_der(der.as_ref()).to_owned())
+            .collect()
+    })
+}
+
+/// The certificates of PEM file `path` (`--ca-cert`), at least one.
+fn read_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>> {
+    let bad = |why: String| Error::Registry(format!("{}: {why}", path.display()));
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut pem = Vec::new();
+    file.take(MAX_CA_FILE + 1)
+        .read_to_end(&mut pem)
+        .map_err(|e| Error::io(path, e))?;
+    if pem.len() as u64 > MAX_CA_FILE {
+        return Err(bad(format!("larger than {MAX_CA_FILE} bytes")));
+    }
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        match item {
+            Ok(PemItem::Certificate(cert)) => certs.push(cert),
+            Ok(_) => {}
+            Err(e) => return Err(bad(format!("not a PEM certificate file: {e}"))),
+        }
+    }
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let p = RetryPolicy::DEFAULT;
+        let ms = |n| p.delay(n, None).as_millis();
+        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [250, 500, 1000, 2000]);
+        assert_eq!(ms(5), 4000);
+        assert_eq!(ms(40), 4000, "no overflow for many failures");
+    }
+
+    #[test]
+    fn retry_after_is_honoured_within_its_cap() {
+        let p = RetryPolicy::DEFAULT;
+        let secs = |n, after| p.delay(n, Some(Duration::from_secs(after))).as_secs_f64();
+        assert_eq!(secs(1, 3), 3.0);
+        assert_eq!(secs(1, 3600), 10.0, "capped");
+        assert_eq!(secs(3, 0), 1.0, "never shorter than the backoff");
+    }
+
+    #[test]
+    fn retrying_stops_after_the_tries_or_at_a_fatal_error() {
+        let options = ClientOptions::default();
+        let reference = Reference::parse("127.0.0.1:1/app").unwrap();
+        let mut transport = Transport::new(&reference, &options).unwrap();
+        transport.policy.first = Duration::from_millis(1);
+        let mut calls = 0;
+        let r: Result<()> = transport.retrying("x", || {
+            calls += 1;
+            Err(Failure::transient("reset"))
+        });
+        assert_eq!(calls, 4);
+        assert_eq!(r.unwrap_err().to_string(), "x: reset (after 4 tries)");
+        calls = 0;
+        let r: Result<()> = transport.retrying("x", || {
+            calls += 1;
+            Err(Failure::Fatal(Error::Registry("no".into())))
+        });
+        assert_eq!((calls, r.unwrap_err().to_string()), (1, "no".to_string()));
+    }
+
+    #[test]
+    fn plain_http_only_for_named_or_loopback_registries() {
+        let insecure = ClientOptions {
+            insecure: true,
+            ..ClientOptions::default()
+        };
+        let allowed = |text: &str, options: &ClientOptions| {
+            allow_plain_http(&Reference::parse(text).unwrap(), options)
+        };
+        assert!(!allowed("registry.example:5000/app", &ClientOptions::default()).unwrap());
+        assert!(allowed("registry.example:5000/app", &insecure).unwrap());
+        assert!(allowed("localhost:5000/app", &insecure).unwrap());
+        assert!(allowed("127.0.0.1:5000/app", &insecure).unwrap());
+        let err = allowed("debian:13", &insecure).unwrap_err().to_string();
+        assert!(err.contains("docker.io/library/debian") && err.contains("plain http"));
+        let t = Transport::new(&Reference::parse("127.0.0.1:5000/a").unwrap(), &insecure);
+        assert_eq!(t.unwrap().base(), "http://127.0.0.1:5000");
+        let t = Transport::new(
+            &Reference::parse("127.0.0.1:5000/a").unwrap(),
+            &Default::default(),
+        );
+        assert_eq!(t.unwrap().base(), "https://127.0.0.1:5000");
+    }
+
+    #[test]
+    fn the_agent_times_out_and_keeps_credentials_from_redirects() {
+        let reference = Reference::parse("127.0.0.1:5000/a").unwrap();
+        let t = Transport::new(&reference, &ClientOptions::default()).unwrap();
+        let c = t.agent.config();
+        assert_eq!(
+            c.timeout_per_read(),
+            Some(IO_TIMEOUT),
+            "a stalled body fails"
+        );
+        assert_eq!(c.timeouts().connect, Some(CONNECT_TIMEOUT));
+        assert_eq!(c.timeouts().resolve, Some(CONNECT_TIMEOUT));
+        assert_eq!(c.redirect_auth_headers(), RedirectAuthHeaders::Never);
+        assert!(c.https_only(), "no redirect down to http");
+        assert!(!c.http_status_as_error());
+    }
+
+    #[test]
+    fn failures_are_sorted_into_retried_and_not() {
+        let url = "https://reg.example:5000/v2/app/manifests/1";
+        let fatal = |e| match classify(e, url) {
+            Failure::Fatal(e) => e.to_string(),
+            Failure::Transient { message, .. } => panic!("transient: {message}"),
+        };
+        assert_eq!(
+            fatal(ureq::Error::HostNotFound),
+            "unknown host reg.example:5000"
+        );
+        assert!(fatal(ureq::Error::TooManyRedirects).contains("redirect"));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            classify(ureq::Error::Io(refused), url),
+            Failure::Transient { .. }
+        ));
+        assert!(matches!(
+            classify(ureq::Error::ConnectionFailed, url),
+            Failure::Transient { .. }
+        ));
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let options = ClientOptions {
+            ca_certs: vec![path.clone()],
+            ..ClientOptions::default()
+        };
+        let reference = Reference::parse("127.0.0.1:5000/a").unwrap();
+        let err = Transport::new(&reference, &options)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with(&path.display().to_string()), "{err}");
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+}
