@@ -196,6 +196,14 @@ impl Device {
         self.ahead.is_some()
     }
 
+    /// Starts checking ranges ahead of readers on a background thread, when
+    /// a verity tree is attached (the server calls it once serving).
+    pub fn start_verify_ahead(&self) {
+        if let Some(ahead) = &self.ahead {
+            ahead.start();
+        }
+    }
+
     /// The verity counters, when a tree is attached.
     pub fn verity_stats(&self) -> Option<VerityStats> {
         self.verity.as_ref().map(|v| v.stats())

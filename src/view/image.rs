@@ -216,6 +216,10 @@ impl View for ImageView {
         self.image.release_mapped();
     }
 
+    fn start_serving(&self) {
+        self.image.start_verify_ahead();
+    }
+
     fn verity_stats(&self) -> Vec<(std::path::PathBuf, crate::verity::VerityStats)> {
         self.image.verity_stats()
     }
