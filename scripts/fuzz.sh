@@ -52,9 +52,8 @@ export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 logs=target/fuzz-logs seeds=target/fuzz-seeds
 mkdir -p "$logs"
-cargo build --quiet --release --example fuzz_seeds
 rm -rf "$seeds"
-target/release/examples/fuzz_seeds tests/fixtures "$seeds"
+cargo run --quiet --release --manifest-path fuzz/Cargo.toml -p fuzz-seeds -- tests/fixtures "$seeds"
 mkdir -p "$seeds/stack"
 # The fixtures are larger than the image target's max_len: small images of
 # a small tree in several layouts make whole seeds (mkfs.erofs, if present).

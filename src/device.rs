@@ -49,18 +49,15 @@ pub enum Access {
     /// Metadata, and file data read front to back (readahead-sized reads,
     /// whole small files). Through a `MADV_HUGEPAGE` mapping: a fault
     /// reads the 2 MiB-aligned chunk around it and the next one, into 2 MiB
-    /// folios, and maps them whole. Without that advice, faults read
-    /// around by the device's readahead window into 4 KiB folios: on the
-    /// benchmark machine (8 MiB window), a cold 256 MB sequential read took
-    /// 23% longer and a cold full-tree read 18% (medians of 10 and 5 paired
-    /// rounds).
+    /// folios, and maps them whole; without that advice, faults read around
+    /// into 4 KiB folios, slower cold (docs/benchmarks.md, "Design
+    /// measurements").
     #[default]
     Sequential,
     /// A small read in the middle of a file, whose neighbours are not
     /// likely next. Through a `MADV_RANDOM` mapping: a fault reads only the
-    /// page it needs. Read around instead, 5 s of random 4 KiB reads of a
-    /// cold 4 GiB file read all 4 GiB from disk; this way they read 0.25
-    /// GiB, as the kernel's erofs does.
+    /// page it needs, so random readers read from disk about what the
+    /// kernel's erofs reads (docs/benchmarks.md, "Design measurements").
     Random,
 }
 
@@ -194,6 +191,14 @@ impl Device {
     /// ([`Device::will_need`] does something).
     pub fn verifies_ahead(&self) -> bool {
         self.ahead.is_some()
+    }
+
+    /// Starts checking ranges ahead of readers on a background thread, when
+    /// a verity tree is attached (the server calls it once serving).
+    pub fn start_verify_ahead(&self) {
+        if let Some(ahead) = &self.ahead {
+            ahead.start();
+        }
     }
 
     /// The verity counters, when a tree is attached.
@@ -394,11 +399,9 @@ impl Device {
     ///
     /// Reading it into the page cache is left to the kernel, on purpose:
     /// faults on the [`Access::Sequential`] mapping read ahead of the
-    /// reader by themselves. `MADV_WILLNEED` here used to fill the same
-    /// pages first, in 4 KiB folios and in requests half the size, and
-    /// cost a cold 256 MB sequential read a third of its speed (median
-    /// 0.297 s against 0.212 s without it, kernel erofs 0.153 s, 10 paired
-    /// rounds) and a cold full-tree read 15% (4.17 s against 3.62 s).
+    /// reader by themselves, and `MADV_WILLNEED` here filled the same pages
+    /// in 4 KiB folios and smaller requests, slowing cold reads
+    /// (docs/benchmarks.md, "Design measurements").
     pub fn will_need(&self, offset: u64, len: u64) {
         let Some(ahead) = &self.ahead else {
             return;

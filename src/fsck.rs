@@ -42,8 +42,8 @@ impl Default for FsckLimits {
 
 impl FsckLimits {
     /// Limits no real image reaches but that keep a hostile one linear in
-    /// its size: every directory entry takes at least 12 bytes of the
-    /// image, so listing more entries than that means directories share
+    /// its size: every directory entry takes at least
+    /// [`DIRENT_SIZE`](crate::format::DIRENT_SIZE) bytes of the image, so listing more entries than that means directories share
     /// their blocks (each would be listed again and again). File bytes are
     /// not limited: deduplicated or compressed data may legitimately be
     /// many times the image's size, and each inode is read only once.
@@ -53,7 +53,7 @@ impl FsckLimits {
             sum.saturating_add(d.backing.len())
         });
         Self {
-            max_entries: bytes / 12 + 1024,
+            max_entries: bytes / crate::format::DIRENT_SIZE as u64 + 1024,
             ..Self::default()
         }
     }

@@ -110,6 +110,24 @@ fn module_of(src: &Path, file: &Path) -> String {
     first.strip_suffix(".rs").unwrap_or(first).to_string()
 }
 
+/// The library's files under `src` (those of [`NOT_LAYERS`] aside), sorted,
+/// each with its top-level module and its text.
+fn library_files() -> Vec<(String, std::path::PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| (module_of(&src, &file), file))
+        .filter(|(module, _)| !NOT_LAYERS.contains(&module.as_str()))
+        .map(|(module, file)| {
+            let text = std::fs::read_to_string(&file).unwrap();
+            (module, file, text)
+        })
+        .collect()
+}
+
 /// What `module`'s references break: names not placed in the table, and
 /// references to modules of its rank or above.
 fn violations(module: &str, references: &BTreeSet<String>) -> Vec<String> {
@@ -136,21 +154,12 @@ fn violations(module: &str, references: &BTreeSet<String>) -> Vec<String> {
 
 #[test]
 fn every_module_uses_only_lower_layers() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
     let mut broken = Vec::new();
-    for file in &files {
-        let module = module_of(&src, file);
-        if NOT_LAYERS.contains(&module.as_str()) {
-            continue;
-        }
+    for (module, file, text) in library_files() {
         if rank(&module).is_none() {
             broken.push(format!("{module}: not placed in LAYERS"));
             continue;
         }
-        let text = std::fs::read_to_string(file).unwrap();
         for v in violations(&module, &crate_references(&text)) {
             broken.push(format!("{}: {v}", file.display()));
         }
@@ -177,17 +186,9 @@ const PROCESS_WIDE_ALLOWED: &[(&str, &str)] = &[("fault", "sigaction("), ("safe_
 
 #[test]
 fn the_library_leaves_the_process_alone() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
     let mut found = Vec::new();
-    for file in &files {
-        let module = module_of(&src, file);
-        if NOT_LAYERS.contains(&module.as_str()) {
-            continue;
-        }
-        let text = strip_comments(&std::fs::read_to_string(file).unwrap());
+    for (module, file, text) in library_files() {
+        let text = strip_comments(&text);
         for call in PROCESS_WIDE {
             if text.contains(call) && !PROCESS_WIDE_ALLOWED.contains(&(module.as_str(), *call)) {
                 found.push(format!("{}: {call}", file.display()));

@@ -9,8 +9,9 @@
 //! - [`mmap`]: memory maps (map, advise, unmap); [`input`]: opening image
 //!   files and block devices; [`registry`]: images in OCI registries and
 //!   image layouts (references, manifests, blobs), knowing nothing of the
-//!   filesystem; [`fault`]: the maps the reader keeps,
-//!   surviving their files shrinking under them;
+//!   filesystem;
+//! - [`fault`]: the maps the reader keeps, surviving their files shrinking
+//!   under them;
 //! - [`verity`]: dm-verity trees, built and checked;
 //! - [`device`]: bounds-checked (and verified) reads of image files and
 //!   ranges of them;

@@ -172,18 +172,7 @@ fn verity_append(data: &Path, uuid: Option<&str>) -> Result {
         .write(true)
         .open(data)
         .context(data.display())?;
-    // 512-byte blocks for images with 512-byte blocks (tar-index layers),
-    // as containerd does: dm-verity's block size becomes the device's.
-    let mut head = [0u8; 1024 + 16];
-    let block_size = match std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0) {
-        Ok(())
-            if head[1024..1028] == erofs_fuse::format::EROFS_MAGIC.to_le_bytes()
-                && head[1036] == 9 =>
-        {
-            512
-        }
-        _ => 4096,
-    };
+    let block_size = verity_block_size(&file);
     let (root, hash_offset) =
         erofs_fuse::verity::append(&file, block_size, uuid).context(data.display())?;
     let json = erofs_fuse::verity::Sidecar { root, hash_offset }.to_json();
@@ -195,6 +184,19 @@ fn verity_append(data: &Path, uuid: Option<&str>) -> Result {
     println!("Hash offset:    \t{hash_offset}");
     println!("Sidecar:        \t{}", sidecar.display());
     Ok(())
+}
+
+/// dm-verity's block size for `file`: 512 bytes for an EROFS image with
+/// 512-byte blocks (tar-index layers), as containerd does (dm-verity's block
+/// size becomes the device's), else 4096.
+fn verity_block_size(file: &std::fs::File) -> u32 {
+    use erofs_fuse::format::{read_struct, SuperBlock, EROFS_MAGIC, SUPERBLOCK_OFFSET};
+    let mut sb = [0u8; size_of::<SuperBlock>()];
+    let read = std::os::unix::fs::FileExt::read_exact_at(file, &mut sb, SUPERBLOCK_OFFSET);
+    match read_struct::<SuperBlock>(&sb) {
+        Some(sb) if read.is_ok() && sb.magic.get() == EROFS_MAGIC && sb.blkszbits == 9 => 512,
+        _ => 4096,
+    }
 }
 
 /// `verity verify`: the whole data file against a tree and root hash.

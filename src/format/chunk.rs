@@ -16,7 +16,7 @@ pub struct ChunkIndex {
 }
 
 /// Size of one block map entry (a bare `le32` block address).
-pub const BLOCK_MAP_ENTRY_SIZE: u64 = 4;
+pub const BLOCK_MAP_ENTRY_SIZE: u64 = size_of::<U32>() as u64;
 /// Size of one [`ChunkIndex`].
 pub const CHUNK_INDEX_SIZE: u64 = size_of::<ChunkIndex>() as u64;
 /// Chunk format: chunk size is `block size << (format & mask)`.

@@ -32,6 +32,13 @@ pub struct XattrEntry {
     pub e_value_size: U16,
 }
 
+/// The unit xattr space is counted in (`sizeof(__le32)`): a shared xattr
+/// id, `i_xattr_icount`, shared xattr and long prefix table positions, and
+/// the alignment of entries and long prefixes.
+pub const XATTR_UNIT: u64 = size_of::<U32>() as u64;
+/// Size of the length before each long prefix record (`__le16`).
+pub const XATTR_LONG_PREFIX_LEN_SIZE: u64 = size_of::<U16>() as u64;
+
 /// Size of [`XattrEntry`].
 pub const XATTR_ENTRY_SIZE: u64 = size_of::<XattrEntry>() as u64;
 /// `e_name_index` bit selecting the long prefix table.
@@ -44,13 +51,13 @@ pub fn xattr_ibody_size(icount: u16) -> u64 {
     if icount == 0 {
         0
     } else {
-        XATTR_IBODY_HEADER_SIZE + 4 * (u64::from(icount) - 1)
+        XATTR_IBODY_HEADER_SIZE + XATTR_UNIT * (u64::from(icount) - 1)
     }
 }
 
 /// Size of an entry with its name and value, padded to 4 bytes.
 pub fn xattr_entry_size(name_len: u8, value_size: u16) -> u64 {
-    (XATTR_ENTRY_SIZE + u64::from(name_len) + u64::from(value_size)).next_multiple_of(4)
+    (XATTR_ENTRY_SIZE + u64::from(name_len) + u64::from(value_size)).next_multiple_of(XATTR_UNIT)
 }
 
 /// Whether the kernel's erofs has an xattr handler for `name` (user.*,

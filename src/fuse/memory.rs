@@ -8,12 +8,11 @@
 //! stack of layers), and the verity tree is mapped as it is read. So every
 //! [`CHECK_EVERY`] bytes that requests may have mapped, by a generous
 //! estimate (at least every other request), the server reads how much of
-//! it is file-backed from `/proc/self/statm`, a read of about a
-//! microsecond, and unmaps every image when that has grown by
-//! [`TRIM_AT`] over the least it measured after an unmapping. The least,
-//! not the last: other threads map pages while one unmaps, and a floor
-//! measured among them let peaks drift 8 MiB higher (with 4 threads
-//! reading compressed data). Every [`REBASE_EVERY`] unmappings the floor
+//! it is file-backed from `/proc/self/statm` (a cheap read), and unmaps
+//! every image when that has grown by [`TRIM_AT`] over the least it
+//! measured after an unmapping. The least, not the last: other threads map
+//! pages while one unmaps, and a floor measured among them lets peaks drift
+//! higher (docs/benchmarks.md, "Design measurements"). Every [`REBASE_EVERY`] unmappings the floor
 //! starts again from the last measure, so that file-backed memory that is
 //! not the image (more of the binary paged in) cannot make every check
 //! unmap for good.

@@ -3,26 +3,24 @@
 //! FUSE mounts get the kernel's default window of 128 KiB (the server may
 //! only lower it in `FUSE_INIT`), so a sequential reader's cold reads reach
 //! the server as 128 KiB requests, each a round trip. Kernel erofs on a
-//! loop device reads ahead in windows of the backing device's size (2.5 MiB
-//! on these machines). The window is the mount's backing device info,
+//! loop device reads ahead in windows of the backing device's size. The
+//! window is the mount's backing device info,
 //! `/sys/class/bdi/MAJOR:MINOR/read_ahead_kb`, which only root can write;
 //! for anyone else the mount keeps the default, and that is logged.
 
 use std::path::Path;
 
 /// The window the mount asks for unless told otherwise: one full request
-/// (`max_pages` of 256 pages). Measured on a 256 MiB file read with
-/// `dd bs=1M`, the image in the page cache and the mount's cache dropped:
-/// 128 KiB took 0.14 s, 512 KiB 0.095 s, 1 MiB 0.083 s, 2.5 MiB and 8 MiB
-/// 0.09 s (medians of 6).
+/// (`max_pages` of 256 pages), the fastest of the windows measured
+/// (docs/benchmarks.md, "Design measurements").
 pub const DEFAULT_READAHEAD: u64 = 1 << 20;
 
 /// Sets the readahead window of the FUSE mount at `mountpoint` (a
 /// canonical path, resolved before mounting: resolving it now would ask the
-/// server, which does not answer yet) to `requested` bytes (see
-/// [`window_kib`]), or to [`DEFAULT_READAHEAD`] when none was asked for; 0
-/// leaves the kernel's. Best effort: the mount works either way, so a failure is
-/// logged, as a warning when the window was asked for.
+/// server, which does not answer yet) to `requested` bytes (in whole KiB,
+/// at least one 4 KiB page), or to [`DEFAULT_READAHEAD`] when none was asked
+/// for; 0 leaves the kernel's. Best effort: the mount works either way, so a
+/// failure is logged, as a warning when the window was asked for.
 pub fn set_window(mountpoint: &Path, requested: Option<u64>) {
     let bytes = requested.unwrap_or(DEFAULT_READAHEAD);
     if bytes == 0 {

@@ -118,6 +118,9 @@ impl Mount {
                 return Err(err);
             }
         };
+        // Serving starts here, in the process that serves: the view's
+        // background threads (verify-ahead) start now.
+        request.view.start_serving();
         match canonical {
             Ok(path) => super::readahead::set_window(&path, request.readahead),
             Err(e) => tracing::warn!("readahead: {}: {e}", request.mountpoint.display()),

@@ -92,9 +92,7 @@ mod tests {
         let bytes = encode(&entries, &blocks, 512);
         assert_eq!(bytes.len() as u64, size);
         // The second block's first entry points past its 15 dirents.
-        assert_eq!(
-            u16::from_le_bytes([bytes[512 + 8], bytes[512 + 9]]),
-            15 * 12
-        );
+        let second: &Dirent = crate::format::read_struct(&bytes[512..]).unwrap();
+        assert_eq!(usize::from(second.nameoff.get()), 15 * DIRENT_SIZE);
     }
 }

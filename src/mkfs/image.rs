@@ -19,9 +19,9 @@ use super::tree::{FileData, NodeData, NodeId, Tree};
 use super::xattr;
 use crate::format::{
     superblock_checksum, superblock_checksum_len, DataLayout, DeviceSlot, SuperBlock,
-    COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE, EROFS_MAGIC, INCOMPAT_CHUNKED_FILE, INCOMPAT_DEVICE_TABLE,
-    INODE_COMPACT_SIZE, INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE,
-    SUPERBLOCK_CHECKSUM_FIELD, SUPERBLOCK_OFFSET,
+    CHUNK_INDEX_SIZE, COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE, EROFS_MAGIC, INCOMPAT_CHUNKED_FILE,
+    INCOMPAT_DEVICE_TABLE, INODE_COMPACT_SIZE, INODE_EXTENDED_SIZE, INODE_SLOT_SIZE,
+    SUPERBLOCK_BASE_SIZE, SUPERBLOCK_CHECKSUM_FIELD, SUPERBLOCK_OFFSET,
 };
 
 mod encode;
@@ -143,7 +143,9 @@ impl Record {
                 }
                 base + self.inline
             }
-            Payload::Chunks { count, .. } => base.next_multiple_of(8) + 8 * count,
+            Payload::Chunks { count, .. } => {
+                base.next_multiple_of(CHUNK_INDEX_SIZE) + CHUNK_INDEX_SIZE * count
+            }
             _ => base,
         };
         self.pos = pos;

@@ -123,6 +123,7 @@ mod tests {
         // 12-byte header, 4-byte entry header, 1 + 3 bytes of name and value.
         assert_eq!(body.len(), 20);
         assert_eq!(crate::format::xattr_ibody_size(icount), 20);
-        assert_eq!(&body[12..20], &[1, 1, 3, 0, b'a', b'x', b'y', b'z']);
+        let header = crate::format::XATTR_IBODY_HEADER_SIZE as usize;
+        assert_eq!(&body[header..], &[1, 1, 3, 0, b'a', b'x', b'y', b'z']);
     }
 }

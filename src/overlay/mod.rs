@@ -358,6 +358,12 @@ impl View for Stack {
         }
     }
 
+    fn start_serving(&self) {
+        for image in &self.layers {
+            image.start_verify_ahead();
+        }
+    }
+
     fn verity_stats(&self) -> Vec<(std::path::PathBuf, crate::verity::VerityStats)> {
         self.layers.iter().flat_map(|i| i.verity_stats()).collect()
     }

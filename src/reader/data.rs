@@ -152,7 +152,9 @@ impl Image {
                 & mask;
             (startblk != mask).then(|| (index.device_id.get() & self.devices.id_mask, startblk))
         } else {
-            let raw = u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]]);
+            let raw = read_struct::<zerocopy::little_endian::U32>(&entry)
+                .ok_or_else(|| Error::corrupt("short block map entry"))?
+                .get();
             (raw != u32::MAX).then_some((0, u64::from(raw)))
         };
         let extent = match located {

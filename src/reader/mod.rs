@@ -226,6 +226,15 @@ impl Image {
         }
     }
 
+    /// Starts verifying ahead of readers on every verified device
+    /// ([`Device::start_verify_ahead`]).
+    pub fn start_verify_ahead(&self) {
+        self.devices.primary.start_verify_ahead();
+        for dev in &self.devices.extra {
+            dev.backing.start_verify_ahead();
+        }
+    }
+
     /// Verity counters of every verified device, named by file.
     pub fn verity_stats(&self) -> Vec<(PathBuf, VerityStats)> {
         std::iter::once(&self.devices.primary)

@@ -13,7 +13,8 @@ use crate::format::{
 pub const MIN_BLOCK_BITS: u8 = 9;
 /// Largest block size the kernel mounts on 4 KiB-page machines.
 pub const MAX_BLOCK_BITS: u8 = 12;
-/// The superblock and its extension slots must fit in one page after offset 1024.
+/// The superblock and its extension slots must fit in one page after
+/// [`SUPERBLOCK_OFFSET`].
 const MAX_SUPERBLOCK_SIZE: usize = 4096 - SUPERBLOCK_OFFSET as usize;
 
 /// The validated superblock, in host types.
@@ -156,7 +157,7 @@ impl SuperInfo {
 /// The base superblock's bytes, or none when `dev` is too small to hold
 /// it. Only the superblock: with verity, every byte read is hashed.
 fn read_base(dev: &Device) -> Result<&[u8]> {
-    let size = std::mem::size_of::<SuperBlock>() as u64;
+    let size = SUPERBLOCK_BASE_SIZE as u64;
     if dev.len() >= SUPERBLOCK_OFFSET + size {
         dev.slice(SUPERBLOCK_OFFSET, size)
     } else {
@@ -170,7 +171,7 @@ fn check_format(sb: &SuperBlock) -> Result<()> {
     let magic = sb.magic.get();
     if magic != EROFS_MAGIC {
         return Err(Error::Invalid(format!(
-            "not an EROFS image (magic {magic:#010x} at offset 1024, expected {EROFS_MAGIC:#010x})"
+            "not an EROFS image (magic {magic:#010x} at offset {SUPERBLOCK_OFFSET}, expected {EROFS_MAGIC:#010x})"
         )));
     }
     let block_bits = sb.blkszbits;

@@ -6,10 +6,14 @@ use std::borrow::Cow;
 use std::ops::ControlFlow;
 
 use crate::error::{ensure, Error, Result};
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::FromBytes;
+
 use crate::format::{
     read_struct, xattr_entry_size, xattr_short_prefix, XattrEntry, XattrIbodyHeader,
     COMPAT_PLAIN_XATTR_PFX, COMPAT_SHARED_EA_IN_METABOX, NAME_LEN_MAX, XATTR_ENTRY_SIZE,
-    XATTR_IBODY_HEADER_SIZE, XATTR_LONG_PREFIX, XATTR_LONG_PREFIX_MASK,
+    XATTR_IBODY_HEADER_SIZE, XATTR_LONG_PREFIX, XATTR_LONG_PREFIX_LEN_SIZE, XATTR_LONG_PREFIX_MASK,
+    XATTR_UNIT,
 };
 
 use super::{FileKind, Image, Inode, MetaPos, MetaSpace};
@@ -97,17 +101,17 @@ impl Prefixes {
                 ),
             }
         };
-        let mut pos = u64::from(sb.xattr_prefix_start) * 4;
+        let mut pos = u64::from(sb.xattr_prefix_start) * XATTR_UNIT;
         let mut list = Vec::with_capacity(count);
         for i in 0..count {
-            pos = pos.next_multiple_of(4);
-            let raw = read(pos, 2)?;
-            let len = u64::from(u16::from_le_bytes([raw[0], raw[1]]));
+            pos = pos.next_multiple_of(XATTR_UNIT);
+            let raw = read(pos, XATTR_LONG_PREFIX_LEN_SIZE)?;
+            let len = read_struct::<U16>(&raw).map_or(0, |l| u64::from(l.get()));
             ensure!(
                 (1..=NAME_LEN_MAX as u64 + 1).contains(&len),
                 "long xattr prefix {i} has length {len}"
             );
-            let body = read(pos + 2, len)?;
+            let body = read(pos + XATTR_LONG_PREFIX_LEN_SIZE, len)?;
             // Any base index is accepted, as the kernel accepts it: one
             // without a handler (0 for mkfs.erofs's inode digests) only
             // hides the attributes that use the prefix.
@@ -116,7 +120,7 @@ impl Prefixes {
             let mut prefix = short.as_bytes().to_vec();
             prefix.extend_from_slice(&body[1..]);
             list.push(LongPrefix { base_index, prefix });
-            pos += 2 + len;
+            pos += XATTR_LONG_PREFIX_LEN_SIZE + len;
         }
         Ok(Self { list })
     }
@@ -140,7 +144,7 @@ impl Image {
         let header: &XattrIbodyHeader =
             read_struct(&area).ok_or_else(|| corrupt("short xattr header"))?;
         let shared = u64::from(header.h_shared_count);
-        let mut offset = XATTR_IBODY_HEADER_SIZE + 4 * shared;
+        let mut offset = XATTR_IBODY_HEADER_SIZE + XATTR_UNIT * shared;
         if offset > size {
             return Err(corrupt("shared xattr ids overrun the xattr area"));
         }
@@ -161,12 +165,14 @@ impl Image {
             .xattr_blkaddr
             .checked_shl(u32::from(self.sb.block_bits))
             .ok_or_else(|| corrupt("shared xattr area overflows"))?;
-        for i in 0..shared as usize {
-            let at = XATTR_IBODY_HEADER_SIZE as usize + 4 * i;
-            let id = u32::from_le_bytes([area[at], area[at + 1], area[at + 2], area[at + 3]]);
+        let ids = &area[XATTR_IBODY_HEADER_SIZE as usize..];
+        for id in <[U32]>::ref_from_prefix_with_elems(ids, shared as usize)
+            .map_err(|_| corrupt("shared xattr ids overrun the xattr area"))?
+            .0
+        {
             let pos = MetaPos {
                 space: shared_space,
-                offset: shared_base + u64::from(id) * 4,
+                offset: shared_base + u64::from(id.get()) * XATTR_UNIT,
             };
             let head = self.meta(pos, XATTR_ENTRY_SIZE)?;
             let entry: &XattrEntry =

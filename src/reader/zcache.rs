@@ -4,9 +4,8 @@
 //!
 //! Why the extents in flight count: an extent decodes into a buffer of its
 //! whole length (up to 12 MiB), and every serving thread may be decoding
-//! one. Counted apart, they came on top of the budget: 8 readers of a tree
-//! with runs of zeros (extents of 4.6 MiB) under 4 threads took the
-//! server to a 52 MiB peak with a 16 MiB budget (`tests/it/mount.rs`). Counted
+//! one: counted apart, they came on top of the budget (docs/benchmarks.md,
+//! "Design measurements"; `tests/it/mount.rs` keeps the bound). Counted
 //! in, decoded bytes held and being decoded stay within the budget plus one
 //! extent: a decode that would go past the budget waits for the others in
 //! flight to finish, and the extent used last is kept whatever the decodes

@@ -61,7 +61,10 @@ impl Image {
             "lcluster {lcn} is past the end of the file ({count} lclusters)"
         );
         let lc = if inode.layout == DataLayout::CompressedCompact {
-            self.load_compact_lcluster(inode, info, lcn, lookahead)?
+            // The compacted forms (the kernel's `z_erofs_load_compact_lcluster`):
+            // find where `lcn`'s entry is, then unpack it.
+            let (pos, unit_shift) = self.compact_index_pos(inode, info, lcn);
+            self.unpack_compacted_index(info, lcn, pos, unit_shift, lookahead)?
         } else {
             self.load_full_lcluster(info, lcn)?
         };
@@ -109,23 +112,10 @@ impl Image {
         Ok(lc)
     }
 
-    /// The compacted forms: packs of 2 (4-byte form) or 16 (2-byte form)
-    /// lclusters sharing one base block address (the kernel's
-    /// `z_erofs_load_compact_lcluster`): finds where `lcn`'s entry is, then
-    /// unpacks it.
-    fn load_compact_lcluster(
-        &self,
-        inode: &Inode,
-        info: &ZInfo,
-        lcn: u64,
-        lookahead: bool,
-    ) -> Result<Lcluster> {
-        let (pos, unit_shift) = self.compact_index_pos(inode, info, lcn);
-        self.unpack_compacted_index(info, lcn, pos, unit_shift, lookahead)
-    }
-
     /// Byte offset of `lcn`'s compact entry and log2 of its amortized size
-    /// (2: 4-byte form, 1: 2-byte form). Up to the first 32-byte boundary
+    /// (2: 4-byte form, 1: 2-byte form). Compacted indexes come in packs of 2
+    /// (4-byte form) or 16 (2-byte form) lclusters sharing one base block
+    /// address. Up to the first 32-byte boundary
     /// and after the last whole 2-byte run, entries take the 4-byte form.
     fn compact_index_pos(&self, inode: &Inode, info: &ZInfo, lcn: u64) -> (u64, u32) {
         let ebase = info.header.offset + MAP_HEADER_SIZE;

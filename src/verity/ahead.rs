@@ -19,9 +19,8 @@ const AHEAD_QUEUE: usize = 64;
 /// blocks, and the read finds them marked. When every read is checked on a
 /// copy ([`Verifier::check_copy`]), the thread copies the range out of the
 /// file, hashes the copies and keeps them ([`Prepared`]) for the reads to
-/// serve. The thread starts
-/// on first use, so a process may fork after opening an image (the server
-/// does); it ends with the last device holding this.
+/// serve. The thread runs from [`VerifyAhead::start`] (the server calls it
+/// as it starts serving) until the last device holding this is dropped.
 #[derive(Debug)]
 pub struct VerifyAhead {
     verifier: Arc<Verifier>,
@@ -59,10 +58,10 @@ impl VerifyAhead {
         self.prepared.as_deref()
     }
 
-    /// Asks for `[offset, offset + len)` of the data file to be verified
-    /// soon; returns at once.
-    pub fn request(&self, offset: u64, len: u64) {
-        let queue = self.queue.get_or_init(|| {
+    /// Starts the background thread (once; later calls do nothing). A
+    /// thread that cannot be spawned leaves the reads to check everything.
+    pub fn start(&self) {
+        self.queue.get_or_init(|| {
             let (tx, rx) = sync_channel::<(u64, u64)>(AHEAD_QUEUE);
             let (verifier, map) = (Arc::clone(&self.verifier), Arc::clone(&self.map));
             let (file_backed, prepared) = (self.file_backed, self.prepared.clone());
@@ -86,7 +85,13 @@ impl VerifyAhead {
                 });
             spawned.ok().map(|_| tx)
         });
-        if let Some(tx) = queue {
+    }
+
+    /// Asks for `[offset, offset + len)` of the data file to be verified
+    /// soon; returns at once. Before [`VerifyAhead::start`], or with the
+    /// queue full, the hint is dropped (the read checks what it needs).
+    pub fn request(&self, offset: u64, len: u64) {
+        if let Some(Some(tx)) = self.queue.get() {
             let _ = tx.try_send((offset, len));
         }
     }

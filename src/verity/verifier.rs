@@ -85,6 +85,70 @@ pub struct Verifier {
     mismatches: AtomicU64,
 }
 
+/// Where the tree `spec` names lies in `hash` (the hash file, mapped), for
+/// the `data_len` bytes of `data_path`: its parameters (from its superblock,
+/// or as given), where its levels start, how many bytes they take, and the
+/// data bytes it covers (checked in that order: the sizes cannot overflow).
+fn locate_tree(
+    hash: &[u8],
+    spec: &TreeSpec,
+    data_path: &Path,
+    data_len: u64,
+    named: &dyn Fn(String) -> VerityError,
+) -> Result<(VerityParams, u64, u64, u64), VerityError> {
+    let offset = spec.offset;
+    let past_end = || {
+        named(format!(
+            "hash offset {offset} is past the end ({} bytes)",
+            hash.len()
+        ))
+    };
+    let (params, tree_start) = match &spec.no_superblock {
+        Some(given) => {
+            let params = given.params(data_len);
+            params.validate().map_err(|e| named(e.to_string()))?;
+            (params, offset)
+        }
+        None => {
+            let sb = usize::try_from(offset)
+                .ok()
+                .and_then(|at| hash.get(at..))
+                .ok_or_else(past_end)?;
+            let params = VerityParams::from_superblock(sb).map_err(|e| named(e.to_string()))?;
+            let start = offset.checked_add(u64::from(params.hash_block_size));
+            (params, start.ok_or_else(past_end)?)
+        }
+    };
+    let data_bytes = params
+        .data_blocks
+        .checked_mul(u64::from(params.data_block_size))
+        .filter(|&n| n <= data_len)
+        .ok_or_else(|| {
+            VerityError::Invalid(format!(
+                "{}: the tree covers {} blocks of {} bytes but the file has {data_len} bytes",
+                data_path.display(),
+                params.data_blocks,
+                params.data_block_size,
+            ))
+        })?;
+    // The levels, without the superblock's block.
+    let tree_len = params.hash_area_size() - u64::from(params.hash_block_size);
+    // Only the bytes the tree has must be there: a one-block file's tree
+    // has none (its root is the block's digest), so the file then needs no
+    // padding of the superblock to a whole hash block, as whole-tree
+    // verification (`verify`) does not either.
+    let area = tree_start
+        .checked_add(tree_len)
+        .filter(|&end| tree_len == 0 || end <= hash.len() as u64);
+    if area.is_none() {
+        return Err(named(format!(
+            "the tree at offset {offset} needs {tree_len} bytes, past the end ({} bytes)",
+            hash.len()
+        )));
+    }
+    Ok((params, tree_start, tree_len, data_bytes))
+}
+
 impl Verifier {
     /// Opens the tree `spec` names for the data file `data` (the whole
     /// file, mapped), and checks the top of the tree against the root hash
@@ -92,7 +156,6 @@ impl Verifier {
     /// on the first read.
     pub fn open(data_path: &Path, data: &[u8], spec: &TreeSpec) -> Result<Self, VerityError> {
         let hash_path = spec.hash_file.as_path();
-        let offset = spec.offset;
         let named = |what: String| VerityError::Invalid(format!("{}: {what}", hash_path.display()));
         let (file, len) = crate::input::open_input(hash_path).map_err(|e| match e {
             crate::Error::Io { source, .. } => named(source.to_string()),
@@ -100,56 +163,8 @@ impl Verifier {
         })?;
         let hash = ImageMap::map(&file, hash_path, len)
             .map_err(|e| VerityError::Invalid(e.to_string()))?;
-        let past_end = || {
-            named(format!(
-                "hash offset {offset} is past the end ({} bytes)",
-                hash.len()
-            ))
-        };
-        let (params, tree_start) = match &spec.no_superblock {
-            Some(given) => {
-                let params = given.params(data.len() as u64);
-                params.validate().map_err(|e| named(e.to_string()))?;
-                (params, offset)
-            }
-            None => {
-                let sb = usize::try_from(offset)
-                    .ok()
-                    .and_then(|at| hash.get(at..))
-                    .ok_or_else(past_end)?;
-                let params = VerityParams::from_superblock(sb).map_err(|e| named(e.to_string()))?;
-                let start = offset.checked_add(u64::from(params.hash_block_size));
-                (params, start.ok_or_else(past_end)?)
-            }
-        };
-        let data_bytes = params
-            .data_blocks
-            .checked_mul(u64::from(params.data_block_size))
-            .filter(|&n| n <= data.len() as u64)
-            .ok_or_else(|| {
-                VerityError::Invalid(format!(
-                    "{}: the tree covers {} blocks of {} bytes but the file has {} bytes",
-                    data_path.display(),
-                    params.data_blocks,
-                    params.data_block_size,
-                    data.len()
-                ))
-            })?;
-        // The levels, without the superblock's block.
-        let tree_len = params.hash_area_size() - u64::from(params.hash_block_size);
-        // Only the bytes the tree has must be there: a one-block file's
-        // tree has none (its root is the block's digest), so the file then
-        // needs no padding of the superblock to a whole hash block, as
-        // whole-tree verification (`verify`) does not either.
-        let area = tree_start
-            .checked_add(tree_len)
-            .filter(|&end| tree_len == 0 || end <= hash.len() as u64);
-        if area.is_none() {
-            return Err(named(format!(
-                "the tree at offset {offset} needs {tree_len} bytes, past the end ({} bytes)",
-                hash.len()
-            )));
-        }
+        let tree = locate_tree(&hash, spec, data_path, data.len() as u64, &named)?;
+        let (params, tree_start, tree_len, data_bytes) = tree;
         // Start reading the tree in the background now (it is about 1/128
         // of the data; its first 64 MiB, for 8 GB of data), as dm-verity
         // prefetches hash blocks: else a cold read would stop on a page
@@ -175,27 +190,47 @@ impl Verifier {
             hash_verified: AtomicU64::new(0),
             mismatches: AtomicU64::new(0),
         };
-        // The top: one hash block, or the only data block of a tiny file.
-        let (what, top) = match verifier.levels.last() {
-            Some(level) => ("hash", verifier.hash_block(level.start)),
-            None => ("data", verifier.data_block(data, 0).map(Box::from)),
+        verifier.check_top(data)?;
+        Ok(verifier)
+    }
+
+    /// Checks the top of the tree (one hash block, or the only data block
+    /// of a tiny file) against the root hash, keeping its verified copy.
+    fn check_top(&self, data: &[u8]) -> Result<(), VerityError> {
+        let (what, top) = match self.levels.last() {
+            Some(level) => ("hash", self.hash_block(level.start)),
+            None => ("data", self.data_block(data, 0).map(Box::from)),
         };
         let top = top.unwrap_or_default();
-        let computed = verifier.params.digest(&top);
-        if computed != spec.root {
+        let computed = self.params.digest(&top);
+        if computed != self.root {
             return Err(VerityError::Invalid(format!(
                 "{}: the root hash does not match the tree (its {what} top gives {})",
-                hash_path.display(),
+                self.hash_path.display(),
                 hex(&computed)
             )));
         }
         // The top's verified copy is kept. The only block of a one-block
         // file is not marked: a read hashes it (again) against the root,
         // on the map or on a copy as the mode says.
-        if let Some(level) = verifier.levels.last() {
-            let _ = verifier.hash_copies[level.start as usize].set(top);
+        if let Some(level) = self.levels.last() {
+            let _ = self.hash_copies[level.start as usize].set(top);
         }
-        Ok(verifier)
+        Ok(())
+    }
+
+    /// `[offset, offset + len)`'s end, or an error when the range reaches
+    /// past the blocks the tree covers (those bytes have no hash).
+    fn covered_end(&self, offset: u64, len: u64) -> Result<u64, VerityError> {
+        let end = offset.saturating_add(len);
+        if end > self.covered() {
+            return Err(VerityError::Invalid(format!(
+                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
+                self.data_path.display(),
+                self.covered()
+            )));
+        }
+        Ok(end)
     }
 
     /// From now on, [`Verifier::check_meta`] checks blocks on copies it
@@ -223,14 +258,7 @@ impl Verifier {
         if len == 0 {
             return Ok(Some(&[]));
         }
-        let end = offset.saturating_add(len);
-        if end > self.covered() {
-            return Err(VerityError::Invalid(format!(
-                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
-                self.data_path.display(),
-                self.covered()
-            )));
-        }
+        let end = self.covered_end(offset, len)?;
         let bits = self.params.data_block_size.trailing_zeros();
         for block in offset >> bits..=(end - 1) >> bits {
             if self.data_done.get(block) {
@@ -295,14 +323,7 @@ impl Verifier {
         if len == 0 {
             return Ok(false);
         }
-        let end = offset.saturating_add(len);
-        if end > self.covered() {
-            return Err(VerityError::Invalid(format!(
-                "{}: bytes {offset}..{end} reach past the {} bytes its verity tree covers",
-                self.data_path.display(),
-                self.covered()
-            )));
-        }
+        let end = self.covered_end(offset, len)?;
         self.check_blocks(data, offset, end, true)
     }
 

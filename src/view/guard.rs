@@ -92,6 +92,10 @@ impl View for Guarded {
         self.0.release_mapped()
     }
 
+    fn start_serving(&self) {
+        self.0.start_serving()
+    }
+
     fn verity_stats(&self) -> Vec<(std::path::PathBuf, crate::verity::VerityStats)> {
         self.0.verity_stats()
     }

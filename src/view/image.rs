@@ -216,6 +216,10 @@ impl View for ImageView {
         self.image.release_mapped();
     }
 
+    fn start_serving(&self) {
+        self.image.start_verify_ahead();
+    }
+
     fn verity_stats(&self) -> Vec<(std::path::PathBuf, crate::verity::VerityStats)> {
         self.image.verity_stats()
     }
@@ -255,36 +259,36 @@ mod tests {
 
     #[test]
     fn user_overlay_xattrs_rename_and_hide() {
+        let name = |n: &str| Some(n.as_bytes().to_vec());
         let m = OverlayXattrs::User;
-        assert_eq!(
-            m.presented_name(b"trusted.overlay.opaque".to_vec()),
-            Some(b"user.overlay.opaque".to_vec())
-        );
-        assert_eq!(m.presented_name(b"user.overlay.opaque".to_vec()), None);
-        assert_eq!(
-            m.presented_name(b"user.comment".to_vec()),
-            Some(b"user.comment".to_vec())
-        );
-        assert_eq!(
-            m.stored_name(b"user.overlay.opaque"),
-            Some(b"trusted.overlay.opaque".to_vec())
-        );
-        assert_eq!(m.stored_name(b"trusted.overlay.opaque"), None);
-        // Redirects and metacopy never reach the overlayfs above.
-        assert_eq!(m.presented_name(b"trusted.overlay.redirect".to_vec()), None);
-        assert_eq!(m.stored_name(b"user.overlay.redirect"), None);
-        assert_eq!(
-            m.presented_name(b"trusted.overlay.origin".to_vec()),
-            Some(b"user.overlay.origin".to_vec())
-        );
-        assert_eq!(
-            m.stored_name(b"security.capability"),
-            Some(b"security.capability".to_vec())
-        );
+        // Stored name, and how it is presented (None: hidden).
+        for (stored, presented) in [
+            ("trusted.overlay.opaque", name("user.overlay.opaque")),
+            ("user.overlay.opaque", None),
+            ("user.comment", name("user.comment")),
+            // Redirects and metacopy never reach the overlayfs above.
+            ("trusted.overlay.redirect", None),
+            ("trusted.overlay.origin", name("user.overlay.origin")),
+        ] {
+            assert_eq!(
+                m.presented_name(stored.as_bytes().to_vec()),
+                presented,
+                "{stored}"
+            );
+        }
+        // Presented name, and the stored one it reads (None: none).
+        for (presented, stored) in [
+            ("user.overlay.opaque", name("trusted.overlay.opaque")),
+            ("trusted.overlay.opaque", None),
+            ("user.overlay.redirect", None),
+            ("security.capability", name("security.capability")),
+        ] {
+            assert_eq!(m.stored_name(presented.as_bytes()), stored, "{presented}");
+        }
         let t = OverlayXattrs::Trusted;
         assert_eq!(
             t.stored_name(b"trusted.overlay.opaque"),
-            Some(b"trusted.overlay.opaque".to_vec())
+            name("trusted.overlay.opaque")
         );
     }
 }

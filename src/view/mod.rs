@@ -169,6 +169,10 @@ pub trait View: Send + Sync + 'static {
     /// page cache), to keep resident memory bounded.
     fn release_mapped(&self) {}
 
+    /// Starts the background work that serving wants and that must not run
+    /// before (verity's verify-ahead threads): called once, as serving starts.
+    fn start_serving(&self) {}
+
     /// Verity counters to log at unmount, per device.
     fn verity_stats(&self) -> Vec<(std::path::PathBuf, crate::verity::VerityStats)> {
         Vec::new()

@@ -571,3 +571,37 @@ fn tampered_bytes_are_never_served() {
         "only {detected} of {flips} flips caught"
     );
 }
+
+/// The names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_serving_process_verifies_ahead() {
+    if !have("the_serving_process_verifies_ahead", FUSE_ROOT) {
+        return;
+    }
+    // The server forks after opening the image: the verify-ahead thread
+    // must run in the forked child that serves, started when it serves.
+    let image_spec = spec(
+        &fixture("plain-4k.erofs.roothash"),
+        &fixture("plain-4k.erofs.verity"),
+    );
+    let mount = FuseMount::new(&fixture("plain-4k.erofs"), &[], &["--verity", &image_spec]);
+    std::fs::read(mount.path().join("sizes/text_1048593")).unwrap();
+    let names = thread_names(server_pid(mount.path()));
+    assert!(
+        names.iter().any(|n| n == "verity-ahead"),
+        "no verity-ahead thread in the server: {names:?}"
+    );
+    // Without verity there is nothing to verify ahead.
+    let plain = FuseMount::new(&fixture("plain-4k.erofs"), &[], &[]);
+    let names = thread_names(server_pid(plain.path()));
+    assert!(!names.iter().any(|n| n == "verity-ahead"), "{names:?}");
+}

@@ -128,6 +128,7 @@ fn verify_ahead_marks_blocks_and_leaves_bad_ones_to_the_read() {
     let map = Arc::new(ImageMap::map(&file, &path, data.len() as u64).unwrap());
     let v = Arc::new(Verifier::open(&path, &map, &spec).unwrap());
     let ahead = VerifyAhead::new(Arc::clone(&v), Arc::clone(&map), true, false);
+    ahead.start();
     // Blocks 0..100, and a range running into the bad block 200 and
     // past the end of the tree.
     ahead.request(0, 100 * 512);

@@ -83,8 +83,9 @@ impl Layout {
                         device_id: U16::new(1),
                         startblk_lo: U32::new((first_block + i * step) as u32),
                     };
-                    meta[off..off + 8].copy_from_slice(index.as_bytes());
-                    off += 8;
+                    let bytes = index.as_bytes();
+                    meta[off..off + bytes.len()].copy_from_slice(bytes);
+                    off += bytes.len();
                 }
             }
             _ => {}

@@ -1,6 +1,7 @@
 //! Writes seed corpora for the fuzz targets in `fuzz/` from the test
-//! fixtures: `cargo run --release --example fuzz_seeds -- tests/fixtures OUT`
-//! makes OUT/image, OUT/decompress, OUT/convert and OUT/verity.
+//! fixtures: `cargo run --release --manifest-path fuzz/Cargo.toml -p fuzz-seeds
+//! -- tests/fixtures OUT` makes OUT/image, OUT/decompress, OUT/convert and
+//! OUT/verity (scripts/fuzz.sh adds the stack seeds).
 //!
 //! - image: every fixture image (gzipped ones unpacked);
 //! - decompress: real pclusters of every compressed fixture, framed as the
@@ -148,7 +149,7 @@ fn write_all(
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let [fixtures, out] = args.as_slice() else {
-        return Err("usage: fuzz_seeds FIXTURE_DIR OUT_DIR".into());
+        return Err("usage: fuzz-seeds FIXTURE_DIR OUT_DIR".into());
     };
     let mut images = Vec::new();
     let mut pclusters = Vec::new();
