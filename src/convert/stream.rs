@@ -13,6 +13,9 @@ use tar::{EntryType, Header};
 
 use super::ConvertError;
 
+/// Where a ustar header keeps its checksum (`chksum[8]`).
+const CHECKSUM_FIELD: std::ops::Range<usize> = 148..156;
+
 /// Largest PAX extended header (`x` or `g`) or GNU long name/link accepted.
 pub const MAX_EXTENSION_SIZE: u64 = 1 << 20;
 
@@ -222,12 +225,13 @@ impl<R: Read> TarStream<R> {
                 "the tar ends inside a header",
             )));
         }
-        let sum: u32 = block[..148]
+        // The checksum field counts as spaces in its own sum.
+        let sum: u32 = block[..CHECKSUM_FIELD.start]
             .iter()
-            .chain(&block[156..])
+            .chain(&block[CHECKSUM_FIELD.end..])
             .map(|&b| u32::from(b))
             .sum::<u32>()
-            + 8 * 32;
+            + CHECKSUM_FIELD.len() as u32 * u32::from(b' ');
         if header.cksum().ok() != Some(sum) {
             return Err(ConvertError::tar(
                 at,

@@ -2,7 +2,7 @@
 //! read through one interface, [`ImageSource`], that the store's `pull`
 //! and the lazy layers use. Knows nothing of FUSE, images or the store.
 //!
-//! - [`reference`]: image references as docker and podman parse them;
+//! - [`reference`](mod@reference): image references as docker and podman parse them;
 //! - [`source`]: the [`ImageSource`] interface: manifests, whole blobs
 //!   (verified as they stream) and ranges of blobs;
 //! - [`client`]: [`RegistryClient`], that interface over the distribution
