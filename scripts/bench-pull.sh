@@ -12,7 +12,10 @@
 # kept in the workdir (default /var/tmp/erofs-fuse-bench-pull) for the next
 # run. docker-registry serves it on 127.0.0.1 (plain http).
 # Measured, each round from an empty store, the tools taking turns:
-#   pull        wall time and peak RSS of the pull command alone
+#   pull        wall time and peak RSS of the pull command alone; skopeo
+#               twice: copying the blobs as they are (oci:DIR), and
+#               decompressing them as it copies (--dest-decompress dir:DIR),
+#               which is the inflating erofs-fuse pull does too
 #   pull+ls     pull, then what it takes until `ls` of a directory of the
 #               image answers: erofs-fuse mount REF; podman create +
 #               podman mount (in podman unshare)
@@ -120,6 +123,9 @@ main() {
         t=$(timed skopeo copy -q --src-tls-verify=false "docker://$REF" "oci:$W/skopeo:1")
         echo "skopeo $t" >>"$W/results"
         reset_user_state
+        t=$(timed skopeo copy -q --dest-decompress --src-tls-verify=false "docker://$REF" "dir:$W/skopeo")
+        echo "skopeo-decompress $t" >>"$W/results"
+        reset_user_state
         t=$(timed "$W/erofs-fuse" pull --insecure --store "$W/store" "$REF")
         echo "erofs-fuse $t" >>"$W/results"
         t=$(timed sh -c '"$BIN" mount --store "$W/store" "$REF" "$W/mnt" && ls "$W/mnt/usr/share" >/dev/null')
@@ -130,7 +136,7 @@ main() {
         t=$(timed sh -c 'podman create -q --name bench "$REF" /bin/sh >/dev/null &&
             podman unshare sh -c '\''ls "$(podman mount bench)/usr/share" >/dev/null'\''')
         echo "podman-open $t" >>"$W/results"
-        log "round $r: $(tail -5 "$W/results" | tr '\n' ' ')"
+        log "round $r: $(tail -6 "$W/results" | tr '\n' ' ')"
     done
     report
 }
@@ -138,7 +144,7 @@ main() {
 report() {
     local tool s rss
     printf '\n%-28s %10s %14s\n' "($rounds rounds, median)" "wall s" "peak RSS MB"
-    for tool in skopeo erofs-fuse podman; do
+    for tool in skopeo skopeo-decompress erofs-fuse podman; do
         s=$(awk -v t="$tool" '$1 == t { print $2 }' "$W/results" | median)
         rss=$(awk -v t="$tool" '$1 == t { print $3 }' "$W/results" | median)
         printf '%-28s %10.2f %14.1f\n' "$tool pull" "$s" "$(echo "$rss / 1024" | bc -l)"
@@ -151,6 +157,8 @@ report() {
     e=$(awk '$1 == "erofs-fuse" { print $2 }' "$W/results" | median)
     k=$(awk '$1 == "skopeo" { print $2 }' "$W/results" | median)
     printf '\nerofs-fuse pull / skopeo copy: %.2f (target <= 1)\n' "$(echo "$e / $k" | bc -l)"
+    k=$(awk '$1 == "skopeo-decompress" { print $2 }' "$W/results" | median)
+    printf 'erofs-fuse pull / skopeo copy --dest-decompress: %.2f\n' "$(echo "$e / $k" | bc -l)"
     e=$(awk '$1 == "erofs-fuse" { a[NR] = $2 } $1 == "erofs-fuse-open" { print a[NR - 1] + $2 }' "$W/results" | median)
     p=$(awk '$1 == "podman" { a[NR] = $2 } $1 == "podman-open" { print a[NR - 1] + $2 }' "$W/results" | median)
     printf 'erofs-fuse pull+ls / podman pull+create+mount+ls: %.2f (target < 1)\n' "$(echo "$e / $p" | bc -l)"
