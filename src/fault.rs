@@ -5,7 +5,9 @@
 //! truncate an image, a device tar or a verity tree could take a mount down
 //! for every reader. Every file map the reader makes is an [`ImageMap`],
 //! registered in a fixed, lock-free table that a process-wide SIGBUS
-//! handler (installed with the first map) searches:
+//! handler searches. Installing it changes the whole process, so it is the
+//! program's choice: the binary calls [`install`] first thing; a program
+//! that does not keeps the default (a fault kills it). With it installed:
 //! - a fault in a registered map, on a thread inside [`watch`], maps an
 //!   anonymous zero page over the faulting page (async-signal-safe `mmap`),
 //!   counts the fault and notes the page, and returns, so the access
@@ -242,9 +244,8 @@ impl Drop for ImageMap {
     }
 }
 
-/// Claims a slot for `[start, start + len)`; installs the handler first.
+/// Claims a slot for `[start, start + len)`.
 fn register(start: usize, len: usize, fd: i32, name: &CString) -> Option<usize> {
-    install();
     let _lock = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
     let slot = TABLE
         .iter()
@@ -257,8 +258,9 @@ fn register(start: usize, len: usize, fd: i32, name: &CString) -> Option<usize> 
     Some(slot)
 }
 
-/// Installs the SIGBUS handler, once per process.
-fn install() {
+/// Installs the SIGBUS handler (once per process; later calls do
+/// nothing). Call it before mapping images, as the binary does at start.
+pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // SAFETY: sysconf and sigaction with valid arguments; the handler

@@ -102,6 +102,16 @@ fn reserve_descriptors(threads: usize) -> Result<()> {
     setrlimit(Resource::RLIMIT_NOFILE, needed, hard).map_err(|e| Error::io("setrlimit", e.into()))
 }
 
+/// Raises the soft open-file limit to the hard one (best effort).
+pub(super) fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 /// One malloc arena for all serving threads, and buffers of 1 MiB or more
 /// mapped apart: freed decode buffers then go back to the system instead
 /// of piling up per thread, and resident memory follows the cache budget.

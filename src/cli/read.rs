@@ -316,6 +316,8 @@ fn fsck(args: &ImageArgs) -> Result {
 impl ExtractArgs {
     /// `extract`.
     pub fn run(self) -> Result {
+        // A deep tree holds one descriptor per directory level (up to 2048).
+        super::daemon::raise_open_file_limit();
         let image = open(&self.image)?;
         let options = erofs_fuse::extract::ExtractOptions {
             owners: !self.no_owner,

@@ -38,30 +38,13 @@ fn owned(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// Runs `open`, and once more after raising the soft open-file limit to
-/// the hard one if the first try ran out of descriptors (a deep
-/// extraction holds one per directory level, up to 2048).
-fn retry_emfile<T>(mut open: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
-    match open() {
-        Err(Errno::EMFILE) if raise_nofile_limit() => open().map_err(io::Error::from),
-        other => other.map_err(io::Error::from),
-    }
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit; whether it grew.
-pub fn raise_nofile_limit() -> bool {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok(),
-        _ => false,
-    }
-}
-
 /// Opens the directory `name` in `dir`; a symlink there is an error
 /// (ELOOP), never followed.
 pub fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    retry_emfile(|| openat(Some(dir.as_raw_fd()), name, flags, Mode::empty())).map(owned)
+    openat(Some(dir.as_raw_fd()), name, flags, Mode::empty())
+        .map_err(io::Error::from)
+        .map(owned)
 }
 
 /// Creates the file `name` in `dir` with `mode` (less the umask), open
@@ -71,7 +54,9 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Resul
     let flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mode = Mode::from_bits_truncate(mode);
-    retry_emfile(|| openat(Some(dir.as_raw_fd()), name, flags, mode)).map(|fd| owned(fd).into())
+    openat(Some(dir.as_raw_fd()), name, flags, mode)
+        .map_err(io::Error::from)
+        .map(|fd| owned(fd).into())
 }
 
 /// An `O_PATH` descriptor for the entry `name` of `dir` itself (a symlink
@@ -79,7 +64,9 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Resul
 /// [`set_xattr_pinned`] and [`link_pinned`].
 pub fn open_pinned(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<OwnedFd> {
     let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    retry_emfile(|| openat(Some(dir.as_raw_fd()), name, flags, Mode::empty())).map(owned)
+    openat(Some(dir.as_raw_fd()), name, flags, Mode::empty())
+        .map_err(io::Error::from)
+        .map(owned)
 }
 
 /// `/proc/self/fd/N`: resolving it lands on exactly the inode `fd` refers

@@ -16,6 +16,8 @@ static SERIAL: Mutex<()> = Mutex::new(());
 #[test]
 fn a_shrunk_file_fails_the_watch_and_reads_again_when_restored() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // As the binary does at start.
+    erofs_fuse::fault::install();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     let bytes: Vec<u8> = (0..4 * 4096u32).map(|i| (i % 251) as u8 + 1).collect();
@@ -55,6 +57,8 @@ fn a_shrunk_file_fails_the_watch_and_reads_again_when_restored() {
 #[test]
 fn many_faults_in_one_watch_are_all_repaired() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // As the binary does at start.
+    erofs_fuse::fault::install();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("f");
     // More pages than a request notes one by one (32).
@@ -88,6 +92,8 @@ fn many_faults_in_one_watch_are_all_repaired() {
 #[allow(unsafe_code)]
 fn a_fault_outside_a_watch_exits_with_one_line_naming_the_file() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // As the binary does at start.
+    erofs_fuse::fault::install();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("image");
     std::fs::write(&path, vec![1u8; 3 * 4096]).unwrap();
