@@ -402,8 +402,13 @@ impl ImageSource for RegistryClient {
             progress,
             buf: vec![0; CHUNK],
         };
-        self.transport
-            .retrying(&what, || self.blob_pass(&what, &url, &mut download))?;
+        // Each try that brings bytes starts the count of tries afresh.
+        self.transport.retrying_with(
+            &what,
+            &mut download,
+            |d| d.written,
+            |d| self.blob_pass(&what, &url, d),
+        )?;
         let got = sha256_digest(download.hasher.finalize());
         if got != digest {
             return Err(Error::Registry(format!(
