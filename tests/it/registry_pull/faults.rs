@@ -256,23 +256,19 @@ fn a_registry_killed_mid_pull_leaves_nothing_and_a_pull_after_restart_succeeds()
         .collect();
     let (_, digest) = push_one_layer(&reg, work.path(), "big", &data);
     let reference = reg.reference("big:latest");
-    let mut child = cli(&store, &["pull", "--quiet", &reference])
-        .args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let spawn = || {
+        cli(&store, &["pull", "--quiet", &reference])
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     // Killed once some of the blob is in, well before all of it.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while staged_bytes(&store) < 1 << 20 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the pull ended before the kill"
-        );
-        assert!(Instant::now() < deadline, "the download did not start");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let mut child = spawn();
+    let at_kill = wait_for_bytes(&store, &mut child, 1 << 20);
     reg.kill();
+    eprintln!("killed the registry with {at_kill} bytes of the blob in");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -286,9 +282,65 @@ fn a_registry_killed_mid_pull_leaves_nothing_and_a_pull_after_restart_succeeds()
         before,
         "no partial blob or staging directory"
     );
+    // Restarted, and restarted again four times while the next pull runs:
+    // more breaks than tries, but each resumed try brings bytes.
     reg.restart();
-    pull_ok(&store, &reference, &args);
+    let mut child = spawn();
+    let port: u16 = reg.addr.rsplit(':').next().unwrap().parse().unwrap();
+    let mut at = 0;
+    for _ in 0..4 {
+        // The client is connected to this run of the registry (not still
+        // reading what the last one had sent), and has some bytes from it.
+        while !connected(port) {
+            assert!(child.try_wait().unwrap().is_none(), "the pull ended");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        at = wait_for_bytes(&store, &mut child, at + (1 << 20));
+        reg.restart();
+        eprintln!("restarted the registry with {at} bytes of the blob in");
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(store.join(&digest).join("layer.erofs").is_file());
+    // (a request cut off by a kill is not logged: the last one is)
+    let resumed = format!("\"GET /v2/big/blobs/{digest} HTTP/1.1\" 206 ");
+    assert!(reg.log().contains(&resumed), "resumed with a Range request");
+}
+
+/// Whether a TCP connection to 127.0.0.1:`port` is established (from
+/// /proc/net/tcp: local address, state 01).
+fn connected(port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .any(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            fields.len() > 3 && fields[1] == local && fields[3] == "01"
+        })
+}
+
+/// Waits until the pull `child` has at least `bytes` of a blob in `store`
+/// (it must not end before); gives how many it has.
+fn wait_for_bytes(store: &Path, child: &mut std::process::Child, bytes: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let staged = staged_bytes(store);
+        if staged >= bytes {
+            return staged;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended with {staged} bytes staged, before {bytes}"
+        );
+        assert!(Instant::now() < deadline, "no {bytes} bytes staged in 30 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
