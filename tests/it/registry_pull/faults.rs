@@ -40,6 +40,7 @@ fn fails(store: &Path, what: &str, reference: &str, extra: &[String], says: &str
     let before = store_state(store);
     let out = pull(store, reference, extra);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    eprint!("{what}: {stderr}");
     assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
     assert_eq!(
         stderr.trim_end().lines().count(),
