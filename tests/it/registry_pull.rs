@@ -91,7 +91,8 @@ fn push_fixtures(reg: &Registry) {
 /// As root, with a store of the test's: pulls each fixture from `reg`
 /// (the auth variants' credentials from `--creds`, `--authfile` and
 /// `REGISTRY_AUTH_FILE` in turn), mounts it by reference and compares it
-/// with the kernel's; then checks `images` and `config`.
+/// with the kernel's; then checks `images` and `config`, and that `mount`
+/// pulls an image removed by `rmi` and `store gc`.
 fn pull_and_mount_as_root(reg: &Registry, work: &Path) {
     let store = work.join("store");
     let auth_file = work.join("auth.json");
@@ -137,6 +138,18 @@ fn pull_and_mount_as_root(reg: &Registry, work: &Path) {
         .as_str()
         .unwrap()
         .starts_with("PATH="));
+    // Removed and collected, the image is pulled again by mount itself.
+    run_ok(&mut cli(&store, &["rmi", &reference]));
+    let gc = run_ok(&mut cli(&store, &["store", "gc"]));
+    assert!(String::from_utf8_lossy(&gc.stdout).starts_with("removed 2 layers"));
+    let mnt = Mountpoint(work.join("mnt-again"));
+    std::fs::create_dir(&mnt.0).unwrap();
+    run_ok(
+        cli(&store, &["mount", &reference])
+            .args(reg.cli_args())
+            .arg(&mnt.0),
+    );
+    assert_eq!(loosely(&tree_manifest(&mnt.0)), expected, "mount pulled");
 }
 
 /// As `nobody`, with HOME a directory of the test's and the default store
