@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use super::{cli, pull, pull_ok, tar_of};
 use crate::common::pulled::store_state;
 use crate::common::registry::raw::{manifest_response, serve_raw};
-use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
+use crate::common::registry::{
+    available, sha256, write_oci_layout, Layer, Registry, Variant, USER,
+};
 use crate::common::{skip, xorshift};
 
 /// A layout of one tar layer holding `data` pushed to `reg` as
@@ -67,20 +69,7 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     let (manifest, _) = push_one_layer(&reg, work.path(), "good", b"good");
     pull_ok(&store, &reg.reference("good:latest"), &args);
 
-    // Wrong --creds: says where the credentials came from, never them.
-    let basic = Registry::start(Variant::Basic);
-    basic.push_oci_layout(&work.path().join("layout-good"), "good:latest");
-    let wrong = "wrong-password-0451";
-    let mut wrong_args = vec!["--insecure".to_string()];
-    wrong_args.extend(["--creds".into(), format!("{}:{wrong}", super::USER)]);
-    let e = fails(
-        &store,
-        "401",
-        &basic.reference("good:latest"),
-        &wrong_args,
-        "HTTP 401",
-    );
-    assert!(e.contains("--creds") && !e.contains(wrong), "{e}");
+    wrong_credentials(&store, work.path());
 
     fails(
         &store,
@@ -164,6 +153,36 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
         &args,
         says,
     );
+}
+
+/// Wrong credentials, from `--creds` (basic and bearer auth) and from an
+/// auth file: the error says where they came from, never the password.
+fn wrong_credentials(store: &Path, work: &Path) {
+    use base64::Engine as _;
+    let wrong = "wrong-password-0451";
+    let auth_file = work.join("wrong-auth.json");
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{wrong}"));
+    for variant in [Variant::Basic, Variant::Token] {
+        let reg = Registry::start(variant);
+        reg.push_oci_layout(&work.join("layout-good"), "good:latest");
+        let reference = reg.reference("good:latest");
+        let mut args = vec!["--insecure".to_string(), "--creds".into()];
+        args.push(format!("{USER}:{wrong}"));
+        let what = format!("{variant:?} --creds");
+        let e = fails(store, &what, &reference, &args, "HTTP 401");
+        assert!(e.contains("with --creds") && !e.contains(wrong), "{e}");
+        let text = json!({"auths": {&reg.addr: {"auth": auth}}}).to_string();
+        std::fs::write(&auth_file, text).unwrap();
+        let file = auth_file.display().to_string();
+        let args = ["--insecure".to_string(), "--authfile".into(), file];
+        let what = format!("{variant:?} auth file");
+        let e = fails(store, &what, &reference, &args, "HTTP 401");
+        let named = format!("credentials from {}", auth_file.display());
+        assert!(
+            e.contains(&named) && !e.contains(wrong) && !e.contains(&auth),
+            "{e}"
+        );
+    }
 }
 
 #[test]
