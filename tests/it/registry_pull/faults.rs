@@ -103,6 +103,14 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     );
     assert!(e.contains(&digest), "{e}");
 
+    bad_manifests(&reg, &store, &manifest);
+}
+
+/// Manifests stored as tags of `good` (whose manifest is `manifest`) that
+/// a pull refuses: over 4 MiB, an index without our platform, a layer of
+/// an unknown media type.
+fn bad_manifests(reg: &Registry, store: &Path, manifest: &Value) {
+    let args = reg.cli_args();
     // docker-registry answers 500 for a manifest over 4 MiB in its storage
     // (it neither takes nor serves one)...
     let mut big = manifest.clone();
@@ -110,7 +118,7 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     let big = big.to_string().into_bytes();
     reg.put_manifest_in_storage("good", "huge", &big);
     fails(
-        &store,
+        store,
         "huge in storage",
         &reg.reference("good:huge"),
         &args,
@@ -119,7 +127,7 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     // ...so a server of the test's own sends one.
     let addr = serve_raw(vec![manifest_response(&big, false); 2]);
     let huge = format!("{addr}/good:huge");
-    fails(&store, "huge", &huge, &args, "larger than 4194304 bytes");
+    fails(store, "huge", &huge, &args, "larger than 4194304 bytes");
 
     let mut entry = json!({
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -135,7 +143,7 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     reg.put_manifest_in_storage("good", "mips", index.to_string().as_bytes());
     let mips = reg.reference("good:mips");
     fails(
-        &store,
+        store,
         "no platform",
         &mips,
         &args,
@@ -147,7 +155,7 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     reg.put_manifest_in_storage("good", "bzip2", bzip2.to_string().as_bytes());
     let says = "layer media type \"application/vnd.oci.image.layer.v1.tar+bzip2\"";
     fails(
-        &store,
+        store,
         "media type",
         &reg.reference("good:bzip2"),
         &args,
