@@ -195,7 +195,7 @@ impl Transport {
     /// (a resumable download): a failed try after which `progress(state)`
     /// grew starts the count of tries afresh, so a transfer that breaks
     /// often but advances each time completes. Bounded all the same:
-    /// progress is bytes of a blob of known size.
+    /// progress counts up to a known bound (MiB of a blob of known size).
     pub fn retrying_with<S, T>(
         &self,
         what: &str,
