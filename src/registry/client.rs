@@ -402,8 +402,14 @@ impl ImageSource for RegistryClient {
             progress,
             buf: vec![0; CHUNK],
         };
-        self.transport
-            .retrying(&what, || self.blob_pass(&what, &url, &mut download))?;
+        // A try that reaches a new MiB of the blob starts the count of tries
+        // afresh: at most 4 tries per MiB, however the registry breaks off.
+        self.transport.retrying_with(
+            &what,
+            &mut download,
+            |d| d.written >> 20,
+            |d| self.blob_pass(&what, &url, d),
+        )?;
         let got = sha256_digest(download.hasher.finalize());
         if got != digest {
             return Err(Error::Registry(format!(

@@ -188,15 +188,34 @@ impl Transport {
         what: &str,
         mut attempt: impl FnMut() -> std::result::Result<T, Failure>,
     ) -> Result<T> {
+        self.retrying_with(what, &mut (), |_| 0, |_| attempt())
+    }
+
+    /// [`Self::retrying`] for an attempt that carries on from `state`
+    /// (a resumable download): a failed try after which `progress(state)`
+    /// grew starts the count of tries afresh, so a transfer that breaks
+    /// often but advances each time completes. Bounded all the same:
+    /// progress counts up to a known bound (MiB of a blob of known size).
+    pub fn retrying_with<S, T>(
+        &self,
+        what: &str,
+        state: &mut S,
+        progress: impl Fn(&S) -> u64,
+        mut attempt: impl FnMut(&mut S) -> std::result::Result<T, Failure>,
+    ) -> Result<T> {
         let mut failures = 0;
         loop {
-            match attempt() {
+            let before = progress(state);
+            match attempt(state) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Transient {
                     message,
                     retry_after,
                 }) => {
+                    if progress(state) > before {
+                        failures = 0;
+                    }
                     failures += 1;
                     if failures >= self.policy.tries {
                         return Err(Error::Registry(format!(
@@ -394,6 +413,47 @@ mod tests {
             Err(Failure::Fatal(Error::Registry("no".into())))
         });
         assert_eq!((calls, r.unwrap_err().to_string()), (1, "no".to_string()));
+    }
+
+    #[test]
+    fn tries_that_make_progress_start_the_count_afresh() {
+        let options = ClientOptions::default();
+        let reference = Reference::parse("127.0.0.1:1/app").unwrap();
+        let mut transport = Transport::new(&reference, &options).unwrap();
+        transport.policy.first = Duration::from_millis(1);
+        // Ten breaks, each after some bytes: more than the four tries.
+        let mut calls = 0;
+        let r = transport.retrying_with(
+            "x",
+            &mut 0u64,
+            |done| *done,
+            |done| {
+                calls += 1;
+                *done += 100;
+                if *done < 1000 {
+                    Err(Failure::transient("reset"))
+                } else {
+                    Ok(*done)
+                }
+            },
+        );
+        assert_eq!((r.unwrap(), calls), (1000, 10));
+        // Progress on the first try only: it and three more, then the error.
+        calls = 0;
+        let r: Result<()> = transport.retrying_with(
+            "x",
+            &mut 0u64,
+            |done| *done,
+            |done| {
+                calls += 1;
+                if *done == 0 {
+                    *done = 5;
+                }
+                Err(Failure::transient("reset"))
+            },
+        );
+        assert_eq!(calls, 4);
+        assert_eq!(r.unwrap_err().to_string(), "x: reset (after 4 tries)");
     }
 
     #[test]

@@ -48,6 +48,8 @@ mod overlay;
 #[cfg(feature = "privileged")]
 mod registry_client;
 #[cfg(feature = "privileged")]
+mod registry_pull;
+#[cfg(feature = "privileged")]
 mod rootless;
 #[cfg(feature = "privileged")]
 mod store_refs;

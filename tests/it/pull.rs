@@ -9,6 +9,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::pulled::{records, store_state};
 use common::*;
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -53,19 +54,6 @@ fn pull_ok(store: &Path, reference: &str, extra: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// The store's image records, by reference.
-fn records(store: &Path) -> Vec<Value> {
-    let dir = store.join("images");
-    let mut out: Vec<Value> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort_by_key(|r: &Value| r["reference"].as_str().unwrap().to_string());
-    out
 }
 
 /// Writes an OCI image layout by hand.
@@ -221,25 +209,6 @@ fn a_multi_arch_index_selects_the_host_or_the_platform_asked() {
     assert_eq!(got, entries[0]["digest"], "--platform linux/{other}");
     let got = pull_ok(&store, &layout.reference(), &["--platform", "linux/s390x"]);
     assert_eq!(got, entries[2]["digest"]);
-}
-
-/// What a failed pull must leave as it was: the store's entries (no
-/// staging directory, no new layer), blobs and records.
-fn store_state(store: &Path) -> (Vec<String>, Vec<String>, Vec<Value>) {
-    let names = |dir: &Path| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n != "locks")
-            .collect();
-        names.sort();
-        names
-    };
-    (
-        names(store),
-        names(&store.join("blobs/sha256")),
-        records(store),
-    )
 }
 
 /// A bad input: what it is, how to write its layout with a layer blob

@@ -2,6 +2,7 @@
 //! cargo's target tmpdir), the fixture table, privilege checks, commands.
 #![allow(dead_code)]
 
+pub mod pulled;
 pub mod registry;
 
 use std::io::Read;

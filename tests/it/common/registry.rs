@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{have, run_ok, Need};
 
+pub mod raw;
 mod storage;
 mod token;
 pub use storage::StorageRequest;

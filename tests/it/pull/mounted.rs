@@ -4,36 +4,7 @@
 
 use super::*;
 
-/// The fixture's kernel manifest and a mount's, compared as the fixture
-/// README says: directories no layer lists (`/`, `/home...`,
-/// `/usr/share`) get each implementation's mode and mtime, and merged
-/// directories' link counts differ.
-fn loosely(manifest: &str) -> Vec<Value> {
-    manifest
-        .lines()
-        .map(|line| {
-            let mut v: Value = serde_json::from_str(line).unwrap();
-            let obj = v.as_object_mut().unwrap();
-            if obj["type"] == "dir" {
-                obj.remove("nlink");
-                let path = obj["path"].as_str().unwrap().to_string();
-                if path == "/"
-                    || path == "/usr/share"
-                    || path == "/home"
-                    || path.starts_with("/home/")
-                {
-                    obj.remove("mode");
-                    obj.remove("mtime");
-                }
-            }
-            v
-        })
-        .collect()
-}
-
-fn kernel_manifest() -> String {
-    std::fs::read_to_string(oci_fixture("merged.kernel.manifest.jsonl")).unwrap()
-}
+use crate::common::pulled::{kernel_manifest, loosely, without_trusted_xattrs};
 
 /// `erofs-fuse mount REF DIR --store STORE`, unmounted on drop.
 struct Mounted(tempfile::TempDir);
@@ -168,15 +139,7 @@ fn rootless_pull_and_mount_with_the_default_store() {
         String::from_utf8_lossy(&walk.stderr)
     );
     // nobody sees no trusted.* xattrs.
-    let strip = |mut v: Value| {
-        if let Some(Value::Object(x)) = v.get_mut("xattrs") {
-            x.retain(|k, _| !k.starts_with("trusted."));
-            if x.is_empty() {
-                v.as_object_mut().unwrap().remove("xattrs");
-            }
-        }
-        v
-    };
+    let strip = without_trusted_xattrs;
     let expected: Vec<Value> = loosely(&kernel_manifest()).into_iter().map(strip).collect();
     let got: Vec<Value> = loosely(&String::from_utf8_lossy(&walk.stdout))
         .into_iter()
