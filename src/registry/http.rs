@@ -300,15 +300,19 @@ pub(crate) fn one_line(text: &str, max: usize) -> String {
 /// Sorts a ureq error for `url` into what may pass and what will not.
 fn classify(error: ureq::Error, url: &str) -> Failure {
     use ureq::Error as E;
+    let unknown_host = || {
+        let host = url.split("://").nth(1).unwrap_or(url);
+        let host = host.split(['/', '?']).next().unwrap_or(host);
+        Failure::Fatal(Error::Registry(format!(
+            "unknown host {}",
+            one_line(host, 200)
+        )))
+    };
     match error {
-        E::HostNotFound => {
-            let host = url.split("://").nth(1).unwrap_or(url);
-            let host = host.split(['/', '?']).next().unwrap_or(host);
-            Failure::Fatal(Error::Registry(format!(
-                "unknown host {}",
-                one_line(host, 200)
-            )))
-        }
+        E::HostNotFound => unknown_host(),
+        // glibc's resolver answers through std as an I/O error: a name that
+        // does not exist (EAI_NONAME, EAI_NODATA) will not appear on retry.
+        E::Io(e) if is_unknown_name(&e) => unknown_host(),
         // rustls reports a refused certificate as InvalidData: no retry.
         E::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             let hint = if e.to_string().contains("certificate") {
@@ -328,6 +332,14 @@ fn classify(error: ureq::Error, url: &str) -> Failure {
         E::Tls(e) => Failure::Fatal(Error::Registry(format!("TLS: {e}"))),
         other => Failure::Fatal(Error::Registry(other.to_string())),
     }
+}
+
+/// Whether a lookup failed because the name does not exist (as opposed
+/// to a resolver that did not answer, which is worth a retry).
+fn is_unknown_name(e: &std::io::Error) -> bool {
+    let text = e.to_string();
+    text.contains("Name or service not known")
+        || text.contains("No address associated with hostname")
 }
 
 /// The system's trusted roots, loaded once (SSL_CERT_FILE, SSL_CERT_DIR,
