@@ -23,7 +23,8 @@
 //!   images (through [`mkfs`]);
 //! - [`overlay`]: a merged stack of layers; [`manifest`]: JSON-lines
 //!   manifests;
-//! - [`store`]: the layer store (converting and serving layers);
+//! - [`store`]: the layer and image store (`store add`, `pull`, gc, and
+//!   serving layers to podman);
 //! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte
 //!   layouts. Process-wide effects (daemonizing, allocator tuning) are the
 //!   binary's.
