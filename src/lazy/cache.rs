@@ -304,6 +304,8 @@ impl ChunkCache {
             let mut state = self.lock();
             let run = match self.plan(&state, &mut from, last) {
                 Plan::Done => return Ok(()),
+                // Fetched meanwhile by another process sharing the cache.
+                Plan::Fetch(first, last) if self.refresh(&mut state, first, last)? => continue,
                 Plan::Fetch(first, last) if state.fetching < self.max_in_flight => {
                     map::set_range(&mut state.in_flight, first..=last, true);
                     state.fetching += 1;
@@ -332,6 +334,25 @@ impl ChunkCache {
             drop(claim);
             waiting_since = None;
         }
+    }
+
+    /// Marks present the chunks of `first..=last` the map on disk lists
+    /// (another process sharing the cache fetched them); whether there
+    /// were any.
+    fn refresh(&self, state: &mut State, first: u64, last: u64) -> Result<bool> {
+        let (at, disk) = map::read_bits(&self.map, &self.map_path, first, last)?;
+        let mut found = 0;
+        for i in first..=last {
+            if map::is_set(&disk, i - at * 8) && !map::is_set(&state.present, i) {
+                map::set_range(&mut state.present, i..=i, true);
+                found += 1;
+            }
+        }
+        state.present_count += found;
+        if state.present_count == self.chunks {
+            self.complete.store(true, Ordering::Release);
+        }
+        Ok(found > 0)
     }
 
     /// Checks `[offset, offset + len)` lies inside the device.

@@ -150,3 +150,14 @@ pub fn persist(file: &File, path: &Path, bits: &[u8], first: u64, last: u64) -> 
     file.write_all_at(&bits[from..to], HEADER_SIZE + from as u64)
         .map_err(|e| Error::io(path, e))
 }
+
+/// Reads from the map on disk the bitmap bytes holding chunks
+/// `first..=last` (set there by this or another process, each bit after
+/// its chunk was synced), as (index of the first byte, bytes).
+pub fn read_bits(file: &File, path: &Path, first: u64, last: u64) -> Result<(u64, Vec<u8>)> {
+    let (from, to) = (first / 8, last / 8 + 1);
+    let mut bytes = vec![0; (to - from) as usize];
+    file.read_exact_at(&mut bytes, HEADER_SIZE + from)
+        .map_err(|e| Error::io(path, e))?;
+    Ok((from, bytes))
+}
