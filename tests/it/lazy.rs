@@ -215,7 +215,10 @@ mod registry {
         let want = erofs_fuse::manifest::manifest(&direct).unwrap();
         assert_eq!(erofs_fuse::manifest::manifest(&image).unwrap(), want);
         let fetched = ranges();
-        eprintln!("whole tree over the registry: {:?}, {fetched} range requests", cache.stats());
+        eprintln!(
+            "whole tree over the registry: {:?}, {fetched} range requests",
+            cache.stats()
+        );
         drop((image, cache));
 
         // A second cache over the same files fetches nothing.
