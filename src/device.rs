@@ -17,6 +17,10 @@
 //! request that reads past its new end instead of killing the process
 //! ([`crate::fault`]).
 //!
+//! A lazy device ([`Device::lazy`]) maps the sparse cache file of a
+//! [`ChunkCache`], and has the cache fetch the missing chunks of every
+//! range before the range is read.
+//!
 //! A file is mapped twice, once for each [`Access`] pattern, because the
 //! advice given to a mapping decides how much the kernel reads on a page
 //! fault, and neither amount suits both patterns.
@@ -28,6 +32,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fault::ImageMap;
+use crate::lazy::ChunkCache;
 use crate::mmap::{self, Advice, PAGE};
 use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 
@@ -82,6 +87,9 @@ pub struct Device {
     /// Whether file data, once verified, is trusted not to change
     /// (`--verity-once`) instead of being hashed on a copy at every read.
     verity_once: bool,
+    /// The cache the map is of, for a lazy device: every range is filled
+    /// through it before it is read.
+    lazy: Option<Arc<ChunkCache>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -91,6 +99,7 @@ impl std::fmt::Debug for Device {
             .field("start", &self.start)
             .field("len", &self.len)
             .field("verity", &self.verity.is_some())
+            .field("lazy", &self.lazy.is_some())
             .finish()
     }
 }
@@ -101,8 +110,29 @@ impl Device {
     /// [`crate::input::open_input`]).
     pub fn open(path: &Path, offset: u64) -> Result<Self> {
         let (file, len) = crate::input::open_input(path)?;
+        let whole = Self::map_file(&file, path, len)?;
+        if offset > whole.len() {
+            return Err(Error::Invalid(format!(
+                "offset {offset} is past the end of the file ({} bytes)",
+                whole.len()
+            )));
+        }
+        whole.subrange(offset, whole.len() - offset)
+    }
+
+    /// A device over the whole cache file of `cache`, whose ranges are
+    /// fetched (through [`ChunkCache::ensure`]) before they are read.
+    pub fn lazy(cache: Arc<ChunkCache>) -> Result<Self> {
+        let mut device = Self::map_file(cache.file(), cache.path(), cache.len())?;
+        device.lazy = Some(cache);
+        Ok(device)
+    }
+
+    /// Maps `len` bytes of `file` (named `path`) twice, one map for each
+    /// [`Access`].
+    fn map_file(file: &std::fs::File, path: &Path, len: u64) -> Result<Self> {
         let map = |advice: &[Advice]| {
-            let map = ImageMap::map(&file, path, len)?;
+            let map = ImageMap::map(file, path, len)?;
             // Only advice: a kernel without transparent huge pages refuses
             // MADV_HUGEPAGE, and then faults read around as by default.
             for &advice in advice {
@@ -114,7 +144,7 @@ impl Device {
         // Not mapped 2 MiB at a time either, where a sequential reader has
         // left huge pages in the page cache: a random read maps its page.
         let random = map(&[Advice::Random, Advice::NoHugePage])?;
-        let whole = Self {
+        Ok(Self {
             len: sequential.len(),
             random,
             map: sequential,
@@ -124,14 +154,8 @@ impl Device {
             verity: None,
             ahead: None,
             verity_once: false,
-        };
-        if offset > whole.len() {
-            return Err(Error::Invalid(format!(
-                "offset {offset} is past the end of the file ({} bytes)",
-                whole.len()
-            )));
-        }
-        whole.subrange(offset, whole.len() - offset)
+            lazy: None,
+        })
     }
 
     /// A device holding a copy of `bytes` in anonymous memory, named `name`
@@ -151,6 +175,7 @@ impl Device {
             verity: None,
             ahead: None,
             verity_once: false,
+            lazy: None,
         })
     }
 
@@ -161,6 +186,14 @@ impl Device {
     /// with `once`, on the map at its first read and trusted after that
     /// (faster, but a change to the file after that is served).
     pub fn attach_verity(&mut self, source: &VeritySource, once: bool) -> Result<()> {
+        if self.lazy.is_some() {
+            // The tree is checked on the map, ahead of readers too, where
+            // nothing fetches the chunks first.
+            return Err(Error::Unsupported(format!(
+                "{}: verity on a lazily fetched device",
+                self.path.display()
+            )));
+        }
         let spec = source.resolve(&self.path)?;
         let mut verifier = Verifier::open(&self.path, &self.map, &spec)?;
         if !once {
@@ -219,6 +252,7 @@ impl Device {
             verity: self.verity.clone(),
             ahead: self.ahead.clone(),
             verity_once: self.verity_once,
+            lazy: self.lazy.clone(),
         })
     }
 
@@ -250,6 +284,7 @@ impl Device {
     /// once, the bytes then come from verified copies of those blocks.
     pub fn slice_for(&self, access: Access, offset: u64, len: u64) -> Result<&[u8]> {
         let start = self.bounds(offset, len)?;
+        self.fill(start as u64, len)?;
         // Hashing reads the whole blocks around the range: through the
         // same mapping, so a random read stays a small one.
         let map = match access {
@@ -338,6 +373,7 @@ impl Device {
             ))
             .into());
         }
+        self.fill(from, to - from)?;
         // Copied and verified ahead of the reader, if it keeps pace.
         let prepared = self.ahead.as_ref().and_then(|a| a.prepared());
         if prepared.is_some_and(|p| p.copy_range(start, len, copy)) {
@@ -375,6 +411,15 @@ impl Device {
             if let Some((start, len)) = self.page_range(offset, len) {
                 mmap::will_need(&self.random, start, len);
             }
+        }
+    }
+
+    /// For a lazy device: fetches the chunks of `[start, start + len)` of
+    /// the map that are not in the cache file yet.
+    fn fill(&self, start: u64, len: u64) -> Result<()> {
+        match &self.lazy {
+            Some(cache) => cache.ensure(start, len),
+            None => Ok(()),
         }
     }
 

@@ -12,7 +12,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (1, &["format", "safe_fs", "sys"]),
     (2, &["mmap", "input", "registry"]),
     (3, &["fault"]),
-    (4, &["verity"]),
+    (4, &["verity", "lazy"]),
     (5, &["device"]),
     (6, &["reader", "mkfs"]),
     (7, &["view", "inspect", "fsck", "extract", "convert"]),

@@ -12,7 +12,8 @@
 //!   filesystem;
 //! - [`fault`]: the maps the reader keeps, surviving their files shrinking
 //!   under them;
-//! - [`verity`]: dm-verity trees, built and checked;
+//! - [`verity`]: dm-verity trees, built and checked; [`lazy`]: devices fetched
+//!   chunk by chunk on first read into a sparse cache file;
 //! - [`device`]: bounds-checked (and verified) reads of image files and
 //!   ranges of them;
 //! - [`reader`]: the filesystem (superblock, inodes, directories, xattrs,
@@ -43,6 +44,7 @@ pub mod input;
 pub mod inspect;
 #[cfg(test)]
 mod layering;
+pub mod lazy;
 pub mod manifest;
 pub mod mkfs;
 pub mod mmap;

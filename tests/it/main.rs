@@ -21,6 +21,7 @@ mod fault_maps;
 mod fixtures;
 mod fuzz_regressions;
 mod hostile_tars;
+mod lazy;
 mod malformed;
 mod mutation;
 mod pull;
