@@ -222,3 +222,104 @@ impl Zinfo {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A v2 zinfo of `checkpoints` (in, out, bits), windows filled with `i`.
+    fn file(span: u64, checkpoints: &[(u64, u64, u8)]) -> Vec<u8> {
+        Zinfo {
+            span,
+            checkpoints: checkpoints
+                .iter()
+                .enumerate()
+                .map(|(i, &(input, out, bits))| Checkpoint {
+                    input,
+                    out,
+                    bits,
+                    window: vec![i as u8; WINDOW].into(),
+                })
+                .collect(),
+        }
+        .to_bytes()
+    }
+
+    fn error(bytes: &[u8]) -> String {
+        Zinfo::parse(bytes).unwrap_err()
+    }
+
+    #[test]
+    fn v2_round_trips() {
+        let bytes = file(DEFAULT_SPAN, &[(10, 0, 0), (5000, 4_200_000, 3)]);
+        assert_eq!(bytes.len(), 12 + 2 * 32785);
+        let zinfo = Zinfo::parse(&bytes).unwrap();
+        assert_eq!(zinfo.span, DEFAULT_SPAN);
+        assert_eq!(zinfo.checkpoints[1].input, 5000);
+        assert_eq!(zinfo.checkpoints[1].bits, 3);
+        assert!(zinfo.checkpoints[1].window.iter().all(|&b| b == 1));
+        assert_eq!(zinfo.to_bytes(), bytes);
+        assert_eq!(zinfo.checkpoint_for(0), 0);
+        assert_eq!(zinfo.checkpoint_for(4_199_999), 0);
+        assert_eq!(zinfo.checkpoint_for(4_200_000), 1);
+        assert_eq!(zinfo.checkpoint_for(u64::MAX), 1);
+    }
+
+    #[test]
+    fn v1_has_an_implied_first_checkpoint() {
+        let mut bytes = file(DEFAULT_SPAN, &[(5000, 4_200_000, 3)]);
+        bytes[0] = 2; // have = 2, one stored
+        let zinfo = Zinfo::parse(&bytes).unwrap();
+        assert_eq!(zinfo.checkpoints.len(), 2);
+        let first = &zinfo.checkpoints[0];
+        assert_eq!((first.input, first.out, first.bits), (10, 0, 0));
+        assert_eq!(zinfo.checkpoints[1].out, 4_200_000);
+    }
+
+    #[test]
+    fn malformed_files_are_refused() {
+        let good = file(DEFAULT_SPAN, &[(10, 0, 0), (5000, 4_200_000, 3)]);
+        assert!(error(&good[..11]).contains("shorter than the 12-byte header"));
+        assert!(error(&good[..good.len() - 1]).contains("whole 32785-byte checkpoints"));
+        assert!(error(&good[..12]).contains("header says 2 checkpoints, the file holds 0"));
+        let mut counts = good.clone();
+        counts[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(error(&counts).contains("header says 4294967295"));
+        let mut zero = good.clone();
+        zero[..4].copy_from_slice(&0u32.to_le_bytes());
+        assert!(error(&zero[..12]).contains("no checkpoints"));
+        for span in [0, MAX_SPAN + 1, u64::MAX] {
+            assert!(error(&file(span, &[(10, 0, 0)])).contains("span"));
+        }
+        let bits8 = file(DEFAULT_SPAN, &[(10, 0, 0), (5000, 4_200_000, 8)]);
+        assert!(error(&bits8).contains("bits 8 (0..=7)"));
+        let bits_at_0 = file(DEFAULT_SPAN, &[(0, 0, 1)]);
+        assert!(error(&bits_at_0).contains("before byte 0"));
+        let not_at_0 = file(DEFAULT_SPAN, &[(10, 5, 0)]);
+        assert!(error(&not_at_0).contains("not 0"));
+        for (a, b) in [
+            ((5000, 100), (5000, 200)),
+            ((5000, 200), (6000, 100)),
+            ((5000, 1), (4000, 2)),
+        ] {
+            let bytes = file(DEFAULT_SPAN, &[(10, 0, 0), (a.0, a.1, 0), (b.0, b.1, 0)]);
+            assert!(error(&bytes).contains("does not follow"), "{a:?} {b:?}");
+        }
+        let huge = file(DEFAULT_SPAN, &[(10, 0, 0), (u64::MAX, u64::MAX, 7)]);
+        let zinfo = Zinfo::parse(&huge).unwrap();
+        assert!(zinfo
+            .check_fits(1 << 40)
+            .unwrap_err()
+            .contains("checkpoint at byte"));
+    }
+
+    #[test]
+    fn open_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.zinfo");
+        std::fs::write(&path, b"short").unwrap();
+        let err = Zinfo::open(&path).unwrap_err().to_string();
+        assert!(err.starts_with(&format!("{}: ", path.display())), "{err}");
+        assert!(!err.contains('\n'));
+    }
+}
