@@ -163,6 +163,11 @@ pub(crate) fn convert_at(
         Mode::Full => 12,
     };
     let copy = TarCopy::plan(input, compression != Compression::None, dir, name, options)?;
+    if let (Some(zinfo), Some(tar)) = (&gzinfo, &copy.keep) {
+        if same_target(&zinfo.path, &tar.path) {
+            return Err(invalid(&zinfo.path, "the zinfo would overwrite the tar"));
+        }
+    }
     let tee = match &copy.temp {
         Some(temp) => Some(
             temp.file()

@@ -163,6 +163,7 @@ fn damaged_gzip_data_is_an_error() {
             }
         }
     };
+    assert_eq!(whole(gz.clone()).unwrap(), tar.len() as u64);
     // Truncated: within the last member.
     let err = whole(gz[..gz.len() - 100].to_vec()).unwrap_err();
     assert!(err.to_string().contains("truncated"), "{err}");
@@ -243,6 +244,22 @@ fn convert_gzinfo_writes_mkfs_erofs_zinfo() {
             "{gz}: tar"
         );
     }
+    // The zinfo may not take the tar's place.
+    let out = Command::new(bin())
+        .args(["convert", "--quiet", "--gzinfo"])
+        .arg(dir.path().join("same"))
+        .arg("--tar-out")
+        .arg(dir.path().join("same"))
+        .arg(fixture("layer.tar.gz"))
+        .arg(dir.path().join("same.erofs"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the zinfo would overwrite the tar"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("same").exists());
     // A plain tar has no gzip stream to index.
     let tar = dir.path().join("layer.tar.gz.tar");
     let out = Command::new(bin())
@@ -256,4 +273,49 @@ fn convert_gzinfo_writes_mkfs_erofs_zinfo() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--gzinfo needs a gzip input"), "{stderr}");
     assert!(!Path::new(&dir.path().join("plain.zinfo")).exists());
+}
+
+#[test]
+fn mutated_inputs_never_panic_or_hang() {
+    let gz = read("docs-layer.tar.gz");
+    let zinfo = read("docs-layer.zinfo");
+    let mut seed = 0x1234_5678;
+    for round in 0..150 {
+        let (mut gz, mut zinfo) = (gz.clone(), zinfo.clone());
+        // A checkpoint header field, a window byte, or gzip bytes.
+        match round % 3 {
+            0 => {
+                let entry = 12 + (next(&mut seed) % 3) as usize * 32785;
+                let at = entry
+                    + match next(&mut seed) % 3 {
+                        0 => (next(&mut seed) % 8) as usize,     // in
+                        1 => 8 + (next(&mut seed) % 8) as usize, // out
+                        _ => 16,                                 // bits
+                    };
+                zinfo[at] = next(&mut seed) as u8;
+            }
+            1 => {
+                let at = 12 + (next(&mut seed) as usize % (zinfo.len() - 12));
+                zinfo[at] ^= 1 << (next(&mut seed) % 8);
+            }
+            _ => {
+                let at = next(&mut seed) as usize % gz.len();
+                gz[at] = next(&mut seed) as u8;
+            }
+        }
+        let Ok(parsed) = Zinfo::parse(&zinfo) else {
+            continue;
+        };
+        let len = gz.len() as u64;
+        let Ok(mut r) = GzReader::new(gz, len, Arc::new(parsed), "m.gz") else {
+            continue;
+        };
+        let mut buf = vec![0; 70_000];
+        for _ in 0..4 {
+            let offset = next(&mut seed) % 10_000_000;
+            if let Err(e) = r.read_at(offset, &mut buf) {
+                assert!(e.to_string().starts_with("m.gz: ") && !e.to_string().contains('\n'));
+            }
+        }
+    }
 }
