@@ -11,11 +11,15 @@
 //!
 //! Integrity: a zinfo and a gzip file are untrusted. Structural damage
 //! (bad deflate codes, distances before the window, truncation, a zinfo
-//! contradicting itself or the file's size) is an error. gzip's CRC-32
-//! covers whole members only: it is checked for members a read enters
-//! through their header, not for the one entered at a checkpoint, and a
-//! wrong window in the zinfo gives wrong bytes undetected. Verified reads
-//! need a hash tree over the uncompressed stream (dm-verity, issue 21).
+//! contradicting itself or the file's size) is an error. A read that
+//! continues past a checkpoint checks it: the deflate block boundary must
+//! be at its `in`/`bits` and its window must be the output before it.
+//! gzip's CRC-32 covers whole members only: it is checked for members a
+//! read enters through their header (the first checkpoint is entered that
+//! way, from byte 0), not for one entered at a later checkpoint; a read
+//! starting at a checkpoint with a wrong window gives wrong bytes
+//! undetected. Verified reads need a hash tree over the uncompressed
+//! stream (dm-verity, issue 21).
 
 mod build;
 mod inflate;

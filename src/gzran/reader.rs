@@ -9,8 +9,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-use super::inflate::{Inflater, GZIP, RAW};
-use super::zinfo::{Zinfo, WINDOW};
+use super::inflate::{Inflater, Step, AT_BOUNDARY, GZIP, HELD_BITS, LAST_BLOCK, RAW};
+use super::zinfo::{Checkpoint, Zinfo, WINDOW};
 use super::GzError;
 
 /// Compressed bytes read from the source at a time.
@@ -62,6 +62,15 @@ impl<T: ReadAt + ?Sized> ReadAt for Arc<T> {
 
 /// Where an inflate in progress is.
 struct Cursor {
+    /// The next checkpoint to check when the output reaches it.
+    next: usize,
+    /// The last [`WINDOW`] bytes of output, at `out % WINDOW`.
+    ring: Box<[u8]>,
+    /// Output offset where the current gzip member's data starts (its
+    /// checkpoint's window is mkfs's buffer, not history: not checked).
+    member_out: u64,
+    /// zlib's `data_type` after the last call.
+    data_type: i32,
     inflater: Inflater,
     /// Raw deflate (started at a checkpoint) or gzip (a later member).
     raw: bool,
@@ -134,6 +143,10 @@ impl<S: ReadAt> GzReader<S> {
         let cp = &self.zinfo.checkpoints[index];
         if index == 0 {
             return Ok(Cursor {
+                next: 1,
+                ring: vec![0; WINDOW].into_boxed_slice(),
+                member_out: 0,
+                data_type: 0,
                 inflater: Inflater::new(GZIP).map_err(|m| self.error(m))?,
                 raw: false,
                 between: false,
@@ -164,6 +177,10 @@ impl<S: ReadAt> GzReader<S> {
             .set_dictionary(&cp.window)
             .map_err(|m| self.error(m))?;
         Ok(Cursor {
+            next: index + 1,
+            ring: ring_of(cp),
+            member_out: u64::MAX,
+            data_type: 0,
             inflater,
             raw: true,
             between: false,
@@ -204,67 +221,36 @@ impl<S: ReadAt> GzReader<S> {
         Ok(done)
     }
 
-    /// Inflates some bytes into `out` (0: the stream ended cleanly).
+    /// Inflates some bytes into `out` (0: the stream ended cleanly),
+    /// first checking the checkpoints the cursor has reached.
     fn produce(&mut self, out: &mut [u8]) -> Result<usize, GzError> {
+        let cursor = self.cursor.as_mut().expect("cursor set");
+        check_reached(cursor, &self.source, &self.zinfo, &self.name)?;
+        // Stop at the next checkpoint, to check it there, at the block
+        // boundary (a call without Z_BLOCK may read past it while the
+        // output is full).
+        let (out, block) = match self.zinfo.checkpoints.get(cursor.next) {
+            Some(cp) if cp.out - cursor.out <= out.len() as u64 => {
+                (&mut out[..(cp.out - cursor.out) as usize], true)
+            }
+            _ => (out, false),
+        };
         let mut idle = 0;
         loop {
-            let cursor = self.cursor.as_mut().expect("cursor set");
-            if cursor.at == cursor.buf.len() {
-                cursor.buf.resize(CHUNK, 0);
-                let n = self
-                    .source
-                    .read_at(&mut cursor.buf, cursor.input)
-                    .map_err(|e| GzError::new(&self.name, e.to_string()))?;
-                cursor.buf.truncate(n);
-                cursor.at = 0;
-                if n == 0 {
-                    if cursor.between && cursor.skip == 0 {
-                        return Ok(0);
-                    }
-                    let at = cursor.input;
-                    return Err(self.error(format!(
-                        "truncated: the gzip data ends at byte {at}, inside a member"
-                    )));
-                }
-            }
-            if cursor.skip > 0 {
-                let n = (cursor.skip as usize).min(cursor.buf.len() - cursor.at);
-                cursor.at += n;
-                cursor.input += n as u64;
-                cursor.skip -= n as u8;
-                continue;
-            }
-            let at = cursor.input;
-            let step = cursor
-                .inflater
-                .inflate(&cursor.buf[cursor.at..], out, false)
-                .map_err(|m| GzError::new(&self.name, format!("gzip data near byte {at}: {m}")))?;
-            cursor.at += step.consumed;
-            cursor.input += step.consumed as u64;
-            cursor.out += step.produced as u64;
-            if step.consumed > 0 {
-                cursor.between = false;
-            }
-            if step.end {
-                // The member's end: its trailer (checked by zlib unless the
-                // member was entered raw), then the next member's header.
-                if cursor.raw {
-                    cursor.skip = 8;
-                }
-                cursor.raw = false;
-                cursor.between = true;
-                cursor
-                    .inflater
-                    .reset(GZIP)
-                    .map_err(|m| GzError::new(&self.name, m))?;
-            }
+            let Some(step) = cursor.advance(&self.source, &self.name, out, block)? else {
+                return Ok(0);
+            };
             if step.produced > 0 {
                 return Ok(step.produced);
             }
             if step.consumed == 0 && !step.end {
                 idle += 1;
                 if idle > MAX_IDLE {
-                    return Err(self.error(format!("inflate makes no progress at byte {at}")));
+                    let at = cursor.input;
+                    return Err(GzError::new(
+                        &self.name,
+                        format!("inflate makes no progress at byte {at}"),
+                    ));
                 }
             }
         }
@@ -273,4 +259,165 @@ impl<S: ReadAt> GzReader<S> {
     fn error(&self, message: String) -> GzError {
         GzError::new(&self.name, message)
     }
+}
+
+impl Cursor {
+    /// Refills the input or skips trailer bytes as needed, then makes one
+    /// inflate call into `out` (`block`: stopping at block boundaries too).
+    /// `None`: the input ended cleanly, between members.
+    fn advance<S: ReadAt>(
+        &mut self,
+        source: &S,
+        name: &str,
+        out: &mut [u8],
+        block: bool,
+    ) -> Result<Option<Step>, GzError> {
+        loop {
+            if self.at == self.buf.len() {
+                self.buf.resize(CHUNK, 0);
+                let n = source
+                    .read_at(&mut self.buf, self.input)
+                    .map_err(|e| GzError::new(name, e.to_string()))?;
+                self.buf.truncate(n);
+                self.at = 0;
+                if n == 0 {
+                    if self.between && self.skip == 0 {
+                        return Ok(None);
+                    }
+                    let at = self.input;
+                    return Err(GzError::new(
+                        name,
+                        format!("truncated: the gzip data ends at byte {at}, inside a member"),
+                    ));
+                }
+            }
+            if self.skip == 0 {
+                break;
+            }
+            let n = (self.skip as usize).min(self.buf.len() - self.at);
+            self.at += n;
+            self.input += n as u64;
+            self.skip -= n as u8;
+        }
+        let at = self.input;
+        let step = self
+            .inflater
+            .inflate(&self.buf[self.at..], out, block)
+            .map_err(|m| GzError::new(name, format!("gzip data near byte {at}: {m}")))?;
+        self.at += step.consumed;
+        self.input += step.consumed as u64;
+        self.remember(&out[..step.produced]);
+        self.data_type = step.data_type;
+        if step.consumed > 0 {
+            self.between = false;
+        }
+        if step.end {
+            // The member's end: its trailer (checked by zlib unless the
+            // member was entered raw), then the next member's header.
+            if self.raw {
+                self.skip = 8;
+            }
+            self.raw = false;
+            self.between = true;
+            self.member_out = self.out;
+            self.inflater
+                .reset(GZIP)
+                .map_err(|m| GzError::new(name, m))?;
+        }
+        Ok(Some(step))
+    }
+
+    /// Adds `bytes`, just produced, to the output and its ring.
+    fn remember(&mut self, bytes: &[u8]) {
+        let tail = &bytes[bytes.len().saturating_sub(WINDOW)..];
+        let mut pos = ((self.out + (bytes.len() - tail.len()) as u64) % WINDOW as u64) as usize;
+        for part in [
+            &tail[..tail.len().min(WINDOW - pos)],
+            &tail[tail.len().min(WINDOW - pos)..],
+        ] {
+            self.ring[pos..pos + part.len()].copy_from_slice(part);
+            pos = (pos + part.len()) % WINDOW;
+        }
+        self.out += bytes.len() as u64;
+    }
+
+    /// Whether `window` is the last [`WINDOW`] bytes of output.
+    fn window_is(&self, window: &[u8]) -> bool {
+        let p = (self.out % WINDOW as u64) as usize;
+        self.ring[p..] == window[..WINDOW - p] && self.ring[..p] == window[WINDOW - p..]
+    }
+}
+
+/// A ring holding checkpoint `cp`'s window, as [`Cursor::remember`] keeps it.
+fn ring_of(cp: &Checkpoint) -> Box<[u8]> {
+    let mut ring = vec![0; WINDOW];
+    let p = (cp.out % WINDOW as u64) as usize;
+    ring[p..].copy_from_slice(&cp.window[..WINDOW - p]);
+    ring[..p].copy_from_slice(&cp.window[WINDOW - p..]);
+    ring.into_boxed_slice()
+}
+
+/// Checks the checkpoints at the cursor's output offset against the stream:
+/// the block boundary there must be where each says, and its window (for
+/// one inside a member) the output before it. A zinfo that lies about a
+/// checkpoint a sequential read passes is an error, not wrong bytes later.
+fn check_reached<S: ReadAt>(
+    cursor: &mut Cursor,
+    source: &S,
+    zinfo: &Zinfo,
+    name: &str,
+) -> Result<(), GzError> {
+    while let Some(cp) = zinfo
+        .checkpoints
+        .get(cursor.next)
+        .filter(|cp| cp.out == cursor.out)
+    {
+        let index = cursor.next;
+        let wrong = |why: &str| {
+            let at = format!("zinfo checkpoint {index} (in {} out {})", cp.input, cp.out);
+            GzError::new(name, format!("{at}: {why}"))
+        };
+        // Reach the boundary, stopping at block ends; a member's last
+        // block and trailer may come first. Output is room for one byte
+        // (zlib-rs decodes nothing into none): any byte is a mismatch.
+        let mut tries = 0;
+        let data_type = loop {
+            // The last call may have stopped right there (a call entering
+            // at a boundary does not stop at it again).
+            let last = cursor.data_type;
+            if last & AT_BOUNDARY != 0 && last & LAST_BLOCK == 0 && !cursor.between {
+                break last;
+            }
+            let mut byte = [0u8];
+            let Some(step) = cursor.advance(source, name, &mut byte, true)? else {
+                return Err(wrong("the gzip data ends before it"));
+            };
+            if step.produced > 0 {
+                return Err(wrong("no deflate block starts there"));
+            }
+            let boundary = step.data_type & AT_BOUNDARY != 0 && step.data_type & LAST_BLOCK == 0;
+            if boundary && !step.end {
+                break step.data_type;
+            }
+            tries += 1;
+            if tries > MAX_IDLE {
+                return Err(wrong("no deflate block starts there"));
+            }
+        };
+        let bit = cursor.input * 8 - (data_type & HELD_BITS) as u64;
+        let input = bit.div_ceil(8);
+        if (input, (input * 8 - bit) as u8) != (cp.input, cp.bits) {
+            return Err(wrong(&format!(
+                "the block starts at byte {input} bit {}",
+                input * 8 - bit
+            )));
+        }
+        let member_start = !cursor.raw && cursor.out == cursor.member_out;
+        if !member_start && !cursor.window_is(&cp.window) {
+            return Err(wrong("its window is not the data before it"));
+        }
+        cursor.next += 1;
+        cursor.data_type = 0;
+    }
+    Ok(())
 }

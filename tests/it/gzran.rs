@@ -210,6 +210,47 @@ fn damaged_zinfo_is_an_error_or_refused() {
         err.to_string().starts_with("x.gz: gzip data near byte"),
         "{err}"
     );
+    // A sequential read checks each checkpoint it passes: the block
+    // boundary must be where it says, its window the data before it.
+    let mut whole = |zinfo: Zinfo| {
+        let mut r = GzReader::new(gz.clone(), gz.len() as u64, Arc::new(zinfo), "x.gz").unwrap();
+        let mut at = 0;
+        loop {
+            match r.read_at(at, &mut buf) {
+                Ok(0) => return Ok(at),
+                Ok(n) => at += n as u64,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    let good = Zinfo::parse(&zinfo).unwrap();
+    let tar_len = gunzip(&gz).len() as u64;
+    assert_eq!(whole(good.clone()), Ok(tar_len));
+    let mut window = good.clone();
+    window.checkpoints[2].window[100] ^= 1;
+    let err = whole(window).unwrap_err();
+    assert!(
+        err.contains(
+            "zinfo checkpoint 2 (in 1068875 out 8538133): its window is not the data before it"
+        ),
+        "{err}"
+    );
+    let mut bits = good.clone();
+    bits.checkpoints[1].bits = 3;
+    let err = whole(bits).unwrap_err();
+    assert!(
+        err.contains(
+            "zinfo checkpoint 1 (in 543937 out 4211948): the block starts at byte 543937 bit 2"
+        ),
+        "{err}"
+    );
+    let mut out = good.clone();
+    out.checkpoints[1].out += 1;
+    let err = whole(out).unwrap_err();
+    assert!(
+        err.contains("zinfo checkpoint 1") && err.contains("no deflate block starts there"),
+        "{err}"
+    );
 }
 
 #[test]
