@@ -242,10 +242,7 @@ fn an_unknown_host_is_one_line() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     // A name that does not exist is not retried: "unknown host" at once.
-    assert!(
-        stderr.contains("unknown host nonexistent.invalid"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("unknown host nonexistent.invalid"), "{stderr}");
     assert!(!stderr.contains("tries"), "{stderr}");
     assert_eq!(store_state(&store), before);
 }
