@@ -116,6 +116,26 @@ impl<S: ReadAt> GzReader<S> {
         &self.zinfo
     }
 
+    /// Where the next read continues without starting over: the
+    /// uncompressed offset the last read ended at, if it succeeded.
+    pub fn position(&self) -> Option<u64> {
+        self.cursor.as_ref().map(|c| c.out)
+    }
+
+    /// The uncompressed stream's length, found by inflating from the last
+    /// checkpoint to the end (at most about a span; the zinfo does not
+    /// record it, and gzip's ISIZE is modulo 4 GiB and per member).
+    pub fn stream_len(&mut self) -> Result<u64, GzError> {
+        let mut at = self.zinfo.checkpoints.last().map_or(0, |cp| cp.out);
+        let mut buf = vec![0; 1 << 20];
+        loop {
+            match self.read_at(at, &mut buf)? {
+                0 => return Ok(at),
+                n => at += n as u64,
+            }
+        }
+    }
+
     /// Fills `buf` from uncompressed offset `offset`; fewer bytes only at
     /// the end of the stream (0 past it).
     pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<usize, GzError> {

@@ -64,6 +64,10 @@ fn reads_through_mkfs_zinfo_equal_the_tar() {
         let zinfo = read(zinfo);
         let parsed = Zinfo::parse(&zinfo).unwrap();
         let mut r = reader(gz, &zinfo);
+        assert_eq!(r.stream_len().unwrap(), tar.len() as u64);
+        assert_eq!(r.position(), Some(tar.len() as u64));
+        check_read(&mut r, &tar, 1000, 5000);
+        assert_eq!(r.position(), Some(6000));
         for cp in &parsed.checkpoints {
             check_read(&mut r, &tar, cp.out, 65536);
             // Across the checkpoint: starts before it, ends after it.
