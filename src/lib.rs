@@ -40,6 +40,7 @@ pub mod fault;
 pub mod format;
 pub mod fsck;
 pub mod fuse;
+pub mod gzran;
 pub mod input;
 pub mod inspect;
 #[cfg(test)]

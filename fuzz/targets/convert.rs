@@ -40,6 +40,7 @@ pub fn run(data: &[u8]) {
             aufs: data.len() % 2 == 1,
             append_tar,
             tar_out: Some(tar_out.clone()),
+            gzinfo: None,
             progress: false,
             implied_mtime: Some(0),
         };

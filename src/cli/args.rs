@@ -421,6 +421,11 @@ pub struct ConvertArgs {
     /// compressed or stdin.
     #[arg(long, value_name = "PATH")]
     pub tar_out: Option<PathBuf>,
+    /// gzip input: also write its SOCI-compatible zinfo (gzip checkpoints
+    /// every 4 MiB, as mkfs.erofs --gzinfo writes) to PATH, replaced once
+    /// complete; it lets the tar be read from the .tar.gz itself.
+    #[arg(long, value_name = "PATH")]
+    pub gzinfo: Option<PathBuf>,
     /// Modification time (seconds since 1970) of the root and of
     /// directories the tar implies without listing them. Default:
     /// SOURCE_DATE_EPOCH if set, else the newest mtime in the tar.

@@ -19,6 +19,7 @@ impl ConvertArgs {
             aufs: self.aufs,
             append_tar: self.append_tar,
             tar_out: self.tar_out,
+            gzinfo: self.gzinfo,
             progress: !self.quiet,
             implied_mtime: self.implied_mtime,
         };

@@ -9,6 +9,8 @@ use std::rc::Rc;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::gzran::{zinfo::DEFAULT_SPAN, GzIndexer, ZinfoHandle};
+
 /// A sha256 digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Digest([u8; 32]);
@@ -91,6 +93,8 @@ pub struct Source {
     pub reader: Box<dyn Read>,
     /// How the input was compressed.
     pub compression: Compression,
+    /// The zinfo being built, when asked for and the input is gzip.
+    pub gzindex: Option<ZinfoHandle>,
     input: Rc<RefCell<Sha256>>,
     tar: Option<Rc<RefCell<Sha256>>>,
     bar: Option<indicatif::ProgressBar>,
@@ -115,8 +119,10 @@ impl Source {
     }
 }
 
-/// Opens `path` (`-`: stdin), detecting gzip and zstd by their magic bytes.
-pub fn open_input(path: &Path, progress: bool) -> io::Result<Source> {
+/// Opens `path` (`-`: stdin), detecting gzip and zstd by their magic bytes;
+/// with `index`, a gzip input is decompressed by [`GzIndexer`], building
+/// its zinfo on the way.
+pub fn open_input(path: &Path, progress: bool, index: bool) -> io::Result<Source> {
     let (raw, len): (Box<dyn Read>, Option<u64>) = if path == Path::new("-") {
         (Box::new(io::stdin().lock()), None)
     } else {
@@ -135,15 +141,22 @@ pub fn open_input(path: &Path, progress: bool) -> io::Result<Source> {
         },
     );
     let compression = Compression::detect(buffered.fill_buf()?);
+    let mut gzindex = None;
     let decoder: Box<dyn Read> = match compression {
         Compression::None => {
             return Ok(Source {
                 reader: Box::new(buffered),
                 compression,
+                gzindex: None,
                 input,
                 tar: None,
                 bar,
             })
+        }
+        Compression::Gzip if index => {
+            let (indexer, handle) = GzIndexer::new(buffered, DEFAULT_SPAN)?;
+            gzindex = Some(handle);
+            Box::new(indexer)
         }
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
@@ -161,6 +174,7 @@ pub fn open_input(path: &Path, progress: bool) -> io::Result<Source> {
     Ok(Source {
         reader,
         compression,
+        gzindex,
         input,
         tar,
         bar,

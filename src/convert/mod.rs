@@ -49,6 +49,9 @@ pub struct ConvertOptions {
     /// gzip or stdin. Default: the output path with its extension replaced
     /// by `.tar`.
     pub tar_out: Option<PathBuf>,
+    /// gzip input: where to write its zinfo (the gzip checkpoint index,
+    /// [`crate::gzran`]), built while the stream is read.
+    pub gzinfo: Option<PathBuf>,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Modification time of the root and of implied directories (default:
@@ -144,14 +147,27 @@ pub(crate) fn convert_at(
     if !from_stdin && same_target(input, &output) {
         return Err(invalid(&output, "the output is the input"));
     }
-    let mut source = open_input(input, options.progress).map_err(|e| ConvertError::io(input, e))?;
+    let mut source = open_input(input, options.progress, options.gzinfo.is_some())
+        .map_err(|e| ConvertError::io(input, e))?;
     let compression = source.compression;
+    let gzinfo = match &options.gzinfo {
+        Some(_) if compression != Compression::Gzip => {
+            return Err(invalid(input, "--gzinfo needs a gzip input"))
+        }
+        Some(path) => Some(ZinfoDest::plan(path, input, &output)?),
+        None => None,
+    };
     let image = dir.temp_file().map_err(|e| ConvertError::io(&output, e))?;
     let block_bits = match options.mode {
         Mode::Index => 9,
         Mode::Full => 12,
     };
     let copy = TarCopy::plan(input, compression != Compression::None, dir, name, options)?;
+    if let (Some(zinfo), Some(tar)) = (&gzinfo, &copy.keep) {
+        if same_target(&zinfo.path, &tar.path) {
+            return Err(invalid(&zinfo.path, "the zinfo would overwrite the tar"));
+        }
+    }
     let tee = match &copy.temp {
         Some(temp) => Some(
             temp.file()
@@ -196,9 +212,15 @@ pub(crate) fn convert_at(
         append(image.file(), summary.image_size, &mut tar)
             .map_err(|e| ConvertError::io(&output, e))?;
     }
-    // Complete: the tar, then the image that refers to it, into place.
+    if let (Some(dest), Some(index)) = (&gzinfo, &source.gzindex) {
+        dest.write(&index.zinfo().to_bytes())?;
+    }
+    // Complete: the tar, the zinfo, then the image that refers to them.
     let mode = 0o666 & !safe_fs::umask();
     copy.persist(mode)?;
+    if let Some(dest) = gzinfo {
+        dest.persist(mode)?;
+    }
     image
         .persist(name, mode)
         .map_err(|e| ConvertError::io(&output, e))?;
@@ -334,6 +356,48 @@ impl TarDest {
         }
         let dir = dir.try_clone().map_err(|e| ConvertError::io(&path, e))?;
         Ok(Self { dir, name, path })
+    }
+}
+
+/// Where `--gzinfo` goes: written with no name in its directory, named
+/// once the conversion is complete.
+struct ZinfoDest {
+    temp: TempFile,
+    name: OsString,
+    path: PathBuf,
+}
+
+impl ZinfoDest {
+    /// At `path`, which must be neither the input nor the output.
+    fn plan(path: &Path, input: &Path, output: &Path) -> Result<Self, ConvertError> {
+        if (input != Path::new("-") && same_target(path, input)) || same_target(path, output) {
+            return Err(invalid(
+                path,
+                "the zinfo would overwrite the input or the output",
+            ));
+        }
+        let (dir, name) = OutputDir::of(path).map_err(|e| ConvertError::io(path, e))?;
+        let temp = dir.temp_file().map_err(|e| ConvertError::io(path, e))?;
+        Ok(Self {
+            temp,
+            name,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes the zinfo's bytes (still nameless).
+    fn write(&self, bytes: &[u8]) -> Result<(), ConvertError> {
+        let mut file = self.temp.file();
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| ConvertError::io(&self.path, e))
+    }
+
+    /// Names it, with `mode`.
+    fn persist(self, mode: u32) -> Result<(), ConvertError> {
+        self.temp
+            .persist(&self.name, mode)
+            .map_err(|e| ConvertError::io(&self.path, e))
     }
 }
 

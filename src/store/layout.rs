@@ -203,6 +203,7 @@ fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo
         aufs: true,
         append_tar: true,
         tar_out: None,
+        gzinfo: None,
         progress,
         implied_mtime: None,
     };

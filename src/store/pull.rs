@@ -359,6 +359,7 @@ fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
         aufs: true,
         append_tar: true,
         tar_out: None,
+        gzinfo: None,
         progress: false,
         implied_mtime: None,
     };

@@ -20,6 +20,7 @@ mod device_maps;
 mod fault_maps;
 mod fixtures;
 mod fuzz_regressions;
+mod gzran;
 mod hostile_tars;
 mod lazy;
 mod malformed;
