@@ -11,7 +11,7 @@
 //!   image layouts (references, manifests, blobs), knowing nothing of the
 //!   filesystem;
 //! - [`fault`]: the maps the reader keeps, surviving their files shrinking
-//!   under them;
+//!   under them; [`gzran`]: gzip random access through a SOCI zinfo;
 //! - [`verity`]: dm-verity trees, built and checked; [`lazy`]: devices fetched
 //!   chunk by chunk on first read into a sparse cache file;
 //! - [`device`]: bounds-checked (and verified) reads of image files and
