@@ -87,6 +87,14 @@ pub struct OpenArgs {
     /// served unchecked.
     #[arg(long)]
     pub verity_once: bool,
+    /// The zinfo (gzip checkpoint index: `convert --gzinfo`, `mkfs.erofs
+    /// --tar=i --gzinfo`) of the next --device, in the same order (repeat
+    /// for several): that --device is then the layer's .tar.gz, read as the
+    /// tar it compresses, each 1 MiB inflated from the checkpoint before it
+    /// when first read and kept in an unnamed sparse file under $TMPDIR
+    /// (/var/tmp by default), so the tar never has to exist whole on disk.
+    #[arg(long = "zinfo", value_name = "PATH")]
+    pub zinfos: Vec<PathBuf>,
 }
 
 /// The subcommands.

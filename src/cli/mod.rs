@@ -12,6 +12,7 @@ pub mod args;
 mod convert;
 mod daemon;
 pub mod error;
+mod gz;
 mod pull;
 mod read;
 mod serve;
@@ -118,6 +119,9 @@ fn open(args: &ImageArgs) -> Result<Image> {
 
 /// Opens the image at `path` as `args` say.
 fn open_with(path: &Path, args: &OpenArgs) -> Result<Image> {
+    if !args.zinfos.is_empty() {
+        return gz::open_with_zinfo(path, args);
+    }
     let options = OpenOptions {
         devices: args.devices.clone(),
         offset: args.offset,

@@ -1,6 +1,6 @@
 //! Devices whose bytes arrive on demand: a sparse cache file the size of
 //! the whole device, filled chunk by chunk from a [`ChunkSource`] (a
-//! registry blob, later a gzip layer inflated from a checkpoint) just
+//! registry blob, a gzip file inflated from its zinfo's checkpoints) just
 //! before a reader touches them, with a persistent map of the chunks that
 //! are present so a later open reuses them.
 //!
@@ -14,6 +14,7 @@
 //! killed process leaves a map that lists complete chunks only.
 
 mod cache;
+mod gz;
 mod map;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::registry::ImageSource;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
+pub use gz::GzSource;
 
 /// Where the bytes of a lazy device come from. Shared by every thread that
 /// reads the device, so it takes `&self`.

@@ -161,8 +161,14 @@ impl Image {
     pub fn open(path: &Path, options: &OpenOptions) -> Result<Self> {
         let (primary, extra) = options.open_devices(path)?;
         let mut image = Self::from_devices(primary, extra)?;
-        image.cache = zcache::ExtentCache::new(options.cache_size);
+        image.set_cache_size(options.cache_size);
         Ok(image)
+    }
+
+    /// Sets the budget of the cache of decoded compressed extents (the
+    /// default budget for [`Image::from_devices`]).
+    pub fn set_cache_size(&mut self, bytes: u64) {
+        self.cache = zcache::ExtentCache::new(bytes);
     }
 
     /// Opens an image from already-mapped devices.

@@ -29,6 +29,7 @@ mod pull;
 mod store;
 mod verity;
 mod verity_verifier;
+mod zinfo_device;
 
 // The privileged and long tier.
 #[cfg(feature = "privileged")]
