@@ -137,16 +137,9 @@ fn converted_layers_read_as_mkfs_erofs_images_do() {
     ignore = "privileged tier: --features privileged"
 )]
 fn converted_layers_mount_with_the_kernel_and_erofs_fuse() {
-    let needs = [
-        Need::Root,
-        Need::KernelErofs,
-        Need::Fuse,
-        Need::Program("fusermount3"),
-        Need::Program("python3"),
-    ];
     if !have(
         "converted_layers_mount_with_the_kernel_and_erofs_fuse",
-        &needs,
+        FUSE_ROOT_KERNEL,
     ) {
         return;
     }

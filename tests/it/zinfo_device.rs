@@ -112,16 +112,9 @@ fn a_zinfo_of_another_layer_or_too_many_are_one_line_errors() {
 #[cfg(feature = "privileged")]
 #[test]
 fn a_mount_through_the_zinfo_equals_the_kernels_over_the_tar() {
-    let needs = [
-        Need::Root,
-        Need::KernelErofs,
-        Need::Fuse,
-        Need::Program("fusermount3"),
-        Need::Program("python3"),
-    ];
     if !have(
         "a_mount_through_the_zinfo_equals_the_kernels_over_the_tar",
-        &needs,
+        FUSE_ROOT_KERNEL,
     ) {
         return;
     }

@@ -486,6 +486,16 @@ pub const FUSE_ROOT: &[Need] = &[
     Need::Program("python3"),
 ];
 
+/// The needs of a test that compares an erofs-fuse mount with the
+/// kernel's mount of the same image, as root.
+pub const FUSE_ROOT_KERNEL: &[Need] = &[
+    Need::Root,
+    Need::KernelErofs,
+    Need::Fuse,
+    Need::Program("fusermount3"),
+    Need::Program("python3"),
+];
+
 /// The needs of a test that makes an image with Debian's mkfs.erofs and
 /// mounts it with erofs-fuse as root.
 pub const FUSE_ROOT_MKFS: &[Need] = &[
