@@ -67,6 +67,10 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// Layers fetched at once (0: [`DEFAULT_THREADS`]).
     pub threads: usize,
+    /// Leave EROFS-native layers the store lacks unfetched: `mount --lazy`
+    /// reads them on demand ([`super::lazy`]). The record lists them all
+    /// the same, so a later plain `mount` or `pull` fetches them whole.
+    pub lazy_erofs: bool,
 }
 
 /// The image `image` resolves to in `source`.
@@ -114,7 +118,7 @@ pub fn pull(
     };
     parse_config(&config_bytes, &format!("{name}: config {config_digest}"))?;
 
-    fetch_layers(store, source, &layers, options.threads, progress)?;
+    fetch_layers(store, source, &layers, options, progress)?;
 
     store.put_blob(&resolved.top.digest, &resolved.top.bytes)?;
     let manifest_digest = match &resolved.platform_manifest {
@@ -240,10 +244,10 @@ fn fetch_layers(
     store: &Store,
     source: &dyn ImageSource,
     layers: &[LayerRecord],
-    threads: usize,
+    options: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let threads = match threads {
+    let threads = match options.threads {
         0 => DEFAULT_THREADS,
         n => n,
     }
@@ -259,7 +263,14 @@ fn fetch_layers(
                 if index >= layers.len() || failed.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Err(e) = fetch_layer(store, source, &layers[index], index, progress) {
+                let layer = &layers[index];
+                if options.lazy_erofs
+                    && layer.kind == LayerKind::Erofs
+                    && !store.has_layer(&layer.digest)
+                {
+                    continue;
+                }
+                if let Err(e) = fetch_layer(store, source, layer, index, progress) {
                     progress.finish(index, "failed");
                     failed.store(true, Ordering::Relaxed);
                     let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
