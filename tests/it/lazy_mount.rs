@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
-use crate::common::{bin, have, run, run_ok, tree_manifest, xorshift, FUSE_ROOT};
+use crate::common::{bin, have, run, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
 
 /// The big file's size: the image is a little more.
 const BIG: usize = 32 << 20;
@@ -241,4 +241,88 @@ fn lazy_mounts_fetch_what_is_read_and_survive_the_registry() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("1 lazy caches"), "{said}");
     assert_eq!(std::fs::read_dir(store.join("lazy")).unwrap().count(), 0);
+}
+
+/// As `nobody`, with the default store under a HOME of the test's: `mount
+/// --lazy` needs no root, fetches a fraction for one small file, and shows
+/// the tree root sees through the image pulled whole.
+#[test]
+fn rootless_lazy_mount_with_the_default_store() {
+    let name = "rootless_lazy_mount_with_the_default_store";
+    let needs = [Need::Program("setpriv"), Need::Program("/usr/bin/python3")];
+    if !have(name, FUSE_ROOT) || !have(name, &needs) || !available(name) {
+        return;
+    }
+    std::fs::set_permissions(
+        "/dev/fuse",
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let (layout, digest, size) = lazy_layout(work.path());
+    let reg = Registry::start(Variant::Http);
+    reg.push_oci_layout(&layout, "lazy/app:1");
+    let reference = reg.reference("lazy/app:1");
+    let flags = reg.cli_args();
+
+    let home = tempfile::tempdir().unwrap();
+    let mnt = home.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg("65534:65534")
+            .arg(home.path()),
+    );
+    let as_nobody = || {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .env("HOME", home.path())
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("REGISTRY_AUTH_FILE");
+        cmd
+    };
+    let out = run_ok(
+        as_nobody()
+            .arg(bin())
+            .args(["mount", "--lazy", &reference])
+            .arg(&mnt)
+            .args(&flags),
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("UNVERIFIED"), "{said}");
+    let one = run(as_nobody().arg("cat").arg(mnt.join("one")));
+    let (_, fetched) = ranges(&reg, &digest);
+    let walk = run(as_nobody()
+        .arg("/usr/bin/python3")
+        .arg(crate::common::script("manifest.py"))
+        .arg(&mnt));
+    let _ = as_nobody().arg("fusermount3").arg("-u").arg(&mnt).status();
+    assert_eq!(one.stdout, b"hello lazy\n", "{one:?}");
+    eprintln!("rootless, one small file: {fetched} of {size} bytes");
+    assert!(fetched * 10 <= size, "{fetched} of {size}");
+    assert!(
+        walk.status.success(),
+        "{}",
+        String::from_utf8_lossy(&walk.stderr)
+    );
+    let cache = home
+        .path()
+        .join(".local/share/erofs-fuse/lazy")
+        .join(&digest);
+    assert!(cache.is_file(), "the cache in the default store");
+
+    let whole = work.path().join("whole");
+    let out = cli(&whole, &["pull", "--quiet", &reference], &flags);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (pulled, _) = Mounted::new(&whole, &reference, false, &flags);
+    assert_eq!(
+        String::from_utf8_lossy(&walk.stdout),
+        tree_manifest(pulled.0.path())
+    );
 }
