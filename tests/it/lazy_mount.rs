@@ -160,6 +160,7 @@ fn lazy_mounts_fetch_what_is_read_and_survive_the_registry() {
     let start = Instant::now();
     let (mount, said) = Mounted::new(&store, &reference, true, &flags);
     let mounted_in = start.elapsed();
+    eprint!("{said}");
     assert!(
         said.contains(&format!("{digest}: lazy, UNVERIFIED")),
         "{said}"
