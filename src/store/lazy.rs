@@ -211,6 +211,23 @@ mod tests {
         assert!(dir.path().join("lazy/other").exists());
     }
 
+    /// A blob that is no EROFS image fails to open, naming the layer, and
+    /// leaves its cache for gc (no record names it).
+    #[test]
+    fn a_blob_that_is_no_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let junk = dir.path().join("junk");
+        std::fs::write(&junk, vec![0x5a; 3 << 20]).unwrap();
+        let source = Arc::new(Local(FileSource::open(&junk).unwrap()));
+        let record = layer(&junk, LayerKind::Erofs);
+        let err = open_layer(&store, source, &record, &CacheOptions::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, Error::Invalid(_)), "{text}");
+        assert!(text.contains(&record.digest) && text.contains("not a usable EROFS image"));
+        assert_eq!(gc_caches(&store, &BTreeSet::new()).unwrap(), 1);
+    }
+
     #[test]
     fn only_erofs_layers_open_lazily() {
         let dir = tempfile::tempdir().unwrap();

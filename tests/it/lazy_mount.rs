@@ -327,3 +327,25 @@ fn rootless_lazy_mount_with_the_default_store() {
         tree_manifest(pulled.0.path())
     );
 }
+
+/// `--lazy` applies to image references only.
+#[test]
+fn lazy_is_refused_for_image_files() {
+    let work = tempfile::tempdir().unwrap();
+    let image = work.path().join("image.erofs");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.erofs"),
+        &image,
+    )
+    .unwrap();
+    let out = run(Command::new(bin())
+        .args(["mount", "--lazy"])
+        .arg(&image)
+        .arg(work.path()));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--lazy applies to image references"),
+        "{said}"
+    );
+}
