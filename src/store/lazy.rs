@@ -1,8 +1,9 @@
 //! `mount --lazy`: EROFS-native layers read from their registry on demand,
 //! through a chunk cache ([`crate::lazy::ChunkCache`]) kept in the store
 //! as `STORE/lazy/sha256:<hex>` (the sparse blob) and its map
-//! `sha256:<hex>.chunks`, reused by later mounts; and what `store gc`
-//! removes of them.
+//! `sha256:<hex>.chunks`, reused by later mounts; `pull` adopting a
+//! complete cache whose bytes match the layer's digest; and what `store
+//! gc` removes of them.
 //!
 //! Nothing read this way is verified: the cache keeps what the registry
 //! serves for each range (the blob's digest cannot be checked before the
@@ -11,6 +12,8 @@
 use std::collections::BTreeSet;
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::Arc;
 
 use nix::errno::Errno;
@@ -19,7 +22,7 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::lazy::{CacheOptions, ChunkCache, RemoteBlob};
+use crate::lazy::{CacheOptions, ChunkCache, ChunkSource, RemoteBlob};
 use crate::reader::Image;
 use crate::registry::manifest::LayerKind;
 use crate::registry::ImageSource;
@@ -70,6 +73,82 @@ pub fn open_layer(
         )),
     })?;
     Ok((image, cache))
+}
+
+/// A source that fetches nothing: opening a cache over it only reads the
+/// map (for [`adopt`]).
+struct Offline {
+    digest: String,
+    len: u64,
+}
+
+impl ChunkSource for Offline {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, _: u64, _: &mut [u8]) -> Result<()> {
+        Err(Error::Registry(format!("{}: not fetched", self.digest)))
+    }
+
+    fn name(&self) -> String {
+        self.digest.clone()
+    }
+}
+
+/// For `pull`: writes the bytes of EROFS-native `layer` from its lazy cache
+/// to `out` (named `out_path`) when the cache is complete, and says whether
+/// they hash to the layer's digest (then the blob need not be fetched).
+/// `false` when there is no complete cache, or its bytes do not match; `out`
+/// may then hold some of them, to be discarded.
+pub(crate) fn adopt(
+    store: &Store,
+    layer: &LayerRecord,
+    out: &File,
+    out_path: &Path,
+) -> Result<bool> {
+    use sha2::{Digest, Sha256};
+    let digest = &layer.digest;
+    let dir = store.lazy_dir();
+    let map = format!("{digest}{MAP_SUFFIX}");
+    let exists = nix::sys::stat::fstatat(
+        Some(dir.fd().as_raw_fd()),
+        map.as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .is_ok();
+    if layer.kind != LayerKind::Erofs || !is_layer_name(digest.as_bytes()) || !exists {
+        return Ok(false);
+    }
+    let source = Arc::new(Offline {
+        digest: digest.clone(),
+        len: layer.size,
+    });
+    let options = CacheOptions::default();
+    let cache = ChunkCache::open(dir.fd(), dir.path(), digest, digest, source, &options)?;
+    let stats = cache.stats();
+    if stats.present != stats.chunks {
+        return Ok(false);
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0;
+    while at < layer.size {
+        let n = (layer.size - at).min(buf.len() as u64) as usize;
+        let piece = &mut buf[..n];
+        let read = cache.file().read_exact_at(piece, at);
+        read.map_err(|e| Error::io(cache.path(), e))?;
+        hasher.update(&piece[..]);
+        out.write_all_at(piece, at)
+            .map_err(|e| Error::io(out_path, e))?;
+        at += n as u64;
+    }
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(digest.strip_prefix("sha256:") == Some(got.as_str()))
 }
 
 /// Removes the lazy caches of layers no record in `referenced` names, or
@@ -226,6 +305,41 @@ mod tests {
         assert!(matches!(err, Error::Invalid(_)), "{text}");
         assert!(text.contains(&record.digest) && text.contains("not a usable EROFS image"));
         assert_eq!(gc_caches(&store, &BTreeSet::new()).unwrap(), 1);
+    }
+
+    /// `pull` adopts a complete cache whose bytes match the digest, and
+    /// nothing else.
+    #[test]
+    fn complete_caches_are_adopted_when_they_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = fixture();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut record = layer(&path, LayerKind::Erofs);
+        record.digest = crate::registry::oci_layout::sha256_digest(&bytes);
+        let out_path = dir.path().join("out");
+        let out = File::create(&out_path).unwrap();
+        // No cache: none made.
+        assert!(!adopt(&store, &record, &out, &out_path).unwrap());
+        assert_eq!(list(store.lazy_dir()).unwrap().len(), 0);
+        let source = Arc::new(Local(FileSource::open(&path).unwrap()));
+        let options = CacheOptions::default();
+        let (image, cache) = open_layer(&store, source, &record, &options).unwrap();
+        drop(image);
+        // (One 1 MiB chunk: complete once opened; incomplete caches are
+        // tests/it/lazy_mount.rs's.)
+        cache.ensure(0, cache.len()).unwrap();
+        drop(cache);
+        assert!(adopt(&store, &record, &out, &out_path).unwrap());
+        assert_eq!(std::fs::read(&out_path).unwrap(), bytes);
+        // A cached byte changed: not adopted.
+        let cached = dir.path().join("lazy").join(&record.digest);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&cached)
+            .unwrap();
+        file.write_all_at(&[bytes[100] ^ 1], 100).unwrap();
+        assert!(!adopt(&store, &record, &out, &out_path).unwrap());
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! to be one), and renamed into place whole. A per-digest lock makes two
 //! pulls of one layer fetch it once. The manifests, config and the image
 //! record are written last, so a failed pull leaves no record and no
-//! partial layer or blob.
+//! partial layer or blob. An EROFS layer whose lazy cache (`mount --lazy`)
+//! is complete is copied from it instead, if its bytes match the digest;
+//! with [`PullOptions::lazy_erofs`] missing EROFS layers are not fetched.
 
 use std::ffi::OsStr;
 use std::io::{BufWriter, Write};
@@ -308,10 +310,21 @@ fn fetch_layer(
     let staging = Staging::create(&store.root, PULL_PREFIX)?;
     let blob_path = staging.dir.path().join(BLOB_FILE);
     let blob = staging.create_file(BLOB_FILE)?;
-    let mut sink = BufWriter::with_capacity(1 << 20, &blob);
-    source.blob(digest, layer.size, &mut sink, &|n| progress.bytes(index, n))?;
-    sink.flush().map_err(|e| Error::io(&blob_path, e))?;
-    drop(sink);
+    // A complete lazy cache (mount --lazy) whose bytes match the digest
+    // spares the fetch; anything else about it only costs the fetch.
+    let adopted = super::lazy::adopt(store, layer, &blob, &blob_path).unwrap_or_else(|e| {
+        tracing::debug!("not adopting the lazy cache: {e}");
+        false
+    });
+    if adopted {
+        progress.step(index, "from the lazy cache");
+    } else {
+        blob.set_len(0).map_err(|e| Error::io(&blob_path, e))?;
+        let mut sink = BufWriter::with_capacity(1 << 20, &blob);
+        source.blob(digest, layer.size, &mut sink, &|n| progress.bytes(index, n))?;
+        sink.flush().map_err(|e| Error::io(&blob_path, e))?;
+        drop(sink);
+    }
     blob.sync_all().map_err(|e| Error::io(&blob_path, e))?;
     progress.step(index, "converting");
     let info = match layer.kind {

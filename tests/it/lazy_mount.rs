@@ -6,7 +6,8 @@
 //! pulled whole; with the registry killed, cached files read and an unread
 //! one fails with EIO in bounded time, the mount alive; restarted, it
 //! reads; a second mount reuses the cache (the registry down, the cache
-//! complete); `rmi` and `store gc` remove it.
+//! complete); `pull` adopts the complete cache instead of fetching the
+//! blob; `store gc` then removes it.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -231,13 +232,28 @@ fn lazy_mounts_fetch_what_is_read_and_survive_the_registry() {
     assert_eq!(ranges(&reg, &digest), before);
     drop(again);
 
-    // Unreferenced, the cache goes with gc.
-    let out = cli(&store, &["rmi", &reference], &[]);
+    // pull adopts the complete cache: the blob is not fetched whole.
+    reg.restart();
+    let out = cli(&store, &["pull", "--quiet", &reference], &flags);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let blob = format!("/blobs/{digest} ");
+    let whole_gets = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains(&blob) && l.contains("\" 200 "))
+        .count();
+    assert_eq!(whole_gets, 1, "only the pull into `whole` fetched it whole");
+    assert!(store.join(&digest).join("layer.erofs").is_file());
+    let (pulled, said) = Mounted::new(&store, &reference, false, &flags);
+    assert!(!said.contains("lazy"), "{said}");
+    assert_eq!(tree_manifest(pulled.0.path()), lazy_tree);
+    drop(pulled);
+
+    // Held whole now, the cache goes with gc.
     let out = cli(&store, &["store", "gc"], &[]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("1 lazy caches"), "{said}");
