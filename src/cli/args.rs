@@ -313,6 +313,13 @@ pub struct MountArgs {
     /// Mount the image REF (see `pull`): only MOUNTPOINT follows.
     #[arg(long, value_name = "REF", conflicts_with = "layers")]
     pub image: Option<String>,
+    /// With an image reference: read the EROFS-native layers the store
+    /// lacks from the registry on demand (range requests, cached in the
+    /// store's lazy/ directory for later mounts) instead of pulling them
+    /// first. Tar layers are still pulled whole. Lazy layers are NOT
+    /// verified: the registry's bytes are served as they come.
+    #[arg(long, conflicts_with = "layers")]
+    pub lazy: bool,
     /// Where images by reference come from, and the store (boxed: the
     /// other subcommands' arguments are smaller).
     #[command(flatten)]

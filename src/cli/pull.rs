@@ -6,9 +6,10 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use erofs_fuse::registry::manifest::LayerKind;
 use erofs_fuse::registry::manifest::{parse_config, Platform};
 use erofs_fuse::registry::ClientOptions;
-use erofs_fuse::store::images::{default_dir, ImageRecord, ImageRef, Store};
+use erofs_fuse::store::images::{default_dir, ImageRecord, ImageRef, LayerRecord, Store};
 use erofs_fuse::store::pull::{pull, NoProgress, Progress, PullOptions};
 
 use super::args::{ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RmiArgs, StoreGcArgs};
@@ -30,6 +31,7 @@ impl PullArgs {
             &image,
             &self.source,
             usize::from(self.jobs),
+            false,
             progress,
         )?;
         write_out(format!("{}\n", record.manifest_digest).as_bytes())
@@ -99,9 +101,13 @@ impl StoreGcArgs {
     pub fn run(self) -> Result {
         let store = open_store(self.store.as_deref())?;
         let report = erofs_fuse::store::gc::gc(&store, self.all)?;
+        let caches = match report.caches {
+            0 => String::new(),
+            n => format!(", {n} lazy caches"),
+        };
         write_out(
             format!(
-                "removed {} layers, {} blobs, {} leftovers\n",
+                "removed {} layers, {} blobs, {} leftovers{caches}\n",
                 report.layers, report.blobs, report.stale
             )
             .as_bytes(),
@@ -124,12 +130,26 @@ pub fn ensure_pulled(
     image: &ImageRef,
     args: &ImageSourceArgs,
 ) -> Result<ImageRecord> {
+    ensure_resolved(store, image, args, false)
+}
+
+/// The record of `image`, pulled first unless the store has the layers it
+/// needs: all of them, or with `lazy_erofs` all but the EROFS-native ones
+/// (which `mount --lazy` reads on demand, and the pull leaves unfetched).
+pub fn ensure_resolved(
+    store: &Store,
+    image: &ImageRef,
+    args: &ImageSourceArgs,
+    lazy_erofs: bool,
+) -> Result<ImageRecord> {
     if let Some(record) = store.record(image)? {
-        if record.layers.iter().all(|l| store.has_layer(&l.digest)) {
+        let needed = |l: &&LayerRecord| !(lazy_erofs && l.kind == LayerKind::Erofs);
+        let layers = record.layers.iter().filter(needed);
+        if layers.into_iter().all(|l| store.has_layer(&l.digest)) {
             return Ok(record);
         }
     }
-    pull_with(store, image, args, 0, &NoProgress)
+    pull_with(store, image, args, 0, lazy_erofs, &NoProgress)
 }
 
 /// The layer images of `record`, bottom first.
@@ -147,6 +167,7 @@ fn pull_with(
     image: &ImageRef,
     args: &ImageSourceArgs,
     jobs: usize,
+    lazy_erofs: bool,
     progress: &dyn Progress,
 ) -> Result<ImageRecord> {
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
@@ -154,13 +175,14 @@ fn pull_with(
     let options = PullOptions {
         platform,
         threads: jobs,
+        lazy_erofs,
     };
     Ok(pull(store, image, source.as_ref(), &options, progress)?)
 }
 
 /// The registry options from the command line (credentials are never
 /// echoed, not even in the error about their form).
-fn client_options(args: &ImageSourceArgs) -> Result<ClientOptions> {
+pub fn client_options(args: &ImageSourceArgs) -> Result<ClientOptions> {
     let creds = match &args.creds {
         Some(text) => match text.split_once(':') {
             Some((user, pass)) if !user.is_empty() => Some((user.to_string(), pass.to_string())),

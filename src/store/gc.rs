@@ -4,7 +4,8 @@
 //! Removed: pulled layer directories no image needs (those `store add`
 //! made carry no image and stay, unless `all`), blobs no image needs,
 //! pulls' staging directories and temporary files a crash left behind,
-//! and lock files. `store add` takes no lock (it keeps the store layout
+//! lock files, and the lazy caches (`lazy/`) of layers no image needs or
+//! the store holds whole, unless a mount has them open. `store add` takes no lock (it keeps the store layout
 //! containers/storage reads as it was): `gc --all` during an add may
 //! remove the layer it adds. Everything removed is something the store made: entries are
 //! opened without following symlinks, a layer directory is first renamed
@@ -34,6 +35,8 @@ pub struct GcReport {
     pub blobs: usize,
     /// Staging directories and temporary files left by crashes.
     pub stale: usize,
+    /// Lazy layers' chunk caches (each a blob and its map).
+    pub caches: usize,
 }
 
 /// Collects `store`'s garbage; with `all`, layers no image references are
@@ -89,6 +92,7 @@ pub fn gc(store: &Store, all: bool) -> Result<GcReport> {
     for name in list(locks)? {
         remove_file(locks, &name)?;
     }
+    report.caches = super::lazy::gc_caches(store, &referenced)?;
     Ok(report)
 }
 

@@ -7,6 +7,7 @@
 //! STORE/blobs/sha256/<hex>           manifests, indexes and configs by digest
 //! STORE/images/<sha256(ref)>.json    one ImageRecord per normalized reference
 //! STORE/locks/sha256:<hex>.lock      per-layer flock: one fetch per digest
+//! STORE/lazy/sha256:<hex>[.chunks]    lazy layers' chunk caches (mount --lazy)
 //! STORE/lock                         store-wide flock: shared by pull and
 //!                                    add, exclusive by gc
 //! ```
@@ -36,6 +37,9 @@ const BLOBS_DIR: &str = "blobs";
 const IMAGES_DIR: &str = "images";
 /// Where per-digest lock files are kept.
 const LOCKS_DIR: &str = "locks";
+/// Where `mount --lazy` keeps the chunk caches of layers it reads on
+/// demand (see [`crate::lazy`]).
+const LAZY_DIR: &str = "lazy";
 /// The store-wide lock file.
 const STORE_LOCK: &str = "lock";
 
@@ -161,6 +165,7 @@ pub struct Store {
     blobs: OutputDir,
     images: OutputDir,
     locks: OutputDir,
+    lazy: OutputDir,
 }
 
 impl Store {
@@ -175,11 +180,13 @@ impl Store {
         let blobs = subdir(&blobs, "sha256")?;
         let images = subdir(&root, IMAGES_DIR)?;
         let locks = subdir(&root, LOCKS_DIR)?;
+        let lazy = subdir(&root, LAZY_DIR)?;
         Ok(Self {
             root,
             blobs,
             images,
             locks,
+            lazy,
         })
     }
 
@@ -300,6 +307,12 @@ impl Store {
     /// The EROFS image of layer `digest`.
     pub fn layer_image(&self, digest: &str) -> PathBuf {
         super::layout::layer_dir(self.path(), digest).join(super::layout::IMAGE_FILE)
+    }
+
+    /// The directory of lazy layers' chunk caches: `sha256:<hex>` (the
+    /// sparse blob) and `sha256:<hex>.chunks` (its map) per layer.
+    pub fn lazy_dir(&self) -> &OutputDir {
+        &self.lazy
     }
 
     /// The directories gc walks: blobs, images, locks.

@@ -15,6 +15,7 @@
 pub mod gc;
 pub mod images;
 pub mod layout;
+pub mod lazy;
 pub mod pull;
 
 use std::collections::HashMap;

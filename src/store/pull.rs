@@ -8,7 +8,9 @@
 //! to be one), and renamed into place whole. A per-digest lock makes two
 //! pulls of one layer fetch it once. The manifests, config and the image
 //! record are written last, so a failed pull leaves no record and no
-//! partial layer or blob.
+//! partial layer or blob. An EROFS layer whose lazy cache (`mount --lazy`)
+//! is complete is copied from it instead, if its bytes match the digest;
+//! with [`PullOptions::lazy_erofs`] missing EROFS layers are not fetched.
 
 use std::ffi::OsStr;
 use std::io::{BufWriter, Write};
@@ -67,6 +69,10 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// Layers fetched at once (0: [`DEFAULT_THREADS`]).
     pub threads: usize,
+    /// Leave EROFS-native layers the store lacks unfetched: `mount --lazy`
+    /// reads them on demand ([`super::lazy`]). The record lists them all
+    /// the same, so a later plain `mount` or `pull` fetches them whole.
+    pub lazy_erofs: bool,
 }
 
 /// The image `image` resolves to in `source`.
@@ -114,7 +120,7 @@ pub fn pull(
     };
     parse_config(&config_bytes, &format!("{name}: config {config_digest}"))?;
 
-    fetch_layers(store, source, &layers, options.threads, progress)?;
+    fetch_layers(store, source, &layers, options, progress)?;
 
     store.put_blob(&resolved.top.digest, &resolved.top.bytes)?;
     let manifest_digest = match &resolved.platform_manifest {
@@ -240,10 +246,10 @@ fn fetch_layers(
     store: &Store,
     source: &dyn ImageSource,
     layers: &[LayerRecord],
-    threads: usize,
+    options: &PullOptions,
     progress: &dyn Progress,
 ) -> Result<()> {
-    let threads = match threads {
+    let threads = match options.threads {
         0 => DEFAULT_THREADS,
         n => n,
     }
@@ -259,7 +265,14 @@ fn fetch_layers(
                 if index >= layers.len() || failed.load(Ordering::Relaxed) {
                     break;
                 }
-                if let Err(e) = fetch_layer(store, source, &layers[index], index, progress) {
+                let layer = &layers[index];
+                if options.lazy_erofs
+                    && layer.kind == LayerKind::Erofs
+                    && !store.has_layer(&layer.digest)
+                {
+                    continue;
+                }
+                if let Err(e) = fetch_layer(store, source, layer, index, progress) {
                     progress.finish(index, "failed");
                     failed.store(true, Ordering::Relaxed);
                     let mut slot = first_error.lock().unwrap_or_else(|p| p.into_inner());
@@ -297,10 +310,21 @@ fn fetch_layer(
     let staging = Staging::create(&store.root, PULL_PREFIX)?;
     let blob_path = staging.dir.path().join(BLOB_FILE);
     let blob = staging.create_file(BLOB_FILE)?;
-    let mut sink = BufWriter::with_capacity(1 << 20, &blob);
-    source.blob(digest, layer.size, &mut sink, &|n| progress.bytes(index, n))?;
-    sink.flush().map_err(|e| Error::io(&blob_path, e))?;
-    drop(sink);
+    // A complete lazy cache (mount --lazy) whose bytes match the digest
+    // spares the fetch; anything else about it only costs the fetch.
+    let adopted = super::lazy::adopt(store, layer, &blob, &blob_path).unwrap_or_else(|e| {
+        tracing::debug!("not adopting the lazy cache: {e}");
+        false
+    });
+    if adopted {
+        progress.step(index, "from the lazy cache");
+    } else {
+        blob.set_len(0).map_err(|e| Error::io(&blob_path, e))?;
+        let mut sink = BufWriter::with_capacity(1 << 20, &blob);
+        source.blob(digest, layer.size, &mut sink, &|n| progress.bytes(index, n))?;
+        sink.flush().map_err(|e| Error::io(&blob_path, e))?;
+        drop(sink);
+    }
     blob.sync_all().map_err(|e| Error::io(&blob_path, e))?;
     progress.step(index, "converting");
     let info = match layer.kind {
