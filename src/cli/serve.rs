@@ -168,9 +168,10 @@ fn open_lazily(
             }
         };
         let cache_options = erofs_fuse::lazy::CacheOptions::default();
-        let (lazy, cache) =
+        let (mut lazy, cache) =
             erofs_fuse::store::lazy::open_layer(store, source, layer, &cache_options)
                 .with_context(|| format!("layer {i} {digest}"))?;
+        lazy.set_cache_size(open.cache_size);
         let stats = cache.stats();
         eprintln!(
             "layer {i} {digest}: lazy, UNVERIFIED (served as the registry sends it), {}/{} chunks cached",

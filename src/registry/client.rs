@@ -200,12 +200,40 @@ impl RegistryClient {
                 )));
             }
         }
-        response
-            .body_mut()
-            .as_reader()
-            .read_exact(buf)
-            .map_err(|e| Failure::transient(format!("reading the body: {e}")))
+        read_before_deadline(&mut response.body_mut().as_reader(), buf)
     }
+}
+
+/// Longest a range read may take, however the bytes trickle in: a lazy
+/// read waits for it, and a registry sending a byte just within each read
+/// timeout must not hold that read for hours.
+const RANGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Fills `buf` from `body`, failing (for a retry) past [`RANGE_DEADLINE`].
+fn read_before_deadline(body: &mut impl Read, buf: &mut [u8]) -> std::result::Result<(), Failure> {
+    let start = std::time::Instant::now();
+    let mut done = 0;
+    while done < buf.len() {
+        if start.elapsed() > RANGE_DEADLINE {
+            return Err(Failure::transient(format!(
+                "reading the body: {done} of {} bytes after {} s",
+                buf.len(),
+                RANGE_DEADLINE.as_secs()
+            )));
+        }
+        match body.read(&mut buf[done..]) {
+            Ok(0) => {
+                return Err(Failure::transient(format!(
+                    "reading the body: it ends after {done} of {} bytes",
+                    buf.len()
+                )))
+            }
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failure::transient(format!("reading the body: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// A blob download under way: what was written so far is hashed and kept
