@@ -53,7 +53,9 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 logs=target/fuzz-logs seeds=target/fuzz-seeds
 mkdir -p "$logs"
 rm -rf "$seeds"
-cargo run --quiet --release --manifest-path fuzz/Cargo.toml -p fuzz-seeds -- tests/fixtures "$seeds"
+# The generator in the dev profile: it runs for a second, a release build
+# of it and the library would take minutes.
+cargo run --quiet --manifest-path fuzz/Cargo.toml -p fuzz-seeds -- tests/fixtures "$seeds"
 mkdir -p "$seeds/stack"
 # The fixtures are larger than the image target's max_len: small images of
 # a small tree in several layouts make whole seeds (mkfs.erofs, if present).
