@@ -150,24 +150,13 @@ pub(crate) fn convert_at(
     let mut source = open_input(input, options.progress, options.gzinfo.is_some())
         .map_err(|e| ConvertError::io(input, e))?;
     let compression = source.compression;
-    let gzinfo = match &options.gzinfo {
-        Some(_) if compression != Compression::Gzip => {
-            return Err(invalid(input, "--gzinfo needs a gzip input"))
-        }
-        Some(path) => Some(ZinfoDest::plan(path, input, &output)?),
-        None => None,
-    };
     let image = dir.temp_file().map_err(|e| ConvertError::io(&output, e))?;
     let block_bits = match options.mode {
         Mode::Index => 9,
         Mode::Full => 12,
     };
     let copy = TarCopy::plan(input, compression != Compression::None, dir, name, options)?;
-    if let (Some(zinfo), Some(tar)) = (&gzinfo, &copy.keep) {
-        if same_target(&zinfo.path, &tar.path) {
-            return Err(invalid(&zinfo.path, "the zinfo would overwrite the tar"));
-        }
-    }
+    let gzinfo = plan_gzinfo(options, input, &output, compression, &copy)?;
     let tee = match &copy.temp {
         Some(temp) => Some(
             temp.file()
@@ -204,13 +193,14 @@ pub(crate) fn convert_at(
     let tar_path =
         (options.mode == Mode::Index && !options.append_tar).then(|| tar_name.to_path_buf());
     if options.mode == Mode::Index && options.append_tar {
-        let mut tar = match &copy.temp {
-            Some(temp) => temp.file().try_clone(),
-            None => File::open(input),
-        }
-        .map_err(|e| ConvertError::io(tar_name, e))?;
-        append(image.file(), summary.image_size, &mut tar)
-            .map_err(|e| ConvertError::io(&output, e))?;
+        append_tar(
+            &copy,
+            input,
+            tar_name,
+            image.file(),
+            summary.image_size,
+            &output,
+        )?;
     }
     if let (Some(dest), Some(index)) = (&gzinfo, &source.gzindex) {
         dest.write(&index.zinfo().to_bytes())?;
@@ -233,6 +223,48 @@ pub(crate) fn convert_at(
         image_size: summary.image_size,
         inodes: summary.inodes,
     })
+}
+
+/// Where `--gzinfo` goes (gzip input only), checked against the other
+/// outputs.
+fn plan_gzinfo(
+    options: &ConvertOptions,
+    input: &Path,
+    output: &Path,
+    compression: Compression,
+    copy: &TarCopy,
+) -> Result<Option<ZinfoDest>, ConvertError> {
+    let Some(path) = &options.gzinfo else {
+        return Ok(None);
+    };
+    if compression != Compression::Gzip {
+        return Err(invalid(input, "--gzinfo needs a gzip input"));
+    }
+    let zinfo = ZinfoDest::plan(path, input, output)?;
+    if let Some(tar) = &copy.keep {
+        if same_target(&zinfo.path, &tar.path) {
+            return Err(invalid(&zinfo.path, "the zinfo would overwrite the tar"));
+        }
+    }
+    Ok(Some(zinfo))
+}
+
+/// Appends the tar (the kept copy, or the input itself) to the image of
+/// `image_size` bytes (`--append-tar`).
+fn append_tar(
+    copy: &TarCopy,
+    input: &Path,
+    tar_name: &Path,
+    image: &File,
+    image_size: u64,
+    output: &Path,
+) -> Result<(), ConvertError> {
+    let mut tar = match &copy.temp {
+        Some(temp) => temp.file().try_clone(),
+        None => File::open(input),
+    }
+    .map_err(|e| ConvertError::io(tar_name, e))?;
+    append(image, image_size, &mut tar).map_err(|e| ConvertError::io(output, e))
 }
 
 /// Writes the metadata of `tree` and finishes the image: its data in the
