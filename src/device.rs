@@ -373,7 +373,6 @@ impl Device {
             ))
             .into());
         }
-        self.fill(from, to - from)?;
         // Copied and verified ahead of the reader, if it keeps pace.
         let prepared = self.ahead.as_ref().and_then(|a| a.prepared());
         if prepared.is_some_and(|p| p.copy_range(start, len, copy)) {
@@ -404,8 +403,7 @@ impl Device {
 
     /// For a random read of more than a page: each fault on its map reads
     /// one page, so have the kernel read the range in one request instead
-    /// (cold random 16 KiB reads: 6,000 per second against 3,000; a 64 KiB
-    /// pcluster decoded for a 4 KiB read: 4,500 against 2,000).
+    /// (docs/benchmarks.md, "Design measurements").
     fn advise_random(&self, access: Access, offset: u64, len: u64) {
         if access == Access::Random && len > PAGE {
             if let Some((start, len)) = self.page_range(offset, len) {

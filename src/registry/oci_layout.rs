@@ -83,7 +83,7 @@ impl OciLayout {
     }
 
     /// `blobs/sha256/<hex>` of `digest`, which must be a sha256 digest.
-    fn blob_path(&self, digest: &str) -> Result<PathBuf> {
+    pub fn blob_path(&self, digest: &str) -> Result<PathBuf> {
         if !is_sha256_digest(digest) {
             return Err(Error::Invalid(format!(
                 "{}: not a sha256 digest: {digest:?}",

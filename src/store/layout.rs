@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::convert::{convert_at, ConvertOptions, Mode};
 use crate::error::{Error, Result};
+use crate::registry::manifest::Manifest;
+use crate::registry::oci_layout::OciLayout;
+use crate::registry::ImageSource;
 use crate::safe_fs::{self, OutputDir};
 
 /// The image of a layer.
@@ -264,68 +267,23 @@ pub(crate) fn finish_file(file: &File, path: &Path) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
-/// Largest OCI index or manifest read (they are a few KiB).
-const MAX_MANIFEST_SIZE: u64 = 4 << 20;
-
 /// The layer blobs of the image in OCI image layout `dir` (as `skopeo copy
 /// ... oci:DIR` writes it), bottom first. The layout must hold exactly one
 /// image manifest.
 pub fn oci_layers(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index_path = dir.join("index.json");
-    if !index_path.is_file() {
-        return Err(Error::Invalid(format!(
-            "{}: not an OCI image layout (no index.json)",
-            dir.display()
-        )));
-    }
-    let index = read_json(&index_path)?;
-    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-    let [manifest] = manifests.as_slice() else {
-        return Err(Error::Invalid(format!(
-            "{}: holds {} images; copy one (skopeo copy docker://REF oci:DIR:TAG into an empty DIR)",
-            dir.display(),
-            manifests.len()
-        )));
-    };
-    let manifest = read_json(&blob_path(dir, &manifest["digest"])?)?;
-    if manifest.get("manifests").is_some() {
-        return Err(Error::Invalid(format!(
+    let layout = OciLayout::open(dir)?;
+    let fetched = layout.manifest("")?;
+    match Manifest::parse(&fetched, &layout.name())? {
+        Manifest::Index(_) => Err(Error::Invalid(format!(
             "{}: a multi-platform index; copy one platform (skopeo copy --override-arch ...)",
             dir.display()
-        )));
+        ))),
+        Manifest::Image(manifest) => manifest
+            .layers()
+            .iter()
+            .map(|layer| layout.blob_path(layer.digest().as_ref()))
+            .collect(),
     }
-    let layers = manifest["layers"]
-        .as_array()
-        .ok_or_else(|| Error::Invalid(format!("{}: a manifest without layers", dir.display())))?;
-    layers
-        .iter()
-        .map(|l| blob_path(dir, &l["digest"]))
-        .collect()
-}
-
-/// `dir/blobs/sha256/<hex>` for a digest value, checked to be one.
-fn blob_path(dir: &Path, digest: &serde_json::Value) -> Result<PathBuf> {
-    let digest = digest.as_str().unwrap_or_default();
-    if !is_layer_name(digest.as_bytes()) {
-        return Err(Error::Invalid(format!(
-            "{}: not a sha256 digest: {digest:?}",
-            dir.display()
-        )));
-    }
-    Ok(dir.join("blobs/sha256").join(&digest["sha256:".len()..]))
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut text = Vec::new();
-    file.take(MAX_MANIFEST_SIZE + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| Error::io(path, e))?;
-    if text.len() as u64 > MAX_MANIFEST_SIZE {
-        return Err(Error::Invalid(format!("{}: too large", path.display())));
-    }
-    serde_json::from_slice(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
 }
 
 /// The directory of layer `digest` in `store`.

@@ -23,11 +23,7 @@ const DIFF_IDS: [&str; 2] = [
     "sha256:1e923d772f4f7df8b07472bbd414a1498be44705942fd657f1de9735237fa79c",
 ];
 
-fn oci_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/oci")
-        .join(name)
-}
+use common::registry::oci_fixture;
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(bytes))

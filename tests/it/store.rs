@@ -271,3 +271,47 @@ fn serve_presents_overlay_xattrs_for_rootless_overlayfs() {
         assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
     }
 }
+
+#[test]
+fn store_add_takes_each_layer_of_an_oci_layout_and_refuses_an_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let layout = common::registry::oci_fixture("gzip");
+    let out = run_ok(
+        Command::new(bin())
+            .args(["store", "add"])
+            .arg(&store)
+            .arg(&layout),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The fixture README's two layer digests, bottom first.
+    let l1 = "sha256:62938c8bf2da04cb1d7ca49f78c665668b32395893cbcca285f4145c2c070f5b";
+    let l2 = "sha256:4752d08738716f1e1bce13145a9a3045154db90a6fb4c3ead8a12b383c37c139";
+    let (at1, at2) = (stdout.find(l1), stdout.find(l2));
+    assert!(at1.is_some() && at2.is_some() && at1 < at2, "{stdout}");
+    for l in [l1, l2] {
+        assert!(store.join(l).join("layer.erofs").is_file(), "{l}");
+    }
+    // A layout whose only entry is a multi-platform index.
+    let multi = dir.path().join("multi");
+    std::fs::create_dir_all(multi.join("blobs/sha256")).unwrap();
+    let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    let digest = sha256(index);
+    std::fs::write(multi.join("blobs/sha256").join(&digest[7..]), index).unwrap();
+    std::fs::write(
+        multi.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.index.v1+json","digest":"{digest}","size":{}}}]}}"#,
+            index.len()
+        ),
+    )
+    .unwrap();
+    let out = run(Command::new(bin())
+        .args(["store", "add"])
+        .arg(&store)
+        .arg(&multi));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a multi-platform index"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
