@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{have, run_ok, Need};
 
+mod listener;
 pub mod raw;
 mod storage;
 mod token;

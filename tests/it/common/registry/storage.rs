@@ -5,11 +5,12 @@
 //! directory (with Range requests) and logs what each request carried.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::listener::Listener;
 
 /// What one request to the storage carried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,48 +29,26 @@ pub(super) struct StorageServer {
     pub addr: String,
     /// Every request served.
     pub log: Arc<Mutex<Vec<StorageRequest>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _listener: Listener,
 }
 
 impl StorageServer {
     /// Serves the files under `root`.
     pub fn start(root: PathBuf) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (log, stop) = (log.clone(), stop.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let (root, log) = (root.clone(), log.clone());
-                    if let Ok(stream) = stream {
-                        std::thread::spawn(move || {
-                            let _ = serve(stream, &root, &log);
-                        });
-                    }
-                }
+        let listener = {
+            let log = log.clone();
+            Listener::spawn(move |stream| {
+                let (root, log) = (root.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &root, &log);
+                });
             })
         };
         Self {
-            addr,
+            addr: listener.addr.clone(),
             log,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for StorageServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(&self.addr); // wakes accept()
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            _listener: listener,
         }
     }
 }

@@ -2,16 +2,16 @@
 //! 127.0.0.1 issuing RS256 JWTs as distribution's `auth: token` wants them.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
+use super::listener::Listener;
 use super::{openssl, PASSWORD, USER};
 
 /// The registry's service name (the JWT audience) and the tokens' issuer.
@@ -30,8 +30,7 @@ pub(super) struct TokenServer {
     pub cert: PathBuf,
     /// `(scope, granted)` of each request served.
     pub log: Arc<Mutex<Vec<(String, bool)>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _listener: Listener,
 }
 
 impl TokenServer {
@@ -57,40 +56,19 @@ impl TokenServer {
         );
         let pem = std::fs::read_to_string(dir.join("token.pem")).unwrap();
         let x5c: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
         let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
         let key = dir.join("token.key");
-        let thread = {
-            let (log, stop) = (log.clone(), stop.clone());
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    if let Ok(stream) = stream {
-                        let _ = serve_token(stream, &key, &x5c, &log);
-                    }
-                }
+        let listener = {
+            let log = log.clone();
+            Listener::spawn(move |stream| {
+                let _ = serve_token(stream, &key, &x5c, &log);
             })
         };
         Self {
-            addr,
+            addr: listener.addr.clone(),
             cert: dir.join("token.pem"),
             log,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for TokenServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(&self.addr); // wakes accept()
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            _listener: listener,
         }
     }
 }
