@@ -23,7 +23,7 @@ use nix::sys::stat::{fstatat, Mode as FileMode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{convert_at, ConvertOptions, Mode};
+use crate::convert::{convert_at, ConvertError, ConvertOptions, ConvertReport, Mode};
 use crate::error::{Error, Result};
 use crate::registry::manifest::Manifest;
 use crate::registry::oci_layout::OciLayout;
@@ -201,18 +201,8 @@ impl Drop for Staging<'_> {
 
 /// Converts `blob` into the layer directory being built.
 fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo> {
-    let options = ConvertOptions {
-        mode: Mode::Index,
-        aufs: true,
-        append_tar: true,
-        tar_out: None,
-        gzinfo: None,
-        progress,
-        implied_mtime: None,
-    };
-    let report = convert_at(blob, &staging.dir, OsStr::new(IMAGE_FILE), &options)
+    let report = convert_layer(staging, blob, progress)
         .map_err(|e| Error::Invalid(format!("converting {}: {e}", blob.display())))?;
-    staging.made(IMAGE_FILE);
     let compressed_size = keep_blob(staging, blob)?;
     let info = LayerInfo {
         compressed_digest: report.input_digest.to_string(),
@@ -223,6 +213,28 @@ fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo
     };
     write_info(staging, &info)?;
     Ok(info)
+}
+
+/// Converts the layer blob `blob` (a tar, tar.gz or tar.zst) into the
+/// layer directory being built: a tar-index image with the tar appended,
+/// OCI whiteouts made overlayfs ones, as overlayfs lower layers need.
+pub(crate) fn convert_layer(
+    staging: &Staging<'_>,
+    blob: &Path,
+    progress: bool,
+) -> Result<ConvertReport, ConvertError> {
+    let options = ConvertOptions {
+        mode: Mode::Index,
+        aufs: true,
+        append_tar: true,
+        tar_out: None,
+        gzinfo: None,
+        progress,
+        implied_mtime: None,
+    };
+    let report = convert_at(blob, &staging.dir, OsStr::new(IMAGE_FILE), &options)?;
+    staging.made(IMAGE_FILE);
+    Ok(report)
 }
 
 /// Writes `info` into the layer directory being built.

@@ -20,7 +20,6 @@ use std::sync::Mutex;
 
 use oci_spec::image::{Descriptor, ImageManifest};
 
-use crate::convert::{convert_at, ConvertOptions, Mode};
 use crate::error::{Error, Result};
 use crate::reader::{Image, OpenOptions};
 use crate::registry::manifest::{parse_config, select_platform, LayerKind, Manifest, Platform};
@@ -28,7 +27,9 @@ use crate::registry::oci_layout::sha256_digest;
 use crate::registry::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 
 use super::images::{ImageRecord, ImageRef, LayerRecord, Store};
-use super::layout::{finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAGE_FILE};
+use super::layout::{
+    convert_layer, finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAGE_FILE,
+};
 
 /// The marker in a layer directory that a pull made it (gc removes such
 /// layers once no image needs them; `store add`'s are kept).
@@ -377,24 +378,12 @@ fn erofs_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> 
 /// A tar layer (plain, gzip or zstd): converted to a tar-index image with
 /// the tar appended, OCI whiteouts made overlayfs ones.
 fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
-    let blob_path = pinned_blob(staging);
-    let options = ConvertOptions {
-        mode: Mode::Index,
-        aufs: true,
-        append_tar: true,
-        tar_out: None,
-        gzinfo: None,
-        progress: false,
-        implied_mtime: None,
-    };
-    let converted = convert_at(&blob_path, &staging.dir, OsStr::new(IMAGE_FILE), &options);
-    let report = converted.map_err(|e| {
+    let report = convert_layer(staging, &pinned_blob(staging), false).map_err(|e| {
         Error::Invalid(format!(
             "layer {} ({}): converting: {e}",
             layer.digest, layer.media_type
         ))
     })?;
-    staging.made(IMAGE_FILE);
     Ok(LayerInfo {
         compressed_digest: layer.digest.clone(),
         compressed_size: layer.size,
