@@ -89,6 +89,17 @@ fn private_dir(parent: &OutputDir) -> Result<(std::ffi::OsString, std::os::fd::O
             Ok(()) => {
                 let path = parent.path().join(&name);
                 let fd = safe_fs::open_dir_at(parent.fd(), &name).context(path.display())?;
+                // Still the directory made above (a writable, non-sticky
+                // TMPDIR lets others swap names): ours, private.
+                let st = nix::sys::stat::fstat(fd.as_raw_fd())
+                    .map_err(std::io::Error::from)
+                    .context(path.display())?;
+                if st.st_uid != nix::unistd::geteuid().as_raw() || st.st_mode & 0o077 != 0 {
+                    return Err(CliError::msg(format!(
+                        "{}: replaced while being made; not using it",
+                        path.display()
+                    )));
+                }
                 return Ok((name, fd));
             }
             Err(nix::errno::Errno::EEXIST) => continue,
