@@ -50,7 +50,8 @@ pub(super) fn open_with_zinfo(path: &Path, args: &OpenArgs) -> Result<Image> {
 
 /// A lazy device serving the tar inside `gz` through `zinfo`.
 fn gz_device(gz: &Path, zinfo: &Path) -> Result<Device> {
-    let source = Arc::new(GzSource::open(gz, zinfo).context(gz.display())?);
+    // Its errors name the gzip file or the zinfo already.
+    let source = Arc::new(GzSource::open(gz, zinfo)?);
     let base = std::env::var_os("TMPDIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
