@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::common::pulled::{as_nobody, open_dev_fuse, walk_and_unmount_as_nobody};
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
 use crate::common::{bin, have, run, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
 
@@ -270,11 +271,7 @@ fn rootless_lazy_mount_with_the_default_store() {
     if !have(name, FUSE_ROOT) || !have(name, &needs) || !available(name) {
         return;
     }
-    std::fs::set_permissions(
-        "/dev/fuse",
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    open_dev_fuse();
     let work = tempfile::tempdir().unwrap();
     let (layout, digest, size) = lazy_layout(work.path());
     let reg = Registry::start(Variant::Http);
@@ -291,15 +288,7 @@ fn rootless_lazy_mount_with_the_default_store() {
             .arg("65534:65534")
             .arg(home.path()),
     );
-    let as_nobody = || {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .env("HOME", home.path())
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("REGISTRY_AUTH_FILE");
-        cmd
-    };
+    let as_nobody = || as_nobody(home.path());
     let out = run_ok(
         as_nobody()
             .arg(bin())
@@ -311,19 +300,10 @@ fn rootless_lazy_mount_with_the_default_store() {
     assert!(said.contains("UNVERIFIED"), "{said}");
     let one = run(as_nobody().arg("cat").arg(mnt.join("one")));
     let (_, fetched) = ranges(&reg, &digest);
-    let walk = run(as_nobody()
-        .arg("/usr/bin/python3")
-        .arg(crate::common::script("manifest.py"))
-        .arg(&mnt));
-    let _ = as_nobody().arg("fusermount3").arg("-u").arg(&mnt).status();
+    let walk = walk_and_unmount_as_nobody(home.path(), &mnt);
     assert_eq!(one.stdout, b"hello lazy\n", "{one:?}");
     eprintln!("rootless, one small file: {fetched} of {size} bytes");
     assert!(fetched * 10 <= size, "{fetched} of {size}");
-    assert!(
-        walk.status.success(),
-        "{}",
-        String::from_utf8_lossy(&walk.stderr)
-    );
     let cache = home
         .path()
         .join(".local/share/erofs-fuse/lazy")
@@ -338,10 +318,7 @@ fn rootless_lazy_mount_with_the_default_store() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (pulled, _) = Mounted::new(&whole, &reference, false, &flags);
-    assert_eq!(
-        String::from_utf8_lossy(&walk.stdout),
-        tree_manifest(pulled.0.path())
-    );
+    assert_eq!(walk, tree_manifest(pulled.0.path()));
 }
 
 /// `--lazy` applies to image references only.

@@ -10,9 +10,12 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-use crate::common::pulled::{kernel_manifest, loosely, records, without_trusted_xattrs};
+use crate::common::pulled::{
+    as_nobody, kernel_manifest, loosely, open_dev_fuse, records, walk_and_unmount_as_nobody,
+    without_trusted_xattrs,
+};
 use crate::common::registry::{available, oci_fixture, sha256, Registry, Variant, PASSWORD, USER};
-use crate::common::{bin, have, run, run_ok, script, tree_manifest, Need, FUSE_ROOT};
+use crate::common::{bin, have, run, run_ok, tree_manifest, Need, FUSE_ROOT};
 
 mod faults;
 
@@ -156,11 +159,7 @@ fn pull_and_mount_as_root(reg: &Registry, work: &Path) {
 /// under it: pulls and mounts each fixture from `reg` (the auth variants'
 /// credentials from `~/.docker/config.json`), nothing needing root.
 fn pull_and_mount_rootless(reg: &Registry) {
-    std::fs::set_permissions(
-        "/dev/fuse",
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    open_dev_fuse();
     let home = tempfile::tempdir().unwrap();
     let mut transport = vec!["--insecure".to_string()];
     if let Some(ca) = &reg.ca_cert {
@@ -182,15 +181,7 @@ fn pull_and_mount_rootless(reg: &Registry) {
             .arg("65534:65534")
             .arg(home.path()),
     );
-    let as_nobody = || {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .env("HOME", home.path())
-            .env_remove("XDG_DATA_HOME")
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("REGISTRY_AUTH_FILE");
-        cmd
-    };
+    let as_nobody = || as_nobody(home.path());
     let expected = expected_tree(false);
     for name in LAYOUTS {
         let reference = reg.reference(&format!("fixture/{name}:latest"));
@@ -213,17 +204,8 @@ fn pull_and_mount_rootless(reg: &Registry) {
                 .arg(&reference)
                 .arg(&mnt),
         );
-        let walk = run(as_nobody()
-            .arg("/usr/bin/python3")
-            .arg(script("manifest.py"))
-            .arg(&mnt));
-        let _ = as_nobody().arg("fusermount3").arg("-u").arg(&mnt).status();
-        assert!(
-            walk.status.success(),
-            "{}",
-            String::from_utf8_lossy(&walk.stderr)
-        );
-        let got: Vec<Value> = loosely(&String::from_utf8_lossy(&walk.stdout))
+        let walk = walk_and_unmount_as_nobody(home.path(), &mnt);
+        let got: Vec<Value> = loosely(&walk)
             .into_iter()
             .map(without_trusted_xattrs)
             .collect();

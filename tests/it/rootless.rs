@@ -11,6 +11,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::pulled::open_dev_fuse;
 use common::*;
 use serde_json::Value;
 
@@ -98,12 +99,6 @@ fn as_nobody() -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
     cmd
-}
-
-/// /dev/fuse as udev would leave it (these machines create it 0600).
-fn open_dev_fuse() {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
 }
 
 /// The binary and scripts must be reachable by nobody.

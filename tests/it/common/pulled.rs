@@ -84,3 +84,52 @@ pub fn without_trusted_xattrs(mut v: Value) -> Value {
     }
     v
 }
+
+/// /dev/fuse as udev would leave it (these machines create it 0600), so
+/// unprivileged users can mount.
+pub fn open_dev_fuse() {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions("/dev/fuse", std::fs::Permissions::from_mode(0o666)).unwrap();
+}
+
+/// A HOME for `nobody` (uid 65534): a temporary directory it owns.
+pub fn nobody_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).unwrap();
+    home
+}
+
+/// A command run as `nobody` with `home` as HOME and none of root's
+/// store, runtime or credential settings (the default store is then under
+/// `home`).
+pub fn as_nobody(home: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .env("HOME", home)
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("REGISTRY_AUTH_FILE");
+    cmd
+}
+
+/// `scripts/manifest.py` of the mount at `mnt`, walked as `nobody`, which
+/// is unmounted after (the walk must succeed).
+pub fn walk_and_unmount_as_nobody(home: &Path, mnt: &Path) -> String {
+    let walk = super::run(
+        as_nobody(home)
+            .arg("/usr/bin/python3")
+            .arg(super::script("manifest.py"))
+            .arg(mnt),
+    );
+    let _ = as_nobody(home)
+        .arg("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .status();
+    assert!(
+        walk.status.success(),
+        "{}",
+        String::from_utf8_lossy(&walk.stderr)
+    );
+    String::from_utf8_lossy(&walk.stdout).into_owned()
+}

@@ -4,7 +4,10 @@
 
 use super::*;
 
-use crate::common::pulled::{kernel_manifest, loosely, without_trusted_xattrs};
+use crate::common::pulled::{
+    as_nobody, kernel_manifest, loosely, open_dev_fuse, walk_and_unmount_as_nobody,
+    without_trusted_xattrs,
+};
 
 /// `erofs-fuse mount REF DIR --store STORE`, unmounted on drop.
 struct Mounted(tempfile::TempDir);
@@ -86,11 +89,7 @@ fn rootless_pull_and_mount_with_the_default_store() {
     if !have("rootless_pull_and_mount_with_the_default_store", &needs) {
         return;
     }
-    std::fs::set_permissions(
-        "/dev/fuse",
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    open_dev_fuse();
     let home = tempfile::tempdir().unwrap();
     let nobody = |p: &Path| std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
     nobody(home.path());
@@ -110,13 +109,7 @@ fn rootless_pull_and_mount_with_the_default_store() {
     let mnt = home.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     nobody(&mnt);
-    let as_nobody = || {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .env("HOME", home.path())
-            .env_remove("XDG_DATA_HOME");
-        cmd
-    };
+    let as_nobody = || as_nobody(home.path());
     let reference = format!("oci:{}", layout.display());
     run_ok(as_nobody().arg(bin()).args(["pull", "--quiet", &reference]));
     let store = home.path().join(".local/share/erofs-fuse");
@@ -128,22 +121,10 @@ fn rootless_pull_and_mount_with_the_default_store() {
             .arg(&reference)
             .arg(&mnt),
     );
-    let walk = run(as_nobody()
-        .arg("/usr/bin/python3")
-        .arg(script("manifest.py"))
-        .arg(&mnt));
-    let _ = as_nobody().arg("fusermount3").arg("-u").arg(&mnt).status();
-    assert!(
-        walk.status.success(),
-        "{}",
-        String::from_utf8_lossy(&walk.stderr)
-    );
+    let walk = walk_and_unmount_as_nobody(home.path(), &mnt);
     // nobody sees no trusted.* xattrs.
     let strip = without_trusted_xattrs;
     let expected: Vec<Value> = loosely(&kernel_manifest()).into_iter().map(strip).collect();
-    let got: Vec<Value> = loosely(&String::from_utf8_lossy(&walk.stdout))
-        .into_iter()
-        .map(strip)
-        .collect();
+    let got: Vec<Value> = loosely(&walk).into_iter().map(strip).collect();
     assert_eq!(got, expected);
 }
