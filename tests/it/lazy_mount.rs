@@ -14,28 +14,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::pulled::{as_nobody, open_dev_fuse, walk_and_unmount_as_nobody};
+use crate::common::pulled::{as_nobody, open_dev_fuse, tar_of, walk_and_unmount_as_nobody};
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
 use crate::common::{bin, have, run, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
 
 /// The big file's size: the image is a little more.
 const BIG: usize = 32 << 20;
-
-/// A tar of `files` (mode 0644, mtime 1, root's).
-fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut header = tar::Header::new_ustar();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(1);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, path, &data[..]).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
 
 /// An OCI layout in `dir`: a tar layer (`lower`) under an EROFS-native
 /// one (`big`, `one`, `small/f0..f49`); gives the EROFS blob's digest and
@@ -72,7 +56,7 @@ fn lazy_layout(dir: &Path) -> (PathBuf, String, u64) {
         &[
             Layer {
                 media_type: "application/vnd.oci.image.layer.v1.tar".into(),
-                bytes: tar_of(&[("lower".into(), b"low\n".to_vec())]),
+                bytes: tar_of(&[("lower", b"low\n")]),
                 diff_id: None,
             },
             Layer {

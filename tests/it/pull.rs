@@ -7,9 +7,9 @@
 use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::pulled::{records, store_state};
+use common::pulled::{cli, pull, pull_ok, records, store_state, tar_of, NO_ARGS};
 use common::*;
 use serde_json::{json, Value};
 use sha2::Digest as _;
@@ -27,29 +27,6 @@ use common::registry::oci_fixture;
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{:x}", sha2::Sha256::digest(bytes))
-}
-
-/// `erofs-fuse ARGS... --store STORE`.
-fn cli(store: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).arg("--store").arg(store);
-    cmd
-}
-
-fn pull(store: &Path, reference: &str, extra: &[&str]) -> Output {
-    let mut cmd = cli(store, &["pull", "--quiet", reference]);
-    cmd.args(extra);
-    run(&mut cmd)
-}
-
-fn pull_ok(store: &Path, reference: &str, extra: &[&str]) -> String {
-    let out = pull(store, reference, extra);
-    assert!(
-        out.status.success(),
-        "pull {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// Writes an OCI image layout by hand.
@@ -109,22 +86,6 @@ impl Layout {
     }
 }
 
-/// A tar of `files` (path, contents), with modes 0644 and mtime 1.
-fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut header = tar::Header::new_ustar();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(1);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, path, *data).unwrap();
-    }
-    builder.into_inner().unwrap()
-}
-
 const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 #[test]
@@ -134,7 +95,7 @@ fn pull_each_fixture_layout() {
     for name in LAYOUTS {
         let layout = oci_fixture(name);
         let reference = format!("oci:{}:latest", layout.display());
-        let digest = pull_ok(&store, &reference, &[]);
+        let digest = pull_ok(&store, &reference, NO_ARGS);
         let index: Value =
             serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
         assert_eq!(digest, index["manifests"][0]["digest"], "{name}");
@@ -193,7 +154,7 @@ fn a_multi_arch_index_selects_the_host_or_the_platform_asked() {
         "size": json!({"schemaVersion": 2, "manifests": entries}).to_string().len(),
     })]);
     let store = work.path().join("store");
-    let got = pull_ok(&store, &layout.reference(), &[]);
+    let got = pull_ok(&store, &layout.reference(), NO_ARGS);
     assert_eq!(got, entries[1]["digest"], "the host's ({host}) manifest");
     let record = &records(&store)[0];
     assert_eq!(record["platform"]["architecture"], host.as_str());
@@ -292,7 +253,7 @@ fn bad_inputs_fail_in_one_line_and_leave_the_store_as_it_was() {
     pull_ok(
         &store,
         &format!("oci:{}", oci_fixture("gzip").display()),
-        &[],
+        NO_ARGS,
     );
     let before = store_state(&store);
     let layer_bytes = tar_of(&[("f", &[7u8; 5000][..])]);
@@ -317,7 +278,7 @@ fn an_erofs_layer_is_used_as_it_is() {
     let work = tempfile::tempdir().unwrap();
     let (layout, erofs) = erofs_layout(work.path());
     let store = work.path().join("store");
-    pull_ok(&store, &layout.reference(), &[]);
+    pull_ok(&store, &layout.reference(), NO_ARGS);
     let record = &records(&store)[0];
     assert_eq!(record["layers"][1]["kind"], "erofs");
     let dir = store.join(record["layers"][1]["digest"].as_str().unwrap());
@@ -326,7 +287,7 @@ fn an_erofs_layer_is_used_as_it_is() {
     let bad = Layout::new(work.path().join("bad"));
     let layer = bad.blob("application/vnd.erofs.layer.v1", &[0u8; 8192]);
     bad.index(&[bad.manifest(&[layer], "amd64")]);
-    let out = pull(&store, &bad.reference(), &[]);
+    let out = pull(&store, &bad.reference(), NO_ARGS);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a usable EROFS image"));
 }
@@ -339,7 +300,7 @@ fn erofs_layout(dir: &Path) -> (Layout, Vec<u8>) {
     let upper_tar = dir.join("upper.tar");
     std::fs::write(
         &upper_tar,
-        tar_of(&[("upper", b"up"), ("shared", b"erofs")]),
+        tar_of(&[("upper", &b"up"[..]), ("shared", &b"erofs"[..])]),
     )
     .unwrap();
     let image = dir.join("upper.erofs");
@@ -409,7 +370,7 @@ fn gc_removes_what_no_image_needs_and_keeps_added_layers() {
     pull_ok(
         &store,
         &format!("oci:{}", oci_fixture("zstd").display()),
-        &[],
+        NO_ARGS,
     );
     let added = work.path().join("added.tar");
     std::fs::write(&added, tar_of(&[("added", b"by store add")])).unwrap();

@@ -6,44 +6,21 @@
 //! `nobody`; a multi-arch index; the bad inputs and faults in `faults`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
 use crate::common::pulled::{
-    as_nobody, kernel_manifest, loosely, open_dev_fuse, records, walk_and_unmount_as_nobody,
-    without_trusted_xattrs,
+    as_nobody, cli, kernel_manifest, loosely, open_dev_fuse, pull, pull_ok, records,
+    walk_and_unmount_as_nobody, without_trusted_xattrs,
 };
 use crate::common::registry::{available, oci_fixture, sha256, Registry, Variant, PASSWORD, USER};
-use crate::common::{bin, have, run, run_ok, tree_manifest, Need, FUSE_ROOT};
+use crate::common::{bin, have, run_ok, tree_manifest, Need, FUSE_ROOT};
 
 mod faults;
 
 /// The fixture layouts (see tests/fixtures/oci/README.md).
 const LAYOUTS: [&str; 3] = ["gzip", "zstd", "zstd-chunked"];
-
-/// `erofs-fuse ARGS... --store STORE`.
-fn cli(store: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).arg("--store").arg(store);
-    cmd
-}
-
-/// `erofs-fuse pull --quiet REF --store STORE EXTRA...`.
-fn pull(store: &Path, reference: &str, extra: &[String]) -> Output {
-    run(cli(store, &["pull", "--quiet", reference]).args(extra))
-}
-
-/// [`pull`], which must succeed; gives the printed manifest digest.
-fn pull_ok(store: &Path, reference: &str, extra: &[String]) -> String {
-    let out = pull(store, reference, extra);
-    assert!(
-        out.status.success(),
-        "pull {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 /// The manifest digest of fixture layout `name` (skopeo pushes it as it
 /// is, with `--preserve-digests`).

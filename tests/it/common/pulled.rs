@@ -133,3 +133,51 @@ pub fn walk_and_unmount_as_nobody(home: &Path, mnt: &Path) -> String {
     );
     String::from_utf8_lossy(&walk.stdout).into_owned()
 }
+
+/// No extra arguments for [`pull`] and [`pull_ok`].
+pub const NO_ARGS: &[&str] = &[];
+
+/// `erofs-fuse ARGS --store STORE`.
+pub fn cli(store: &Path, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(super::bin());
+    cmd.args(args).arg("--store").arg(store);
+    cmd
+}
+
+/// `erofs-fuse pull --quiet REF --store STORE EXTRA...`.
+pub fn pull<S: AsRef<std::ffi::OsStr>>(
+    store: &Path,
+    reference: &str,
+    extra: &[S],
+) -> std::process::Output {
+    super::run(cli(store, &["pull", "--quiet", reference]).args(extra))
+}
+
+/// [`pull`], which must succeed; gives the printed manifest digest.
+pub fn pull_ok<S: AsRef<std::ffi::OsStr>>(store: &Path, reference: &str, extra: &[S]) -> String {
+    let out = pull(store, reference, extra);
+    assert!(
+        out.status.success(),
+        "pull {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A tar of `files` (path, contents): regular files, mode 0644, mtime 1,
+/// owned by root.
+pub fn tar_of<P: AsRef<Path>, D: AsRef<[u8]>>(files: &[(P, D)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let data = data.as_ref();
+        let mut header = tar::Header::new_ustar();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}

@@ -50,7 +50,7 @@ fn pulled_fixture_layouts_mount_as_the_kernel_stacks_them() {
         let reference = format!("oci:{}:latest", oci_fixture(name).display());
         // The first is pulled by mount itself; --image for one.
         if i > 0 {
-            pull_ok(&store, &reference, &[]);
+            pull_ok(&store, &reference, NO_ARGS);
         }
         let mount = Mounted::new(&store, &reference, i == 2);
         let got = loosely(&tree_manifest(mount.0.path()));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{cli, pull, pull_ok, tar_of};
-use crate::common::pulled::store_state;
+use crate::common::pulled::{store_state, NO_ARGS};
 use crate::common::registry::raw::{manifest_response, serve_raw};
 use crate::common::registry::{
     available, sha256, write_oci_layout, Layer, Registry, Variant, USER,
@@ -221,7 +221,7 @@ fn an_unknown_host_is_one_line() {
         "oci:{}",
         crate::common::registry::oci_fixture("gzip").display()
     );
-    pull_ok(&store, &fixture, &[]);
+    pull_ok(&store, &fixture, NO_ARGS);
     let before = store_state(&store);
     let mut child = cli(&store, &["pull", "--quiet", "nonexistent.invalid/app:1"])
         .args(["--authfile", "/nonexistent/auth.json"])
