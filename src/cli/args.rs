@@ -313,13 +313,23 @@ pub struct MountArgs {
     /// Mount the image REF (see `pull`): only MOUNTPOINT follows.
     #[arg(long, value_name = "REF", conflicts_with = "layers")]
     pub image: Option<String>,
-    /// With an image reference: read the EROFS-native layers the store
-    /// lacks from the registry on demand (range requests, cached in the
-    /// store's lazy/ directory for later mounts) instead of pulling them
-    /// first. Tar layers are still pulled whole. Lazy layers are NOT
-    /// verified: the registry's bytes are served as they come.
+    /// With an image reference: read the layers the store lacks from the
+    /// registry on demand (range requests, cached in the store's lazy/
+    /// directory for later mounts) instead of pulling them first: EROFS-
+    /// native layers, and tar and tar.gz layers that have a layer index
+    /// (pushed by `erofs-fuse attach`). Other layers (zstd, or no index)
+    /// are pulled whole. A layer with an index is verified chunk by chunk
+    /// against its dm-verity tree; an EROFS-native one without is NOT
+    /// verified (the mount says so).
     #[arg(long, conflicts_with = "layers")]
     pub lazy: bool,
+    /// With --lazy: the root hash LAYER's data must match, as
+    /// sha256:LAYER_HEX=ROOT_HEX (what `attach` prints; repeat per layer).
+    /// Without it, the root comes with the registry's layer index, which
+    /// catches data altered on the way or in a mirror, but not a registry
+    /// that forges both the data and the index.
+    #[arg(long = "verity-root", value_name = "LAYER=ROOT", requires = "lazy")]
+    pub verity_roots: Vec<String>,
     /// Where images by reference come from, and the store (boxed: the
     /// other subcommands' arguments are smaller).
     #[command(flatten)]

@@ -13,6 +13,7 @@ mod convert;
 mod daemon;
 pub mod error;
 mod gz;
+mod lazy;
 mod pull;
 mod read;
 mod serve;

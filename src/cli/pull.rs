@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use erofs_fuse::registry::manifest::LayerKind;
 use erofs_fuse::registry::manifest::{parse_config, Platform};
 use erofs_fuse::registry::ClientOptions;
 use erofs_fuse::store::images::{default_dir, ImageRecord, ImageRef, LayerRecord, Store};
@@ -134,22 +133,23 @@ pub fn ensure_pulled(
 }
 
 /// The record of `image`, pulled first unless the store has the layers it
-/// needs: all of them, or with `lazy_erofs` all but the EROFS-native ones
-/// (which `mount --lazy` reads on demand, and the pull leaves unfetched).
+/// needs: all of them, or with `lazy` all but those `mount --lazy` reads on
+/// demand (EROFS-native ones, and tar ones with a layer index), which the
+/// pull leaves unfetched.
 pub fn ensure_resolved(
     store: &Store,
     image: &ImageRef,
     args: &ImageSourceArgs,
-    lazy_erofs: bool,
+    lazy: bool,
 ) -> Result<ImageRecord> {
     if let Some(record) = store.record(image)? {
-        let needed = |l: &&LayerRecord| !(lazy_erofs && l.kind == LayerKind::Erofs);
+        let needed = |l: &&LayerRecord| !(lazy && l.is_lazy());
         let layers = record.layers.iter().filter(needed);
         if layers.into_iter().all(|l| store.has_layer(&l.digest)) {
             return Ok(record);
         }
     }
-    pull_with(store, image, args, 0, lazy_erofs, &NoProgress)
+    pull_with(store, image, args, 0, lazy, &NoProgress)
 }
 
 /// The layer images of `record`, bottom first.
@@ -167,7 +167,7 @@ fn pull_with(
     image: &ImageRef,
     args: &ImageSourceArgs,
     jobs: usize,
-    lazy_erofs: bool,
+    lazy: bool,
     progress: &dyn Progress,
 ) -> Result<ImageRecord> {
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
@@ -175,7 +175,7 @@ fn pull_with(
     let options = PullOptions {
         platform,
         threads: jobs,
-        lazy_erofs,
+        lazy,
     };
     Ok(pull(store, image, source.as_ref(), &options, progress)?)
 }

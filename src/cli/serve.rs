@@ -123,7 +123,7 @@ fn open_image(
     let store = super::pull::open_store(args.source.store.as_deref())?;
     let record = super::pull::ensure_resolved(&store, &image, &args.source, args.lazy)?;
     let images = if args.lazy {
-        open_lazily(&store, &image, &record, args, open)?
+        super::lazy::open_lazily(&store, &image, &record, args, open)?
     } else {
         let mut images = Vec::with_capacity(record.layers.len());
         for path in super::pull::layer_images(&store, &record) {
@@ -133,53 +133,6 @@ fn open_image(
     };
     let stack = erofs_fuse::overlay::Stack::new(images)?;
     Ok((image.to_string(), std::sync::Arc::new(stack)))
-}
-
-/// The layers of `record` for `mount --lazy`, bottom first: those in the
-/// store opened as usual, the EROFS-native ones it lacks read on demand
-/// through their caches in the store; one line per layer on stderr says
-/// which, and that lazy ones are unverified.
-fn open_lazily(
-    store: &erofs_fuse::store::images::Store,
-    image: &erofs_fuse::store::images::ImageRef,
-    record: &erofs_fuse::store::images::ImageRecord,
-    args: &MountArgs,
-    open: &OpenArgs,
-) -> Result<Vec<std::sync::Arc<erofs_fuse::Image>>> {
-    use erofs_fuse::registry::ImageSource;
-    use std::sync::Arc;
-    // Shared with pulls, exclusive for gc: no cache removed while opened.
-    let _lock = store.lock(false)?;
-    let mut source: Option<Arc<dyn ImageSource>> = None;
-    let mut images = Vec::with_capacity(record.layers.len());
-    for (i, layer) in record.layers.iter().enumerate() {
-        let digest = &layer.digest;
-        if store.has_layer(digest) {
-            eprintln!("layer {i} {digest}: pulled (in the store)");
-            images.push(Arc::new(open_with(&store.layer_image(digest), open)?));
-            continue;
-        }
-        let source = match &source {
-            Some(source) => Arc::clone(source),
-            None => {
-                let options = super::pull::client_options(&args.source)?;
-                let opened: Arc<dyn ImageSource> = Arc::from(image.open(&options)?);
-                source.insert(opened).clone()
-            }
-        };
-        let cache_options = erofs_fuse::lazy::CacheOptions::default();
-        let (mut lazy, cache) =
-            erofs_fuse::store::lazy::open_layer(store, source, layer, &cache_options)
-                .with_context(|| format!("layer {i} {digest}"))?;
-        lazy.set_cache_size(open.cache_size);
-        let stats = cache.stats();
-        eprintln!(
-            "layer {i} {digest}: lazy, UNVERIFIED (served as the registry sends it), {}/{} chunks cached",
-            stats.present, stats.chunks
-        );
-        images.push(Arc::new(lazy));
-    }
-    Ok(images)
 }
 
 /// Mounts `view` (from `source`) at `mountpoint` and serves it.

@@ -1,46 +1,107 @@
-//! A gzip file read as the stream it compresses, through its zinfo: the
-//! source of a lazy device that serves a tar from its `.tar.gz` (each chunk
-//! inflated from the checkpoint before it, once, then kept in the cache).
+//! A gzip blob read as the stream it compresses, through its zinfo: the
+//! source of a lazy device that serves a tar from its `.tar.gz`, local or in
+//! a registry (each chunk inflated from the checkpoint before it, once,
+//! then kept in the cache).
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::ChunkSource;
+use super::{ChunkSource, FileSource};
 use crate::error::{Error, Result};
-use crate::gzran::{GzReader, Zinfo};
+use crate::gzran::{GzReader, ReadAt, Zinfo};
 
 /// Readers kept between reads: a read that starts where one of them
 /// stopped goes on inflating instead of starting at a checkpoint.
 const KEPT_READERS: usize = 4;
+/// Compressed bytes fetched from the source at a time (one range request
+/// for a remote blob; the reader asks for 64 KiB pieces).
+const READ_AHEAD: u64 = 1 << 20;
 
-/// The uncompressed stream of a gzip file with a zinfo.
+/// The compressed bytes, read from a chunk source in [`READ_AHEAD`] pieces
+/// kept until the reader moves past them.
+struct Compressed {
+    source: Arc<dyn ChunkSource>,
+    /// The piece last fetched and where it starts.
+    piece: Mutex<(u64, Vec<u8>)>,
+}
+
+impl Compressed {
+    fn new(source: Arc<dyn ChunkSource>) -> Self {
+        Self {
+            source,
+            piece: Mutex::new((0, Vec::new())),
+        }
+    }
+}
+
+impl ReadAt for Compressed {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        let len = self.source.len();
+        if offset >= len || buf.is_empty() {
+            return Ok(0);
+        }
+        let mut piece = self.piece.lock().unwrap_or_else(PoisonError::into_inner);
+        let (start, bytes) = &mut *piece;
+        let held = offset >= *start && offset < *start + bytes.len() as u64;
+        if !held {
+            let want = (len - offset).min(READ_AHEAD) as usize;
+            bytes.resize(want, 0);
+            *start = offset;
+            if let Err(e) = self.source.read_at(offset, bytes) {
+                bytes.clear();
+                return Err(std::io::Error::other(e.to_string()));
+            }
+        }
+        let at = (offset - *start) as usize;
+        let n = buf.len().min(bytes.len() - at);
+        buf[..n].copy_from_slice(&bytes[at..at + n]);
+        Ok(n)
+    }
+}
+
+/// The uncompressed stream of a gzip blob with a zinfo.
 pub struct GzSource {
-    file: Arc<File>,
-    file_len: u64,
+    compressed: Arc<dyn ChunkSource>,
     zinfo: Arc<Zinfo>,
     len: u64,
     name: String,
-    readers: Mutex<Vec<GzReader<Arc<File>>>>,
+    readers: Mutex<Vec<GzReader<Compressed>>>,
 }
 
 impl GzSource {
     /// Opens the gzip file `gz` and its zinfo `zinfo` (both checked; the
     /// stream's length is found by inflating its last span).
     pub fn open(gz: &Path, zinfo: &Path) -> Result<Self> {
-        let file = File::open(gz).map_err(|e| Error::io(gz, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(gz, e))?.len();
-        let zinfo = Arc::new(Zinfo::open(zinfo).map_err(|e| Error::Invalid(e.to_string()))?);
-        let name = gz.display().to_string();
-        let file = Arc::new(file);
-        let mut reader = GzReader::new(file.clone(), file_len, zinfo.clone(), &name)
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let len = reader
-            .stream_len()
-            .map_err(|e| Error::corrupt(e.to_string()))?;
+        let file: Arc<dyn ChunkSource> = Arc::new(FileSource::open(gz)?);
+        let zinfo = Zinfo::open(zinfo).map_err(|e| Error::Invalid(e.to_string()))?;
+        Self::new(file, Arc::new(zinfo), None)
+    }
+
+    /// The stream `compressed` holds, through `zinfo` (checked against the
+    /// blob's length). `len` is the stream's length when known (a remote
+    /// blob's, given by its index and checked by its verity tree); else it
+    /// is found by inflating the last span.
+    pub fn new(
+        compressed: Arc<dyn ChunkSource>,
+        zinfo: Arc<Zinfo>,
+        len: Option<u64>,
+    ) -> Result<Self> {
+        let name = compressed.name();
+        let mut reader = GzReader::new(
+            Compressed::new(compressed.clone()),
+            compressed.len(),
+            zinfo.clone(),
+            &name,
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let len = match len {
+            Some(len) => len,
+            None => reader
+                .stream_len()
+                .map_err(|e| Error::corrupt(e.to_string()))?,
+        };
         Ok(Self {
-            file,
-            file_len,
+            compressed,
             zinfo,
             len,
             name,
@@ -50,7 +111,7 @@ impl GzSource {
 
     /// A kept reader that stopped exactly at `offset`, else any kept one,
     /// else a new one.
-    fn reader_for(&self, offset: u64) -> Result<GzReader<Arc<File>>> {
+    fn reader_for(&self, offset: u64) -> Result<GzReader<Compressed>> {
         let mut kept = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
         let at = kept
             .iter()
@@ -59,8 +120,8 @@ impl GzSource {
         match at {
             Some(i) => Ok(kept.swap_remove(i)),
             None => GzReader::new(
-                self.file.clone(),
-                self.file_len,
+                Compressed::new(self.compressed.clone()),
+                self.compressed.len(),
                 self.zinfo.clone(),
                 &self.name,
             )
@@ -101,5 +162,13 @@ impl ChunkSource for GzSource {
 
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    fn forget(&self) {
+        self.readers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.compressed.forget();
     }
 }

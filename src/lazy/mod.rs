@@ -16,6 +16,7 @@
 mod cache;
 mod gz;
 mod map;
+mod verified;
 
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,9 @@ use crate::registry::ImageSource;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
 pub use gz::GzSource;
+#[cfg(test)]
+pub(crate) use verified::tree_for_tests;
+pub use verified::{TrustedLeaves, VerifiedSource, MAX_TREE};
 
 /// Where the bytes of a lazy device come from. Shared by every thread that
 /// reads the device, so it takes `&self`.
@@ -49,6 +53,10 @@ pub trait ChunkSource: Send + Sync {
 
     /// How errors name this source.
     fn name(&self) -> String;
+
+    /// Drops what the source holds in memory of earlier reads, so that the
+    /// next read fetches anew (after a read that failed verification).
+    fn forget(&self) {}
 }
 
 /// Checks that `buf.len()` bytes at `offset` lie inside `len` bytes.

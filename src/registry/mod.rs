@@ -19,6 +19,7 @@ mod http;
 pub mod manifest;
 pub mod oci_layout;
 pub mod reference;
+pub mod referrers;
 pub mod source;
 
 pub use client::RegistryClient;

@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::registry::referrers::LayerIndex;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::stat::Mode as FileMode;
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,22 @@ pub struct LayerRecord {
     pub media_type: String,
     /// What the media type means.
     pub kind: LayerKind,
+    /// The layer-index referrer a lazy pull found for it (`mount --lazy`
+    /// reads it on demand through that, verified).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<LayerIndex>,
+}
+
+impl LayerRecord {
+    /// Whether `mount --lazy` can read it on demand: an EROFS-native layer,
+    /// or a tar or tar+gzip one with a layer index.
+    pub fn is_lazy(&self) -> bool {
+        match self.kind {
+            LayerKind::Erofs => true,
+            LayerKind::Tar | LayerKind::TarGzip => self.index.is_some(),
+            LayerKind::TarZstd => false,
+        }
+    }
 }
 
 /// What the store knows of an image pulled by reference.

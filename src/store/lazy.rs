@@ -29,6 +29,7 @@ use crate::registry::ImageSource;
 use crate::safe_fs::{self, OutputDir};
 
 use super::images::{list, LayerRecord, Store};
+use super::indexed::ARTIFACT_SUFFIXES;
 use super::layout::is_layer_name;
 
 /// The suffix of a cache's chunk map (see [`ChunkCache::open`]).
@@ -160,8 +161,11 @@ pub(crate) fn adopt(
 pub(crate) fn gc_caches(store: &Store, referenced: &BTreeSet<String>) -> Result<usize> {
     let dir = store.lazy_dir();
     let mut layers = BTreeSet::new();
+    let suffixes = || std::iter::once(MAP_SUFFIX).chain(ARTIFACT_SUFFIXES);
     for name in list(dir)? {
-        let base = name.strip_suffix(MAP_SUFFIX).unwrap_or(&name);
+        let base = suffixes()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .unwrap_or(&name);
         if is_layer_name(base.as_bytes()) {
             layers.insert(base.to_string());
         }
@@ -177,6 +181,9 @@ pub(crate) fn gc_caches(store: &Store, referenced: &BTreeSet<String>) -> Result<
             continue;
         };
         remove(dir, &layer)?;
+        for suffix in ARTIFACT_SUFFIXES {
+            remove(dir, &format!("{layer}{suffix}"))?;
+        }
         remove(dir, &map)?;
         removed += 1;
     }
@@ -249,6 +256,7 @@ mod tests {
             size: std::fs::metadata(path).unwrap().len(),
             media_type: "application/vnd.erofs.layer.v1".into(),
             kind,
+            index: None,
         }
     }
 

@@ -14,6 +14,7 @@
 
 pub mod gc;
 pub mod images;
+pub mod indexed;
 pub mod layout;
 pub mod lazy;
 pub mod pull;

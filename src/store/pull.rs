@@ -10,7 +10,7 @@
 //! record are written last, so a failed pull leaves no record and no
 //! partial layer or blob. An EROFS layer whose lazy cache (`mount --lazy`)
 //! is complete is copied from it instead, if its bytes match the digest;
-//! with [`PullOptions::lazy_erofs`] missing EROFS layers are not fetched.
+//! with [`PullOptions::lazy`] the layers a lazy mount reads on demand are not fetched.
 
 use std::ffi::OsStr;
 use std::io::{BufWriter, Write};
@@ -70,10 +70,12 @@ pub struct PullOptions {
     pub platform: Option<Platform>,
     /// Layers fetched at once (0: [`DEFAULT_THREADS`]).
     pub threads: usize,
-    /// Leave EROFS-native layers the store lacks unfetched: `mount --lazy`
-    /// reads them on demand ([`super::lazy`]). The record lists them all
-    /// the same, so a later plain `mount` or `pull` fetches them whole.
-    pub lazy_erofs: bool,
+    /// Leave unfetched the layers the store lacks that `mount --lazy` can
+    /// read on demand: EROFS-native ones ([`super::lazy`]), and tar and
+    /// tar+gzip ones with a layer-index referrer ([`super::indexed`]), whose
+    /// record then keeps the index. The record lists them all the same, so
+    /// a later plain `mount` or `pull` fetches them whole.
+    pub lazy: bool,
 }
 
 /// The image `image` resolves to in `source`.
@@ -97,12 +99,16 @@ pub fn pull(
     let name = image.to_string();
     let _lock = store.lock(false)?;
     let resolved = resolve(image, source, options, &name)?;
-    let layers = resolved
+    let mut layers = resolved
         .manifest
         .layers()
         .iter()
         .map(|d| layer_record(d, &name))
         .collect::<Result<Vec<_>>>()?;
+    if options.lazy {
+        let manifest = resolved.platform_manifest.as_ref().unwrap_or(&resolved.top);
+        find_indexes(source, &manifest.digest, &mut layers, &name);
+    }
     let config = resolved.manifest.config();
     let config_digest = config.digest().to_string();
     if config.size() > MAX_MANIFEST_SIZE {
@@ -145,6 +151,27 @@ pub fn pull(
     };
     store.put_record(image, &record)?;
     Ok(record)
+}
+
+/// Gives the tar layers of `layers` the layer-index referrers `source`
+/// lists for manifest `subject` (when it cannot list them, a warning: the
+/// layers are then pulled whole).
+fn find_indexes(source: &dyn ImageSource, subject: &str, layers: &mut [LayerRecord], name: &str) {
+    let found = match crate::registry::referrers::find_layer_indexes(source, subject) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!("{name}: looking for layer indexes: {e}");
+            return;
+        }
+    };
+    for layer in layers.iter_mut() {
+        if matches!(
+            layer.kind,
+            LayerKind::Tar | LayerKind::TarGzip | LayerKind::Erofs
+        ) {
+            layer.index = found.iter().find(|i| i.layer == layer.digest).cloned();
+        }
+    }
 }
 
 /// Fetches what `image` names and, for an index, the platform's manifest.
@@ -238,6 +265,7 @@ fn layer_record(d: &Descriptor, name: &str) -> Result<LayerRecord> {
         size: d.size(),
         media_type,
         kind,
+        index: None,
     })
 }
 
@@ -267,10 +295,7 @@ fn fetch_layers(
                     break;
                 }
                 let layer = &layers[index];
-                if options.lazy_erofs
-                    && layer.kind == LayerKind::Erofs
-                    && !store.has_layer(&layer.digest)
-                {
+                if options.lazy && layer.is_lazy() && !store.has_layer(&layer.digest) {
                     continue;
                 }
                 if let Err(e) = fetch_layer(store, source, layer, index, progress) {

@@ -1,0 +1,132 @@
+//! `mount --lazy REF`: the image's layers opened for on-demand reads, with
+//! one line per layer on stderr saying how each is read and verified.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use erofs_fuse::lazy::CacheOptions;
+use erofs_fuse::registry::ImageSource;
+use erofs_fuse::store::images::{ImageRecord, ImageRef, LayerRecord, Store};
+use erofs_fuse::Image;
+
+use super::args::{MountArgs, OpenArgs};
+use super::error::{CliError, Context, Result};
+use super::open_with;
+
+/// The layers of `record` for `mount --lazy`, bottom first: those in the
+/// store opened as usual, the others read on demand through their caches
+/// in the store (verified where they have a layer index).
+pub fn open_lazily(
+    store: &Store,
+    image: &ImageRef,
+    record: &ImageRecord,
+    args: &MountArgs,
+    open: &OpenArgs,
+) -> Result<Vec<Arc<Image>>> {
+    let pins = pinned_roots(&args.verity_roots, record)?;
+    // Shared with pulls, exclusive for gc: no cache removed while opened.
+    let _lock = store.lock(false)?;
+    let mut source: Option<Arc<dyn ImageSource>> = None;
+    let mut images = Vec::with_capacity(record.layers.len());
+    let mut unverified = 0;
+    for (i, layer) in record.layers.iter().enumerate() {
+        let digest = &layer.digest;
+        if store.has_layer(digest) {
+            eprintln!("layer {i} {digest}: pulled (in the store, checked against its digest)");
+            images.push(Arc::new(open_with(&store.layer_image(digest), open)?));
+            continue;
+        }
+        let source = match &source {
+            Some(source) => Arc::clone(source),
+            None => {
+                let options = super::pull::client_options(&args.source)?;
+                let opened: Arc<dyn ImageSource> = Arc::from(image.open(&options)?);
+                source.insert(opened).clone()
+            }
+        };
+        let (mut lazy, how) = open_layer(store, source, layer, pins.get(digest))
+            .with_context(|| format!("layer {i} {digest}"))?;
+        unverified += usize::from(how.starts_with("UNVERIFIED"));
+        lazy.0.set_cache_size(open.cache_size);
+        let stats = lazy.1.stats();
+        eprintln!(
+            "layer {i} {digest}: lazy, {how}, {}/{} chunks cached",
+            stats.present, stats.chunks
+        );
+        images.push(Arc::new(lazy.0));
+    }
+    if unverified > 0 {
+        eprintln!(
+            "warning: {unverified} lazy layer(s) are served unverified: a registry or proxy can alter what they show (`erofs-fuse attach` adds the index that verifies them)"
+        );
+    }
+    Ok(images)
+}
+
+/// A layer the store lacks, opened for reads on demand, and how its reads
+/// are verified.
+fn open_layer(
+    store: &Store,
+    source: Arc<dyn ImageSource>,
+    layer: &LayerRecord,
+    pinned: Option<&[u8; 32]>,
+) -> erofs_fuse::Result<((Image, Arc<erofs_fuse::lazy::ChunkCache>), String)> {
+    use erofs_fuse::store::{indexed, lazy};
+    let options = CacheOptions::default();
+    let Some(index) = &layer.index else {
+        if pinned.is_some() {
+            return Err(erofs_fuse::Error::Invalid(
+                "--verity-root names it, but the registry has no layer index for it (push one with `erofs-fuse attach`)".into(),
+            ));
+        }
+        let opened = lazy::open_layer(store, source, layer, &options)?;
+        return Ok((
+            opened,
+            "UNVERIFIED (served as the registry sends it)".into(),
+        ));
+    };
+    let (root, how) = match pinned {
+        Some(root) if *root != index.root => {
+            return Err(erofs_fuse::Error::Invalid(format!(
+                "its layer index {} has root hash {}, not the {} --verity-root gives",
+                index.artifact,
+                hex(&index.root),
+                hex(root)
+            )))
+        }
+        Some(root) => (*root, "verified (root hash pinned by --verity-root)".to_string()),
+        None => (
+            index.root,
+            format!(
+                "verified against the registry's layer index {} (not pinned: a registry forging both is not detected)",
+                index.artifact
+            ),
+        ),
+    };
+    let opened = indexed::open_indexed_layer(store, source, layer, index, &root, &options)?;
+    Ok((opened, how))
+}
+
+/// `--verity-root LAYER=ROOT` values, each naming a layer of `record`.
+fn pinned_roots(values: &[String], record: &ImageRecord) -> Result<BTreeMap<String, [u8; 32]>> {
+    let mut pins = BTreeMap::new();
+    for value in values {
+        let bad = |why: &str| CliError::msg(format!("--verity-root {value}: {why}"));
+        let (layer, root) = value
+            .split_once('=')
+            .ok_or_else(|| bad("expected sha256:LAYER_HEX=ROOT_HEX"))?;
+        let root = erofs_fuse::verity::parse_root(root).map_err(|e| bad(&e))?;
+        if !record.layers.iter().any(|l| l.digest == layer) {
+            return Err(bad("no layer of the image has that digest"));
+        }
+        if pins.insert(layer.to_string(), root).is_some() {
+            return Err(bad("given twice for that layer"));
+        }
+    }
+    Ok(pins)
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,419 @@
+//! Lazy layers described by a layer-index referrer
+//! ([`crate::registry::referrers`]): the tar index, zinfo and verity tree
+//! fetched whole (small) into the store's `lazy/` directory beside the
+//! layer's chunk cache, and the layer's data read on demand, every chunk
+//! checked against the tree before the cache keeps it.
+//!
+//! - EROFS-native layers: the image is the blob, read through the cache.
+//! - tar layers: the tar index is the image, its device the blob.
+//! - tar+gzip layers: the same, the device inflated from the blob through
+//!   the zinfo (only the spans a read needs are fetched).
+//!
+//! The cache of a verified layer is keyed by its digest and root hash: a
+//! cache filled unverified, or for another tree, is discarded, not trusted.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::gzran::Zinfo;
+use crate::lazy::{
+    CacheOptions, ChunkCache, ChunkSource, GzSource, RemoteBlob, TrustedLeaves, VerifiedSource,
+    MAX_TREE,
+};
+use crate::reader::Image;
+use crate::registry::manifest::LayerKind;
+use crate::registry::referrers::{BlobRef, LayerIndex};
+use crate::registry::ImageSource;
+use crate::safe_fs::{self, OutputDir};
+
+use super::images::{LayerRecord, Store};
+use super::layout::is_layer_name;
+
+/// Suffixes of the files kept beside a layer's cache for its index
+/// artifact (gc removes them with the cache).
+pub(crate) const ARTIFACT_SUFFIXES: [&str; 3] = [".index", ".zinfo", ".tree"];
+/// Largest tar index fetched.
+const MAX_INDEX: u64 = 1 << 30;
+/// Largest zinfo fetched (the reader's own limit).
+const MAX_ZINFO: u64 = crate::gzran::zinfo::MAX_FILE;
+
+/// How a lazy layer's root hash is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// The user gave it (`--verity-root`).
+    Pinned,
+    /// It came with the referrer the registry listed: data altered on the
+    /// way or in a mirror is caught, a registry forging both is not.
+    FromRegistry,
+}
+
+/// Opens `layer` lazily through its index artifact `index` (whose root hash
+/// is `root`: the artifact's, or the one the user pinned), its data fetched
+/// from `source` on demand and verified. Gives the cache too, for its
+/// counters.
+pub fn open_indexed_layer(
+    store: &Store,
+    source: Arc<dyn ImageSource>,
+    layer: &LayerRecord,
+    index: &LayerIndex,
+    root: &[u8; 32],
+    options: &CacheOptions,
+) -> Result<(Image, Arc<ChunkCache>)> {
+    let digest = &layer.digest;
+    let named =
+        |what: String| Error::Invalid(format!("layer {digest}: index {}: {what}", index.artifact));
+    if index.layer != *digest || !is_layer_name(digest.as_bytes()) {
+        return Err(named(format!("it describes layer {}", index.layer)));
+    }
+    let dir = store.lazy_dir();
+    let tree = fetch_artifact(dir, source.as_ref(), digest, ".tree", &index.tree, MAX_TREE)?;
+    let tree = read_all(&tree, &dir.path().join(format!("{digest}.tree")))?;
+    let leaves = TrustedLeaves::new(&format!("{digest}.tree"), &tree, root, index.data_size)?;
+    drop(tree);
+    let blob: Arc<dyn ChunkSource> = Arc::new(RemoteBlob {
+        source: source.clone(),
+        digest: digest.clone(),
+        size: layer.size,
+    });
+    let (data, primary): (Arc<dyn ChunkSource>, Option<File>) = match layer.kind {
+        LayerKind::Erofs | LayerKind::Tar => {
+            let primary = match layer.kind {
+                LayerKind::Tar => Some(tar_index(dir, source.as_ref(), digest, index)?),
+                _ => None,
+            };
+            (blob, primary)
+        }
+        LayerKind::TarGzip => {
+            let zinfo = index
+                .zinfo
+                .as_ref()
+                .ok_or_else(|| named("a gzip layer's index needs a zinfo".into()))?;
+            let file = fetch_artifact(dir, source.as_ref(), digest, ".zinfo", zinfo, MAX_ZINFO)?;
+            let path = dir.path().join(format!("{digest}.zinfo"));
+            let zinfo = Zinfo::parse(&read_all(&file, &path)?)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            let gz = GzSource::new(blob, Arc::new(zinfo), Some(index.data_size))?;
+            (
+                Arc::new(gz),
+                Some(tar_index(dir, source.as_ref(), digest, index)?),
+            )
+        }
+        LayerKind::TarZstd => {
+            return Err(Error::Unsupported(format!(
+                "layer {digest} ({}): zstd layers cannot be read lazily",
+                layer.media_type
+            )))
+        }
+    };
+    let verified = Arc::new(VerifiedSource::new(data, leaves)?);
+    let key = format!("{digest} verity {}", hex(root));
+    let cache = ChunkCache::open(dir.fd(), dir.path(), digest, &key, verified, options)?;
+    let cache = Arc::new(cache);
+    let device = Device::lazy(Arc::clone(&cache))?;
+    let opened = match primary {
+        None => Image::from_devices(device, Vec::new()),
+        Some(index_file) => {
+            let path = safe_fs::proc_path(index_file.as_fd());
+            Image::from_devices(Device::open(&path, 0)?, vec![device])
+        }
+    };
+    let image = opened.map_err(|e| match e {
+        e @ (Error::Registry(_) | Error::Io { .. } | Error::Verity(_)) => e,
+        e => Error::Invalid(format!(
+            "layer {digest} ({}): not a usable EROFS image: {e}",
+            layer.media_type
+        )),
+    })?;
+    Ok((image, cache))
+}
+
+/// The tar index of a tar layer's `index`, fetched or kept.
+fn tar_index(
+    dir: &OutputDir,
+    source: &dyn ImageSource,
+    digest: &str,
+    index: &LayerIndex,
+) -> Result<File> {
+    let blob = index.tar_index.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "layer {digest}: index {}: a tar layer's index needs a tar index",
+            index.artifact
+        ))
+    })?;
+    fetch_artifact(dir, source, digest, ".index", blob, MAX_INDEX)
+}
+
+/// The file `LAYER.SUFFIX` of `dir` holding `blob` (at most `max` bytes):
+/// kept from an earlier mount when its bytes still hash to the digest,
+/// else fetched (checked as it streams) and put in place atomically.
+fn fetch_artifact(
+    dir: &OutputDir,
+    source: &dyn ImageSource,
+    layer: &str,
+    suffix: &str,
+    blob: &BlobRef,
+    max: u64,
+) -> Result<File> {
+    let name = format!("{layer}{suffix}");
+    let path = dir.path().join(&name);
+    if blob.size > max {
+        return Err(Error::Invalid(format!(
+            "{}: {} is {} bytes, more than {max}",
+            path.display(),
+            blob.digest,
+            blob.size
+        )));
+    }
+    if let Some(file) = open_kept(dir, &name)? {
+        if digest_of(&file, &path)? == blob.digest {
+            return Ok(file);
+        }
+    }
+    let temp = dir.temp_file().map_err(|e| Error::io(&path, e))?;
+    let mut writer = temp.file();
+    source.blob(&blob.digest, blob.size, &mut writer, &|_| {})?;
+    temp.file().sync_all().map_err(|e| Error::io(&path, e))?;
+    temp.persist(OsStr::new(&name), 0o600)
+        .map_err(|e| Error::io(&path, e))?;
+    open_kept(dir, &name)?.ok_or_else(|| Error::io(&path, std::io::ErrorKind::NotFound.into()))
+}
+
+/// The regular file `name` of `dir`, if there (never through a symlink).
+fn open_kept(dir: &OutputDir, name: &str) -> Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.path().join(name);
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(safe_fs::proc_path(dir.fd()).join(name));
+    let file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    match file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
+        true => Ok(Some(file)),
+        false => Err(Error::Invalid(format!(
+            "{}: not a regular file",
+            path.display()
+        ))),
+    }
+}
+
+/// `sha256:<hex>` of what `file` holds.
+fn digest_of(mut file: &File, path: &std::path::Path) -> Result<String> {
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
+    Ok(format!("sha256:{}", hex(&hasher.finalize())))
+}
+
+/// Everything in `file` (sizes bounded by the fetch).
+fn read_all(file: &File, path: &std::path::Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut reader = file;
+    std::io::Seek::rewind(&mut reader).map_err(|e| Error::io(path, e))?;
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+    use std::path::Path;
+
+    use super::*;
+    use crate::lazy::tree_for_tests;
+    use crate::registry::oci_layout::sha256_digest;
+    use crate::registry::FetchedManifest;
+
+    /// Blobs in memory, as a registry would serve them; range reads of the
+    /// layer get the byte at `flip` inverted.
+    struct Served {
+        blobs: HashMap<String, Vec<u8>>,
+        flip: Option<(String, usize)>,
+    }
+
+    impl ImageSource for Served {
+        fn name(&self) -> String {
+            "served".into()
+        }
+        fn manifest(&self, _: &str) -> Result<FetchedManifest> {
+            Err(Error::Unsupported("no manifests".into()))
+        }
+        fn blob(
+            &self,
+            digest: &str,
+            size: u64,
+            sink: &mut dyn Write,
+            _: &dyn Fn(u64),
+        ) -> Result<()> {
+            let bytes = &self.blobs[digest];
+            assert_eq!(bytes.len() as u64, size);
+            sink.write_all(bytes).unwrap();
+            Ok(())
+        }
+        fn blob_range(&self, digest: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+            let at = offset as usize;
+            buf.copy_from_slice(&self.blobs[digest][at..at + buf.len()]);
+            if let Some((_, flip)) = self.flip.as_ref().filter(|(d, _)| d == digest) {
+                if (at..at + buf.len()).contains(flip) {
+                    buf[flip - at] ^= 0x55;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn gunzip(name: &str) -> Vec<u8> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(File::open(path).unwrap())
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    }
+
+    fn blob_ref(served: &mut Served, bytes: Vec<u8>) -> BlobRef {
+        let digest = sha256_digest(&bytes);
+        let size = bytes.len() as u64;
+        served.blobs.insert(digest.clone(), bytes);
+        BlobRef { digest, size }
+    }
+
+    /// The fixture layer (`layer.tar.gz`) with its tar index and zinfo
+    /// (mkfs.erofs's) and a tree over its tar, served; `kind` says whether
+    /// the layer blob is the gzip or the tar.
+    fn layer(kind: LayerKind) -> (Served, LayerRecord, LayerIndex, Vec<u8>) {
+        let gz = gunzip("layer.tar.gz.gz");
+        let tar = gunzip("tar-index.tar.gz");
+        let (tree, root) = tree_for_tests(&tar);
+        let mut served = Served {
+            blobs: HashMap::new(),
+            flip: None,
+        };
+        let data = if kind == LayerKind::TarGzip {
+            gz
+        } else {
+            tar.clone()
+        };
+        let layer = blob_ref(&mut served, data);
+        let index = LayerIndex {
+            artifact: format!("sha256:{}", "cd".repeat(32)),
+            layer: layer.digest.clone(),
+            data_size: tar.len() as u64,
+            tar_index: Some(blob_ref(&mut served, gunzip("tar-index.erofs.gz"))),
+            zinfo: Some(blob_ref(&mut served, gunzip("tar-index-gz.zinfo.gz"))),
+            tree: blob_ref(&mut served, tree),
+            root,
+        };
+        let record = LayerRecord {
+            digest: layer.digest,
+            size: layer.size,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            kind,
+            index: Some(index.clone()),
+        };
+        (served, record, index, tar)
+    }
+
+    /// The tree of the tar index over the tar, opened from local files.
+    fn expected(tar: &[u8]) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let (index, tar_path) = (dir.path().join("index"), dir.path().join("tar"));
+        std::fs::write(&index, gunzip("tar-index.erofs.gz")).unwrap();
+        std::fs::write(&tar_path, tar).unwrap();
+        let options = crate::OpenOptions {
+            devices: vec![tar_path],
+            ..Default::default()
+        };
+        crate::manifest::manifest(&Image::open(&index, &options).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tar_and_gzip_layers_read_lazily_equal_the_local_tree() {
+        for kind in [LayerKind::TarGzip, LayerKind::Tar] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let (served, record, index, tar) = layer(kind);
+            let source = Arc::new(served);
+            let options = CacheOptions::default();
+            let open = |source: Arc<Served>| {
+                open_indexed_layer(&store, source, &record, &index, &index.root, &options)
+            };
+            let (image, cache) = open(source.clone()).unwrap();
+            assert_eq!(
+                crate::manifest::manifest(&image).unwrap(),
+                expected(&tar),
+                "{kind:?}"
+            );
+            assert_eq!(cache.stats().present, cache.stats().chunks);
+            drop((image, cache));
+            // Reopened: the artifacts and the chunks are reused.
+            let (_image, cache) = open(source).unwrap();
+            assert_eq!(cache.stats().present, cache.stats().chunks);
+            // Another root hash: refused before anything is read.
+            let mut wrong = index.root;
+            wrong[5] ^= 1;
+            let source = Arc::new(layer(kind).0);
+            let got = open_indexed_layer(&store, source, &record, &index, &wrong, &options);
+            assert!(matches!(got, Err(Error::Verity(_))), "{kind:?}");
+        }
+    }
+
+    /// A registry serving one altered byte of a verified layer: reading the
+    /// file there fails (EIO), every other file reads right, and the
+    /// altered bytes are not cached.
+    #[test]
+    fn altered_bytes_are_refused_not_served() {
+        for kind in [LayerKind::Tar, LayerKind::TarGzip] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let (mut served, record, index, tar) = layer(kind);
+            // A byte in the middle of the layer.
+            let at = (record.size / 2) as usize;
+            served.flip = Some((record.digest.clone(), at));
+            let options = CacheOptions {
+                chunk_size: 4096,
+                ..CacheOptions::default()
+            };
+            let source = Arc::new(served);
+            let opened = open_indexed_layer(&store, source, &record, &index, &index.root, &options);
+            let (image, cache) = opened.unwrap();
+            let got = crate::manifest::manifest(&image);
+            assert!(matches!(got, Err(Error::Verity(_))), "{kind:?}: {got:?}");
+            assert!(cache.stats().present < cache.stats().chunks, "{kind:?}");
+            // The tar's own bytes of the good chunks are what the cache has.
+            for chunk in 0..cache.stats().chunks {
+                if cache.is_present(chunk) {
+                    let start = (chunk * 4096) as usize;
+                    let end = (start + 4096).min(tar.len());
+                    let mut kept = vec![0; end - start];
+                    std::os::unix::fs::FileExt::read_exact_at(
+                        cache.file(),
+                        &mut kept,
+                        start as u64,
+                    )
+                    .unwrap();
+                    assert_eq!(kept, tar[start..end], "{kind:?} chunk {chunk}");
+                }
+            }
+        }
+    }
+}
