@@ -116,7 +116,7 @@ impl TrustedLeaves {
         let hash_block = u64::from(self.params.hash_block_size);
         let per_block = hash_block / DIGEST_SIZE as u64;
         let first = offset / size;
-        if offset % size != 0 {
+        if !offset.is_multiple_of(size) {
             return Some(first);
         }
         let mut padded = Vec::new();
