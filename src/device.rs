@@ -226,11 +226,15 @@ impl Device {
         self.ahead.is_some()
     }
 
-    /// Starts checking ranges ahead of readers on a background thread, when
-    /// a verity tree is attached (the server calls it once serving).
+    /// Starts the background work of serving (the server calls it once
+    /// serving): checking ranges ahead of readers, when a verity tree is
+    /// attached; the prefetch of a lazy device, when its options ask.
     pub fn start_verify_ahead(&self) {
         if let Some(ahead) = &self.ahead {
             ahead.start();
+        }
+        if let Some(cache) = &self.lazy {
+            cache.start_prefetch();
         }
     }
 

@@ -330,6 +330,17 @@ pub struct MountArgs {
     /// that forges both the data and the index.
     #[arg(long = "verity-root", value_name = "LAYER=ROOT", requires = "lazy")]
     pub verity_roots: Vec<String>,
+    /// With --lazy: what to fetch in the background once the mount is
+    /// live, one request at a time per layer, standing aside while reads
+    /// fetch: "all" (until each layer is complete), "none", or N (the
+    /// first N MiB of each layer).
+    #[arg(
+        long,
+        value_name = "all|none|N",
+        default_value = "none",
+        requires = "lazy"
+    )]
+    pub prefetch: erofs_fuse::lazy::Prefetch,
     /// Where images by reference come from, and the store (boxed: the
     /// other subcommands' arguments are smaller).
     #[command(flatten)]

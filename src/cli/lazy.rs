@@ -44,7 +44,11 @@ pub fn open_lazily(
                 source.insert(opened).clone()
             }
         };
-        let (mut lazy, how) = open_layer(store, source, layer, pins.get(digest))
+        let options = CacheOptions {
+            prefetch: args.prefetch,
+            ..CacheOptions::default()
+        };
+        let (mut lazy, how) = open_layer(store, source, layer, pins.get(digest), &options)
             .with_context(|| format!("layer {i} {digest}"))?;
         unverified += usize::from(how.starts_with("UNVERIFIED"));
         lazy.0.set_cache_size(open.cache_size);
@@ -70,16 +74,16 @@ fn open_layer(
     source: Arc<dyn ImageSource>,
     layer: &LayerRecord,
     pinned: Option<&[u8; 32]>,
+    options: &CacheOptions,
 ) -> erofs_fuse::Result<((Image, Arc<erofs_fuse::lazy::ChunkCache>), String)> {
     use erofs_fuse::store::{indexed, lazy};
-    let options = CacheOptions::default();
     let Some(index) = &layer.index else {
         if pinned.is_some() {
             return Err(erofs_fuse::Error::Invalid(
                 "--verity-root names it, but the registry has no layer index for it (push one with `erofs-fuse attach`)".into(),
             ));
         }
-        let opened = lazy::open_layer(store, source, layer, &options)?;
+        let opened = lazy::open_layer(store, source, layer, options)?;
         return Ok((
             opened,
             "UNVERIFIED (served as the registry sends it)".into(),
@@ -103,7 +107,7 @@ fn open_layer(
             ),
         ),
     };
-    let opened = indexed::open_indexed_layer(store, source, layer, index, &root, &options)?;
+    let opened = indexed::open_indexed_layer(store, source, layer, index, &root, options)?;
     Ok((opened, how))
 }
 

@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::map::{self, MapHeader};
-use super::ChunkSource;
+use super::{ChunkSource, Prefetch};
 use crate::error::{Error, Result};
 use crate::safe_fs;
 
@@ -45,6 +45,9 @@ pub struct CacheOptions {
     /// How long a reader waits for chunks other readers are fetching
     /// before it fails.
     pub wait_timeout: Duration,
+    /// What to fetch in the background once serving starts
+    /// ([`ChunkCache::start_prefetch`]).
+    pub prefetch: Prefetch,
 }
 
 impl Default for CacheOptions {
@@ -54,6 +57,7 @@ impl Default for CacheOptions {
             max_request: 8 << 20,
             max_in_flight: 4,
             wait_timeout: Duration::from_secs(120),
+            prefetch: Prefetch::None,
         }
     }
 }
@@ -107,6 +111,9 @@ pub struct ChunkCache {
     max_run: u64,
     max_in_flight: usize,
     wait_timeout: Duration,
+    prefetch: Prefetch,
+    /// The prefetch was started (once per cache).
+    prefetching: AtomicBool,
     state: Mutex<State>,
     /// Signalled when chunks arrive or fetches end.
     changed: Condvar,
@@ -235,6 +242,8 @@ impl ChunkCache {
             max_run,
             max_in_flight: options.max_in_flight,
             wait_timeout: options.wait_timeout,
+            prefetch: options.prefetch,
+            prefetching: AtomicBool::new(false),
             state: Mutex::new(State {
                 in_flight: vec![0; present.len()],
                 present,
@@ -276,6 +285,31 @@ impl ChunkCache {
     /// Whether chunk `index` is present (false past the last chunk).
     pub fn is_present(&self, index: u64) -> bool {
         index < self.chunks && map::is_set(&self.lock().present, index)
+    }
+
+    /// Starts fetching in the background what the options' prefetch says
+    /// (once; later calls do nothing). Call it once the device is served.
+    pub fn start_prefetch(self: &Arc<Self>) {
+        if !self.prefetching.swap(true, Ordering::AcqRel) {
+            super::prefetch::start(self, self.prefetch);
+        }
+    }
+
+    /// The first missing chunk from `from` on, not being fetched.
+    pub(super) fn next_missing(&self, from: u64) -> Option<u64> {
+        let state = self.lock();
+        (from..self.chunks)
+            .find(|&i| !map::is_set(&state.present, i) && !map::is_set(&state.in_flight, i))
+    }
+
+    /// Whether requests are under way (the prefetch stands aside).
+    pub(super) fn readers_fetching(&self) -> bool {
+        self.lock().fetching > 0
+    }
+
+    /// The most bytes one request asks for.
+    pub(super) fn max_request(&self) -> u64 {
+        self.max_run << self.shift
     }
 
     /// The counters.

@@ -16,6 +16,7 @@
 mod cache;
 mod gz;
 mod map;
+mod prefetch;
 mod verified;
 
 #[cfg(test)]
@@ -31,6 +32,7 @@ use crate::registry::ImageSource;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
 pub use gz::GzSource;
+pub use prefetch::Prefetch;
 #[cfg(test)]
 pub(crate) use verified::tree_for_tests;
 pub use verified::{TrustedLeaves, VerifiedSource, MAX_TREE};

@@ -94,6 +94,7 @@ fn options() -> CacheOptions {
         max_request: 4 * CHUNK,
         max_in_flight: 2,
         wait_timeout: Duration::from_secs(10),
+        prefetch: Prefetch::None,
     }
 }
 
@@ -420,4 +421,38 @@ fn processes_that_agree_share_a_cache_and_others_are_refused() {
         open(&d, &src, "other", &options()).unwrap().stats().present,
         0
     );
+}
+
+/// The prefetch fills the whole device, or as many bytes as asked, once
+/// started, and only then.
+#[test]
+fn prefetch_fills_what_it_is_asked_to() {
+    for (prefetch, expect) in [(Prefetch::All, 10), (Prefetch::Bytes(2 * CHUNK), 2)] {
+        let d = dir();
+        let src = Counting::new(10 * CHUNK as usize);
+        let opts = CacheOptions {
+            prefetch,
+            ..options()
+        };
+        let cache = Arc::new(open(&d, &src, "k", &opts).unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(cache.stats().present, 0, "{prefetch:?}: not started yet");
+        cache.start_prefetch();
+        cache.start_prefetch();
+        let start = std::time::Instant::now();
+        while cache.stats().present < expect && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(cache.stats().present, expect, "{prefetch:?}");
+        assert_eq!(
+            cached(&cache, 0, CHUNK as usize),
+            src.bytes[..CHUNK as usize]
+        );
+    }
+    assert_eq!("all".parse(), Ok(Prefetch::All));
+    assert_eq!("none".parse(), Ok(Prefetch::None));
+    assert_eq!("3".parse(), Ok(Prefetch::Bytes(3 << 20)));
+    assert!("-1".parse::<Prefetch>().is_err());
+    assert!("99999999999999999".parse::<Prefetch>().is_err());
 }

@@ -49,6 +49,7 @@ pub fn small_chunks(chunk_size: u64) -> CacheOptions {
         max_request: 16 * chunk_size,
         max_in_flight: 4,
         wait_timeout: Duration::from_secs(60),
+        ..CacheOptions::default()
     }
 }
 
