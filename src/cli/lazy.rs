@@ -32,7 +32,7 @@ pub fn open_lazily(
     for (i, layer) in record.layers.iter().enumerate() {
         let digest = &layer.digest;
         if store.has_layer(digest) {
-            eprintln!("layer {i} {digest}: pulled (in the store, checked against its digest)");
+            eprintln!("layer {i} {digest}: pulled (in the store)");
             images.push(Arc::new(open_with(&store.layer_image(digest), open)?));
             continue;
         }
