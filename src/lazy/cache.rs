@@ -295,6 +295,31 @@ impl ChunkCache {
         }
     }
 
+    /// Marks the chunks of `[offset, offset + len)` missing again (those
+    /// not being fetched), so the next read fetches them anew: for bytes
+    /// found wrong after they were cached (a tree block that does not
+    /// match its parent).
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (first, last) = (offset >> self.shift, (offset + len - 1) >> self.shift);
+        let mut state = self.lock();
+        let mut dropped = 0;
+        for i in first..=last {
+            if map::is_set(&state.present, i) && !map::is_set(&state.in_flight, i) {
+                map::set_range(&mut state.present, i..=i, false);
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            state.present_count -= dropped;
+            self.complete.store(false, Ordering::Release);
+        }
+        map::persist(&self.map, &self.map_path, &state.present, first, last)
+    }
+
     /// The first missing chunk from `from` on, not being fetched.
     pub(super) fn next_missing(&self, from: u64) -> Option<u64> {
         let state = self.lock();

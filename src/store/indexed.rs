@@ -37,8 +37,13 @@ use super::images::{LayerRecord, Store};
 use super::layout::is_layer_name;
 
 /// Suffixes of the files kept beside a layer's cache for its index
-/// artifact (gc removes them with the cache).
-pub(crate) const ARTIFACT_SUFFIXES: [&str; 3] = [".index", ".zinfo", ".tree"];
+/// artifact, longest first (gc removes them with the cache): the tar
+/// index, the zinfo, and the tree's chunk cache and its map.
+pub(crate) const ARTIFACT_SUFFIXES: [&str; 4] = [".tree.chunks", ".index", ".zinfo", ".tree"];
+/// The tree's cache: `LAYER.tree`.
+const TREE_SUFFIX: &str = ".tree";
+/// The tree cache's chunk: 4 leaf blocks, for 2 MiB of data.
+const TREE_CHUNK: u64 = 16 << 10;
 /// Largest tar index fetched.
 const MAX_INDEX: u64 = 1 << 30;
 /// Largest zinfo fetched (the reader's own limit).
@@ -73,10 +78,7 @@ pub fn open_indexed_layer(
         return Err(named(format!("it describes layer {}", index.layer)));
     }
     let dir = store.lazy_dir();
-    let tree = fetch_artifact(dir, source.as_ref(), digest, ".tree", &index.tree, MAX_TREE)?;
-    let tree = read_all(&tree, &dir.path().join(format!("{digest}.tree")))?;
-    let leaves = TrustedLeaves::new(&format!("{digest}.tree"), &tree, root, index.data_size)?;
-    drop(tree);
+    let leaves = tree(dir, &source, digest, index, root)?;
     let blob: Arc<dyn ChunkSource> = Arc::new(RemoteBlob {
         source: source.clone(),
         digest: digest.clone(),
@@ -132,6 +134,41 @@ pub fn open_indexed_layer(
         )),
     })?;
     Ok((image, cache))
+}
+
+/// The verity tree of `index`, read on demand through its own chunk cache
+/// (`LAYER.tree`), checked against `root` down to the level above the
+/// leaves.
+fn tree(
+    dir: &OutputDir,
+    source: &Arc<dyn ImageSource>,
+    digest: &str,
+    index: &LayerIndex,
+    root: &[u8; 32],
+) -> Result<TrustedLeaves> {
+    let name = format!("{digest}{TREE_SUFFIX}");
+    if index.tree.size > MAX_TREE {
+        return Err(Error::Invalid(format!(
+            "{}: tree {} is {} bytes, more than {MAX_TREE}",
+            dir.path().join(&name).display(),
+            index.tree.digest,
+            index.tree.size
+        )));
+    }
+    let blob = Arc::new(RemoteBlob {
+        source: source.clone(),
+        digest: index.tree.digest.clone(),
+        size: index.tree.size,
+    });
+    let options = CacheOptions {
+        chunk_size: TREE_CHUNK,
+        max_request: 16 * TREE_CHUNK,
+        ..CacheOptions::default()
+    };
+    let key = &index.tree.digest;
+    let cache = ChunkCache::open(dir.fd(), dir.path(), &name, key, blob, &options)?;
+    let shown = dir.path().join(&name).display().to_string();
+    TrustedLeaves::cached(&shown, Arc::new(cache), root, index.data_size)
 }
 
 /// The tar index of a tar layer's `index`, fetched or kept.

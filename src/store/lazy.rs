@@ -161,7 +161,7 @@ pub(crate) fn adopt(
 pub(crate) fn gc_caches(store: &Store, referenced: &BTreeSet<String>) -> Result<usize> {
     let dir = store.lazy_dir();
     let mut layers = BTreeSet::new();
-    let suffixes = || std::iter::once(MAP_SUFFIX).chain(ARTIFACT_SUFFIXES);
+    let suffixes = || ARTIFACT_SUFFIXES.into_iter().chain([MAP_SUFFIX]);
     for name in list(dir)? {
         let base = suffixes()
             .find_map(|suffix| name.strip_suffix(suffix))
