@@ -35,6 +35,7 @@ impl ZinfoHandle {
         Zinfo {
             span: self.span,
             checkpoints: self.checkpoints.borrow().clone(),
+            lazy: None,
         }
     }
 }

@@ -24,6 +24,7 @@
 mod build;
 mod inflate;
 mod reader;
+mod windows;
 pub mod zinfo;
 
 pub use build::{GzIndexer, ZinfoHandle};

@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use super::inflate::{Inflater, Step, AT_BOUNDARY, GZIP, HELD_BITS, LAST_BLOCK, RAW};
-use super::zinfo::{Checkpoint, Zinfo, WINDOW};
+use super::zinfo::{Zinfo, WINDOW};
 use super::GzError;
 
 /// Compressed bytes read from the source at a time.
@@ -193,12 +193,14 @@ impl<S: ReadAt> GzReader<S> {
                 .prime(cp.bits, byte[0] >> (8 - cp.bits))
                 .map_err(|m| self.error(m))?;
         }
-        inflater
-            .set_dictionary(&cp.window)
-            .map_err(|m| self.error(m))?;
+        let window = self
+            .zinfo
+            .window(index)
+            .map_err(|m| self.error(format!("zinfo: {m}")))?;
+        inflater.set_dictionary(window).map_err(|m| self.error(m))?;
         Ok(Cursor {
             next: index + 1,
-            ring: ring_of(cp),
+            ring: ring_of(cp.out, window),
             member_out: u64::MAX,
             data_type: 0,
             inflater,
@@ -368,12 +370,13 @@ impl Cursor {
     }
 }
 
-/// A ring holding checkpoint `cp`'s window, as [`Cursor::remember`] keeps it.
-fn ring_of(cp: &Checkpoint) -> Box<[u8]> {
+/// A ring holding the window of a checkpoint at output `out`, as
+/// [`Cursor::remember`] keeps it.
+fn ring_of(out: u64, window: &[u8]) -> Box<[u8]> {
     let mut ring = vec![0; WINDOW];
-    let p = (cp.out % WINDOW as u64) as usize;
-    ring[p..].copy_from_slice(&cp.window[..WINDOW - p]);
-    ring[..p].copy_from_slice(&cp.window[WINDOW - p..]);
+    let p = (out % WINDOW as u64) as usize;
+    ring[p..].copy_from_slice(&window[..WINDOW - p]);
+    ring[..p].copy_from_slice(&window[WINDOW - p..]);
     ring.into_boxed_slice()
 }
 
@@ -433,7 +436,9 @@ fn check_reached<S: ReadAt>(
             )));
         }
         let member_start = !cursor.raw && cursor.out == cursor.member_out;
-        if !member_start && !cursor.window_is(&cp.window) {
+        // A window not fetched yet (a lazy zinfo) is not fetched for this.
+        let window = zinfo.window_if_loaded(index);
+        if !member_start && window.is_some_and(|w| !cursor.window_is(w)) {
             return Err(wrong("its window is not the data before it"));
         }
         cursor.next += 1;

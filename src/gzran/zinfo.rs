@@ -9,10 +9,12 @@
 
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+pub use super::windows::{LazyWindows, WindowSource};
 use super::GzError;
 
 /// Bytes of history kept with each checkpoint (deflate's window).
@@ -43,7 +45,9 @@ struct RawCheckpoint {
 }
 
 const HEADER: usize = std::mem::size_of::<RawHeader>();
-const ENTRY: usize = std::mem::size_of::<RawCheckpoint>() + WINDOW;
+/// Bytes of a checkpoint's fixed part (le64 in, le64 out, u8 bits).
+pub const FIXED: usize = std::mem::size_of::<RawCheckpoint>();
+const ENTRY: usize = FIXED + WINDOW;
 
 /// A place to resume inflating.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,6 +80,9 @@ pub struct Zinfo {
     /// Checkpoints: the first at output 0, `input` strictly and `out`
     /// weakly increasing.
     pub checkpoints: Vec<Checkpoint>,
+    /// Where the windows come from when they are read on demand (the
+    /// checkpoints' own windows are then empty): see [`Zinfo::from_table`].
+    pub lazy: Option<LazyWindows>,
 }
 
 impl Zinfo {
@@ -141,9 +148,93 @@ impl Zinfo {
                 window: window.into(),
             });
         }
-        let zinfo = Self { span, checkpoints };
+        let zinfo = Self {
+            span,
+            checkpoints,
+            lazy: None,
+        };
         zinfo.validate()?;
         Ok(zinfo)
+    }
+
+    /// A zinfo whose checkpoints are `table` (their fixed parts, as a
+    /// version 2 file stores them, one after another) and whose windows
+    /// `source` gives when a reader first needs them: for a remote zinfo,
+    /// so that only the windows of the spans read are fetched.
+    pub fn from_table(
+        span: u64,
+        table: &[u8],
+        source: Arc<dyn WindowSource>,
+    ) -> Result<Self, String> {
+        if table.len() % FIXED != 0 || table.is_empty() {
+            return Err(format!("a checkpoint table of {} bytes", table.len()));
+        }
+        let mut checkpoints = Vec::with_capacity(table.len() / FIXED);
+        for fixed in table.chunks_exact(FIXED) {
+            let (raw, _) = RawCheckpoint::read_from_prefix(fixed)
+                .map_err(|_| "checkpoint cut short".to_string())?;
+            checkpoints.push(Checkpoint {
+                input: raw.input.get(),
+                out: raw.out.get(),
+                bits: raw.bits,
+                window: Box::default(),
+            });
+        }
+        let lazy = Some(LazyWindows::new(source, checkpoints.len()));
+        let zinfo = Self {
+            span,
+            checkpoints,
+            lazy,
+        };
+        zinfo.validate()?;
+        Ok(zinfo)
+    }
+
+    /// The fixed parts of the checkpoints, as [`Zinfo::from_table`] takes
+    /// them.
+    pub fn table(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.checkpoints.len() * FIXED);
+        for cp in &self.checkpoints {
+            let raw = RawCheckpoint {
+                input: U64::new(cp.input),
+                out: U64::new(cp.out),
+                bits: cp.bits,
+            };
+            out.extend_from_slice(raw.as_bytes());
+        }
+        out
+    }
+
+    /// Byte offset of checkpoint `index`'s entry in a version 2 file.
+    pub fn entry_offset(index: usize) -> u64 {
+        (HEADER + index * ENTRY) as u64
+    }
+
+    /// The length of a version 2 file of `checkpoints` checkpoints.
+    pub fn file_len(checkpoints: usize) -> u64 {
+        Self::entry_offset(checkpoints)
+    }
+
+    /// Checkpoint `index`'s window: its own, or fetched now from the lazy
+    /// source (once).
+    pub fn window(&self, index: usize) -> Result<&[u8], String> {
+        let cp = &self.checkpoints[index];
+        if !cp.window.is_empty() {
+            return Ok(&cp.window);
+        }
+        match &self.lazy {
+            Some(lazy) => lazy.get(index),
+            None => Err(format!("checkpoint {index} has no window")),
+        }
+    }
+
+    /// Checkpoint `index`'s window if it is at hand (not to be fetched).
+    pub fn window_if_loaded(&self, index: usize) -> Option<&[u8]> {
+        let cp = &self.checkpoints[index];
+        if !cp.window.is_empty() {
+            return Some(&cp.window);
+        }
+        self.lazy.as_ref()?.loaded(index)
     }
 
     /// Checks the checkpoints: at least one, the first at output 0, `bits`
@@ -161,7 +252,8 @@ impl Zinfo {
             if cp.bits > 0 && cp.input == 0 {
                 return Err(format!("checkpoint {i}: bits {} before byte 0", cp.bits));
             }
-            if cp.window.len() != WINDOW {
+            let lazy = self.lazy.is_some() && cp.window.is_empty();
+            if cp.window.len() != WINDOW && !lazy {
                 return Err(format!(
                     "checkpoint {i}: window of {} bytes",
                     cp.window.len()
@@ -241,6 +333,7 @@ mod tests {
                     window: vec![i as u8; WINDOW].into(),
                 })
                 .collect(),
+            lazy: None,
         }
         .to_bytes()
     }
