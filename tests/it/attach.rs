@@ -159,12 +159,9 @@ fn check_tree(client: &RegistryClient, work: &Path, index: &LayerIndex, data: &[
     ))
     .unwrap();
     assert_eq!(index.data_size, data.len() as u64, "{}", index.layer);
-    assert_eq!(
-        tree,
-        veritysetup_tree(work, data, &index.layer),
-        "{}",
-        index.layer
-    );
+    // Compared by digest: a failure prints two lines, not the trees.
+    let theirs = veritysetup_tree(work, data, &index.layer);
+    assert_eq!(sha256(&tree), sha256(&theirs), "tree of {}", index.layer);
     let root = erofs_fuse::verity::verify(
         &std::fs::File::open(work.join("padded")).unwrap(),
         &std::fs::File::open(work.join("tree")).unwrap(),
@@ -218,17 +215,18 @@ fn check_tar_index(
         convert.arg("--gzinfo").arg(work.join("convert.zinfo"));
     }
     run_ok(&mut convert);
+    let made = sha256(&std::fs::read(&made).unwrap());
     assert_eq!(
-        std::fs::read(&got).unwrap(),
-        std::fs::read(&made).unwrap(),
-        "{}",
+        sha256(&std::fs::read(&got).unwrap()),
+        made,
+        "index of {}",
         index.layer
     );
     if let Some(zinfo) = &index.zinfo {
         let fetched = fetch(client, &zinfo.digest, zinfo.size, &work.join("zinfo"));
         assert_eq!(
-            std::fs::read(fetched).unwrap(),
-            std::fs::read(work.join("convert.zinfo")).unwrap(),
+            sha256(&std::fs::read(fetched).unwrap()),
+            sha256(&std::fs::read(work.join("convert.zinfo")).unwrap()),
             "zinfo of {}",
             index.layer
         );
@@ -245,8 +243,24 @@ fn attach_over(variant: Variant) {
     let (l, manifest) = push_image(&reg, work.path());
     let store = work.path().join("store");
     let before = writes(&reg);
+    let tokens = match variant {
+        Variant::Token => reg.token_requests().len(),
+        _ => 0,
+    };
     let lines = attach(&reg, &store);
     assert!(writes(&reg) > before, "attach pushed nothing");
+    if variant == Variant::Token {
+        // One token serves the reads and the uploads: asked with push
+        // scope from the first request on.
+        let scopes = reg.token_requests().split_off(tokens);
+        assert!(!scopes.is_empty());
+        assert!(
+            scopes
+                .iter()
+                .all(|(s, granted)| *granted && s == "repository:app:pull,push"),
+            "{scopes:?}"
+        );
+    }
     let digests = [
         sha256(&l.gz),
         sha256(&l.tar),
