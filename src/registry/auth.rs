@@ -352,7 +352,7 @@ impl Authenticator {
 
 /// `text` percent-encoded for a query value (all but RFC 3986's
 /// unreserved characters).
-fn percent_encode(text: &str) -> String {
+pub(super) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

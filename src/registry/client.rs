@@ -478,8 +478,12 @@ impl ImageSource for RegistryClient {
             .retrying(&what, || self.range_pass(&what, &url, offset, buf))
     }
 
-    fn referrers(&self, subject: &str) -> Result<Vec<super::source::Referrer>> {
-        Ok(self.list_referrers(subject)?.descriptors)
+    fn referrers(
+        &self,
+        subject: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<super::source::Referrer>> {
+        Ok(self.list_referrers(subject, artifact_type)?.descriptors)
     }
 }
 

@@ -91,12 +91,17 @@ impl RegistryClient {
         })
     }
 
-    /// The referrers of manifest `subject`: the API's answer, else the
-    /// tag-schema index, else none.
-    pub fn list_referrers(&self, subject: &str) -> Result<Referrers> {
+    /// The referrers of manifest `subject`: the API's answer (filtered
+    /// by `artifact_type` if the registry does), else the tag-schema
+    /// index, else none.
+    pub fn list_referrers(&self, subject: &str, artifact_type: Option<&str>) -> Result<Referrers> {
         let tag = referrers_tag(subject)?;
         let what = format!("{}: referrers of {subject}", self.name);
-        let api_url = self.url("referrers", subject);
+        let mut api_url = self.url("referrers", subject);
+        if let Some(wanted) = artifact_type {
+            api_url.push_str("?artifactType=");
+            api_url.push_str(&super::auth::percent_encode(wanted));
+        }
         if let Some(bytes) = self.get_small(&what, &api_url, OCI_INDEX)? {
             return Ok(Referrers {
                 descriptors: parse_listing(&what, &bytes)?,

@@ -308,7 +308,7 @@ fn parse_root(text: &str) -> std::result::Result<[u8; 32], String> {
 pub fn find_layer_indexes(source: &dyn ImageSource, subject: &str) -> Result<Vec<LayerIndex>> {
     let mut found = Vec::new();
     let mut layers = HashSet::new();
-    for d in source.referrers(subject)? {
+    for d in source.referrers(subject, Some(LAYER_INDEX_ARTIFACT_TYPE))? {
         if d.artifact_type.as_deref() != Some(LAYER_INDEX_ARTIFACT_TYPE) {
             continue;
         }

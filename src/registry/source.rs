@@ -75,11 +75,12 @@ pub trait ImageSource: Send + Sync {
     fn blob_range(&self, digest: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
 
     /// The manifests that refer to manifest `subject` (`sha256:<hex>`),
-    /// unfiltered, at most [`MAX_MANIFEST_SIZE`] bytes of listing. A
+    /// at most [`MAX_MANIFEST_SIZE`] bytes of listing; `artifact_type`
+    /// asks a registry to filter (it may not: callers filter again). A
     /// registry: the OCI 1.1 referrers API, else the referrers tag schema
     /// (`sha256-<hex>`), neither there being none. The default (an OCI
     /// layout): none, layouts do not index referrers.
-    fn referrers(&self, _subject: &str) -> Result<Vec<Referrer>> {
+    fn referrers(&self, _subject: &str, _artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
         Ok(Vec::new())
     }
 }

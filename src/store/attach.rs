@@ -135,7 +135,7 @@ pub fn attach(
         digest: fetched.digest.clone(),
         size: fetched.bytes.len() as u64,
     };
-    let listing = client.list_referrers(&subject.digest)?;
+    let listing = client.list_referrers(&subject.digest, Some(LAYER_INDEX_ARTIFACT_TYPE))?;
     let existing = find_layer_indexes(client, &subject.digest)?;
     let mut report = AttachReport {
         manifest: subject.digest.clone(),

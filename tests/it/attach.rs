@@ -15,6 +15,8 @@ use std::process::Command;
 use erofs_fuse::registry::referrers::{find_layer_indexes, LayerIndex};
 use erofs_fuse::registry::{ImageSource, Reference, RegistryClient};
 
+mod api;
+
 use crate::common::pulled::{cli, pull_ok, tar_of};
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
 use crate::common::{have, run, run_ok, tree_manifest, xorshift, KernelMount, Need};
@@ -89,8 +91,12 @@ fn push_image(reg: &Registry, dir: &Path) -> (Layers, String) {
 
 /// `erofs-fuse attach REF` with the registry's options: its stdout lines.
 fn attach(reg: &Registry, store: &Path) -> Vec<String> {
-    let reference = reg.reference("app:latest");
-    let out = run_ok(cli(store, &["attach", "--quiet", &reference]).args(reg.cli_args()));
+    attach_at(reg, &reg.reference("app:latest"), store)
+}
+
+/// `erofs-fuse attach REFERENCE` with `reg`'s options: its stdout lines.
+fn attach_at(reg: &Registry, reference: &str, store: &Path) -> Vec<String> {
+    let out = run_ok(cli(store, &["attach", "--quiet", reference]).args(reg.cli_args()));
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -397,6 +403,6 @@ fn attach_reuses_pulled_blobs_and_force_replaces() {
     assert_eq!(forced.lines().collect::<Vec<_>>(), first);
     let reference = Reference::parse(&reg.reference("app:latest")).unwrap();
     let client = RegistryClient::new(&reference, &reg.options()).unwrap();
-    let listed = client.referrers(&manifest).unwrap();
+    let listed = client.referrers(&manifest, None).unwrap();
     assert_eq!(listed.len(), 3, "one entry per layer: {listed:?}");
 }
