@@ -278,6 +278,13 @@ fn attach_over(variant: Variant) {
         assert!(line.starts_with(&format!("layer {digest} ")), "{line}");
     }
     assert!(lines[3].contains("skipped"), "{}", lines[3]);
+    // The layers fetched into staging are gone with it.
+    let left: Vec<_> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     let reference = Reference::parse(&reg.reference("app:latest")).unwrap();
     let client = RegistryClient::new(&reference, &reg.options()).unwrap();

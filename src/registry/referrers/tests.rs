@@ -209,3 +209,100 @@ fn tree_sizes_count_the_superblock_and_every_level() {
         1 + (1 << 29) + (1 << 22) + (1 << 15) + 256 + 2 + 1
     );
 }
+
+/// An in-memory source: manifests by digest, one referrers listing.
+struct Fake {
+    manifests: Vec<(String, Vec<u8>)>,
+    listing: Vec<Referrer>,
+}
+
+impl ImageSource for Fake {
+    fn name(&self) -> String {
+        "fake".into()
+    }
+
+    fn manifest(&self, reference: &str) -> Result<crate::registry::FetchedManifest> {
+        let (digest, bytes) = self
+            .manifests
+            .iter()
+            .find(|(d, _)| d == reference)
+            .ok_or_else(|| crate::Error::Registry(format!("{reference}: manifest unknown")))?;
+        Ok(crate::registry::FetchedManifest {
+            bytes: bytes.clone(),
+            media_type: OCI_MANIFEST.into(),
+            digest: digest.clone(),
+        })
+    }
+
+    fn blob(&self, _: &str, _: u64, _: &mut dyn std::io::Write, _: &dyn Fn(u64)) -> Result<()> {
+        unreachable!("not read")
+    }
+
+    fn blob_range(&self, _: &str, _: u64, _: &mut [u8]) -> Result<()> {
+        unreachable!("not read")
+    }
+
+    fn referrers(&self, _: &str, _: Option<&str>) -> Result<Vec<Referrer>> {
+        Ok(self.listing.clone())
+    }
+}
+
+/// `bytes` as a listed referrer of our type (or `artifact_type`).
+fn listed(bytes: &[u8], artifact_type: &str) -> (String, Referrer) {
+    let digest = crate::registry::oci_layout::sha256_digest(bytes);
+    let d = Referrer {
+        media_type: OCI_MANIFEST.into(),
+        digest: digest.clone(),
+        size: bytes.len() as u64,
+        artifact_type: Some(artifact_type.into()),
+        annotations: Default::default(),
+    };
+    (digest, d)
+}
+
+#[test]
+fn find_skips_other_types_malformed_ones_and_later_ones_per_layer() {
+    let subject = digest('5');
+    let good = artifact_manifest(&parts());
+    let mut other_layer = parts();
+    other_layer.layer = digest('7');
+    let other_layer = artifact_manifest(&other_layer);
+    let mut later = parts();
+    later.root = [1; 32];
+    let later = artifact_manifest(&later);
+    let malformed = edited(&good, |v| v["annotations"][ROOT_ANNOTATION] = "xyz".into());
+    let wrong_subject = edited(&good, |v| v["subject"]["digest"] = digest('6').into());
+    let mut source = Fake {
+        manifests: Vec::new(),
+        listing: Vec::new(),
+    };
+    for (bytes, kind) in [
+        (&malformed, LAYER_INDEX_ARTIFACT_TYPE),
+        (&wrong_subject, LAYER_INDEX_ARTIFACT_TYPE),
+        (&good, "application/vnd.example.sbom"),
+        (&good, LAYER_INDEX_ARTIFACT_TYPE),
+        (&later, LAYER_INDEX_ARTIFACT_TYPE),
+        (&other_layer, LAYER_INDEX_ARTIFACT_TYPE),
+    ] {
+        let (digest, d) = listed(bytes, kind);
+        source.manifests.push((digest, bytes.clone()));
+        source.listing.push(d);
+    }
+    // A listed referrer the source cannot serve is skipped too.
+    source
+        .listing
+        .push(listed(b"{}", LAYER_INDEX_ARTIFACT_TYPE).1);
+    let found = find_layer_indexes(&source, &subject).unwrap();
+    let got: Vec<(&str, [u8; 32])> = found.iter().map(|i| (i.layer.as_str(), i.root)).collect();
+    assert_eq!(
+        got,
+        [
+            (digest('1').as_str(), [0xab; 32]),
+            (digest('7').as_str(), [0xab; 32])
+        ]
+    );
+    assert_eq!(
+        found[0].artifact,
+        crate::registry::oci_layout::sha256_digest(&good)
+    );
+}
