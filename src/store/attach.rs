@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -367,7 +367,7 @@ fn uuid_of(digest: &str) -> [u8; 16] {
 }
 
 /// The file at `path`, refused past `max` bytes.
-fn read_bounded(path: &PathBuf, max: u64) -> Result<Vec<u8>> {
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
     file.take(max + 1)
