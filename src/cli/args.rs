@@ -9,7 +9,7 @@ mod pull;
 mod store;
 mod verity;
 
-pub use pull::{ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RmiArgs};
+pub use pull::{AttachArgs, ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RmiArgs};
 pub use store::{StoreAddArgs, StoreCommand, StoreGcArgs, StoreServeArgs, StoreXattrsArg};
 pub use verity::{VerityCommand, VerityFormatArgs, VerityVerifyArgs};
 
@@ -149,6 +149,20 @@ pub enum Command {
     /// Layer media types: tar, tar+gzip, tar+zstd (OCI and Docker names)
     /// and EROFS layers (a media type ending in .erofs, used as is).
     Pull(PullArgs),
+    /// Attach layer indexes to an image in a registry: for each layer,
+    /// compute the tar index (tar and tar+gzip layers, as `pull` makes
+    /// it), the gzip zinfo (tar+gzip layers) and a dm-verity tree over what
+    /// a reader reads (the uncompressed tar, or the EROFS-native blob), and
+    /// push them as one OCI artifact (artifactType
+    /// application/vnd.erofs-fuse.layer-index.v1) referring to the image
+    /// manifest: through the registry's referrers API, or the referrers
+    /// tag schema (`sha256-<hex>`) where it has none. Layer blobs the store
+    /// has are reused; others are fetched. Prints one line per layer:
+    /// `layer DIGEST referrer DIGEST root HEX` (the root is what
+    /// `--verity-root` takes). Layers that have an artifact already are
+    /// left alone (unless --force); tar+zstd layers are skipped (no random
+    /// access into zstd). See docs/images.md, "Layer index referrers".
+    Attach(AttachArgs),
     /// List the images in the content store: reference, manifest digest,
     /// layers, size of the layer blobs.
     Images(ImagesArgs),

@@ -9,6 +9,7 @@ use erofs_fuse::verity::VeritySource;
 use erofs_fuse::{Image, Inode, OpenOptions};
 
 pub mod args;
+mod attach;
 mod convert;
 mod daemon;
 pub mod error;
@@ -58,6 +59,7 @@ impl Command {
                 StoreCommand::Gc(args) => args.run(),
             },
             Command::Pull(args) => args.run(),
+            Command::Attach(args) => args.run(),
             Command::Images(args) => args.run(),
             Command::Config(args) => args.run(),
             Command::Rmi(args) => args.run(),

@@ -217,14 +217,15 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
-/// A progress bar per layer, as podman shows them.
-struct Bars {
+/// A progress bar per layer, as podman shows them (pull's and attach's).
+pub(super) struct Bars {
     multi: indicatif::MultiProgress,
     bars: Mutex<HashMap<usize, indicatif::ProgressBar>>,
 }
 
 impl Bars {
-    fn new() -> Self {
+    /// Bars on stderr.
+    pub(super) fn new() -> Self {
         let multi = indicatif::MultiProgress::with_draw_target(
             indicatif::ProgressDrawTarget::stderr_with_hz(4),
         );

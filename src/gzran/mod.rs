@@ -29,7 +29,7 @@ pub mod zinfo;
 
 pub use build::{GzIndexer, ZinfoHandle};
 pub use reader::{GzReader, ReadAt};
-pub use zinfo::{Checkpoint, Zinfo};
+pub use zinfo::{Checkpoint, LazyWindows, WindowSource, Zinfo};
 
 /// A gzip or zinfo problem: the file and what is wrong, on one line.
 #[derive(Debug, Clone, thiserror::Error)]

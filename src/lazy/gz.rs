@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ChunkSource, FileSource};
 use crate::error::{Error, Result};
-use crate::gzran::{GzReader, ReadAt, Zinfo};
+use crate::gzran::zinfo::{FIXED, WINDOW};
+use crate::gzran::{GzReader, ReadAt, WindowSource, Zinfo};
 
 /// Readers kept between reads: a read that starts where one of them
 /// stopped goes on inflating instead of starting at a checkpoint.
@@ -56,6 +57,48 @@ impl ReadAt for Compressed {
         let n = buf.len().min(bytes.len() - at);
         buf[..n].copy_from_slice(&bytes[at..at + n]);
         Ok(n)
+    }
+}
+
+/// The windows of a version 2 zinfo read through a chunk cache of it
+/// (a remote zinfo blob), each entry checked against the checkpoint table
+/// the zinfo was opened with.
+pub struct CachedWindows {
+    cache: Arc<super::ChunkCache>,
+    table: Vec<u8>,
+}
+
+impl CachedWindows {
+    /// Windows of the zinfo in `cache`, whose checkpoints are `table`.
+    pub fn new(cache: Arc<super::ChunkCache>, table: Vec<u8>) -> Self {
+        Self { cache, table }
+    }
+}
+
+impl WindowSource for CachedWindows {
+    fn read_window(&self, index: usize, window: &mut [u8]) -> std::result::Result<(), String> {
+        use std::os::unix::fs::FileExt;
+        let named = |e: String| format!("{}: {e}", self.cache.path().display());
+        let fixed = self
+            .table
+            .get(index * FIXED..(index + 1) * FIXED)
+            .ok_or_else(|| named(format!("no checkpoint {index}")))?;
+        let offset = Zinfo::entry_offset(index);
+        let mut entry = vec![0; FIXED + WINDOW];
+        self.cache
+            .ensure(offset, entry.len() as u64)
+            .map_err(|e| e.to_string())?;
+        self.cache
+            .file()
+            .read_exact_at(&mut entry, offset)
+            .map_err(|e| named(e.to_string()))?;
+        if entry[..FIXED] != *fixed {
+            return Err(named(format!(
+                "checkpoint {index} is not the one its table gives"
+            )));
+        }
+        window.copy_from_slice(&entry[FIXED..]);
+        Ok(())
     }
 }
 

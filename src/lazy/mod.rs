@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::registry::ImageSource;
 
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
-pub use gz::GzSource;
+pub use gz::{CachedWindows, GzSource};
 pub use prefetch::Prefetch;
 #[cfg(test)]
 pub(crate) use verified::tree_for_tests;

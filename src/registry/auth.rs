@@ -167,6 +167,8 @@ pub(crate) struct Authenticator {
     /// How the credentials (or their absence) are described in errors.
     tried: String,
     state: Mutex<State>,
+    /// Whether tokens are asked for with push rights (`attach`).
+    push: std::sync::atomic::AtomicBool,
     /// Held while fetching a token, so concurrent 401s fetch one.
     fetching: Mutex<()>,
 }
@@ -194,8 +196,15 @@ impl Authenticator {
             creds,
             tried,
             state: Mutex::new(State::default()),
+            push: std::sync::atomic::AtomicBool::new(false),
             fetching: Mutex::new(()),
         })
+    }
+
+    /// From now on, tokens for this repository are asked for with
+    /// `pull,push` scope (one token serves the reads and the uploads).
+    pub fn want_push(&self) {
+        self.push.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The `Authorization` value to send now, if any.
@@ -265,10 +274,14 @@ impl Authenticator {
                 " (http only with --insecure)"
             )));
         }
-        let scope = challenge
+        let pull = format!("repository:{}:pull", self.repository);
+        let mut scope = challenge
             .param("scope")
             .map(str::to_string)
-            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+            .unwrap_or_else(|| pull.clone());
+        if scope == pull && self.push.load(std::sync::atomic::Ordering::Relaxed) {
+            scope.push_str(",push");
+        }
         let _one_fetch = self.fetching.lock().unwrap_or_else(|p| p.into_inner());
         {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -339,7 +352,7 @@ impl Authenticator {
 
 /// `text` percent-encoded for a query value (all but RFC 3986's
 /// unreserved characters).
-fn percent_encode(text: &str) -> String {
+pub(super) fn percent_encode(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for b in text.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

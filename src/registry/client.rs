@@ -13,7 +13,7 @@ use ureq::Body;
 
 use super::auth::Authenticator;
 use super::credentials::AuthPaths;
-use super::http::{header, status_message, Failure, Transport};
+use super::http::{header, status_message, Failure, Method, Transport};
 use super::reference::{is_sha256_digest, Reference};
 use super::source::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 use super::ClientOptions;
@@ -28,10 +28,10 @@ const MAX_TAG_LEN: usize = 128;
 /// A repository in a registry, as an [`ImageSource`].
 pub struct RegistryClient {
     /// `registry/repository`, for errors.
-    name: String,
-    repository: String,
-    transport: Transport,
-    auth: Authenticator,
+    pub(super) name: String,
+    pub(super) repository: String,
+    pub(super) transport: Transport,
+    pub(super) auth: Authenticator,
 }
 
 impl RegistryClient {
@@ -50,7 +50,7 @@ impl RegistryClient {
     }
 
     /// The API URL of `kind` (`manifests`, `blobs`) `id` in the repository.
-    fn url(&self, kind: &str, id: &str) -> String {
+    pub(super) fn url(&self, kind: &str, id: &str) -> String {
         format!(
             "{}/v2/{}/{kind}/{id}",
             self.transport.base(),
@@ -66,6 +66,18 @@ impl RegistryClient {
         url: &str,
         headers: &[(&str, &str)],
     ) -> std::result::Result<Response<Body>, Failure> {
+        self.send_with(Method::Get, what, url, headers, None)
+    }
+
+    /// [`Self::send`] with any method, and a body for PUT and POST.
+    pub(super) fn send_with(
+        &self,
+        method: Method,
+        what: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::result::Result<Response<Body>, Failure> {
         let mut challenged = false;
         loop {
             let authorization = self.auth.header();
@@ -73,12 +85,15 @@ impl RegistryClient {
             if let Some(value) = authorization.as_deref() {
                 all.push(("Authorization", value));
             }
-            let response = self.transport.get(url, &all).map_err(|f| match f {
-                Failure::Fatal(Error::Registry(m)) => {
-                    Failure::Fatal(Error::Registry(format!("{what}: {m}")))
-                }
-                other => other,
-            })?;
+            let response =
+                self.transport
+                    .request(method, url, &all, body)
+                    .map_err(|f| match f {
+                        Failure::Fatal(Error::Registry(m)) => {
+                            Failure::Fatal(Error::Registry(format!("{what}: {m}")))
+                        }
+                        other => other,
+                    })?;
             let status = response.status().as_u16();
             if status == 401 && !challenged {
                 challenged = true;
@@ -282,7 +297,7 @@ impl Download<'_> {
 }
 
 /// A fatal [`Failure`] with `message`.
-fn fatal(message: String) -> Failure {
+pub(super) fn fatal(message: String) -> Failure {
     Failure::Fatal(Error::Registry(message))
 }
 
@@ -325,7 +340,7 @@ fn is_manifest_reference(id: &str) -> bool {
 }
 
 /// `sha256:<hex>` of `bytes`.
-fn sha256_digest(hash: impl AsRef<[u8]>) -> String {
+pub(super) fn sha256_digest(hash: impl AsRef<[u8]>) -> String {
     let mut out = String::from("sha256:");
     for b in hash.as_ref() {
         out.push_str(&format!("{b:02x}"));
@@ -461,6 +476,14 @@ impl ImageSource for RegistryClient {
         let url = self.url("blobs", digest);
         self.transport
             .retrying(&what, || self.range_pass(&what, &url, offset, buf))
+    }
+
+    fn referrers(
+        &self,
+        subject: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<super::source::Referrer>> {
+        Ok(self.list_referrers(subject, artifact_type)?.descriptors)
     }
 }
 

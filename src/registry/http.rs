@@ -67,6 +67,19 @@ impl RetryPolicy {
     }
 }
 
+/// The HTTP methods the registry client uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    /// Reads.
+    Get,
+    /// Whether a blob exists.
+    Head,
+    /// Starting an upload.
+    Post,
+    /// Blobs and manifests.
+    Put,
+}
+
 /// Why one attempt failed.
 #[derive(Debug)]
 pub(crate) enum Failure {
@@ -162,11 +175,26 @@ impl Transport {
         url: &str,
         headers: &[(&str, &str)],
     ) -> std::result::Result<Response<Body>, Failure> {
-        let mut request = self.agent.get(url);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let mut response = request.call().map_err(|e| classify(e, url))?;
+        self.request(Method::Get, url, headers, None)
+    }
+
+    /// One request `method` of `url` with `headers` and `body` (sent
+    /// whole, for PUT and POST), its answer sorted as [`Self::get`] does.
+    pub fn request(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::result::Result<Response<Body>, Failure> {
+        let body = body.unwrap_or_default();
+        let result = match method {
+            Method::Get => with_headers(self.agent.get(url), headers).call(),
+            Method::Head => with_headers(self.agent.head(url), headers).call(),
+            Method::Post => with_headers(self.agent.post(url), headers).send(body),
+            Method::Put => with_headers(self.agent.put(url), headers).send(body),
+        };
+        let mut response = result.map_err(|e| classify(e, url))?;
         let status = response.status().as_u16();
         if status >= 500 || status == 429 {
             let retry_after = header(&response, "retry-after")
@@ -229,6 +257,17 @@ impl Transport {
             }
         }
     }
+}
+
+/// `request` with `headers` added.
+fn with_headers<B>(
+    mut request: ureq::RequestBuilder<B>,
+    headers: &[(&str, &str)],
+) -> ureq::RequestBuilder<B> {
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request
 }
 
 /// Whether plain http is used: only with `--insecure`, and then only for

@@ -9,6 +9,9 @@
 //!   API, on `http` (transport: TLS, timeouts, retries), `credentials`
 //!   (`--creds` and auth files) and `auth` (challenges, bearer tokens);
 //! - [`oci_layout`]: the interface over an OCI image layout (`oci:DIR`);
+//! - [`push`]: what the client writes: blobs, manifests, the referrers
+//!   tag schema; [`referrers`]: the layer-index artifacts `attach` pushes
+//!   and lazy mounts look for;
 //! - [`manifest`]: typed manifests and indexes (OCI and Docker), platform
 //!   selection, layer media types, the run config.
 
@@ -18,13 +21,14 @@ mod credentials;
 mod http;
 pub mod manifest;
 pub mod oci_layout;
+pub mod push;
 pub mod reference;
 pub mod referrers;
 pub mod source;
 
 pub use client::RegistryClient;
 pub use reference::Reference;
-pub use source::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
+pub use source::{FetchedManifest, ImageSource, Referrer, MAX_MANIFEST_SIZE};
 
 use std::path::PathBuf;
 

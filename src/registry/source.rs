@@ -2,7 +2,10 @@
 //! image layout on disk. `pull` copies whole blobs through it; lazy layers
 //! read ranges of blobs through it.
 
+use std::collections::BTreeMap;
 use std::io::Write;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
@@ -19,6 +22,29 @@ pub struct FetchedManifest {
     pub media_type: String,
     /// `sha256:<hex>` of `bytes`, checked against a digest reference.
     pub digest: String,
+}
+
+/// A descriptor of a manifest that refers to another (its `subject`), as
+/// the referrers API and the referrers tag schema list them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Referrer {
+    /// The referring manifest's media type.
+    #[serde(rename = "mediaType")]
+    pub media_type: String,
+    /// Its digest.
+    pub digest: String,
+    /// Its size.
+    pub size: u64,
+    /// Its `artifactType` (or its config's media type).
+    #[serde(
+        rename = "artifactType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub artifact_type: Option<String>,
+    /// Its annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// A place images are read from. Implementations are shared by the threads
@@ -47,4 +73,14 @@ pub trait ImageSource: Send + Sync {
     /// Fills `buf` with the bytes of blob `digest` from `offset` (a range
     /// read, for lazy layers; not verified here).
     fn blob_range(&self, digest: &str, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// The manifests that refer to manifest `subject` (`sha256:<hex>`),
+    /// at most [`MAX_MANIFEST_SIZE`] bytes of listing; `artifact_type`
+    /// asks a registry to filter (it may not: callers filter again). A
+    /// registry: the OCI 1.1 referrers API, else the referrers tag schema
+    /// (`sha256-<hex>`), neither there being none. The default (an OCI
+    /// layout): none, layouts do not index referrers.
+    fn referrers(&self, _subject: &str, _artifact_type: Option<&str>) -> Result<Vec<Referrer>> {
+        Ok(Vec::new())
+    }
 }

@@ -24,8 +24,8 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gzran::Zinfo;
 use crate::lazy::{
-    CacheOptions, ChunkCache, ChunkSource, GzSource, RemoteBlob, TrustedLeaves, VerifiedSource,
-    MAX_TREE,
+    CacheOptions, CachedWindows, ChunkCache, ChunkSource, GzSource, RemoteBlob, TrustedLeaves,
+    VerifiedSource, MAX_TREE,
 };
 use crate::reader::Image;
 use crate::registry::manifest::LayerKind;
@@ -39,7 +39,16 @@ use super::layout::is_layer_name;
 /// Suffixes of the files kept beside a layer's cache for its index
 /// artifact, longest first (gc removes them with the cache): the tar
 /// index, the zinfo, and the tree's chunk cache and its map.
-pub(crate) const ARTIFACT_SUFFIXES: [&str; 4] = [".tree.chunks", ".index", ".zinfo", ".tree"];
+pub(crate) const ARTIFACT_SUFFIXES: [&str; 6] = [
+    ".tree.chunks",
+    ".windows.chunks",
+    ".index",
+    ".zinfo",
+    ".tree",
+    ".windows",
+];
+/// The zinfo's cache, when read on demand: `LAYER.windows`.
+const WINDOWS_SUFFIX: &str = ".windows";
 /// The tree's cache: `LAYER.tree`.
 const TREE_SUFFIX: &str = ".tree";
 /// The tree cache's chunk: 4 leaf blocks, for 2 MiB of data.
@@ -97,10 +106,7 @@ pub fn open_indexed_layer(
                 .zinfo
                 .as_ref()
                 .ok_or_else(|| named("a gzip layer's index needs a zinfo".into()))?;
-            let file = fetch_artifact(dir, source.as_ref(), digest, ".zinfo", zinfo, MAX_ZINFO)?;
-            let path = dir.path().join(format!("{digest}.zinfo"));
-            let zinfo = Zinfo::parse(&read_all(&file, &path)?)
-                .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+            let zinfo = open_zinfo(dir, &source, digest, zinfo, index.zinfo_table.as_deref())?;
             let gz = GzSource::new(blob, Arc::new(zinfo), Some(index.data_size))?;
             (
                 Arc::new(gz),
@@ -169,6 +175,46 @@ fn tree(
     let cache = ChunkCache::open(dir.fd(), dir.path(), &name, key, blob, &options)?;
     let shown = dir.path().join(&name).display().to_string();
     TrustedLeaves::cached(&shown, Arc::new(cache), root, index.data_size)
+}
+
+/// The zinfo `blob` of a gzip layer: with its checkpoint `table` (from the
+/// artifact, consistent with the blob's size), read on demand through a
+/// chunk cache (`LAYER.windows`), only the windows of the spans read
+/// fetched; else fetched whole (`LAYER.zinfo`).
+fn open_zinfo(
+    dir: &OutputDir,
+    source: &Arc<dyn ImageSource>,
+    digest: &str,
+    blob: &BlobRef,
+    table: Option<&[u8]>,
+) -> Result<Zinfo> {
+    use crate::gzran::zinfo::FIXED;
+    let invalid =
+        |name: &str, e: String| Error::Invalid(format!("{}: {e}", dir.path().join(name).display()));
+    let table =
+        table.filter(|t| t.len() % FIXED == 0 && blob.size == Zinfo::file_len(t.len() / FIXED));
+    let Some(table) = table else {
+        let name = format!("{digest}.zinfo");
+        let file = fetch_artifact(dir, source.as_ref(), digest, ".zinfo", blob, MAX_ZINFO)?;
+        let bytes = read_all(&file, &dir.path().join(&name))?;
+        return Zinfo::parse(&bytes).map_err(|e| invalid(&name, e));
+    };
+    let name = format!("{digest}{WINDOWS_SUFFIX}");
+    let remote = Arc::new(RemoteBlob {
+        source: source.clone(),
+        digest: blob.digest.clone(),
+        size: blob.size,
+    });
+    let options = CacheOptions {
+        chunk_size: 4096,
+        max_request: 64 << 10,
+        ..CacheOptions::default()
+    };
+    let cache = ChunkCache::open(dir.fd(), dir.path(), &name, &blob.digest, remote, &options)?;
+    let windows = Arc::new(CachedWindows::new(Arc::new(cache), table.to_vec()));
+    // The span is informational: the table's checkpoints are what count.
+    Zinfo::from_table(crate::gzran::zinfo::DEFAULT_SPAN, table, windows)
+        .map_err(|e| invalid(&name, e))
 }
 
 /// The tar index of a tar layer's `index`, fetched or kept.
@@ -359,6 +405,7 @@ mod tests {
             zinfo: Some(blob_ref(&mut served, gunzip("tar-index-gz.zinfo.gz"))),
             tree: blob_ref(&mut served, tree),
             root,
+            zinfo_table: None,
         };
         let record = LayerRecord {
             digest: layer.digest,

@@ -12,6 +12,7 @@
 //! the store handles them (nothing is ever deleted: the store serves every
 //! layer it holds to every reference).
 
+pub mod attach;
 pub mod gc;
 pub mod images;
 pub mod indexed;

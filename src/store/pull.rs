@@ -79,13 +79,13 @@ pub struct PullOptions {
 }
 
 /// The image `image` resolves to in `source`.
-struct Resolved {
+pub(crate) struct Resolved {
     /// What the reference names (index or manifest).
-    top: FetchedManifest,
+    pub(crate) top: FetchedManifest,
     /// The platform's manifest, when `top` is an index.
-    platform_manifest: Option<FetchedManifest>,
-    manifest: ImageManifest,
-    platform: Option<Platform>,
+    pub(crate) platform_manifest: Option<FetchedManifest>,
+    pub(crate) manifest: ImageManifest,
+    pub(crate) platform: Option<Platform>,
 }
 
 /// Pulls `image` from `source` into `store`: returns its record.
@@ -175,7 +175,7 @@ fn find_indexes(source: &dyn ImageSource, subject: &str, layers: &mut [LayerReco
 }
 
 /// Fetches what `image` names and, for an index, the platform's manifest.
-fn resolve(
+pub(crate) fn resolve(
     image: &ImageRef,
     source: &dyn ImageSource,
     options: &PullOptions,
@@ -253,7 +253,7 @@ fn checked(fetched: FetchedManifest, name: &str) -> Result<FetchedManifest> {
 }
 
 /// A layer descriptor as the record keeps it, its media type understood.
-fn layer_record(d: &Descriptor, name: &str) -> Result<LayerRecord> {
+pub(crate) fn layer_record(d: &Descriptor, name: &str) -> Result<LayerRecord> {
     let digest = d.digest().to_string();
     let media_type = d.media_type().to_string();
     let kind = LayerKind::of(&media_type).map_err(|e| match e {

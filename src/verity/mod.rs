@@ -11,11 +11,13 @@
 
 mod ahead;
 mod copies;
+mod padded;
 mod prepared;
 mod source;
 mod verifier;
 
 pub use ahead::VerifyAhead;
+pub use padded::{containerd_params, tree_of_stream, StreamTree, CONTAINERD_BLOCK};
 pub use prepared::Prepared;
 pub use source::{parse_root, NoSuperblock, Sidecar, TreeSpec, VeritySource};
 pub use verifier::{Verifier, VerityStats};

@@ -33,6 +33,8 @@ mod zinfo_device;
 
 // The privileged and long tier.
 #[cfg(feature = "privileged")]
+mod attach;
+#[cfg(feature = "privileged")]
 mod changing_inputs;
 #[cfg(feature = "privileged")]
 mod faults;

@@ -1,5 +1,5 @@
-//! Arguments of the commands on images by reference: `pull`, `images`,
-//! `config`, `rmi`, and what `mount REF` shares with them.
+//! Arguments of the commands on images by reference: `pull`, `attach`,
+//! `images`, `config`, `rmi`, and what `mount REF` shares with them.
 
 use std::path::PathBuf;
 
@@ -80,4 +80,21 @@ pub struct RmiArgs {
     /// The content store (default as for `pull`).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+}
+
+/// `attach` arguments.
+#[derive(Args)]
+pub struct AttachArgs {
+    /// The image in a registry (`127.0.0.1:5000/app:1`, `quay.io/org/app@sha256:...`).
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Where from, and the store whose blobs are reused.
+    #[command(flatten)]
+    pub source: ImageSourceArgs,
+    /// Compute and push even for layers that already have an artifact.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bars (they are shown only on a terminal anyway).
+    #[arg(short, long)]
+    pub quiet: bool,
 }
