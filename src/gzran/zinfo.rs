@@ -166,7 +166,7 @@ impl Zinfo {
         table: &[u8],
         source: Arc<dyn WindowSource>,
     ) -> Result<Self, String> {
-        if table.len() % FIXED != 0 || table.is_empty() {
+        if !table.len().is_multiple_of(FIXED) || table.is_empty() {
             return Err(format!("a checkpoint table of {} bytes", table.len()));
         }
         let mut checkpoints = Vec::with_capacity(table.len() / FIXED);

@@ -209,7 +209,7 @@ fn from_hex(text: &str, max: usize) -> std::result::Result<Vec<u8>, String> {
         b'a'..=b'f' => Some(b - b'a' + 10),
         _ => None,
     };
-    if text.len() % 2 != 0 || text.len() / 2 > max {
+    if !text.len().is_multiple_of(2) || text.len() / 2 > max {
         return Err(format!(
             "{} hex digits (an even number, at most {})",
             text.len(),
