@@ -48,6 +48,11 @@ pub struct CacheOptions {
     /// What to fetch in the background once serving starts
     /// ([`ChunkCache::start_prefetch`]).
     pub prefetch: Prefetch,
+    /// Open only a cache that matches (key, size, chunk size): one that
+    /// does not is left as it is and opening fails, instead of being
+    /// discarded and started anew (for a reader that must not destroy
+    /// another's cache).
+    pub existing_only: bool,
 }
 
 impl Default for CacheOptions {
@@ -58,6 +63,7 @@ impl Default for CacheOptions {
             max_in_flight: 4,
             wait_timeout: Duration::from_secs(120),
             prefetch: Prefetch::None,
+            existing_only: false,
         }
     }
 }
@@ -207,11 +213,12 @@ impl ChunkCache {
         };
         let present = match bits {
             Some(bits) => bits,
-            None if !alone => {
-                return Err(Error::Invalid(format!(
-                    "{}: in use by another process for another blob, size or chunk size",
-                    map_path.display()
-                )))
+            None if !alone || options.existing_only => {
+                let why = match alone {
+                    false => "in use by another process for another blob, size or chunk size",
+                    true => "made for another blob, size or chunk size (left as it is)",
+                };
+                return Err(Error::Invalid(format!("{}: {why}", map_path.display())));
             }
             None => {
                 // The map first: no moment where it lists chunks the data

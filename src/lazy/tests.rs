@@ -95,6 +95,7 @@ fn options() -> CacheOptions {
         max_in_flight: 2,
         wait_timeout: Duration::from_secs(10),
         prefetch: Prefetch::None,
+        existing_only: false,
     }
 }
 

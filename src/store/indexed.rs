@@ -121,7 +121,7 @@ pub fn open_indexed_layer(
         }
     };
     let verified = Arc::new(VerifiedSource::new(data, leaves)?);
-    let key = format!("{digest} verity {}", hex(root));
+    let key = cache_key(digest, root);
     let cache = ChunkCache::open(dir.fd(), dir.path(), digest, &key, verified, options)?;
     let cache = Arc::new(cache);
     let device = Device::lazy(Arc::clone(&cache))?;
@@ -306,6 +306,12 @@ fn read_all(file: &File, path: &std::path::Path) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
     Ok(bytes)
+}
+
+/// The key of a verified layer's cache: a cache filled unverified (keyed
+/// by the digest alone) or for another tree is discarded, not trusted.
+pub(crate) fn cache_key(digest: &str, root: &[u8; 32]) -> String {
+    format!("{digest} verity {}", hex(root))
 }
 
 /// Lowercase hex.

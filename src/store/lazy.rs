@@ -125,8 +125,19 @@ pub(crate) fn adopt(
         digest: digest.clone(),
         len: layer.size,
     });
-    let options = CacheOptions::default();
-    let cache = ChunkCache::open(dir.fd(), dir.path(), digest, digest, source, &options)?;
+    // A verified layer's cache has its own key; one made for another key
+    // (say, verified, while this record has no index) is left alone.
+    let key = match &layer.index {
+        Some(index) => super::indexed::cache_key(digest, &index.root),
+        None => digest.clone(),
+    };
+    let options = CacheOptions {
+        existing_only: true,
+        ..CacheOptions::default()
+    };
+    let Ok(cache) = ChunkCache::open(dir.fd(), dir.path(), digest, &key, source, &options) else {
+        return Ok(false);
+    };
     let stats = cache.stats();
     if stats.present != stats.chunks {
         return Ok(false);
