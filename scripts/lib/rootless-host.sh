@@ -72,8 +72,11 @@ host_fixes() {
     # cgroupv2"), even with --cgroups=disabled. Mounting each such
     # controller (here: hugetlb) as a v1 hierarchy empties the v2 list.
     local c created controllers=()
-    [ -r /sys/fs/cgroup/unified/cgroup.controllers ] &&
-        read -ra controllers </sys/fs/cgroup/unified/cgroup.controllers
+    # An empty list (no controllers left, as after an earlier run's fix)
+    # makes `read` fail: not an error under `set -e`.
+    if [ -r /sys/fs/cgroup/unified/cgroup.controllers ]; then
+        read -ra controllers </sys/fs/cgroup/unified/cgroup.controllers || true
+    fi
     for c in "${controllers[@]}"; do
         mountpoint -q "/sys/fs/cgroup/$c" && continue
         created=0
