@@ -12,13 +12,14 @@ const LAYERS: &[(u32, &[&str])] = &[
     (1, &["format", "safe_fs", "sys"]),
     (2, &["mmap", "input", "registry"]),
     (3, &["fault", "gzran"]),
-    (4, &["verity", "lazy"]),
-    (5, &["device"]),
-    (6, &["reader", "mkfs"]),
-    (7, &["view", "inspect", "fsck", "extract", "convert"]),
-    (8, &["overlay", "manifest"]),
-    (9, &["store"]),
-    (10, &["fuse"]),
+    (4, &["verity"]),
+    (5, &["lazy"]),
+    (6, &["device"]),
+    (7, &["reader", "mkfs"]),
+    (8, &["view", "inspect", "fsck", "extract", "convert"]),
+    (9, &["overlay", "manifest"]),
+    (10, &["store"]),
+    (11, &["fuse"]),
 ];
 
 /// Names `lib.rs` re-exports at the crate root, and the module each is from.
