@@ -348,3 +348,109 @@ fn store_add_reads_toc_digests_from_an_oci_layout() {
             .arg(&blob),
     );
 }
+
+/// `store serve STORE DIR`, unmounted on drop.
+struct Served(tempfile::TempDir);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+/// The fixture's layers: (gzip digest, zstd:chunked digest, TOC digest),
+/// bottom first (tests/fixtures/oci/README.md).
+const FIXTURE_LAYERS: [(&str, &str, &str); 2] = [
+    (
+        "sha256:62938c8bf2da04cb1d7ca49f78c665668b32395893cbcca285f4145c2c070f5b",
+        "sha256:9400accb27f79193e71747cb987ed2214a738f3622b6ef4c58a43502e98781cf",
+        "sha256:a4ea3cb18a3201ebadc4aa9ae971346a02e39786c596053e97c21bcd33fc35e0",
+    ),
+    (
+        "sha256:4752d08738716f1e1bce13145a9a3045154db90a6fb4c3ead8a12b383c37c139",
+        "sha256:cb047b028c836299eff6bd49de2b86954e5f0321222d48902631a799343878e8",
+        "sha256:38eb81ea422a8711bf852e2780d3a2428de081507f31464b512dcae9f7589418",
+    ),
+];
+
+/// podman 5's lookup: `<base64 ref>/<TOC digest>/` shows the layer added
+/// from the zstd:chunked layout, its `info` carrying the TOC digest, its
+/// `diff` the same tree as the layer added from the gzip layout; both
+/// layers merged are the fixture's tree. A TOC index entry naming a layer
+/// without that TOC digest, and unknown TOC digests, are not found.
+#[test]
+#[cfg_attr(
+    not(feature = "privileged"),
+    ignore = "privileged tier: --features privileged"
+)]
+fn serve_finds_toc_layers_by_toc_digest() {
+    use crate::common::pulled::{kernel_manifest, loosely};
+    use crate::common::{have, tree_manifest, FuseMount, FUSE_ROOT};
+    if !have("serve_finds_toc_layers_by_toc_digest", FUSE_ROOT) {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    for layout in ["zstd-chunked", "gzip"] {
+        run_ok(
+            Command::new(bin())
+                .args(["store", "add", "--quiet"])
+                .arg(&store)
+                .arg(crate::common::registry::oci_fixture(layout)),
+        );
+    }
+    // A forged index entry: a TOC digest naming the gzip layer, whose info
+    // has no TOC digest.
+    let forged = format!("sha256:{}", "f".repeat(64));
+    std::fs::write(store.join("toc").join(&forged), FIXTURE_LAYERS[0].0).unwrap();
+    let served = Served(tempfile::tempdir().unwrap());
+    run_ok(
+        Command::new(bin())
+            .args(["store", "serve"])
+            .arg(&store)
+            .arg(served.0.path()),
+    );
+    let reference = served.0.path().join("bG9jYWxob3N0OjUwMDAvdGlueTox");
+    for (gzip, zstd, toc) in FIXTURE_LAYERS {
+        let layer = reference.join(toc);
+        let info: Value =
+            serde_json::from_slice(&std::fs::read(layer.join("info")).unwrap()).unwrap();
+        assert_eq!(info["toc-digest"], toc);
+        assert_eq!(info["compressed-diff-digest"], zstd);
+        let blob = crate::common::registry::oci_fixture("zstd-chunked")
+            .join("blobs/sha256")
+            .join(zstd.strip_prefix("sha256:").unwrap());
+        assert_eq!(
+            std::fs::read(layer.join("blob")).unwrap(),
+            std::fs::read(blob).unwrap()
+        );
+        assert_eq!(
+            tree_manifest(&layer.join("diff")),
+            tree_manifest(&reference.join(gzip).join("diff")),
+            "layer {toc}: the TOC layer's tree differs from the gzip layer's"
+        );
+        // The same layer by its compressed digest too.
+        assert!(reference.join(zstd).join("diff").is_dir());
+    }
+    assert!(
+        !reference.join(&forged).exists(),
+        "a forged TOC index entry was served"
+    );
+    assert!(!reference
+        .join(format!("sha256:{}", "e".repeat(64)))
+        .exists());
+    drop(served);
+    let layers: Vec<String> = FIXTURE_LAYERS
+        .iter()
+        .map(|(_, zstd, _)| store.join(zstd).join("layer.erofs").display().to_string())
+        .collect();
+    let merged = FuseMount::layers(&layers, &[]);
+    assert_eq!(
+        loosely(&tree_manifest(merged.path())),
+        loosely(&kernel_manifest()),
+        "the zstd:chunked layers merged differ from the fixture's tree"
+    );
+}
