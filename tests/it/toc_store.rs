@@ -454,3 +454,21 @@ fn serve_finds_toc_layers_by_toc_digest() {
         "the zstd:chunked layers merged differ from the fixture's tree"
     );
 }
+
+/// `store gc --all` removes the TOC layers and their TOC index entries.
+#[test]
+fn gc_removes_the_toc_index_entries_of_removed_layers() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let built = zstd_chunked(|_| {});
+    let blob = write(work.path(), "blob", &built.blob);
+    toc_layers::add(&store, &blob, &built.toc_digest, false).unwrap();
+    assert!(store.join("toc").join(&built.toc_digest).is_file());
+    run_ok(
+        Command::new(bin())
+            .args(["store", "gc", "--all", "--store"])
+            .arg(&store),
+    );
+    assert!(!store.join(gen::sha256(&built.blob)).exists());
+    assert_eq!(store_names(&store.join("toc")), Vec::<String>::new());
+}
