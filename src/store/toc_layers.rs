@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::layout::{self, LayerInfo, Staging};
 use crate::error::{Error, Result};
-use crate::format::{FileType, OPAQUE_MARKER, OVERLAY_OPAQUE, WHITEOUT_PREFIX};
+use crate::format::{FileType, OPAQUE_MARKER, OVERLAY_OPAQUE, TRUSTED_OVERLAY, WHITEOUT_PREFIX};
 use crate::reader::{FileKind, Image, Inode, OpenOptions, WalkEntry, WalkVisitor};
 use crate::safe_fs::{self, OutputDir};
 use crate::toc::{self, EntryType, Toc, TocEntry};
@@ -255,6 +255,7 @@ fn check_entry(image: &Image, path: &str, e: &TocEntry) -> Result<()> {
             inode.mode & 0o7777
         )));
     }
+    check_xattrs(image, &inode, e).map_err(bad)?;
     match e.kind {
         EntryType::Reg => check_data(image, &inode, e).map_err(bad),
         EntryType::Symlink if image.read_link(&inode)? != e.link_name.as_bytes() => Err(bad(
@@ -269,6 +270,43 @@ fn check_entry(image: &Image, path: &str, e: &TocEntry) -> Result<()> {
         }
         _ => Ok(()),
     }
+}
+
+/// The entry's xattrs in the tree are the TOC's (values base64 there);
+/// overlayfs's own (`trusted.overlay.*`, which conversion adds for
+/// whiteouts and opaque directories) are left out on both sides.
+fn check_xattrs(image: &Image, inode: &Inode, e: &TocEntry) -> std::result::Result<(), String> {
+    use base64::Engine as _;
+    let ours = |name: &[u8]| name.starts_with(TRUSTED_OVERLAY);
+    let mut toc = BTreeMap::new();
+    for (name, value) in &e.xattrs {
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|err| format!("xattr {name:?} in the TOC is not base64: {err}"))?;
+        if !ours(name.as_bytes()) {
+            toc.insert(name.as_bytes().to_vec(), value);
+        }
+    }
+    let tree: BTreeMap<Vec<u8>, Vec<u8>> = image
+        .xattrs(inode)
+        .map_err(|err| err.to_string())?
+        .into_iter()
+        .filter(|x| !ours(&x.name))
+        .map(|x| (x.name, x.value))
+        .collect();
+    if toc != tree {
+        let names = |m: &BTreeMap<Vec<u8>, Vec<u8>>| {
+            m.keys()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect::<Vec<_>>()
+        };
+        return Err(format!(
+            "xattrs {:?} in the TOC, {:?} in the tar (or their values differ)",
+            names(&toc),
+            names(&tree)
+        ));
+    }
+    Ok(())
 }
 
 /// A regular file's size and digest in the tree agree with the TOC.

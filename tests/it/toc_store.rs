@@ -24,7 +24,12 @@ use gen::{Built, Item, Kind};
 fn items() -> Vec<Item> {
     let mut rng = crate::common::xorshift(22);
     let big: Vec<u8> = (0..200_000).map(|_| rng() as u8).collect();
-    let item = |path, kind, mode| Item { path, kind, mode };
+    let item = |path, kind, mode| Item {
+        path,
+        kind,
+        mode,
+        xattrs: &[],
+    };
     vec![
         item("etc/", Kind::Dir, 0o755),
         item(
@@ -293,6 +298,19 @@ fn a_toc_that_disagrees_with_the_tar_is_refused() {
     };
     refused(&zstd_chunked(swap), None, "data of digest");
     refused(&estargz(swap), None, "data of digest");
+    // An xattr the tar lacks, or of another value.
+    refused(
+        &zstd_chunked(|toc| {
+            entry(toc, "etc/other")["xattrs"] = serde_json::json!({"user.x": "eA=="})
+        }),
+        None,
+        "xattrs [\"user.x\"] in the TOC, [] in the tar",
+    );
+    refused(
+        &estargz(|toc| entry(toc, "etc/hosts")["xattrs"]["user.comment"] = "eA==".into()),
+        None,
+        "or their values differ",
+    );
     // A symlink to elsewhere; a device of other numbers.
     refused(
         &zstd_chunked(|toc| entry(toc, "etc/link")["linkName"] = "other".into()),
@@ -471,4 +489,30 @@ fn gc_removes_the_toc_index_entries_of_removed_layers() {
     );
     assert!(!store.join(gen::sha256(&built.blob)).exists());
     assert_eq!(store_names(&store.join("toc")), Vec::<String>::new());
+}
+
+/// For measurements: writes a ~100 MB zstd:chunked blob of 1000 files
+/// (100 KB each, about 2:1 compressible, 64 KiB chunks) to
+/// `$TOC_BLOB_OUT/blob` and its TOC digest to `$TOC_BLOB_OUT/toc-digest`.
+#[test]
+#[ignore = "measurement helper: TOC_BLOB_OUT=DIR"]
+fn generate_a_large_zstd_chunked_blob() {
+    let out = PathBuf::from(std::env::var("TOC_BLOB_OUT").expect("TOC_BLOB_OUT"));
+    let mut rng = crate::common::xorshift(100);
+    let names: Vec<&'static str> = (0..1000)
+        .map(|i| &*Box::leak(format!("data/d{}/f{i}", i / 50).into_boxed_str()))
+        .collect();
+    let items: Vec<Item> = names
+        .iter()
+        .map(|&path| Item {
+            path,
+            kind: Kind::Reg((0..100_000).map(|_| (rng() % 16) as u8 + b'a').collect()),
+            mode: 0o644,
+            xattrs: &[],
+        })
+        .collect();
+    let built = gen::zstd_chunked(&items, CHUNK, |_| {});
+    std::fs::write(out.join("blob"), &built.blob).unwrap();
+    std::fs::write(out.join("toc-digest"), &built.toc_digest).unwrap();
+    std::fs::write(out.join("layer.tar"), gen::tar_bytes(&items)).unwrap();
 }

@@ -39,6 +39,41 @@ pub struct Item {
     pub path: &'static str,
     pub kind: Kind,
     pub mode: u32,
+    /// Extended attributes, written as PAX `SCHILY.xattr.` records.
+    pub xattrs: &'static [(&'static str, &'static [u8])],
+}
+
+/// A PAX record `LEN KEY=VALUE\n`.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = [b" ", key.as_bytes(), b"=", value, b"\n"].concat();
+    let mut len = body.len() + 1;
+    while (len.to_string().len() + body.len()) != len {
+        len += 1;
+    }
+    [len.to_string().as_bytes(), &body].concat()
+}
+
+/// The PAX extended header of `item` (empty without xattrs).
+fn pax_header(item: &Item) -> Vec<u8> {
+    if item.xattrs.is_empty() {
+        return Vec::new();
+    }
+    let records: Vec<u8> = item
+        .xattrs
+        .iter()
+        .flat_map(|(k, v)| pax_record(&format!("SCHILY.xattr.{k}"), v))
+        .collect();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("PaxHeaders/x").unwrap();
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(records.len() as u64);
+    h.set_entry_type(tar::EntryType::XHeader);
+    h.set_cksum();
+    let pad = vec![0u8; (512 - records.len() % 512) % 512];
+    [h.as_bytes().as_slice(), &records, &pad].concat()
 }
 
 /// A built blob.
@@ -90,7 +125,11 @@ fn member(item: &Item) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     }
     h.set_cksum();
     let pad = vec![0u8; (512 - data.len() % 512) % 512];
-    (h.as_bytes().to_vec(), data, pad)
+    (
+        [pax_header(item), h.as_bytes().to_vec()].concat(),
+        data,
+        pad,
+    )
 }
 
 /// The plain tar of `items`.
@@ -122,6 +161,16 @@ fn toc_entry(item: &Item) -> Value {
     }
     if !link.is_empty() {
         e["linkName"] = json!(link);
+    }
+    if !item.xattrs.is_empty() {
+        use base64::Engine as _;
+        let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+        let map: serde_json::Map<String, Value> = item
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(b64(v))))
+            .collect();
+        e["xattrs"] = Value::Object(map);
     }
     if let Kind::Char(ma, mi) = item.kind {
         e["devMajor"] = json!(ma);
