@@ -89,6 +89,13 @@ pub fn is_layer_name(name: &[u8]) -> bool {
 /// into place, never over anything, once complete; a failed add removes
 /// what it created and nothing else.
 pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
+    if let Ok(Some(format)) = crate::toc::detect(blob) {
+        tracing::warn!(
+            "{}: a {format:?} blob added without its TOC digest: podman 5 will not look it up \
+             (give --toc-digest, or add its OCI layout)",
+            blob.display()
+        );
+    }
     std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
     let store_dir = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
     let staging = Staging::create(&store_dir, ADD_PREFIX)?;

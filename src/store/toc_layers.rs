@@ -65,13 +65,17 @@ pub fn add(store: &Path, blob: &Path, toc_digest: &str, progress: bool) -> Resul
     };
     layout::write_info(&staging, &info)?;
     if !staging.publish(&info.compressed_digest)? {
-        let existing = layout::read_info(&layout::layer_dir(store, &info.compressed_digest))?;
-        if existing.toc_digest.as_deref() != Some(toc_digest) {
-            return Err(Error::Invalid(format!(
-                "{}: {} is in the store already without TOC digest {toc_digest}; remove it (store gc --all) and add it again",
-                blob.display(),
-                info.compressed_digest
-            )));
+        // The same blob, added before: the same tar, so the same TOC.
+        let dir = layout::layer_dir(store, &info.compressed_digest);
+        match layout::read_info(&dir)?.toc_digest {
+            Some(d) if d == toc_digest => {}
+            Some(d) => {
+                return Err(Error::Invalid(format!(
+                    "{}: its info in the store says TOC digest {d}, not {toc_digest}",
+                    dir.display()
+                )))
+            }
+            None => rewrite_info(&store_dir, &info)?,
         }
         tracing::info!(
             "{} is already in {}",
@@ -81,6 +85,22 @@ pub fn add(store: &Path, blob: &Path, toc_digest: &str, progress: bool) -> Resul
     }
     write_pointer(&store_dir, toc_digest, &info.compressed_digest)?;
     Ok(info)
+}
+
+/// Replaces the `info` of the layer added before without a TOC digest
+/// (the blob's TOC was just checked against its tree).
+fn rewrite_info(store: &OutputDir, info: &LayerInfo) -> Result<()> {
+    let path = store.path().join(&info.compressed_digest);
+    let fd = safe_fs::open_dir_at(store.fd(), info.compressed_digest.as_ref())
+        .map_err(|e| Error::io(&path, e))?;
+    let dir = OutputDir::from_fd(fd, path.clone());
+    let json = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
+    let temp = dir.temp_file().map_err(|e| Error::io(&path, e))?;
+    temp.file()
+        .write_all(&json)
+        .map_err(|e| Error::io(&path, e))?;
+    temp.persist(layout::INFO_FILE.as_ref(), 0o666 & !safe_fs::umask())
+        .map_err(|e| Error::io(path.join(layout::INFO_FILE), e))
 }
 
 /// Records that TOC digest `toc_digest` names layer `digest`.

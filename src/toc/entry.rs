@@ -205,3 +205,34 @@ fn check_chunk(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalized_and_dotdot_refused() {
+        assert_eq!(normalize("./etc/hosts").as_deref(), Some("etc/hosts"));
+        assert_eq!(normalize("/etc//x/").as_deref(), Some("etc/x"));
+        assert_eq!(normalize("./").as_deref(), Some(""));
+        assert_eq!(normalize("etc/../../x"), None);
+    }
+
+    #[test]
+    fn entries_parse_with_either_formats_fields() {
+        let json = br#"{"version":1,"entries":[
+            {"type":"reg","name":"a","size":3,"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000",
+             "offset":0,"endOffset":10,"accesstime":"x","userName":"root"},
+            {"type":"socket","name":"b"}]}"#;
+        let err = parse(Path::new("b"), json, Format::ZstdChunked, 100).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown variant `socket`"),
+            "{err}"
+        );
+        let json = br#"{"version":1,"entries":[{"type":"reg","name":"a","size":-1}]}"#;
+        assert!(parse(Path::new("b"), json, Format::Estargz, 100).is_err());
+        let json = br#"{"version":2,"entries":[]}"#;
+        let err = parse(Path::new("b"), json, Format::Estargz, 100).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+    }
+}

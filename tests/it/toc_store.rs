@@ -516,3 +516,26 @@ fn generate_a_large_zstd_chunked_blob() {
     std::fs::write(out.join("toc-digest"), &built.toc_digest).unwrap();
     std::fs::write(out.join("layer.tar"), gen::tar_bytes(&items)).unwrap();
 }
+
+/// A TOC layer added first without its TOC digest gets it when added with
+/// it (its info rewritten), and is then found by it.
+#[test]
+fn adding_with_the_toc_digest_completes_a_layer_added_without() {
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let built = estargz(|_| {});
+    let blob = write(work.path(), "blob", &built.blob);
+    let plain = erofs_fuse::store::layout::add(&store, &blob, false).unwrap();
+    assert_eq!(plain.toc_digest, None);
+    toc_layers::add(&store, &blob, &built.toc_digest, false).unwrap();
+    let info: Value = serde_json::from_slice(
+        &std::fs::read(store.join(&plain.compressed_digest).join("info")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["toc-digest"], built.toc_digest.as_str());
+    assert_eq!(info["diff-digest"], plain.diff_digest.as_str());
+    // A wrong digest still changes nothing.
+    let other = format!("sha256:{}", "2".repeat(64));
+    assert!(toc_layers::add(&store, &blob, &other, false).is_err());
+    assert!(!store.join("toc").join(&other).exists());
+}
