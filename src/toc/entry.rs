@@ -10,8 +10,13 @@ use serde::Deserialize;
 use super::{bad, is_sha256, Format};
 use crate::error::Result;
 
-/// Most entries a TOC may hold.
-pub const MAX_ENTRIES: usize = 1 << 22;
+/// Most entries a TOC may hold (counted while parsing: an entry costs a
+/// few hundred bytes parsed, 30 as JSON).
+pub const MAX_ENTRIES: usize = 1 << 21;
+
+/// Largest eStargz `innerOffset` (where a chunk starts in its member's
+/// output; members are at most a chunk or a few small files).
+pub const MAX_INNER_OFFSET: u64 = 1 << 30;
 
 /// An entry's type, as both formats spell it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -97,7 +102,37 @@ pub struct TocEntry {
 #[derive(Deserialize)]
 struct TocJson {
     version: u32,
+    #[serde(deserialize_with = "bounded_entries")]
     entries: Vec<TocEntry>,
+}
+
+/// The `entries` array, refused once it holds more than [`MAX_ENTRIES`].
+fn bounded_entries<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<TocEntry>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<TocEntry>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {MAX_ENTRIES} entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> std::result::Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = seq.next_element()? {
+                if entries.len() == MAX_ENTRIES {
+                    return Err(serde::de::Error::custom(format!(
+                        "more than {MAX_ENTRIES} entries"
+                    )));
+                }
+                entries.push(entry);
+            }
+            Ok(entries)
+        }
+    }
+    d.deserialize_seq(Entries)
 }
 
 impl TocEntry {
@@ -200,7 +235,7 @@ fn check_chunk(
             e.offset
         ));
     }
-    if format == Format::Estargz && e.inner_offset > super::MAX_TOC_SIZE.max(1 << 30) {
+    if format == Format::Estargz && e.inner_offset > MAX_INNER_OFFSET {
         return Err(format!("inner offset {} too large", e.inner_offset));
     }
     Ok(())

@@ -2,6 +2,11 @@
 //! zstd frames (zstd:chunked) or each chunk's gzip member (eStargz) decode
 //! to exactly the file's (chunk's) size and digest. A reader that later
 //! fetches a file by its TOC range then gets what the tar holds.
+//!
+//! The work is bounded by a budget of decoded bytes the caller gives (the
+//! tar's size, once known, bounds an honest TOC's data): a TOC whose
+//! entries all point at one small frame that decodes to gigabytes is
+//! refused once the budget is spent, not decoded a million times.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -13,7 +18,7 @@ use super::entry::{EntryType, TocEntry};
 use super::{bad, hex_digest, Format, Region, Toc};
 use crate::error::{Error, Result};
 
-/// A writer that hashes what it is given into one or two hashes.
+/// A writer that hashes what it is given into two hashes, counting.
 struct Hashing<'a> {
     file: &'a mut Sha256,
     chunk: Sha256,
@@ -32,9 +37,21 @@ impl Write for Hashing<'_> {
     }
 }
 
+/// Takes `n` decoded bytes from `budget`, or fails naming the blob.
+fn spend(blob: &Path, budget: &mut u64, n: u64) -> Result<()> {
+    *budget = budget.checked_sub(n).ok_or_else(|| {
+        bad(
+            blob,
+            "the TOC's data ranges decode to more than the tar holds",
+        )
+    })?;
+    Ok(())
+}
+
 /// Decodes every regular file's data through its TOC ranges and checks
-/// sizes and digests (see the module doc).
-pub fn check_frames(blob: &Path, toc: &Toc) -> Result<()> {
+/// sizes and digests (see the module doc), decoding at most `budget`
+/// bytes in all.
+pub fn check_frames(blob: &Path, toc: &Toc, mut budget: u64) -> Result<()> {
     let file = File::open(blob).map_err(|e| Error::io(blob, e))?;
     match toc.format {
         Format::ZstdChunked => {
@@ -43,11 +60,12 @@ pub fn check_frames(blob: &Path, toc: &Toc) -> Result<()> {
                 .iter()
                 .filter(|e| e.kind == EntryType::Reg && e.size > 0)
             {
+                spend(blob, &mut budget, e.size)?;
                 check_zstd_file(blob, &file, e)?;
             }
             Ok(())
         }
-        Format::Estargz => check_estargz(blob, &file, toc),
+        Format::Estargz => check_estargz(blob, &file, toc, &mut budget),
     }
 }
 
@@ -70,7 +88,7 @@ fn check_zstd_file(blob: &Path, file: &File, e: &TocEntry) -> Result<()> {
         chunk: Sha256::new(),
         count: 0,
     };
-    std::io::copy(&mut decoder.take(e.size + 1), &mut sink)
+    std::io::copy(&mut decoder.take(e.size.saturating_add(1)), &mut sink)
         .map_err(|err| at(format!("do not decode: {err}")))?;
     if sink.count != e.size {
         let n = if sink.count > e.size {
@@ -90,10 +108,20 @@ fn check_zstd_file(blob: &Path, file: &File, e: &TocEntry) -> Result<()> {
     Ok(())
 }
 
+/// The gzip member being read, kept while the chunks that follow lie
+/// further in it (small files share a member): each member is then
+/// decoded once.
+struct Member<'a> {
+    offset: u64,
+    pos: u64,
+    decoder: flate2::read::GzDecoder<Region<'a>>,
+}
+
 /// Each regular file's chunks, in order, cover it exactly; each decodes
 /// from its member to its size and chunk digest; together to the file's
 /// digest.
-fn check_estargz(blob: &Path, file: &File, toc: &Toc) -> Result<()> {
+fn check_estargz(blob: &Path, file: &File, toc: &Toc, budget: &mut u64) -> Result<()> {
+    let mut member = None;
     let mut i = 0;
     while i < toc.entries.len() {
         let e = &toc.entries[i];
@@ -121,12 +149,24 @@ fn check_estargz(blob: &Path, file: &File, toc: &Toc) -> Result<()> {
                     ),
                 ));
             }
+            // Entry checks keep chunks inside the file.
             let len = if c.chunk_size == 0 {
                 e.size - c.chunk_offset
             } else {
                 c.chunk_size
             };
-            check_estargz_chunk(blob, file, toc.data_end, c, len, &mut hash)?;
+            let reuse = matches!(&member, Some(Member { offset, pos, .. })
+                if *offset == c.offset && *pos <= c.inner_offset);
+            if !reuse {
+                member = None;
+            }
+            let m = member.get_or_insert_with(|| Member {
+                offset: c.offset,
+                pos: 0,
+                decoder: flate2::read::GzDecoder::new(Region::new(file, c.offset, toc.data_end)),
+            });
+            spend(blob, budget, c.inner_offset - m.pos + len)?;
+            check_estargz_chunk(blob, m, c, len, &mut hash)?;
             next = c.chunk_offset + len;
         }
         if next != e.size {
@@ -152,11 +192,10 @@ fn check_estargz(blob: &Path, file: &File, toc: &Toc) -> Result<()> {
     Ok(())
 }
 
-/// One chunk: `len` bytes at `innerOffset` of the member at `offset`.
+/// One chunk: `len` bytes at `innerOffset` of member `m`.
 fn check_estargz_chunk(
     blob: &Path,
-    file: &File,
-    data_end: u64,
+    m: &mut Member<'_>,
     c: &TocEntry,
     len: u64,
     hash: &mut Sha256,
@@ -167,23 +206,21 @@ fn check_estargz_chunk(
             format!("TOC entry {:?}: member at {} {what}", c.name, c.offset),
         )
     };
-    let mut member = flate2::read::GzDecoder::new(Region::new(file, c.offset, data_end));
-    let skipped = std::io::copy(
-        &mut (&mut member).take(c.inner_offset),
-        &mut std::io::sink(),
-    )
-    .map_err(|e| at(format!("does not decode: {e}")))?;
+    let gap = c.inner_offset - m.pos;
+    let skipped = std::io::copy(&mut (&mut m.decoder).take(gap), &mut std::io::sink())
+        .map_err(|e| at(format!("does not decode: {e}")))?;
     let mut sink = Hashing {
         file: hash,
         chunk: Sha256::new(),
         count: 0,
     };
-    std::io::copy(&mut member.take(len), &mut sink)
+    std::io::copy(&mut (&mut m.decoder).take(len), &mut sink)
         .map_err(|e| at(format!("does not decode: {e}")))?;
-    if skipped != c.inner_offset || sink.count != len {
+    m.pos += skipped + sink.count;
+    if skipped != gap || sink.count != len {
         return Err(at(format!(
             "decodes to {} bytes, fewer than the {} the TOC says",
-            skipped + sink.count,
+            m.pos,
             c.inner_offset + len
         )));
     }

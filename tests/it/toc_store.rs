@@ -229,14 +229,21 @@ fn frames_that_decode_to_other_lengths_are_refused() {
         e["size"] = (e["size"].as_u64().unwrap() + 1).into();
     };
     refused(&zstd_chunked(longer), None, "decode to 20 bytes, not 21");
+    // A shared member's chunk at the wrong place in it.
+    let shared = gen::estargz_sharing(&items(), CHUNK, 1 << 10, |toc| {
+        let e = entry(toc, "etc/other");
+        assert!(e["innerOffset"].as_u64().unwrap() > 0, "not shared");
+        e["innerOffset"] = (e["innerOffset"].as_u64().unwrap() - 512).into();
+    });
+    refused(&shared, None, "decodes to a chunk of digest");
     // eStargz: a member holds the padding and headers after the data, so a
     // longer chunk reads them and its digest tells; past the member's end,
     // its length does.
     refused(&estargz(longer), None, "decodes to a chunk of digest");
     refused(
-        &estargz(|toc| entry(toc, "etc/hosts")["innerOffset"] = (1u64 << 20).into()),
+        &estargz(|toc| entry(toc, "etc/hosts")["innerOffset"] = 100_000.into()),
         None,
-        "fewer than the 1048596 the TOC says",
+        "fewer than the 100020 the TOC says",
     );
     let shorter = |toc: &mut Value| {
         let e = entry(toc, "etc/hosts");
@@ -246,6 +253,34 @@ fn frames_that_decode_to_other_lengths_are_refused() {
     // eStargz: the member holds more than the chunk; the chunk digest
     // (of the bytes read) is what tells.
     refused(&estargz(shorter), None, "digest");
+}
+
+/// Many entries on one frame that decodes to much: refused once the
+/// decoding exceeds twice the tar, not decoded for each.
+#[test]
+fn a_toc_reusing_one_frame_for_many_files_is_refused_within_its_budget() {
+    // The big file's entry and its chunks, again under 1000 names.
+    let bomb = |toc: &mut Value| {
+        let entries = toc["entries"].as_array_mut().unwrap();
+        let big: Vec<Value> = entries
+            .iter()
+            .filter(|e| e["name"] == "usr/bin/big")
+            .cloned()
+            .collect();
+        for i in 0..1000 {
+            for e in &big {
+                let mut e = e.clone();
+                e["name"] = format!("usr/bin/copy{i}").into();
+                entries.push(e);
+            }
+        }
+    };
+    refused(
+        &zstd_chunked(bomb),
+        None,
+        "decode to more than the tar holds",
+    );
+    refused(&estargz(bomb), None, "decode to more than the tar holds");
 }
 
 #[test]

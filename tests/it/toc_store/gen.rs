@@ -265,8 +265,22 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// An eStargz blob of `items`, files split in chunks of `chunk` bytes;
 /// `mutate` edits the TOC before it is written and digested.
 pub fn estargz(items: &[Item], chunk: usize, mutate: impl FnOnce(&mut Value)) -> Built {
+    estargz_sharing(items, chunk, 0, mutate)
+}
+
+/// As [`estargz`], files smaller than `share_below` put in the member of
+/// the data before them (at an `innerOffset`), as estargz's MinChunkSize
+/// does.
+pub fn estargz_sharing(
+    items: &[Item],
+    chunk: usize,
+    share_below: usize,
+    mutate: impl FnOnce(&mut Value),
+) -> Built {
     let mut out = Vec::new();
     let mut pending = Vec::new();
+    let mut pending_start = 0;
+    let mut in_data_member = false;
     let mut entries = Vec::new();
     for item in items {
         let (h, data, pad) = member(item);
@@ -279,8 +293,15 @@ pub fn estargz(items: &[Item], chunk: usize, mutate: impl FnOnce(&mut Value)) ->
         e["digest"] = json!(sha256(&data));
         let pieces: Vec<&[u8]> = data.chunks(chunk).collect();
         for (i, piece) in pieces.iter().enumerate() {
-            out.extend(gzip(&std::mem::take(&mut pending)));
-            let offset = out.len();
+            let shared = in_data_member && pieces.len() == 1 && piece.len() < share_below;
+            let (offset, inner) = if shared {
+                (pending_start, pending.len())
+            } else {
+                out.extend(gzip(&std::mem::take(&mut pending)));
+                pending_start = out.len();
+                (out.len(), 0)
+            };
+            in_data_member = true;
             let last = i + 1 == pieces.len();
             let mut c = if i == 0 {
                 e.clone()
@@ -288,6 +309,9 @@ pub fn estargz(items: &[Item], chunk: usize, mutate: impl FnOnce(&mut Value)) ->
                 json!({"type": "chunk", "name": item.path})
             };
             c["offset"] = json!(offset);
+            if inner > 0 {
+                c["innerOffset"] = json!(inner);
+            }
             c["chunkOffset"] = json!(i * chunk);
             if !last {
                 c["chunkSize"] = json!(piece.len());
