@@ -28,6 +28,9 @@ use crate::toc::{self, EntryType, Toc, TocEntry};
 /// compressed digest of the layer.
 pub const TOC_DIR: &str = "toc";
 
+/// How much file data the tree check hashes between unmapping what it read.
+const RELEASE_EVERY: u64 = 16 << 20;
+
 /// Largest pointer file read.
 const MAX_POINTER_SIZE: u64 = 256;
 
@@ -165,8 +168,15 @@ fn by_path(toc: &Toc) -> Result<BTreeMap<String, &TocEntry>> {
 /// paths imply, or, in eStargz, the TOC itself).
 fn check_tree(image: &Image, toc: &Toc) -> Result<()> {
     let map = by_path(toc)?;
+    let mut hashed = 0u64;
     for (path, e) in &map {
         check_entry(image, path, e)?;
+        // The pages hashed stay in the page cache, not in this process.
+        hashed += e.size;
+        if hashed > RELEASE_EVERY {
+            image.release_mapped();
+            hashed = 0;
+        }
     }
     let mut implied = BTreeSet::new();
     for path in map.keys() {
