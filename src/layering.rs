@@ -11,7 +11,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (0, &["error"]),
     (1, &["format", "safe_fs", "sys"]),
     (2, &["mmap", "input", "registry"]),
-    (3, &["fault", "gzran"]),
+    (3, &["fault", "gzran", "toc"]),
     (4, &["verity"]),
     (5, &["lazy"]),
     (6, &["device"]),

@@ -55,6 +55,7 @@ pub mod registry;
 pub mod safe_fs;
 pub mod store;
 pub mod sys;
+pub mod toc;
 pub mod verity;
 pub mod view;
 

@@ -164,23 +164,42 @@ fn serve(
     super::daemon::run(mount)
 }
 
-/// `store add`: each argument a layer blob or an OCI image layout.
-fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> Result {
-    use erofs_fuse::store::layout;
+/// `store add`: each argument a layer blob or an OCI image layout; a TOC
+/// digest applies to a single blob argument.
+fn store_add(store: &Path, blobs: &[PathBuf], toc_digest: Option<&str>, progress: bool) -> Result {
+    use erofs_fuse::store::layout::{self, OciLayer};
+    if toc_digest.is_some() && (blobs.len() != 1 || blobs[0].is_dir()) {
+        return Err(CliError::msg(
+            "store add: --toc-digest applies to one blob; an OCI layout's layers carry their own",
+        ));
+    }
     for arg in blobs {
         let layers = if arg.is_dir() {
             layout::oci_layers(arg)?
         } else {
-            vec![arg.clone()]
+            vec![OciLayer {
+                blob: arg.clone(),
+                toc_digest: toc_digest.map(str::to_string),
+            }]
         };
-        for blob in layers {
-            let info = layout::add(store, &blob, progress)?;
+        for layer in layers {
+            let info = match &layer.toc_digest {
+                Some(digest) => {
+                    erofs_fuse::store::toc_layers::add(store, &layer.blob, digest, progress)?
+                }
+                None => layout::add(store, &layer.blob, progress)?,
+            };
+            let toc = info
+                .toc_digest
+                .as_ref()
+                .map(|d| format!(" toc {d}"))
+                .unwrap_or_default();
             write_out(
                 format!(
-                    "{} diffid {} {}\n",
+                    "{} diffid {}{toc} {}\n",
                     info.compressed_digest,
                     info.diff_digest,
-                    blob.display()
+                    layer.blob.display()
                 )
                 .as_bytes(),
             )?;
@@ -192,7 +211,12 @@ fn store_add(store: &Path, blobs: &[PathBuf], progress: bool) -> Result {
 impl StoreAddArgs {
     /// `store add`.
     pub fn run(self) -> Result {
-        store_add(&self.store, &self.blobs, !self.quiet)
+        store_add(
+            &self.store,
+            &self.blobs,
+            self.toc_digest.as_deref(),
+            !self.quiet,
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 //! Removed: pulled layer directories no image needs (those `store add`
 //! made carry no image and stay, unless `all`), blobs no image needs,
 //! pulls' staging directories and temporary files a crash left behind,
-//! lock files, and the lazy caches (`lazy/`) of layers no image needs or
+//! lock files, TOC index entries (`toc/`) whose layer is gone, and the lazy caches (`lazy/`) of layers no image needs or
 //! the store holds whole, unless a mount has them open. `store add` takes no lock (it keeps the store layout
 //! containers/storage reads as it was): `gc --all` during an add may
 //! remove the layer it adds. Everything removed is something the store made: entries are
@@ -25,6 +25,7 @@ use crate::safe_fs::{self, OutputDir};
 use super::images::{list, Store};
 use super::layout::is_layer_name;
 use super::pull::{PULLED_FILE, PULL_PREFIX};
+use super::toc_layers::{resolve, TOC_DIR};
 
 /// What gc removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,7 +94,28 @@ pub fn gc(store: &Store, all: bool) -> Result<GcReport> {
         remove_file(locks, &name)?;
     }
     report.caches = super::lazy::gc_caches(store, &referenced)?;
+    report.stale += gc_toc_index(root)?;
     Ok(report)
+}
+
+/// Removes the TOC index entries (`toc/`) whose layer is gone.
+fn gc_toc_index(root: &OutputDir) -> Result<usize> {
+    let path = root.path().join(TOC_DIR);
+    let fd = match safe_fs::open_dir_at(root.fd(), OsStr::new(TOC_DIR)) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let dir = OutputDir::from_fd(fd, path);
+    let mut removed = 0;
+    for name in list(&dir)? {
+        let layer = resolve(root.path(), &name);
+        if layer.is_none_or(|digest| !root.path().join(digest).is_dir()) {
+            remove_file(&dir, &name)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Whether the layer directory `name` was made by a pull.

@@ -58,6 +58,14 @@ pub struct LayerInfo {
     /// How the blob is compressed (containers/storage's codes: 0 none,
     /// 2 gzip, 4 zstd).
     pub compression: u8,
+    /// TOC layers (zstd:chunked, eStargz): the TOC digest, which podman 5
+    /// looks the layer up by and checks (containers/storage `Layer.TOCDigest`).
+    #[serde(
+        rename = "toc-digest",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub toc_digest: Option<String>,
 }
 
 /// Whether `name` is a digest as the store names layers: `sha256:` and 64
@@ -81,6 +89,13 @@ pub fn is_layer_name(name: &[u8]) -> bool {
 /// into place, never over anything, once complete; a failed add removes
 /// what it created and nothing else.
 pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
+    if let Ok(Some(format)) = crate::toc::detect(blob) {
+        tracing::warn!(
+            "{}: a {format:?} blob added without its TOC digest: podman 5 will not look it up \
+             (give --toc-digest, or add its OCI layout)",
+            blob.display()
+        );
+    }
     std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
     let store_dir = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
     let staging = Staging::create(&store_dir, ADD_PREFIX)?;
@@ -96,7 +111,7 @@ pub fn add(store: &Path, blob: &Path, progress: bool) -> Result<LayerInfo> {
 }
 
 /// What `add` names the directories it builds layers in.
-const ADD_PREFIX: &str = "add";
+pub(crate) const ADD_PREFIX: &str = "add";
 
 /// A layer directory being built in the store under a random name.
 pub(crate) struct Staging<'a> {
@@ -210,6 +225,7 @@ fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo
         diff_digest: report.tar_digest.to_string(),
         diff_size: report.tar_size,
         compression: report.compression.storage_code(),
+        toc_digest: None,
     };
     write_info(staging, &info)?;
     Ok(info)
@@ -246,9 +262,31 @@ pub(crate) fn write_info(staging: &Staging<'_>, info: &LayerInfo) -> Result<()> 
     finish_file(&file, &path)
 }
 
+/// Reads the `info` of the layer directory `dir`.
+pub(crate) fn read_info(dir: &Path) -> Result<LayerInfo> {
+    read_info_bytes(dir).map(|(_, info)| info)
+}
+
+/// The `info` of the layer directory `dir`, as stored and parsed.
+pub(crate) fn read_info_bytes(dir: &Path) -> Result<(Vec<u8>, LayerInfo)> {
+    use std::io::Read;
+    let path = dir.join(INFO_FILE);
+    let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_INFO_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&path, e))?;
+    if bytes.len() as u64 > MAX_INFO_SIZE {
+        return Err(Error::Invalid(format!("{}: too large", path.display())));
+    }
+    let info = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+    Ok((bytes, info))
+}
+
 /// Keeps the blob as pulled in the layer directory (a hard link costs
 /// nothing; a copy across filesystems); returns its size.
-fn keep_blob(staging: &Staging<'_>, blob: &Path) -> Result<u64> {
+pub(crate) fn keep_blob(staging: &Staging<'_>, blob: &Path) -> Result<u64> {
     let path = staging.dir.path().join(BLOB_FILE);
     let at = Some(staging.dir.fd().as_raw_fd());
     let linked = nix::unistd::linkat(
@@ -279,10 +317,21 @@ pub(crate) fn finish_file(file: &File, path: &Path) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// A layer of an OCI image layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OciLayer {
+    /// The blob's path.
+    pub blob: PathBuf,
+    /// Its TOC digest, from the descriptor's zstd:chunked or eStargz
+    /// annotation (a descriptor with both is refused, as containers/storage
+    /// does).
+    pub toc_digest: Option<String>,
+}
+
 /// The layer blobs of the image in OCI image layout `dir` (as `skopeo copy
 /// ... oci:DIR` writes it), bottom first. The layout must hold exactly one
 /// image manifest.
-pub fn oci_layers(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn oci_layers(dir: &Path) -> Result<Vec<OciLayer>> {
     let layout = OciLayout::open(dir)?;
     let fetched = layout.manifest("")?;
     match Manifest::parse(&fetched, &layout.name())? {
@@ -293,7 +342,25 @@ pub fn oci_layers(dir: &Path) -> Result<Vec<PathBuf>> {
         Manifest::Image(manifest) => manifest
             .layers()
             .iter()
-            .map(|layer| layout.blob_path(layer.digest().as_ref()))
+            .map(|layer| {
+                let blob = layout.blob_path(layer.digest().as_ref())?;
+                let notes = layer.annotations().as_ref();
+                let get = |key: &str| notes.and_then(|n| n.get(key)).cloned();
+                let toc_digest = match (
+                    get(crate::toc::ZSTD_CHUNKED_ANNOTATION),
+                    get(crate::toc::ESTARGZ_ANNOTATION),
+                ) {
+                    (Some(_), Some(_)) => {
+                        return Err(Error::Invalid(format!(
+                            "{}: layer {} has both a zstd:chunked and an eStargz TOC digest",
+                            dir.display(),
+                            layer.digest()
+                        )))
+                    }
+                    (a, b) => a.or(b),
+                };
+                Ok(OciLayer { blob, toc_digest })
+            })
             .collect(),
     }
 }
@@ -329,6 +396,7 @@ mod tests {
             diff_digest: "sha256:bb".into(),
             diff_size: 10240,
             compression: 2,
+            toc_digest: None,
         };
         let json = serde_json::to_string(&info).unwrap();
         assert_eq!(

@@ -19,10 +19,11 @@ pub mod indexed;
 pub mod layout;
 pub mod lazy;
 pub mod pull;
+mod refs;
+pub mod toc_layers;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
@@ -58,6 +59,8 @@ const LAYER_ENTRIES: [&[u8]; 3] = [b"blob", b"diff", b"info"];
 /// One served layer.
 struct Layer {
     digest: String,
+    /// TOC layers: the TOC digest their info gives.
+    toc_digest: Option<String>,
     image: Image,
     info: Vec<u8>,
     blob: File,
@@ -199,57 +202,42 @@ impl StoreView {
             .ok_or(Error::NotFound)
     }
 
-    /// The inode of reference `name`'s directory if it looks like one:
-    /// base64 (as containers/storage encodes references) of printable
-    /// ASCII. It costs no inode and takes no slot in the reference table.
-    fn reference(&self, name: &[u8]) -> Option<Ino> {
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(name)
-            .ok()?;
-        if decoded.is_empty() || !decoded.iter().all(|b| b.is_ascii_graphic()) {
+    /// The index of layer `name` (a compressed digest, or the TOC digest of
+    /// a TOC layer), opening it if it is new. A layer that is absent or
+    /// broken is `None` (logged), so the caller pulls it.
+    fn load(&self, name: &[u8]) -> Option<usize> {
+        if !layout::is_layer_name(name) {
             return None;
         }
-        let r = REF_INO_BIT | (self.ref_hasher.hash_one(name) & (REF_INO_BIT - 1));
-        let mut state = self.write_state();
-        if state.refs.get(&r).is_none() {
-            state.candidates.put(r, name.to_vec());
-        }
-        Some(r)
-    }
-
-    /// Records that a layer the store holds was looked up under reference
-    /// `r`: it takes (or refreshes) a slot in the reference table.
-    fn used(&self, r: Ino) {
-        let mut state = self.write_state();
-        if state.refs.get(&r).is_none() {
-            let name = state.candidates.pop(&r).unwrap_or_default();
-            state.refs.put(r, name);
-        }
-    }
-
-    /// The name of reference `r`, for the logs.
-    fn ref_name(&self, r: Ino) -> String {
-        match self.write_state().refs.get(&r) {
-            Some(name) if !name.is_empty() => String::from_utf8_lossy(name).into_owned(),
-            _ => format!("reference (inode {r:#x})"),
-        }
-    }
-
-    /// The index of layer `digest`, opening it if it is new. A layer that
-    /// is absent or broken is `None` (logged), so the caller pulls it.
-    fn load(&self, digest: &[u8]) -> Option<usize> {
-        if !layout::is_layer_name(digest) {
-            return None;
-        }
-        let digest = String::from_utf8_lossy(digest).into_owned();
-        if let Some(&l) = self.read_state().layer_index.get(&digest) {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if let Some(&l) = self.read_state().layer_index.get(&name) {
             return Some(l);
         }
-        let dir = layout::layer_dir(&self.dir, &digest);
-        if !dir.is_dir() {
-            tracing::debug!("{digest}: not in the store");
+        let dir = layout::layer_dir(&self.dir, &name);
+        if dir.is_dir() {
+            return self.load_dir(dir, name);
+        }
+        // A TOC digest: the layer it names must say so in its info.
+        let Some(digest) = toc_layers::resolve(&self.dir, &name) else {
+            tracing::debug!("{name}: not in the store");
             return None;
+        };
+        let l = self.load_dir(layout::layer_dir(&self.dir, &digest), digest)?;
+        let toc = self.layer(l).ok()?.toc_digest.clone();
+        if toc.as_deref() != Some(name.as_str()) {
+            tracing::error!(
+                "layer {name}: the store's TOC index names a layer of TOC digest {toc:?}"
+            );
+            return None;
+        }
+        self.write_state().layer_index.insert(name, l);
+        Some(l)
+    }
+
+    /// The index of the layer in `dir`, named `digest`, opening it if new.
+    fn load_dir(&self, dir: PathBuf, digest: String) -> Option<usize> {
+        if let Some(&l) = self.read_state().layer_index.get(&digest) {
+            return Some(l);
         }
         let layer = match self.open_layer(dir, &digest) {
             Ok(layer) => layer,
@@ -276,20 +264,11 @@ impl StoreView {
 
     fn open_layer(&self, dir: PathBuf, digest: &str) -> Result<Layer> {
         let image = Image::open(&dir.join(layout::IMAGE_FILE), &self.open)?;
-        let info_path = dir.join(layout::INFO_FILE);
-        let info = std::fs::read(&info_path).map_err(|e| Error::io(&info_path, e))?;
-        if info.len() as u64 > layout::MAX_INFO_SIZE {
-            return Err(Error::Invalid(format!(
-                "{}: too large",
-                info_path.display()
-            )));
-        }
-        let parsed: layout::LayerInfo = serde_json::from_slice(&info)
-            .map_err(|e| Error::Invalid(format!("{}: {e}", info_path.display())))?;
+        let (info, parsed) = layout::read_info_bytes(&dir)?;
         if parsed.compressed_digest != digest {
             return Err(Error::Invalid(format!(
                 "{}: describes {}, not {digest}",
-                info_path.display(),
+                dir.join(layout::INFO_FILE).display(),
                 parsed.compressed_digest
             )));
         }
@@ -298,6 +277,7 @@ impl StoreView {
         let meta = blob.metadata().map_err(|e| Error::io(&blob_path, e))?;
         Ok(Layer {
             digest: digest.to_string(),
+            toc_digest: parsed.toc_digest,
             image,
             info,
             blob,

@@ -397,6 +397,7 @@ fn erofs_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> 
         diff_digest: layer.digest.clone(),
         diff_size: layer.size,
         compression: 0,
+        toc_digest: None,
     })
 }
 
@@ -415,5 +416,6 @@ fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
         diff_digest: report.tar_digest.to_string(),
         diff_size: report.tar_size,
         compression: report.compression.storage_code(),
+        toc_digest: None,
     })
 }

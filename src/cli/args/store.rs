@@ -13,8 +13,11 @@ pub enum StoreCommand {
     /// store directory STORE: each becomes STORE/<digest>/ with a
     /// tar-index EROFS image of the layer (OCI whiteouts turned into
     /// overlayfs ones) in layer.erofs, its info for containers/storage, and
-    /// the blob. Prints a line per layer: its digest, "diffid", its diffID
-    /// and the blob's path.
+    /// the blob. zstd:chunked and eStargz layers (with --toc-digest, or
+    /// from an OCI layout's layer annotations) are checked against their
+    /// TOC first and can be looked up by TOC digest, as podman 5 does.
+    /// Prints a line per layer: its digest, "diffid", its diffID, "toc"
+    /// and its TOC digest if it has one, and the blob's path.
     Add(StoreAddArgs),
     /// Mount the layers of STORE at MOUNTPOINT in the layout of
     /// containers/storage's additional layer stores:
@@ -62,6 +65,11 @@ pub struct StoreAddArgs {
     /// first.
     #[arg(required = true, value_name = "BLOB|OCI_DIR")]
     pub blobs: Vec<PathBuf>,
+    /// The TOC digest of a zstd:chunked or eStargz blob (the layer
+    /// annotation io.github.containers.zstd-chunked.manifest-checksum or
+    /// containerd.io/snapshot/stargz/toc.digest): the TOC must match it.
+    #[arg(long, value_name = "sha256:HEX")]
+    pub toc_digest: Option<String>,
     /// No progress bar.
     #[arg(short, long)]
     pub quiet: bool,
