@@ -162,9 +162,23 @@ impl Transport {
         url: &str,
         headers: &[(&str, &str)],
     ) -> std::result::Result<Response<Body>, Failure> {
+        self.get_within(url, headers, None)
+    }
+
+    /// [`Self::get`] ended (the reading of its body included) after
+    /// `limit`, when given: a range read's share of its deadline.
+    pub fn get_within(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        limit: Option<Duration>,
+    ) -> std::result::Result<Response<Body>, Failure> {
         let mut request = self.agent.get(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
+        }
+        if limit.is_some() {
+            request = request.config().timeout_global(limit).build();
         }
         let mut response = request.call().map_err(|e| classify(e, url))?;
         let status = response.status().as_u16();
