@@ -167,7 +167,7 @@ fn open_lazily(
                 source.insert(opened).clone()
             }
         };
-        let cache_options = erofs_fuse::lazy::CacheOptions::default();
+        let cache_options = erofs_fuse::store::lazy::cache_options();
         let (mut lazy, cache) =
             erofs_fuse::store::lazy::open_layer(store, source, layer, &cache_options)
                 .with_context(|| format!("layer {i} {digest}"))?;
