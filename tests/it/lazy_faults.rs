@@ -389,7 +389,8 @@ fn a_killed_mount_leaves_a_cache_trusted_for_complete_chunks_only() {
     relay.set_rate(Some(64 << 10));
     std::thread::sleep(Duration::from_millis(1000));
     let pid = server_pid(mount.0.path());
-    run_ok(Command::new("kill").args(["-9", &pid.to_string()]));
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let start = Instant::now();
     let got = reader.join().unwrap();
     eprintln!(
