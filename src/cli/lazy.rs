@@ -46,7 +46,7 @@ pub fn open_lazily(
         };
         let options = CacheOptions {
             prefetch: args.prefetch,
-            ..CacheOptions::default()
+            ..erofs_fuse::store::lazy::cache_options()
         };
         let (mut lazy, how) = open_layer(store, source, layer, pins.get(digest), &options)
             .with_context(|| format!("layer {i} {digest}"))?;

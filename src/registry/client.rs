@@ -4,6 +4,7 @@
 //! connection breaks), and ranges of blobs for lazy layers.
 
 use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use oci_spec::image::{MediaType, ToDockerV2S2};
 use serde::Deserialize;
@@ -66,7 +67,7 @@ impl RegistryClient {
         url: &str,
         headers: &[(&str, &str)],
     ) -> std::result::Result<Response<Body>, Failure> {
-        self.send_with(Method::Get, what, url, headers, None)
+        self.send_request(Method::Get, what, url, headers, None, None)
     }
 
     /// [`Self::send`] with any method, and a body for PUT and POST.
@@ -78,6 +79,31 @@ impl RegistryClient {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> std::result::Result<Response<Body>, Failure> {
+        self.send_request(method, what, url, headers, body, None)
+    }
+
+    /// [`Self::send`] whose requests (and the reading of their bodies) end
+    /// within `limit`, when given.
+    fn send_within(
+        &self,
+        what: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        limit: Option<Duration>,
+    ) -> std::result::Result<Response<Body>, Failure> {
+        self.send_request(Method::Get, what, url, headers, None, limit)
+    }
+
+    /// The request behind [`Self::send_with`] and [`Self::send_within`].
+    fn send_request(
+        &self,
+        method: Method,
+        what: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        limit: Option<Duration>,
+    ) -> std::result::Result<Response<Body>, Failure> {
         let mut challenged = false;
         loop {
             let authorization = self.auth.header();
@@ -85,15 +111,15 @@ impl RegistryClient {
             if let Some(value) = authorization.as_deref() {
                 all.push(("Authorization", value));
             }
-            let response =
-                self.transport
-                    .request(method, url, &all, body)
-                    .map_err(|f| match f {
-                        Failure::Fatal(Error::Registry(m)) => {
-                            Failure::Fatal(Error::Registry(format!("{what}: {m}")))
-                        }
-                        other => other,
-                    })?;
+            let response = self
+                .transport
+                .request(method, url, &all, body, limit)
+                .map_err(|f| match f {
+                    Failure::Fatal(Error::Registry(m)) => {
+                        Failure::Fatal(Error::Registry(format!("{what}: {m}")))
+                    }
+                    other => other,
+                })?;
             let status = response.status().as_u16();
             if status == 401 && !challenged {
                 challenged = true;
@@ -170,17 +196,23 @@ impl RegistryClient {
         download.stream(what, &mut reader)
     }
 
-    /// One attempt at filling `buf` from `offset` of blob `url`.
+    /// One attempt at filling `buf` from `offset` of blob `url`, given up
+    /// (fatally) at `deadline`.
     fn range_pass(
         &self,
         what: &str,
         url: &str,
         offset: u64,
         buf: &mut [u8],
+        deadline: Instant,
     ) -> std::result::Result<(), Failure> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(past_deadline(what, 0, buf.len()));
+        }
         let last = offset + buf.len() as u64 - 1;
         let range = format!("bytes={offset}-{last}");
-        let mut response = self.send(what, url, &[("Range", &range)])?;
+        let mut response = self.send_within(what, url, &[("Range", &range)], Some(left))?;
         match response.status().as_u16() {
             206 => {}
             200 => {
@@ -215,26 +247,40 @@ impl RegistryClient {
                 )));
             }
         }
-        read_before_deadline(&mut response.body_mut().as_reader(), buf)
+        read_before_deadline(what, &mut response.body_mut().as_reader(), buf, deadline)
     }
 }
 
-/// Longest a range read may take, however the bytes trickle in: a lazy
-/// read waits for it, and a registry sending a byte just within each read
-/// timeout must not hold that read for hours.
-const RANGE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest a range read may take in all, its retries and backoff waits
+/// included, however the bytes trickle in: a lazy read waits for it, so a
+/// registry that stalls, or sends a byte just within each read timeout,
+/// gives EIO after this rather than holding the reader for minutes. A
+/// range is at most a few MiB (8 in 15 s is 0.56 MB/s). The kernel reads
+/// a page again once when its readahead failed: a reader of missing data
+/// waits up to twice this before its EIO.
+const RANGE_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Fills `buf` from `body`, failing (for a retry) past [`RANGE_DEADLINE`].
-fn read_before_deadline(body: &mut impl Read, buf: &mut [u8]) -> std::result::Result<(), Failure> {
-    let start = std::time::Instant::now();
+/// The error of a range read given up at its deadline, `done` of `len`
+/// bytes read: fatal, as the time for retries is spent.
+fn past_deadline(what: &str, done: usize, len: usize) -> Failure {
+    fatal(format!(
+        "{what}: {done} of {len} bytes after {} s: given up",
+        RANGE_DEADLINE.as_secs()
+    ))
+}
+
+/// Fills `buf` from `body`, failing (for a retry) when it breaks off and
+/// (fatally) past `deadline`.
+fn read_before_deadline(
+    what: &str,
+    body: &mut impl Read,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> std::result::Result<(), Failure> {
     let mut done = 0;
     while done < buf.len() {
-        if start.elapsed() > RANGE_DEADLINE {
-            return Err(Failure::transient(format!(
-                "reading the body: {done} of {} bytes after {} s",
-                buf.len(),
-                RANGE_DEADLINE.as_secs()
-            )));
+        if Instant::now() >= deadline {
+            return Err(past_deadline(what, done, buf.len()));
         }
         match body.read(&mut buf[done..]) {
             Ok(0) => {
@@ -245,6 +291,9 @@ fn read_before_deadline(body: &mut impl Read, buf: &mut [u8]) -> std::result::Re
             }
             Ok(n) => done += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) if Instant::now() >= deadline => {
+                return Err(past_deadline(what, done, buf.len()))
+            }
             Err(e) => return Err(Failure::transient(format!("reading the body: {e}"))),
         }
     }
@@ -474,8 +523,10 @@ impl ImageSource for RegistryClient {
             return Err(Error::Invalid(format!("{what}: the range overflows")));
         }
         let url = self.url("blobs", digest);
-        self.transport
-            .retrying(&what, || self.range_pass(&what, &url, offset, buf))
+        let deadline = Instant::now() + RANGE_DEADLINE;
+        self.transport.retrying(&what, || {
+            self.range_pass(&what, &url, offset, buf, deadline)
+        })
     }
 
     fn referrers(
@@ -511,6 +562,34 @@ mod tests {
              application/vnd.oci.image.manifest.v1+json, \
              application/vnd.docker.distribution.manifest.v2+json"
         );
+    }
+
+    /// A body that trickles is given up at the deadline, fatally (no
+    /// retry after it); one that ends early may be retried.
+    #[test]
+    fn range_bodies_end_at_the_deadline() {
+        struct Trickle;
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::thread::sleep(Duration::from_millis(10));
+                buf[0] = 7;
+                Ok(1)
+            }
+        }
+        let mut buf = vec![0; 1 << 20];
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(100);
+        match read_before_deadline("r", &mut Trickle, &mut buf, deadline) {
+            Err(Failure::Fatal(e)) => assert!(e.to_string().contains("given up"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(1));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let short = read_before_deadline("r", &mut &b"abc"[..], &mut buf, deadline);
+        assert!(matches!(short, Err(Failure::Transient { .. })));
+        let mut four = [0; 4];
+        read_before_deadline("r", &mut &b"abcd"[..], &mut four, deadline).unwrap();
+        assert_eq!(&four, b"abcd");
     }
 
     #[test]

@@ -175,24 +175,28 @@ impl Transport {
         url: &str,
         headers: &[(&str, &str)],
     ) -> std::result::Result<Response<Body>, Failure> {
-        self.request(Method::Get, url, headers, None)
+        self.request(Method::Get, url, headers, None, None)
     }
 
     /// One request `method` of `url` with `headers` and `body` (sent
-    /// whole, for PUT and POST), its answer sorted as [`Self::get`] does.
+    /// whole, for PUT and POST), ended after `limit` when given, its answer
+    /// sorted as [`Self::get`] does.
     pub fn request(
         &self,
         method: Method,
         url: &str,
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
+        limit: Option<Duration>,
     ) -> std::result::Result<Response<Body>, Failure> {
         let body = body.unwrap_or_default();
         let result = match method {
-            Method::Get => with_headers(self.agent.get(url), headers).call(),
-            Method::Head => with_headers(self.agent.head(url), headers).call(),
-            Method::Post => with_headers(self.agent.post(url), headers).send(body),
-            Method::Put => with_headers(self.agent.put(url), headers).send(body),
+            Method::Get => with_limit(with_headers(self.agent.get(url), headers), limit).call(),
+            Method::Head => with_limit(with_headers(self.agent.head(url), headers), limit).call(),
+            Method::Post => {
+                with_limit(with_headers(self.agent.post(url), headers), limit).send(body)
+            }
+            Method::Put => with_limit(with_headers(self.agent.put(url), headers), limit).send(body),
         };
         let mut response = result.map_err(|e| classify(e, url))?;
         let status = response.status().as_u16();
@@ -268,6 +272,17 @@ fn with_headers<B>(
         request = request.header(*name, *value);
     }
     request
+}
+
+/// `request` ended (the reading of its body included) after `limit`.
+fn with_limit<B>(
+    request: ureq::RequestBuilder<B>,
+    limit: Option<Duration>,
+) -> ureq::RequestBuilder<B> {
+    match limit {
+        Some(_) => request.config().timeout_global(limit).build(),
+        None => request,
+    }
 }
 
 /// Whether plain http is used: only with `--insecure`, and then only for

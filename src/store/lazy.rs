@@ -35,6 +35,26 @@ use super::layout::is_layer_name;
 /// The suffix of a cache's chunk map (see [`ChunkCache::open`]).
 const MAP_SUFFIX: &str = ".chunks";
 
+/// Bytes per chunk of a lazy layer's cache. An EROFS image keeps its
+/// superblock at the start and its inodes and directories after the data,
+/// so a mount and a first lookup read a few chunks at both ends of every
+/// layer: 1 MiB chunks fetched 2.1% of a 547 MB 5-layer image (11.4 MB) and
+/// took 1.6 s to the first small file on a 100 Mbit/s, 10 ms link; 128 KiB
+/// chunks 0.38% and 0.6 s, sequential reads as fast (adjacent chunks are
+/// fetched together, up to `max_request`). docs/benchmarks.md has the
+/// figures (scripts/bench-lazy.sh).
+const CHUNK_SIZE: u64 = 128 << 10;
+
+/// The chunk cache options of lazy layers (`mount --lazy`, and `pull`
+/// adopting a complete cache: a cache opened with another chunk size would
+/// start empty).
+pub fn cache_options() -> CacheOptions {
+    CacheOptions {
+        chunk_size: CHUNK_SIZE,
+        ..CacheOptions::default()
+    }
+}
+
 /// Opens EROFS-native `layer` as an image read from `source` on demand,
 /// through its chunk cache in the store (made when absent, reused when
 /// present); gives the cache too, for its counters.
@@ -133,7 +153,7 @@ pub(crate) fn adopt(
     };
     let options = CacheOptions {
         existing_only: true,
-        ..CacheOptions::default()
+        ..cache_options()
     };
     let Ok(cache) = ChunkCache::open(dir.fd(), dir.path(), digest, &key, source, &options) else {
         return Ok(false);
@@ -342,11 +362,11 @@ mod tests {
         assert!(!adopt(&store, &record, &out, &out_path).unwrap());
         assert_eq!(list(store.lazy_dir()).unwrap().len(), 0);
         let source = Arc::new(Local(FileSource::open(&path).unwrap()));
-        let options = CacheOptions::default();
+        // The options mount --lazy uses, as adopt() does.
+        let options = cache_options();
         let (image, cache) = open_layer(&store, source, &record, &options).unwrap();
         drop(image);
-        // (One 1 MiB chunk: complete once opened; incomplete caches are
-        // tests/it/lazy_mount.rs's.)
+        // (Incomplete caches are tests/it/lazy_mount.rs's.)
         cache.ensure(0, cache.len()).unwrap();
         drop(cache);
         assert!(adopt(&store, &record, &out, &out_path).unwrap());

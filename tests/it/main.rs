@@ -46,6 +46,8 @@ mod kernel_agreement;
 #[cfg(feature = "privileged")]
 mod kernel_diff;
 #[cfg(feature = "privileged")]
+mod lazy_faults;
+#[cfg(feature = "privileged")]
 mod lazy_indexed;
 #[cfg(feature = "privileged")]
 mod lazy_mount;

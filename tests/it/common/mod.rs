@@ -4,6 +4,8 @@
 
 pub mod pulled;
 pub mod registry;
+#[cfg(feature = "privileged")]
+pub mod relay;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -307,6 +307,17 @@ impl Registry {
         server.log.lock().unwrap().clone()
     }
 
+    /// Makes the tokens issued from now on expire `secs` after issue for
+    /// the registry (their JWT `exp`), while the client is still told they
+    /// last 300 s: the registry's 401 is what tells it to renew (token
+    /// variant).
+    pub fn set_token_exp(&self, secs: u64) {
+        let server = self.token.as_ref().expect("not the token variant");
+        server
+            .exp_secs
+            .store(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// The token requests served so far (token variant): `(scope,
     /// granted)`, one per request.
     pub fn token_requests(&self) -> Vec<(String, bool)> {

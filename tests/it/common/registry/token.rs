@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,6 +31,10 @@ pub(super) struct TokenServer {
     pub cert: PathBuf,
     /// `(scope, granted)` of each request served.
     pub log: Arc<Mutex<Vec<(String, bool)>>>,
+    /// Seconds from issue until the registry refuses a token (its JWT
+    /// `exp`, less the registry's leeway); the `expires_in` the client is
+    /// told stays 300.
+    pub exp_secs: Arc<AtomicU64>,
     _listener: Listener,
 }
 
@@ -58,26 +63,32 @@ impl TokenServer {
         let x5c: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         let log = Arc::new(Mutex::new(Vec::new()));
         let key = dir.join("token.key");
+        let exp_secs = Arc::new(AtomicU64::new(300));
         let listener = {
             let log = log.clone();
+            let exp_secs = exp_secs.clone();
             Listener::spawn(move |stream| {
-                let _ = serve_token(stream, &key, &x5c, &log);
+                let exp = exp_secs.load(Ordering::SeqCst);
+                let _ = serve_token(stream, &key, &x5c, exp, &log);
             })
         };
         Self {
             addr: listener.addr.clone(),
             cert: dir.join("token.pem"),
             log,
+            exp_secs,
             _listener: listener,
         }
     }
 }
 
-/// Answers one token request on `stream`.
+/// Answers one token request on `stream` with a token that expires
+/// `exp` seconds from now.
 fn serve_token(
     stream: TcpStream,
     key: &Path,
     x5c: &str,
+    exp: u64,
     log: &Mutex<Vec<(String, bool)>>,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -111,7 +122,7 @@ fn serve_token(
     let granted = authorization.as_deref() == Some(expected.as_str());
     log.lock().unwrap().push((scopes.join(" "), granted));
     let (status, body) = if granted {
-        let jwt = sign_jwt(key, x5c, &scopes);
+        let jwt = sign_jwt(key, x5c, &scopes, exp);
         (
             "200 OK",
             format!(r#"{{"access_token":"{jwt}","expires_in":300}}"#),
@@ -132,9 +143,15 @@ fn serve_token(
     stream.flush()
 }
 
+/// docker-registry accepts a token until [`LEEWAY`] after its `exp` (for
+/// clock skew): a token meant to be refused `exp` seconds from now says
+/// `exp` that much earlier.
+const LEEWAY: u64 = 60;
+
 /// A JWT (RS256, signed by `openssl dgst`) granting `scopes`
-/// (`repository:NAME:ACTIONS`) to [`USER`].
-fn sign_jwt(key: &Path, x5c: &str, scopes: &[String]) -> String {
+/// (`repository:NAME:ACTIONS`) to [`USER`], refused by the registry `exp`
+/// seconds from now.
+fn sign_jwt(key: &Path, x5c: &str, scopes: &[String], exp: u64) -> String {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -152,7 +169,7 @@ fn sign_jwt(key: &Path, x5c: &str, scopes: &[String]) -> String {
         .collect();
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "x5c": [x5c]});
     let claims = serde_json::json!({
-        "iss": ISSUER, "sub": USER, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+        "iss": ISSUER, "sub": USER, "aud": SERVICE, "exp": now + exp - LEEWAY, "nbf": now - 10,
         "iat": now, "jti": format!("{now}-{:x}", Sha256::digest(scopes.join(" ").as_bytes())[0]),
         "access": access,
     });
