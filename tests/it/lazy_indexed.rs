@@ -276,8 +276,8 @@ fn altered_chunks_of_a_verified_layer_are_eio_and_only_they() {
     }
     let work = tempfile::tempdir().unwrap();
     let (reg, reference, flags, digests, _) = attached(work.path(), Variant::Http);
-    // One byte of the tar layer's victim, in its second MiB (chunk 1 of
-    // the tar), changed in the registry's storage after attach.
+    // One byte of the tar layer's victim, 1.5 MiB into it, changed in the
+    // registry's storage after attach.
     let at = 512 + (3 << 19);
     let data = std::fs::OpenOptions::new()
         .read(true)
@@ -295,13 +295,17 @@ fn altered_chunks_of_a_verified_layer_are_eio_and_only_they() {
     let victim = std::fs::File::open(mount.path("tar/victim")).unwrap();
     let want = noise(2, VICTIM);
     let mut buf = vec![0; 4096];
-    // Chunk 0 and chunk 2 of the tar read right; chunk 1 is EIO.
-    for (offset, ok) in [
-        (0u64, true),
-        (2 << 20, true),
-        (1 << 20, false),
-        (3 << 19, false),
-    ] {
+    // The lazy cache's chunks are 128 KiB: the altered byte is in chunk
+    // 12 of the tar (1.5 MiB + 512). Reads there fail, also 64 KiB past
+    // the byte (same chunk); the chunk before, and others, read right.
+    let chunk = 128 << 10;
+    let eio = [3 << 19, (3 << 19) + (64 << 10)];
+    let right = [0u64, (3 << 19) - chunk, 2 << 20];
+    let cases = right
+        .map(|o| (o, true))
+        .into_iter()
+        .chain(eio.map(|o| (o, false)));
+    for (offset, ok) in cases {
         let got = victim.read_exact_at(&mut buf, offset);
         match ok {
             true => {
