@@ -337,12 +337,18 @@ pub struct MountArgs {
     /// verified (the mount says so).
     #[arg(long, conflicts_with = "layers")]
     pub lazy: bool,
-    /// With --lazy: the root hash LAYER's data must match, as
-    /// sha256:LAYER_HEX=ROOT_HEX (what `attach` prints; repeat per layer).
-    /// Without it, the root comes with the registry's layer index, which
-    /// catches data altered on the way or in a mirror, but not a registry
-    /// that forges both the data and the index.
-    #[arg(long = "verity-root", value_name = "LAYER=ROOT", requires = "lazy")]
+    /// With --lazy: pin LAYER's layer index, as `attach` printed it:
+    /// sha256:LAYER=sha256:REFERRER (the index artifact by digest: tar
+    /// index, zinfo and tree; any layer), or sha256:LAYER=ROOT_HEX (the
+    /// root hash alone; EROFS-native layers only, as it does not cover a
+    /// tar index). Repeat per layer. Without it, the index is the one the
+    /// registry lists, which catches data altered on the way or in a
+    /// mirror, but not a registry that forges both the data and the index.
+    #[arg(
+        long = "verity-root",
+        value_name = "LAYER=ROOT|REFERRER",
+        requires = "lazy"
+    )]
     pub verity_roots: Vec<String>,
     /// With --lazy: what to fetch in the background once the mount is
     /// live, one request at a time per layer, standing aside while reads

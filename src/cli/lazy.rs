@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use erofs_fuse::lazy::CacheOptions;
+use erofs_fuse::registry::referrers::LayerIndex;
 use erofs_fuse::registry::ImageSource;
 use erofs_fuse::store::images::{ImageRecord, ImageRef, LayerRecord, Store};
 use erofs_fuse::Image;
@@ -23,7 +24,7 @@ pub fn open_lazily(
     args: &MountArgs,
     open: &OpenArgs,
 ) -> Result<Vec<Arc<Image>>> {
-    let pins = pinned_roots(&args.verity_roots, record)?;
+    let pins = pins(&args.verity_roots, record)?;
     // Shared with pulls, exclusive for gc: no cache removed while opened.
     let _lock = store.lock(false)?;
     let mut source: Option<Arc<dyn ImageSource>> = None;
@@ -48,7 +49,8 @@ pub fn open_lazily(
             prefetch: args.prefetch,
             ..erofs_fuse::store::lazy::cache_options()
         };
-        let (mut lazy, how) = open_layer(store, source, layer, pins.get(digest), &options)
+        let pin = (record.manifest_digest.as_str(), pins.get(digest));
+        let (mut lazy, how) = open_layer(store, source, layer, pin, &options)
             .with_context(|| format!("layer {i} {digest}"))?;
         unverified += usize::from(how.starts_with("UNVERIFIED"));
         lazy.0.set_cache_size(open.cache_size);
@@ -67,63 +69,103 @@ pub fn open_lazily(
     Ok(images)
 }
 
+/// What `--verity-root` pins for a layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pin {
+    /// The root hash: all an EROFS-native layer's reader reads.
+    Root([u8; 32]),
+    /// The layer-index artifact (`attach`'s `referrer` digest): tar index,
+    /// zinfo, tree and root together.
+    Artifact(String),
+}
+
 /// A layer the store lacks, opened for reads on demand, and how its reads
-/// are verified.
+/// are verified. `subject` is the image manifest's digest.
 fn open_layer(
     store: &Store,
     source: Arc<dyn ImageSource>,
     layer: &LayerRecord,
-    pinned: Option<&[u8; 32]>,
+    (subject, pin): (&str, Option<&Pin>),
     options: &CacheOptions,
 ) -> erofs_fuse::Result<((Image, Arc<erofs_fuse::lazy::ChunkCache>), String)> {
     use erofs_fuse::store::{indexed, lazy};
-    let Some(index) = &layer.index else {
-        if pinned.is_some() {
-            return Err(erofs_fuse::Error::Invalid(
-                "--verity-root names it, but the registry has no layer index for it (push one with `erofs-fuse attach`)".into(),
-            ));
+    let invalid = |m: String| erofs_fuse::Error::Invalid(m);
+    let pinned_index;
+    let index = match (pin, &layer.index) {
+        // Fetched by its digest: whatever the registry lists.
+        (Some(Pin::Artifact(artifact)), listed) => {
+            pinned_index = match listed {
+                Some(index) if index.artifact == *artifact => index.clone(),
+                _ => {
+                    let fetched = source.manifest(artifact)?;
+                    LayerIndex::parse(artifact, subject, &fetched.bytes)
+                        .map_err(|e| invalid(format!("layer index {artifact}: {e}")))?
+                }
+            };
+            if pinned_index.layer != layer.digest {
+                return Err(invalid(format!(
+                    "the layer index {artifact} --verity-root gives is for layer {}",
+                    pinned_index.layer
+                )));
+            }
+            &pinned_index
         }
-        let opened = lazy::open_layer(store, source, layer, options)?;
-        return Ok((
-            opened,
-            "UNVERIFIED (served as the registry sends it)".into(),
-        ));
+        (Some(Pin::Root(_)), None) => {
+            return Err(invalid(
+                "--verity-root names it, but the registry has no layer index for it (push one with `erofs-fuse attach`)".into(),
+            ))
+        }
+        (None, None) => {
+            let opened = lazy::open_layer(store, source, layer, options)?;
+            return Ok((opened, "UNVERIFIED (served as the registry sends it)".into()));
+        }
+        (_, Some(index)) => index,
     };
-    let (root, how) = match pinned {
-        Some(root) if *root != index.root => {
-            return Err(erofs_fuse::Error::Invalid(format!(
+    let how = match pin {
+        Some(Pin::Root(_)) if index.tar_index.is_some() => {
+            return Err(invalid(
+                "a root hash pins a tar layer's data but not its tar index: give the referrer digest `attach` printed (LAYER=sha256:...)".into(),
+            ))
+        }
+        Some(Pin::Root(root)) if *root != index.root => {
+            return Err(invalid(format!(
                 "its layer index {} has root hash {}, not the {} --verity-root gives",
                 index.artifact,
                 hex(&index.root),
                 hex(root)
             )))
         }
-        Some(root) => (*root, "verified (root hash pinned by --verity-root)".to_string()),
-        None => (
-            index.root,
-            format!(
-                "verified against the registry's layer index {} (not pinned: a registry forging both is not detected)",
-                index.artifact
-            ),
+        Some(Pin::Root(_)) => "verified (root hash pinned by --verity-root)".to_string(),
+        Some(Pin::Artifact(a)) => format!("verified (layer index {a} pinned by --verity-root)"),
+        None => format!(
+            "verified against the registry's layer index {} (not pinned: a registry forging both is not detected)",
+            index.artifact
         ),
     };
-    let opened = indexed::open_indexed_layer(store, source, layer, index, &root, options)?;
+    let opened = indexed::open_indexed_layer(store, source, layer, index, &index.root, options)?;
     Ok((opened, how))
 }
 
-/// `--verity-root LAYER=ROOT` values, each naming a layer of `record`.
-fn pinned_roots(values: &[String], record: &ImageRecord) -> Result<BTreeMap<String, [u8; 32]>> {
+/// `--verity-root LAYER=ROOT|ARTIFACT` values, each naming a layer of
+/// `record`.
+fn pins(values: &[String], record: &ImageRecord) -> Result<BTreeMap<String, Pin>> {
     let mut pins = BTreeMap::new();
     for value in values {
         let bad = |why: &str| CliError::msg(format!("--verity-root {value}: {why}"));
-        let (layer, root) = value
+        let (layer, pinned) = value
             .split_once('=')
-            .ok_or_else(|| bad("expected sha256:LAYER_HEX=ROOT_HEX"))?;
-        let root = erofs_fuse::verity::parse_root(root).map_err(|e| bad(&e))?;
+            .ok_or_else(|| bad("expected sha256:LAYER=ROOT_HEX or sha256:LAYER=sha256:REFERRER"))?;
+        let pin = match pinned.strip_prefix("sha256:") {
+            Some(_) if erofs_fuse::registry::reference::is_sha256_digest(pinned) => {
+                Pin::Artifact(pinned.to_string())
+            }
+            Some(_) => return Err(bad("the referrer is not a sha256 digest")),
+            None => Pin::Root(erofs_fuse::verity::parse_root(pinned).map_err(|e| bad(&e))?),
+        };
         if !record.layers.iter().any(|l| l.digest == layer) {
             return Err(bad("no layer of the image has that digest"));
         }
-        if pins.insert(layer.to_string(), root).is_some() {
+        if pins.insert(layer.to_string(), pin).is_some() {
             return Err(bad("given twice for that layer"));
         }
     }

@@ -16,7 +16,7 @@ use crate::gzran::{GzReader, ReadAt, WindowSource, Zinfo};
 const KEPT_READERS: usize = 4;
 /// Compressed bytes fetched from the source at a time (one range request
 /// for a remote blob; the reader asks for 64 KiB pieces).
-const READ_AHEAD: u64 = 1 << 20;
+const READ_AHEAD: u64 = 256 << 10;
 
 /// The compressed bytes, read from a chunk source in [`READ_AHEAD`] pieces
 /// kept until the reader moves past them.

@@ -230,42 +230,54 @@ fn indexed_layers_read_lazily_verified_and_equal_the_pulled_image() {
     drop(mount);
     assert_eq!(lazy_tree, pulled_tree(work.path(), &reference, &flags));
 
-    // Roots pinned as attach printed them: verified as pinned; a wrong
-    // pin is refused before anything mounts.
-    let pins: Vec<String> = attach
+    // Pinned as attach printed them: the tar layers by their referrer
+    // (a root would not cover their tar index: refused), the EROFS layer
+    // by its root; a wrong pin is refused before anything mounts.
+    let printed: Vec<(String, String, String)> = attach
         .lines()
-        .filter_map(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            match words[..] {
-                ["layer", layer, "referrer", _, "root", root, ..] => {
-                    Some(format!("{layer}={root}"))
-                }
-                _ => None,
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            ["layer", layer, "referrer", referrer, "root", root, ..] => {
+                Some((layer.into(), referrer.into(), root.into()))
             }
+            _ => None,
         })
         .collect();
-    assert_eq!(pins.len(), 3, "{attach}");
+    assert_eq!(printed.len(), 3, "{attach}");
+    let pin = |flags: &mut Vec<String>, layer: &str, value: &str| {
+        flags.extend(["--verity-root".to_string(), format!("{layer}={value}")]);
+    };
     let mut pinned = flags.clone();
-    for pin in &pins {
-        pinned.extend(["--verity-root".to_string(), pin.clone()]);
+    for (layer, referrer, root) in &printed {
+        match *layer == digests[2] {
+            true => pin(&mut pinned, layer, root),
+            false => pin(&mut pinned, layer, referrer),
+        }
     }
     let (mount, said) = Mounted::try_new(&store, &reference, &pinned).unwrap();
     assert_eq!(
         said.matches("root hash pinned by --verity-root").count(),
-        3,
+        1,
         "{said}"
     );
+    assert_eq!(said.matches("pinned by --verity-root").count(), 3, "{said}");
     assert_eq!(tree_manifest(mount.0.path()), lazy_tree);
     drop(mount);
-    let mut wrong = flags.clone();
-    let (layer, root) = pins[1].split_once('=').unwrap();
+    let refused = |layer: &str, value: &str, why: &str| {
+        let mut wrong = flags.clone();
+        pin(&mut wrong, layer, value);
+        let err = Mounted::try_new(&store, &reference, &wrong).err().unwrap();
+        assert!(err.contains(why), "{err}");
+    };
+    let (layer, referrer, root) = &printed[2];
     let flipped = if root.starts_with('0') { "1" } else { "0" };
-    wrong.extend([
-        "--verity-root".to_string(),
-        format!("{layer}={flipped}{}", &root[1..]),
-    ]);
-    let err = Mounted::try_new(&store, &reference, &wrong).err().unwrap();
-    assert!(err.contains("--verity-root gives"), "{err}");
+    refused(
+        layer,
+        &format!("{flipped}{}", &root[1..]),
+        "--verity-root gives",
+    );
+    refused(layer, &printed[1].1, "is for layer");
+    refused(&printed[1].0, &printed[1].2, "not its tar index");
+    assert_ne!(referrer, &printed[1].1);
 }
 
 #[test]
