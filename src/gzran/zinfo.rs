@@ -72,6 +72,24 @@ impl std::fmt::Debug for Checkpoint {
     }
 }
 
+impl Checkpoint {
+    /// The checkpoint stored at the start of `bytes`, with the window that
+    /// follows it when `with_window` (else an empty one, fetched later).
+    fn read(bytes: &[u8], with_window: bool) -> Result<Self, String> {
+        let (raw, window) = RawCheckpoint::read_from_prefix(bytes)
+            .map_err(|_| "checkpoint cut short".to_string())?;
+        Ok(Self {
+            input: raw.input.get(),
+            out: raw.out.get(),
+            bits: raw.bits,
+            window: match with_window {
+                true => window.into(),
+                false => Box::default(),
+            },
+        })
+    }
+}
+
 /// A parsed, validated zinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Zinfo {
@@ -139,14 +157,7 @@ impl Zinfo {
             });
         }
         for entry in rest.chunks_exact(ENTRY) {
-            let (raw, window) = RawCheckpoint::read_from_prefix(entry)
-                .map_err(|_| "checkpoint cut short".to_string())?;
-            checkpoints.push(Checkpoint {
-                input: raw.input.get(),
-                out: raw.out.get(),
-                bits: raw.bits,
-                window: window.into(),
-            });
+            checkpoints.push(Checkpoint::read(entry, true)?);
         }
         let zinfo = Self {
             span,
@@ -171,14 +182,7 @@ impl Zinfo {
         }
         let mut checkpoints = Vec::with_capacity(table.len() / FIXED);
         for fixed in table.chunks_exact(FIXED) {
-            let (raw, _) = RawCheckpoint::read_from_prefix(fixed)
-                .map_err(|_| "checkpoint cut short".to_string())?;
-            checkpoints.push(Checkpoint {
-                input: raw.input.get(),
-                out: raw.out.get(),
-                bits: raw.bits,
-                window: Box::default(),
-            });
+            checkpoints.push(Checkpoint::read(fixed, false)?);
         }
         let lazy = Some(LazyWindows::new(source, checkpoints.len()));
         let zinfo = Self {

@@ -13,6 +13,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::common::lazy::{ranges, Mounted};
 use crate::common::pulled::tar_of;
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
 use crate::common::relay::Relay;
@@ -77,44 +78,18 @@ fn registry(dir: &Path, variant: Variant) -> (Registry, String, u64) {
     (reg, digest, size)
 }
 
-/// A lazy mount made by the binary, unmounted (lazily) on drop.
-struct Mounted(tempfile::TempDir);
-
-impl Mounted {
-    /// `erofs-fuse mount --lazy REF DIR --store STORE FLAGS...`.
-    fn new(store: &Path, reference: &str, flags: &[String]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = run_ok(
-            Command::new(bin())
-                .args(["mount", "--lazy", reference])
-                .arg(dir.path())
-                .arg("--store")
-                .arg(store)
-                .args(flags),
-        );
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains("lazy, UNVERIFIED"), "{said}");
-        Self(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-
-    /// Whether the mount answers: the root stats and lists.
-    fn alive(&self) -> bool {
-        std::fs::metadata(self.0.path()).is_ok_and(|m| m.is_dir())
-            && std::fs::read_dir(self.path("small")).is_ok_and(|d| d.count() == 10)
-    }
+/// `mount --lazy REF` of the test's image (EROFS-native layers, no
+/// index: unverified, as it says).
+fn mounted(store: &Path, reference: &str, flags: &[String]) -> Mounted {
+    let (mount, said) = Mounted::mount(store, reference, true, flags);
+    assert!(said.contains("lazy, UNVERIFIED"), "{said}");
+    mount
 }
 
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(self.0.path())
-            .status();
-    }
+/// Whether the mount answers: the root stats and lists.
+fn alive(mount: &Mounted) -> bool {
+    std::fs::metadata(mount.0.path()).is_ok_and(|m| m.is_dir())
+        && std::fs::read_dir(mount.path("small")).is_ok_and(|d| d.count() == 10)
 }
 
 /// Reads `len` bytes at `at` of `path` in a thread, past the kernel's page
@@ -163,24 +138,6 @@ fn assert_eio(got: &std::io::Result<Vec<u8>>) {
     }
 }
 
-/// The range requests for blob `digest` in the registry's access log, and
-/// the bytes the registry sent for them.
-fn ranges(reg: &Registry, digest: &str) -> (usize, u64) {
-    let log = reg.log();
-    let blob = format!("/blobs/{digest} ");
-    let mut count = 0;
-    let mut bytes = 0;
-    for line in log.lines().filter(|l| l.contains(&blob)) {
-        let Some(after) = line.split("\" 206 ").nth(1) else {
-            continue;
-        };
-        count += 1;
-        let n = after.split_whitespace().next().unwrap_or_default();
-        bytes += n.parse::<u64>().unwrap_or(0);
-    }
-    (count, bytes)
-}
-
 /// Whether a fault test can run here (says SKIPPED if not).
 fn can_run(name: &str) -> bool {
     have(name, FUSE_ROOT) && available(name)
@@ -201,7 +158,7 @@ fn registry_killed_mid_read_then_restarted() {
     let (mut reg, _, _) = registry(work.path(), Variant::Http);
     let relay = Relay::start(&reg.addr);
     let reference = format!("{}/faults/app:1", relay.addr);
-    let mount = Mounted::new(&work.path().join("store"), &reference, &reg.cli_args());
+    let mount = mounted(&work.path().join("store"), &reference, &reg.cli_args());
     let want = big_bytes();
     assert_eq!(read_one(&mount).unwrap(), ONE);
     let (head, _) = read_within(&mount.path("big"), 0, 2 << 20, BOUND);
@@ -251,7 +208,7 @@ fn registry_killed_mid_read_then_restarted() {
     assert!(cached_in < Duration::from_secs(2), "{cached_in:?}");
     assert_eio(&tail);
     assert!(failed_in < BOUND, "{failed_in:?}");
-    assert!(mount.alive(), "the mount answers with the registry down");
+    assert!(alive(&mount), "the mount answers with the registry down");
 
     // Back: the same reads succeed, equal to the file.
     reg.restart();
@@ -277,7 +234,7 @@ fn expired_tokens_are_renewed_mid_mount() {
     let (reg, digest, _) = registry(work.path(), Variant::Token);
     reg.set_token_exp(3);
     let reference = reg.reference("faults/app:1");
-    let mount = Mounted::new(&work.path().join("store"), &reference, &reg.cli_args());
+    let mount = mounted(&work.path().join("store"), &reference, &reg.cli_args());
     assert_eq!(read_one(&mount).unwrap(), ONE);
     let tokens = reg.token_requests().len();
     let blob = format!("/blobs/{digest} ");
@@ -331,7 +288,7 @@ fn a_byte_per_second_gives_eio_and_the_mount_lives() {
     let (reg, _, _) = registry(work.path(), Variant::Http);
     let relay = Relay::start(&reg.addr);
     let reference = format!("{}/faults/app:1", relay.addr);
-    let mount = Mounted::new(&work.path().join("store"), &reference, &reg.cli_args());
+    let mount = mounted(&work.path().join("store"), &reference, &reg.cli_args());
     assert_eq!(read_one(&mount).unwrap(), ONE);
 
     relay.trickle(true);
@@ -340,7 +297,7 @@ fn a_byte_per_second_gives_eio_and_the_mount_lives() {
     eprintln!("one byte per second: {got:?} after {failed_in:?}");
     assert_eio(&got);
     assert!(failed_in < BOUND, "{failed_in:?}");
-    assert!(mount.alive(), "the mount answers");
+    assert!(alive(&mount), "the mount answers");
     assert_eq!(read_one(&mount).unwrap(), ONE);
 
     relay.trickle(false);
@@ -380,7 +337,7 @@ fn a_killed_mount_leaves_a_cache_trusted_for_complete_chunks_only() {
     let reference = format!("{}/faults/app:1", relay.addr);
     let store = work.path().join("store");
     let flags = reg.cli_args();
-    let mount = Mounted::new(&store, &reference, &flags);
+    let mount = mounted(&store, &reference, &flags);
     relay.set_rate(Some(1 << 20));
     let big = mount.path("big");
     let reader = std::thread::spawn(move || std::fs::read(big).map(|b| b.len()));
@@ -415,7 +372,7 @@ fn a_killed_mount_leaves_a_cache_trusted_for_complete_chunks_only() {
     );
     assert!(present > 0 && present < first.len(), "{present} recorded");
 
-    let again = Mounted::new(&store, &reference, &flags);
+    let again = mounted(&store, &reference, &flags);
     let (whole, took) = read_within(&again.path("big"), 0, BIG, BOUND * 2);
     eprintln!("second mount: big read in {took:?}");
     assert!(whole.unwrap() == big_bytes(), "big equals its bytes");

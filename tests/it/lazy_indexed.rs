@@ -8,12 +8,13 @@
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use crate::common::lazy::{ranges, Mounted};
 use crate::common::pulled::{as_nobody, open_dev_fuse, tar_of, walk_and_unmount_as_nobody};
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
-use crate::common::{bin, have, run, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
+use crate::common::{bin, have, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
 
 /// The victim file of the tar layer: 3 MiB, the first entry (its data
 /// starts at byte 512 of the tar).
@@ -106,57 +107,6 @@ fn attached(work: &Path, variant: Variant) -> (Registry, String, Vec<String>, Ve
     (reg, reference, flags, digests, said)
 }
 
-/// A mount made by the binary, unmounted on drop.
-struct Mounted(tempfile::TempDir);
-
-impl Mounted {
-    /// `erofs-fuse mount --lazy REF DIR --store STORE FLAGS...` and its
-    /// stderr, or the failed command's output.
-    fn try_new(store: &Path, reference: &str, flags: &[String]) -> Result<(Self, String), String> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = run(Command::new(bin())
-            .args(["mount", "--lazy", reference])
-            .arg(dir.path())
-            .arg("--store")
-            .arg(store)
-            .args(flags));
-        let said = String::from_utf8_lossy(&out.stderr).into_owned();
-        match out.status.success() {
-            true => Ok((Self(dir), said)),
-            false => Err(said),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
-/// Bytes of blob `digest` the registry served by range requests so far.
-fn range_bytes(reg: &Registry, digest: &str) -> u64 {
-    reg.log()
-        .lines()
-        .filter(|l| l.contains(&format!("/blobs/{digest} ")) && l.contains("\" 206 "))
-        .filter_map(|l| {
-            l.split("\" 206 ")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 /// The tree of the image pulled whole into a store of its own, mounted.
 fn pulled_tree(work: &Path, reference: &str, flags: &[String]) -> String {
     let whole = work.join("whole");
@@ -200,7 +150,7 @@ fn indexed_layers_read_lazily_verified_and_equal_the_pulled_image() {
     );
 
     let store = work.path().join("store");
-    let (mount, said) = Mounted::try_new(&store, &reference, &flags).unwrap();
+    let (mount, said) = Mounted::try_mount(&store, &reference, true, &flags).unwrap();
     eprint!("{said}");
     for digest in &digests[..3] {
         let line = said.lines().find(|l| l.contains(digest.as_str())).unwrap();
@@ -218,7 +168,7 @@ fn indexed_layers_read_lazily_verified_and_equal_the_pulled_image() {
         std::fs::read(mount.path("gz/small7")).unwrap(),
         b"gz small 7\n"
     );
-    let fetched = range_bytes(&reg, &digests[0]);
+    let fetched = ranges(&reg, &digests[0]).1;
     eprintln!("one small file of the gzip layer: {fetched} of {gz_size} bytes");
     assert!(fetched * 3 <= gz_size, "{fetched} of {gz_size}");
     assert_eq!(
@@ -253,7 +203,7 @@ fn indexed_layers_read_lazily_verified_and_equal_the_pulled_image() {
             false => pin(&mut pinned, layer, referrer),
         }
     }
-    let (mount, said) = Mounted::try_new(&store, &reference, &pinned).unwrap();
+    let (mount, said) = Mounted::try_mount(&store, &reference, true, &pinned).unwrap();
     assert_eq!(
         said.matches("root hash pinned by --verity-root").count(),
         1,
@@ -265,7 +215,9 @@ fn indexed_layers_read_lazily_verified_and_equal_the_pulled_image() {
     let refused = |layer: &str, value: &str, why: &str| {
         let mut wrong = flags.clone();
         pin(&mut wrong, layer, value);
-        let err = Mounted::try_new(&store, &reference, &wrong).err().unwrap();
+        let err = Mounted::try_mount(&store, &reference, true, &wrong)
+            .err()
+            .unwrap();
         assert!(err.contains(why), "{err}");
     };
     let (layer, referrer, root) = &printed[2];
@@ -302,7 +254,7 @@ fn altered_chunks_of_a_verified_layer_are_eio_and_only_they() {
     drop(data);
 
     let store = work.path().join("store");
-    let (mount, said) = Mounted::try_new(&store, &reference, &flags).unwrap();
+    let (mount, said) = Mounted::try_mount(&store, &reference, true, &flags).unwrap();
     assert!(!said.contains("UNVERIFIED"), "{said}");
     let victim = std::fs::File::open(mount.path("tar/victim")).unwrap();
     let want = noise(2, VICTIM);

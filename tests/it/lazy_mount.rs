@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use crate::common::lazy::{ranges, Mounted};
 use crate::common::pulled::{as_nobody, open_dev_fuse, tar_of, walk_and_unmount_as_nobody};
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
 use crate::common::{bin, have, run, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
@@ -69,56 +70,6 @@ fn lazy_layout(dir: &Path) -> (PathBuf, String, u64) {
     (layout, digest, size)
 }
 
-/// A mount made by the binary, unmounted on drop.
-struct Mounted(tempfile::TempDir);
-
-impl Mounted {
-    /// `erofs-fuse mount [--lazy] REF DIR --store STORE FLAGS...`, and
-    /// what it printed on stderr.
-    fn new(store: &Path, reference: &str, lazy: bool, flags: &[String]) -> (Self, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(bin());
-        cmd.arg("mount");
-        if lazy {
-            cmd.arg("--lazy");
-        }
-        cmd.arg(reference).arg(dir.path()).arg("--store").arg(store);
-        let out = run_ok(cmd.args(flags));
-        (Self(dir), String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.path().join(name)
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("fusermount3")
-            .arg("-u")
-            .arg(self.0.path())
-            .status();
-    }
-}
-
-/// The range requests for blob `digest` in the registry's access log so
-/// far, and the bytes they carried.
-fn ranges(reg: &Registry, digest: &str) -> (usize, u64) {
-    let log = reg.log();
-    let lines = log
-        .lines()
-        .filter(|l| l.contains(&format!("/blobs/{digest} ")) && l.contains("\" 206 "));
-    let mut count = 0;
-    let mut bytes = 0;
-    for line in lines {
-        count += 1;
-        let after = line.split("\" 206 ").nth(1).unwrap_or_default();
-        let n = after.split_whitespace().next().unwrap_or_default();
-        bytes += n.parse::<u64>().unwrap_or(0);
-    }
-    (count, bytes)
-}
-
 /// `erofs-fuse ARGS... --store STORE FLAGS...`.
 fn cli(store: &Path, args: &[&str], flags: &[String]) -> Output {
     run(Command::new(bin())
@@ -144,7 +95,7 @@ fn lazy_mounts_fetch_what_is_read_and_survive_the_registry() {
 
     // Mounted: the tar layer pulled, the EROFS layer lazy and unverified.
     let start = Instant::now();
-    let (mount, said) = Mounted::new(&store, &reference, true, &flags);
+    let (mount, said) = Mounted::mount(&store, &reference, true, &flags);
     let mounted_in = start.elapsed();
     eprint!("{said}");
     assert!(
@@ -202,7 +153,7 @@ fn lazy_mounts_fetch_what_is_read_and_survive_the_registry() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (pulled, said) = Mounted::new(&whole, &reference, false, &flags);
+    let (pulled, said) = Mounted::mount(&whole, &reference, false, &flags);
     assert!(!said.contains("lazy"), "{said}");
     assert_eq!(lazy_tree, tree_manifest(pulled.0.path()));
     drop(pulled);
@@ -211,7 +162,7 @@ fn lazy_mounts_fetch_what_is_read_and_survive_the_registry() {
     // needs no registry at all once the cache is complete.
     let before = ranges(&reg, &digest);
     reg.kill();
-    let (again, said) = Mounted::new(&store, &reference, true, &flags);
+    let (again, said) = Mounted::mount(&store, &reference, true, &flags);
     assert!(said.contains("UNVERIFIED"), "{said}");
     assert_eq!(tree_manifest(again.0.path()), lazy_tree);
     assert_eq!(ranges(&reg, &digest), before);
@@ -233,7 +184,7 @@ fn lazy_mounts_fetch_what_is_read_and_survive_the_registry() {
         .count();
     assert_eq!(whole_gets, 1, "only the pull into `whole` fetched it whole");
     assert!(store.join(&digest).join("layer.erofs").is_file());
-    let (pulled, said) = Mounted::new(&store, &reference, false, &flags);
+    let (pulled, said) = Mounted::mount(&store, &reference, false, &flags);
     assert!(!said.contains("lazy"), "{said}");
     assert_eq!(tree_manifest(pulled.0.path()), lazy_tree);
     drop(pulled);
@@ -301,7 +252,7 @@ fn rootless_lazy_mount_with_the_default_store() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (pulled, _) = Mounted::new(&whole, &reference, false, &flags);
+    let (pulled, _) = Mounted::mount(&whole, &reference, false, &flags);
     assert_eq!(walk, tree_manifest(pulled.0.path()));
 }
 

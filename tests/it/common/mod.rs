@@ -2,6 +2,7 @@
 //! cargo's target tmpdir), the fixture table, privilege checks, commands.
 #![allow(dead_code)]
 
+pub mod lazy;
 pub mod pulled;
 pub mod registry;
 #[cfg(feature = "privileged")]
