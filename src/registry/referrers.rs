@@ -25,6 +25,9 @@ pub const TAR_INDEX_MEDIA_TYPE: &str = "application/vnd.erofs-fuse.tar-index.v1.
 pub const ZINFO_MEDIA_TYPE: &str = "application/vnd.erofs-fuse.gzip-zinfo.v1";
 /// The dm-verity tree blob: superblock at offset 0, then the tree.
 pub const VERITY_TREE_MEDIA_TYPE: &str = "application/vnd.erofs-fuse.verity-tree.v1";
+/// A dm-verity tree over the tar index (as the data's), so that a mount
+/// can read the index on demand too, verified.
+pub const TAR_INDEX_TREE_MEDIA_TYPE: &str = "application/vnd.erofs-fuse.tar-index-tree.v1";
 
 /// Annotation: the digest of the layer the artifact describes.
 pub const LAYER_ANNOTATION: &str = "org.erofs-fuse.layer.digest";
@@ -36,6 +39,8 @@ pub const ROOT_ANNOTATION: &str = "org.erofs-fuse.verity.root";
 /// bits, as a version 2 zinfo stores them before its window), lowercase
 /// hex: with it a reader fetches only the windows of the spans it reads.
 pub const ZINFO_TABLE_ANNOTATION: &str = "org.erofs-fuse.zinfo.checkpoints";
+/// The root hash of the tar index's tree, lowercase hex.
+pub const INDEX_ROOT_ANNOTATION: &str = "org.erofs-fuse.tar-index.root";
 /// Largest checkpoint table accepted (60k checkpoints: a 240 GiB layer at
 /// a 4 MiB span).
 pub const MAX_ZINFO_TABLE: usize = 1 << 20;
@@ -90,6 +95,9 @@ pub struct LayerIndex {
     /// ([`ZINFO_TABLE_ANNOTATION`]).
     #[serde(default)]
     pub zinfo_table: Option<Vec<u8>>,
+    /// The tar index's tree and root hash, when the artifact gives them.
+    #[serde(default)]
+    pub index_tree: Option<(BlobRef, [u8; 32])>,
 }
 
 /// A descriptor as the artifact writes them.
@@ -148,6 +156,8 @@ pub struct ArtifactParts {
     pub root: [u8; 32],
     /// The zinfo's checkpoint table, if any.
     pub zinfo_table: Option<Vec<u8>>,
+    /// The tar index's tree blob and root hash, if any.
+    pub index_tree: Option<(BlobRef, [u8; 32])>,
 }
 
 /// Lowercase hex of `bytes`.
@@ -170,6 +180,9 @@ pub fn artifact_manifest(parts: &ArtifactParts) -> Vec<u8> {
         layers.push(blob(ZINFO_MEDIA_TYPE, b));
     }
     layers.push(blob(VERITY_TREE_MEDIA_TYPE, &parts.tree));
+    if let Some((b, _)) = &parts.index_tree {
+        layers.push(blob(TAR_INDEX_TREE_MEDIA_TYPE, b));
+    }
     let manifest = ArtifactManifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.into()),
@@ -198,6 +211,9 @@ pub fn annotations(parts: &ArtifactParts) -> BTreeMap<String, String> {
     ]);
     if let Some(table) = &parts.zinfo_table {
         notes.insert(ZINFO_TABLE_ANNOTATION.to_string(), hex(table));
+    }
+    if let Some((_, root)) = &parts.index_tree {
+        notes.insert(INDEX_ROOT_ANNOTATION.to_string(), hex(root));
     }
     notes
 }
@@ -272,7 +288,7 @@ impl LayerIndex {
             .filter(|s| *s <= MAX_DATA_SIZE && size_text.bytes().all(|b| b.is_ascii_digit()))
             .ok_or_else(|| format!("data size {size_text:?} is not a number up to 2^48"))?;
         let root = parse_root(note(ROOT_ANNOTATION)?)?;
-        let (mut tar_index, mut zinfo, mut tree) = (None, None, None);
+        let (mut tar_index, mut zinfo, mut tree, mut index_tree) = (None, None, None, None);
         for d in &m.layers {
             if !is_sha256_digest(&d.digest) {
                 return Err(format!("blob {:?} is not a sha256 digest", d.digest));
@@ -281,6 +297,7 @@ impl LayerIndex {
                 TAR_INDEX_MEDIA_TYPE => (&mut tar_index, MAX_TAR_INDEX),
                 ZINFO_MEDIA_TYPE => (&mut zinfo, MAX_ZINFO),
                 VERITY_TREE_MEDIA_TYPE => (&mut tree, data_size / 64 + TREE_SLACK),
+                TAR_INDEX_TREE_MEDIA_TYPE => (&mut index_tree, tree_size(MAX_TAR_INDEX)),
                 other => return Err(format!("unknown blob media type {other:?}")),
             };
             if d.size > max {
@@ -308,6 +325,17 @@ impl LayerIndex {
         if zinfo.is_some() && tar_index.is_none() {
             return Err("a zinfo without a tar index".into());
         }
+        let index_tree = match (index_tree, m.annotations.get(INDEX_ROOT_ANNOTATION)) {
+            (None, None) => None,
+            (Some(t), Some(root)) => match &tar_index {
+                Some(i) if t.size == tree_size(i.size) => Some((t, parse_root(root)?)),
+                Some(_) => {
+                    return Err("a tar index tree of another size than the index takes".into())
+                }
+                None => return Err("a tar index tree without a tar index".into()),
+            },
+            _ => return Err("a tar index tree and its root go together".into()),
+        };
         let zinfo_table = match m.annotations.get(ZINFO_TABLE_ANNOTATION) {
             Some(_) if zinfo.is_none() => return Err("a checkpoint table without a zinfo".into()),
             Some(text) => Some(
@@ -325,6 +353,7 @@ impl LayerIndex {
             tree,
             root,
             zinfo_table,
+            index_tree,
         })
     }
 }

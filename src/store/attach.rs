@@ -217,6 +217,16 @@ impl Job<'_> {
             })
         };
         push(EMPTY_CONFIG)?;
+        let index_tree = match &computed.tar_index {
+            Some(index) => {
+                let size = index.len() as u64;
+                let params = containerd_params(size, uuid_of(&self.layer.digest));
+                let tree = tree_of_stream(&mut &index[..], size, &params)
+                    .map_err(|e| Error::Invalid(format!("the tar index's tree: {e}")))?;
+                Some((push(&tree.hash_area)?, tree.root))
+            }
+            None => None,
+        };
         let parts = ArtifactParts {
             subject: subject.clone(),
             layer: self.layer.digest.clone(),
@@ -231,6 +241,7 @@ impl Job<'_> {
                 .map(|bytes| Zinfo::parse(bytes).map(|z| z.table()))
                 .transpose()
                 .map_err(|e| Error::Invalid(format!("the zinfo made: {e}")))?,
+            index_tree,
         };
         let bytes = artifact_manifest(&parts);
         let digest = sha256_digest(&bytes);

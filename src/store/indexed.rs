@@ -39,14 +39,22 @@ use super::layout::is_layer_name;
 /// Suffixes of the files kept beside a layer's cache for its index
 /// artifact, longest first (gc removes them with the cache): the tar
 /// index, the zinfo, and the tree's chunk cache and its map.
-pub(crate) const ARTIFACT_SUFFIXES: [&str; 6] = [
+pub(crate) const ARTIFACT_SUFFIXES: [&str; 10] = [
+    ".meta.tree.chunks",
     ".tree.chunks",
     ".windows.chunks",
+    ".meta.chunks",
+    ".meta.tree",
     ".index",
     ".zinfo",
     ".tree",
     ".windows",
+    ".meta",
 ];
+/// The tar index's cache, when read on demand: `LAYER.meta`.
+const META_SUFFIX: &str = ".meta";
+/// Its chunk: metadata is read a few blocks at a time.
+const META_CHUNK: u64 = 16 << 10;
 /// The zinfo's cache, when read on demand: `LAYER.windows`.
 const WINDOWS_SUFFIX: &str = ".windows";
 /// The tree's cache: `LAYER.tree`.
@@ -57,16 +65,6 @@ const TREE_CHUNK: u64 = 16 << 10;
 const MAX_INDEX: u64 = 1 << 30;
 /// Largest zinfo fetched (the reader's own limit).
 const MAX_ZINFO: u64 = crate::gzran::zinfo::MAX_FILE;
-
-/// How a lazy layer's root hash is trusted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trust {
-    /// The user gave it (`--verity-root`).
-    Pinned,
-    /// It came with the referrer the registry listed: data altered on the
-    /// way or in a mirror is caught, a registry forging both is not.
-    FromRegistry,
-}
 
 /// Opens `layer` lazily through its index artifact `index` (whose root hash
 /// is `root`: the artifact's, or the one the user pinned), its data fetched
@@ -87,20 +85,22 @@ pub fn open_indexed_layer(
         return Err(named(format!("it describes layer {}", index.layer)));
     }
     let dir = store.lazy_dir();
-    let leaves = tree(dir, &source, digest, index, root)?;
+    let leaves = cached_tree(
+        dir,
+        &source,
+        &format!("{digest}{TREE_SUFFIX}"),
+        &index.tree,
+        root,
+        index.data_size,
+    )?;
     let blob: Arc<dyn ChunkSource> = Arc::new(RemoteBlob {
         source: source.clone(),
         digest: digest.clone(),
         size: layer.size,
     });
-    let (data, primary): (Arc<dyn ChunkSource>, Option<File>) = match layer.kind {
-        LayerKind::Erofs | LayerKind::Tar => {
-            let primary = match layer.kind {
-                LayerKind::Tar => Some(tar_index(dir, source.as_ref(), digest, index)?),
-                _ => None,
-            };
-            (blob, primary)
-        }
+    let (data, primary): (Arc<dyn ChunkSource>, Option<Device>) = match layer.kind {
+        LayerKind::Erofs => (blob, None),
+        LayerKind::Tar => (blob, Some(index_device(dir, &source, digest, index)?)),
         LayerKind::TarGzip => {
             let zinfo = index
                 .zinfo
@@ -110,7 +110,7 @@ pub fn open_indexed_layer(
             let gz = GzSource::new(blob, Arc::new(zinfo), Some(index.data_size))?;
             (
                 Arc::new(gz),
-                Some(tar_index(dir, source.as_ref(), digest, index)?),
+                Some(index_device(dir, &source, digest, index)?),
             )
         }
         LayerKind::TarZstd => {
@@ -127,10 +127,7 @@ pub fn open_indexed_layer(
     let device = Device::lazy(Arc::clone(&cache))?;
     let opened = match primary {
         None => Image::from_devices(device, Vec::new()),
-        Some(index_file) => {
-            let path = safe_fs::proc_path(index_file.as_fd());
-            Image::from_devices(Device::open(&path, 0)?, vec![device])
-        }
+        Some(index) => Image::from_devices(index, vec![device]),
     };
     let image = opened.map_err(|e| match e {
         e @ (Error::Registry(_) | Error::Io { .. } | Error::Verity(_)) => e,
@@ -142,39 +139,75 @@ pub fn open_indexed_layer(
     Ok((image, cache))
 }
 
-/// The verity tree of `index`, read on demand through its own chunk cache
-/// (`LAYER.tree`), checked against `root` down to the level above the
-/// leaves.
-fn tree(
+/// The verity tree `blob` (root hash `root`, over `data_len` bytes), read
+/// on demand through its own chunk cache `name` in `dir`, checked against
+/// the root down to the level above the leaves.
+fn cached_tree(
     dir: &OutputDir,
     source: &Arc<dyn ImageSource>,
-    digest: &str,
-    index: &LayerIndex,
+    name: &str,
+    blob: &BlobRef,
     root: &[u8; 32],
+    data_len: u64,
 ) -> Result<TrustedLeaves> {
-    let name = format!("{digest}{TREE_SUFFIX}");
-    if index.tree.size > MAX_TREE {
+    let shown = dir.path().join(name).display().to_string();
+    if blob.size > MAX_TREE {
         return Err(Error::Invalid(format!(
-            "{}: tree {} is {} bytes, more than {MAX_TREE}",
-            dir.path().join(&name).display(),
-            index.tree.digest,
-            index.tree.size
+            "{shown}: tree {} is {} bytes, more than {MAX_TREE}",
+            blob.digest, blob.size
         )));
     }
-    let blob = Arc::new(RemoteBlob {
+    let remote = Arc::new(RemoteBlob {
         source: source.clone(),
-        digest: index.tree.digest.clone(),
-        size: index.tree.size,
+        digest: blob.digest.clone(),
+        size: blob.size,
     });
     let options = CacheOptions {
         chunk_size: TREE_CHUNK,
         max_request: 16 * TREE_CHUNK,
         ..CacheOptions::default()
     };
-    let key = &index.tree.digest;
-    let cache = ChunkCache::open(dir.fd(), dir.path(), &name, key, blob, &options)?;
-    let shown = dir.path().join(&name).display().to_string();
-    TrustedLeaves::cached(&shown, Arc::new(cache), root, index.data_size)
+    let cache = ChunkCache::open(dir.fd(), dir.path(), name, &blob.digest, remote, &options)?;
+    TrustedLeaves::cached(&shown, Arc::new(cache), root, data_len)
+}
+
+/// The tar index of a tar layer's `index` as a device: read on demand and
+/// verified when the artifact has a tree for it (`LAYER.meta`, its tree
+/// `LAYER.meta.tree`), else fetched whole (`LAYER.index`, its digest
+/// checked).
+fn index_device(
+    dir: &OutputDir,
+    source: &Arc<dyn ImageSource>,
+    digest: &str,
+    index: &LayerIndex,
+) -> Result<Device> {
+    let blob = index.tar_index.as_ref().ok_or_else(|| {
+        Error::Invalid(format!(
+            "layer {digest}: index {}: a tar layer's index needs a tar index",
+            index.artifact
+        ))
+    })?;
+    let Some((tree, root)) = &index.index_tree else {
+        let file = fetch_artifact(dir, source.as_ref(), digest, ".index", blob, MAX_INDEX)?;
+        return Device::open(&safe_fs::proc_path(file.as_fd()), 0);
+    };
+    let tree_name = format!("{digest}{META_SUFFIX}{TREE_SUFFIX}");
+    let leaves = cached_tree(dir, source, &tree_name, tree, root, blob.size)?;
+    let remote = Arc::new(RemoteBlob {
+        source: source.clone(),
+        digest: blob.digest.clone(),
+        size: blob.size,
+    });
+    let verified = Arc::new(VerifiedSource::new(remote, leaves)?);
+    let options = CacheOptions {
+        chunk_size: META_CHUNK,
+        max_request: 16 * META_CHUNK,
+        ..CacheOptions::default()
+    };
+    let name = format!("{digest}{META_SUFFIX}");
+    let key = cache_key(&blob.digest, root);
+    let cache = ChunkCache::open(dir.fd(), dir.path(), &name, &key, verified, &options)?;
+    Device::lazy(Arc::new(cache))
 }
 
 /// The zinfo `blob` of a gzip layer: with its checkpoint `table` (from the
@@ -215,22 +248,6 @@ fn open_zinfo(
     // The span is informational: the table's checkpoints are what count.
     Zinfo::from_table(crate::gzran::zinfo::DEFAULT_SPAN, table, windows)
         .map_err(|e| invalid(&name, e))
-}
-
-/// The tar index of a tar layer's `index`, fetched or kept.
-fn tar_index(
-    dir: &OutputDir,
-    source: &dyn ImageSource,
-    digest: &str,
-    index: &LayerIndex,
-) -> Result<File> {
-    let blob = index.tar_index.as_ref().ok_or_else(|| {
-        Error::Invalid(format!(
-            "layer {digest}: index {}: a tar layer's index needs a tar index",
-            index.artifact
-        ))
-    })?;
-    fetch_artifact(dir, source, digest, ".index", blob, MAX_INDEX)
 }
 
 /// The file `LAYER.SUFFIX` of `dir` holding `blob` (at most `max` bytes):
@@ -388,7 +405,8 @@ mod tests {
 
     /// The fixture layer (`layer.tar.gz`) with its tar index and zinfo
     /// (mkfs.erofs's) and a tree over its tar, served; `kind` says whether
-    /// the layer blob is the gzip or the tar.
+    /// the layer blob is the gzip or the tar. The gzip one's index has a
+    /// tree too (read on demand), the tar one's not (fetched whole).
     fn layer(kind: LayerKind) -> (Served, LayerRecord, LayerIndex, Vec<u8>) {
         let gz = gunzip("layer.tar.gz.gz");
         let tar = gunzip("tar-index.tar.gz");
@@ -403,6 +421,13 @@ mod tests {
             tar.clone()
         };
         let layer = blob_ref(&mut served, data);
+        let index_tree = match kind {
+            LayerKind::TarGzip => {
+                let (tree, root) = tree_for_tests(&gunzip("tar-index.erofs.gz"));
+                Some((blob_ref(&mut served, tree), root))
+            }
+            _ => None,
+        };
         let index = LayerIndex {
             artifact: format!("sha256:{}", "cd".repeat(32)),
             layer: layer.digest.clone(),
@@ -412,6 +437,7 @@ mod tests {
             tree: blob_ref(&mut served, tree),
             root,
             zinfo_table: None,
+            index_tree,
         };
         let record = LayerRecord {
             digest: layer.digest,
@@ -505,5 +531,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A tar index read on demand is verified like the data: a byte of it
+    /// served altered fails the open, nothing is shown.
+    #[test]
+    fn an_altered_tar_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (mut served, record, index, _) = layer(LayerKind::TarGzip);
+        let blob = index.tar_index.clone().unwrap();
+        // In the superblock (at 1024): the image cannot open.
+        served.flip = Some((blob.digest, 1100));
+        let opened = open_indexed_layer(
+            &store,
+            Arc::new(served),
+            &record,
+            &index,
+            &index.root,
+            &CacheOptions::default(),
+        );
+        let err = opened.err().unwrap();
+        assert!(matches!(err, Error::Verity(_)), "{err}");
     }
 }

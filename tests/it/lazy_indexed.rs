@@ -161,6 +161,17 @@ fn indexed_layers_read_lazily_verified_and_equal_the_pulled_image() {
     }
     assert!(said.contains(&format!("{}: pulled", digests[3])), "{said}");
     assert!(!said.contains("UNVERIFIED"), "{said}");
+    // The tar indexes are read on demand too (through their own trees),
+    // not fetched whole.
+    let lazy = store.join("lazy");
+    for digest in &digests[..2] {
+        assert!(lazy.join(format!("{digest}.meta")).is_file(), "{digest}");
+        assert!(
+            lazy.join(format!("{digest}.meta.tree")).is_file(),
+            "{digest}"
+        );
+        assert!(!lazy.join(format!("{digest}.index")).exists(), "{digest}");
+    }
 
     // One small file of the gzip layer: a fraction of its blob fetched.
     let gz_size = std::fs::metadata(reg.blob_data(&digests[0])).unwrap().len();

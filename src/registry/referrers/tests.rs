@@ -29,6 +29,13 @@ fn parts() -> ArtifactParts {
         },
         root: [0xab; 32],
         zinfo_table: Some(vec![1, 2, 0xfe]),
+        index_tree: Some((
+            BlobRef {
+                digest: digest('6'),
+                size: tree_size(4096),
+            },
+            [0xcd; 32],
+        )),
     }
 }
 
@@ -60,7 +67,8 @@ fn artifact_manifest_round_trips() {
         [
             TAR_INDEX_MEDIA_TYPE,
             ZINFO_MEDIA_TYPE,
-            VERITY_TREE_MEDIA_TYPE
+            VERITY_TREE_MEDIA_TYPE,
+            TAR_INDEX_TREE_MEDIA_TYPE
         ]
     );
     assert_eq!(v["annotations"][ROOT_ANNOTATION], "ab".repeat(32));
@@ -77,8 +85,10 @@ fn artifact_manifest_round_trips() {
             tree: parts.tree.clone(),
             root: [0xab; 32],
             zinfo_table: Some(vec![1, 2, 0xfe]),
+            index_tree: parts.index_tree.clone(),
         }
     );
+    assert_eq!(v["annotations"][INDEX_ROOT_ANNOTATION], "cd".repeat(32));
     assert_eq!(v["annotations"][ZINFO_TABLE_ANNOTATION], "0102fe");
     let typed: ArtifactManifest = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(serde_json::to_vec(&typed).unwrap(), bytes);
@@ -101,6 +111,19 @@ fn parsing_refuses_what_is_not_a_layer_index() {
         edited(&good, |v| v["artifactType"] = "application/other".into()),
         "not ours",
     );
+    refused(
+        edited(&good, |v| {
+            v["annotations"]
+                .as_object_mut()
+                .unwrap()
+                .remove(INDEX_ROOT_ANNOTATION);
+        }),
+        "go together",
+    );
+    refused(
+        edited(&good, |v| v["layers"][3]["size"] = 8192.into()),
+        "another size than the index takes",
+    );
     for table in ["0g", "012", "ABCD"] {
         refused(
             edited(&good, |v| {
@@ -117,7 +140,7 @@ fn parsing_refuses_what_is_not_a_layer_index() {
     );
     refused(
         edited(&good, |v| {
-            v["layers"].as_array_mut().unwrap().pop().map(drop).unwrap()
+            v["layers"].as_array_mut().unwrap().remove(2);
         }),
         "no verity tree",
     );
