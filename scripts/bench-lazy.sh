@@ -271,8 +271,8 @@ print(sum(l["size"] for l in json.load(open(d + "/blobs/sha256/" + m))["layers"]
 }
 
 # The median of the numbers on stdin (the mean of the middle two for an
-# even count).
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+# even count), in plain notation for bc.
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) printf "%.6f\n", v[(NR + 1) / 2]; else printf "%.6f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 report() {
     local total=$1 name s b

@@ -27,39 +27,49 @@ pub fn open_lazily(
     let pins = pins(&args.verity_roots, record)?;
     // Shared with pulls, exclusive for gc: no cache removed while opened.
     let _lock = store.lock(false)?;
-    let mut source: Option<Arc<dyn ImageSource>> = None;
-    let mut images = Vec::with_capacity(record.layers.len());
-    let mut unverified = 0;
-    for (i, layer) in record.layers.iter().enumerate() {
-        let digest = &layer.digest;
-        if store.has_layer(digest) {
-            eprintln!("layer {i} {digest}: pulled (in the store)");
-            images.push(Arc::new(open_with(&store.layer_image(digest), open)?));
-            continue;
-        }
-        let source = match &source {
-            Some(source) => Arc::clone(source),
-            None => {
+    let source: Option<Arc<dyn ImageSource>> =
+        match record.layers.iter().all(|l| store.has_layer(&l.digest)) {
+            true => None,
+            false => {
                 let options = super::pull::client_options(&args.source)?;
-                let opened: Arc<dyn ImageSource> = Arc::from(image.open(&options)?);
-                source.insert(opened).clone()
+                Some(Arc::from(image.open(&options)?))
             }
         };
-        let options = CacheOptions {
-            prefetch: args.prefetch,
-            ..erofs_fuse::store::lazy::cache_options()
+    let options = CacheOptions {
+        prefetch: args.prefetch,
+        ..erofs_fuse::store::lazy::cache_options()
+    };
+    // Opening a lazy layer costs round trips (its superblock, its root
+    // directory, its trees' tops): layers open at once, a few threads.
+    let open_one = |i: usize| -> Result<(Arc<Image>, String)> {
+        let layer = &record.layers[i];
+        let digest = &layer.digest;
+        let source = match (&source, store.has_layer(digest)) {
+            (Some(source), false) => Arc::clone(source),
+            _ => {
+                let image = open_with(&store.layer_image(digest), open)?;
+                return Ok((Arc::new(image), "pulled (in the store)".into()));
+            }
         };
         let pin = (record.manifest_digest.as_str(), pins.get(digest));
-        let (mut lazy, how) = open_layer(store, source, layer, pin, &options)
+        let ((mut image, cache), how) = open_layer(store, source, layer, pin, &options)
             .with_context(|| format!("layer {i} {digest}"))?;
-        unverified += usize::from(how.starts_with("UNVERIFIED"));
-        lazy.0.set_cache_size(open.cache_size);
-        let stats = lazy.1.stats();
-        eprintln!(
-            "layer {i} {digest}: lazy, {how}, {}/{} chunks cached",
+        image.set_cache_size(open.cache_size);
+        let stats = cache.stats();
+        let line = format!(
+            "lazy, {how}, {}/{} chunks cached",
             stats.present, stats.chunks
         );
-        images.push(Arc::new(lazy.0));
+        Ok((Arc::new(image), line))
+    };
+    let opened = in_parallel(record.layers.len(), OPEN_THREADS, &open_one);
+    let mut images = Vec::with_capacity(record.layers.len());
+    let mut unverified = 0;
+    for (i, result) in opened.into_iter().enumerate() {
+        let (image, line) = result?;
+        eprintln!("layer {i} {}: {line}", record.layers[i].digest);
+        unverified += usize::from(line.starts_with("lazy, UNVERIFIED"));
+        images.push(image);
     }
     if unverified > 0 {
         eprintln!(
@@ -67,6 +77,39 @@ pub fn open_lazily(
         );
     }
     Ok(images)
+}
+
+/// Layers opened at once by `mount --lazy`.
+const OPEN_THREADS: usize = 8;
+
+/// `job(0..count)` on up to `threads` threads, the results in order.
+fn in_parallel<T: Send>(
+    count: usize,
+    threads: usize,
+    job: &(dyn Fn(usize) -> Result<T> + Sync),
+) -> Vec<Result<T>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Result<T>>>> =
+        (0..count).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(count) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let result = job(i);
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|slot| {
+            let taken = slot.into_inner().unwrap_or_else(|p| p.into_inner());
+            taken.unwrap_or_else(|| Err(CliError::msg("a layer's opening thread failed")))
+        })
+        .collect()
 }
 
 /// What `--verity-root` pins for a layer.
