@@ -81,6 +81,21 @@ pub struct CacheStats {
     pub chunks: u64,
 }
 
+/// How long after a failed fetch the next read of its chunks fails at
+/// once, unfetched (once): the kernel retries a failed readahead right
+/// away, which would otherwise wait out a second deadline.
+const FAILED_FOR: Duration = Duration::from_millis(250);
+
+/// The last fetch that failed.
+struct Failed {
+    first: u64,
+    last: u64,
+    at: Instant,
+    message: String,
+    /// A read was failed for it already (the retry it stands for).
+    used: bool,
+}
+
 /// The chunks present and being fetched, under the cache's lock.
 struct State {
     present: Vec<u8>,
@@ -88,6 +103,8 @@ struct State {
     present_count: u64,
     /// Requests in flight.
     fetching: usize,
+    /// The last failed fetch, for [`FAILED_FOR`].
+    failed: Option<Failed>,
 }
 
 /// What [`ChunkCache::ensure`] does next for a range.
@@ -178,6 +195,14 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// Whether chunks `first..=last` meet a fetch that failed less than
+/// [`FAILED_FOR`] ago.
+fn failed_recently(state: &State, first: u64, last: u64) -> bool {
+    state.failed.as_ref().is_some_and(|f| {
+        !f.used && f.at.elapsed() < FAILED_FOR && first <= f.last && f.first <= last
+    })
+}
+
 impl ChunkCache {
     /// Opens the cache `name` in the directory `dir` (named `dir_path` in
     /// errors) for the device `source` reads, `key` naming its content (a
@@ -256,6 +281,7 @@ impl ChunkCache {
                 present,
                 present_count,
                 fetching: 0,
+                failed: None,
             }),
             changed: Condvar::new(),
             complete: AtomicBool::new(present_count == chunks),
@@ -372,6 +398,9 @@ impl ChunkCache {
                 Plan::Done => return Ok(()),
                 // Fetched meanwhile by another process sharing the cache.
                 Plan::Fetch(first, last) if self.refresh(&mut state, first, last)? => continue,
+                Plan::Fetch(first, last) if failed_recently(&state, first, last) => {
+                    return Err(self.still_failing(&mut state))
+                }
                 Plan::Fetch(first, last) if state.fetching < self.max_in_flight => {
                     map::set_range(&mut state.in_flight, first..=last, true);
                     state.fetching += 1;
@@ -395,11 +424,34 @@ impl ChunkCache {
                 last,
                 done: false,
             };
-            self.fetch(first, last)?;
+            if let Err(e) = self.fetch(first, last) {
+                let at = Instant::now();
+                let message = e.to_string();
+                self.lock().failed = Some(Failed {
+                    first,
+                    last,
+                    at,
+                    message,
+                    used: false,
+                });
+                return Err(e);
+            }
             claim.done = true;
             drop(claim);
             waiting_since = None;
         }
+    }
+
+    /// The error for chunks whose fetch failed less than [`FAILED_FOR`] ago.
+    fn still_failing(&self, state: &mut State) -> Error {
+        if let Some(f) = state.failed.as_mut() {
+            f.used = true;
+        }
+        let why = state.failed.as_ref().map_or("", |f| f.message.as_str());
+        Error::Registry(format!(
+            "{}: not fetched again within {FAILED_FOR:?} of failing: {why}",
+            self.path.display()
+        ))
     }
 
     /// Marks present the chunks of `first..=last` the map on disk lists
