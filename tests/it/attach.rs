@@ -228,6 +228,29 @@ fn check_tar_index(
         "index of {}",
         index.layer
     );
+    // The index's own tree: veritysetup's over the index, its root the
+    // annotation's.
+    let (tree, root) = index
+        .index_tree
+        .as_ref()
+        .expect("a tree over the tar index");
+    let fetched =
+        std::fs::read(fetch(client, &tree.digest, tree.size, &work.join("itree"))).unwrap();
+    let index_bytes = std::fs::read(&got).unwrap();
+    let theirs = veritysetup_tree(work, &index_bytes, &index.layer);
+    assert_eq!(
+        sha256(&fetched),
+        sha256(&theirs),
+        "index tree of {}",
+        index.layer
+    );
+    let verified = erofs_fuse::verity::verify(
+        &std::fs::File::open(work.join("padded")).unwrap(),
+        &std::fs::File::open(work.join("itree")).unwrap(),
+        0,
+        root,
+    );
+    assert!(verified.is_ok(), "{}: {verified:?}", index.layer);
     if let Some(zinfo) = &index.zinfo {
         let fetched = fetch(client, &zinfo.digest, zinfo.size, &work.join("zinfo"));
         assert_eq!(
@@ -237,7 +260,13 @@ fn check_tar_index(
             index.layer
         );
     }
-    for name in ["convert.tar", "convert.zinfo", "convert.erofs", "blob"] {
+    for name in [
+        "convert.tar",
+        "convert.zinfo",
+        "convert.erofs",
+        "blob",
+        "itree",
+    ] {
         let _ = std::fs::remove_file(work.join(name));
     }
 }
