@@ -220,11 +220,14 @@ impl<'a, R: Read> Tee<'a, R> {
         self.count
     }
 
-    /// Flushes the copy to disk.
-    pub fn finish(self) -> io::Result<()> {
+    /// Flushes the copy, and with `durable` syncs it to disk (a copy kept
+    /// as a file; a temporary one, read back and dropped, needs no sync).
+    pub fn finish(self, durable: bool) -> io::Result<()> {
         if let Some(copy) = self.copy {
             let file = copy.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
+            if durable {
+                file.sync_all()?;
+            }
         }
         Ok(())
     }

@@ -184,7 +184,11 @@ pub(crate) fn convert_at(
     io::copy(&mut stream, &mut io::sink()).map_err(|e| ConvertError::io(input, e))?;
     let tar_size = stream.written();
     let tar_name = copy.keep.as_ref().map_or(input, |t| t.path.as_path());
-    stream.finish().map_err(|e| ConvertError::io(tar_name, e))?;
+    // The temporary copy appended to the image is synced there, once.
+    let durable = copy.keep.is_some();
+    stream
+        .finish(durable)
+        .map_err(|e| ConvertError::io(tar_name, e))?;
     let (input_digest, tar_digest) = source.digests();
     source.done();
 
