@@ -174,8 +174,8 @@ fn open_layer(
             return Err(invalid(format!(
                 "its layer index {} has root hash {}, not the {} --verity-root gives",
                 index.artifact,
-                hex(&index.root),
-                hex(root)
+                erofs_fuse::format::hex(&index.root),
+                erofs_fuse::format::hex(root)
             )))
         }
         Some(Pin::Root(_)) => "verified (root hash pinned by --verity-root)".to_string(),
@@ -213,9 +213,4 @@ fn pins(values: &[String], record: &ImageRecord) -> Result<BTreeMap<String, Pin>
         }
     }
     Ok(pins)
-}
-
-/// Lowercase hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -231,11 +231,7 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 }
 
 fn hex_digest(hash: &[u8]) -> String {
-    let mut text = String::from("sha256:");
-    for b in hash {
-        text.push_str(&format!("{b:02x}"));
-    }
-    text
+    format!("sha256:{}", crate::format::hex(hash))
 }
 
 /// Why a streamed blob was refused.

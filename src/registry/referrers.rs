@@ -160,11 +160,6 @@ pub struct ArtifactParts {
     pub index_tree: Option<(BlobRef, [u8; 32])>,
 }
 
-/// Lowercase hex of `bytes`.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The artifact manifest of `parts`: its bytes, ready to push.
 pub fn artifact_manifest(parts: &ArtifactParts) -> Vec<u8> {
     let blob = |media_type: &str, b: &BlobRef| Descriptor {
@@ -207,36 +202,31 @@ pub fn annotations(parts: &ArtifactParts) -> BTreeMap<String, String> {
             DATA_SIZE_ANNOTATION.to_string(),
             parts.data_size.to_string(),
         ),
-        (ROOT_ANNOTATION.to_string(), hex(&parts.root)),
+        (ROOT_ANNOTATION.to_string(), crate::format::hex(&parts.root)),
     ]);
     if let Some(table) = &parts.zinfo_table {
-        notes.insert(ZINFO_TABLE_ANNOTATION.to_string(), hex(table));
+        notes.insert(
+            ZINFO_TABLE_ANNOTATION.to_string(),
+            crate::format::hex(table),
+        );
     }
     if let Some((_, root)) = &parts.index_tree {
-        notes.insert(INDEX_ROOT_ANNOTATION.to_string(), hex(root));
+        notes.insert(INDEX_ROOT_ANNOTATION.to_string(), crate::format::hex(root));
     }
     notes
 }
 
 /// Bytes from lowercase hex of at most `max` bytes.
 fn from_hex(text: &str, max: usize) -> std::result::Result<Vec<u8>, String> {
-    let digit = |b: u8| match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        _ => None,
-    };
-    if !text.len().is_multiple_of(2) || text.len() / 2 > max {
-        return Err(format!(
-            "{} hex digits (an even number, at most {})",
-            text.len(),
-            2 * max
-        ));
+    if text.len() / 2 > max {
+        return Err(format!("{} hex digits (at most {})", text.len(), 2 * max));
     }
-    text.as_bytes()
-        .chunks_exact(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(|| "not lowercase hex".to_string())
+    let lowercase = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    crate::format::from_hex(text)
+        .filter(|_| lowercase)
+        .ok_or_else(|| "not an even number of lowercase hex digits".to_string())
 }
 
 /// The size of the tree `attach` makes over `data_size` bytes: 4 KiB
@@ -360,19 +350,10 @@ impl LayerIndex {
 
 /// 64 lowercase hex digits.
 fn parse_root(text: &str) -> std::result::Result<[u8; 32], String> {
-    let bad = || format!("root hash {text:?} is not 64 lowercase hex digits");
-    if text.len() != 64
-        || !text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        return Err(bad());
-    }
-    let mut root = [0u8; 32];
-    for (i, byte) in root.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(root)
+    from_hex(text, 32)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| format!("root hash {text:?} is not 64 lowercase hex digits"))
 }
 
 /// The layer-index artifacts that refer to manifest `subject`: the

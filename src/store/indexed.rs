@@ -311,7 +311,7 @@ fn open_kept(dir: &OutputDir, name: &str) -> Result<Option<File>> {
 fn digest_of(mut file: &File, path: &std::path::Path) -> Result<String> {
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
-    Ok(format!("sha256:{}", hex(&hasher.finalize())))
+    Ok(format!("sha256:{}", crate::format::hex(&hasher.finalize())))
 }
 
 /// Everything in `file` (sizes bounded by the fetch).
@@ -328,12 +328,7 @@ fn read_all(file: &File, path: &std::path::Path) -> Result<Vec<u8>> {
 /// The key of a verified layer's cache: a cache filled unverified (keyed
 /// by the digest alone) or for another tree is discarded, not trusted.
 pub(crate) fn cache_key(digest: &str, root: &[u8; 32]) -> String {
-    format!("{digest} verity {}", hex(root))
-}
-
-/// Lowercase hex.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{digest} verity {}", crate::format::hex(root))
 }
 
 #[cfg(test)]

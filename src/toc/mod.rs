@@ -20,8 +20,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use sha2::{Digest as _, Sha256};
-
 use crate::error::{Error, Result};
 
 pub use entry::{EntryType, TocEntry};
@@ -65,29 +63,13 @@ pub(crate) fn bad(blob: &Path, what: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{}: {what}", blob.display()))
 }
 
-/// Whether `digest` is `sha256:` and 64 lowercase hex digits.
-pub fn is_sha256(digest: &str) -> bool {
-    digest.strip_prefix("sha256:").is_some_and(|hex| {
-        hex.len() == 64
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
+pub use crate::registry::reference::is_sha256_digest as is_sha256;
 
-/// `sha256:<hex>` of `bytes`.
-pub(crate) fn sha256_digest(bytes: &[u8]) -> String {
-    hex_digest(&Sha256::digest(bytes))
-}
+pub(crate) use crate::registry::oci_layout::sha256_digest;
 
 /// `sha256:<hex>` of a finished hash.
 pub(crate) fn hex_digest(hash: &[u8]) -> String {
-    let mut out = String::with_capacity(71);
-    out.push_str("sha256:");
-    for b in hash {
-        out.push_str(&format!("{b:02x}"));
-    }
-    out
+    format!("sha256:{}", crate::format::hex(hash))
 }
 
 /// The blob's format, by its footer, if it has one of ours.

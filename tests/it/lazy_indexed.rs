@@ -11,8 +11,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use crate::common::lazy::{ranges, Mounted};
-use crate::common::pulled::{as_nobody, open_dev_fuse, tar_of, walk_and_unmount_as_nobody};
+use crate::common::lazy::{mount_lazy_as_nobody, ranges, Mounted};
+use crate::common::pulled::{open_dev_fuse, tar_of, walk_and_unmount_as_nobody};
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
 use crate::common::{bin, have, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
 
@@ -322,23 +322,7 @@ fn rootless_indexed_lazy_mount() {
     open_dev_fuse();
     let work = tempfile::tempdir().unwrap();
     let (_reg, reference, flags, _, _) = attached(work.path(), Variant::Token);
-    let home = tempfile::tempdir().unwrap();
-    let mnt = home.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        Command::new("chown")
-            .arg("-R")
-            .arg("65534:65534")
-            .arg(home.path()),
-    );
-    let out = run_ok(
-        as_nobody(home.path())
-            .arg(bin())
-            .args(["mount", "--lazy", &reference])
-            .arg(&mnt)
-            .args(&flags),
-    );
-    let said = String::from_utf8_lossy(&out.stderr);
+    let (home, mnt, said) = mount_lazy_as_nobody(&reference, &flags);
     assert_eq!(said.matches("lazy, verified").count(), 3, "{said}");
     let walk = walk_and_unmount_as_nobody(home.path(), &mnt);
     assert_eq!(walk, pulled_tree(work.path(), &reference, &flags));

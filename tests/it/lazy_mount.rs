@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use crate::common::lazy::{ranges, Mounted};
+use crate::common::lazy::{mount_lazy_as_nobody, ranges, Mounted};
 use crate::common::pulled::{as_nobody, open_dev_fuse, tar_of, walk_and_unmount_as_nobody};
 use crate::common::registry::{available, sha256, write_oci_layout, Layer, Registry, Variant};
 use crate::common::{bin, have, run, run_ok, tree_manifest, xorshift, Need, FUSE_ROOT};
@@ -214,24 +214,8 @@ fn rootless_lazy_mount_with_the_default_store() {
     let reference = reg.reference("lazy/app:1");
     let flags = reg.cli_args();
 
-    let home = tempfile::tempdir().unwrap();
-    let mnt = home.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    run_ok(
-        Command::new("chown")
-            .arg("-R")
-            .arg("65534:65534")
-            .arg(home.path()),
-    );
+    let (home, mnt, said) = mount_lazy_as_nobody(&reference, &flags);
     let as_nobody = || as_nobody(home.path());
-    let out = run_ok(
-        as_nobody()
-            .arg(bin())
-            .args(["mount", "--lazy", &reference])
-            .arg(&mnt)
-            .args(&flags),
-    );
-    let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("UNVERIFIED"), "{said}");
     let one = run(as_nobody().arg("cat").arg(mnt.join("one")));
     let (_, fetched) = ranges(&reg, &digest);

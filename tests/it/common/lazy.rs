@@ -71,3 +71,25 @@ pub fn ranges(reg: &Registry, digest: &str) -> (usize, u64) {
     }
     (count, bytes)
 }
+
+/// `erofs-fuse mount --lazy REF HOME/mnt FLAGS...` run as `nobody`, with
+/// the default store under a HOME of the test's ([`super::pulled::nobody_home`]):
+/// the home, the mountpoint and what the mount said (it must succeed).
+pub fn mount_lazy_as_nobody(
+    reference: &str,
+    flags: &[String],
+) -> (tempfile::TempDir, PathBuf, String) {
+    let home = super::pulled::nobody_home();
+    let mnt = home.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    std::os::unix::fs::chown(&mnt, Some(65534), Some(65534)).unwrap();
+    let out = super::run_ok(
+        super::pulled::as_nobody(home.path())
+            .arg(bin())
+            .args(["mount", "--lazy", reference])
+            .arg(&mnt)
+            .args(flags),
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    (home, mnt, said)
+}
