@@ -30,8 +30,10 @@ pub struct Referrers {
 /// A referrers listing: an OCI index (API answer or tag-schema index).
 #[derive(Deserialize)]
 struct Listing {
+    /// Each parsed on its own: one malformed entry is skipped, not the
+    /// listing.
     #[serde(default)]
-    manifests: Vec<Referrer>,
+    manifests: Vec<serde_json::Value>,
 }
 
 /// The tag-schema index as written back: whatever else it holds is kept.
@@ -280,7 +282,14 @@ fn parse_listing(what: &str, bytes: &[u8]) -> Result<Vec<Referrer>> {
             "{what}: more than {MAX_ENTRIES} referrers"
         )));
     }
-    Ok(listing.manifests)
+    let mut referrers = Vec::with_capacity(listing.manifests.len());
+    for entry in listing.manifests {
+        match serde_json::from_value::<Referrer>(entry) {
+            Ok(referrer) => referrers.push(referrer),
+            Err(e) => tracing::warn!("{what}: a listed referrer skipped: {e}"),
+        }
+    }
+    Ok(referrers)
 }
 
 #[cfg(test)]
@@ -310,7 +319,13 @@ mod tests {
 
     #[test]
     fn listings_are_bounded_and_typed() {
-        assert!(parse_listing("x", b"{\"manifests\":[{}]}").is_err());
+        // A malformed entry is skipped; the others are kept.
+        let one = r#"{"mediaType":"m","digest":"d","size":1}"#;
+        let mixed = format!("{{\"manifests\":[{{}},{one}]}}");
+        let got = parse_listing("x", mixed.as_bytes()).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].digest, "d");
+        assert!(parse_listing("x", b"{\"manifests\":{}}").is_err());
         assert_eq!(parse_listing("x", b"{}").unwrap(), Vec::new());
         let many = format!(
             "{{\"manifests\":[{}]}}",

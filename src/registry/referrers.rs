@@ -44,6 +44,9 @@ pub const INDEX_ROOT_ANNOTATION: &str = "org.erofs-fuse.tar-index.root";
 /// Largest checkpoint table accepted (60k checkpoints: a 240 GiB layer at
 /// a 4 MiB span).
 pub const MAX_ZINFO_TABLE: usize = 1 << 20;
+/// Layer indexes that may fail to fetch or parse before the rest of a
+/// listing is left alone (each is a request, retried).
+const MAX_FAILED_FETCHES: usize = 8;
 
 /// The OCI empty descriptor's media type (the artifact's config).
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
@@ -365,9 +368,24 @@ fn parse_root(text: &str) -> std::result::Result<[u8; 32], String> {
 pub fn find_layer_indexes(source: &dyn ImageSource, subject: &str) -> Result<Vec<LayerIndex>> {
     let mut found = Vec::new();
     let mut layers = HashSet::new();
+    let mut failed = 0;
     for d in source.referrers(subject, Some(LAYER_INDEX_ARTIFACT_TYPE))? {
         if d.artifact_type.as_deref() != Some(LAYER_INDEX_ARTIFACT_TYPE) {
             continue;
+        }
+        // A layer already found (the listing names it) needs no fetch.
+        if d.annotations
+            .get(LAYER_ANNOTATION)
+            .is_some_and(|l| layers.contains(l))
+        {
+            continue;
+        }
+        if failed >= MAX_FAILED_FETCHES {
+            tracing::warn!(
+                "{}: {failed} referrers failed: the rest not fetched",
+                source.name()
+            );
+            break;
         }
         let name = format!("{}: referrer {}", source.name(), d.digest);
         if !is_sha256_digest(&d.digest) || d.size > MAX_MANIFEST_SIZE {
@@ -383,7 +401,10 @@ pub fn find_layer_indexes(source: &dyn ImageSource, subject: &str) -> Result<Vec
         match parsed {
             Ok(index) if layers.insert(index.layer.clone()) => found.push(index),
             Ok(index) => tracing::debug!("{name}: layer {} has an earlier one", index.layer),
-            Err(why) => tracing::warn!("{name}: skipped: {why}"),
+            Err(why) => {
+                failed += 1;
+                tracing::warn!("{name}: skipped: {why}");
+            }
         }
     }
     Ok(found)

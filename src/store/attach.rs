@@ -337,6 +337,16 @@ impl Job<'_> {
     /// The tree over the `size` bytes of `path`; with `check_digest`,
     /// they must be the layer's (an EROFS blob taken from the store).
     fn tree(&self, path: &Path, size: u64, check_digest: bool) -> Result<StreamTree> {
+        // Built in memory (about 1/64 of the data): no larger than the
+        // trees mounts accept.
+        let tree_size = crate::registry::referrers::tree_size(size);
+        if tree_size > crate::lazy::MAX_TREE {
+            return Err(Error::Invalid(format!(
+                "{}: {size} bytes of data need a tree of {tree_size} bytes, over the {} mounts accept",
+                path.display(),
+                crate::lazy::MAX_TREE
+            )));
+        }
         self.progress.step(self.index, "hashing");
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let mut reader = Hashing {

@@ -271,7 +271,7 @@ fn fetch_artifact(
             blob.size
         )));
     }
-    if let Some(file) = open_kept(dir, &name)? {
+    if let Some(file) = super::lazy::open_regular(dir, &name)? {
         if digest_of(&file, &path)? == blob.digest {
             return Ok(file);
         }
@@ -282,29 +282,8 @@ fn fetch_artifact(
     temp.file().sync_all().map_err(|e| Error::io(&path, e))?;
     temp.persist(OsStr::new(&name), 0o600)
         .map_err(|e| Error::io(&path, e))?;
-    open_kept(dir, &name)?.ok_or_else(|| Error::io(&path, std::io::ErrorKind::NotFound.into()))
-}
-
-/// The regular file `name` of `dir`, if there (never through a symlink).
-fn open_kept(dir: &OutputDir, name: &str) -> Result<Option<File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.path().join(name);
-    let opened = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(safe_fs::proc_path(dir.fd()).join(name));
-    let file = match opened {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    match file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
-        true => Ok(Some(file)),
-        false => Err(Error::Invalid(format!(
-            "{}: not a regular file",
-            path.display()
-        ))),
-    }
+    super::lazy::open_regular(dir, &name)?
+        .ok_or_else(|| Error::io(&path, std::io::ErrorKind::NotFound.into()))
 }
 
 /// `sha256:<hex>` of what `file` holds.

@@ -225,6 +225,21 @@ pub(crate) fn gc_caches(store: &Store, referenced: &BTreeSet<String>) -> Result<
 /// open (`None` when one has); a missing map locks nothing but is unused.
 /// A symlink or anything but a regular file there is an error.
 fn lock_unused(dir: &OutputDir, name: &str) -> Result<Option<Option<Flock<File>>>> {
+    let path = dir.path().join(name);
+    let Some(file) = open_regular(dir, name)? else {
+        return Ok(Some(None));
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(Some(lock))),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(Error::io(&path, e.into())),
+    }
+}
+
+/// The regular file `name` of `dir` opened to read, if it is there (a
+/// symlink or anything but a regular file there is an error, never
+/// followed).
+pub(crate) fn open_regular(dir: &OutputDir, name: &str) -> Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.path().join(name);
     let opened = std::fs::OpenOptions::new()
@@ -233,19 +248,15 @@ fn lock_unused(dir: &OutputDir, name: &str) -> Result<Option<Option<Flock<File>>
         .open(safe_fs::proc_path(dir.fd()).join(name));
     let file = match opened {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(None)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(&path, e)),
     };
-    if !file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
-        return Err(Error::Invalid(format!(
+    match file.metadata().map_err(|e| Error::io(&path, e))?.is_file() {
+        true => Ok(Some(file)),
+        false => Err(Error::Invalid(format!(
             "{}: not a regular file",
             path.display()
-        )));
-    }
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(Some(lock))),
-        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
-        Err((_, e)) => Err(Error::io(&path, e.into())),
+        ))),
     }
 }
 

@@ -172,7 +172,7 @@ fn check_tree(image: &Image, toc: &Toc) -> Result<()> {
     for (path, e) in &map {
         check_entry(image, path, e)?;
         // The pages hashed stay in the page cache, not in this process.
-        hashed += e.size;
+        hashed = hashed.saturating_add(e.size);
         if hashed > RELEASE_EVERY {
             image.release_mapped();
             hashed = 0;

@@ -165,7 +165,11 @@ fn check_estargz(blob: &Path, file: &File, toc: &Toc, budget: &mut u64) -> Resul
                 pos: 0,
                 decoder: flate2::read::GzDecoder::new(Region::new(file, c.offset, toc.data_end)),
             });
-            spend(blob, budget, c.inner_offset - m.pos + len)?;
+            // Sizes are the TOC's: a sum that overflows is no chunk.
+            let cost = (c.inner_offset - m.pos)
+                .checked_add(len)
+                .ok_or_else(|| bad(blob, format!("TOC entry {:?}: a chunk too large", e.name)))?;
+            spend(blob, budget, cost)?;
             check_estargz_chunk(blob, m, c, len, &mut hash)?;
             next = c.chunk_offset + len;
         }
@@ -221,7 +225,7 @@ fn check_estargz_chunk(
         return Err(at(format!(
             "decodes to {} bytes, fewer than the {} the TOC says",
             m.pos,
-            c.inner_offset + len
+            c.inner_offset.saturating_add(len)
         )));
     }
     let actual = hex_digest(&sink.chunk.finalize());
