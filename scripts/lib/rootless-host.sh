@@ -1,5 +1,5 @@
 # Host setup shared by the scripts that run rootless podman and a local
-# registry (podman-e2e.sh, bench-pull.sh). The sourcing script sets
+# registry (podman-e2e.sh, bench-pull.sh, podman5-e2e.sh). The sourcing script sets
 # E2E_USER, GECOS, STATE, PACKAGES, W and PORT and defines log, die and
 # as_user (which runs a command as E2E_USER with its environment).
 # shellcheck shell=bash
@@ -86,7 +86,8 @@ host_fixes() {
         mount -t cgroup -o "$c" cgroup "/sys/fs/cgroup/$c"
         log "host: moved cgroup controller $c from v2 to v1 (/sys/fs/cgroup/$c)"
     done
-    if [ ! -d "$RUNDIR" ]; then
+    # podman5-e2e.sh makes its user's run dir inside its root (RUNDIR empty).
+    if [ -n "$RUNDIR" ] && [ ! -d "$RUNDIR" ]; then
         echo "rundir $RUNDIR" >>"$STATE"
         install -d -m 700 -o "$E2E_USER" -g "$E2E_USER" "$RUNDIR"
         log "host: created $RUNDIR"
