@@ -4,6 +4,7 @@
 # root on Debian 12 (CI: a fresh machine); see docs/podman5-e2e.md.
 #
 #   sudo BIN=/path/to/erofs-fuse scripts/podman5-e2e.sh   # default: target/release, built if missing
+#   sudo scripts/podman5-e2e.sh --bench   # the ~300 MB pull benchmark instead (lib/podman5-bench.sh)
 #
 #  1. root: a trixie root with podman 5 (mmdebstrap, cached in
 #     /var/cache/erofs-fuse-podman5, root-owned 0700; lib/podman5-root.sh),
@@ -136,7 +137,7 @@ prepare_work() {
     here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     install -m 755 -o "$P5_UID" -g "$P5_UID" "${BASH_SOURCE[0]}" "$W/e2e.sh"
     install -m 755 -o "$P5_UID" -g "$P5_UID" "$here/estargz.py" "$W/estargz.py"
-    install -m 644 -o "$P5_UID" -g "$P5_UID" "$here/lib/podman5-user.sh" "$W/lib/podman5-user.sh"
+    install -m 644 -o "$P5_UID" -g "$P5_UID" "$here/lib/podman5-user.sh" "$here/lib/podman5-bench.sh" "$W/lib/"
     install -m 755 -o "$P5_UID" -g "$P5_UID" "$BIN" "$W/bin/erofs-fuse"
     install -m 644 -o "$P5_UID" -g "$P5_UID" /dev/null "$W/results"
 }
@@ -529,8 +530,19 @@ user_main() {
     fi
 }
 
+bench_user_main() {
+    cd "$W"
+    user_libs
+    # shellcheck source=lib/podman5-bench.sh
+    . "$W/lib/podman5-bench.sh"
+    reset_podman
+    bench_main
+}
+
 case ${1:-} in
 "") root_main ;;
+--bench) MODE=bench root_main ;;
+--as-user-bench) bench_user_main ;;
 --in-namespace) in_namespace ;;
 --as-user-e2e) user_main ;;
 *) die "usage: $0 (as root; see the comments at the top)" ;;
