@@ -34,7 +34,8 @@
 # Environment: BIN, E2E_USER (p5e2e), E2E_UID (2345, must be unused on the
 # host), E2E_PORT (5056), E2E_WORK (/tmp/erofs-fuse-podman5-e2e; logs stay),
 # E2E_TIMEOUT (120 s per command), E2E_LAZY (1: force case B, 0: skip it),
-# E2E_LAZY_ARGS (extra `store serve` options for case B).
+# E2E_LAZY_ARGS (`store serve` options for case B; default --insecure if
+# the binary has it).
 # Output ends with "podman5-e2e: N passed, M failed"; exit status 1 on any failure.
 
 # shellcheck disable=SC2016  # single-quoted scripts expand in the inner shell
@@ -50,6 +51,8 @@ GECOS="erofs-fuse podman 5 e2e (scripts/podman5-e2e.sh)"
 PACKAGES=(docker-registry curl python3)   # host side; the root has the rest
 RUNDIR=''         # rootless-host.sh: the user's run dir lives in the root's /run
 USER_PART=''
+# Set by the root part for the namespace and the user part.
+LAZY=${LAZY:-0} LAZY_ARGS=${LAZY_ARGS:-}
 
 log() { printf '[podman5-e2e] %s\n' "$*"; }
 die() { log "ERROR: $*" >&2; exit 1; }
@@ -174,6 +177,16 @@ root_exit() {
     exit $?
 }
 
+# Case B's `store serve` options: E2E_LAZY_ARGS, else --insecure when the
+# binary has it (plain http to the registry on loopback).
+lazy_args() {
+    if [ -n "${E2E_LAZY_ARGS+set}" ]; then
+        echo "$E2E_LAZY_ARGS"
+    elif "$BIN" store serve --help 2>/dev/null | grep -q -- '--insecure'; then
+        echo --insecure
+    fi
+}
+
 lazy_wanted() {
     case ${E2E_LAZY:-} in
     1) echo 1 ;;
@@ -199,10 +212,10 @@ root_main() {
     start_registry
     local lazy
     lazy=$(lazy_wanted)
-    log "entering $P5_ROOT (unshare --mount, pivot_root) as $E2E_USER; lazy case: $lazy"
+    log "entering $P5_ROOT (unshare --mount, pivot_root) as $E2E_USER; lazy case: $lazy ($(lazy_args))"
     unshare --mount --propagation private --fork -- \
         env P5_ROOT="$P5_ROOT" E2E_WORK="$W" E2E_USER="$E2E_USER" E2E_UID="$P5_UID" E2E_PORT="$PORT" \
-        E2E_TIMEOUT="$TIMEOUT" LAZY="$lazy" E2E_STRICT_ROOT="${E2E_STRICT_ROOT:-0}" LAZY_ARGS="${E2E_LAZY_ARGS:-}" MODE="${MODE:-e2e}" \
+        E2E_TIMEOUT="$TIMEOUT" LAZY="$lazy" E2E_STRICT_ROOT="${E2E_STRICT_ROOT:-0}" LAZY_ARGS="$(lazy_args)" MODE="${MODE:-e2e}" \
         bash "$W/e2e.sh" --in-namespace &
     USER_PART=$!
     echo "nspid $USER_PART" >>"$STATE"

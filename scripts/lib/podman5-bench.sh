@@ -45,6 +45,9 @@ bench_image() {
     TIMEOUT=900 t podman push -q --compression-format=zstd:chunked --force-compression --tls-verify=false \
         localhost/p5bench:1 "docker://localhost:$PORT/$REPO:$BENCH_REF_TAG"
     t podman rmi -af >/dev/null 2>&1 || true
+    log "bench: layer $(($(stat -c %s "$W/bench.tar") >> 20)) MiB as a tar, $(($(t curl -fsS \
+        -H 'Accept: application/vnd.oci.image.manifest.v1+json' "http://127.0.0.1:$PORT/v2/$REPO/manifests/$BENCH_REF_TAG" |
+        python3 -c 'import json,sys; print(sum(l["size"] for l in json.load(sys.stdin)["layers"]))') >> 20)) MiB as zstd:chunked"
     rm -f "$W/bench.tar"
 }
 
