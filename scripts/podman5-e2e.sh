@@ -460,10 +460,6 @@ path_store() { # name ref tag kind(added|lazy)
             [ -L "$l" ] && [ "$(readlink "$l")" = "$mnt/$b64/$toc/diff" ] && found=yes
         done
         check "$name: layer $n diff is a symlink to the store's <ref>/<TOC digest>/diff" yes "$found"
-        if [ "$kind" = lazy ]; then
-            found=$(printf '%s\n' "$requests" | grep -c "GET /v2/$REPO/blobs/$digest HTTP/[0-9.]*\" 206" || true)
-            log "$name: layer $n: $found ranged GETs"
-        fi
     done < <(layer_info "$tag" "$ANNOTATION")
     if printf '%s\n' "$out" | grep -q "GC doesn't seem to be supported"; then found=unanswered; else found=answered; fi
     check "$name: use/release signals answered" answered "$found"
@@ -483,6 +479,24 @@ path_store() { # name ref tag kind(added|lazy)
         "$W/logs/$name-store-before.list" "$W/logs/$name-store-after.list"
     out=$(t podman rmi "$ref" 2>&1 >/dev/null) || record FAIL "$name: podman rmi"
     check "$name: podman rmi without warnings" "" "$out"
+    layer_gets "$name" "$tag" "$kind" "$mark"
+}
+
+# Over the whole case (pull, runs, rmi): the layer blobs' GETs. Added
+# layers are never fetched; lazy ones only by range (and at least once: the
+# TOC). What the registry sent in all is logged.
+layer_gets() { # name tag kind mark
+    local all digest toc n=0 full ranged want
+    sleep 0.5   # the registry logs a request after its response
+    all=$(reg_since "$4")
+    while read -r digest toc; do
+        n=$((n + 1))
+        full=$(printf '%s\n' "$all" | grep -c "GET /v2/$REPO/blobs/$digest HTTP/[0-9.]*\" 200" || true)
+        ranged=$(printf '%s\n' "$all" | grep -c "GET /v2/$REPO/blobs/$digest HTTP/[0-9.]*\" 206" || true)
+        if [ "$3" = added ]; then want="0 0"; else want="0 ranged"; [ "$ranged" -gt 0 ] && ranged=ranged; fi
+        check "$1: layer $n GETs over the case (whole, ranged)" "$want" "$full $ranged"
+    done < <(layer_info "$2" "$ANNOTATION")
+    log "$1: the registry sent $(reg_bytes "$4") bytes over the case ($(printf '%s\n' "$all" | grep -c '" 206 ' || true) ranged responses)"
 }
 
 run_path() { # name function args...
