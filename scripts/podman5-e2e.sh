@@ -213,7 +213,7 @@ root_main() {
     local lazy
     lazy=$(lazy_wanted)
     log "entering $P5_ROOT (unshare --mount, pivot_root) as $E2E_USER; lazy case: $lazy ($(lazy_args))"
-    unshare --mount --propagation private --fork -- \
+    unshare --mount --propagation private --fork --kill-child -- \
         env P5_ROOT="$P5_ROOT" E2E_WORK="$W" E2E_USER="$E2E_USER" E2E_UID="$P5_UID" E2E_PORT="$PORT" \
         E2E_TIMEOUT="$TIMEOUT" LAZY="$lazy" E2E_STRICT_ROOT="${E2E_STRICT_ROOT:-0}" LAZY_ARGS="$(lazy_args)" MODE="${MODE:-e2e}" \
         bash "$W/e2e.sh" --in-namespace &
@@ -418,6 +418,15 @@ root_mode() { # name oracle-list list
     fi
 }
 
+# store_listing of each layer (TOC digests, one a line) under DIR.
+store_layers() { # dir tocs
+    local toc
+    for toc in $2; do
+        echo "== $toc"
+        store_listing "$1/$toc/diff"
+    done
+}
+
 # One store case: A (layers added by hand) or B (lazy, empty store).
 path_store() { # name ref tag kind(added|lazy)
     local name=$1 ref=$2 tag=$3 kind=$4 st=$W/store-$1 mnt=$W/mnt/$1
@@ -463,9 +472,9 @@ path_store() { # name ref tag kind(added|lazy)
     done < <(layer_info "$tag" "$ANNOTATION")
     if printf '%s\n' "$out" | grep -q "GC doesn't seem to be supported"; then found=unanswered; else found=answered; fi
     check "$name: use/release signals answered" answered "$found"
-    local top
-    top=$(layer_info "$tag" "$ANNOTATION" | tail -n 1 | cut -d' ' -f2)
-    store_listing "$mnt/$b64/$top/diff" >"$W/logs/$name-store-before.list" 2>&1 || true
+    local tocs
+    tocs=$(layer_info "$tag" "$ANNOTATION" | cut -d' ' -f2)
+    store_layers "$mnt/$b64" "$tocs" >"$W/logs/$name-store-before.list" 2>&1 || true
     t podman run "${RUNARGS[@]}" "$ref" /bin/sh -c "$LISTING" >"$W/logs/$name.list" || record FAIL "$name: podman run (listing)"
     root_mode "$name" "$W/logs/$ORACLE-oracle.list" "$W/logs/$name.list"
     grep -v '^\. ' "$W/logs/$ORACLE-oracle.list" >"$W/logs/$name.oracle-nonroot.list" || true
@@ -474,8 +483,8 @@ path_store() { # name ref tag kind(added|lazy)
         "$W/logs/$name.oracle-nonroot.list" "$W/logs/$name.nonroot.list"
     out=$(t podman run "${RUNARGS[@]}" "$ref" /bin/sh -c "$VIEW" 2>&1) || true
     compare "$name: container" "$EXPECT_VIEW" "$out"
-    store_listing "$mnt/$b64/$top/diff" >"$W/logs/$name-store-after.list" 2>&1 || true
-    same_listing "$name: store's top layer unchanged by container writes" \
+    store_layers "$mnt/$b64" "$tocs" >"$W/logs/$name-store-after.list" 2>&1 || true
+    same_listing "$name: store's layers unchanged by container writes" \
         "$W/logs/$name-store-before.list" "$W/logs/$name-store-after.list"
     out=$(t podman rmi "$ref" 2>&1 >/dev/null) || record FAIL "$name: podman rmi"
     check "$name: podman rmi without warnings" "" "$out"
