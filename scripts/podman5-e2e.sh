@@ -553,6 +553,8 @@ images() {
 user_main() {
     cd "$W"
     user_libs
+    # A killed run's store config would name a mount that is gone.
+    if grep -qs 'podman5-e2e.sh' "$(storage_conf)"; then rm -f "$(storage_conf)"; fi
     log "podman: $(t podman version --format '{{.Client.Version}}'), $(t podman info --format 'runtime {{.Host.OCIRuntime.Name}}, graph driver {{.Store.GraphDriverName}}, rootless {{.Host.Security.Rootless}}')"
     reset_podman
     run_path images images
@@ -581,6 +583,9 @@ user_main() {
 bench_user_main() {
     cd "$W"
     user_libs
+    if grep -qs 'podman5-e2e.sh' "$(storage_conf)"; then rm -f "$(storage_conf)"; fi
+    # A killed run's store config would name a mount that is gone.
+    if grep -qs 'podman5-e2e.sh' "$(storage_conf)"; then rm -f "$(storage_conf)"; fi
     # shellcheck source=lib/podman5-bench.sh
     . "$W/lib/podman5-bench.sh"
     reset_podman
