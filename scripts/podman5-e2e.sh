@@ -394,39 +394,6 @@ oracle() { # name ref
     unset CONTAINERS_STORAGE_CONF
 }
 
-# The tree a layer's diff shows in the store, from podman's namespace.
-store_listing() { # diff-dir
-    pu sh -c 'cd "$1" && find . -printf "%p %m %U %G %s %y %l\n" | sort && find . -type f -print0 | sort -z | xargs -0r sha256sum' sh "$1"
-}
-
-# The container's / is the top layer's root directory. When that layer's
-# tar has no "./" entry (podman's own pushes have none), podman's overlay
-# driver gives it mode 0555 while the store's EROFS root is 0755: a known
-# difference of the store, reported (and a failure with E2E_STRICT_ROOT=1),
-# so that the rest of the comparison keeps CI meaningful.
-root_mode() { # name oracle-list list
-    local want got
-    want=$(grep '^\. ' "$2" || true)
-    got=$(grep '^\. ' "$3" || true)
-    if [ "$want" = "$got" ]; then
-        record PASS "$1: container / as the oracle's ($got)"
-    elif [ "${E2E_STRICT_ROOT:-0}" = 1 ]; then
-        record FAIL "$1: container /: want '$want', got '$got'"
-    else
-        echo "KNOWN $1: container / is '$got', podman without the store '$want'" >>"$W/results"
-        log "KNOWN $1: container / is '$got', podman without the store '$want' (E2E_STRICT_ROOT=1 fails on it)"
-    fi
-}
-
-# store_listing of each layer (TOC digests, one a line) under DIR.
-store_layers() { # dir tocs
-    local toc
-    for toc in $2; do
-        echo "== $toc"
-        store_listing "$1/$toc/diff"
-    done
-}
-
 # One store case: A (layers added by hand) or B (lazy, empty store).
 path_store() { # name ref tag kind(added|lazy)
     local name=$1 ref=$2 tag=$3 kind=$4 st=$W/store-$1 mnt=$W/mnt/$1

@@ -1,6 +1,7 @@
 # Helpers for the rootless part of podman5-e2e.sh and bench-podman5.sh,
 # run as the test user inside the trixie root: result recording, FUSE
-# servers in podman's namespace, registry log accounting. The sourcing
+# servers in podman's namespace, registry log accounting, listings of the
+# store's layers, the root-mode comparison. The sourcing
 # script defines log and t (a command under the per-command timeout) and
 # sets W (work dir), PORT and BIN.
 # Single-quoted scripts for sh -c expand in the inner shell.
@@ -99,3 +100,38 @@ reg_mark() { wc -l <"$W/logs/registry.log"; }
 reg_since() { sed -n "$(($1 + 1)),\$p" "$W/logs/registry.log" | grep -o '"[A-Z]* /v2/[^"]*" [0-9]* [0-9-]*' || true; }
 # Bytes the registry sent in the lines after MARK (responses' body sizes).
 reg_bytes() { reg_since "$1" | awk '{ if ($NF != "-") s += $NF } END { print s + 0 }'; }
+
+# The tree a layer's diff shows in the store, from podman's namespace.
+store_listing() { # diff-dir
+    pu sh -c 'cd "$1" && find . -printf "%p %m %U %G %s %y %l\n" | sort && find . -type f -print0 | sort -z | xargs -0r sha256sum' sh "$1"
+}
+
+# The container's / is the top layer's root directory. When that layer's
+# tar has no "./" entry (podman's own pushes have none), podman's overlay
+# driver gives it mode 0555 while the store's EROFS root is 0755: a known
+# difference of the store, reported (and a failure with E2E_STRICT_ROOT=1),
+# so that the rest of the comparison keeps CI meaningful.
+root_mode() { # name oracle-list list
+    local want got
+    want=$(grep '^\. ' "$2" || true)
+    got=$(grep '^\. ' "$3" || true)
+    if [ "$want" = "$got" ]; then
+        record PASS "$1: container / as the oracle's ($got)"
+    elif [ "${E2E_STRICT_ROOT:-0}" = 1 ]; then
+        record FAIL "$1: container /: want '$want', got '$got'"
+    else
+        echo "KNOWN $1: container / is '$got', podman without the store '$want'" >>"$W/results"
+        log "KNOWN $1: container / is '$got', podman without the store '$want' (E2E_STRICT_ROOT=1 fails on it)"
+    fi
+}
+
+# store_listing of each layer (TOC digests, one a line) under DIR.
+store_layers() { # dir tocs
+    local toc
+    for toc in $2; do
+        echo "== $toc"
+        store_listing "$1/$toc/diff"
+    done
+}
+
+
