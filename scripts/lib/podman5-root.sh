@@ -1,5 +1,5 @@
 # A cached Debian trixie root with rootless podman 5 (podman5-e2e.sh,
-# bench-podman5.sh), entered with unshare + pivot_root: the kernel refuses
+# --bench), entered with unshare + pivot_root: the kernel refuses
 # to create a user namespace from a chrooted process, so chroot would not
 # do (/work/shared/docs/podman5.md). The sourcing script defines log and die.
 # shellcheck shell=bash

@@ -1,4 +1,4 @@
-# Helpers for the rootless part of podman5-e2e.sh and bench-podman5.sh,
+# Helpers for the rootless part of podman5-e2e.sh (and its --bench),
 # run as the test user inside the trixie root: result recording, FUSE
 # servers in podman's namespace, registry log accounting, listings of the
 # store's layers, the root-mode comparison. The sourcing
