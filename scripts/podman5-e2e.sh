@@ -307,7 +307,7 @@ reset_podman() {
 
 # Layer 1: a busybox root as a tar for podman import.
 base_tar() {
-    python3 - "$W/base.tar" <<'EOF'
+    t python3 - "$W/base.tar" <<'EOF'
 import io, sys, tarfile
 def add(tf, name, kind=tarfile.REGTYPE, mode=0o644, data=b"", link=""):
     i = tarfile.TarInfo(name); i.type = kind; i.mode = mode; i.mtime = 1700000000
@@ -351,7 +351,7 @@ build_image() {
     # eStargz: the same image with gzip layers in an OCI layout, converted.
     t podman push -q --compression-format=gzip --force-compression localhost/p5e2e:built "oci:$W/plain:1"
     log "image: estargz.py plain -> estargz; skopeo copy --preserve-digests localhost:$PORT/$REPO:estargz"
-    python3 "$W/estargz.py" "$W/plain" "$W/estargz" --tag 1 --chunk-size 65536 | sed 's/^/    /'
+    t python3 "$W/estargz.py" "$W/plain" "$W/estargz" --tag 1 --chunk-size 65536 | sed 's/^/    /'
     t skopeo copy -q --preserve-digests --dest-tls-verify=false "oci:$W/estargz:1" "docker://localhost:$PORT/$REPO:estargz"
 }
 

@@ -12,7 +12,7 @@ BENCH_REF_TAG=bench
 # to ~220 MB (many files, mixed sizes, compressible) and ~80 MB of random
 # data in files from 1 KiB to 8 MiB (incompressible).
 bench_tar() {
-    python3 - "$W/bench.tar" <<'EOF'
+    TIMEOUT=600 t python3 - "$W/bench.tar" <<'EOF'
 import io, os, random, sys, tarfile
 rng = random.Random(5)
 with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as tf:

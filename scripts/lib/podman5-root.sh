@@ -1,5 +1,5 @@
-# A cached Debian trixie root with rootless podman 5 (podman5-e2e.sh,
-# --bench), entered with unshare + pivot_root: the kernel refuses
+# A cached Debian trixie root with rootless podman 5 (podman5-e2e.sh and
+# its --bench), entered with unshare + pivot_root: the kernel refuses
 # to create a user namespace from a chrooted process, so chroot would not
 # do (/work/shared/docs/podman5.md). The sourcing script defines log and die.
 # shellcheck shell=bash
@@ -31,7 +31,7 @@ p5_build_root() {
     fi
     command -v mmdebstrap >/dev/null || {
         log "root: installing mmdebstrap"
-        apt-get update -qq
+        timeout 600 apt-get update -qq
         DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq mmdebstrap >/dev/null
     }
     rm -f "$P5_STAMP"

@@ -19,8 +19,8 @@ install_packages() {
     done
     ((${#missing[@]})) || { log "packages: all present"; return 0; }
     log "packages: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    timeout 600 apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 ensure_user() {
