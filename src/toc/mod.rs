@@ -138,6 +138,24 @@ pub fn read(blob: &Path, format: Format, digest: &str) -> Result<Toc> {
 
 /// [`read`] of a blob read by range (`blob` names it in errors).
 pub fn read_in(blob: &Path, src: &dyn BlobReader, format: Format, digest: &str) -> Result<Toc> {
+    read_json_in(blob, src, format, digest).map(|(toc, _)| toc)
+}
+
+/// A TOC kept from an earlier read of a blob: `json` as the blob holds it
+/// uncompressed, `data_end` where its file data ends; parsed and checked
+/// as [`read_in`] does (the digest is the caller's to vouch for).
+pub fn from_json(name: &Path, json: &[u8], format: Format, digest: &str, data_end: u64) -> Result<Toc> {
+    let entries = entry::parse(name, json, format, data_end)?;
+    Ok(Toc {
+        format,
+        digest: digest.to_string(),
+        entries,
+        data_end,
+    })
+}
+
+/// [`read_in`], also giving the TOC's JSON (to keep beside a lazy layer).
+pub fn read_json_in(blob: &Path, src: &dyn BlobReader, format: Format, digest: &str) -> Result<(Toc, Vec<u8>)> {
     if !is_sha256(digest) {
         return Err(bad(
             blob,
@@ -148,13 +166,7 @@ pub fn read_in(blob: &Path, src: &dyn BlobReader, format: Format, digest: &str) 
         Format::ZstdChunked => zstd_chunked::read_toc(blob, src, digest)?,
         Format::Estargz => estargz::read_toc(blob, src, digest)?,
     };
-    let entries = entry::parse(blob, &json, format, data_end)?;
-    Ok(Toc {
-        format,
-        digest: digest.to_string(),
-        entries,
-        data_end,
-    })
+    Ok((from_json(blob, &json, format, digest, data_end)?, json))
 }
 
 /// Reads `len` bytes at `offset` of `src` (the caller bounded `len`).
