@@ -342,10 +342,13 @@ impl TocSource {
             let mut compressed = vec![0u8; size as usize];
             self.blob.read_at(x.blob_offset, &mut compressed)?;
             self.fetched.fetch_add(size, Ordering::Relaxed);
+            // zstd:chunked frames hold the chunk alone (one byte more
+            // shows a frame longer than the TOC says); an eStargz member
+            // goes on with the tar's padding and the next header.
             let want = (inner + len) as u64;
             let decoded = match self.map.format {
                 Format::ZstdChunked => zstd::stream::read::Decoder::new(&compressed[..])
-                    .and_then(|d| read_bounded(d, want, &mut out)),
+                    .and_then(|d| read_bounded(d, want + 1, &mut out)),
                 Format::Estargz => {
                     read_bounded(flate2::read::GzDecoder::new(&compressed[..]), want, &mut out)
                 }
@@ -373,10 +376,9 @@ impl TocSource {
     }
 }
 
-/// Reads at most `want + 1` bytes of `reader` into `out` (one more than
-/// wanted shows a chunk longer than the TOC says).
-fn read_bounded(reader: impl Read, want: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
-    reader.take(want + 1).read_to_end(out).map(|_| ())
+/// Reads at most `max` bytes of `reader` into `out`.
+fn read_bounded(reader: impl Read, max: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+    reader.take(max).read_to_end(out).map(|_| ())
 }
 
 impl ChunkSource for TocSource {

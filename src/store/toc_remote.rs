@@ -386,3 +386,49 @@ pub fn open(store: &Store, remote: &Remote, digest: &str) -> Result<Opened> {
         info,
     })
 }
+
+/// `store gc`'s part (under its exclusive lock): with `all`, removes every
+/// lazy TOC layer (they belong to no image); always, what an interrupted
+/// fetch left (`.lazytoc.*`) and the caches of lazy layers that are gone,
+/// unless a server has them open. Gives (layers, stale, caches) removed.
+pub(crate) fn gc(store: &Store, all: bool) -> Result<(usize, usize, usize)> {
+    use super::gc::{remove_file, remove_flat_dir};
+    let (mut layers, mut stale, mut caches) = (0, 0, 0);
+    let path = store.path().join(LAZY_TOC_DIR);
+    let dir = match safe_fs::open_dir_at(store.root.fd(), OsStr::new(LAZY_TOC_DIR)) {
+        Ok(fd) => Some(OutputDir::from_fd(fd, path.clone())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if let Some(dir) = &dir {
+        for name in super::images::list(dir)? {
+            if name.starts_with(".lazytoc.") {
+                remove_flat_dir(dir, &name)?;
+                stale += 1;
+            } else if all && layout::is_layer_name(name.as_bytes()) {
+                remove_flat_dir(dir, &name)?;
+                layers += 1;
+            }
+        }
+    }
+    let lazy = store.lazy_dir();
+    for name in super::images::list(lazy)? {
+        let Some(layer) = [DEVICE_SUFFIX, BLOB_SUFFIX]
+            .iter()
+            .find_map(|s| name.strip_suffix(&format!("{s}.chunks")))
+        else {
+            continue;
+        };
+        if !layout::is_layer_name(layer.as_bytes()) || layer_dir(store.path(), layer).is_dir() {
+            continue;
+        }
+        // Held while both go: no server opens the cache meanwhile.
+        let Some(_lock) = super::lazy::lock_unused(lazy, &name)? else {
+            continue;
+        };
+        remove_file(lazy, name.trim_end_matches(".chunks"))?;
+        remove_file(lazy, &name)?;
+        caches += 1;
+    }
+    Ok((layers, stale, caches))
+}

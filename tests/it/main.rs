@@ -27,6 +27,7 @@ mod malformed;
 mod mutation;
 mod pull;
 mod store;
+mod toc_lazy;
 mod toc_store;
 mod verity;
 mod verity_verifier;
