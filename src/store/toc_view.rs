@@ -95,7 +95,7 @@ impl StoreView {
                 Some(l)
             }
             Ok(None) => {
-                tracing::info!("{reference}: no layer of TOC digest {toc} in its manifest");
+                tracing::warn!("{reference}: no layer of TOC digest {toc} in its manifest");
                 self.failed(key);
                 None
             }

@@ -49,6 +49,8 @@ mod kernel_diff;
 #[cfg(feature = "privileged")]
 mod lazy_faults;
 #[cfg(feature = "privileged")]
+mod toc_lazy_registry;
+#[cfg(feature = "privileged")]
 mod lazy_indexed;
 #[cfg(feature = "privileged")]
 mod lazy_mount;

@@ -1,0 +1,259 @@
+//! Lazy TOC layers from a real registry (issue 22), privileged tier:
+//! `store serve` with an empty store answers podman 5's
+//! `<base64 ref>/<TOC digest>/` lookups by fetching the footer and TOC by
+//! range, and then each file's frames on first read; trees equal `store
+//! add`'s of the same blobs; a restart serves what was read with the
+//! registry gone; bad TOCs and layers the manifest lacks are ENOENT with a
+//! log line and leave nothing in the store; a tampered frame fails its
+//! file only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use serde_json::Value;
+
+use crate::common::registry::{self, oci_fixture, sha256, write_oci_layout, Layer, Registry, Variant};
+use crate::common::{bin, have, run_ok, tree_manifest, FUSE_ROOT};
+use crate::toc_store::{gen, items, CHUNK, FIXTURE_LAYERS};
+
+/// `store serve STORE` on a new directory, unmounted on drop.
+struct Served {
+    mnt: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Served {
+    fn start(store: &Path, extra: &[String]) -> Self {
+        let mnt = tempfile::tempdir().unwrap();
+        let log = mnt.path().with_extension("log");
+        run_ok(
+            Command::new(bin())
+                .args(["-v", "store", "serve"])
+                .arg(store)
+                .arg(mnt.path())
+                .arg("--log-file")
+                .arg(&log)
+                .args(extra),
+        );
+        Self { mnt, log }
+    }
+
+    /// The directory of reference `reference`.
+    fn reference(&self, reference: &str) -> PathBuf {
+        let name = base64::engine::general_purpose::STANDARD.encode(reference);
+        self.mnt.path().join(name)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(self.mnt.path())
+            .status();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Whether the registry served blob `digest` whole (a GET answered 200).
+fn fetched_whole(reg: &Registry, digest: &str) -> bool {
+    reg.log()
+        .lines()
+        .any(|l| l.contains(&format!("/blobs/{digest} HTTP/1.1\" 200 ")) && l.contains("\"GET"))
+}
+
+/// Everything under `dir` read (file data hashed), as `manifest.py` lists it.
+fn tree(dir: &Path) -> String {
+    tree_manifest(dir)
+}
+
+/// An OCI layout at `dir` of one TOC layer `blob` whose layer annotation
+/// `key` says `toc_digest`.
+fn toc_layout(dir: &Path, blob: &[u8], media_type: &str, key: &str, toc_digest: &str) {
+    write_oci_layout(
+        dir,
+        &[Layer {
+            media_type: media_type.into(),
+            bytes: blob.to_vec(),
+            diff_id: None,
+        }],
+    );
+    // The annotation, added to the manifest (the index re-pointed at it).
+    let index_path = dir.join("index.json");
+    let mut index: Value = serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let old = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let blobs = dir.join("blobs/sha256");
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(&old[7..])).unwrap()).unwrap();
+    manifest["layers"][0]["annotations"] = serde_json::json!({ key: toc_digest });
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = sha256(&bytes);
+    std::fs::write(blobs.join(&digest[7..]), &bytes).unwrap();
+    index["manifests"][0]["digest"] = digest.into();
+    index["manifests"][0]["size"] = bytes.len().into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+/// What `store serve` of a store holding `blob` added with `store add`
+/// shows of it (the tree to compare with).
+fn added_tree(blob: &[u8], toc_digest: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("blob");
+    std::fs::write(&path, blob).unwrap();
+    let store = work.path().join("store");
+    erofs_fuse::store::toc_layers::add(&store, &path, toc_digest, false).unwrap();
+    let served = Served::start(&store, &[]);
+    tree(&served.reference("x/y:1").join(toc_digest).join("diff"))
+}
+
+fn ready(test: &str) -> bool {
+    have(test, FUSE_ROOT) && registry::available(test)
+}
+
+/// podman 5.4.2's zstd:chunked image, pushed to a registry: an empty store
+/// serves both layers by TOC digest, with the trees `store add` makes of
+/// the same blobs and `info` carrying the TOC digest, without a whole-blob
+/// GET; restarted with the registry gone, it serves them again.
+#[test]
+fn podman_layers_are_served_lazily_from_the_registry() {
+    if !ready("podman_layers_are_served_lazily_from_the_registry") {
+        return;
+    }
+    let mut reg = Registry::start(Variant::Http);
+    reg.push_oci_layout(&oci_fixture("zstd-chunked"), "p5/tiny:1");
+    let reference = reg.reference("p5/tiny:1");
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let layout = oci_fixture("zstd-chunked");
+    let mut trees = Vec::new();
+    {
+        let served = Served::start(&store, &reg.cli_args());
+        for (_, zstd, toc) in FIXTURE_LAYERS {
+            let layer = served.reference(&reference).join(toc);
+            let info: Value =
+                serde_json::from_slice(&std::fs::read(layer.join("info")).unwrap()).unwrap();
+            assert_eq!(info["toc-digest"], toc);
+            assert_eq!(info["compressed-diff-digest"], zstd);
+            assert!(!info["diff-digest"].as_str().unwrap().is_empty(), "{info}");
+            let blob = std::fs::read(layout.join("blobs/sha256").join(&zstd[7..])).unwrap();
+            let got = tree(&layer.join("diff"));
+            assert_eq!(got, added_tree(&blob, toc), "layer {toc}");
+            assert!(!fetched_whole(&reg, zstd), "{zstd} was fetched whole");
+            // `blob` reads the registry's blob by range.
+            assert_eq!(std::fs::read(layer.join("blob")).unwrap(), blob);
+            assert!(!fetched_whole(&reg, zstd), "{zstd} was fetched whole");
+            trees.push(got);
+        }
+        assert!(served.log().contains("fetched lazily"), "{}", served.log());
+    }
+    assert!(store.join("toc-lazy").join(FIXTURE_LAYERS[0].1).join("layer.erofs").is_file());
+    reg.kill();
+    // Restarted, the registry gone: what was read is served from the cache.
+    let served = Served::start(&store, &["--offline".to_string()]);
+    for ((_, _, toc), expected) in FIXTURE_LAYERS.iter().zip(&trees) {
+        let diff = served.reference(&reference).join(toc).join("diff");
+        assert_eq!(&tree(&diff), expected, "layer {toc} after a restart");
+    }
+    drop(served);
+    // gc --all removes the lazy layers, their caches and TOC entries.
+    run_ok(Command::new(bin()).args(["store", "gc", "--all", "--store"]).arg(&store));
+    let left = |dir: &str| std::fs::read_dir(store.join(dir)).map_or(0, |d| d.count());
+    assert_eq!((left("toc-lazy"), left("toc")), (0, 0));
+    let caches = std::fs::read_dir(store.join("lazy")).unwrap().count();
+    assert_eq!(caches, 0, "caches left in {}", store.join("lazy").display());
+}
+
+/// A generated eStargz layer (annotation containerd.io/snapshot/stargz/
+/// toc.digest), pushed: served lazily with `store add`'s tree.
+#[test]
+fn estargz_layers_are_served_lazily_from_the_registry() {
+    if !ready("estargz_layers_are_served_lazily_from_the_registry") {
+        return;
+    }
+    let built = gen::estargz(&items(), CHUNK, |_| {});
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    toc_layout(
+        &layout,
+        &built.blob,
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        erofs_fuse::toc::ESTARGZ_ANNOTATION,
+        &built.toc_digest,
+    );
+    let reg = Registry::start(Variant::Http);
+    reg.push_oci_layout(&layout, "sgz/app:1");
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let served = Served::start(&store, &reg.cli_args());
+    let diff = served
+        .reference(&reg.reference("sgz/app:1"))
+        .join(&built.toc_digest)
+        .join("diff");
+    let expected: String = added_tree(&built.blob, &built.toc_digest)
+        .lines()
+        .filter(|l| !l.contains(erofs_fuse::toc::estargz::TOC_NAME))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(tree(&diff), expected);
+    assert!(!fetched_whole(&reg, &sha256(&built.blob)));
+}
+
+/// A TOC that does not hash to the digest asked for, and a digest no
+/// layer of the manifest carries: ENOENT, a log line, nothing stored. A
+/// frame altered in the blob: that file fails (EIO), the others read.
+#[test]
+fn bad_toc_layers_are_not_served() {
+    if !ready("bad_toc_layers_are_not_served") {
+        return;
+    }
+    let built = gen::zstd_chunked(&items(), CHUNK, |_| {});
+    // The big file's second chunk altered: the TOC (and its digest) intact.
+    let mut blob = built.blob.clone();
+    let format = erofs_fuse::toc::Format::ZstdChunked;
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("blob");
+    std::fs::write(&path, &blob).unwrap();
+    let parsed = erofs_fuse::toc::read(&path, format, &built.toc_digest).unwrap();
+    let chunks: Vec<_> = parsed.entries.iter().filter(|e| e.name == "usr/bin/big").collect();
+    blob[((chunks[1].offset + chunks[2].offset) / 2) as usize] ^= 0x40;
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let reg = Registry::start(Variant::Http);
+    for (repo, annotation) in [("tampered:1", &built.toc_digest), ("wrongtoc:1", &wrong)] {
+        let layout = work.path().join(repo.replace(':', "-"));
+        let key = erofs_fuse::toc::ZSTD_CHUNKED_ANNOTATION;
+        let media = "application/vnd.oci.image.layer.v1.tar+zstd";
+        toc_layout(&layout, &blob, media, key, annotation);
+        reg.push_oci_layout(&layout, repo);
+    }
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let served = Served::start(&store, &reg.cli_args());
+    // The TOC does not hash to the annotation's digest.
+    let layer = served.reference(&reg.reference("wrongtoc:1")).join(&wrong);
+    assert!(!layer.exists(), "a layer whose TOC does not match was served");
+    assert!(served.log().contains(&format!("TOC digest is {}", built.toc_digest)), "{}", served.log());
+    // No layer of the manifest has this TOC digest.
+    let none = format!("sha256:{}", "cd".repeat(32));
+    assert!(!served.reference(&reg.reference("tampered:1")).join(&none).exists());
+    assert!(served.log().contains(&format!("no layer of TOC digest {none}")), "{}", served.log());
+    let left = |dir: &str| std::fs::read_dir(store.join(dir)).map_or(0, |d| d.count());
+    assert_eq!((left("toc-lazy"), left("toc")), (0, 0), "something was stored");
+    // The tampered frame: its file fails with EIO, the others read.
+    let diff = served
+        .reference(&reg.reference("tampered:1"))
+        .join(&built.toc_digest)
+        .join("diff");
+    let err = std::fs::read(diff.join("usr/bin/big")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(5), "{err}");
+    assert_eq!(
+        std::fs::read(diff.join("etc/hosts")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
+    assert!(served.log().contains("fetching it again"), "{}", served.log());
+}
