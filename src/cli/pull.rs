@@ -172,7 +172,12 @@ fn pull_with(
     lazy: bool,
     progress: &dyn Progress,
 ) -> Result<ImageRecord> {
-    let platform = args.registry.platform.as_deref().map(Platform::parse).transpose()?;
+    let platform = args
+        .registry
+        .platform
+        .as_deref()
+        .map(Platform::parse)
+        .transpose()?;
     let source = image.open(&client_options(&args.registry)?)?;
     let options = PullOptions {
         platform,

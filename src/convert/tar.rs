@@ -33,7 +33,6 @@ pub struct TarOptions {
     pub implied_mtime: Option<i64>,
 }
 
-
 /// Reads every entry of the tar stream `reader` into a tree.
 pub fn read_tar(
     reader: impl Read,

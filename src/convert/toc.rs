@@ -32,7 +32,9 @@ pub fn toc_tree(toc: &Toc, map: &TocMap) -> Result<Tree> {
         let fail = |what: String| Error::Invalid(format!("TOC entry {:?}: {what}", e.name));
         let content = content(e, index, map).map_err(fail)?;
         let attrs = attrs(e).map_err(fail)?;
-        builder.add(e.name.as_bytes(), content, attrs).map_err(fail)?;
+        builder
+            .add(e.name.as_bytes(), content, attrs)
+            .map_err(fail)?;
     }
     Ok(builder.finish())
 }

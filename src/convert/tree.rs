@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, HashSet};
 use super::pax::{drop_user_xattrs, max_inline_xattrs, Attrs};
 use super::stream::shown;
 use crate::format::{
-    MAX_PATH_DEPTH, NAME_LEN_MAX, OPAQUE_MARKER, OVERLAY_OPAQUE, OVERLAY_ORIGIN, S_IFBLK,
-    S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, WHITEOUT_PREFIX,
+    MAX_PATH_DEPTH, NAME_LEN_MAX, OPAQUE_MARKER, OVERLAY_OPAQUE, OVERLAY_ORIGIN, S_IFBLK, S_IFCHR,
+    S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, WHITEOUT_PREFIX,
 };
 use crate::mkfs::{FileData, Node, NodeData, NodeId, Tree};
 
@@ -118,7 +118,14 @@ impl TreeBuilder {
                 return hard_link(&mut self.tree, parent, name.to_vec(), target);
             }
         };
-        self.place(path, parent, name.to_vec(), content.file_type(), data, attrs)
+        self.place(
+            path,
+            parent,
+            name.to_vec(),
+            content.file_type(),
+            data,
+            attrs,
+        )
     }
 
     /// The tree, implied directories given their mtime.
@@ -315,4 +322,3 @@ fn set_attrs(node: &mut Node, attrs: Attrs) {
         node.xattrs.insert(name, value);
     }
 }
-

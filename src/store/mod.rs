@@ -24,10 +24,12 @@ pub mod toc_layers;
 pub mod toc_remote;
 mod toc_view;
 
+use toc_view::LayerBlob;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -68,14 +70,6 @@ struct Layer {
     blob: LayerBlob,
     blob_size: u64,
     mtime: (i64, u32),
-}
-
-/// Where a layer's `blob` is read from.
-enum LayerBlob {
-    /// The blob file in the layer's directory.
-    File(File),
-    /// A lazy layer's blob, read from the registry through its cache.
-    Cache(std::sync::Arc<crate::lazy::ChunkCache>),
 }
 
 /// What an inode of the store is.
@@ -520,13 +514,7 @@ impl View for StoreView {
                 let len = len.min(layer.blob_size.saturating_sub(offset)) as usize;
                 scratch.resize(len, 0);
                 let path = || layout::layer_dir(&self.dir, &layer.digest).join(layout::BLOB_FILE);
-                let n = match &layer.blob {
-                    LayerBlob::File(file) => file.read_at(scratch, offset),
-                    LayerBlob::Cache(cache) => {
-                        cache.ensure(offset, len as u64)?;
-                        cache.file().read_at(scratch, offset)
-                    }
-                };
+                let n = layer.blob.read_at(scratch, offset)?;
                 scratch.truncate(n.map_err(|e| Error::io(path(), e))?);
                 Ok(scratch)
             }

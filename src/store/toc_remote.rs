@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use serde::{Deserialize, Serialize};
 
 use super::images::Store;
-use super::layout::{self, LayerInfo, Staging};
+use super::layout::{self, Staging};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::lazy::{CacheOptions, ChunkCache, ChunkSource, RemoteBlob, TocMap, TocSource};
@@ -53,6 +53,35 @@ const TAIL: u64 = 256 << 10;
 /// Chunk size of the blob's cache.
 const BLOB_CHUNK: u64 = 128 << 10;
 
+/// The flag containers/image sets on a layer pulled by TOC digest: its
+/// uncompressed digest as the image config says, untrusted
+/// (containers/image storage/storage_src.go, `expectedLayerDiffIDFlag`).
+pub const EXPECTED_DIFF_ID: &str = "expected-layer-diffid";
+
+/// A lazy layer's `info`: what stargz-store gives for a layer found by TOC
+/// digest (store/manager.go `genLayerInfo`). No `diff-digest` nor
+/// `compressed-diff-digest`: neither the tar nor the blob is read whole,
+/// so neither digest is checked, and containers/storage would index the
+/// layer by them for other pulls; the config's diffID goes in `flags`, as
+/// containers/image records it for layers it pulls by TOC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TocLayerInfo {
+    /// The blob's size (the manifest's).
+    #[serde(rename = "compressed-size")]
+    pub compressed_size: u64,
+    /// -1: unknown.
+    #[serde(rename = "diff-size")]
+    pub diff_size: i64,
+    /// containers/storage's code: 2 gzip (eStargz), 4 zstd.
+    pub compression: u8,
+    /// The TOC digest podman looked the layer up by.
+    #[serde(rename = "toc-digest")]
+    pub toc_digest: String,
+    /// `expected-layer-diffid`, when the config gives one.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flags: std::collections::BTreeMap<String, String>,
+}
+
 /// How `store serve` reaches registries for lazy TOC layers.
 #[derive(Debug, Clone, Default)]
 pub struct Remote {
@@ -68,6 +97,8 @@ pub struct Remote {
 /// Where a lazy layer came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LazyRecord {
+    /// The layer's (compressed) digest, as the manifest gives it.
+    pub digest: String,
     /// The image reference it was found under (normalized).
     pub reference: String,
     /// `zstd:chunked` or `estargz`.
@@ -124,9 +155,9 @@ impl BlobReader for Tail<'_> {
             });
             let tail = tail.as_ref().map_err(|e| Error::Registry(e.clone()))?;
             let at = (offset - self.start) as usize;
-            let piece = tail
-                .get(at..at + buf.len())
-                .ok_or_else(|| Error::corrupt(format!("{}: read past its end", self.blob.name())))?;
+            let piece = tail.get(at..at + buf.len()).ok_or_else(|| {
+                Error::corrupt(format!("{}: read past its end", self.blob.name()))
+            })?;
             buf.copy_from_slice(piece);
             return Ok(());
         }
@@ -136,7 +167,10 @@ impl BlobReader for Tail<'_> {
 
 /// The layer of `manifest` whose TOC-digest annotation is `toc_digest`:
 /// (its index, descriptor digest, size).
-fn find_layer(manifest: &oci_spec::image::ImageManifest, toc_digest: &str) -> Option<(usize, String, u64)> {
+fn find_layer(
+    manifest: &oci_spec::image::ImageManifest,
+    toc_digest: &str,
+) -> Option<(usize, String, u64)> {
     manifest.layers().iter().enumerate().find_map(|(i, d)| {
         let notes = d.annotations().as_ref()?;
         let ours = [toc::ZSTD_CHUNKED_ANNOTATION, toc::ESTARGZ_ANNOTATION]
@@ -147,14 +181,21 @@ fn find_layer(manifest: &oci_spec::image::ImageManifest, toc_digest: &str) -> Op
 }
 
 /// The diffID the image config gives layer `i`, if it can be read.
-fn diff_id(source: &dyn ImageSource, manifest: &oci_spec::image::ImageManifest, i: usize, name: &str) -> Option<String> {
+fn diff_id(
+    source: &dyn ImageSource,
+    manifest: &oci_spec::image::ImageManifest,
+    i: usize,
+    name: &str,
+) -> Option<String> {
     let config = manifest.config();
     if config.size() > crate::registry::MAX_MANIFEST_SIZE {
         return None;
     }
     let mut bytes = Vec::new();
     let digest = config.digest().to_string();
-    source.blob(&digest, config.size(), &mut bytes, &|_| {}).ok()?;
+    source
+        .blob(&digest, config.size(), &mut bytes, &|_| {})
+        .ok()?;
     if crate::registry::oci_layout::sha256_digest(&bytes) != digest {
         return None;
     }
@@ -165,7 +206,12 @@ fn diff_id(source: &dyn ImageSource, manifest: &oci_spec::image::ImageManifest, 
 /// Fetches the TOC layer of `reference` whose TOC digest is `toc_digest`
 /// into the store (see the module doc). `Ok(None)`: the image has no such
 /// layer. Nothing is written unless the TOC matches its digest and builds.
-pub fn fetch(store: &Store, remote: &Remote, reference: &str, toc_digest: &str) -> Result<Option<String>> {
+pub fn fetch(
+    store: &Store,
+    remote: &Remote,
+    reference: &str,
+    toc_digest: &str,
+) -> Result<Option<String>> {
     let parsed = parse_reference(reference)?;
     let name = parsed.to_string();
     let source: Arc<dyn ImageSource> = Arc::from(crate::registry::open(&parsed, &remote.client)?);
@@ -180,7 +226,9 @@ pub fn fetch(store: &Store, remote: &Remote, reference: &str, toc_digest: &str) 
         return Ok(None);
     };
     if !layout::is_layer_name(digest.as_bytes()) {
-        return Err(Error::Invalid(format!("{name}: layer digest {digest:?} is not sha256")));
+        return Err(Error::Invalid(format!(
+            "{name}: layer digest {digest:?} is not sha256"
+        )));
     }
     let blob = RemoteBlob {
         source: source.clone(),
@@ -193,12 +241,17 @@ pub fn fetch(store: &Store, remote: &Remote, reference: &str, toc_digest: &str) 
         bytes: OnceLock::new(),
     };
     let shown = PathBuf::from(format!("{name}@{digest}"));
-    let format = toc::detect_in(&tail)?
-        .ok_or_else(|| Error::Invalid(format!("{}: neither zstd:chunked nor eStargz (no footer)", shown.display())))?;
+    let format = toc::detect_in(&tail)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: neither zstd:chunked nor eStargz (no footer)",
+            shown.display()
+        ))
+    })?;
     // The digest is checked before the TOC is parsed.
     let (toc, json) = toc::read_json_in(&shown, &tail, format, toc_digest)?;
     let map = TocMap::new(&toc).map_err(|e| Error::Invalid(format!("{}: {e}", shown.display())))?;
     let record = LazyRecord {
+        digest: digest.clone(),
         reference: name.clone(),
         format: format_name(format).into(),
         toc_digest: toc_digest.into(),
@@ -206,16 +259,19 @@ pub fn fetch(store: &Store, remote: &Remote, reference: &str, toc_digest: &str) 
         data_end: toc.data_end,
         device_size: map.size,
     };
-    let info = LayerInfo {
-        compressed_digest: digest.clone(),
+    let mut flags = std::collections::BTreeMap::new();
+    if let Some(diff_id) = diff_id(source.as_ref(), &resolved.manifest, index, &name) {
+        flags.insert(EXPECTED_DIFF_ID.to_string(), diff_id);
+    }
+    let info = TocLayerInfo {
         compressed_size: size,
-        diff_digest: diff_id(source.as_ref(), &resolved.manifest, index, &name).unwrap_or_default(),
-        diff_size: 0,
+        diff_size: -1,
         compression: match format {
             Format::ZstdChunked => 4,
             Format::Estargz => 2,
         },
-        toc_digest: Some(toc_digest.into()),
+        toc_digest: toc_digest.into(),
+        flags,
     };
     write_layer(store, &toc, &map, &json, &record, &info)?;
     Ok(Some(digest))
@@ -223,25 +279,41 @@ pub fn fetch(store: &Store, remote: &Remote, reference: &str, toc_digest: &str) 
 
 /// Writes the lazy layer's directory (staged, published whole) and its
 /// TOC pointer.
-fn write_layer(store: &Store, toc: &Toc, map: &TocMap, json: &[u8], record: &LazyRecord, info: &LayerInfo) -> Result<()> {
+fn write_layer(
+    store: &Store,
+    toc: &Toc,
+    map: &TocMap,
+    json: &[u8],
+    record: &LazyRecord,
+    info: &TocLayerInfo,
+) -> Result<()> {
     let dir = lazy_dir(store.path())?;
     let staging = Staging::create(&dir, "lazytoc")?;
     let image_path = staging.dir.path().join(layout::IMAGE_FILE);
     let image = staging.create_file(layout::IMAGE_FILE)?;
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(toc.digest.as_bytes())[..16]);
-    crate::convert::toc::write_image(toc, map, image.try_clone().map_err(|e| Error::io(&image_path, e))?, uuid)?;
+    crate::convert::toc::write_image(
+        toc,
+        map,
+        image.try_clone().map_err(|e| Error::io(&image_path, e))?,
+        uuid,
+    )?;
     image.sync_all().map_err(|e| Error::io(&image_path, e))?;
     layout::finish_file(&image, &image_path)?;
     write_small(&staging, TOC_FILE, json)?;
     let record_json = serde_json::to_vec(record).map_err(|e| Error::Invalid(e.to_string()))?;
     write_small(&staging, RECORD_FILE, &record_json)?;
-    layout::write_info(&staging, info)?;
-    if !staging.publish(&info.compressed_digest)? {
-        tracing::info!("{}: already there", dir.path().join(&info.compressed_digest).display());
+    let info_json = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_small(&staging, layout::INFO_FILE, &info_json)?;
+    if !staging.publish(&record.digest)? {
+        tracing::info!(
+            "{}: already there",
+            dir.path().join(&record.digest).display()
+        );
     }
     let root = OutputDir::open(store.path()).map_err(|e| Error::io(store.path(), e))?;
-    super::toc_layers::write_pointer(&root, &record.toc_digest, &info.compressed_digest)
+    super::toc_layers::write_pointer(&root, &record.toc_digest, &record.digest)
 }
 
 /// Writes a small file of the layer being staged.
@@ -265,7 +337,8 @@ fn lazy_dir(store: &Path) -> Result<OutputDir> {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
         Err(e) => return Err(Error::io(&path, e.into())),
     }
-    let fd = safe_fs::open_dir_at(root.fd(), OsStr::new(LAZY_TOC_DIR)).map_err(|e| Error::io(&path, e))?;
+    let fd = safe_fs::open_dir_at(root.fd(), OsStr::new(LAZY_TOC_DIR))
+        .map_err(|e| Error::io(&path, e))?;
     Ok(OutputDir::from_fd(fd, path))
 }
 
@@ -278,7 +351,10 @@ fn read_small(dir: &Path, name: &str, max: u64) -> Result<Vec<u8>> {
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(&path, e))?;
     if bytes.len() as u64 > max {
-        return Err(Error::Invalid(format!("{}: larger than {max} bytes", path.display())));
+        return Err(Error::Invalid(format!(
+            "{}: larger than {max} bytes",
+            path.display()
+        )));
     }
     Ok(bytes)
 }
@@ -309,8 +385,10 @@ pub struct Opened {
     pub blob: Arc<ChunkCache>,
     /// The uncompressed device's cache (for counters).
     pub device: Arc<ChunkCache>,
-    /// Its info as stored, and parsed.
-    pub info: (Vec<u8>, LayerInfo),
+    /// Its info as stored.
+    pub info: Vec<u8>,
+    /// Its TOC digest.
+    pub toc_digest: String,
 }
 
 /// Opens lazy layer `digest` of `store` (made by [`fetch`], now or by an
@@ -326,14 +404,25 @@ pub fn open(store: &Store, remote: &Remote, digest: &str) -> Result<Opened> {
         other => return Err(shown(format!("format {other:?}"))),
     };
     let json = read_small(&dir, TOC_FILE, toc::MAX_TOC_SIZE)?;
-    let toc = toc::from_json(&dir.join(TOC_FILE), &json, format, &record.toc_digest, record.data_end)?;
+    let toc = toc::from_json(
+        &dir.join(TOC_FILE),
+        &json,
+        format,
+        &record.toc_digest,
+        record.data_end,
+    )?;
     let map = TocMap::new(&toc).map_err(|e| shown(e.to_string()))?;
     if map.size != record.device_size {
-        return Err(shown(format!("the TOC maps {} bytes, the record says {}", map.size, record.device_size)));
+        return Err(shown(format!(
+            "the TOC maps {} bytes, the record says {}",
+            map.size, record.device_size
+        )));
     }
-    let info = layout::read_info_bytes(&dir)?;
-    if info.1.compressed_digest != digest || info.1.toc_digest.as_deref() != Some(record.toc_digest.as_str()) {
-        return Err(shown("its info describes another layer".into()));
+    let info = read_small(&dir, layout::INFO_FILE, layout::MAX_INFO_SIZE)?;
+    let parsed: TocLayerInfo =
+        serde_json::from_slice(&info).map_err(|e| shown(format!("{}: {e}", layout::INFO_FILE)))?;
+    if record.digest != digest || parsed.toc_digest != record.toc_digest {
+        return Err(shown("its info or record describes another layer".into()));
     }
     let parsed = parse_reference(&record.reference)?;
     let source: Arc<dyn ImageSource> = if remote.offline {
@@ -384,6 +473,7 @@ pub fn open(store: &Store, remote: &Remote, digest: &str) -> Result<Opened> {
         blob: Arc::new(blob_cache),
         device,
         info,
+        toc_digest: record.toc_digest,
     })
 }
 

@@ -12,13 +12,36 @@ use std::time::{Duration, Instant};
 
 use super::images::Store;
 use super::toc_remote::{self, Remote};
-use super::{toc_layers, Ino, Layer, LayerBlob, StoreView};
+use super::{toc_layers, Ino, Layer, StoreView};
 use crate::error::{Error, Result};
 
 /// How long a failed fetch of a (reference, TOC digest) is not retried.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Most failures remembered (past it, they are all forgotten).
 const MAX_FAILED: usize = 4096;
+
+/// Where a layer's `blob` is read from.
+pub(super) enum LayerBlob {
+    /// The blob file in the layer's directory.
+    File(std::fs::File),
+    /// A lazy layer's blob, read from the registry through its cache.
+    Cache(Arc<crate::lazy::ChunkCache>),
+}
+
+impl LayerBlob {
+    /// Reads into `buf` at `offset` (inside the blob): the outer error is
+    /// the cache's fetch, the inner one the file's read.
+    pub(super) fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<std::io::Result<usize>> {
+        use std::os::unix::fs::FileExt;
+        Ok(match self {
+            LayerBlob::File(file) => file.read_at(buf, offset),
+            LayerBlob::Cache(cache) => {
+                cache.ensure(offset, buf.len() as u64)?;
+                cache.file().read_at(buf, offset)
+            }
+        })
+    }
+}
 
 /// What the view keeps for lazy TOC layers.
 #[derive(Default)]
@@ -78,7 +101,9 @@ impl StoreView {
         // Another lookup may have fetched it meanwhile.
         let found = match toc_layers::resolve(&self.dir, toc) {
             Some(_) => Ok(Some(())),
-            None => self.fetch_now(remote, &reference, toc).map(|d| d.map(|_| ())),
+            None => self
+                .fetch_now(remote, &reference, toc)
+                .map(|d| d.map(|_| ())),
         };
         drop(held);
         lock(&self.toc.fetching).remove(toc);
@@ -141,9 +166,9 @@ impl StoreView {
         let meta = std::fs::metadata(&dir).map_err(|e| Error::io(&dir, e))?;
         Ok(Layer {
             digest: digest.to_string(),
-            toc_digest: opened.info.1.toc_digest,
+            toc_digest: Some(opened.toc_digest),
             image: opened.image,
-            info: opened.info.0,
+            info: opened.info,
             blob_size: opened.blob.len(),
             blob: LayerBlob::Cache(opened.blob),
             mtime: (meta.mtime(), meta.mtime_nsec() as u32),

@@ -169,13 +169,21 @@ pub fn parse_rfc3339(text: &str) -> Option<(i64, u32)> {
     }
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut at = 19;
     let mut nsec = 0u32;
     if b.get(at) == Some(&b'.') {
-        let digits = b[at + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
         if digits == 0 || digits > 9 {
             return None;
         }
@@ -204,7 +212,10 @@ pub fn parse_rfc3339(text: &str) -> Option<(i64, u32)> {
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset, nsec))
+    Some((
+        days * 86_400 + hour * 3600 + minute * 60 + second - offset,
+        nsec,
+    ))
 }
 
 /// `name` normalized as [`TocEntry::path`] says.
@@ -320,7 +331,13 @@ mod tests {
             Some((1_709_210_096, 0))
         );
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some((-1, 0)));
-        for bad in ["", "2024-02-29", "2024-13-01T00:00:00Z", "2024-01-01T00:00:00.Z", "2024-01-01T00:00:00"] {
+        for bad in [
+            "",
+            "2024-02-29",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01T00:00:00.Z",
+            "2024-01-01T00:00:00",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

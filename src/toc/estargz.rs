@@ -73,11 +73,7 @@ pub fn has_footer(src: &dyn BlobReader) -> bool {
 /// Reads the TOC: the footer, then the gzip member at the offset it gives,
 /// holding one tar entry `stargz.index.json` (bounded before it is read),
 /// whose digest is checked. Returns the JSON and where file data ends.
-pub(crate) fn read_toc(
-    blob: &Path,
-    src: &dyn BlobReader,
-    digest: &str,
-) -> Result<(Vec<u8>, u64)> {
+pub(crate) fn read_toc(blob: &Path, src: &dyn BlobReader, digest: &str) -> Result<(Vec<u8>, u64)> {
     let size = src.size();
     let offset = toc_offset(src).ok_or_else(|| bad(blob, "no eStargz footer"))?;
     let footer_start = size - FOOTER_SIZE;

@@ -144,7 +144,13 @@ pub fn read_in(blob: &Path, src: &dyn BlobReader, format: Format, digest: &str) 
 /// A TOC kept from an earlier read of a blob: `json` as the blob holds it
 /// uncompressed, `data_end` where its file data ends; parsed and checked
 /// as [`read_in`] does (the digest is the caller's to vouch for).
-pub fn from_json(name: &Path, json: &[u8], format: Format, digest: &str, data_end: u64) -> Result<Toc> {
+pub fn from_json(
+    name: &Path,
+    json: &[u8],
+    format: Format,
+    digest: &str,
+    data_end: u64,
+) -> Result<Toc> {
     let entries = entry::parse(name, json, format, data_end)?;
     Ok(Toc {
         format,
@@ -155,7 +161,12 @@ pub fn from_json(name: &Path, json: &[u8], format: Format, digest: &str, data_en
 }
 
 /// [`read_in`], also giving the TOC's JSON (to keep beside a lazy layer).
-pub fn read_json_in(blob: &Path, src: &dyn BlobReader, format: Format, digest: &str) -> Result<(Toc, Vec<u8>)> {
+pub fn read_json_in(
+    blob: &Path,
+    src: &dyn BlobReader,
+    format: Format,
+    digest: &str,
+) -> Result<(Toc, Vec<u8>)> {
     if !is_sha256(digest) {
         return Err(bad(
             blob,

@@ -104,11 +104,7 @@ fn check_frame(
 /// Reads the TOC: checks the footer, the TOC's frame and its digest, then
 /// decompresses it (exactly the length the footer gives). Returns the TOC
 /// JSON and where file data ends.
-pub(crate) fn read_toc(
-    blob: &Path,
-    src: &dyn BlobReader,
-    digest: &str,
-) -> Result<(Vec<u8>, u64)> {
+pub(crate) fn read_toc(blob: &Path, src: &dyn BlobReader, digest: &str) -> Result<(Vec<u8>, u64)> {
     let size = src.size();
     let footer = footer(src).ok_or_else(|| bad(blob, "no zstd:chunked footer"))?;
     if footer.toc_type.get() != MANIFEST_TYPE_CRFS {

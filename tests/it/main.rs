@@ -49,8 +49,6 @@ mod kernel_diff;
 #[cfg(feature = "privileged")]
 mod lazy_faults;
 #[cfg(feature = "privileged")]
-mod toc_lazy_registry;
-#[cfg(feature = "privileged")]
 mod lazy_indexed;
 #[cfg(feature = "privileged")]
 mod lazy_mount;
@@ -68,5 +66,7 @@ mod registry_pull;
 mod rootless;
 #[cfg(feature = "privileged")]
 mod store_refs;
+#[cfg(feature = "privileged")]
+mod toc_lazy_registry;
 #[cfg(feature = "privileged")]
 mod verity_mount;

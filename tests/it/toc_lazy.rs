@@ -125,19 +125,32 @@ fn a_frame_that_does_not_match_its_chunk_digest_fails_its_file_only() {
         // The first chunk of the file reads.
         assert!(image.read_range(&big, 0, 4096).is_ok(), "{estargz}");
         let fetched = source.fetched();
-        let err = image.read_range(&big, 0, big.size).err().expect("the altered file read");
+        let Err(err) = image.read_range(&big, 0, big.size) else {
+            panic!("{estargz}: the altered file read")
+        };
         assert_eq!(err.errno(), 5, "{estargz}: {err}");
         assert!(err.to_string().contains("blob"), "{err}");
         // Fetched twice (the retry), and once more on a later read.
         let bad_size = {
-            let x = parsed.entries.iter().filter(|e| e.name == "usr/bin/big").nth(2).unwrap();
+            let x = parsed
+                .entries
+                .iter()
+                .filter(|e| e.name == "usr/bin/big")
+                .nth(2)
+                .unwrap();
             x.offset - chunk.offset
         };
-        assert!(source.fetched() - fetched >= 2 * bad_size, "{estargz}: not fetched again");
+        assert!(
+            source.fetched() - fetched >= 2 * bad_size,
+            "{estargz}: not fetched again"
+        );
         std::thread::sleep(std::time::Duration::from_millis(300));
         let fetched = source.fetched();
         assert!(image.read_range(&big, CHUNK as u64, 16).is_err());
-        assert!(source.fetched() > fetched, "{estargz}: the bad chunk was not fetched again");
+        assert!(
+            source.fetched() > fetched,
+            "{estargz}: the bad chunk was not fetched again"
+        );
         let hosts = image.resolve(b"etc/hosts").unwrap();
         assert_eq!(
             &image.read_range(&hosts, 0, 100).unwrap()[..],
@@ -152,11 +165,17 @@ fn a_frame_that_does_not_match_its_chunk_digest_fails_its_file_only() {
             .unwrap();
         let align = cache.chunk_size();
         for i in bad.start / align..(bad.start + bad.len).div_ceil(align) {
-            assert!(!cache.is_present(i), "{estargz}: chunk {i} of the bad range is cached");
+            assert!(
+                !cache.is_present(i),
+                "{estargz}: chunk {i} of the bad range is cached"
+            );
         }
         assert!(cache.is_present(map.extents[0].start / align), "{estargz}");
         if !estargz {
-            assert!(source.mismatches() >= 2 || err.to_string().contains("decode"), "{err}");
+            assert!(
+                source.mismatches() >= 2 || err.to_string().contains("decode"),
+                "{err}"
+            );
         }
     }
 }
