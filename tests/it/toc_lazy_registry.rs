@@ -323,3 +323,43 @@ fn bad_toc_layers_are_not_served() {
         served.log()
     );
 }
+
+/// Lookups of one TOC digest under two references at once (two FUSE
+/// lookups: the kernel serializes only same-name lookups in one
+/// directory), through a slow link: one fetch, the other lookup waits for
+/// it and finds the layer.
+#[test]
+fn concurrent_lookups_of_one_toc_digest_fetch_once() {
+    if !ready("concurrent_lookups_of_one_toc_digest_fetch_once") {
+        return;
+    }
+    let reg = Registry::start(Variant::Http);
+    reg.push_oci_layout(&oci_fixture("zstd-chunked"), "p5/tiny:1");
+    reg.push_oci_layout(&oci_fixture("zstd-chunked"), "p5/tiny:2");
+    let relay = crate::common::relay::Relay::start(&reg.addr);
+    // About 1.5 s for one layer's manifest, config and 256 KiB tail.
+    relay.set_rate(Some(200_000));
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let served = Served::start(&store, &reg.cli_args());
+    let (_, _, toc) = FIXTURE_LAYERS[0];
+    let dirs: Vec<PathBuf> = ["p5/tiny:1", "p5/tiny:2"]
+        .iter()
+        .map(|tag| served.reference(&format!("{}/{tag}", relay.addr)).join(toc))
+        .collect();
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for dir in &dirs {
+            s.spawn(move || assert!(dir.join("diff").is_dir(), "{}", dir.display()));
+        }
+    });
+    let took = started.elapsed();
+    let fetched = served.log().matches("fetched lazily").count();
+    assert_eq!(fetched, 1, "{}", served.log());
+    let bytes = relay.bytes_from_server();
+    assert!(
+        bytes < 400 << 10,
+        "{bytes} bytes fetched for one TOC in {took:?}"
+    );
+}
