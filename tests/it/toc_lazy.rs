@@ -179,3 +179,55 @@ fn a_frame_that_does_not_match_its_chunk_digest_fails_its_file_only() {
         }
     }
 }
+
+/// `store gc` and lazy TOC layers: a half-written one (an interrupted
+/// fetch's staging directory) and the caches of one that is gone are
+/// removed; a lazy layer stays, unless --all.
+#[test]
+fn gc_removes_half_written_lazy_layers_and_orphan_caches() {
+    use crate::common::{bin, run_ok};
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    let layer = format!("sha256:{}", "1".repeat(64));
+    let gone = format!("sha256:{}", "2".repeat(64));
+    let lazy = store.join("toc-lazy");
+    for dir in [
+        lazy.join(".lazytoc.x1"),
+        lazy.join(&layer),
+        store.join("lazy"),
+    ] {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    std::fs::write(lazy.join(".lazytoc.x1/layer.erofs"), b"half").unwrap();
+    std::fs::write(lazy.join(&layer).join("info"), b"{}").unwrap();
+    for name in [".toc", ".toc.chunks", ".tocblob", ".tocblob.chunks"] {
+        std::fs::write(store.join("lazy").join(format!("{layer}{name}")), b"").unwrap();
+        std::fs::write(store.join("lazy").join(format!("{gone}{name}")), b"").unwrap();
+    }
+    let names = |dir: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let gc = |all: bool| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args(["store", "gc", "--store"]).arg(&store);
+        if all {
+            cmd.arg("--all");
+        }
+        run_ok(&mut cmd);
+    };
+    gc(false);
+    assert_eq!(names(&lazy), vec![layer.clone()]);
+    let kept: Vec<String> = [".toc", ".toc.chunks", ".tocblob", ".tocblob.chunks"]
+        .iter()
+        .map(|s| format!("{layer}{s}"))
+        .collect();
+    assert_eq!(names(&store.join("lazy")), kept);
+    gc(true);
+    assert!(names(&lazy).is_empty());
+    assert!(names(&store.join("lazy")).is_empty());
+}
