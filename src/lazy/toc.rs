@@ -39,6 +39,8 @@ pub const MAX_DECODED: u64 = 64 << 20;
 const MEMO_BYTES: usize = 64 << 20;
 /// Most chunks kept.
 const MEMO_COUNT: usize = 16;
+/// Most compressed bytes of adjacent chunks fetched in one request.
+const MAX_RUN: u64 = 8 << 20;
 
 /// One chunk of a file: `len` bytes at device offset `start`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,22 +320,21 @@ impl TocSource {
 
     /// The verified bytes of extent `i`: from the memo, or fetched and
     /// decoded (a second time after a mismatch).
-    fn extent_bytes(&self, i: usize) -> Result<Arc<Vec<u8>>> {
-        let lock = || self.memo.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, bytes)) = lock().iter().find(|(j, _)| *j == i) {
-            return Ok(bytes.clone());
+    fn extent_bytes(&self, i: usize, fetched: Option<&[u8]>) -> Result<Arc<Vec<u8>>> {
+        if let Some(bytes) = self.memoized(i) {
+            return Ok(bytes);
         }
-        let bytes = match self.decode(i) {
+        let bytes = match self.decode(i, fetched) {
             Ok(bytes) => bytes,
             Err(Error::Corrupt(first)) => {
                 tracing::warn!("{first}; fetching it again");
                 self.blob.forget();
-                self.decode(i)?
+                self.decode(i, None)?
             }
             Err(e) => return Err(e),
         };
         let bytes = Arc::new(bytes);
-        let mut memo = lock();
+        let mut memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
         memo.push_back((i, bytes.clone()));
         while memo.len() > MEMO_COUNT
             || memo.iter().map(|(_, b)| b.len()).sum::<usize>() > MEMO_BYTES
@@ -343,9 +344,32 @@ impl TocSource {
         Ok(bytes)
     }
 
+    /// Extent `i`'s bytes, if decoded lately.
+    fn memoized(&self, i: usize) -> Option<Arc<Vec<u8>>> {
+        let memo = self.memo.lock().unwrap_or_else(PoisonError::into_inner);
+        memo.iter().find(|(j, _)| *j == i).map(|(_, b)| b.clone())
+    }
+
+    /// The end of the run of extents from `i` (before `end`) whose
+    /// compressed ranges follow each other in the blob, none decoded
+    /// lately, at most [`MAX_RUN`] bytes: fetched in one request.
+    fn run_end(&self, i: usize, end: usize) -> usize {
+        let x = &self.map.extents;
+        let mut j = i + 1;
+        while j < end
+            && !x[j].zeros
+            && x[j].blob_offset == x[j - 1].blob_end
+            && x[j].blob_end - x[i].blob_offset <= MAX_RUN
+            && self.memoized(j).is_none()
+        {
+            j += 1;
+        }
+        j
+    }
+
     /// Fetches, decodes and checks extent `i`; a decoding error or a
     /// digest mismatch is [`Error::Corrupt`].
-    fn decode(&self, i: usize) -> Result<Vec<u8>> {
+    fn decode(&self, i: usize, fetched: Option<&[u8]>) -> Result<Vec<u8>> {
         let x = &self.map.extents[i];
         let name = || format!("{} [{}, {})", self.blob.name(), x.blob_offset, x.blob_end);
         let corrupt = |what: String| Error::corrupt(format!("{}: {what}", name()));
@@ -361,15 +385,22 @@ impl TocSource {
                     "{size} compressed bytes for a chunk of {len}"
                 )));
             }
-            let mut compressed = vec![0u8; size as usize];
-            self.blob.read_at(x.blob_offset, &mut compressed)?;
-            self.fetched.fetch_add(size, Ordering::Relaxed);
+            let mut own = Vec::new();
+            let compressed = match fetched {
+                Some(bytes) => bytes,
+                None => {
+                    own.resize(size as usize, 0);
+                    self.blob.read_at(x.blob_offset, &mut own)?;
+                    self.fetched.fetch_add(size, Ordering::Relaxed);
+                    &own[..]
+                }
+            };
             // zstd:chunked frames hold the chunk alone (one byte more
             // shows a frame longer than the TOC says); an eStargz member
             // goes on with the tar's padding and the next header.
             let want = (inner + len) as u64;
             let decoded = match self.map.format {
-                Format::ZstdChunked => zstd::stream::read::Decoder::new(&compressed[..])
+                Format::ZstdChunked => zstd::stream::read::Decoder::new(compressed)
                     .and_then(|d| read_bounded(d, want + 1, &mut out)),
                 Format::Estargz => read_bounded(
                     flate2::read::GzDecoder::new(&compressed[..]),
@@ -414,18 +445,43 @@ impl ChunkSource for TocSource {
         super::check_range(&self.name(), self.map.size, offset, buf)?;
         buf.fill(0);
         let end = offset + buf.len() as u64;
-        for i in self.map.overlapping(offset, buf.len() as u64) {
-            let x = &self.map.extents[i];
-            let bytes = match self.extent_bytes(i) {
-                Ok(bytes) => bytes,
-                Err(e) => {
+        let extents = self.map.overlapping(offset, buf.len() as u64);
+        let mut i = extents.start;
+        while i < extents.end {
+            // Extents adjacent in the blob (a file's chunks) in one request.
+            let run = i..self.run_end(i, extents.end);
+            let joined = if run.len() > 1 {
+                let (from, to) = (
+                    self.map.extents[i].blob_offset,
+                    self.map.extents[run.end - 1].blob_end,
+                );
+                let mut bytes = vec![0u8; (to - from) as usize];
+                if let Err(e) = self.blob.read_at(from, &mut bytes) {
                     buf.fill(0);
                     return Err(e);
                 }
+                self.fetched.fetch_add(to - from, Ordering::Relaxed);
+                Some((from, bytes))
+            } else {
+                None
             };
-            let (from, to) = (offset.max(x.start), end.min(x.start + x.len));
-            let src = &bytes[(from - x.start) as usize..(to - x.start) as usize];
-            buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+            for j in run.clone() {
+                let x = &self.map.extents[j];
+                let part = joined.as_ref().map(|(from, bytes)| {
+                    &bytes[(x.blob_offset - from) as usize..(x.blob_end - from) as usize]
+                });
+                let bytes = match self.extent_bytes(j, part) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        buf.fill(0);
+                        return Err(e);
+                    }
+                };
+                let (from, to) = (offset.max(x.start), end.min(x.start + x.len));
+                let src = &bytes[(from - x.start) as usize..(to - x.start) as usize];
+                buf[(from - offset) as usize..(to - offset) as usize].copy_from_slice(src);
+            }
+            i = run.end;
         }
         Ok(())
     }

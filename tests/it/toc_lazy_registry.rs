@@ -363,3 +363,79 @@ fn concurrent_lookups_of_one_toc_digest_fetch_once() {
         "{bytes} bytes fetched for one TOC in {took:?}"
     );
 }
+
+/// For measurements (prints them): a ~100 MB zstd:chunked layer of 1000
+/// files (100 KB each, about 2:1 compressible, 64 KiB chunks) pushed to
+/// the registry: the time and bytes of the first lookup (TOC fetched, image
+/// built), of one file's first read, of reading every file, against
+/// `store add` of the whole blob.
+#[test]
+#[ignore = "measurement: --features privileged -- --ignored --nocapture"]
+fn measure_a_lazy_toc_layer() {
+    use crate::toc_store::gen::{Item, Kind};
+    if !ready("measure_a_lazy_toc_layer") {
+        return;
+    }
+    let mut rng = crate::common::xorshift(100);
+    let names: Vec<&'static str> = (0..1000)
+        .map(|i| &*Box::leak(format!("data/d{}/f{i}", i / 50).into_boxed_str()))
+        .collect();
+    let items: Vec<Item> = names
+        .iter()
+        .map(|&path| Item {
+            path,
+            kind: Kind::Reg((0..100_000).map(|_| (rng() % 16) as u8 + b'a').collect()),
+            mode: 0o644,
+            xattrs: &[],
+        })
+        .collect();
+    let built = gen::zstd_chunked(&items, CHUNK, |_| {});
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    let media = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let key = erofs_fuse::toc::ZSTD_CHUNKED_ANNOTATION;
+    toc_layout(&layout, &built.blob, media, key, &built.toc_digest);
+    let reg = Registry::start(Variant::Http);
+    reg.push_oci_layout(&layout, "big:1");
+    let relay = crate::common::relay::Relay::start(&reg.addr);
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let served = Served::start(&store, &reg.cli_args());
+    let diff = served
+        .reference(&format!("{}/big:1", relay.addr))
+        .join(&built.toc_digest)
+        .join("diff");
+    let t = std::time::Instant::now();
+    assert!(diff.is_dir());
+    let lookup = (t.elapsed(), relay.bytes_from_server());
+    let t = std::time::Instant::now();
+    assert_eq!(
+        std::fs::read(diff.join("data/d3/f170")).unwrap().len(),
+        100_000
+    );
+    let one = (t.elapsed(), relay.bytes_from_server() - lookup.1);
+    let t = std::time::Instant::now();
+    let mut total = 0;
+    for name in &names {
+        total += std::fs::read(diff.join(name)).unwrap().len();
+    }
+    let all = (t.elapsed(), relay.bytes_from_server() - lookup.1 - one.1);
+    let path = work.path().join("blob");
+    std::fs::write(&path, &built.blob).unwrap();
+    let t = std::time::Instant::now();
+    erofs_fuse::store::toc_layers::add(&work.path().join("added"), &path, &built.toc_digest, false)
+        .unwrap();
+    let added = t.elapsed();
+    println!(
+        "blob {} bytes, {} files ({total} bytes)\nlookup: {:?}, {} bytes fetched\n\
+         first file: {:?}, {} bytes\nall files: {:?}, {} bytes\nstore add (local blob): {added:?}",
+        built.blob.len(),
+        names.len(),
+        lookup.0,
+        lookup.1,
+        one.0,
+        one.1,
+        all.0,
+        all.1
+    );
+}
