@@ -402,11 +402,9 @@ impl TocSource {
             let decoded = match self.map.format {
                 Format::ZstdChunked => zstd::stream::read::Decoder::new(compressed)
                     .and_then(|d| read_bounded(d, want + 1, &mut out)),
-                Format::Estargz => read_bounded(
-                    flate2::read::GzDecoder::new(&compressed[..]),
-                    want,
-                    &mut out,
-                ),
+                Format::Estargz => {
+                    read_bounded(flate2::read::GzDecoder::new(compressed), want, &mut out)
+                }
             };
             decoded.map_err(|e| corrupt(format!("does not decode: {e}")))?;
             if out.len() != inner + len {
