@@ -29,8 +29,9 @@ use crate::toc::{EntryType, Format, Toc, TocEntry};
 pub const MIN_ALIGN: u64 = 4096;
 /// Largest slot alignment (the chunk cache's largest chunk).
 const MAX_ALIGN: u64 = 64 << 20;
-/// Largest device: what a 4 KiB-block device slot addresses (2^32 blocks).
-pub const MAX_DEVICE: u64 = 1 << 44;
+/// Largest device: within what a 4 KiB-block device slot addresses
+/// (fewer than 2^32 blocks).
+pub const MAX_DEVICE: u64 = 1 << 43;
 /// Largest chunk decoded (with its eStargz `innerOffset`): decoded chunks
 /// are held in memory whole while their digest is checked.
 pub const MAX_DECODED: u64 = 64 << 20;

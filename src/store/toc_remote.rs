@@ -203,15 +203,31 @@ fn diff_id(
     parsed.rootfs().diff_ids().get(i).cloned()
 }
 
-/// Fetches the TOC layer of `reference` whose TOC digest is `toc_digest`
-/// into the store (see the module doc). `Ok(None)`: the image has no such
-/// layer. Nothing is written unless the TOC matches its digest and builds.
-pub fn fetch(
-    store: &Store,
-    remote: &Remote,
-    reference: &str,
-    toc_digest: &str,
-) -> Result<Option<String>> {
+/// An image reference resolved: its registry and manifest (the view keeps
+/// them a while, so lookups of an image's layers fetch it once).
+pub struct Resolved {
+    /// The normalized reference.
+    pub name: String,
+    /// Its registry.
+    pub source: Arc<dyn ImageSource>,
+    /// The platform's image manifest.
+    pub manifest: oci_spec::image::ImageManifest,
+}
+
+impl Resolved {
+    /// Whether `digest` is one of the image's layer digests (a lookup by
+    /// compressed digest, as podman 4 makes, not by TOC digest).
+    pub fn has_layer(&self, digest: &str) -> bool {
+        self.manifest
+            .layers()
+            .iter()
+            .any(|d| d.digest().to_string() == digest)
+    }
+}
+
+/// Resolves `reference` in its registry as `pull` does (an index to the
+/// platform's manifest).
+pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
     let parsed = parse_reference(reference)?;
     let name = parsed.to_string();
     let source: Arc<dyn ImageSource> = Arc::from(crate::registry::open(&parsed, &remote.client)?);
@@ -222,7 +238,19 @@ pub fn fetch(
         lazy: true,
     };
     let resolved = super::pull::resolve(&image, source.as_ref(), &options, &name)?;
-    let Some((index, digest, size)) = find_layer(&resolved.manifest, toc_digest) else {
+    Ok(Resolved {
+        name,
+        source,
+        manifest: resolved.manifest,
+    })
+}
+
+/// Fetches the TOC layer of `image` whose TOC digest is `toc_digest` into
+/// the store (see the module doc). `Ok(None)`: the image has no such
+/// layer. Nothing is written unless the TOC matches its digest and builds.
+pub fn fetch(store: &Store, image: &Resolved, toc_digest: &str) -> Result<Option<String>> {
+    let (name, source) = (&image.name, &image.source);
+    let Some((index, digest, size)) = find_layer(&image.manifest, toc_digest) else {
         return Ok(None);
     };
     if !layout::is_layer_name(digest.as_bytes()) {
@@ -260,7 +288,7 @@ pub fn fetch(
         device_size: map.size,
     };
     let mut flags = std::collections::BTreeMap::new();
-    if let Some(diff_id) = diff_id(source.as_ref(), &resolved.manifest, index, &name) {
+    if let Some(diff_id) = diff_id(source.as_ref(), &image.manifest, index, name) {
         flags.insert(EXPECTED_DIFF_ID.to_string(), diff_id);
     }
     let info = TocLayerInfo {
