@@ -300,6 +300,26 @@ fn bad_toc_layers_are_not_served() {
         "{}",
         served.log()
     );
+    // podman 4 looks layers up by compressed digest: ENOENT, quietly.
+    let blob_digest = sha256(&blob);
+    let by_blob = served
+        .reference(&reg.reference("tampered:1"))
+        .join(&blob_digest);
+    assert!(!by_blob.exists());
+    let log = served.log();
+    assert!(!log.contains(&format!("TOC digest {blob_digest}")), "{log}");
+    // A flood of junk references: the unknown registry is not asked again
+    // and again.
+    let started = std::time::Instant::now();
+    for i in 0..64 {
+        let junk = served.reference(&format!("junk.invalid/{i}:1")).join(&none);
+        assert!(!junk.exists());
+    }
+    let took = started.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "64 junk lookups took {took:?}"
+    );
     let left = |dir: &str| std::fs::read_dir(store.join(dir)).map_or(0, |d| d.count());
     assert_eq!(
         (left("toc-lazy"), left("toc")),
