@@ -62,6 +62,29 @@ impl Drop for Served {
     }
 }
 
+/// A read-only kernel overlayfs of lower directories (top first),
+/// unmounted on drop.
+struct KernelOverlay(tempfile::TempDir);
+
+impl KernelOverlay {
+    fn mount(lower_top_first: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "overlay", "overlay", "-o"])
+                .arg(format!("ro,lowerdir={}", lower_top_first.join(":")))
+                .arg(dir.path()),
+        );
+        Self(dir)
+    }
+}
+
+impl Drop for KernelOverlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
 /// Whether the registry served blob `digest` whole (a GET answered 200).
 fn fetched_whole(reg: &Registry, digest: &str) -> bool {
     reg.log()
@@ -179,6 +202,24 @@ fn podman_layers_are_served_lazily_from_the_registry() {
             trees.push(got);
         }
         assert!(served.log().contains("fetched lazily"), "{}", served.log());
+        // Both layers merged by the kernel's overlayfs are the fixture's tree.
+        let lower: Vec<String> = FIXTURE_LAYERS
+            .iter()
+            .rev()
+            .map(|(_, _, toc)| {
+                let diff = served.reference(&reference).join(toc).join("diff");
+                // overlayfs separates lower directories with ':'.
+                diff.display().to_string().replace(':', "\\:")
+            })
+            .collect();
+        let merged = KernelOverlay::mount(&lower);
+        let got = crate::common::pulled::loosely(&tree(merged.0.path()));
+        drop(merged);
+        let expected = crate::common::pulled::loosely(&crate::common::pulled::kernel_manifest());
+        assert_eq!(
+            got, expected,
+            "the lazy layers merged differ from the fixture's tree"
+        );
     }
     assert!(store
         .join("toc-lazy")
