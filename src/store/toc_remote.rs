@@ -128,8 +128,11 @@ pub fn layer_dir(store: &Path, digest: &str) -> PathBuf {
 /// The image reference containers/storage passes (`SrcRef.String()`:
 /// `registry/repo:tag` or `...@sha256:`; `docker://` or `//` tolerated).
 pub fn parse_reference(text: &str) -> Result<Reference> {
-    let text = text.strip_prefix("docker:").unwrap_or(text);
-    Reference::parse(text.trim_start_matches('/'))
+    let text = text
+        .strip_prefix("docker:")
+        .filter(|t| t.starts_with("//"))
+        .unwrap_or(text);
+    Reference::parse(text.strip_prefix("//").unwrap_or(text))
 }
 
 /// A remote blob read through a cached tail (the footer and TOC of a
@@ -549,4 +552,26 @@ pub(crate) fn gc(store: &Store, all: bool) -> Result<(usize, usize, usize)> {
         caches += 1;
     }
     Ok((layers, stale, caches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_reference;
+
+    #[test]
+    fn references_as_containers_storage_passes_them() {
+        for (text, name) in [
+            ("127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
+            ("docker://127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
+            ("//quay.io/org/app:2", "quay.io/org/app:2"),
+            (
+                "docker.io/library/busybox:latest",
+                "docker.io/library/busybox:latest",
+            ),
+            ("docker:5000/app:1", "docker:5000/app:1"),
+        ] {
+            assert_eq!(parse_reference(text).unwrap().to_string(), name, "{text}");
+        }
+        assert!(parse_reference("///x").is_err());
+    }
 }
