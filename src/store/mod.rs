@@ -65,6 +65,8 @@ struct Layer {
     digest: String,
     /// TOC layers: the TOC digest their info gives.
     toc_digest: Option<String>,
+    /// A lazy TOC layer (found by its TOC digest only).
+    lazy: bool,
     image: Image,
     info: Vec<u8>,
     blob: LayerBlob,
@@ -225,10 +227,12 @@ impl StoreView {
         }
         let name = String::from_utf8_lossy(name).into_owned();
         if let Some(&l) = self.read_state().layer_index.get(&name) {
-            return Some(l);
+            return self.found_as(l, &name);
         }
         let dir = layout::layer_dir(&self.dir, &name);
-        if dir.is_dir() || toc_remote::layer_dir(&self.dir, &name).is_dir() {
+        // Lazy TOC layers are found by TOC digest only: their data is
+        // checked against the TOC, not against the blob's digest.
+        if dir.is_dir() {
             return self.load_dir(dir, name);
         }
         // A TOC digest: the layer it names must say so in its info.
@@ -294,6 +298,7 @@ impl StoreView {
         Ok(Layer {
             digest: digest.to_string(),
             toc_digest: parsed.toc_digest,
+            lazy: false,
             image,
             info,
             blob: LayerBlob::File(blob),

@@ -236,6 +236,14 @@ impl StoreView {
         Ok(image)
     }
 
+    /// Layer `l`, found in the index under `name`, unless it is a lazy
+    /// layer and `name` is not its TOC digest (its data is checked against
+    /// the TOC, not against the blob's digest).
+    pub(super) fn found_as(&self, l: usize, name: &str) -> Option<usize> {
+        let layer = self.layer(l).ok()?;
+        (!layer.lazy || layer.toc_digest.as_deref() == Some(name)).then_some(l)
+    }
+
     /// Opens lazy layer `digest` (its directory in `STORE/toc-lazy`).
     pub(super) fn open_lazy(&self, digest: &str) -> Result<Layer> {
         let dir = toc_remote::layer_dir(&self.dir, digest);
@@ -249,6 +257,7 @@ impl StoreView {
         Ok(Layer {
             digest: digest.to_string(),
             toc_digest: Some(opened.toc_digest),
+            lazy: true,
             image: opened.image,
             info: opened.info,
             blob_size: opened.blob.len(),
