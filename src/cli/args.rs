@@ -9,7 +9,9 @@ mod pull;
 mod store;
 mod verity;
 
-pub use pull::{AttachArgs, ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RmiArgs};
+pub use pull::{
+    AttachArgs, ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RegistryArgs, RmiArgs,
+};
 pub use store::{StoreAddArgs, StoreCommand, StoreGcArgs, StoreServeArgs, StoreXattrsArg};
 pub use verity::{VerityCommand, VerityFormatArgs, VerityVerifyArgs};
 

@@ -25,10 +25,11 @@ impl AttachArgs {
             )));
         };
         let store = open_store(self.source.store.as_deref())?;
-        let client = RegistryClient::new(reference, &client_options(&self.source)?)?;
+        let client = RegistryClient::new(reference, &client_options(&self.source.registry)?)?;
         let options = AttachOptions {
             platform: self
                 .source
+                .registry
                 .platform
                 .as_deref()
                 .map(Platform::parse)

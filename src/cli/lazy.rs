@@ -31,7 +31,7 @@ pub fn open_lazily(
         match record.layers.iter().all(|l| store.has_layer(&l.digest)) {
             true => None,
             false => {
-                let options = super::pull::client_options(&args.source)?;
+                let options = super::pull::client_options(&args.source.registry)?;
                 Some(Arc::from(image.open(&options)?))
             }
         };

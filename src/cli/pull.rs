@@ -11,7 +11,9 @@ use erofs_fuse::registry::ClientOptions;
 use erofs_fuse::store::images::{default_dir, ImageRecord, ImageRef, LayerRecord, Store};
 use erofs_fuse::store::pull::{pull, NoProgress, Progress, PullOptions};
 
-use super::args::{ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RmiArgs, StoreGcArgs};
+use super::args::{
+    ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RegistryArgs, RmiArgs, StoreGcArgs,
+};
 use super::error::{CliError, Context, Result};
 use super::write_out;
 
@@ -170,8 +172,13 @@ fn pull_with(
     lazy: bool,
     progress: &dyn Progress,
 ) -> Result<ImageRecord> {
-    let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
-    let source = image.open(&client_options(args)?)?;
+    let platform = args
+        .registry
+        .platform
+        .as_deref()
+        .map(Platform::parse)
+        .transpose()?;
+    let source = image.open(&client_options(&args.registry)?)?;
     let options = PullOptions {
         platform,
         threads: jobs,
@@ -182,7 +189,7 @@ fn pull_with(
 
 /// The registry options from the command line (credentials are never
 /// echoed, not even in the error about their form).
-pub fn client_options(args: &ImageSourceArgs) -> Result<ClientOptions> {
+pub fn client_options(args: &RegistryArgs) -> Result<ClientOptions> {
     let creds = match &args.creds {
         Some(text) => match text.split_once(':') {
             Some((user, pass)) if !user.is_empty() => Some((user.to_string(), pass.to_string())),

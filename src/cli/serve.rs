@@ -228,10 +228,20 @@ impl StoreServeArgs {
             StoreXattrsArg::Auto | StoreXattrsArg::User => OverlayXattrs::User,
             StoreXattrsArg::Trusted => OverlayXattrs::Trusted,
         };
+        let remote = erofs_fuse::store::toc_remote::Remote {
+            client: super::pull::client_options(&self.registry)?,
+            platform: self
+                .registry
+                .platform
+                .as_deref()
+                .map(erofs_fuse::registry::manifest::Platform::parse)
+                .transpose()?,
+            offline: self.offline,
+        };
         store_serve(
             &self.store,
             &self.mountpoint,
-            self.cache_size,
+            (self.cache_size, remote),
             overlay_xattrs,
             &self.serve,
         )
@@ -242,7 +252,7 @@ impl StoreServeArgs {
 fn store_serve(
     store: &Path,
     mountpoint: &Path,
-    cache_size: u64,
+    (cache_size, remote): (u64, erofs_fuse::store::toc_remote::Remote),
     overlay_xattrs: OverlayXattrs,
     args: &ServeArgs,
 ) -> Result {
@@ -257,7 +267,8 @@ fn store_serve(
         cache_size: options.cache_size.unwrap_or(cache_size),
         ..OpenOptions::default()
     };
-    let view = erofs_fuse::store::StoreView::new(store.to_path_buf(), open, overlay_xattrs)?;
+    let view = erofs_fuse::store::StoreView::new(store.to_path_buf(), open, overlay_xattrs)?
+        .with_remote(remote);
     serve(std::sync::Arc::new(view), store, mountpoint, options, args)
         .with_context(|| format!("store {}", store.display()))
 }

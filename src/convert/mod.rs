@@ -12,6 +12,8 @@ mod input;
 mod pax;
 mod stream;
 mod tar;
+pub mod toc;
+mod tree;
 
 use std::ffi::{OsStr, OsString};
 use std::fs::File;

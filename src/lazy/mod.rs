@@ -17,6 +17,7 @@ mod cache;
 mod gz;
 mod map;
 mod prefetch;
+pub mod toc;
 mod verified;
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ use crate::registry::ImageSource;
 pub use cache::{CacheOptions, CacheStats, ChunkCache};
 pub use gz::{CachedWindows, GzSource};
 pub use prefetch::Prefetch;
+pub use toc::{TocMap, TocSource};
 #[cfg(test)]
 pub(crate) use verified::tree_for_tests;
 pub use verified::{TrustedLeaves, VerifiedSource, MAX_TREE};

@@ -4,7 +4,9 @@
 //! Removed: pulled layer directories no image needs (those `store add`
 //! made carry no image and stay, unless `all`), blobs no image needs,
 //! pulls' staging directories and temporary files a crash left behind,
-//! lock files, TOC index entries (`toc/`) whose layer is gone, and the lazy caches (`lazy/`) of layers no image needs or
+//! lock files, TOC index entries (`toc/`) whose layer is gone, lazy TOC
+//! layers (`toc-lazy/`, with `all`; half-written ones always) and their
+//! caches, and the lazy caches (`lazy/`) of layers no image needs or
 //! the store holds whole, unless a mount has them open. `store add` takes no lock (it keeps the store layout
 //! containers/storage reads as it was): `gc --all` during an add may
 //! remove the layer it adds. Everything removed is something the store made: entries are
@@ -94,6 +96,10 @@ pub fn gc(store: &Store, all: bool) -> Result<GcReport> {
         remove_file(locks, &name)?;
     }
     report.caches = super::lazy::gc_caches(store, &referenced)?;
+    let (layers, stale, caches) = super::toc_remote::gc(store, all)?;
+    report.layers += layers;
+    report.stale += stale;
+    report.caches += caches;
     report.stale += gc_toc_index(root)?;
     Ok(report)
 }
@@ -110,7 +116,11 @@ fn gc_toc_index(root: &OutputDir) -> Result<usize> {
     let mut removed = 0;
     for name in list(&dir)? {
         let layer = resolve(root.path(), &name);
-        if layer.is_none_or(|digest| !root.path().join(digest).is_dir()) {
+        let gone = |digest: String| {
+            !root.path().join(&digest).is_dir()
+                && !super::toc_remote::layer_dir(root.path(), &digest).is_dir()
+        };
+        if layer.is_none_or(gone) {
             remove_file(&dir, &name)?;
             removed += 1;
         }
@@ -132,7 +142,7 @@ fn is_pulled(root: &OutputDir, name: &str) -> bool {
 }
 
 /// Removes the file `name` of `dir` (gone already is fine).
-fn remove_file(dir: &OutputDir, name: &str) -> Result<()> {
+pub(super) fn remove_file(dir: &OutputDir, name: &str) -> Result<()> {
     match unlinkat(Some(dir.fd().as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(Error::io(dir.path().join(name), e.into())),
@@ -141,7 +151,7 @@ fn remove_file(dir: &OutputDir, name: &str) -> Result<()> {
 
 /// Removes the directory `name` of `root` and the files in it (the store
 /// makes no deeper trees; a subdirectory is an error, nothing followed).
-fn remove_flat_dir(root: &OutputDir, name: &str) -> Result<()> {
+pub(super) fn remove_flat_dir(root: &OutputDir, name: &str) -> Result<()> {
     let path = root.path().join(name);
     let fd = safe_fs::open_dir_at(root.fd(), OsStr::new(name)).map_err(|e| Error::io(&path, e))?;
     let dir = OutputDir::from_fd(fd, path.clone());

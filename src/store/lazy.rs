@@ -224,7 +224,7 @@ pub(crate) fn gc_caches(store: &Store, referenced: &BTreeSet<String>) -> Result<
 /// The map `name` of `dir` locked exclusively, when no process has it
 /// open (`None` when one has); a missing map locks nothing but is unused.
 /// A symlink or anything but a regular file there is an error.
-fn lock_unused(dir: &OutputDir, name: &str) -> Result<Option<Option<Flock<File>>>> {
+pub(crate) fn lock_unused(dir: &OutputDir, name: &str) -> Result<Option<Option<Flock<File>>>> {
     let path = dir.path().join(name);
     let Some(file) = open_regular(dir, name)? else {
         return Ok(Some(None));

@@ -21,11 +21,15 @@ pub mod lazy;
 pub mod pull;
 mod refs;
 pub mod toc_layers;
+pub mod toc_remote;
+mod toc_view;
+
+use toc_view::LayerBlob;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::num::NonZeroUsize;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -61,9 +65,11 @@ struct Layer {
     digest: String,
     /// TOC layers: the TOC digest their info gives.
     toc_digest: Option<String>,
+    /// A lazy TOC layer (found by its TOC digest only).
+    lazy: bool,
     image: Image,
     info: Vec<u8>,
-    blob: File,
+    blob: LayerBlob,
     blob_size: u64,
     mtime: (i64, u32),
 }
@@ -120,6 +126,8 @@ pub struct StoreView {
     /// Loaded layers, set once each and never removed, so a read can
     /// borrow a layer's image map for as long as the view lives.
     layers: Box<[OnceLock<Layer>]>,
+    /// Lazy TOC layers: the registry side and the fetches in flight.
+    toc: toc_view::TocFetches,
 }
 
 impl StoreView {
@@ -153,7 +161,15 @@ impl StoreView {
             state: RwLock::new(state),
             ref_hasher: std::hash::RandomState::new(),
             layers: (0..MAX_LAYERS).map(|_| OnceLock::new()).collect(),
+            toc: toc_view::TocFetches::default(),
         })
+    }
+
+    /// Fetches TOC layers the store lacks from the registry the looked-up
+    /// reference names, as `remote` says (without: never).
+    pub fn with_remote(mut self, remote: toc_remote::Remote) -> Self {
+        self.toc.remote = Some(remote);
+        self
     }
 
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
@@ -205,22 +221,23 @@ impl StoreView {
     /// The index of layer `name` (a compressed digest, or the TOC digest of
     /// a TOC layer), opening it if it is new. A layer that is absent or
     /// broken is `None` (logged), so the caller pulls it.
-    fn load(&self, name: &[u8]) -> Option<usize> {
+    fn load(&self, name: &[u8], r: Option<Ino>) -> Option<usize> {
         if !layout::is_layer_name(name) {
             return None;
         }
         let name = String::from_utf8_lossy(name).into_owned();
         if let Some(&l) = self.read_state().layer_index.get(&name) {
-            return Some(l);
+            return self.found_as(l, &name);
         }
         let dir = layout::layer_dir(&self.dir, &name);
+        // Lazy TOC layers are found by TOC digest only: their data is
+        // checked against the TOC, not against the blob's digest.
         if dir.is_dir() {
             return self.load_dir(dir, name);
         }
         // A TOC digest: the layer it names must say so in its info.
         let Some(digest) = toc_layers::resolve(&self.dir, &name) else {
-            tracing::debug!("{name}: not in the store");
-            return None;
+            return r.and_then(|r| self.fetch_toc(r, &name));
         };
         let l = self.load_dir(layout::layer_dir(&self.dir, &digest), digest)?;
         let toc = self.layer(l).ok()?.toc_digest.clone();
@@ -263,6 +280,9 @@ impl StoreView {
     }
 
     fn open_layer(&self, dir: PathBuf, digest: &str) -> Result<Layer> {
+        if !dir.is_dir() {
+            return self.open_lazy(digest);
+        }
         let image = Image::open(&dir.join(layout::IMAGE_FILE), &self.open)?;
         let (info, parsed) = layout::read_info_bytes(&dir)?;
         if parsed.compressed_digest != digest {
@@ -278,9 +298,10 @@ impl StoreView {
         Ok(Layer {
             digest: digest.to_string(),
             toc_digest: parsed.toc_digest,
+            lazy: false,
             image,
             info,
-            blob,
+            blob: LayerBlob::File(blob),
             blob_size: meta.len(),
             mtime: (meta.mtime(), meta.mtime_nsec() as u32),
         })
@@ -322,7 +343,7 @@ impl StoreView {
                 Ok(names
                     .into_iter()
                     .filter_map(|name| {
-                        let l = self.load(&name)?;
+                        let l = self.load(&name, None)?;
                         let ino = self.intern(Key::Layer { r, l }).ok()?;
                         Some((name, ino, FileType::Directory))
                     })
@@ -393,7 +414,7 @@ impl View for StoreView {
     fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Option<Attr>> {
         let child = match self.key(parent)? {
             Key::Root => self.reference(name),
-            Key::Ref(r) => match self.load(name) {
+            Key::Ref(r) => match self.load(name, Some(r)) {
                 Some(l) => {
                     self.used(r);
                     Some(self.intern(Key::Layer { r, l })?)
@@ -498,11 +519,8 @@ impl View for StoreView {
                 let len = len.min(layer.blob_size.saturating_sub(offset)) as usize;
                 scratch.resize(len, 0);
                 let path = || layout::layer_dir(&self.dir, &layer.digest).join(layout::BLOB_FILE);
-                let n = layer
-                    .blob
-                    .read_at(scratch, offset)
-                    .map_err(|e| Error::io(path(), e))?;
-                scratch.truncate(n);
+                let n = layer.blob.read_at(scratch, offset)?;
+                scratch.truncate(n.map_err(|e| Error::io(path(), e))?);
                 Ok(scratch)
             }
             Key::Diff { nid, .. } => {

@@ -110,7 +110,7 @@ fn rewrite_info(store: &OutputDir, info: &LayerInfo) -> Result<()> {
 }
 
 /// Records that TOC digest `toc_digest` names layer `digest`.
-fn write_pointer(store: &OutputDir, toc_digest: &str, digest: &str) -> Result<()> {
+pub(crate) fn write_pointer(store: &OutputDir, toc_digest: &str, digest: &str) -> Result<()> {
     let path = store.path().join(TOC_DIR);
     match nix::sys::stat::mkdirat(
         Some(std::os::fd::AsRawFd::as_raw_fd(&store.fd())),

@@ -97,6 +97,9 @@ pub struct TocEntry {
     /// zstd:chunked: "" (data) or "zeros".
     #[serde(default)]
     pub chunk_type: String,
+    /// Modification time, RFC 3339 (see [`TocEntry::mtime`]).
+    #[serde(default)]
+    pub modtime: String,
 }
 
 #[derive(Deserialize)]
@@ -142,6 +145,77 @@ impl TocEntry {
     pub fn path(&self) -> Option<String> {
         normalize(&self.name)
     }
+
+    /// The modification time as seconds and nanoseconds since the epoch;
+    /// `None` when absent or not RFC 3339.
+    pub fn mtime(&self) -> Option<(i64, u32)> {
+        parse_rfc3339(&self.modtime)
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|+HH:MM|-HH:MM)` (what Go's
+/// `time.Time` marshals to) into seconds and nanoseconds since the epoch.
+pub fn parse_rfc3339(text: &str) -> Option<(i64, u32)> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = b.get(r)?;
+        s.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| std::str::from_utf8(s).ok()?.parse().ok())?
+    };
+    let seps = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if seps.iter().any(|&(i, c)| b.get(i) != Some(&c)) || !matches!(b.get(10), Some(b'T' | b't')) {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut at = 19;
+    let mut nsec = 0u32;
+    if b.get(at) == Some(&b'.') {
+        let digits = b[at + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
+        if digits == 0 || digits > 9 {
+            return None;
+        }
+        let frac = num(at + 1..at + 1 + digits)? as u32;
+        nsec = frac * 10u32.pow(9 - digits as u32);
+        at += 1 + digits;
+    }
+    let offset = match b.get(at..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (num(at + 1..at + 3)?, num(at + 4..at + 6)?);
+            let secs = h * 3600 + m * 60;
+            if *sign == b'+' {
+                secs
+            } else {
+                -secs
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (proleptic Gregorian), March-based years.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((
+        days * 86_400 + hour * 3600 + minute * 60 + second - offset,
+        nsec,
+    ))
 }
 
 /// `name` normalized as [`TocEntry::path`] says.
@@ -244,6 +318,29 @@ fn check_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_times_parse() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some((0, 0)));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:34:56.5Z"),
+            Some((1_709_210_096, 500_000_000))
+        );
+        assert_eq!(
+            parse_rfc3339("2024-02-29T13:34:56+01:00"),
+            Some((1_709_210_096, 0))
+        );
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Some((-1, 0)));
+        for bad in [
+            "",
+            "2024-02-29",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01T00:00:00.Z",
+            "2024-01-01T00:00:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn paths_are_normalized_and_dotdot_refused() {

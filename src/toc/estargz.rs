@@ -5,14 +5,13 @@
 //! TOC member's offset as 16 hex digits and `STARGZ`. The TOC digest is the
 //! sha256 of the uncompressed JSON.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 use zerocopy::little_endian::U16;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{bad, sha256_digest, Region, MAX_TOC_SIZE};
+use super::{bad, sha256_digest, BlobReader, Region, MAX_TOC_SIZE};
 use crate::error::Result;
 
 /// Size of the footer.
@@ -48,11 +47,10 @@ pub struct Footer {
 const _: () = assert!(std::mem::size_of::<Footer>() == FOOTER_SIZE as usize);
 
 /// The TOC offset the footer gives, if the blob ends with one.
-fn toc_offset(file: &File, size: u64) -> Option<u64> {
-    use std::os::unix::fs::FileExt;
-    let start = size.checked_sub(FOOTER_SIZE)?;
+fn toc_offset(src: &dyn BlobReader) -> Option<u64> {
+    let start = src.size().checked_sub(FOOTER_SIZE)?;
     let mut raw = [0u8; FOOTER_SIZE as usize];
-    file.read_exact_at(&mut raw, start).ok()?;
+    src.read_exact_at(&mut raw, start).ok()?;
     let footer = Footer::read_from_bytes(&raw).ok()?;
     if footer.id != [0x1f, 0x8b, 8]
         || footer.flags != 4
@@ -68,20 +66,16 @@ fn toc_offset(file: &File, size: u64) -> Option<u64> {
 }
 
 /// Whether the blob ends with an eStargz footer.
-pub fn has_footer(file: &File, size: u64) -> bool {
-    toc_offset(file, size).is_some()
+pub fn has_footer(src: &dyn BlobReader) -> bool {
+    toc_offset(src).is_some()
 }
 
 /// Reads the TOC: the footer, then the gzip member at the offset it gives,
 /// holding one tar entry `stargz.index.json` (bounded before it is read),
 /// whose digest is checked. Returns the JSON and where file data ends.
-pub(crate) fn read_toc(
-    blob: &Path,
-    file: &File,
-    size: u64,
-    digest: &str,
-) -> Result<(Vec<u8>, u64)> {
-    let offset = toc_offset(file, size).ok_or_else(|| bad(blob, "no eStargz footer"))?;
+pub(crate) fn read_toc(blob: &Path, src: &dyn BlobReader, digest: &str) -> Result<(Vec<u8>, u64)> {
+    let size = src.size();
+    let offset = toc_offset(src).ok_or_else(|| bad(blob, "no eStargz footer"))?;
     let footer_start = size - FOOTER_SIZE;
     if offset >= footer_start {
         return Err(bad(
@@ -99,7 +93,7 @@ pub(crate) fn read_toc(
         ));
     }
     // The member, bounded: its tar holds the header, the JSON and padding.
-    let member = flate2::read::GzDecoder::new(Region::new(file, offset, footer_start));
+    let member = flate2::read::GzDecoder::new(Region::new(src, offset, footer_start));
     let mut limited = member.take(MAX_TOC_SIZE + 1024);
     let mut header = [0u8; 512];
     limited

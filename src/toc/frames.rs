@@ -8,15 +8,14 @@
 //! entries all point at one small frame that decodes to gigabytes is
 //! refused once the budget is spent, not decoded a million times.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use sha2::{Digest as _, Sha256};
 
 use super::entry::{EntryType, TocEntry};
-use super::{bad, hex_digest, Format, Region, Toc};
-use crate::error::{Error, Result};
+use super::{bad, hex_digest, BlobReader, Format, LocalBlob, Region, Toc};
+use crate::error::Result;
 
 /// A writer that hashes what it is given into two hashes, counting.
 struct Hashing<'a> {
@@ -52,7 +51,8 @@ fn spend(blob: &Path, budget: &mut u64, n: u64) -> Result<()> {
 /// sizes and digests (see the module doc), decoding at most `budget`
 /// bytes in all.
 pub fn check_frames(blob: &Path, toc: &Toc, mut budget: u64) -> Result<()> {
-    let file = File::open(blob).map_err(|e| Error::io(blob, e))?;
+    let local = LocalBlob::open(blob)?;
+    let file: &dyn BlobReader = &local;
     match toc.format {
         Format::ZstdChunked => {
             for e in toc
@@ -61,16 +61,16 @@ pub fn check_frames(blob: &Path, toc: &Toc, mut budget: u64) -> Result<()> {
                 .filter(|e| e.kind == EntryType::Reg && e.size > 0)
             {
                 spend(blob, &mut budget, e.size)?;
-                check_zstd_file(blob, &file, e)?;
+                check_zstd_file(blob, file, e)?;
             }
             Ok(())
         }
-        Format::Estargz => check_estargz(blob, &file, toc, &mut budget),
+        Format::Estargz => check_estargz(blob, file, toc, &mut budget),
     }
 }
 
 /// The file's frames `[offset, endOffset)` decode to its size and digest.
-fn check_zstd_file(blob: &Path, file: &File, e: &TocEntry) -> Result<()> {
+fn check_zstd_file(blob: &Path, file: &dyn BlobReader, e: &TocEntry) -> Result<()> {
     let at = |what: String| {
         bad(
             blob,
@@ -120,7 +120,7 @@ struct Member<'a> {
 /// Each regular file's chunks, in order, cover it exactly; each decodes
 /// from its member to its size and chunk digest; together to the file's
 /// digest.
-fn check_estargz(blob: &Path, file: &File, toc: &Toc, budget: &mut u64) -> Result<()> {
+fn check_estargz(blob: &Path, file: &dyn BlobReader, toc: &Toc, budget: &mut u64) -> Result<()> {
     let mut member = None;
     let mut i = 0;
     while i < toc.entries.len() {

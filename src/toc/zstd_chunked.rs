@@ -4,13 +4,12 @@
 //! tar-split data and a 64-byte footer locating both. The TOC digest is the
 //! sha256 of the compressed TOC bytes (the first frame's content).
 
-use std::fs::File;
 use std::path::Path;
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{bad, read_exact, sha256_digest, MAX_TOC_SIZE};
+use super::{bad, read_exact, sha256_digest, BlobReader, MAX_TOC_SIZE};
 use crate::error::Result;
 
 /// A zstd skippable frame's magic (RFC 8878 3.1.2, the one containers/storage
@@ -55,11 +54,10 @@ pub const FOOTER_SIZE: u64 = 72;
 const _: () = assert!(std::mem::size_of::<Footer>() == FOOTER_SIZE as usize);
 
 /// The footer, if the blob ends with one (by its magics only).
-fn footer(file: &File, size: u64) -> Option<Footer> {
-    use std::os::unix::fs::FileExt;
-    let start = size.checked_sub(FOOTER_SIZE)?;
+fn footer(src: &dyn BlobReader) -> Option<Footer> {
+    let start = src.size().checked_sub(FOOTER_SIZE)?;
     let mut raw = [0u8; FOOTER_SIZE as usize];
-    file.read_exact_at(&mut raw, start).ok()?;
+    src.read_exact_at(&mut raw, start).ok()?;
     let footer = Footer::read_from_bytes(&raw).ok()?;
     (footer.frame_magic.get() == SKIPPABLE_MAGIC
         && footer.frame_size.get() == 64
@@ -68,15 +66,15 @@ fn footer(file: &File, size: u64) -> Option<Footer> {
 }
 
 /// Whether the blob ends with a zstd:chunked footer.
-pub fn has_footer(file: &File, size: u64) -> bool {
-    footer(file, size).is_some()
+pub fn has_footer(src: &dyn BlobReader) -> bool {
+    footer(src).is_some()
 }
 
 /// Checks that a skippable frame of `len` bytes starts at `offset - 8`
 /// and ends by `limit`.
 fn check_frame(
     blob: &Path,
-    file: &File,
+    src: &dyn BlobReader,
     what: &str,
     offset: u64,
     len: u64,
@@ -91,7 +89,7 @@ fn check_frame(
             ),
         ));
     }
-    let header = read_exact(blob, file, offset - FRAME_HEADER_SIZE, FRAME_HEADER_SIZE)?;
+    let header = read_exact(blob, src, offset - FRAME_HEADER_SIZE, FRAME_HEADER_SIZE)?;
     let magic = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     let size = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
     if magic != SKIPPABLE_MAGIC || u64::from(size) != len {
@@ -106,13 +104,9 @@ fn check_frame(
 /// Reads the TOC: checks the footer, the TOC's frame and its digest, then
 /// decompresses it (exactly the length the footer gives). Returns the TOC
 /// JSON and where file data ends.
-pub(crate) fn read_toc(
-    blob: &Path,
-    file: &File,
-    size: u64,
-    digest: &str,
-) -> Result<(Vec<u8>, u64)> {
-    let footer = footer(file, size).ok_or_else(|| bad(blob, "no zstd:chunked footer"))?;
+pub(crate) fn read_toc(blob: &Path, src: &dyn BlobReader, digest: &str) -> Result<(Vec<u8>, u64)> {
+    let size = src.size();
+    let footer = footer(src).ok_or_else(|| bad(blob, "no zstd:chunked footer"))?;
     if footer.toc_type.get() != MANIFEST_TYPE_CRFS {
         return Err(bad(
             blob,
@@ -131,15 +125,15 @@ pub(crate) fn read_toc(
         ));
     }
     let footer_start = size - FOOTER_SIZE;
-    check_frame(blob, file, "TOC", offset, compressed, footer_start)?;
+    check_frame(blob, src, "TOC", offset, compressed, footer_start)?;
     let (ts_offset, ts_len) = (
         footer.tar_split_offset.get(),
         footer.tar_split_compressed.get(),
     );
     if ts_len > 0 {
-        check_frame(blob, file, "tar-split", ts_offset, ts_len, footer_start)?;
+        check_frame(blob, src, "tar-split", ts_offset, ts_len, footer_start)?;
     }
-    let stored = read_exact(blob, file, offset, compressed)?;
+    let stored = read_exact(blob, src, offset, compressed)?;
     let actual = sha256_digest(&stored);
     if actual != digest {
         return Err(bad(blob, format!("TOC digest is {actual}, not {digest}")));

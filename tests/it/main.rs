@@ -27,6 +27,7 @@ mod malformed;
 mod mutation;
 mod pull;
 mod store;
+mod toc_lazy;
 mod toc_store;
 mod verity;
 mod verity_verifier;
@@ -65,5 +66,7 @@ mod registry_pull;
 mod rootless;
 #[cfg(feature = "privileged")]
 mod store_refs;
+#[cfg(feature = "privileged")]
+mod toc_lazy_registry;
 #[cfg(feature = "privileged")]
 mod verity_mount;

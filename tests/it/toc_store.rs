@@ -14,14 +14,14 @@ use serde_json::Value;
 use crate::common::{bin, run, run_ok};
 use erofs_fuse::store::toc_layers;
 
-mod gen;
+pub(crate) mod gen;
 
 use gen::{Built, Item, Kind};
 
 /// A layer with what both formats must carry: directories (one implied),
 /// files empty, small and chunked, a symlink, a hard link, a device, a
 /// whiteout and an opaque directory.
-fn items() -> Vec<Item> {
+pub(crate) fn items() -> Vec<Item> {
     let mut rng = crate::common::xorshift(22);
     let big: Vec<u8> = (0..200_000).map(|_| rng() as u8).collect();
     let item = |path, kind, mode| Item {
@@ -55,7 +55,7 @@ fn items() -> Vec<Item> {
 }
 
 /// Chunk size of the generated blobs: the big file has four chunks.
-const CHUNK: usize = 64 << 10;
+pub(crate) const CHUNK: usize = 64 << 10;
 
 fn zstd_chunked(mutate: impl FnOnce(&mut Value)) -> Built {
     gen::zstd_chunked(&items(), CHUNK, mutate)
@@ -112,7 +112,7 @@ fn refused(built: &Built, digest: Option<&str>, expect: &str) {
 }
 
 /// The manifest of a store layer's image, without `skip`.
-fn layer_manifest(store: &Path, digest: &str, skip: &str) -> Vec<String> {
+pub(crate) fn layer_manifest(store: &Path, digest: &str, skip: &str) -> Vec<String> {
     let image = erofs_fuse::Image::open(
         &store.join(digest).join("layer.erofs"),
         &erofs_fuse::OpenOptions::default(),
@@ -416,7 +416,7 @@ impl Drop for Served {
 
 /// The fixture's layers: (gzip digest, zstd:chunked digest, TOC digest),
 /// bottom first (tests/fixtures/oci/README.md).
-const FIXTURE_LAYERS: [(&str, &str, &str); 2] = [
+pub(crate) const FIXTURE_LAYERS: [(&str, &str, &str); 2] = [
     (
         "sha256:62938c8bf2da04cb1d7ca49f78c665668b32395893cbcca285f4145c2c070f5b",
         "sha256:9400accb27f79193e71747cb987ed2214a738f3622b6ef4c58a43502e98781cf",

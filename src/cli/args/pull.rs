@@ -13,6 +13,14 @@ pub struct ImageSourceArgs {
     /// other users).
     #[arg(long, value_name = "DIR")]
     pub store: Option<PathBuf>,
+    /// How to reach registries.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// How to reach registries (and which platform to take from an index).
+#[derive(Args, Clone, Default)]
+pub struct RegistryArgs {
     /// The platform to take from a multi-platform image (default: the
     /// host's, linux/ARCH).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]

@@ -25,6 +25,10 @@ pub enum StoreCommand {
     /// Configure it in storage.conf as
     /// additionallayerstores = ["MOUNTPOINT:ref"]. Every layer of STORE is
     /// served under every reference; layers added while mounted are found.
+    /// A zstd:chunked or eStargz layer looked up by a TOC digest the store
+    /// lacks (podman 5) is fetched lazily from the registry the reference
+    /// names: only its TOC, checked against the digest, then each file's
+    /// frames on first read, checked against the TOC (unless --offline).
     Serve(StoreServeArgs),
     /// Remove what no image in the content store needs: layers pulled for
     /// images whose records are gone (`rmi`), blobs, and what interrupted
@@ -91,6 +95,13 @@ pub struct StoreServeArgs {
     /// "user" otherwise (rootless overlayfs reads user.overlay.*).
     #[arg(long, value_enum, default_value = "auto", value_name = "NAMESPACE")]
     pub overlay_xattrs: StoreXattrsArg,
+    /// Fetch nothing from registries: TOC layers the store lacks are not
+    /// found (podman pulls them), lazy ones serve what their caches hold.
+    #[arg(long)]
+    pub offline: bool,
+    /// Registry options for lazy TOC layers (as `pull`'s; --store unused).
+    #[command(flatten)]
+    pub registry: super::RegistryArgs,
     /// How to serve the mount.
     #[command(flatten)]
     pub serve: ServeArgs,

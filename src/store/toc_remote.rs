@@ -1,0 +1,577 @@
+//! Lazy TOC layers (issue 22): a zstd:chunked or eStargz layer fetched
+//! from the registry the looked-up reference names, only its footer and
+//! TOC, the TOC checked against its digest before anything is written;
+//! its metadata EROFS built from the TOC alone
+//! ([`crate::convert::toc`]), its files read on demand through
+//! [`TocSource`] (each chunk checked against the TOC's digest before the
+//! cache keeps it).
+//!
+//! ```text
+//! STORE/toc-lazy/sha256:<hex>/layer.erofs  metadata image, device 1 virtual
+//!                            /info         containers/storage's Layer
+//!                            /toc.json     the TOC (to rebuild the map)
+//!                            /lazy         where it came from (LazyRecord)
+//! STORE/toc/<TOC digest>                   the compressed digest (as add)
+//! STORE/lazy/sha256:<hex>.toc{,.chunks}    the uncompressed device's cache
+//! STORE/lazy/sha256:<hex>.tocblob{,.chunks} the blob's (for `blob`)
+//! ```
+//!
+//! Lazy layers live apart from whole ones (`STORE/<digest>/`), so `pull`
+//! and `mount` never take one for a layer they hold.
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use super::images::Store;
+use super::layout::{self, Staging};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::lazy::{CacheOptions, ChunkCache, ChunkSource, RemoteBlob, TocMap, TocSource};
+use crate::reader::Image;
+use crate::registry::manifest::{parse_config, Platform};
+use crate::registry::{ClientOptions, FetchedManifest, ImageSource, Reference};
+use crate::safe_fs::{self, OutputDir};
+use crate::toc::{self, BlobReader, Format, Toc};
+
+/// The store's directory of lazy TOC layers.
+pub const LAZY_TOC_DIR: &str = "toc-lazy";
+/// A lazy layer's record of where it came from.
+pub const RECORD_FILE: &str = "lazy";
+/// A lazy layer's TOC.
+pub const TOC_FILE: &str = "toc.json";
+/// Suffix of the uncompressed device's cache in `STORE/lazy`.
+pub const DEVICE_SUFFIX: &str = ".toc";
+/// Suffix of the blob's cache in `STORE/lazy`.
+pub const BLOB_SUFFIX: &str = ".tocblob";
+/// Bytes of the blob's end read at once: the footer, and the TOC when it
+/// is smaller (one request for both, most often).
+const TAIL: u64 = 256 << 10;
+/// Chunk size of the blob's cache.
+const BLOB_CHUNK: u64 = 128 << 10;
+
+/// The flag containers/image sets on a layer pulled by TOC digest: its
+/// uncompressed digest as the image config says, untrusted
+/// (containers/image storage/storage_src.go, `expectedLayerDiffIDFlag`).
+pub const EXPECTED_DIFF_ID: &str = "expected-layer-diffid";
+
+/// A lazy layer's `info`: what stargz-store gives for a layer found by TOC
+/// digest (store/manager.go `genLayerInfo`). No `diff-digest` nor
+/// `compressed-diff-digest`: neither the tar nor the blob is read whole,
+/// so neither digest is checked, and containers/storage would index the
+/// layer by them for other pulls; the config's diffID goes in `flags`, as
+/// containers/image records it for layers it pulls by TOC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TocLayerInfo {
+    /// The blob's size (the manifest's).
+    #[serde(rename = "compressed-size")]
+    pub compressed_size: u64,
+    /// -1: unknown.
+    #[serde(rename = "diff-size")]
+    pub diff_size: i64,
+    /// containers/storage's code: 2 gzip (eStargz), 4 zstd.
+    pub compression: u8,
+    /// The TOC digest podman looked the layer up by.
+    #[serde(rename = "toc-digest")]
+    pub toc_digest: String,
+    /// `expected-layer-diffid`, when the config gives one.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flags: std::collections::BTreeMap<String, String>,
+}
+
+/// How `store serve` reaches registries for lazy TOC layers.
+#[derive(Debug, Clone, Default)]
+pub struct Remote {
+    /// TLS, credentials, plain http: as `pull`.
+    pub client: ClientOptions,
+    /// The platform to take from an index (default: the host's).
+    pub platform: Option<Platform>,
+    /// Fetch nothing: layers the store lacks are ENOENT, lazy layers serve
+    /// what their caches hold.
+    pub offline: bool,
+}
+
+/// Where a lazy layer came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LazyRecord {
+    /// The layer's (compressed) digest, as the manifest gives it.
+    pub digest: String,
+    /// The image reference it was found under (normalized).
+    pub reference: String,
+    /// `zstd:chunked` or `estargz`.
+    pub format: String,
+    /// The TOC digest.
+    pub toc_digest: String,
+    /// The blob's size.
+    pub blob_size: u64,
+    /// Where file data ends in the blob.
+    pub data_end: u64,
+    /// The uncompressed device's size.
+    pub device_size: u64,
+}
+
+fn format_name(format: Format) -> &'static str {
+    match format {
+        Format::ZstdChunked => "zstd:chunked",
+        Format::Estargz => "estargz",
+    }
+}
+
+/// The directory of lazy layer `digest`.
+pub fn layer_dir(store: &Path, digest: &str) -> PathBuf {
+    store.join(LAZY_TOC_DIR).join(digest)
+}
+
+/// The image reference containers/storage passes (`SrcRef.String()`:
+/// `registry/repo:tag` or `...@sha256:`; `docker://` or `//` tolerated).
+pub fn parse_reference(text: &str) -> Result<Reference> {
+    let text = text
+        .strip_prefix("docker:")
+        .filter(|t| t.starts_with("//"))
+        .unwrap_or(text);
+    Reference::parse(text.strip_prefix("//").unwrap_or(text))
+}
+
+/// A remote blob read through a cached tail (the footer and TOC of a
+/// TOC layer sit at its end).
+struct Tail<'a> {
+    blob: &'a RemoteBlob,
+    start: u64,
+    bytes: OnceLock<std::result::Result<Vec<u8>, String>>,
+}
+
+impl BlobReader for Tail<'_> {
+    fn size(&self) -> u64 {
+        self.blob.size
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        if offset >= self.start {
+            let tail = self.bytes.get_or_init(|| {
+                let mut bytes = vec![0u8; (self.blob.size - self.start) as usize];
+                self.blob
+                    .read_at(self.start, &mut bytes)
+                    .map(|()| bytes)
+                    .map_err(|e| e.to_string())
+            });
+            let tail = tail.as_ref().map_err(|e| Error::Registry(e.clone()))?;
+            let at = (offset - self.start) as usize;
+            let piece = tail.get(at..at + buf.len()).ok_or_else(|| {
+                Error::corrupt(format!("{}: read past its end", self.blob.name()))
+            })?;
+            buf.copy_from_slice(piece);
+            return Ok(());
+        }
+        self.blob.read_at(offset, buf)
+    }
+}
+
+/// The layer of `manifest` whose TOC-digest annotation is `toc_digest`:
+/// (its index, descriptor digest, size).
+fn find_layer(
+    manifest: &oci_spec::image::ImageManifest,
+    toc_digest: &str,
+) -> Option<(usize, String, u64)> {
+    manifest.layers().iter().enumerate().find_map(|(i, d)| {
+        let notes = d.annotations().as_ref()?;
+        let ours = [toc::ZSTD_CHUNKED_ANNOTATION, toc::ESTARGZ_ANNOTATION]
+            .iter()
+            .any(|k| notes.get(*k).map(String::as_str) == Some(toc_digest));
+        ours.then(|| (i, d.digest().to_string(), d.size()))
+    })
+}
+
+/// The diffID the image config gives layer `i`, if it can be read.
+fn diff_id(
+    source: &dyn ImageSource,
+    manifest: &oci_spec::image::ImageManifest,
+    i: usize,
+    name: &str,
+) -> Option<String> {
+    let config = manifest.config();
+    if config.size() > crate::registry::MAX_MANIFEST_SIZE {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    let digest = config.digest().to_string();
+    source
+        .blob(&digest, config.size(), &mut bytes, &|_| {})
+        .ok()?;
+    if crate::registry::oci_layout::sha256_digest(&bytes) != digest {
+        return None;
+    }
+    let parsed = parse_config(&bytes, name).ok()?;
+    parsed.rootfs().diff_ids().get(i).cloned()
+}
+
+/// An image reference resolved: its registry and manifest (the view keeps
+/// them a while, so lookups of an image's layers fetch it once).
+pub struct Resolved {
+    /// The normalized reference.
+    pub name: String,
+    /// Its registry.
+    pub source: Arc<dyn ImageSource>,
+    /// The platform's image manifest.
+    pub manifest: oci_spec::image::ImageManifest,
+}
+
+impl Resolved {
+    /// Whether `digest` is one of the image's layer digests (a lookup by
+    /// compressed digest, as podman 4 makes, not by TOC digest).
+    pub fn has_layer(&self, digest: &str) -> bool {
+        self.manifest
+            .layers()
+            .iter()
+            .any(|d| d.digest().to_string() == digest)
+    }
+}
+
+/// Resolves `reference` in its registry as `pull` does (an index to the
+/// platform's manifest).
+pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
+    let parsed = parse_reference(reference)?;
+    let name = parsed.to_string();
+    let source: Arc<dyn ImageSource> = Arc::from(crate::registry::open(&parsed, &remote.client)?);
+    let image = super::images::ImageRef::Registry(parsed);
+    let options = super::pull::PullOptions {
+        platform: remote.platform.clone(),
+        threads: 1,
+        lazy: true,
+    };
+    let resolved = super::pull::resolve(&image, source.as_ref(), &options, &name)?;
+    Ok(Resolved {
+        name,
+        source,
+        manifest: resolved.manifest,
+    })
+}
+
+/// Fetches the TOC layer of `image` whose TOC digest is `toc_digest` into
+/// the store (see the module doc). `Ok(None)`: the image has no such
+/// layer. Nothing is written unless the TOC matches its digest and builds.
+pub fn fetch(store: &Store, image: &Resolved, toc_digest: &str) -> Result<Option<String>> {
+    let (name, source) = (&image.name, &image.source);
+    let Some((index, digest, size)) = find_layer(&image.manifest, toc_digest) else {
+        return Ok(None);
+    };
+    if !layout::is_layer_name(digest.as_bytes()) {
+        return Err(Error::Invalid(format!(
+            "{name}: layer digest {digest:?} is not sha256"
+        )));
+    }
+    let blob = RemoteBlob {
+        source: source.clone(),
+        digest: digest.clone(),
+        size,
+    };
+    let tail = Tail {
+        blob: &blob,
+        start: size.saturating_sub(TAIL),
+        bytes: OnceLock::new(),
+    };
+    let shown = PathBuf::from(format!("{name}@{digest}"));
+    let format = toc::detect_in(&tail)?.ok_or_else(|| {
+        Error::Invalid(format!(
+            "{}: neither zstd:chunked nor eStargz (no footer)",
+            shown.display()
+        ))
+    })?;
+    // The digest is checked before the TOC is parsed.
+    let (toc, json) = toc::read_json_in(&shown, &tail, format, toc_digest)?;
+    let map = TocMap::new(&toc).map_err(|e| Error::Invalid(format!("{}: {e}", shown.display())))?;
+    let record = LazyRecord {
+        digest: digest.clone(),
+        reference: name.clone(),
+        format: format_name(format).into(),
+        toc_digest: toc_digest.into(),
+        blob_size: size,
+        data_end: toc.data_end,
+        device_size: map.size,
+    };
+    let mut flags = std::collections::BTreeMap::new();
+    if let Some(diff_id) = diff_id(source.as_ref(), &image.manifest, index, name) {
+        flags.insert(EXPECTED_DIFF_ID.to_string(), diff_id);
+    }
+    let info = TocLayerInfo {
+        compressed_size: size,
+        diff_size: -1,
+        compression: match format {
+            Format::ZstdChunked => 4,
+            Format::Estargz => 2,
+        },
+        toc_digest: toc_digest.into(),
+        flags,
+    };
+    write_layer(store, &toc, &map, &json, &record, &info)?;
+    Ok(Some(digest))
+}
+
+/// Writes the lazy layer's directory (staged, published whole) and its
+/// TOC pointer.
+fn write_layer(
+    store: &Store,
+    toc: &Toc,
+    map: &TocMap,
+    json: &[u8],
+    record: &LazyRecord,
+    info: &TocLayerInfo,
+) -> Result<()> {
+    let dir = lazy_dir(store.path())?;
+    let staging = Staging::create(&dir, "lazytoc")?;
+    let image_path = staging.dir.path().join(layout::IMAGE_FILE);
+    let image = staging.create_file(layout::IMAGE_FILE)?;
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(toc.digest.as_bytes())[..16]);
+    crate::convert::toc::write_image(
+        toc,
+        map,
+        image.try_clone().map_err(|e| Error::io(&image_path, e))?,
+        uuid,
+    )?;
+    image.sync_all().map_err(|e| Error::io(&image_path, e))?;
+    layout::finish_file(&image, &image_path)?;
+    write_small(&staging, TOC_FILE, json)?;
+    let record_json = serde_json::to_vec(record).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_small(&staging, RECORD_FILE, &record_json)?;
+    let info_json = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
+    write_small(&staging, layout::INFO_FILE, &info_json)?;
+    if !staging.publish(&record.digest)? {
+        tracing::info!(
+            "{}: already there",
+            dir.path().join(&record.digest).display()
+        );
+    }
+    let root = OutputDir::open(store.path()).map_err(|e| Error::io(store.path(), e))?;
+    super::toc_layers::write_pointer(&root, &record.toc_digest, &record.digest)
+}
+
+/// Writes a small file of the layer being staged.
+fn write_small(staging: &Staging<'_>, name: &'static str, bytes: &[u8]) -> Result<()> {
+    let path = staging.dir.path().join(name);
+    let mut file = staging.create_file(name)?;
+    file.write_all(bytes).map_err(|e| Error::io(&path, e))?;
+    file.sync_all().map_err(|e| Error::io(&path, e))?;
+    layout::finish_file(&file, &path)
+}
+
+/// `STORE/toc-lazy`, made if missing.
+fn lazy_dir(store: &Path) -> Result<OutputDir> {
+    let path = store.join(LAZY_TOC_DIR);
+    let root = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
+    match nix::sys::stat::mkdirat(
+        Some(std::os::fd::AsRawFd::as_raw_fd(&root.fd())),
+        LAZY_TOC_DIR,
+        nix::sys::stat::Mode::from_bits_truncate(0o777 & !safe_fs::umask()),
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+        Err(e) => return Err(Error::io(&path, e.into())),
+    }
+    let fd = safe_fs::open_dir_at(root.fd(), OsStr::new(LAZY_TOC_DIR))
+        .map_err(|e| Error::io(&path, e))?;
+    Ok(OutputDir::from_fd(fd, path))
+}
+
+/// Reads the small file `name` of `dir` (at most `max` bytes).
+fn read_small(dir: &Path, name: &str, max: u64) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(Error::Invalid(format!(
+            "{}: larger than {max} bytes",
+            path.display()
+        )));
+    }
+    Ok(bytes)
+}
+
+/// A registry that is not asked (`--offline`): every fetch fails.
+struct Offline(String);
+
+impl ImageSource for Offline {
+    fn name(&self) -> String {
+        self.0.clone()
+    }
+    fn manifest(&self, _: &str) -> Result<FetchedManifest> {
+        Err(Error::Registry(format!("{}: offline", self.0)))
+    }
+    fn blob(&self, _: &str, _: u64, _: &mut dyn Write, _: &dyn Fn(u64)) -> Result<()> {
+        Err(Error::Registry(format!("{}: offline", self.0)))
+    }
+    fn blob_range(&self, _: &str, _: u64, _: &mut [u8]) -> Result<()> {
+        Err(Error::Registry(format!("{}: offline", self.0)))
+    }
+}
+
+/// A lazy layer, opened.
+pub struct Opened {
+    /// Its tree (the metadata image over the lazy device).
+    pub image: Image,
+    /// The blob, read through its cache.
+    pub blob: Arc<ChunkCache>,
+    /// The uncompressed device's cache (for counters).
+    pub device: Arc<ChunkCache>,
+    /// Its info as stored.
+    pub info: Vec<u8>,
+    /// Its TOC digest.
+    pub toc_digest: String,
+}
+
+/// Opens lazy layer `digest` of `store` (made by [`fetch`], now or by an
+/// earlier server), its data read from the registry its record names.
+pub fn open(store: &Store, remote: &Remote, digest: &str) -> Result<Opened> {
+    let dir = layer_dir(store.path(), digest);
+    let shown = |e: String| Error::Invalid(format!("{}: {e}", dir.display()));
+    let record: LazyRecord = serde_json::from_slice(&read_small(&dir, RECORD_FILE, 1 << 16)?)
+        .map_err(|e| shown(format!("{RECORD_FILE}: {e}")))?;
+    let format = match record.format.as_str() {
+        "zstd:chunked" => Format::ZstdChunked,
+        "estargz" => Format::Estargz,
+        other => return Err(shown(format!("format {other:?}"))),
+    };
+    let json = read_small(&dir, TOC_FILE, toc::MAX_TOC_SIZE)?;
+    let toc = toc::from_json(
+        &dir.join(TOC_FILE),
+        &json,
+        format,
+        &record.toc_digest,
+        record.data_end,
+    )?;
+    let map = TocMap::new(&toc).map_err(|e| shown(e.to_string()))?;
+    if map.size != record.device_size {
+        return Err(shown(format!(
+            "the TOC maps {} bytes, the record says {}",
+            map.size, record.device_size
+        )));
+    }
+    let info = read_small(&dir, layout::INFO_FILE, layout::MAX_INFO_SIZE)?;
+    let parsed: TocLayerInfo =
+        serde_json::from_slice(&info).map_err(|e| shown(format!("{}: {e}", layout::INFO_FILE)))?;
+    if record.digest != digest || parsed.toc_digest != record.toc_digest {
+        return Err(shown("its info or record describes another layer".into()));
+    }
+    let parsed = parse_reference(&record.reference)?;
+    let source: Arc<dyn ImageSource> = if remote.offline {
+        Arc::new(Offline(record.reference.clone()))
+    } else {
+        Arc::from(crate::registry::open(&parsed, &remote.client)?)
+    };
+    let blob = Arc::new(RemoteBlob {
+        source,
+        digest: digest.to_string(),
+        size: record.blob_size,
+    });
+    let lazy = store.lazy_dir();
+    let align = map.align;
+    let toc_source = Arc::new(TocSource::new(blob.clone(), Arc::new(map)));
+    let device_options = CacheOptions {
+        chunk_size: align,
+        max_request: (8u64 << 20).max(align),
+        ..CacheOptions::default()
+    };
+    let key = format!("{digest} toc {}", record.toc_digest);
+    let device = ChunkCache::open(
+        lazy.fd(),
+        lazy.path(),
+        &format!("{digest}{DEVICE_SUFFIX}"),
+        &key,
+        toc_source,
+        &device_options,
+    )?;
+    let device = Arc::new(device);
+    let blob_options = CacheOptions {
+        chunk_size: BLOB_CHUNK,
+        ..CacheOptions::default()
+    };
+    let blob_source: Arc<dyn ChunkSource> = blob;
+    let blob_cache = ChunkCache::open(
+        lazy.fd(),
+        lazy.path(),
+        &format!("{digest}{BLOB_SUFFIX}"),
+        digest,
+        blob_source,
+        &blob_options,
+    )?;
+    let primary = Device::open(&dir.join(layout::IMAGE_FILE), 0)?;
+    let image = Image::from_devices(primary, vec![Device::lazy(device.clone())?])?;
+    Ok(Opened {
+        image,
+        blob: Arc::new(blob_cache),
+        device,
+        info,
+        toc_digest: record.toc_digest,
+    })
+}
+
+/// `store gc`'s part (under its exclusive lock): with `all`, removes every
+/// lazy TOC layer (they belong to no image); always, what an interrupted
+/// fetch left (`.lazytoc.*`) and the caches of lazy layers that are gone,
+/// unless a server has them open. Gives (layers, stale, caches) removed.
+pub(crate) fn gc(store: &Store, all: bool) -> Result<(usize, usize, usize)> {
+    use super::gc::{remove_file, remove_flat_dir};
+    let (mut layers, mut stale, mut caches) = (0, 0, 0);
+    let path = store.path().join(LAZY_TOC_DIR);
+    let dir = match safe_fs::open_dir_at(store.root.fd(), OsStr::new(LAZY_TOC_DIR)) {
+        Ok(fd) => Some(OutputDir::from_fd(fd, path.clone())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if let Some(dir) = &dir {
+        for name in super::images::list(dir)? {
+            if name.starts_with(".lazytoc.") {
+                remove_flat_dir(dir, &name)?;
+                stale += 1;
+            } else if all && layout::is_layer_name(name.as_bytes()) {
+                remove_flat_dir(dir, &name)?;
+                layers += 1;
+            }
+        }
+    }
+    let lazy = store.lazy_dir();
+    for name in super::images::list(lazy)? {
+        let Some(layer) = [DEVICE_SUFFIX, BLOB_SUFFIX]
+            .iter()
+            .find_map(|s| name.strip_suffix(&format!("{s}.chunks")))
+        else {
+            continue;
+        };
+        if !layout::is_layer_name(layer.as_bytes()) || layer_dir(store.path(), layer).is_dir() {
+            continue;
+        }
+        // Held while both go: no server opens the cache meanwhile.
+        let Some(_lock) = super::lazy::lock_unused(lazy, &name)? else {
+            continue;
+        };
+        remove_file(lazy, name.trim_end_matches(".chunks"))?;
+        remove_file(lazy, &name)?;
+        caches += 1;
+    }
+    Ok((layers, stale, caches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_reference;
+
+    #[test]
+    fn references_as_containers_storage_passes_them() {
+        for (text, name) in [
+            ("127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
+            ("docker://127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
+            ("//quay.io/org/app:2", "quay.io/org/app:2"),
+            (
+                "docker.io/library/busybox:latest",
+                "docker.io/library/busybox:latest",
+            ),
+            ("docker:5000/app:1", "docker:5000/app:1"),
+        ] {
+            assert_eq!(parse_reference(text).unwrap().to_string(), name, "{text}");
+        }
+        assert!(parse_reference("///x").is_err());
+    }
+}
