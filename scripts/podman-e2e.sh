@@ -37,7 +37,7 @@
 # rootless podman keeps the caller's limits, and everything here is rootless.
 #
 # Environment: BIN (erofs-fuse binary), E2E_USER (erofs-e2e), E2E_PORT (5055),
-# E2E_WORK (/tmp/erofs-fuse-podman-e2e: logs stay there after the run),
+# E2E_WORK (/var/lib/erofs-fuse-e2e/podman4: logs stay there after the run),
 # E2E_TIMEOUT (60 s per podman/mount command).
 # Output ends with "podman-e2e: N passed, M failed"; exit status 1 on any failure.
 
@@ -47,7 +47,7 @@ set -euo pipefail
 
 E2E_USER=${E2E_USER:-erofs-e2e}
 PORT=${E2E_PORT:-5055}
-W=${E2E_WORK:-/tmp/erofs-fuse-podman-e2e}
+W=${E2E_WORK:-/var/lib/erofs-fuse-e2e/podman4}
 TIMEOUT=${E2E_TIMEOUT:-60}
 STATE=/run/erofs-fuse-podman-e2e.state
 GECOS="erofs-fuse podman e2e (scripts/podman-e2e.sh)"
@@ -183,6 +183,7 @@ root_exit() {
 
 root_main() {
     [ "$(id -u)" -eq 0 ] || die "run as root (it installs packages and fixes the host)"
+    check_work_parent "$W"
     # Undo what a killed earlier run left behind, before recording anew.
     restore_host
     rm -f "$W/results"   # an early failure must not count an old run's results

@@ -32,7 +32,7 @@
 #     undoes the host fixes. The cached root and the user in it stay.
 #
 # Environment: BIN, E2E_USER (p5e2e), E2E_UID (2345, must be unused on the
-# host), E2E_PORT (5056), E2E_WORK (/tmp/erofs-fuse-podman5-e2e; logs stay),
+# host), E2E_PORT (5056), E2E_WORK (/var/lib/erofs-fuse-e2e/podman5; logs stay),
 # E2E_TIMEOUT (120 s per command), E2E_LAZY (1: force case B, 0: skip it),
 # E2E_LAZY_ARGS (`store serve` options for case B; default --insecure if
 # the binary has it).
@@ -44,7 +44,9 @@ set -euo pipefail
 E2E_USER=${E2E_USER:-p5e2e}
 P5_UID=${E2E_UID:-2345}
 PORT=${E2E_PORT:-5056}
-W=${E2E_WORK:-/tmp/erofs-fuse-podman5-e2e}
+W=${E2E_WORK:-/var/lib/erofs-fuse-e2e/podman5}
+# Root runs this file, never the copy in $W the test user owns.
+SELF=$(readlink -f "${BASH_SOURCE[0]}")
 TIMEOUT=${E2E_TIMEOUT:-120}
 STATE=/run/erofs-fuse-podman5-e2e.state
 GECOS="erofs-fuse podman 5 e2e (scripts/podman5-e2e.sh)"
@@ -198,6 +200,7 @@ lazy_wanted() {
 root_main() {
     [ "$(id -u)" -eq 0 ] || die "run as root (it builds a root, fixes the host, enters namespaces)"
     root_libs
+    check_work_parent "$W"
     undo_earlier
     rm -f "$W/results"
     trap root_exit EXIT
@@ -216,7 +219,7 @@ root_main() {
     unshare --mount --propagation private --fork --kill-child -- \
         env P5_ROOT="$P5_ROOT" E2E_WORK="$W" E2E_USER="$E2E_USER" E2E_UID="$P5_UID" E2E_PORT="$PORT" \
         E2E_TIMEOUT="$TIMEOUT" LAZY="$lazy" E2E_STRICT_ROOT="${E2E_STRICT_ROOT:-0}" LAZY_ARGS="$(lazy_args)" MODE="${MODE:-e2e}" \
-        bash "$W/e2e.sh" --in-namespace &
+        bash "$SELF" --in-namespace &
     USER_PART=$!
     echo "nspid $USER_PART" >>"$STATE"
     wait "$USER_PART"

@@ -113,6 +113,19 @@ restore_host() {
     rm -f "$STATE"
 }
 
+# The work directory's parent must be a real directory only root can write
+# to: a predictable name under a world-writable one (/tmp) could be made
+# first by another user, and root then writes and runs files there.
+check_work_parent() {
+    local parent
+    parent=$(dirname "$1")
+    [ "$parent" != /var/lib/erofs-fuse-e2e ] || install -d -m 755 -o root -g root "$parent"
+    { [ ! -L "$parent" ] && [ -d "$parent" ]; } || die "$parent: not a directory"
+    [ "$(stat -c %u "$parent")" = 0 ] || die "$parent: not owned by root"
+    [ -z "$(find "$parent" -maxdepth 0 -perm /022)" ] ||
+        die "$parent: writable by others (like /tmp); set E2E_WORK under a directory only root can write to"
+}
+
 start_registry() {
     # The Debian service is not started (policy-rc.d) and listens on :5000
     # with htpasswd auth; run our own on loopback, as the user, no auth.
