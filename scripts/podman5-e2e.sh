@@ -33,9 +33,9 @@
 #
 # Environment: BIN, E2E_USER (p5e2e), E2E_UID (2345, must be unused on the
 # host), E2E_PORT (5056), E2E_WORK (/var/lib/erofs-fuse-e2e/podman5; logs stay),
-# E2E_TIMEOUT (120 s per command), E2E_LAZY (1: force case B, 0: skip it),
-# E2E_LAZY_ARGS (`store serve` options for case B; default --insecure if
-# the binary has it).
+# E2E_TIMEOUT (120 s per command), E2E_LAZY (0: skip case B),
+# E2E_LAZY_ARGS (`store serve` options for case B; default --insecure
+# --fetch-from localhost:PORT).
 # Output ends with "podman5-e2e: N passed, M failed"; exit status 1 on any failure.
 
 # shellcheck disable=SC2016  # single-quoted scripts expand in the inner shell
@@ -179,13 +179,13 @@ root_exit() {
     exit $?
 }
 
-# Case B's `store serve` options: E2E_LAZY_ARGS, else --insecure when the
-# binary has it (plain http to the registry on loopback).
+# Case B's `store serve` options: E2E_LAZY_ARGS, else fetching from the
+# test registry only, over plain http (it is on loopback).
 lazy_args() {
     if [ -n "${E2E_LAZY_ARGS+set}" ]; then
         echo "$E2E_LAZY_ARGS"
-    elif "$BIN" store serve --help 2>/dev/null | grep -q -- '--insecure'; then
-        echo --insecure
+    else
+        echo "--insecure --fetch-from localhost:$PORT"
     fi
 }
 
@@ -193,7 +193,7 @@ lazy_wanted() {
     case ${E2E_LAZY:-} in
     1) echo 1 ;;
     0) echo 0 ;;
-    *) if "$BIN" store serve --help 2>/dev/null | grep -qi fetch; then echo 1; else echo 0; fi ;;
+    *) echo 1 ;;
     esac
 }
 
