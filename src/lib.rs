@@ -34,6 +34,7 @@
 
 pub mod convert;
 pub mod device;
+pub mod diff;
 pub mod error;
 pub mod extract;
 pub mod fault;
