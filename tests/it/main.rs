@@ -17,6 +17,7 @@ mod cli_values;
 mod compressed;
 mod convert;
 mod device_maps;
+mod diff;
 mod fault_maps;
 mod fixtures;
 mod fuzz_regressions;
