@@ -189,6 +189,7 @@ pub fn diff_to(
         options,
         upper,
         links: HashMap::new(),
+        pending: Vec::new(),
     };
     walker.root(&root, &st)?;
     let tar = walker.tar.finish().map_err(DiffError::Output)?;

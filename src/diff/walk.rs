@@ -3,8 +3,12 @@
 //! - a 0:0 character device is a deletion: `.wh.NAME`;
 //! - an opaque directory is the directory and `.wh..wh..opq` in it, its
 //!   children all new;
-//! - a directory present below too is written only if its own metadata
-//!   (type, mode, owner, mtime, xattrs) differs, its children either way;
+//! - a directory present below too is written if its own metadata
+//!   (type, mode, owner, mtime, xattrs) differs, or as the parent of a
+//!   change written below it (as containerd's tar writer includes
+//!   parents): a layer converted to EROFS, and overlayfs over it, show
+//!   the top layer's directory, so one implied by a path would hide the
+//!   real one's metadata;
 //! - everything else in the upper directory was created or copied up,
 //!   and is written in full; a second name of an inode is a hard link.
 
@@ -37,6 +41,9 @@ pub struct Walker<'a, W: Write> {
     pub upper: &'a std::path::Path,
     /// First path of each multiply linked inode written, by (dev, ino).
     pub links: HashMap<(u64, u64), Vec<u8>>,
+    /// Unchanged directories being walked, not written yet: written as
+    /// parents before the first member below them.
+    pub pending: Vec<Member>,
 }
 
 /// Whether `name` is overlayfs's own (never carried into the layer).
@@ -109,18 +116,43 @@ impl<W: Write> Walker<'_, W> {
         }
     }
 
+    /// Writes `m`, after the pending parents.
+    fn write(&mut self, m: &Member) -> Result<(), DiffError> {
+        for parent in self.pending.drain(..) {
+            self.tar.header(&parent).map_err(DiffError::Output)?;
+        }
+        self.tar.header(m).map_err(DiffError::Output)
+    }
+
+    /// Writes directory member `m` now if `changed`, else only before
+    /// the first member below it; then `walk` writes what is below.
+    fn with_dir(
+        &mut self,
+        m: Member,
+        changed: bool,
+        walk: impl FnOnce(&mut Self) -> Result<(), DiffError>,
+    ) -> Result<(), DiffError> {
+        let depth = self.pending.len();
+        if changed {
+            self.write(&m)?;
+        } else {
+            self.pending.push(m);
+        }
+        walk(self)?;
+        self.pending.truncate(depth);
+        Ok(())
+    }
+
     /// Writes the root's member if its metadata differs from the lower
-    /// root's, then the changes below it.
+    /// root's or anything changed below, then the changes below it.
     pub fn root(&mut self, dir: &UpperDir, st: &FileStat) -> Result<(), DiffError> {
         let xattrs = dir.xattrs(OsStr::new(".")).map_err(|e| self.io(b"", e))?;
         self.check_refused(b"", &xattrs)?;
         let kept = visible(xattrs);
-        if !self.same_dir(ROOT, st, &kept)? {
-            let mut m = self.member(b"./".to_vec(), Kind::Dir, st);
-            m.xattrs = kept;
-            self.tar.header(&m).map_err(DiffError::Output)?;
-        }
-        self.dir(dir, b"", Some(ROOT), 0)
+        let changed = !self.same_dir(ROOT, st, &kept)?;
+        let mut m = self.member(b"./".to_vec(), Kind::Dir, st);
+        m.xattrs = kept;
+        self.with_dir(m, changed, |w| w.dir(dir, b"", Some(ROOT), 0))
     }
 
     /// Whether lower directory `ino` has `st`'s type, mode, owner, mtime
@@ -202,7 +234,7 @@ impl<W: Write> Walker<'_, W> {
             let whiteout = [&path[..at], WHITEOUT_PREFIX, name.as_bytes()].concat();
             let mut m = self.member(whiteout, Kind::File, st);
             (m.mode, m.uid, m.gid) = (0, 0, 0);
-            return self.tar.header(&m).map_err(DiffError::Output);
+            return self.write(&m);
         }
         let xattrs = dir.xattrs(name).map_err(|e| self.io(&path, e))?;
         self.check_refused(&path, &xattrs)?;
@@ -227,7 +259,7 @@ impl<W: Write> Walker<'_, W> {
                     m.link = dir.read_link(name).map_err(|e| self.io(&m.path, e))?;
                 }
                 m.xattrs = kept;
-                self.tar.header(&m).map_err(DiffError::Output)
+                self.write(&m)
             }
         }
     }
@@ -257,19 +289,18 @@ impl<W: Write> Walker<'_, W> {
             Some(ino) if !opaque => self.same_dir(ino, st, &xattrs)?,
             _ => false,
         };
-        if !unchanged {
-            let mut m = self.member(path.clone(), Kind::Dir, st);
-            m.xattrs = xattrs;
-            self.tar.header(&m).map_err(DiffError::Output)?;
-        }
-        if opaque {
-            let marker = [&path[..], OPAQUE_MARKER].concat();
-            let mut m = self.member(marker, Kind::File, st);
-            (m.mode, m.uid, m.gid) = (0, 0, 0);
-            self.tar.header(&m).map_err(DiffError::Output)?;
-        }
-        let lower = if opaque { None } else { below };
-        self.dir(&sub, &path, lower, depth + 1)
+        let mut m = self.member(path.clone(), Kind::Dir, st);
+        m.xattrs = xattrs;
+        self.with_dir(m, !unchanged, |w| {
+            if opaque {
+                let marker = [&path[..], OPAQUE_MARKER].concat();
+                let mut m = w.member(marker, Kind::File, st);
+                (m.mode, m.uid, m.gid) = (0, 0, 0);
+                w.write(&m)?;
+            }
+            let lower = if opaque { None } else { below };
+            w.dir(&sub, &path, lower, depth + 1)
+        })
     }
 
     /// Writes regular file `name` in full, or as a hard link to the first
@@ -287,14 +318,14 @@ impl<W: Write> Walker<'_, W> {
             if let Some(first) = self.links.get(&key) {
                 let mut m = self.member(path, Kind::Link, st);
                 m.link = first.clone();
-                return self.tar.header(&m).map_err(DiffError::Output);
+                return self.write(&m);
             }
             self.links.insert(key, path.clone());
         }
         let mut m = self.member(path, Kind::File, st);
         m.size = u64::try_from(st.st_size).unwrap_or(0);
         m.xattrs = xattrs;
-        self.tar.header(&m).map_err(DiffError::Output)?;
+        self.write(&m)?;
         let tar = &mut self.tar;
         let hook = self.options.read_hook.as_deref();
         match dir.read_file(name, st, hook, &mut |bytes| tar.data(bytes)) {

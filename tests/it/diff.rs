@@ -63,8 +63,8 @@ fn whiteout(path: &Path) {
 }
 
 /// The upper directory every test starts from, with fixed times:
-/// - `etc/` as below (same mode, owner, mtime): not written; in it a
-///   whiteout of `passwd` and a new `hosts` (0600, user xattr);
+/// - `etc/` as below (same mode, owner, mtime): written only as the
+///   parent of a whiteout of `passwd` and a new `hosts` (0600, user xattr);
 /// - `gone`: a whiteout no lower layer has a name for (kept);
 /// - `usr/`: opaque (user.overlay.opaque=y) holding `new`, hard linked
 ///   as `new2`, and a symlink `ln` to /etc/passwd.
@@ -163,6 +163,7 @@ fn diff_writes_the_changes_deterministically() {
     let tar = run_diff(&stack, &up, &options).unwrap();
     let expected = [
         "5 ./ 755 2006",
+        "5 etc/ 755 1000",
         "0 etc/hosts 600 2001 SCHILY.xattr.user.note=[97, 61, 98, 32, 0]",
         "0 etc/.wh.passwd 0 2000",
         "0 .wh.gone 0 2002",

@@ -40,6 +40,8 @@ mod attach;
 #[cfg(feature = "privileged")]
 mod changing_inputs;
 #[cfg(feature = "privileged")]
+mod diff_overlay;
+#[cfg(feature = "privileged")]
 mod faults;
 #[cfg(feature = "privileged")]
 mod host_writes;
