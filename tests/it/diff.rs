@@ -311,6 +311,22 @@ fn a_file_changing_while_read_is_an_error_naming_it() {
         err,
         format!("{}: changed while being read", target.display())
     );
+    // Rewritten in place, same size: only its mtime (set to 2001 by
+    // upper()) and ctime tell.
+    let rewritten = target.clone();
+    let options = DiffOptions {
+        read_hook: Some(Arc::new(move || {
+            use std::os::unix::fs::FileExt;
+            let file = fs::OpenOptions::new().write(true).open(&rewritten).unwrap();
+            file.write_all_at(b"X", 0).unwrap();
+        })),
+        ..Default::default()
+    };
+    let err = run_diff(&stack, &up, &options).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!("{}: changed while being read", target.display())
+    );
     // A hook that changes nothing: no error.
     let options = DiffOptions {
         read_hook: Some(Arc::new(|| {})),
