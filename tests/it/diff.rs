@@ -342,6 +342,9 @@ fn cli_diff_to_stdout_and_back_through_convert() {
     let dir = tempfile::tempdir().unwrap();
     let _stack = lower(dir.path());
     let up = upper(dir.path());
+    // A binary xattr with newlines: convert must read it back whole.
+    fs::write(up.join("etc/bin"), b"").unwrap();
+    xattr::set(up.join("etc/bin"), "user.bin", b"\n=\n").unwrap();
     let lower_image = dir.path().join("lower.erofs");
     let out = run_ok(
         Command::new(bin())
@@ -374,6 +377,11 @@ fn cli_diff_to_stdout_and_back_through_convert() {
     );
     let manifest = erofs_fuse::manifest::manifest(&image).unwrap().join("\n");
     assert!(manifest.contains("\"/usr/new2\""), "{manifest}");
+    let bin_line = manifest
+        .lines()
+        .find(|l| l.contains("\"/etc/bin\""))
+        .unwrap();
+    assert!(bin_line.contains("\"user.bin\": \"0a3d0a\""), "{bin_line}");
 }
 
 /// tar+zstd input: `convert` gives the same image as from the plain tar;
