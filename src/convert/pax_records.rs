@@ -4,12 +4,14 @@
 //! (`security.capability`, ACLs) often do. (The `tar` crate splits at
 //! newlines, which rejects them.)
 
+use super::stream::PaxRecords;
+
 /// Longest length field read (a header is at most 1 MiB here anyway).
 const MAX_LEN_DIGITS: usize = 20;
 
 /// The (key, value) records of the PAX header `bytes`; trailing NUL
 /// padding is ignored.
-pub fn parse(bytes: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+pub fn parse(bytes: &[u8]) -> Result<PaxRecords, String> {
     let mut records = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
