@@ -88,11 +88,16 @@ fn entries(root: &Path) -> Vec<(PathBuf, bool)> {
     out
 }
 
-/// Runs `OPS` random file operations on the merged tree at `root`.
-fn operate(root: &Path, seed: u64) -> Vec<String> {
+/// Kinds of file operation (see [`operate`]).
+const KINDS: usize = 12;
+
+/// Runs `OPS` random file operations on the merged tree at `root`; the
+/// log, and which kinds succeeded.
+fn operate(root: &Path, seed: u64) -> (Vec<String>, [bool; KINDS]) {
     let mut rng = xorshift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let mut pick = |n: usize| (rng() % n as u64) as usize;
     let mut log = Vec::new();
+    let mut done = [false; KINDS];
     for op in 0..OPS {
         let all = entries(root);
         let dirs: Vec<&PathBuf> = all.iter().filter(|e| e.1).map(|e| &e.0).collect();
@@ -109,7 +114,7 @@ fn operate(root: &Path, seed: u64) -> Vec<String> {
         };
         let fresh = dir.join(format!("d{seed}-{op}"));
         let (d, f, n) = (root.join(dir), root.join(file), root.join(&fresh));
-        let what = pick(12);
+        let what = pick(KINDS);
         let r = match what {
             0 => fs::write(&n, vec![b'a' + (op % 26) as u8; pick(5000)]),
             1 => fs::OpenOptions::new()
@@ -138,17 +143,24 @@ fn operate(root: &Path, seed: u64) -> Vec<String> {
             10 => xattr::set(
                 if pick(2) == 0 { &d } else { &f },
                 format!("user.k{}", pick(3)),
-                format!("v{op}").as_bytes(),
+                // Newlines and '=' too: PAX records are split by length.
+                if op % 2 == 0 {
+                    format!("v{op}")
+                } else {
+                    format!("v\n{op}=")
+                }
+                .as_bytes(),
             ),
             _ => symlink(format!("../t{op}"), &n),
         };
+        done[what] |= r.is_ok();
         log.push(format!(
             "{what} {} {} -> {r:?}",
             dir.display(),
             file.display()
         ));
     }
-    log
+    (log, done)
 }
 
 /// A manifest without link counts: GNU tar's extraction breaks a lower
@@ -239,8 +251,9 @@ fn gnu_tar_view(work: &Path, lower_view: &Path, layer: &Path) -> String {
     tree_manifest(&root)
 }
 
-/// One upper directory: made by the kernel, diffed, checked both ways.
-fn check(seed: u64, failures: &mut Vec<String>) {
+/// One upper directory: made by the kernel, diffed, checked both ways;
+/// which kinds of operation it ran.
+fn check(seed: u64, failures: &mut Vec<String>) -> [bool; KINDS] {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
     run_ok(
@@ -278,7 +291,7 @@ fn check(seed: u64, failures: &mut Vec<String>) {
     }
     let lower = lower.join(":");
     let _lower_only = Overlay::mount(&format!("ro,lowerdir={lower}"), &lower_view);
-    let (expected, log) = {
+    let (expected, (log, done)) = {
         let _rw = Overlay::mount(
             &format!(
                 "lowerdir={lower},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off",
@@ -328,6 +341,7 @@ fn check(seed: u64, failures: &mut Vec<String>) {
             context()
         ));
     }
+    done
 }
 
 #[test]
@@ -344,8 +358,14 @@ fn diff_layers_rebuild_what_overlayfs_shows() {
         base + runs()
     );
     let mut failures = Vec::new();
+    let mut done = [false; KINDS];
     for seed in base..base + runs() {
-        check(seed, &mut failures);
+        for (all, this) in done.iter_mut().zip(check(seed, &mut failures)) {
+            *all |= this;
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    if runs() >= 10 {
+        assert_eq!(done, [true; KINDS], "operation kinds that never succeeded");
+    }
 }
