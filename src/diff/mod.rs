@@ -2,7 +2,7 @@
 //! lower layers, written as an OCI layer (tar, tar+gzip or tar+zstd), as
 //! containerd's differs do with `Compare`. The lower layers are read
 //! through [`Stack`] (no mount, no root); the upper directory through
-//! [`upper`], which never follows its symlinks.
+//! `upper.rs`, which never follows its symlinks.
 //!
 //! The output is deterministic: members in byte order of their paths
 //! (depth first), no user names, no atime/ctime, compressors with fixed
