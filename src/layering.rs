@@ -18,7 +18,7 @@ const LAYERS: &[(u32, &[&str])] = &[
     (7, &["reader", "mkfs"]),
     (8, &["view", "inspect", "fsck", "extract", "convert"]),
     (9, &["overlay", "manifest"]),
-    (10, &["store"]),
+    (10, &["store", "diff"]),
     (11, &["fuse"]),
 ];
 

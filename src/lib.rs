@@ -25,7 +25,8 @@
 //! - [`overlay`]: a merged stack of layers; [`manifest`]: JSON-lines
 //!   manifests;
 //! - [`store`]: the layer and image store (`store add`, `pull`, gc, and
-//!   serving layers to podman);
+//!   serving layers to podman); [`diff`]: an overlayfs upper directory
+//!   over a stack to an OCI layer;
 //! - [`fuse`]: the FUSE adapter and mounting, knowing nothing of byte
 //!   layouts. Process-wide effects (daemonizing, allocator tuning) are the
 //!   binary's.
@@ -34,6 +35,7 @@
 
 pub mod convert;
 pub mod device;
+pub mod diff;
 pub mod error;
 pub mod extract;
 pub mod fault;

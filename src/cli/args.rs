@@ -242,6 +242,55 @@ pub enum Command {
     /// --aufs, the whiteouts .wh., .wh.. and .wh... are errors naming the
     /// entry.
     Convert(ConvertArgs),
+    /// Write the changes an overlayfs upper directory makes over a stack
+    /// of EROFS layers as an OCI layer (containerd's differ Compare),
+    /// reading the layers directly (no mount, no root).
+    ///
+    /// A 0:0 character device becomes .wh.NAME (kept even if no lower
+    /// layer has NAME, as overlayfs keeps it); an opaque directory
+    /// (trusted.overlay.opaque=y or user.overlay.opaque=y, both read)
+    /// becomes the directory and .wh..wh..opq; other entries are written
+    /// in full, a directory also in the layers only if its own metadata
+    /// changed; hard links within the upper directory stay hard links;
+    /// xattrs as PAX SCHILY.xattr.* (overlayfs's own left out). Upper
+    /// entries with overlayfs redirect or metacopy xattrs are refused.
+    /// Symlinks in the upper directory are never followed; a file that
+    /// changes while read is an error. SOURCE_DATE_EPOCH clamps later
+    /// mtimes to it. The output is the same bytes for the same input.
+    ///
+    /// Prints `digest` (sha256 of the layer as written) and `diffid`
+    /// (sha256 of the tar), on stderr when the layer goes to stdout.
+    Diff(DiffArgs),
+}
+
+/// `diff --compression`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DiffCompression {
+    /// A plain tar.
+    None,
+    /// tar+gzip (containerd's default media type).
+    Gzip,
+    /// tar+zstd.
+    Zstd,
+}
+
+/// `diff` arguments.
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The lower layers, bottom first, each IMAGE[:DEVICE...] as for
+    /// `mount --layer`.
+    #[arg(long = "layer", value_name = "IMAGE[:DEVICE...]", required = true)]
+    pub layers: Vec<String>,
+    /// How to open the layers.
+    #[command(flatten)]
+    pub open: OpenArgs,
+    /// The layer's compression.
+    #[arg(long, value_enum, default_value = "gzip")]
+    pub compression: DiffCompression,
+    /// The overlayfs upper directory.
+    pub upper: PathBuf,
+    /// The layer to write (replaced once complete), or - for stdout.
+    pub output: PathBuf,
 }
 
 /// Options of every command that serves a mount.

@@ -12,6 +12,7 @@ pub mod args;
 mod attach;
 mod convert;
 mod daemon;
+mod diff;
 pub mod error;
 mod gz;
 mod lazy;
@@ -71,6 +72,7 @@ impl Command {
             Command::Fsck(args) => args.run(),
             Command::Extract(args) => args.run(),
             Command::Convert(args) => args.run(),
+            Command::Diff(args) => args.run(),
             Command::Verity { command } => match command {
                 VerityCommand::Format(args) => args.run(),
                 VerityCommand::Verify(args) => args.run(),

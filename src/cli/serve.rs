@@ -301,7 +301,7 @@ fn split_layer(value: &str) -> (PathBuf, Vec<PathBuf>) {
 
 /// Opens the layers of `mount --layer` (IMAGE[:DEVICE...] each, bottom
 /// first) as one stack, with `open`'s cache size.
-fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay::Stack> {
+pub(super) fn open_stack(layers: &[String], open: &OpenArgs) -> Result<erofs_fuse::overlay::Stack> {
     if open.verity.is_some()
         || open.dmverity.is_some()
         || !open.devices.is_empty()

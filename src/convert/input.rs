@@ -16,6 +16,11 @@ use crate::gzran::{zinfo::DEFAULT_SPAN, GzIndexer, ZinfoHandle};
 pub struct Digest([u8; 32]);
 
 impl Digest {
+    /// The digest whose bytes are `bytes`.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     /// The 32 bytes.
     pub fn bytes(&self) -> &[u8; 32] {
         &self.0
@@ -76,6 +81,15 @@ impl Compression {
         }
     }
 
+    /// Its name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "tar",
+            Self::Gzip => "gzip",
+            Self::Zstd => "zstd",
+        }
+    }
+
     /// containers/storage's code for it (pkg/archive: Uncompressed 0,
     /// Bzip2 1, Gzip 2, Xz 3, Zstd 4), as a layer's `info` records it.
     pub fn storage_code(self) -> u8 {
@@ -116,6 +130,21 @@ impl Source {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// Says which stream a decoding error is in: "damaged zstd stream: ...".
+struct Damaged<R> {
+    inner: R,
+    what: &'static str,
+}
+
+impl<R: Read> Read for Damaged<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).map_err(|e| {
+            let kind = e.kind();
+            io::Error::new(kind, format!("damaged {} stream: {e}", self.what))
+        })
     }
 }
 
@@ -161,6 +190,10 @@ pub fn open_input(path: &Path, progress: bool, index: bool) -> io::Result<Source
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
     };
+    let decoder = Box::new(Damaged {
+        inner: decoder,
+        what: compression.name(),
+    });
     let tar = Rc::new(RefCell::new(Sha256::new()));
     let reader = Hashing {
         inner: decoder,

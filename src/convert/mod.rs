@@ -10,6 +10,7 @@
 
 mod input;
 mod pax;
+mod pax_records;
 mod stream;
 mod tar;
 pub mod toc;

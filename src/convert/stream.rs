@@ -276,12 +276,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// The records of a PAX extended header.
 fn pax_records(bytes: &[u8]) -> Result<PaxRecords, String> {
-    tar::PaxExtensions::new(bytes)
-        .map(|record| {
-            let record = record.map_err(|e| format!("bad PAX header: {e}"))?;
-            Ok((record.key_bytes().to_vec(), record.value_bytes().to_vec()))
-        })
-        .collect()
+    super::pax_records::parse(bytes)
 }
 
 /// An untrusted name for a message: lossy UTF-8, at most [`SHOWN_MAX`]

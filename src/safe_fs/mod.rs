@@ -59,6 +59,16 @@ pub fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Resul
         .map(|fd| owned(fd).into())
 }
 
+/// Opens the file `name` in `dir` for reading; a symlink there is an
+/// error (ELOOP), never followed, and a FIFO does not block the open
+/// (`O_NONBLOCK`).
+pub fn open_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    openat(Some(dir.as_raw_fd()), name, flags, Mode::empty())
+        .map_err(io::Error::from)
+        .map(|fd| owned(fd).into())
+}
+
 /// An `O_PATH` descriptor for the entry `name` of `dir` itself (a symlink
 /// is not followed): it pins that inode for [`chmod_pinned`],
 /// [`set_xattr_pinned`] and [`link_pinned`].

@@ -17,6 +17,7 @@ mod cli_values;
 mod compressed;
 mod convert;
 mod device_maps;
+mod diff;
 mod fault_maps;
 mod fixtures;
 mod fuzz_regressions;
@@ -38,6 +39,8 @@ mod zinfo_device;
 mod attach;
 #[cfg(feature = "privileged")]
 mod changing_inputs;
+#[cfg(feature = "privileged")]
+mod diff_overlay;
 #[cfg(feature = "privileged")]
 mod faults;
 #[cfg(feature = "privileged")]
