@@ -119,6 +119,10 @@ pub(crate) struct Transport {
     insecure: bool,
     /// The retry policy every request follows.
     pub policy: RetryPolicy,
+    /// How long any one request may take, its body read included, when
+    /// the caller gives no limit (`store serve`: a trickling registry
+    /// cannot hold a fetch for longer).
+    pub request_limit: Option<Duration>,
 }
 
 impl Transport {
@@ -154,6 +158,7 @@ impl Transport {
             base: format!("{scheme}://{}", reference.api_host()),
             insecure,
             policy: RetryPolicy::DEFAULT,
+            request_limit: None,
         })
     }
 
@@ -190,6 +195,7 @@ impl Transport {
         limit: Option<Duration>,
     ) -> std::result::Result<Response<Body>, Failure> {
         let body = body.unwrap_or_default();
+        let limit = limit.or(self.request_limit);
         let result = match method {
             Method::Get => with_limit(with_headers(self.agent.get(url), headers), limit).call(),
             Method::Head => with_limit(with_headers(self.agent.head(url), headers), limit).call(),

@@ -68,6 +68,18 @@ pub fn open(reference: &Reference, options: &ClientOptions) -> Result<Box<dyn Im
     Ok(Box::new(RegistryClient::new(reference, options)?))
 }
 
+/// [`open`], each request (its body read included) ended after `limit`:
+/// for servers, whose callers must not wait on a trickling registry.
+pub fn open_within(
+    reference: &Reference,
+    options: &ClientOptions,
+    limit: std::time::Duration,
+) -> Result<Box<dyn ImageSource>> {
+    let mut client = RegistryClient::new(reference, options)?;
+    client.transport.request_limit = Some(limit);
+    Ok(Box::new(client))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -116,10 +116,7 @@ fn gc_toc_index(root: &OutputDir) -> Result<usize> {
     let mut removed = 0;
     for name in list(&dir)? {
         let layer = resolve(root.path(), &name);
-        let gone = |digest: String| {
-            !root.path().join(&digest).is_dir()
-                && !super::toc_remote::layer_dir(root.path(), &digest).is_dir()
-        };
+        let gone = |digest: String| !root.path().join(&digest).is_dir();
         if layer.is_none_or(gone) {
             remove_file(&dir, &name)?;
             removed += 1;
