@@ -68,15 +68,16 @@ pub fn open(reference: &Reference, options: &ClientOptions) -> Result<Box<dyn Im
     Ok(Box::new(RegistryClient::new(reference, options)?))
 }
 
-/// [`open`], each request (its body read included) ended after `limit`:
-/// for servers, whose callers must not wait on a trickling registry.
-pub fn open_within(
+/// [`open`], every request (its body read included) done by `deadline`
+/// or failed: for servers, whose callers must not wait on a trickling
+/// registry.
+pub fn open_until(
     reference: &Reference,
     options: &ClientOptions,
-    limit: std::time::Duration,
+    deadline: std::time::Instant,
 ) -> Result<Box<dyn ImageSource>> {
     let mut client = RegistryClient::new(reference, options)?;
-    client.transport.request_limit = Some(limit);
+    client.transport.deadline = Some(deadline);
     Ok(Box::new(client))
 }
 

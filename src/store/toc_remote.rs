@@ -57,9 +57,10 @@ pub const BLOB_SUFFIX: &str = ".tocblob";
 const TAIL: u64 = 256 << 10;
 /// Chunk size of the blob's cache.
 const BLOB_CHUNK: u64 = 128 << 10;
-/// Longest any one request for a manifest, config or TOC may take (its
-/// body included), so a trickling registry cannot hold a fetch.
-pub const REQUEST_LIMIT: Duration = Duration::from_secs(20);
+/// How long resolving an image (its manifests) may take, and then fetching
+/// a layer's config and TOC, retries included: a trickling registry cannot
+/// hold a fetch (and the FUSE thread doing it) longer.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(45);
 /// Largest lazy layer record read.
 const MAX_RECORD: u64 = 1 << 16;
 /// Default of `--max-lazy-layers`.
@@ -117,13 +118,25 @@ impl Remote {
     }
 
     /// The source for `reference`: its registry if allowed, else one that
-    /// fails every fetch (no network call).
-    fn source(&self, reference: &Reference) -> Result<Arc<dyn ImageSource>> {
+    /// fails every fetch (no network call); with `deadline`, every request
+    /// done by then.
+    fn source(
+        &self,
+        reference: &Reference,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Arc<dyn ImageSource>> {
         if !self.allows(&reference.registry) {
             return Ok(Arc::new(Offline(reference.to_string())));
         }
-        let source = crate::registry::open_within(reference, &self.client, REQUEST_LIMIT)?;
-        Ok(Arc::from(source))
+        Ok(Arc::from(match deadline {
+            Some(at) => crate::registry::open_until(reference, &self.client, at)?,
+            None => crate::registry::open(reference, &self.client)?,
+        }))
+    }
+
+    /// [`Self::source`] whose requests end within [`FETCH_DEADLINE`].
+    fn source_for_fetch(&self, reference: &Reference) -> Result<Arc<dyn ImageSource>> {
+        self.source(reference, Some(std::time::Instant::now() + FETCH_DEADLINE))
     }
 }
 
@@ -260,13 +273,11 @@ fn diff_id(
     parsed.rootfs().diff_ids().get(i).cloned()
 }
 
-/// An image reference resolved: its registry and manifest (the view keeps
-/// them a while, so lookups of an image's layers fetch it once).
+/// An image reference resolved: its manifest (the view keeps it a while,
+/// so lookups of an image's layers fetch it once).
 pub struct Resolved {
     /// The normalized reference.
     pub name: String,
-    /// Its registry.
-    pub source: Arc<dyn ImageSource>,
     /// The platform's image manifest.
     pub manifest: oci_spec::image::ImageManifest,
 }
@@ -283,8 +294,8 @@ impl Resolved {
 }
 
 /// Resolves `reference` in its registry as `pull` does (an index to the
-/// platform's manifest); a registry not allowed is an error, before any
-/// network call.
+/// platform's manifest), within [`FETCH_DEADLINE`]; a registry not
+/// allowed is an error, before any network call.
 pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
     let parsed = parse_reference(reference)?;
     let name = parsed.to_string();
@@ -294,7 +305,7 @@ pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
             parsed.registry
         )));
     }
-    let source = remote.source(&parsed)?;
+    let source = remote.source_for_fetch(&parsed)?;
     let image = super::images::ImageRef::Registry(parsed);
     let options = super::pull::PullOptions {
         platform: remote.platform.clone(),
@@ -304,7 +315,6 @@ pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
     let resolved = super::pull::resolve(&image, source.as_ref(), &options, &name)?;
     Ok(Resolved {
         name,
-        source,
         manifest: resolved.manifest,
     })
 }
@@ -314,9 +324,18 @@ pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
 /// store's shared lock as `pull` (so `gc` never removes it half-written).
 /// `Ok(None)`: the image has no such layer. Nothing is written unless the
 /// TOC matches its digest and builds. Gives the blob's digest.
-pub fn fetch(store: &Store, image: &Resolved, toc_digest: &str) -> Result<Option<String>> {
-    let (name, source) = (&image.name, &image.source);
-    let key = lazy_key(&parse_reference(name)?, toc_digest);
+pub fn fetch(
+    store: &Store,
+    remote: &Remote,
+    image: &Resolved,
+    toc_digest: &str,
+) -> Result<Option<String>> {
+    let name = &image.name;
+    let parsed = parse_reference(name)?;
+    let key = lazy_key(&parsed, toc_digest);
+    // A source of its own: the image's may be a minute old, its deadline
+    // past.
+    let source = &remote.source_for_fetch(&parsed)?;
     let Some((index, digest, size)) = find_layer(&image.manifest, toc_digest) else {
         return Ok(None);
     };
@@ -506,7 +525,7 @@ pub fn open(store: &Store, remote: &Remote, key: &str) -> Result<Opened> {
         )));
     }
     let blob = Arc::new(RemoteBlob {
-        source: remote.source(&parse_reference(&record.reference)?)?,
+        source: remote.source(&parse_reference(&record.reference)?, None)?,
         digest: record.digest.clone(),
         size: record.blob_size,
     });
@@ -553,121 +572,5 @@ pub fn open(store: &Store, remote: &Remote, key: &str) -> Result<Opened> {
     })
 }
 
-/// `store gc`'s part (under its exclusive lock, which a fetch's shared
-/// one excludes): with `all`, removes every lazy TOC layer (they belong
-/// to no image); always, what an interrupted fetch left (`.lazytoc.*`;
-/// one that cannot be removed is logged and left) and the caches of lazy layers that are gone,
-/// unless a server has them open. Gives (layers, stale, caches) removed.
-pub(crate) fn gc(store: &Store, all: bool) -> Result<(usize, usize, usize)> {
-    use super::gc::{remove_file, remove_flat_dir};
-    let (mut layers, mut stale, mut caches) = (0, 0, 0);
-    let path = store.path().join(LAZY_TOC_DIR);
-    let dir = match safe_fs::open_dir_at(store.root.fd(), OsStr::new(LAZY_TOC_DIR)) {
-        Ok(fd) => Some(OutputDir::from_fd(fd, path.clone())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    if let Some(dir) = &dir {
-        for name in super::images::list(dir)? {
-            let count = if name.starts_with(".lazytoc.") {
-                &mut stale
-            } else if all && layout::is_layer_name(name.as_bytes()) {
-                &mut layers
-            } else {
-                continue;
-            };
-            // One leftover that cannot go (not empty: not ours) does not
-            // stop the rest.
-            match remove_flat_dir(dir, &name) {
-                Ok(()) => *count += 1,
-                Err(e) => tracing::warn!("{e}; left in place"),
-            }
-        }
-    }
-    let lazy = store.lazy_dir();
-    for name in super::images::list(lazy)? {
-        let Some(layer) = [DEVICE_SUFFIX, BLOB_SUFFIX]
-            .iter()
-            .find_map(|s| name.strip_suffix(&format!("{s}.chunks")))
-        else {
-            continue;
-        };
-        if !layout::is_layer_name(layer.as_bytes()) || layer_dir(store.path(), layer).is_dir() {
-            continue;
-        }
-        // Held while both go: no server opens the cache meanwhile.
-        let Some(_lock) = super::lazy::lock_unused(lazy, &name)? else {
-            continue;
-        };
-        remove_file(lazy, name.trim_end_matches(".chunks"))?;
-        remove_file(lazy, &name)?;
-        caches += 1;
-    }
-    Ok((layers, stale, caches))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::parse_reference;
-
-    #[test]
-    fn references_as_containers_storage_passes_them() {
-        for (text, name) in [
-            ("127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
-            ("docker://127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
-            ("//quay.io/org/app:2", "quay.io/org/app:2"),
-            (
-                "docker.io/library/busybox:latest",
-                "docker.io/library/busybox:latest",
-            ),
-            ("docker:5000/app:1", "docker:5000/app:1"),
-        ] {
-            assert_eq!(parse_reference(text).unwrap().to_string(), name, "{text}");
-        }
-        assert!(parse_reference("///x").is_err());
-    }
-}
-
-#[cfg(test)]
-mod key_tests {
-    use super::{lazy_key, parse_reference, registry_name, Remote};
-
-    #[test]
-    fn lazy_layers_are_keyed_by_repository_and_toc_digest() {
-        let toc = format!("sha256:{}", "a".repeat(64));
-        let key = |r: &str| lazy_key(&parse_reference(r).unwrap(), &toc);
-        assert_eq!(key("localhost:5000/app:1"), key("localhost:5000/app:2"));
-        assert_ne!(key("localhost:5000/app:1"), key("localhost:5000/other:1"));
-        assert_ne!(key("localhost:5000/app:1"), key("localhost:5001/app:1"));
-        let other = format!("sha256:{}", "b".repeat(64));
-        let r = parse_reference("localhost:5000/app:1").unwrap();
-        assert_ne!(lazy_key(&r, &toc), lazy_key(&r, &other));
-        assert!(crate::store::layout::is_layer_name(
-            key("busybox").as_bytes()
-        ));
-    }
-
-    #[test]
-    fn fetch_from_names_registries_as_references_do() {
-        for name in ["docker.io", "quay.io", "localhost:5056", "127.0.0.1:5000"] {
-            assert_eq!(registry_name(name).unwrap(), name);
-        }
-        for bad in [
-            "busybox",
-            "docker.io/library",
-            "",
-            "http://quay.io",
-            "Quay.io:x",
-        ] {
-            assert!(registry_name(bad).is_err(), "{bad}");
-        }
-        let remote = Remote {
-            fetch_from: vec!["docker.io".into()],
-            ..Remote::default()
-        };
-        // A name without a host is docker.io's.
-        assert!(remote.allows(&parse_reference("busybox:1").unwrap().registry));
-        assert!(!remote.allows(&parse_reference("quay.io/a/b:1").unwrap().registry));
-        assert!(!Remote::default().allows("docker.io"));
-    }
-}
+mod tests;

@@ -316,7 +316,7 @@ impl StoreView {
             tracing::debug!("{reference}: {toc} is a layer digest, not a TOC digest");
             return Ok(false);
         }
-        let Some(digest) = toc_remote::fetch(self.content_store()?, &image, toc)? else {
+        let Some(digest) = toc_remote::fetch(self.content_store()?, remote, &image, toc)? else {
             tracing::warn!("{reference}: no layer of TOC digest {toc} in its manifest");
             return Ok(false);
         };
@@ -395,7 +395,15 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let held = gate.enter(Duration::ZERO).unwrap();
         let started = Instant::now();
-        assert!(gate.enter(Duration::from_millis(100)).is_none());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let other = gate.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(other.enter(Duration::from_millis(100)).is_none());
+        });
+        // A wait without its bound would never answer: fail, not hang.
+        assert!(rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no timeout"));
         assert!(started.elapsed() >= Duration::from_millis(100));
         // Freed meanwhile: the waiter gets it.
         let other = gate.clone();

@@ -3,7 +3,8 @@
 //! `--fetch-from` are asked (others ENOENT with no request, logged once),
 //! `--max-lazy-layers` caps what one server makes, a TOC digest is
 //! fetched per repository (never served through another repository's
-//! record), and a TOC layer without file data serves.
+//! record), a TOC layer without file data serves, and a fetch waits for
+//! `store gc`'s lock.
 
 use crate::common::registry::{oci_fixture, Registry, Variant};
 use crate::toc_lazy_registry::{fetching, ready, toc_layout, tree, Served};
@@ -110,7 +111,8 @@ fn a_toc_digest_is_fetched_per_repository() {
 }
 
 /// A zstd:chunked layer of directories and empty files only (a virtual
-/// device of size 0): it opens and serves.
+/// device of size 0): it opens and serves. A stored layer that does not
+/// open is not opened again at every lookup.
 #[test]
 fn a_toc_layer_without_file_data_is_served() {
     if !ready("a_toc_layer_without_file_data_is_served") {
@@ -145,4 +147,47 @@ fn a_toc_layer_without_file_data_is_served() {
         .join("diff");
     assert!(diff.join("var/lib").is_dir(), "{}", served.log());
     assert_eq!(std::fs::read(diff.join("etc/empty")).unwrap(), b"");
+    drop(served);
+    // Its record damaged: the next server logs it once, not at every lookup.
+    let lazy = store.join("toc-lazy");
+    let key = std::fs::read_dir(&lazy).unwrap().next().unwrap().unwrap();
+    std::fs::write(key.path().join("lazy"), b"{}").unwrap();
+    let served = Served::start(&store, &fetching(&reg, &[]));
+    let layer = served
+        .reference(&reg.reference("empty:1"))
+        .join(&built.toc_digest);
+    for _ in 0..3 {
+        assert!(!layer.exists());
+    }
+    let log = served.log();
+    assert_eq!(log.matches("lazy: missing field").count(), 1, "{log}");
+}
+
+/// A fetch writes under the store-wide lock held shared, as a pull: while
+/// `store gc` (exclusive) holds it, the lookup waits, then finds the layer.
+#[test]
+fn a_fetch_waits_for_gc() {
+    if !ready("a_fetch_waits_for_gc") {
+        return;
+    }
+    let reg = Registry::start(Variant::Http);
+    reg.push_oci_layout(&oci_fixture("zstd-chunked"), "p5/tiny:1");
+    let work = tempfile::tempdir().unwrap();
+    let store = work.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    erofs_fuse::store::images::Store::open(&store).unwrap();
+    let served = Served::start(&store, &fetching(&reg, &[]));
+    let held = erofs_fuse::store::images::Store::open(&store).unwrap();
+    let lock = held.lock(true).unwrap();
+    let (_, _, toc) = FIXTURE_LAYERS[0];
+    let layer = served.reference(&reg.reference("p5/tiny:1")).join(toc);
+    std::thread::scope(|s| {
+        let looked = s.spawn(|| layer.join("diff").is_dir());
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        assert!(!looked.is_finished(), "the fetch did not wait for the lock");
+        let staged = std::fs::read_dir(store.join("toc-lazy")).map_or(0, |d| d.count());
+        assert_eq!(staged, 0, "written while gc held the lock");
+        drop(lock);
+        assert!(looked.join().unwrap(), "{}", served.log());
+    });
 }

@@ -30,7 +30,7 @@ pub enum StoreCommand {
     /// names, if it is one of --fetch-from: only its TOC, checked against
     /// the digest, then each file's frames on first read, checked against
     /// the TOC.
-    Serve(StoreServeArgs),
+    Serve(Box<StoreServeArgs>),
     /// Remove what no image in the content store needs: layers pulled for
     /// images whose records are gone (`rmi`), blobs, and what interrupted
     /// pulls left. Layers added with `store add` belong to no image and
