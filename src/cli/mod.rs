@@ -27,10 +27,10 @@ use error::{Context, Result};
 /// Runs the parsed command line: sets up logging, then the subcommand.
 pub fn run(cli: Cli) -> Result {
     let serving = match &cli.command {
-        Command::Mount(args::MountArgs { serve, .. })
-        | Command::Store {
-            command: StoreCommand::Serve(args::StoreServeArgs { serve, .. }),
-        } => Some(serve),
+        Command::Mount(args::MountArgs { serve, .. }) => Some(serve),
+        Command::Store {
+            command: StoreCommand::Serve(args),
+        } => Some(&args.serve),
         _ => None,
     };
     let debug = serving.is_some_and(|s| {

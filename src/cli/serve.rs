@@ -230,13 +230,14 @@ impl StoreServeArgs {
         };
         let remote = erofs_fuse::store::toc_remote::Remote {
             client: super::pull::client_options(&self.registry)?,
+            fetch_from: fetch_from(&self.fetch_from, &self.registry)?,
+            max_lazy_layers: self.max_lazy_layers,
             platform: self
                 .registry
                 .platform
                 .as_deref()
                 .map(erofs_fuse::registry::manifest::Platform::parse)
                 .transpose()?,
-            offline: self.offline,
         };
         store_serve(
             &self.store,
@@ -246,6 +247,28 @@ impl StoreServeArgs {
             &self.serve,
         )
     }
+}
+
+/// `--fetch-from`'s registries, checked: names as references give them,
+/// `--creds` with one at most, `--insecure` not with the default registry
+/// (as `pull`: plain http only for a registry named or on loopback).
+fn fetch_from(names: &[String], registry: &super::args::RegistryArgs) -> Result<Vec<String>> {
+    use erofs_fuse::registry::reference::DEFAULT_REGISTRY;
+    let names = names
+        .iter()
+        .map(|n| erofs_fuse::store::toc_remote::registry_name(n))
+        .collect::<erofs_fuse::error::Result<Vec<_>>>()?;
+    if registry.creds.is_some() && names.len() > 1 {
+        return Err(CliError::msg(
+            "--creds goes to one registry: give at most one --fetch-from with it",
+        ));
+    }
+    if registry.insecure && names.iter().any(|n| n == DEFAULT_REGISTRY) {
+        return Err(CliError::msg(format!(
+            "--insecure (plain http) is not for the default registry {DEFAULT_REGISTRY}"
+        )));
+    }
+    Ok(names)
 }
 
 /// `store serve`.

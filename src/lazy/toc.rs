@@ -85,16 +85,11 @@ fn bad(e: &TocEntry, what: String) -> Error {
 
 /// The 32 bytes of `sha256:<hex>` (well formed: the TOC parser checked).
 fn digest_bytes(e: &TocEntry, digest: &str) -> Result<[u8; 32]> {
-    let hex = digest
+    digest
         .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64)
-        .ok_or_else(|| bad(e, format!("digest {digest:?} is not sha256:<hex>")))?;
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-            .map_err(|_| bad(e, format!("digest {digest:?} is not hex")))?;
-    }
-    Ok(out)
+        .and_then(crate::format::from_hex)
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .ok_or_else(|| bad(e, format!("digest {digest:?} is not sha256:<hex>")))
 }
 
 /// A file and its chunks, in TOC order (the file entry first).

@@ -119,6 +119,10 @@ pub(crate) struct Transport {
     insecure: bool,
     /// The retry policy every request follows.
     pub policy: RetryPolicy,
+    /// When every request must be done, its body read included (`store
+    /// serve`'s fetches: a trickling registry cannot hold one longer);
+    /// past it a request fails without a retry.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl Transport {
@@ -154,6 +158,7 @@ impl Transport {
             base: format!("{scheme}://{}", reference.api_host()),
             insecure,
             policy: RetryPolicy::DEFAULT,
+            deadline: None,
         })
     }
 
@@ -190,6 +195,19 @@ impl Transport {
         limit: Option<Duration>,
     ) -> std::result::Result<Response<Body>, Failure> {
         let body = body.unwrap_or_default();
+        let limit = match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Failure::Fatal(Error::Registry(format!(
+                        "{}: past the deadline of this fetch",
+                        one_line(url, 200)
+                    ))));
+                }
+                Some(limit.map_or(left, |l| l.min(left)))
+            }
+            None => limit,
+        };
         let result = match method {
             Method::Get => with_limit(with_headers(self.agent.get(url), headers), limit).call(),
             Method::Head => with_limit(with_headers(self.agent.head(url), headers), limit).call(),

@@ -68,6 +68,19 @@ pub fn open(reference: &Reference, options: &ClientOptions) -> Result<Box<dyn Im
     Ok(Box::new(RegistryClient::new(reference, options)?))
 }
 
+/// [`open`], every request (its body read included) done by `deadline`
+/// or failed: for servers, whose callers must not wait on a trickling
+/// registry.
+pub fn open_until(
+    reference: &Reference,
+    options: &ClientOptions,
+    deadline: std::time::Instant,
+) -> Result<Box<dyn ImageSource>> {
+    let mut client = RegistryClient::new(reference, options)?;
+    client.transport.deadline = Some(deadline);
+    Ok(Box::new(client))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,7 +96,7 @@ pub fn gc(store: &Store, all: bool) -> Result<GcReport> {
         remove_file(locks, &name)?;
     }
     report.caches = super::lazy::gc_caches(store, &referenced)?;
-    let (layers, stale, caches) = super::toc_remote::gc(store, all)?;
+    let (layers, stale, caches) = gc_lazy_toc(store, all)?;
     report.layers += layers;
     report.stale += stale;
     report.caches += caches;
@@ -116,10 +116,7 @@ fn gc_toc_index(root: &OutputDir) -> Result<usize> {
     let mut removed = 0;
     for name in list(&dir)? {
         let layer = resolve(root.path(), &name);
-        let gone = |digest: String| {
-            !root.path().join(&digest).is_dir()
-                && !super::toc_remote::layer_dir(root.path(), &digest).is_dir()
-        };
+        let gone = |digest: String| !root.path().join(&digest).is_dir();
         if layer.is_none_or(gone) {
             remove_file(&dir, &name)?;
             removed += 1;
@@ -162,4 +159,58 @@ pub(super) fn remove_flat_dir(root: &OutputDir, name: &str) -> Result<()> {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(Error::io(&path, e.into())),
     }
+}
+
+/// `store gc`'s part (under its exclusive lock, which a fetch's shared
+/// one excludes): with `all`, removes every lazy TOC layer (they belong
+/// to no image); always, what an interrupted fetch left (`.lazytoc.*`;
+/// one that cannot be removed is logged and left) and the caches of lazy layers that are gone,
+/// unless a server has them open. Gives (layers, stale, caches) removed.
+fn gc_lazy_toc(store: &Store, all: bool) -> Result<(usize, usize, usize)> {
+    use super::layout;
+    use super::toc_remote::{layer_dir, BLOB_SUFFIX, DEVICE_SUFFIX, LAZY_TOC_DIR};
+    let (mut layers, mut stale, mut caches) = (0, 0, 0);
+    let path = store.path().join(LAZY_TOC_DIR);
+    let dir = match safe_fs::open_dir_at(store.root.fd(), OsStr::new(LAZY_TOC_DIR)) {
+        Ok(fd) => Some(OutputDir::from_fd(fd, path.clone())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if let Some(dir) = &dir {
+        for name in super::images::list(dir)? {
+            let count = if name.starts_with(".lazytoc.") {
+                &mut stale
+            } else if all && layout::is_layer_name(name.as_bytes()) {
+                &mut layers
+            } else {
+                continue;
+            };
+            // One leftover that cannot go (not empty: not ours) does not
+            // stop the rest.
+            match remove_flat_dir(dir, &name) {
+                Ok(()) => *count += 1,
+                Err(e) => tracing::warn!("{e}; left in place"),
+            }
+        }
+    }
+    let lazy = store.lazy_dir();
+    for name in super::images::list(lazy)? {
+        let Some(layer) = [DEVICE_SUFFIX, BLOB_SUFFIX]
+            .iter()
+            .find_map(|s| name.strip_suffix(&format!("{s}.chunks")))
+        else {
+            continue;
+        };
+        if !layout::is_layer_name(layer.as_bytes()) || layer_dir(store.path(), layer).is_dir() {
+            continue;
+        }
+        // Held while both go: no server opens the cache meanwhile.
+        let Some(_lock) = super::lazy::lock_unused(lazy, &name)? else {
+            continue;
+        };
+        remove_file(lazy, name.trim_end_matches(".chunks"))?;
+        remove_file(lazy, &name)?;
+        caches += 1;
+    }
+    Ok((layers, stale, caches))
 }

@@ -241,7 +241,7 @@ impl Store {
 
     /// Blob `digest`, as kept (at most 4 MiB: manifests and configs).
     pub fn blob(&self, digest: &str) -> Result<Vec<u8>> {
-        let bytes = read_small(&self.blobs, hex_of(digest)?)?;
+        let bytes = read_small(&self.blobs, hex_of(digest)?, MAX_MANIFEST_SIZE)?;
         let got = sha256_digest(&bytes);
         if got != digest {
             return Err(Error::Invalid(format!(
@@ -256,7 +256,7 @@ impl Store {
     pub fn record(&self, reference: &ImageRef) -> Result<Option<ImageRecord>> {
         let name = record_name(reference);
         let path = self.images.path().join(&name);
-        let bytes = match read_small(&self.images, &name) {
+        let bytes = match read_small(&self.images, &name, MAX_MANIFEST_SIZE) {
             Ok(bytes) => bytes,
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(None)
@@ -297,7 +297,7 @@ impl Store {
                 continue;
             }
             let path = self.images.path().join(&name);
-            match read_small(&self.images, &name).and_then(|b| {
+            match read_small(&self.images, &name, MAX_MANIFEST_SIZE).and_then(|b| {
                 serde_json::from_slice::<ImageRecord>(&b)
                     .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
             }) {
@@ -354,7 +354,7 @@ fn hex_of(digest: &str) -> Result<&str> {
 
 /// Opens (making it if missing) the directory `name` in `dir`, never
 /// through a symlink.
-fn subdir(dir: &OutputDir, name: &str) -> Result<OutputDir> {
+pub(crate) fn subdir(dir: &OutputDir, name: &str) -> Result<OutputDir> {
     let path = dir.path().join(name);
     match nix::sys::stat::mkdirat(Some(dir.fd().as_raw_fd()), name, FileMode::S_IRWXU) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
@@ -392,9 +392,9 @@ fn write_file(dir: &OutputDir, name: &OsStr, bytes: &[u8]) -> Result<()> {
     temp.persist(name, mode).map_err(|e| Error::io(&path, e))
 }
 
-/// Reads the file `name` of `dir` (at most 4 MiB; a symlink there is an
-/// error, never followed).
-fn read_small(dir: &OutputDir, name: &str) -> Result<Vec<u8>> {
+/// Reads the file `name` of `dir` (at most `max` bytes; a symlink there
+/// is an error, never followed).
+pub(crate) fn read_small(dir: &OutputDir, name: &str, max: u64) -> Result<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = &dir.path().join(name);
     let file = std::fs::OpenOptions::new()
@@ -403,11 +403,14 @@ fn read_small(dir: &OutputDir, name: &str) -> Result<Vec<u8>> {
         .open(safe_fs::proc_path(dir.fd()).join(name))
         .map_err(|e| Error::io(path, e))?;
     let mut bytes = Vec::new();
-    file.take(MAX_MANIFEST_SIZE + 1)
+    file.take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io(path, e))?;
-    if bytes.len() as u64 > MAX_MANIFEST_SIZE {
-        return Err(Error::Invalid(format!("{}: too large", path.display())));
+    if bytes.len() as u64 > max {
+        return Err(Error::Invalid(format!(
+            "{}: larger than {max} bytes",
+            path.display()
+        )));
     }
     Ok(bytes)
 }

@@ -256,9 +256,15 @@ pub(crate) fn convert_layer(
 /// Writes `info` into the layer directory being built.
 pub(crate) fn write_info(staging: &Staging<'_>, info: &LayerInfo) -> Result<()> {
     let json = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
-    let path = staging.dir.path().join(INFO_FILE);
-    let mut file = staging.create_file(INFO_FILE)?;
-    file.write_all(&json).map_err(|e| Error::io(&path, e))?;
+    write_small(staging, INFO_FILE, &json)
+}
+
+/// Writes the small file `name` of the layer directory being built.
+pub(crate) fn write_small(staging: &Staging<'_>, name: &'static str, bytes: &[u8]) -> Result<()> {
+    let path = staging.dir.path().join(name);
+    let mut file = staging.create_file(name)?;
+    file.write_all(bytes).map_err(|e| Error::io(&path, e))?;
+    file.sync_all().map_err(|e| Error::io(&path, e))?;
     finish_file(&file, &path)
 }
 

@@ -230,14 +230,17 @@ impl StoreView {
             return self.found_as(l, &name);
         }
         let dir = layout::layer_dir(&self.dir, &name);
-        // Lazy TOC layers are found by TOC digest only: their data is
-        // checked against the TOC, not against the blob's digest.
         if dir.is_dir() {
             return self.load_dir(dir, name);
         }
-        // A TOC digest: the layer it names must say so in its info.
-        let Some(digest) = toc_layers::resolve(&self.dir, &name) else {
-            return r.and_then(|r| self.fetch_toc(r, &name));
+        // A TOC digest of a layer `store add` made (shared by every
+        // reference): the layer must say so in its info. Else a lazy
+        // layer of the reference's repository (found by TOC digest only:
+        // its data is checked against the TOC, not the blob's digest).
+        let added = toc_layers::resolve(&self.dir, &name)
+            .filter(|digest| layout::layer_dir(&self.dir, digest).is_dir());
+        let Some(digest) = added else {
+            return r.and_then(|r| self.lazy_layer(r, &name));
         };
         let l = self.load_dir(layout::layer_dir(&self.dir, &digest), digest)?;
         let toc = self.layer(l).ok()?.toc_digest.clone();
@@ -253,18 +256,24 @@ impl StoreView {
 
     /// The index of the layer in `dir`, named `digest`, opening it if new.
     fn load_dir(&self, dir: PathBuf, digest: String) -> Option<usize> {
-        if let Some(&l) = self.read_state().layer_index.get(&digest) {
+        let open = || self.open_layer(dir, &digest);
+        self.load_with(digest.clone(), open)
+    }
+
+    /// The index of the layer indexed as `name`, opened by `open` if new.
+    fn load_with(&self, name: String, open: impl FnOnce() -> Result<Layer>) -> Option<usize> {
+        if let Some(&l) = self.read_state().layer_index.get(&name) {
             return Some(l);
         }
-        let layer = match self.open_layer(dir, &digest) {
+        let layer = match open() {
             Ok(layer) => layer,
             Err(e) => {
-                tracing::error!("layer {digest}: {e}");
+                tracing::error!("layer {name}: {e}");
                 return None;
             }
         };
         let mut state = self.write_state();
-        if let Some(&l) = state.layer_index.get(&digest) {
+        if let Some(&l) = state.layer_index.get(&name) {
             return Some(l);
         }
         let l = state.layer_count;
@@ -272,17 +281,14 @@ impl StoreView {
             tracing::warn!("more than {MAX_LAYERS} layers; refusing more");
             return None;
         }
-        tracing::info!("serving layer {digest}");
+        tracing::info!("serving layer {name}");
         let _ = self.layers[l].set(layer);
         state.layer_count += 1;
-        state.layer_index.insert(digest, l);
+        state.layer_index.insert(name, l);
         Some(l)
     }
 
     fn open_layer(&self, dir: PathBuf, digest: &str) -> Result<Layer> {
-        if !dir.is_dir() {
-            return self.open_lazy(digest);
-        }
         let image = Image::open(&dir.join(layout::IMAGE_FILE), &self.open)?;
         let (info, parsed) = layout::read_info_bytes(&dir)?;
         if parsed.compressed_digest != digest {

@@ -111,17 +111,8 @@ fn rewrite_info(store: &OutputDir, info: &LayerInfo) -> Result<()> {
 
 /// Records that TOC digest `toc_digest` names layer `digest`.
 pub(crate) fn write_pointer(store: &OutputDir, toc_digest: &str, digest: &str) -> Result<()> {
-    let path = store.path().join(TOC_DIR);
-    match nix::sys::stat::mkdirat(
-        Some(std::os::fd::AsRawFd::as_raw_fd(&store.fd())),
-        TOC_DIR,
-        nix::sys::stat::Mode::from_bits_truncate(0o777 & !safe_fs::umask()),
-    ) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(Error::io(&path, e.into())),
-    }
-    let fd = safe_fs::open_dir_at(store.fd(), TOC_DIR.as_ref()).map_err(|e| Error::io(&path, e))?;
-    let dir = OutputDir::from_fd(fd, path.clone());
+    let dir = super::images::subdir(store, TOC_DIR)?;
+    let path = dir.path().to_path_buf();
     let temp = dir.temp_file().map_err(|e| Error::io(&path, e))?;
     let mut file = temp.file();
     file.write_all(digest.as_bytes())

@@ -7,22 +7,27 @@
 //! cache keeps it).
 //!
 //! ```text
-//! STORE/toc-lazy/sha256:<hex>/layer.erofs  metadata image, device 1 virtual
-//!                            /info         containers/storage's Layer
-//!                            /toc.json     the TOC (to rebuild the map)
-//!                            /lazy         where it came from (LazyRecord)
-//! STORE/toc/<TOC digest>                   the compressed digest (as add)
-//! STORE/lazy/sha256:<hex>.toc{,.chunks}    the uncompressed device's cache
-//! STORE/lazy/sha256:<hex>.tocblob{,.chunks} the blob's (for `blob`)
+//! STORE/toc-lazy/<key>/layer.erofs  metadata image, device 1 virtual
+//!                     /info         containers/storage's Layer
+//!                     /toc.json     the TOC (to rebuild the map)
+//!                     /lazy         where it came from (LazyRecord)
+//! STORE/lazy/<key>.toc{,.chunks}    the uncompressed device's cache
+//! STORE/lazy/<key>.tocblob{,.chunks} the blob's (for `blob`)
 //! ```
 //!
-//! Lazy layers live apart from whole ones (`STORE/<digest>/`), so `pull`
-//! and `mount` never take one for a layer they hold.
+//! `<key>` is [`lazy_key`]: `sha256:` of "REGISTRY/REPOSITORY\0TOC-DIGEST",
+//! what was checked (the TOC) and where it came from; a lookup of the
+//! same TOC digest under another repository fetches its own TOC and never
+//! reads data through this one. Lazy layers live apart from whole ones
+//! (`STORE/<digest>/`), so `pull` and `mount` never take one for a layer
+//! they hold, and have no `STORE/toc/` pointer (that is `store add`'s,
+//! shared by every reference).
 
 use std::ffi::OsStr;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +57,14 @@ pub const BLOB_SUFFIX: &str = ".tocblob";
 const TAIL: u64 = 256 << 10;
 /// Chunk size of the blob's cache.
 const BLOB_CHUNK: u64 = 128 << 10;
+/// How long resolving an image (its manifests) may take, and then fetching
+/// a layer's config and TOC, retries included: a trickling registry cannot
+/// hold a fetch (and the FUSE thread doing it) longer.
+pub const FETCH_DEADLINE: Duration = Duration::from_secs(45);
+/// Largest lazy layer record read.
+const MAX_RECORD: u64 = 1 << 16;
+/// Default of `--max-lazy-layers`.
+pub const DEFAULT_MAX_LAZY_LAYERS: usize = 256;
 
 /// The flag containers/image sets on a layer pulled by TOC digest: its
 /// uncompressed digest as the image config says, untrusted
@@ -85,19 +98,73 @@ pub struct TocLayerInfo {
 /// How `store serve` reaches registries for lazy TOC layers.
 #[derive(Debug, Clone, Default)]
 pub struct Remote {
-    /// TLS, credentials, plain http: as `pull`.
+    /// TLS, credentials, plain http: as `pull` (`--creds` for the
+    /// registries of `fetch_from` only).
     pub client: ClientOptions,
     /// The platform to take from an index (default: the host's).
     pub platform: Option<Platform>,
-    /// Fetch nothing: layers the store lacks are ENOENT, lazy layers serve
-    /// what their caches hold.
-    pub offline: bool,
+    /// The only registries asked (`--fetch-from`), as references name
+    /// them; empty: none (lazy layers serve what their caches hold).
+    pub fetch_from: Vec<String>,
+    /// Most lazy layers this server creates (`--max-lazy-layers`).
+    pub max_lazy_layers: usize,
+}
+
+impl Remote {
+    /// Whether registry `registry` (as a parsed reference names it) may
+    /// be asked.
+    pub fn allows(&self, registry: &str) -> bool {
+        self.fetch_from.iter().any(|r| r == registry)
+    }
+
+    /// The source for `reference`: its registry if allowed, else one that
+    /// fails every fetch (no network call); with `deadline`, every request
+    /// done by then.
+    fn source(
+        &self,
+        reference: &Reference,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Arc<dyn ImageSource>> {
+        if !self.allows(&reference.registry) {
+            return Ok(Arc::new(Offline(reference.to_string())));
+        }
+        Ok(Arc::from(match deadline {
+            Some(at) => crate::registry::open_until(reference, &self.client, at)?,
+            None => crate::registry::open(reference, &self.client)?,
+        }))
+    }
+
+    /// [`Self::source`] whose requests end within [`FETCH_DEADLINE`].
+    fn source_for_fetch(&self, reference: &Reference) -> Result<Arc<dyn ImageSource>> {
+        self.source(reference, Some(std::time::Instant::now() + FETCH_DEADLINE))
+    }
+}
+
+/// The registry `text` names (`--fetch-from`), as a reference parsed with
+/// it would name it (`docker.io` for the default one).
+pub fn registry_name(text: &str) -> Result<String> {
+    let parsed = Reference::parse(&format!("{text}/x:1")).ok();
+    match parsed {
+        Some(r) if r.registry == text => Ok(r.registry),
+        _ => Err(Error::Invalid(format!(
+            "--fetch-from {text:?}: not a registry name (HOST[:PORT], e.g. docker.io, \
+             localhost:5000)"
+        ))),
+    }
+}
+
+/// The name of the lazy layer of TOC digest `toc_digest` fetched from
+/// `reference`'s repository: `sha256:` of "REGISTRY/REPOSITORY\0TOC".
+pub fn lazy_key(reference: &Reference, toc_digest: &str) -> String {
+    let keyed = format!("{}\0{toc_digest}", reference.name());
+    crate::registry::oci_layout::sha256_digest(keyed.as_bytes())
 }
 
 /// Where a lazy layer came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LazyRecord {
-    /// The layer's (compressed) digest, as the manifest gives it.
+    /// The layer's (compressed) digest, as the manifest gives it (not
+    /// checked: the blob is never read whole).
     pub digest: String,
     /// The image reference it was found under (normalized).
     pub reference: String,
@@ -120,9 +187,9 @@ fn format_name(format: Format) -> &'static str {
     }
 }
 
-/// The directory of lazy layer `digest`.
-pub fn layer_dir(store: &Path, digest: &str) -> PathBuf {
-    store.join(LAZY_TOC_DIR).join(digest)
+/// The directory of lazy layer `key` ([`lazy_key`]).
+pub fn layer_dir(store: &Path, key: &str) -> PathBuf {
+    store.join(LAZY_TOC_DIR).join(key)
 }
 
 /// The image reference containers/storage passes (`SrcRef.String()`:
@@ -206,13 +273,11 @@ fn diff_id(
     parsed.rootfs().diff_ids().get(i).cloned()
 }
 
-/// An image reference resolved: its registry and manifest (the view keeps
-/// them a while, so lookups of an image's layers fetch it once).
+/// An image reference resolved: its manifest (the view keeps it a while,
+/// so lookups of an image's layers fetch it once).
 pub struct Resolved {
     /// The normalized reference.
     pub name: String,
-    /// Its registry.
-    pub source: Arc<dyn ImageSource>,
     /// The platform's image manifest.
     pub manifest: oci_spec::image::ImageManifest,
 }
@@ -229,11 +294,18 @@ impl Resolved {
 }
 
 /// Resolves `reference` in its registry as `pull` does (an index to the
-/// platform's manifest).
+/// platform's manifest), within [`FETCH_DEADLINE`]; a registry not
+/// allowed is an error, before any network call.
 pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
     let parsed = parse_reference(reference)?;
     let name = parsed.to_string();
-    let source: Arc<dyn ImageSource> = Arc::from(crate::registry::open(&parsed, &remote.client)?);
+    if !remote.allows(&parsed.registry) {
+        return Err(Error::Registry(format!(
+            "{name}: registry {} is not one of --fetch-from",
+            parsed.registry
+        )));
+    }
+    let source = remote.source_for_fetch(&parsed)?;
     let image = super::images::ImageRef::Registry(parsed);
     let options = super::pull::PullOptions {
         platform: remote.platform.clone(),
@@ -243,16 +315,27 @@ pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
     let resolved = super::pull::resolve(&image, source.as_ref(), &options, &name)?;
     Ok(Resolved {
         name,
-        source,
         manifest: resolved.manifest,
     })
 }
 
 /// Fetches the TOC layer of `image` whose TOC digest is `toc_digest` into
-/// the store (see the module doc). `Ok(None)`: the image has no such
-/// layer. Nothing is written unless the TOC matches its digest and builds.
-pub fn fetch(store: &Store, image: &Resolved, toc_digest: &str) -> Result<Option<String>> {
-    let (name, source) = (&image.name, &image.source);
+/// the store as `STORE/toc-lazy/<key>` (see the module doc), under the
+/// store's shared lock as `pull` (so `gc` never removes it half-written).
+/// `Ok(None)`: the image has no such layer. Nothing is written unless the
+/// TOC matches its digest and builds. Gives the blob's digest.
+pub fn fetch(
+    store: &Store,
+    remote: &Remote,
+    image: &Resolved,
+    toc_digest: &str,
+) -> Result<Option<String>> {
+    let name = &image.name;
+    let parsed = parse_reference(name)?;
+    let key = lazy_key(&parsed, toc_digest);
+    // A source of its own: the image's may be a minute old, its deadline
+    // past.
+    let source = &remote.source_for_fetch(&parsed)?;
     let Some((index, digest, size)) = find_layer(&image.manifest, toc_digest) else {
         return Ok(None);
     };
@@ -298,27 +381,27 @@ pub fn fetch(store: &Store, image: &Resolved, toc_digest: &str) -> Result<Option
         compressed_size: size,
         diff_size: -1,
         compression: match format {
-            Format::ZstdChunked => 4,
-            Format::Estargz => 2,
-        },
+            Format::ZstdChunked => crate::convert::Compression::Zstd,
+            Format::Estargz => crate::convert::Compression::Gzip,
+        }
+        .storage_code(),
         toc_digest: toc_digest.into(),
         flags,
     };
-    write_layer(store, &toc, &map, &json, &record, &info)?;
+    let _lock = store.lock(false)?;
+    write_layer(store, &key, (&toc, &map, &json), &record, &info)?;
     Ok(Some(digest))
 }
 
-/// Writes the lazy layer's directory (staged, published whole) and its
-/// TOC pointer.
+/// Writes lazy layer `key`'s directory (staged, published whole).
 fn write_layer(
     store: &Store,
-    toc: &Toc,
-    map: &TocMap,
-    json: &[u8],
+    key: &str,
+    (toc, map, json): (&Toc, &TocMap, &[u8]),
     record: &LazyRecord,
     info: &TocLayerInfo,
 ) -> Result<()> {
-    let dir = lazy_dir(store.path())?;
+    let dir = super::images::subdir(&store.root, LAZY_TOC_DIR)?;
     let staging = Staging::create(&dir, "lazytoc")?;
     let image_path = staging.dir.path().join(layout::IMAGE_FILE);
     let image = staging.create_file(layout::IMAGE_FILE)?;
@@ -332,65 +415,19 @@ fn write_layer(
     )?;
     image.sync_all().map_err(|e| Error::io(&image_path, e))?;
     layout::finish_file(&image, &image_path)?;
-    write_small(&staging, TOC_FILE, json)?;
+    layout::write_small(&staging, TOC_FILE, json)?;
     let record_json = serde_json::to_vec(record).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_small(&staging, RECORD_FILE, &record_json)?;
+    layout::write_small(&staging, RECORD_FILE, &record_json)?;
     let info_json = serde_json::to_vec(info).map_err(|e| Error::Invalid(e.to_string()))?;
-    write_small(&staging, layout::INFO_FILE, &info_json)?;
-    if !staging.publish(&record.digest)? {
-        tracing::info!(
-            "{}: already there",
-            dir.path().join(&record.digest).display()
-        );
+    layout::write_small(&staging, layout::INFO_FILE, &info_json)?;
+    if !staging.publish(key)? {
+        tracing::info!("{}: already there", dir.path().join(key).display());
     }
-    let root = OutputDir::open(store.path()).map_err(|e| Error::io(store.path(), e))?;
-    super::toc_layers::write_pointer(&root, &record.toc_digest, &record.digest)
+    Ok(())
 }
 
-/// Writes a small file of the layer being staged.
-fn write_small(staging: &Staging<'_>, name: &'static str, bytes: &[u8]) -> Result<()> {
-    let path = staging.dir.path().join(name);
-    let mut file = staging.create_file(name)?;
-    file.write_all(bytes).map_err(|e| Error::io(&path, e))?;
-    file.sync_all().map_err(|e| Error::io(&path, e))?;
-    layout::finish_file(&file, &path)
-}
-
-/// `STORE/toc-lazy`, made if missing.
-fn lazy_dir(store: &Path) -> Result<OutputDir> {
-    let path = store.join(LAZY_TOC_DIR);
-    let root = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
-    match nix::sys::stat::mkdirat(
-        Some(std::os::fd::AsRawFd::as_raw_fd(&root.fd())),
-        LAZY_TOC_DIR,
-        nix::sys::stat::Mode::from_bits_truncate(0o777 & !safe_fs::umask()),
-    ) {
-        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-        Err(e) => return Err(Error::io(&path, e.into())),
-    }
-    let fd = safe_fs::open_dir_at(root.fd(), OsStr::new(LAZY_TOC_DIR))
-        .map_err(|e| Error::io(&path, e))?;
-    Ok(OutputDir::from_fd(fd, path))
-}
-
-/// Reads the small file `name` of `dir` (at most `max` bytes).
-fn read_small(dir: &Path, name: &str, max: u64) -> Result<Vec<u8>> {
-    let path = dir.join(name);
-    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-    let mut bytes = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Error::io(&path, e))?;
-    if bytes.len() as u64 > max {
-        return Err(Error::Invalid(format!(
-            "{}: larger than {max} bytes",
-            path.display()
-        )));
-    }
-    Ok(bytes)
-}
-
-/// A registry that is not asked (`--offline`): every fetch fails.
+/// A registry that is not asked (not in `--fetch-from`): every fetch
+/// fails.
 struct Offline(String);
 
 impl ImageSource for Offline {
@@ -414,76 +451,104 @@ pub struct Opened {
     pub image: Image,
     /// The blob, read through its cache.
     pub blob: Arc<ChunkCache>,
-    /// The uncompressed device's cache (for counters).
-    pub device: Arc<ChunkCache>,
     /// Its info as stored.
     pub info: Vec<u8>,
     /// Its TOC digest.
     pub toc_digest: String,
 }
 
-/// Opens lazy layer `digest` of `store` (made by [`fetch`], now or by an
-/// earlier server), its data read from the registry its record names.
-pub fn open(store: &Store, remote: &Remote, digest: &str) -> Result<Opened> {
-    let dir = layer_dir(store.path(), digest);
-    let shown = |e: String| Error::Invalid(format!("{}: {e}", dir.display()));
-    let record: LazyRecord = serde_json::from_slice(&read_small(&dir, RECORD_FILE, 1 << 16)?)
+/// A lazy layer's files, read and checked against each other and its
+/// name.
+struct Stored {
+    record: LazyRecord,
+    toc: Toc,
+    info: Vec<u8>,
+}
+
+/// Reads lazy layer `key`'s record, TOC and info (never through a
+/// symlink), checking they describe the layer [`lazy_key`] names `key`.
+fn read_stored(store: &Store, key: &str) -> Result<Stored> {
+    let path = layer_dir(store.path(), key);
+    let shown = |e: String| Error::Invalid(format!("{}: {e}", path.display()));
+    let open = |dir: &OutputDir, name: &str| {
+        let at = dir.path().join(name);
+        safe_fs::open_dir_at(dir.fd(), OsStr::new(name))
+            .map(|fd| OutputDir::from_fd(fd, at.clone()))
+            .map_err(|e| Error::io(&at, e))
+    };
+    let dir = open(&open(&store.root, LAZY_TOC_DIR)?, key)?;
+    let read = |name: &str, max: u64| super::images::read_small(&dir, name, max);
+    let record: LazyRecord = serde_json::from_slice(&read(RECORD_FILE, MAX_RECORD)?)
         .map_err(|e| shown(format!("{RECORD_FILE}: {e}")))?;
+    let reference = parse_reference(&record.reference)?;
+    if lazy_key(&reference, &record.toc_digest) != key
+        || !layout::is_layer_name(record.digest.as_bytes())
+    {
+        return Err(shown("its record describes another layer".into()));
+    }
     let format = match record.format.as_str() {
         "zstd:chunked" => Format::ZstdChunked,
         "estargz" => Format::Estargz,
         other => return Err(shown(format!("format {other:?}"))),
     };
-    let json = read_small(&dir, TOC_FILE, toc::MAX_TOC_SIZE)?;
+    let json = read(TOC_FILE, toc::MAX_TOC_SIZE)?;
     let toc = toc::from_json(
-        &dir.join(TOC_FILE),
+        &path.join(TOC_FILE),
         &json,
         format,
         &record.toc_digest,
         record.data_end,
     )?;
-    let map = TocMap::new(&toc).map_err(|e| shown(e.to_string()))?;
-    if map.size != record.device_size {
-        return Err(shown(format!(
-            "the TOC maps {} bytes, the record says {}",
-            map.size, record.device_size
-        )));
-    }
-    let info = read_small(&dir, layout::INFO_FILE, layout::MAX_INFO_SIZE)?;
+    let info = read(layout::INFO_FILE, layout::MAX_INFO_SIZE)?;
     let parsed: TocLayerInfo =
         serde_json::from_slice(&info).map_err(|e| shown(format!("{}: {e}", layout::INFO_FILE)))?;
-    if record.digest != digest || parsed.toc_digest != record.toc_digest {
-        return Err(shown("its info or record describes another layer".into()));
+    if parsed.toc_digest != record.toc_digest {
+        return Err(shown("its info describes another layer".into()));
     }
-    let parsed = parse_reference(&record.reference)?;
-    let source: Arc<dyn ImageSource> = if remote.offline {
-        Arc::new(Offline(record.reference.clone()))
-    } else {
-        Arc::from(crate::registry::open(&parsed, &remote.client)?)
-    };
+    Ok(Stored { record, toc, info })
+}
+
+/// Opens lazy layer `key` of `store` (made by [`fetch`], now or by an
+/// earlier server), its data read from the registry its record names if
+/// `remote` allows it, else from its caches only. A layer without file
+/// data (only directories, whiteouts, empty files) has no device 1.
+pub fn open(store: &Store, remote: &Remote, key: &str) -> Result<Opened> {
+    let dir = layer_dir(store.path(), key);
+    let Stored { record, toc, info } = read_stored(store, key)?;
+    let map = TocMap::new(&toc).map_err(|e| Error::Invalid(format!("{}: {e}", dir.display())))?;
+    if map.size != record.device_size {
+        return Err(Error::Invalid(format!(
+            "{}: the TOC maps {} bytes, the record says {}",
+            dir.display(),
+            map.size,
+            record.device_size
+        )));
+    }
     let blob = Arc::new(RemoteBlob {
-        source,
-        digest: digest.to_string(),
+        source: remote.source(&parse_reference(&record.reference)?, None)?,
+        digest: record.digest.clone(),
         size: record.blob_size,
     });
     let lazy = store.lazy_dir();
-    let align = map.align;
-    let toc_source = Arc::new(TocSource::new(blob.clone(), Arc::new(map)));
-    let device_options = CacheOptions {
-        chunk_size: align,
-        max_request: (8u64 << 20).max(align),
-        ..CacheOptions::default()
+    let devices = if map.size == 0 {
+        Vec::new()
+    } else {
+        let align = map.align;
+        let device_options = CacheOptions {
+            chunk_size: align,
+            max_request: (8u64 << 20).max(align),
+            ..CacheOptions::default()
+        };
+        let device = ChunkCache::open(
+            lazy.fd(),
+            lazy.path(),
+            &format!("{key}{DEVICE_SUFFIX}"),
+            &format!("{key} toc {}", record.toc_digest),
+            Arc::new(TocSource::new(blob.clone(), Arc::new(map))),
+            &device_options,
+        )?;
+        vec![Device::lazy(Arc::new(device))?]
     };
-    let key = format!("{digest} toc {}", record.toc_digest);
-    let device = ChunkCache::open(
-        lazy.fd(),
-        lazy.path(),
-        &format!("{digest}{DEVICE_SUFFIX}"),
-        &key,
-        toc_source,
-        &device_options,
-    )?;
-    let device = Arc::new(device);
     let blob_options = CacheOptions {
         chunk_size: BLOB_CHUNK,
         ..CacheOptions::default()
@@ -492,86 +557,20 @@ pub fn open(store: &Store, remote: &Remote, digest: &str) -> Result<Opened> {
     let blob_cache = ChunkCache::open(
         lazy.fd(),
         lazy.path(),
-        &format!("{digest}{BLOB_SUFFIX}"),
-        digest,
+        &format!("{key}{BLOB_SUFFIX}"),
+        &format!("{key} blob {}", record.digest),
         blob_source,
         &blob_options,
     )?;
     let primary = Device::open(&dir.join(layout::IMAGE_FILE), 0)?;
-    let image = Image::from_devices(primary, vec![Device::lazy(device.clone())?])?;
+    let image = Image::from_devices(primary, devices)?;
     Ok(Opened {
         image,
         blob: Arc::new(blob_cache),
-        device,
         info,
         toc_digest: record.toc_digest,
     })
 }
 
-/// `store gc`'s part (under its exclusive lock): with `all`, removes every
-/// lazy TOC layer (they belong to no image); always, what an interrupted
-/// fetch left (`.lazytoc.*`) and the caches of lazy layers that are gone,
-/// unless a server has them open. Gives (layers, stale, caches) removed.
-pub(crate) fn gc(store: &Store, all: bool) -> Result<(usize, usize, usize)> {
-    use super::gc::{remove_file, remove_flat_dir};
-    let (mut layers, mut stale, mut caches) = (0, 0, 0);
-    let path = store.path().join(LAZY_TOC_DIR);
-    let dir = match safe_fs::open_dir_at(store.root.fd(), OsStr::new(LAZY_TOC_DIR)) {
-        Ok(fd) => Some(OutputDir::from_fd(fd, path.clone())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    if let Some(dir) = &dir {
-        for name in super::images::list(dir)? {
-            if name.starts_with(".lazytoc.") {
-                remove_flat_dir(dir, &name)?;
-                stale += 1;
-            } else if all && layout::is_layer_name(name.as_bytes()) {
-                remove_flat_dir(dir, &name)?;
-                layers += 1;
-            }
-        }
-    }
-    let lazy = store.lazy_dir();
-    for name in super::images::list(lazy)? {
-        let Some(layer) = [DEVICE_SUFFIX, BLOB_SUFFIX]
-            .iter()
-            .find_map(|s| name.strip_suffix(&format!("{s}.chunks")))
-        else {
-            continue;
-        };
-        if !layout::is_layer_name(layer.as_bytes()) || layer_dir(store.path(), layer).is_dir() {
-            continue;
-        }
-        // Held while both go: no server opens the cache meanwhile.
-        let Some(_lock) = super::lazy::lock_unused(lazy, &name)? else {
-            continue;
-        };
-        remove_file(lazy, name.trim_end_matches(".chunks"))?;
-        remove_file(lazy, &name)?;
-        caches += 1;
-    }
-    Ok((layers, stale, caches))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::parse_reference;
-
-    #[test]
-    fn references_as_containers_storage_passes_them() {
-        for (text, name) in [
-            ("127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
-            ("docker://127.0.0.1:5000/app:1", "127.0.0.1:5000/app:1"),
-            ("//quay.io/org/app:2", "quay.io/org/app:2"),
-            (
-                "docker.io/library/busybox:latest",
-                "docker.io/library/busybox:latest",
-            ),
-            ("docker:5000/app:1", "docker:5000/app:1"),
-        ] {
-            assert_eq!(parse_reference(text).unwrap().to_string(), name, "{text}");
-        }
-        assert!(parse_reference("///x").is_err());
-    }
-}
+mod tests;

@@ -70,6 +70,8 @@ mod rootless;
 #[cfg(feature = "privileged")]
 mod store_refs;
 #[cfg(feature = "privileged")]
+mod toc_lazy_fetch;
+#[cfg(feature = "privileged")]
 mod toc_lazy_registry;
 #[cfg(feature = "privileged")]
 mod verity_mount;

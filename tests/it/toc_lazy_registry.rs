@@ -20,13 +20,13 @@ use crate::common::{bin, have, run_ok, tree_manifest, FUSE_ROOT};
 use crate::toc_store::{gen, items, CHUNK, FIXTURE_LAYERS};
 
 /// `store serve STORE` on a new directory, unmounted on drop.
-struct Served {
+pub(crate) struct Served {
     mnt: tempfile::TempDir,
     log: PathBuf,
 }
 
 impl Served {
-    fn start(store: &Path, extra: &[String]) -> Self {
+    pub(crate) fn start(store: &Path, extra: &[String]) -> Self {
         let mnt = tempfile::tempdir().unwrap();
         let log = mnt.path().with_extension("log");
         run_ok(
@@ -42,12 +42,12 @@ impl Served {
     }
 
     /// The directory of reference `reference`.
-    fn reference(&self, reference: &str) -> PathBuf {
+    pub(crate) fn reference(&self, reference: &str) -> PathBuf {
         let name = base64::engine::general_purpose::STANDARD.encode(reference);
         self.mnt.path().join(name)
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -85,6 +85,16 @@ impl Drop for KernelOverlay {
     }
 }
 
+/// `store serve` flags that reach `reg` and fetch from it (and from the
+/// registries `more`, e.g. a relay to it).
+pub(crate) fn fetching(reg: &Registry, more: &[&str]) -> Vec<String> {
+    let mut args = reg.cli_args();
+    for addr in std::iter::once(reg.addr.as_str()).chain(more.iter().copied()) {
+        args.extend(["--fetch-from".to_string(), addr.to_string()]);
+    }
+    args
+}
+
 /// Whether the registry served blob `digest` whole (a GET answered 200).
 fn fetched_whole(reg: &Registry, digest: &str) -> bool {
     reg.log()
@@ -93,13 +103,13 @@ fn fetched_whole(reg: &Registry, digest: &str) -> bool {
 }
 
 /// Everything under `dir` read (file data hashed), as `manifest.py` lists it.
-fn tree(dir: &Path) -> String {
+pub(crate) fn tree(dir: &Path) -> String {
     tree_manifest(dir)
 }
 
 /// An OCI layout at `dir` of one TOC layer `blob` whose layer annotation
 /// `key` says `toc_digest`.
-fn toc_layout(dir: &Path, blob: &[u8], media_type: &str, key: &str, toc_digest: &str) {
+pub(crate) fn toc_layout(dir: &Path, blob: &[u8], media_type: &str, key: &str, toc_digest: &str) {
     write_oci_layout(
         dir,
         &[Layer {
@@ -157,7 +167,7 @@ fn config_diff_ids(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn ready(test: &str) -> bool {
+pub(crate) fn ready(test: &str) -> bool {
     have(test, FUSE_ROOT) && registry::available(test)
 }
 
@@ -179,7 +189,7 @@ fn podman_layers_are_served_lazily_from_the_registry() {
     let layout = oci_fixture("zstd-chunked");
     let mut trees = Vec::new();
     {
-        let served = Served::start(&store, &reg.cli_args());
+        let served = Served::start(&store, &fetching(&reg, &[]));
         let diff_ids = config_diff_ids(&layout);
         for ((_, zstd, toc), diff_id) in FIXTURE_LAYERS.iter().zip(&diff_ids) {
             let layer = served.reference(&reference).join(toc);
@@ -224,14 +234,16 @@ fn podman_layers_are_served_lazily_from_the_registry() {
             "the lazy layers merged differ from the fixture's tree"
         );
     }
-    assert!(store
-        .join("toc-lazy")
-        .join(FIXTURE_LAYERS[0].1)
-        .join("layer.erofs")
-        .is_file());
+    // Keyed by repository and TOC digest; no TOC pointer (`store add`'s).
+    let key = |toc: &str| sha256(format!("{}/p5/tiny\0{toc}", reg.addr).as_bytes());
+    for (_, _, toc) in FIXTURE_LAYERS {
+        let dir = store.join("toc-lazy").join(key(toc));
+        assert!(dir.join("layer.erofs").is_file(), "{}", dir.display());
+    }
+    assert!(!store.join("toc").exists());
     reg.kill();
     // Restarted, the registry gone: what was read is served from the cache.
-    let served = Served::start(&store, &["--offline".to_string()]);
+    let served = Served::start(&store, &[]);
     for ((_, _, toc), expected) in FIXTURE_LAYERS.iter().zip(&trees) {
         let diff = served.reference(&reference).join(toc).join("diff");
         assert_eq!(&tree(&diff), expected, "layer {toc} after a restart");
@@ -270,7 +282,7 @@ fn estargz_layers_are_served_lazily_from_the_registry() {
     reg.push_oci_layout(&layout, "sgz/app:1");
     let store = work.path().join("store");
     std::fs::create_dir(&store).unwrap();
-    let served = Served::start(&store, &reg.cli_args());
+    let served = Served::start(&store, &fetching(&reg, &[]));
     let diff = served
         .reference(&reg.reference("sgz/app:1"))
         .join(&built.toc_digest)
@@ -317,7 +329,7 @@ fn bad_toc_layers_are_not_served() {
     }
     let store = work.path().join("store");
     std::fs::create_dir(&store).unwrap();
-    let served = Served::start(&store, &reg.cli_args());
+    let served = Served::start(&store, &fetching(&reg, &[]));
     // The TOC does not hash to the annotation's digest.
     let layer = served.reference(&reg.reference("wrongtoc:1")).join(&wrong);
     assert!(
@@ -406,7 +418,7 @@ fn concurrent_lookups_of_one_toc_digest_fetch_once() {
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
     std::fs::create_dir(&store).unwrap();
-    let served = Served::start(&store, &reg.cli_args());
+    let served = Served::start(&store, &fetching(&reg, &[&relay.addr]));
     let (_, _, toc) = FIXTURE_LAYERS[0];
     let dirs: Vec<PathBuf> = ["p5/tiny:1", "p5/tiny:2"]
         .iter()
@@ -464,7 +476,7 @@ fn measure_a_lazy_toc_layer() {
     let relay = crate::common::relay::Relay::start(&reg.addr);
     let store = work.path().join("store");
     std::fs::create_dir(&store).unwrap();
-    let served = Served::start(&store, &reg.cli_args());
+    let served = Served::start(&store, &fetching(&reg, &[&relay.addr]));
     let diff = served
         .reference(&format!("{}/big:1", relay.addr))
         .join(&built.toc_digest)

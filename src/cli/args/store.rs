@@ -27,9 +27,10 @@ pub enum StoreCommand {
     /// served under every reference; layers added while mounted are found.
     /// A zstd:chunked or eStargz layer looked up by a TOC digest the store
     /// lacks (podman 5) is fetched lazily from the registry the reference
-    /// names: only its TOC, checked against the digest, then each file's
-    /// frames on first read, checked against the TOC (unless --offline).
-    Serve(StoreServeArgs),
+    /// names, if it is one of --fetch-from: only its TOC, checked against
+    /// the digest, then each file's frames on first read, checked against
+    /// the TOC.
+    Serve(Box<StoreServeArgs>),
     /// Remove what no image in the content store needs: layers pulled for
     /// images whose records are gone (`rmi`), blobs, and what interrupted
     /// pulls left. Layers added with `store add` belong to no image and
@@ -95,10 +96,19 @@ pub struct StoreServeArgs {
     /// "user" otherwise (rootless overlayfs reads user.overlay.*).
     #[arg(long, value_enum, default_value = "auto", value_name = "NAMESPACE")]
     pub overlay_xattrs: StoreXattrsArg,
-    /// Fetch nothing from registries: TOC layers the store lacks are not
-    /// found (podman pulls them), lazy ones serve what their caches hold.
-    #[arg(long)]
-    pub offline: bool,
+    /// Fetch lazy TOC layers from registry REGISTRY, as references name
+    /// it (HOST[:PORT]: docker.io, quay.io, localhost:5000); repeatable.
+    /// A lookup under any other registry is not found (podman pulls the
+    /// layer itself); without any, nothing is fetched and lazy layers
+    /// already in the store serve what their caches hold. --creds goes to
+    /// the one registry named here (refused with more than one);
+    /// --insecure only to these (and never to docker.io).
+    #[arg(long, value_name = "REGISTRY")]
+    pub fetch_from: Vec<String>,
+    /// Most lazy TOC layers this server fetches; past it, lookups of new
+    /// ones are not found (logged).
+    #[arg(long, value_name = "N", default_value_t = erofs_fuse::store::toc_remote::DEFAULT_MAX_LAZY_LAYERS)]
+    pub max_lazy_layers: usize,
     /// Registry options for lazy TOC layers (as `pull`'s; --store unused).
     #[command(flatten)]
     pub registry: super::RegistryArgs,

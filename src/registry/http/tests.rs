@@ -163,3 +163,53 @@ fn a_ca_file_without_certificates_is_refused() {
     assert!(err.starts_with(&path.display().to_string()), "{err}");
     assert!(err.contains("no PEM certificate"), "{err}");
 }
+
+#[test]
+fn a_deadline_ends_a_trickling_response() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+        let _ = conn.write_all(head);
+        // A byte a tenth of a second: never stalls, never ends soon.
+        for _ in 0..60 {
+            if conn.write_all(b"x").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let options = ClientOptions {
+        insecure: true,
+        ..ClientOptions::default()
+    };
+    let reference = Reference::parse(&format!("{addr}/a")).unwrap();
+    let mut t = Transport::new(&reference, &options).unwrap();
+    t.deadline = Some(Instant::now() + Duration::from_millis(500));
+    let started = Instant::now();
+    let url = format!("http://{addr}/v2/");
+    let read = t
+        .request(Method::Get, &url, &[], None, None)
+        .map_err(|_| ())
+        .and_then(|mut r| {
+            let mut body = Vec::new();
+            r.body_mut()
+                .as_reader()
+                .read_to_end(&mut body)
+                .map_err(|_| ())
+        });
+    assert!(read.is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // Past it, a request fails at once, without a retry.
+    let past = t.request(Method::Get, &url, &[], None, None);
+    assert!(matches!(past, Err(Failure::Fatal(_))));
+}
