@@ -287,6 +287,12 @@ pub struct DiffArgs {
     /// The layer's compression.
     #[arg(long, value_enum, default_value = "gzip")]
     pub compression: DiffCompression,
+    /// Namespace of overlayfs's markers (opaque, redirect, metacopy) in
+    /// UPPER: trusted (rootful overlayfs; needs root), user (rootless,
+    /// -o userxattr), auto: trusted for root in the initial user
+    /// namespace, user otherwise. Only that namespace is read.
+    #[arg(long, value_enum, default_value = "auto", value_name = "NAMESPACE")]
+    pub overlay_xattrs: StoreXattrsArg,
     /// The overlayfs upper directory.
     pub upper: PathBuf,
     /// The layer to write (replaced once complete), or - for stdout.

@@ -3,9 +3,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use erofs_fuse::diff::{Compression, DiffOptions};
+use erofs_fuse::diff::{Compression, DiffOptions, OverlayXattrs};
 
-use super::args::{DiffArgs, DiffCompression};
+use super::args::{DiffArgs, DiffCompression, StoreXattrsArg};
 use super::error::{CliError, Result};
 use super::serve::open_stack;
 
@@ -27,6 +27,11 @@ impl DiffArgs {
                 DiffCompression::Zstd => Compression::Zstd,
             },
             source_date_epoch,
+            overlay_xattrs: match self.overlay_xattrs {
+                StoreXattrsArg::Auto if erofs_fuse::fuse::privileged() => OverlayXattrs::Trusted,
+                StoreXattrsArg::Auto | StoreXattrsArg::User => OverlayXattrs::User,
+                StoreXattrsArg::Trusted => OverlayXattrs::Trusted,
+            },
             read_hook: None,
         };
         let stack = open_stack(&self.layers, &self.open)?;

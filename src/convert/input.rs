@@ -133,7 +133,9 @@ impl Source {
     }
 }
 
-/// Says which stream a decoding error is in: "damaged zstd stream: ...".
+/// Says which stream a decoding error is in: "damaged zstd stream: ...";
+/// only the decoder's own errors (no OS error code: InvalidData, an early
+/// end, zstd's messages), not the input file's (EIO is no damage).
 struct Damaged<R> {
     inner: R,
     what: &'static str,
@@ -142,6 +144,9 @@ struct Damaged<R> {
 impl<R: Read> Read for Damaged<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.read(buf).map_err(|e| {
+            if e.raw_os_error().is_some() {
+                return e;
+            }
             let kind = e.kind();
             io::Error::new(kind, format!("damaged {} stream: {e}", self.what))
         })

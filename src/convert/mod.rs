@@ -26,6 +26,7 @@ use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
 use input::{open_input, Tee};
 pub use input::{Compression, Digest};
+pub use stream::MAX_EXTENSION_SIZE;
 pub use tar::TarOptions;
 use tar::{read_tar, DataSink};
 

@@ -22,22 +22,15 @@ use sha2::{Digest as _, Sha256};
 
 use crate::convert::Digest;
 use crate::overlay::Stack;
+pub use crate::view::OverlayXattrs;
 use crate::safe_fs::OutputDir;
 use tarw::TarWriter;
 use upper::UpperDir;
 use walk::Walker;
 
-/// How the layer is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Compression {
-    /// A plain tar.
-    None,
-    /// gzip, level 6 (containerd's default media type is tar+gzip).
-    #[default]
-    Gzip,
-    /// zstd, level 3 (containerd's zstd default).
-    Zstd,
-}
+/// How the layer is compressed (convert's type: what it reads, diff
+/// writes): gzip at level 6, zstd at level 3 (containerd's defaults).
+pub use crate::convert::Compression;
 
 /// Options of [`diff`].
 #[derive(Clone, Default)]
@@ -46,6 +39,11 @@ pub struct DiffOptions {
     pub compression: Compression,
     /// SOURCE_DATE_EPOCH: later mtimes are written as it.
     pub source_date_epoch: Option<i64>,
+    /// The namespace overlayfs wrote its markers (opaque, redirect,
+    /// metacopy) in: trusted for rootful overlayfs, user for rootless
+    /// (`userxattr`). Only that namespace is read; trusted needs a
+    /// process that can read trusted.* (else [`DiffError::Namespace`]).
+    pub overlay_xattrs: OverlayXattrs,
     /// Runs after the first chunk of each file is read (tests change the
     /// file there to check that the change is caught).
     #[doc(hidden)]
@@ -66,6 +64,13 @@ pub struct DiffReport {
 /// A failed diff.
 #[derive(Debug, thiserror::Error)]
 pub enum DiffError {
+    /// trusted.overlay.* markers asked for, but this process cannot see
+    /// trusted.* xattrs (the kernel hides them without CAP_SYS_ADMIN).
+    #[error("{upper}: reading trusted.overlay.* markers needs root in the initial user namespace; an upper made by rootless overlayfs (userxattr) takes --overlay-xattrs user")]
+    Namespace {
+        /// The upper directory.
+        upper: String,
+    },
     /// An entry of the upper directory could not be read, changed while
     /// being read, or is beyond a bound.
     #[error("{path}: {message}")]
@@ -89,6 +94,14 @@ pub enum DiffError {
     /// Writing the output.
     #[error("writing the layer: {0}")]
     Output(io::Error),
+    /// Creating, syncing or renaming the output file.
+    #[error("{path}: {message}")]
+    OutputFile {
+        /// The output file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Hashes and counts what is written through it.
@@ -159,6 +172,16 @@ impl<W: Write> Write for Encoder<W> {
     }
 }
 
+/// Whether this process sees trusted.* xattrs: root in the initial user
+/// namespace (as `fuse::privileged`, which this layer cannot use; the
+/// kernel's test is CAP_SYS_ADMIN there).
+pub fn trusted_readable() -> bool {
+    let init_ns = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    nix::unistd::Uid::effective().is_root() && init_ns
+}
+
 /// Writes the changes of `upper` over `lower` as a layer to `out`.
 pub fn diff_to(
     lower: &Stack,
@@ -170,6 +193,11 @@ pub fn diff_to(
         path: upper.display().to_string(),
         message: e.to_string(),
     };
+    if options.overlay_xattrs == OverlayXattrs::Trusted && !trusted_readable() {
+        return Err(DiffError::Namespace {
+            upper: upper.display().to_string(),
+        });
+    }
     let root = UpperDir::open(upper).map_err(fail)?;
     let st = root.stat_self().map_err(fail)?;
     let blob = Hashing {
@@ -189,9 +217,11 @@ pub fn diff_to(
         options,
         upper,
         links: HashMap::new(),
+        root: st,
         pending: Vec::new(),
     };
     walker.root(&root, &st)?;
+    walker.check_links(nix::unistd::Uid::effective().is_root())?;
     let tar = walker.tar.finish().map_err(DiffError::Output)?;
     let diff_id = Digest::from_bytes(tar.hasher.finalize().into());
     let mut blob = tar.inner.finish().map_err(DiffError::Output)?;
@@ -215,7 +245,7 @@ pub fn diff(
     if output == Path::new("-") {
         return diff_to(lower, upper, io::stdout().lock(), options);
     }
-    let fail = |e: io::Error| DiffError::Upper {
+    let fail = |e: io::Error| DiffError::OutputFile {
         path: output.display().to_string(),
         message: e.to_string(),
     };

@@ -162,6 +162,11 @@ fn checksum(block: &mut [u8; BLOCK]) {
     block[148..156].copy_from_slice(text.as_bytes());
 }
 
+/// The size of the PAX records [`TarWriter::header`] writes for `m`.
+pub fn pax_size(m: &Member) -> usize {
+    pax_records(m, split_ustar(&m.path).is_some()).len()
+}
+
 /// The PAX records `m` needs (empty: none), in GNU tar's order.
 fn pax_records(m: &Member, path_fits: bool) -> Vec<u8> {
     let mut out = Vec::new();

@@ -9,10 +9,13 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
-use nix::fcntl::AtFlags;
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use std::os::unix::fs::OpenOptionsExt;
 use nix::sys::stat::{fstat, fstatat, FileStat};
 
-use crate::safe_fs::{open_dir_at, open_file_at, open_pinned, proc_path};
+use crate::safe_fs::{open_dir_at, open_pinned, proc_path};
 
 /// Most entries read from one directory (a bound on memory).
 pub const MAX_DIR_ENTRIES: usize = 1 << 22;
@@ -34,13 +37,24 @@ impl UpperDir {
         Self { fd }
     }
 
-    /// Opens the directory `path` (resolved by path this once).
+    /// Opens the directory `path` (resolved by path this once; its last
+    /// component is never followed if a symlink, and a FIFO or device
+    /// there is refused without blocking or being opened for reading).
     pub fn open(path: &std::path::Path) -> io::Result<Self> {
-        let file = std::fs::File::open(path)?;
-        if !file.metadata()?.is_dir() {
-            return Err(io::Error::other("not a directory"));
+        let flags = libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags)
+            .open(path);
+        match opened {
+            Ok(file) => Ok(Self::new(OwnedFd::from(file))),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) => {
+                Err(io::Error::other(
+                    "not a directory (a symlink or other file; UPPER must be a directory itself)",
+                ))
+            }
+            Err(e) => Err(e),
         }
-        Ok(Self::new(OwnedFd::from(file)))
     }
 
     /// The directory's own status.
@@ -53,13 +67,18 @@ impl UpperDir {
         self.fd.as_fd()
     }
 
-    /// Entry names, sorted by their bytes (listed through
-    /// `/proc/self/fd/N`, which is exactly this directory).
+    /// Entry names but `.` and `..`, sorted by their bytes (read from a
+    /// second descriptor of this directory, opened as its `.`).
     pub fn names(&self) -> io::Result<Vec<OsString>> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut listing = Dir::openat(Some(self.fd.as_raw_fd()), ".", flags, Mode::empty())?;
         let mut names = Vec::new();
-        for entry in std::fs::read_dir(proc_path(self.fd()))? {
-            let entry = entry?.file_name();
-            let name = entry.as_bytes();
+        for entry in listing.iter() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name == b"." || name == b".." {
+                continue;
+            }
             if names.len() == MAX_DIR_ENTRIES {
                 return Err(io::Error::other(format!(
                     "more than {MAX_DIR_ENTRIES} entries in one directory"
@@ -124,9 +143,21 @@ impl UpperDir {
         hook: Option<&(dyn Fn() + Send + Sync)>,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), ReadError> {
-        let mut file = open_file_at(self.fd(), name).map_err(ReadError::Io)?;
-        let opened = fstat(file.as_raw_fd()).map_err(|e| ReadError::Io(e.into()))?;
-        if !same_file(before, &opened) {
+        // Pinned first (O_PATH opens nothing: no device, no FIFO), checked
+        // to be the regular file listed, then reopened for reading.
+        let pinned = open_pinned(self.fd(), name).map_err(ReadError::Io)?;
+        let opened = fstat(pinned.as_raw_fd()).map_err(|e| ReadError::Io(e.into()))?;
+        let regular = opened.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+        if !regular || !same_file(before, &opened) {
+            return Err(ReadError::Changed);
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(proc_path(pinned.as_fd()))
+            .map_err(ReadError::Io)?;
+        let reopened = fstat(file.as_raw_fd()).map_err(|e| ReadError::Io(e.into()))?;
+        if !same_file(before, &reopened) {
             return Err(ReadError::Changed);
         }
         let mut left = u64::try_from(before.st_size).unwrap_or(0);

@@ -21,13 +21,38 @@ use nix::sys::stat::{FileStat, SFlag};
 
 use super::tarw::{Kind, Member, TarWriter};
 use super::upper::{ReadError, UpperDir};
-use super::{DiffError, DiffOptions};
+use super::{DiffError, DiffOptions, OverlayXattrs};
 use crate::format::{OPAQUE_MARKER, TRUSTED_OVERLAY, USER_OVERLAY, WHITEOUT_PREFIX};
 use crate::overlay::Stack;
 use crate::view::{Ino, View, ROOT};
 
-/// Deepest directory nesting walked (PATH_MAX allows 2048 levels).
-pub const MAX_DEPTH: usize = 2048;
+/// Deepest directory nesting walked (as convert's tree bound).
+pub const MAX_DEPTH: usize = 512;
+
+/// A multiply linked inode of the upper tree.
+pub struct Linked {
+    /// Its first path written.
+    first: Vec<u8>,
+    /// Its names found so far.
+    seen: u64,
+    /// Its link count and owner, as listed.
+    nlink: u64,
+    uid: u32,
+}
+
+/// A directory found in the upper tree, as [`Walker::directory`] takes it.
+struct FoundDir<'a> {
+    /// Its path in the layer (no trailing `/`).
+    path: Vec<u8>,
+    /// Its status as listed.
+    st: &'a FileStat,
+    /// The xattrs the layer carries.
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Whether overlayfs marks it opaque.
+    opaque: bool,
+    /// The merged lower entry of the same name, if any.
+    below: Option<Ino>,
+}
 
 /// Walks the upper tree and writes its changes.
 pub struct Walker<'a, W: Write> {
@@ -39,11 +64,19 @@ pub struct Walker<'a, W: Write> {
     pub options: &'a DiffOptions,
     /// The upper directory as given, for messages.
     pub upper: &'a std::path::Path,
-    /// First path of each multiply linked inode written, by (dev, ino).
-    pub links: HashMap<(u64, u64), Vec<u8>>,
+    /// Each multiply linked inode met, by (dev, ino).
+    pub links: HashMap<(u64, u64), Linked>,
+    /// UPPER's own status: its device (no mount point is crossed) and
+    /// owner (whose hard links to others' files are refused).
+    pub root: FileStat,
     /// Unchanged directories being walked, not written yet: written as
     /// parents before the first member below them.
     pub pending: Vec<Member>,
+}
+
+/// Whether `st` is an overlayfs whiteout (a 0:0 character device).
+fn is_whiteout(st: &FileStat) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits() && st.st_rdev == 0
 }
 
 /// Whether `name` is overlayfs's own (never carried into the layer).
@@ -51,24 +84,28 @@ fn is_overlay(name: &[u8]) -> bool {
     name.starts_with(TRUSTED_OVERLAY) || name.starts_with(USER_OVERLAY)
 }
 
-/// The overlayfs feature an xattr says an entry uses that a layer cannot
-/// express, if any.
-fn refused(name: &[u8]) -> Option<&'static str> {
-    let key = name
-        .strip_prefix(TRUSTED_OVERLAY)
-        .or_else(|| name.strip_prefix(USER_OVERLAY))?;
-    match key {
+/// The prefix of overlayfs's markers in namespace `ns`.
+fn marker_prefix(ns: OverlayXattrs) -> &'static [u8] {
+    match ns {
+        OverlayXattrs::Trusted => TRUSTED_OVERLAY,
+        OverlayXattrs::User => USER_OVERLAY,
+    }
+}
+
+/// The overlayfs feature an xattr of namespace `ns` says an entry uses
+/// that a layer cannot express, if any.
+fn refused(ns: OverlayXattrs, name: &[u8]) -> Option<&'static str> {
+    match name.strip_prefix(marker_prefix(ns))? {
         b"redirect" => Some("redirect_dir"),
         b"metacopy" => Some("metacopy"),
         _ => None,
     }
 }
 
-/// Whether the xattrs mark an opaque directory (either namespace).
-fn is_opaque(xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
+/// Whether the xattrs mark an opaque directory (in namespace `ns` only).
+fn is_opaque(ns: OverlayXattrs, xattrs: &[(Vec<u8>, Vec<u8>)]) -> bool {
     xattrs.iter().any(|(name, value)| {
-        (name == crate::format::OVERLAY_OPAQUE || name == crate::format::USER_OVERLAY_OPAQUE)
-            && value == b"y"
+        name.strip_prefix(marker_prefix(ns)) == Some(b"opaque".as_slice()) && value == b"y"
     })
 }
 
@@ -116,8 +153,29 @@ impl<W: Write> Walker<'_, W> {
         }
     }
 
-    /// Writes `m`, after the pending parents.
+    /// Writes `m`, after the pending parents. Refuses what the reader
+    /// would not take back: an xattr name with `=`, or a PAX header over
+    /// convert's `MAX_EXTENSION_SIZE`.
     fn write(&mut self, m: &Member) -> Result<(), DiffError> {
+        if let Some((name, _)) = m.xattrs.iter().find(|(name, _)| name.contains(&b'=')) {
+            return Err(DiffError::Upper {
+                path: self.shown(m.path.strip_prefix(b"./").unwrap_or(&m.path)),
+                message: format!(
+                    "xattr name {:?} contains '=' (a PAX record cannot carry it)",
+                    String::from_utf8_lossy(name)
+                ),
+            });
+        }
+        let size = super::tarw::pax_size(m) as u64;
+        if size > crate::convert::MAX_EXTENSION_SIZE {
+            return Err(DiffError::Upper {
+                path: self.shown(m.path.strip_prefix(b"./").unwrap_or(&m.path)),
+                message: format!(
+                    "path and xattrs need a PAX header of {size} bytes (at most {})",
+                    crate::convert::MAX_EXTENSION_SIZE
+                ),
+            });
+        }
         for parent in self.pending.drain(..) {
             self.tar.header(&parent).map_err(DiffError::Output)?;
         }
@@ -155,6 +213,34 @@ impl<W: Write> Walker<'_, W> {
         self.with_dir(m, changed, |w| w.dir(dir, b"", Some(ROOT), 0))
     }
 
+    /// After the walk: refuses, when run as root, a file owned by someone
+    /// other than UPPER's owner with more links than names in UPPER (+1
+    /// for overlayfs's index): a link to a file outside UPPER (e.g. a
+    /// host's /etc/shadow hard linked in by a container) would be copied
+    /// into the layer with root's rights.
+    pub fn check_links(&self, as_root: bool) -> Result<(), DiffError> {
+        if !as_root {
+            return Ok(());
+        }
+        let mut outside: Vec<&Linked> = self
+            .links
+            .values()
+            .filter(|l| l.uid != self.root.st_uid && l.nlink > l.seen + 1)
+            .collect();
+        outside.sort_by(|a, b| a.first.cmp(&b.first));
+        match outside.first() {
+            Some(l) => Err(DiffError::Upper {
+                path: self.shown(&l.first),
+                message: format!(
+                    "{} links but {} names in UPPER, owned by uid {} (not UPPER's owner): \
+                     refused as a possible link to a file outside UPPER",
+                    l.nlink, l.seen, l.uid
+                ),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Whether lower directory `ino` has `st`'s type, mode, owner, mtime
     /// and the xattrs `xattrs`.
     fn same_dir(
@@ -173,6 +259,9 @@ impl<W: Write> Walker<'_, W> {
         }
         let mut lower = Vec::new();
         for name in self.lower.xattr_names(ino)? {
+            if !carried(&name) {
+                continue;
+            }
             if let Some(value) = self.lower.xattr(ino, &name)? {
                 lower.push((name, value));
             }
@@ -182,7 +271,7 @@ impl<W: Write> Walker<'_, W> {
     }
 
     fn check_refused(&self, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), DiffError> {
-        match xattrs.iter().find_map(|(name, _)| refused(name)) {
+        match xattrs.iter().find_map(|(name, _)| refused(self.options.overlay_xattrs, name)) {
             Some(feature) => Err(DiffError::Refused {
                 path: self.shown(path),
                 feature,
@@ -206,9 +295,29 @@ impl<W: Write> Walker<'_, W> {
                 message: format!("deeper than {MAX_DEPTH} levels"),
             });
         }
+        let mut listed = Vec::new();
         for name in dir.names().map_err(|e| self.io(path, e))? {
             let child = [path, name.as_bytes()].concat();
+            if name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+                return Err(DiffError::Upper {
+                    path: self.shown(&child),
+                    message: "a name starting with .wh. (a layer would read it as a whiteout)"
+                        .into(),
+                });
+            }
             let st = dir.stat(&name).map_err(|e| self.io(&child, e))?;
+            if st.st_dev != self.root.st_dev {
+                return Err(DiffError::Upper {
+                    path: self.shown(&child),
+                    message: "on another filesystem (a mount point in UPPER; not crossed)".into(),
+                });
+            }
+            listed.push((name, child, st));
+        }
+        // Whiteouts first (the image spec orders a directory's whiteouts
+        // before its other entries), each group in name order.
+        listed.sort_by_key(|(_, _, st)| !is_whiteout(st));
+        for (name, child, st) in listed {
             let below = match lower {
                 Some(ino) => self.lower.lookup(ino, name.as_bytes())?.map(|a| a.ino),
                 None => None,
@@ -229,7 +338,7 @@ impl<W: Write> Walker<'_, W> {
         depth: usize,
     ) -> Result<(), DiffError> {
         let kind = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
-        if kind == SFlag::S_IFCHR && st.st_rdev == 0 {
+        if is_whiteout(st) {
             let at = path.len() - name.len();
             let whiteout = [&path[..at], WHITEOUT_PREFIX, name.as_bytes()].concat();
             let mut m = self.member(whiteout, Kind::File, st);
@@ -238,10 +347,19 @@ impl<W: Write> Walker<'_, W> {
         }
         let xattrs = dir.xattrs(name).map_err(|e| self.io(&path, e))?;
         self.check_refused(&path, &xattrs)?;
-        let opaque = kind == SFlag::S_IFDIR && is_opaque(&xattrs);
+        let opaque = kind == SFlag::S_IFDIR && is_opaque(self.options.overlay_xattrs, &xattrs);
         let kept = visible(xattrs);
         match kind {
-            SFlag::S_IFDIR => self.directory(dir, name, path, st, kept, opaque, below, depth),
+            SFlag::S_IFDIR => {
+                let found = FoundDir {
+                    path,
+                    st,
+                    xattrs: kept,
+                    opaque,
+                    below,
+                };
+                self.directory(dir, name, found, depth)
+            }
             SFlag::S_IFREG => self.file(dir, name, path, st, kept),
             SFlag::S_IFSOCK => {
                 tracing::warn!("{}: a socket, left out (tar has none)", self.shown(&path));
@@ -265,19 +383,28 @@ impl<W: Write> Walker<'_, W> {
     }
 
     /// Writes directory `name` (if new, opaque or changed) and its changes.
-    #[allow(clippy::too_many_arguments)]
     fn directory(
         &mut self,
         dir: &UpperDir,
         name: &OsStr,
-        mut path: Vec<u8>,
-        st: &FileStat,
-        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-        opaque: bool,
-        below: Option<Ino>,
+        found: FoundDir<'_>,
         depth: usize,
     ) -> Result<(), DiffError> {
+        let FoundDir {
+            mut path,
+            st,
+            xattrs,
+            opaque,
+            below,
+        } = found;
         let sub = dir.open_dir(name).map_err(|e| self.io(&path, e))?;
+        let opened = sub.stat_self().map_err(|e| self.io(&path, e))?;
+        if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(DiffError::Upper {
+                path: self.shown(&path),
+                message: "changed while being read (not the directory listed)".into(),
+            });
+        }
         path.push(b'/');
         let below = match below {
             Some(ino) if self.lower.attr(ino)?.kind == crate::format::FileType::Directory => {
@@ -315,12 +442,20 @@ impl<W: Write> Walker<'_, W> {
     ) -> Result<(), DiffError> {
         let key = (st.st_dev, st.st_ino);
         if st.st_nlink > 1 {
-            if let Some(first) = self.links.get(&key) {
+            if let Some(linked) = self.links.get_mut(&key) {
+                linked.seen += 1;
+                let first = linked.first.clone();
                 let mut m = self.member(path, Kind::Link, st);
-                m.link = first.clone();
+                m.link = first;
                 return self.write(&m);
             }
-            self.links.insert(key, path.clone());
+            let linked = Linked {
+                first: path.clone(),
+                seen: 1,
+                nlink: st.st_nlink,
+                uid: st.st_uid,
+            };
+            self.links.insert(key, linked);
         }
         let mut m = self.member(path, Kind::File, st);
         m.size = u64::try_from(st.st_size).unwrap_or(0);
@@ -343,10 +478,18 @@ impl<W: Write> Walker<'_, W> {
     }
 }
 
-/// The xattrs a layer carries: all but overlayfs's own.
+/// The xattrs a layer carries, as containerd (security.capability only)
+/// and containers/storage (plus user.*) do: `security.capability` and
+/// `user.*` but overlayfs's `user.overlay.*`. Others are the host's
+/// (security.selinux labels, trusted.*, posix ACLs naming host ids).
 fn visible(xattrs: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
     xattrs
         .into_iter()
-        .filter(|(name, _)| !is_overlay(name))
+        .filter(|(name, _)| carried(name))
         .collect()
+}
+
+/// Whether xattr `name` is one a layer carries (see [`visible`]).
+fn carried(name: &[u8]) -> bool {
+    name == b"security.capability" || (name.starts_with(b"user.") && !is_overlay(name))
 }

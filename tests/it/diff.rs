@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use common::*;
 use erofs_fuse::convert::{convert, ConvertOptions, Mode};
-use erofs_fuse::diff::{diff_to, Compression, DiffError, DiffOptions};
+use erofs_fuse::diff::{diff_to, Compression, DiffError, DiffOptions, OverlayXattrs};
 use erofs_fuse::overlay::Stack;
 
 /// A lower layer: `etc/` (0755, mtime 1000), `etc/passwd`, `etc/group`,
 /// `usr/bin/sh`, converted to a full image and merged alone.
-fn lower(dir: &Path) -> Stack {
+pub(crate) fn lower(dir: &Path) -> Stack {
     let mut builder = tar::Builder::new(Vec::new());
     let mut entry = |path: &str, kind: tar::EntryType, data: &[u8]| {
         let mut header = tar::Header::new_ustar();
@@ -99,14 +99,14 @@ fn upper(dir: &Path) -> PathBuf {
     up
 }
 
-fn run_diff(stack: &Stack, up: &Path, options: &DiffOptions) -> Result<Vec<u8>, DiffError> {
+pub(crate) fn run_diff(stack: &Stack, up: &Path, options: &DiffOptions) -> Result<Vec<u8>, DiffError> {
     let mut out = Vec::new();
     diff_to(stack, up, &mut out, options)?;
     Ok(out)
 }
 
 /// Each member as `TYPE PATH MODE MTIME [-> LINK] [xattrs]`.
-fn members(tar_bytes: &[u8]) -> Vec<String> {
+pub(crate) fn members(tar_bytes: &[u8]) -> Vec<String> {
     let mut archive = tar::Archive::new(tar_bytes);
     let mut out = Vec::new();
     for entry in archive.entries().unwrap() {
@@ -157,16 +157,17 @@ fn diff_writes_the_changes_deterministically() {
     let stack = lower(dir.path());
     let up = upper(dir.path());
     let options = DiffOptions {
+        overlay_xattrs: OverlayXattrs::User,
         compression: Compression::None,
         ..Default::default()
     };
     let tar = run_diff(&stack, &up, &options).unwrap();
     let expected = [
         "5 ./ 755 2006",
-        "5 etc/ 755 1000",
-        "0 etc/hosts 600 2001 SCHILY.xattr.user.note=[97, 61, 98, 32, 0]",
-        "0 etc/.wh.passwd 0 2000",
         "0 .wh.gone 0 2002",
+        "5 etc/ 755 1000",
+        "0 etc/.wh.passwd 0 2000",
+        "0 etc/hosts 600 2001 SCHILY.xattr.user.note=[97, 61, 98, 32, 0]",
         "5 usr/ 755 2005",
         "0 usr/.wh..wh..opq 0 2005",
         "2 usr/ln 777 2004 -> /etc/passwd",
@@ -183,6 +184,7 @@ fn diff_writes_the_changes_deterministically() {
     // Compressed: decompresses to the same tar; the diffID is its digest.
     for compression in [Compression::Gzip, Compression::Zstd] {
         let options = DiffOptions {
+            overlay_xattrs: OverlayXattrs::User,
             compression,
             ..Default::default()
         };
@@ -224,12 +226,13 @@ fn a_changed_dir_is_written_and_epoch_clamps_times() {
     fs::set_permissions(up.join("etc"), fs::Permissions::from_mode(0o750)).unwrap();
     set_mtime(&up.join("etc"), 1000, 0);
     let options = DiffOptions {
+        overlay_xattrs: OverlayXattrs::User,
         compression: Compression::None,
         source_date_epoch: Some(2003),
         ..Default::default()
     };
     let got = members(&run_diff(&stack, &up, &options).unwrap());
-    assert_eq!(got[1], "5 etc/ 750 1000", "{got:#?}");
+    assert_eq!(got[2], "5 etc/ 750 1000", "{got:#?}");
     // Times up to 2002.25 kept (with their nanoseconds), later ones 2003.
     let tar = run_diff(&stack, &up, &options).unwrap();
     let mut archive = tar::Archive::new(&tar[..]);
@@ -251,10 +254,10 @@ fn a_changed_dir_is_written_and_epoch_clamps_times() {
         times,
         [
             "./ 2003",
-            "etc/ 1000",
-            "etc/hosts 2001.25",
-            "etc/.wh.passwd 2000.25",
             ".wh.gone 2002.25",
+            "etc/ 1000",
+            "etc/.wh.passwd 2000.25",
+            "etc/hosts 2001.25",
             "usr/ 2003",
             "usr/.wh..wh..opq 2003",
             "usr/ln 2003",
@@ -268,11 +271,14 @@ fn a_changed_dir_is_written_and_epoch_clamps_times() {
 fn redirect_and_metacopy_uppers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let stack = lower(dir.path());
-    let options = DiffOptions::default();
-    for (path, name, feature) in [
-        ("usr", "user.overlay.redirect", "redirect_dir"),
-        ("etc/hosts", "trusted.overlay.metacopy", "metacopy"),
+    for (path, name, feature, ns) in [
+        ("usr", "user.overlay.redirect", "redirect_dir", OverlayXattrs::User),
+        ("etc/hosts", "trusted.overlay.metacopy", "metacopy", OverlayXattrs::Trusted),
     ] {
+        let options = DiffOptions {
+            overlay_xattrs: ns,
+            ..Default::default()
+        };
         let up = dir.path().join(format!("up-{feature}"));
         fs::create_dir_all(up.join("etc")).unwrap();
         fs::create_dir_all(up.join("usr")).unwrap();
@@ -298,6 +304,7 @@ fn a_file_changing_while_read_is_an_error_naming_it() {
     let target = up.join("etc/hosts");
     let grown = target.clone();
     let options = DiffOptions {
+        overlay_xattrs: OverlayXattrs::User,
         compression: Compression::None,
         read_hook: Some(Arc::new(move || {
             use std::io::Write;
@@ -315,6 +322,7 @@ fn a_file_changing_while_read_is_an_error_naming_it() {
     // upper()) and ctime tell.
     let rewritten = target.clone();
     let options = DiffOptions {
+        overlay_xattrs: OverlayXattrs::User,
         read_hook: Some(Arc::new(move || {
             use std::os::unix::fs::FileExt;
             let file = fs::OpenOptions::new().write(true).open(&rewritten).unwrap();
@@ -329,6 +337,7 @@ fn a_file_changing_while_read_is_an_error_naming_it() {
     );
     // A hook that changes nothing: no error.
     let options = DiffOptions {
+        overlay_xattrs: OverlayXattrs::User,
         read_hook: Some(Arc::new(|| {})),
         ..Default::default()
     };

@@ -18,6 +18,7 @@ mod compressed;
 mod convert;
 mod device_maps;
 mod diff;
+mod diff_hostile;
 mod fault_maps;
 mod fixtures;
 mod fuzz_regressions;
