@@ -22,8 +22,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::convert::Digest;
 use crate::overlay::Stack;
-pub use crate::view::OverlayXattrs;
 use crate::safe_fs::OutputDir;
+pub use crate::view::OverlayXattrs;
 use tarw::TarWriter;
 use upper::UpperDir;
 use walk::Walker;

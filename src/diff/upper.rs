@@ -11,9 +11,9 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use nix::dir::Dir;
 use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{fstat, fstatat, FileStat};
 use nix::sys::stat::{Mode, SFlag};
 use std::os::unix::fs::OpenOptionsExt;
-use nix::sys::stat::{fstat, fstatat, FileStat};
 
 use crate::safe_fs::{open_dir_at, open_pinned, proc_path};
 

@@ -271,7 +271,10 @@ impl<W: Write> Walker<'_, W> {
     }
 
     fn check_refused(&self, path: &[u8], xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), DiffError> {
-        match xattrs.iter().find_map(|(name, _)| refused(self.options.overlay_xattrs, name)) {
+        match xattrs
+            .iter()
+            .find_map(|(name, _)| refused(self.options.overlay_xattrs, name))
+        {
             Some(feature) => Err(DiffError::Refused {
                 path: self.shown(path),
                 feature,

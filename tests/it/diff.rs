@@ -99,7 +99,11 @@ fn upper(dir: &Path) -> PathBuf {
     up
 }
 
-pub(crate) fn run_diff(stack: &Stack, up: &Path, options: &DiffOptions) -> Result<Vec<u8>, DiffError> {
+pub(crate) fn run_diff(
+    stack: &Stack,
+    up: &Path,
+    options: &DiffOptions,
+) -> Result<Vec<u8>, DiffError> {
     let mut out = Vec::new();
     diff_to(stack, up, &mut out, options)?;
     Ok(out)
@@ -272,8 +276,18 @@ fn redirect_and_metacopy_uppers_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let stack = lower(dir.path());
     for (path, name, feature, ns) in [
-        ("usr", "user.overlay.redirect", "redirect_dir", OverlayXattrs::User),
-        ("etc/hosts", "trusted.overlay.metacopy", "metacopy", OverlayXattrs::Trusted),
+        (
+            "usr",
+            "user.overlay.redirect",
+            "redirect_dir",
+            OverlayXattrs::User,
+        ),
+        (
+            "etc/hosts",
+            "trusted.overlay.metacopy",
+            "metacopy",
+            OverlayXattrs::Trusted,
+        ),
     ] {
         let options = DiffOptions {
             overlay_xattrs: ns,

@@ -38,7 +38,10 @@ fn upper_itself_a_symlink_or_fifo_is_refused_without_blocking() {
     let link = dir.path().join("link");
     symlink(&real, &link).unwrap();
     let err = fails(&link, &user());
-    assert!(err.starts_with(&format!("{}: not a directory", link.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}: not a directory", link.display())),
+        "{err}"
+    );
     let fifo = dir.path().join("fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -47,7 +50,10 @@ fn upper_itself_a_symlink_or_fifo_is_refused_without_blocking() {
     let err = rx
         .recv_timeout(std::time::Duration::from_secs(20))
         .expect("diff blocked on a FIFO given as UPPER");
-    assert!(err.starts_with(&format!("{}: not a directory", fifo.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}: not a directory", fifo.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -58,7 +64,10 @@ fn an_upper_name_starting_with_wh_is_refused() {
     fs::write(up.join("etc/.wh.passwd"), b"x").unwrap();
     let err = fails(&up, &user());
     let shown = up.join("etc/.wh.passwd").display().to_string();
-    assert!(err.starts_with(&format!("{shown}: a name starting with .wh.")), "{err}");
+    assert!(
+        err.starts_with(&format!("{shown}: a name starting with .wh.")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -75,7 +84,10 @@ fn only_capability_and_user_xattrs_are_carried_and_compared() {
     let got = members(&tar);
     let file = got.iter().find(|m| m.contains(" f ")).expect("f written");
     assert!(file.contains("SCHILY.xattr.user.keep"), "{got:?}");
-    assert!(!file.contains("overlay") && !file.contains("trusted"), "{got:?}");
+    assert!(
+        !file.contains("overlay") && !file.contains("trusted"),
+        "{got:?}"
+    );
     if !trusted {
         skip("xattr filter (trusted part)", "cannot set trusted.* here");
     }
@@ -90,7 +102,10 @@ fn an_xattr_name_with_equals_is_refused() {
     xattr::set(up.join("f"), "user.a=b", b"v").unwrap();
     let err = fails(&up, &user());
     let shown = up.join("f").display().to_string();
-    assert!(err.starts_with(&format!("{shown}: xattr name \"user.a=b\" contains '='")), "{err}");
+    assert!(
+        err.starts_with(&format!("{shown}: xattr name \"user.a=b\" contains '='")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -109,7 +124,10 @@ fn a_hard_link_to_a_file_outside_upper_is_refused_as_root() {
     fs::hard_link(&secret, up.join("stolen")).unwrap();
     let err = fails(&up, &user());
     let shown = up.join("stolen").display().to_string();
-    assert!(err.starts_with(&format!("{shown}: 3 links but 1 names")), "{err}");
+    assert!(
+        err.starts_with(&format!("{shown}: 3 links but 1 names")),
+        "{err}"
+    );
     // Two names in UPPER (+1 for overlayfs's index) are fine.
     fs::remove_file(dir.path().join("secret2")).unwrap();
     let stack = lower(dir.path());
@@ -139,11 +157,55 @@ fn trusted_markers_without_the_right_to_read_them_are_refused() {
     };
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("unshare:") {
-        skip("trusted namespace refusal", &format!("unshare fails: {stderr}"));
+        skip(
+            "trusted namespace refusal",
+            &format!("unshare fails: {stderr}"),
+        );
         return;
     }
     assert!(!out.status.success());
-    assert!(stderr.contains("reading trusted.overlay.* markers needs root"), "{stderr}");
+    assert!(
+        stderr.contains("reading trusted.overlay.* markers needs root"),
+        "{stderr}"
+    );
     let out = run("auto").unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A directory as the lower one but for an xattr no layer carries is
+/// unchanged: nothing is written for it.
+#[test]
+fn a_dir_differing_only_in_uncarried_xattrs_is_unchanged() {
+    if !nix::unistd::Uid::effective().is_root() {
+        skip(
+            "uncarried xattrs compared",
+            "needs root (0:0 owner, trusted.*)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stack = lower(dir.path());
+    let up = dir.path().join("up");
+    fs::create_dir_all(up.join("etc")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(up.join("etc"), fs::Permissions::from_mode(0o755)).unwrap();
+    if xattr::set(up.join("etc"), "trusted.host", b"t").is_err() {
+        skip("uncarried xattrs compared", "cannot set trusted.* here");
+        return;
+    }
+    let t = nix::sys::time::TimeSpec::new(1000, 0);
+    nix::sys::stat::utimensat(
+        None,
+        &up.join("etc"),
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+    let got = members(&run_diff(&stack, &up, &user()).unwrap());
+    assert!(!got.iter().any(|m| m.contains("etc/")), "{got:?}");
 }
