@@ -1,7 +1,8 @@
 //! `diff` over hostile upper directories (fast tier): UPPER itself a
 //! symlink or FIFO, names starting with `.wh.`, xattrs a layer must not
 //! carry or a PAX record cannot, hard links to files outside UPPER, and
-//! the trusted namespace asked for without the right to read it.
+//! the trusted namespace asked for without the right to read it; and
+//! (privileged: a mount) a mount point inside UPPER.
 use crate::common;
 
 use std::fs;
@@ -208,4 +209,37 @@ fn a_dir_differing_only_in_uncarried_xattrs_is_unchanged() {
     .unwrap();
     let got = members(&run_diff(&stack, &up, &user()).unwrap());
     assert!(!got.iter().any(|m| m.contains("etc/")), "{got:?}");
+}
+
+/// A mount point inside UPPER is not crossed: the error names it.
+#[cfg(feature = "privileged")]
+#[test]
+fn a_mount_point_inside_upper_is_refused() {
+    use nix::mount::{mount, umount, MsFlags};
+    if !nix::unistd::Uid::effective().is_root() {
+        skip("mount point in UPPER", "needs root (mount)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let up = dir.path().join("up");
+    fs::create_dir_all(up.join("mnt")).unwrap();
+    let none: Option<&str> = None;
+    mount(
+        Some("tmpfs"),
+        &up.join("mnt"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        none,
+    )
+    .unwrap();
+    fs::write(up.join("mnt/f"), b"x").unwrap();
+    let stack = lower(dir.path());
+    let result = run_diff(&stack, &up, &user());
+    umount(&up.join("mnt")).unwrap();
+    let err = result.unwrap_err().to_string();
+    let shown = up.join("mnt").display().to_string();
+    assert!(
+        err.starts_with(&format!("{shown}: on another filesystem")),
+        "{err}"
+    );
 }
