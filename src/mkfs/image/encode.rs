@@ -88,6 +88,10 @@ impl Layout {
                     off += bytes.len();
                 }
             }
+            Payload::Compressed { ref index, .. } => {
+                off = off.next_multiple_of(8);
+                meta[off..off + index.len()].copy_from_slice(index);
+            }
             _ => {}
         }
     }
@@ -134,6 +138,7 @@ fn inode_bytes(rec: &Record, node: &Node, size: u64, block_bits: u8, ino: u32) -
             u32::from(CHUNK_FORMAT_INDEXES | u16::from(chunk_bits - block_bits))
         }
         (_, Payload::Flat { blkaddr }) => *blkaddr as u32,
+        (_, Payload::Compressed { blocks, .. }) => *blocks as u32,
         (_, Payload::Bytes { .. }) => rec.blkaddr as u32,
         _ => 0,
     };

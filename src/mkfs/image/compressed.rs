@@ -1,0 +1,111 @@
+//! Full images with compressed file data: file bytes are queued by
+//! segment, compressed on the worker threads in batches and their
+//! pclusters written in queue order; a file is later stored flat when no
+//! pcluster of it saved a block.
+
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+
+use super::super::compress::{Batch, Codec, CompressedFile, SEGMENT_SIZE};
+use super::super::tree::FileData;
+use super::{ImageBuilder, Payload};
+
+/// The compression state of a builder.
+pub(super) struct Compressing {
+    pub(super) codec: Codec,
+    batch: Batch,
+    /// Files by the number `add_data` gave them (their `FileData::offset`).
+    pub(super) files: Vec<CompressedFile>,
+}
+
+impl Compressing {
+    pub(super) fn new(codec: Codec, workers: usize, block: usize) -> Self {
+        Self {
+            codec,
+            batch: Batch::new(codec, workers, block),
+            files: Vec::new(),
+        }
+    }
+}
+
+impl ImageBuilder {
+    /// Queues `size` bytes of `reader` for compression; the returned
+    /// offset is the file's number, not a byte offset.
+    pub(super) fn add_compressed(
+        &mut self,
+        reader: &mut impl Read,
+        size: u64,
+    ) -> io::Result<FileData> {
+        let Some(z) = self.compress.as_mut() else {
+            return Err(io::Error::other("compression is not set up"));
+        };
+        let number = z.files.len();
+        z.files.push(CompressedFile::default());
+        let mut done = 0;
+        while done < size {
+            let len = (size - done).min(SEGMENT_SIZE);
+            let mut data = Vec::with_capacity(len as usize);
+            let read = reader.take(len).read_to_end(&mut data)? as u64;
+            if read != len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("file data ended after {} of {size} bytes", done + read),
+                ));
+            }
+            done += len;
+            let Some(z) = self.compress.as_mut() else {
+                unreachable!("checked above")
+            };
+            if z.batch.push(number, data) {
+                self.flush_compressed()?;
+            }
+        }
+        Ok(FileData {
+            size,
+            offset: number as u64,
+        })
+    }
+
+    /// Compresses what is queued and writes the pclusters in queue order.
+    pub(super) fn flush_compressed(&mut self) -> io::Result<()> {
+        let Some(z) = self.compress.as_mut() else {
+            return Ok(());
+        };
+        let results = z.batch.run().map_err(io::Error::other)?;
+        let block = 1u64 << self.block_bits;
+        for (file, extents) in results {
+            let entry = &mut z.files[file];
+            entry.first_block.get_or_insert(self.data_end / block);
+            for e in extents {
+                self.out.write_all_at(&e.data, self.data_end)?;
+                self.data_end += e.data.len() as u64;
+                entry
+                    .extents
+                    .push((e.len, e.raw, e.data.len() as u64 / block));
+            }
+        }
+        Ok(())
+    }
+
+    /// How compressed file number `number` is stored.
+    pub(super) fn compressed_payload(&self, number: u64) -> Option<Payload> {
+        let z = self.compress.as_ref()?;
+        let file = z.files.get(usize::try_from(number).ok()?)?;
+        let first = file.first_block?;
+        if file.is_flat() {
+            return Some(Payload::Flat { blkaddr: first });
+        }
+        let big = z.codec.pcluster_size > 1 << self.block_bits;
+        let index = super::super::compress::full_index(
+            &file.extents,
+            first,
+            self.block_bits,
+            z.codec.algorithm.id(),
+            big,
+        );
+        Some(Payload::Compressed {
+            index,
+            blocks: file.blocks(),
+        })
+    }
+}
