@@ -14,6 +14,7 @@ mod common;
 
 // The fast tier (tests in it that mount are ignored without the feature).
 mod cli_values;
+mod compress_convert;
 mod compressed;
 mod convert;
 mod device_maps;
@@ -37,6 +38,8 @@ mod zinfo_device;
 mod attach;
 #[cfg(feature = "privileged")]
 mod changing_inputs;
+#[cfg(feature = "privileged")]
+mod compress_kernel;
 #[cfg(feature = "privileged")]
 mod faults;
 #[cfg(feature = "privileged")]
