@@ -25,12 +25,7 @@ fn random_tree_tar(dir: &Path, seed: u32) -> PathBuf {
     let tar = dir.join(format!("tree-{seed}.tar"));
     run_ok(
         Command::new("tar")
-            .args([
-                "--format=pax",
-                "--xattrs",
-                "--xattrs-include=*",
-                "--numeric-owner",
-            ])
+            .args(["--format=gnu", "--numeric-owner"])
             .arg("-cf")
             .arg(&tar)
             .arg("-C")
