@@ -102,9 +102,46 @@ enum Payload {
         count: u64,
         first_block: u64,
     },
-    /// Compressed file data: the map header and full lcluster index
-    /// (stored after the xattrs) and the pclusters' block count.
-    Compressed { index: Vec<u8>, blocks: u64 },
+    /// File data in the image's data area from `blkaddr`, the last
+    /// partial block inline after the inode.
+    FlatTail { blkaddr: u64, tail: Vec<u8> },
+    /// Compressed file data: extents (length, raw, blocks) whose pclusters
+    /// are back to back from `first_block`, except a `tail` PLAIN block
+    /// kept for the block area; the map header and full index follow the
+    /// xattrs.
+    Compressed {
+        extents: Vec<(u64, bool, u64)>,
+        first_block: u64,
+        blocks: u64,
+        tail: Option<Vec<u8>>,
+        algorithm: u8,
+        big: bool,
+    },
+}
+
+impl Payload {
+    /// The map header and full index of a compressed payload whose tail
+    /// block (if any) is at `tail_block`.
+    fn zindex(&self, block_bits: u8, tail_block: u64) -> Vec<u8> {
+        match self {
+            Payload::Compressed {
+                extents,
+                first_block,
+                tail,
+                algorithm,
+                big,
+                ..
+            } => super::compress::full_index(
+                extents,
+                *first_block,
+                tail.as_ref().map(|_| tail_block),
+                block_bits,
+                *algorithm,
+                *big,
+            ),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// One inode as laid out.
@@ -156,7 +193,18 @@ impl Record {
             Payload::Chunks { count, .. } => {
                 base.next_multiple_of(CHUNK_INDEX_SIZE) + CHUNK_INDEX_SIZE * count
             }
-            Payload::Compressed { ref index, .. } => base.next_multiple_of(8) + index.len() as u64,
+            Payload::FlatTail { ref tail, .. } => {
+                let tail = tail.len() as u64;
+                if pos % block + base + tail > block {
+                    pos = pos.next_multiple_of(block);
+                }
+                self.inline = tail;
+                base + tail
+            }
+            Payload::Compressed { .. } => {
+                let bits = block.trailing_zeros() as u8;
+                base.next_multiple_of(8) + self.payload.zindex(bits, 0).len() as u64
+            }
             _ => base,
         };
         self.pos = pos;
@@ -166,6 +214,7 @@ impl Record {
     fn layout(&self) -> DataLayout {
         match self.payload {
             Payload::Bytes { .. } if self.inline > 0 => DataLayout::FlatInline,
+            Payload::FlatTail { .. } => DataLayout::FlatInline,
             Payload::Chunks { .. } => DataLayout::ChunkBased,
             Payload::Compressed { .. } => DataLayout::CompressedFull,
             _ => DataLayout::FlatPlain,
@@ -282,9 +331,16 @@ impl ImageBuilder {
         let blocks_start = pos.next_multiple_of(block);
         let mut next_block = blocks_start / block;
         for rec in records.iter_mut() {
-            if let Payload::Bytes { size } = rec.payload {
-                rec.blkaddr = next_block;
-                next_block += (size - rec.inline).div_ceil(block);
+            match rec.payload {
+                Payload::Bytes { size } => {
+                    rec.blkaddr = next_block;
+                    next_block += (size - rec.inline).div_ceil(block);
+                }
+                Payload::Compressed { tail: Some(_), .. } => {
+                    rec.blkaddr = next_block;
+                    next_block += 1;
+                }
+                _ => {}
             }
         }
         let image_size = next_block * block;
@@ -324,7 +380,9 @@ impl ImageBuilder {
                 (refs, Payload::Bytes { size }, size)
             }
             NodeData::File(data) if data.size > 0 && self.compress.is_some() => {
-                let payload = self.compressed_payload(data.offset).ok_or_else(|| {
+                // Room for an inline tail: the larger inode core, conservatively.
+                let base = INODE_EXTENDED_SIZE + xattr::encode(&node.xattrs).0.len() as u64;
+                let payload = self.compressed_payload(data.offset, base).ok_or_else(|| {
                     BuildError::Unrepresentable(format!(
                         "no data for compressed file {}",
                         data.offset

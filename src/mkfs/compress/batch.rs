@@ -16,12 +16,24 @@ pub struct CompressedFile {
     pub first_block: Option<u64>,
     /// Each extent: logical length, stored raw, pcluster blocks.
     pub extents: Vec<(u64, bool, u64)>,
+    /// File size.
+    pub size: u64,
+    /// Logical bytes whose extents are known.
+    pub done: u64,
+    /// A raw file's last partial block, not written yet: it goes inline
+    /// after the inode when it fits there.
+    pub tail: Option<Vec<u8>>,
 }
 
 impl CompressedFile {
     /// Blocks its pclusters take.
     pub fn blocks(&self) -> u64 {
         self.extents.iter().map(|e| e.2).sum()
+    }
+
+    /// Blocks written to the data area (all but a held tail).
+    pub fn written_blocks(&self) -> u64 {
+        self.blocks() - u64::from(self.tail.is_some())
     }
 
     /// Whether every extent is a raw block from offset 0: the data is then

@@ -88,10 +88,12 @@ struct Index {
 
 /// The map header, its 8 reserved bytes and the full lcluster index of a
 /// file whose extents (in order, pclusters stored back to back from block
-/// `first_block`) are `extents`; lclusters are one block.
+/// `first_block`, but the last at `tail_block` if given) are `extents`;
+/// lclusters are one block.
 pub(crate) fn full_index(
     extents: &[(u64, bool, u64)],
     first_block: u64,
+    tail_block: Option<u64>,
     block_bits: u8,
     algorithm: u8,
     big: bool,
@@ -113,7 +115,10 @@ pub(crate) fn full_index(
     };
     let (mut start, mut blkaddr) = (0u64, first_block);
     let mut pending_tail = false;
-    for &(len, raw, blocks) in extents {
+    for (i, &(len, raw, blocks)) in extents.iter().enumerate() {
+        if i + 1 == extents.len() {
+            blkaddr = tail_block.unwrap_or(blkaddr);
+        }
         let end = start + len;
         let (head_lcn, end_lcn) = (start >> block_bits, end >> block_bits);
         let kind = if raw {

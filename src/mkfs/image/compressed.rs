@@ -40,7 +40,10 @@ impl ImageBuilder {
             return Err(io::Error::other("compression is not set up"));
         };
         let number = z.files.len();
-        z.files.push(CompressedFile::default());
+        z.files.push(CompressedFile {
+            size,
+            ..Default::default()
+        });
         let mut done = 0;
         while done < size {
             let len = (size - done).min(SEGMENT_SIZE);
@@ -87,25 +90,32 @@ impl ImageBuilder {
         Ok(())
     }
 
-    /// How compressed file number `number` is stored.
-    pub(super) fn compressed_payload(&self, number: u64) -> Option<Payload> {
+    /// How compressed file number `number` is stored, given the bytes the
+    /// inode and its xattrs take (`base`): flat when no block compressed,
+    /// with the tail inline when it fits, else as compressed (the tail then
+    /// a PLAIN pcluster in the block area).
+    pub(super) fn compressed_payload(&self, number: u64, base: u64) -> Option<Payload> {
         let z = self.compress.as_ref()?;
         let file = z.files.get(usize::try_from(number).ok()?)?;
         let first = file.first_block?;
-        if file.is_flat() {
-            return Some(Payload::Flat { blkaddr: first });
+        let block = 1u64 << self.block_bits;
+        match &file.tail {
+            None if file.is_flat() => return Some(Payload::Flat { blkaddr: first }),
+            Some(tail) if base + tail.len() as u64 <= block => {
+                return Some(Payload::FlatTail {
+                    blkaddr: first,
+                    tail: tail.clone(),
+                })
+            }
+            _ => {}
         }
-        let big = z.codec.pcluster_size > 1 << self.block_bits;
-        let index = super::super::compress::full_index(
-            &file.extents,
-            first,
-            self.block_bits,
-            z.codec.algorithm.id(),
-            big,
-        );
         Some(Payload::Compressed {
-            index,
+            extents: file.extents.clone(),
+            first_block: first,
             blocks: file.blocks(),
+            tail: file.tail.clone(),
+            algorithm: z.codec.algorithm.id(),
+            big: z.codec.pcluster_size > 1 << self.block_bits,
         })
     }
 }

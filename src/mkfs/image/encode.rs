@@ -88,9 +88,17 @@ impl Layout {
                     off += bytes.len();
                 }
             }
-            Payload::Compressed { ref index, .. } => {
+            Payload::FlatTail { ref tail, .. } => {
+                meta[off..off + tail.len()].copy_from_slice(tail);
+            }
+            Payload::Compressed { ref tail, .. } => {
                 off = off.next_multiple_of(8);
-                meta[off..off + index.len()].copy_from_slice(index);
+                let index = rec.payload.zindex(self.block_bits, rec.blkaddr);
+                meta[off..off + index.len()].copy_from_slice(&index);
+                if let Some(tail) = tail {
+                    let b = (rec.blkaddr * self.block - self.blocks_start) as usize;
+                    blocks[b..b + tail.len()].copy_from_slice(tail);
+                }
             }
             _ => {}
         }
@@ -139,6 +147,7 @@ fn inode_bytes(rec: &Record, node: &Node, size: u64, block_bits: u8, ino: u32) -
         }
         (_, Payload::Flat { blkaddr }) => *blkaddr as u32,
         (_, Payload::Compressed { blocks, .. }) => *blocks as u32,
+        (_, Payload::FlatTail { blkaddr, .. }) => *blkaddr as u32,
         (_, Payload::Bytes { .. }) => rec.blkaddr as u32,
         _ => 0,
     };
