@@ -19,7 +19,7 @@ pub fn boundary_tar(dir: &Path) -> PathBuf {
     let path = dir.join("boundary.tar");
     let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
     let mut rand = xorshift(23);
-    let mut add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
+    let add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
         let mut h = tar::Header::new_gnu();
         h.set_size(data.len() as u64);
         h.set_mode(0o644);

@@ -107,7 +107,10 @@ impl Codec {
                 })?;
         }
         let pcluster_size = pcluster.unwrap_or(block);
-        if pcluster_size == 0 || pcluster_size % block != 0 || pcluster_size > PCLUSTER_MAX_SIZE {
+        if pcluster_size == 0
+            || !pcluster_size.is_multiple_of(block)
+            || pcluster_size > PCLUSTER_MAX_SIZE
+        {
             return Err(format!(
                 "pcluster size {pcluster_size} is not a multiple of the block size {block} up to {PCLUSTER_MAX_SIZE}"
             ));
