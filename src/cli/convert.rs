@@ -62,6 +62,20 @@ fn convert(
             options.implied_mtime = Some(seconds);
         }
     }
+    if input.is_dir() {
+        // A tree is always copied in full, as mkfs.erofs DIR does.
+        options.mode = Mode::Full;
+        let summary = erofs_fuse::convert::convert_tree(input, output, &options, compress.as_ref())
+            .with_context(|| format!("converting {}", input.display()))?;
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "image {} ({} bytes, {} inodes)",
+            output.display(),
+            summary.image_size,
+            summary.inodes
+        );
+        return Ok(());
+    }
     let report = match &compress {
         Some(c) => erofs_fuse::convert::convert_compressed(input, output, &options, c),
         None => erofs_fuse::convert::convert(input, output, &options),

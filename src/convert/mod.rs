@@ -8,6 +8,7 @@
 //! zstd are detected by their magic, and memory grows with the number of entries, not
 //! with the data.
 
+mod dir;
 mod input;
 mod pax;
 mod stream;
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use crate::mkfs::compress::Codec;
 use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
+pub use dir::convert_tree;
 use input::{open_input, Tee};
 pub use input::{Compression, Digest};
 pub use tar::TarOptions;
@@ -309,6 +311,13 @@ fn append_tar(
     }
     .map_err(|e| ConvertError::io(tar_name, e))?;
     append(image, image_size, &mut tar).map_err(|e| ConvertError::io(output, e))
+}
+
+/// Compression threads: as asked, else one per CPU.
+fn workers(compress: Option<&CompressOptions>) -> usize {
+    compress
+        .and_then(|c| c.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The codec `options` ask for, checked before any input is read.
