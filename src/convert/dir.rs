@@ -100,7 +100,7 @@ impl Walk<'_> {
                 same_inode(&st, &fstat(fd.as_raw_fd())?)?;
                 (NodeData::Dir(BTreeMap::new()), Some(fd))
             }
-            libc::S_IFREG => (NodeData::File(self.file(dir, name, &st, path)?), None),
+            libc::S_IFREG => (NodeData::File(self.file(dir, name, &st)?), None),
             libc::S_IFLNK => {
                 let target = readlinkat(Some(dir.as_raw_fd()), name)?;
                 (NodeData::Symlink(target.as_bytes().to_vec()), None)
@@ -129,7 +129,6 @@ impl Walk<'_> {
         dir: BorrowedFd<'_>,
         name: &OsStr,
         st: &FileStat,
-        path: &Path,
     ) -> io::Result<crate::mkfs::FileData> {
         // /proc/self/fd/N is `dir` itself; O_NOFOLLOW refuses a symlink at `name`.
         let mut file = std::fs::OpenOptions::new()
@@ -148,10 +147,7 @@ impl Walk<'_> {
             || (after.st_mtime, after.st_mtime_nsec) != (before.st_mtime, before.st_mtime_nsec)
             || (after.st_ctime, after.st_ctime_nsec) != (before.st_ctime, before.st_ctime_nsec);
         if changed {
-            return Err(io::Error::other(format!(
-                "{} changed while it was read",
-                path.display()
-            )));
+            return Err(io::Error::other("changed while it was read"));
         }
         Ok(data)
     }

@@ -17,6 +17,7 @@ mod cli_values;
 mod compress_convert;
 mod compressed;
 mod convert;
+mod convert_dir;
 mod device_maps;
 mod fault_maps;
 mod fixtures;
