@@ -55,7 +55,7 @@ pub fn read_dir_tree(root: &Path, builder: &mut ImageBuilder) -> Result<Tree, Co
         for name in entries(dir.as_fd()).map_err(|e| fail(&path, e))? {
             let child_path = path.join(&name);
             let sub = walk
-                .add(dir.as_fd(), id, &name, &child_path)
+                .add(dir.as_fd(), id, &name)
                 .map_err(|e| fail(&child_path, e))?;
             if let Some((fd, child)) = sub {
                 if depth + 1 > MAX_DEPTH {
@@ -83,7 +83,6 @@ impl Walk<'_> {
         dir: BorrowedFd<'_>,
         parent: NodeId,
         name: &OsStr,
-        path: &Path,
     ) -> io::Result<Option<(OwnedFd, NodeId)>> {
         let st = fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
         let kind = st.st_mode & S_IFMT;
