@@ -43,6 +43,21 @@ impl CompressedFile {
     }
 }
 
+/// `data` cut into raw one-block extents (a file stored flat).
+pub fn raw_extents(data: &[u8], block: usize) -> Vec<Extent> {
+    data.chunks(block)
+        .map(|c| {
+            let mut d = c.to_vec();
+            d.resize(block, 0);
+            Extent {
+                len: c.len() as u64,
+                raw: true,
+                data: d,
+            }
+        })
+        .collect()
+}
+
 /// Segments waiting to be compressed.
 pub struct Batch {
     codec: Codec,
@@ -72,9 +87,9 @@ impl Batch {
         self.bytes >= self.workers * super::SEGMENT_SIZE as usize
     }
 
-    /// Compresses every queued segment; returns (file, extents) in the
-    /// order queued.
-    pub fn run(&mut self) -> Result<Vec<(usize, Vec<Extent>)>, String> {
+    /// Compresses every queued segment; returns (file, extents, input) in
+    /// the order queued.
+    pub fn run(&mut self) -> Result<Vec<(usize, Vec<Extent>, Vec<u8>)>, String> {
         let jobs = std::mem::take(&mut self.jobs);
         self.bytes = 0;
         let next = AtomicUsize::new(0);
@@ -102,15 +117,15 @@ impl Batch {
             }
             Ok(())
         })?;
-        jobs.iter()
+        jobs.into_iter()
             .zip(results)
-            .map(|((file, _), r)| {
+            .map(|((file, data), r)| {
                 let extents = r
                     .into_inner()
                     .ok()
                     .flatten()
                     .ok_or("a segment was not compressed")?;
-                Ok((*file, extents))
+                Ok((file, extents, data))
             })
             .collect()
     }

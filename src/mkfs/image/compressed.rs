@@ -6,7 +6,7 @@
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
-use super::super::compress::{Batch, Codec, CompressedFile, SEGMENT_SIZE};
+use super::super::compress::{raw_extents, Batch, Codec, CompressedFile, SEGMENT_SIZE};
 use super::super::tree::FileData;
 use super::{ImageBuilder, Payload};
 
@@ -76,15 +76,29 @@ impl ImageBuilder {
         };
         let results = z.batch.run().map_err(io::Error::other)?;
         let block = 1u64 << self.block_bits;
-        for (file, extents) in results {
+        for (file, mut extents, data) in results {
             let entry = &mut z.files[file];
+            // A whole file that compresses to no fewer blocks than it has
+            // is stored flat, as mkfs.erofs does.
+            let whole = entry.extents.is_empty() && data.len() as u64 == entry.size;
+            let blocks: u64 = extents.iter().map(|e| e.data.len() as u64).sum::<u64>() / block;
+            if whole && blocks >= entry.size.div_ceil(block) {
+                extents = raw_extents(&data, block as usize);
+            }
             entry.first_block.get_or_insert(self.data_end / block);
-            for e in extents {
+            entry.done += extents.iter().map(|e| e.len).sum::<u64>();
+            let all_raw = entry.is_flat() && extents.iter().all(|e| e.raw);
+            let count = extents.len();
+            for (i, e) in extents.into_iter().enumerate() {
+                let blocks = e.data.len() as u64 / block;
+                entry.extents.push((e.len, e.raw, blocks));
+                // A raw file's partial last block is held for inlining.
+                if all_raw && i + 1 == count && entry.done == entry.size && e.len < block {
+                    entry.tail = Some(e.data[..e.len as usize].to_vec());
+                    continue;
+                }
                 self.out.write_all_at(&e.data, self.data_end)?;
                 self.data_end += e.data.len() as u64;
-                entry
-                    .extents
-                    .push((e.len, e.raw, e.data.len() as u64 / block));
             }
         }
         Ok(())
