@@ -324,10 +324,15 @@ impl ImageBuilder {
     fn layout(&self, records: &mut [Record]) -> Result<Layout, BuildError> {
         let block = 1u64 << self.block_bits;
         let meta_start = self.data_end;
-        let mut pos = meta_start;
-        for rec in records.iter_mut() {
-            pos = rec.place(pos, block);
-        }
+        let pos = if self.compress.is_some() {
+            compressed::pack(records, meta_start, block)
+        } else {
+            let mut pos = meta_start;
+            for rec in records.iter_mut() {
+                pos = rec.place(pos, block);
+            }
+            pos
+        };
         let blocks_start = pos.next_multiple_of(block);
         let mut next_block = blocks_start / block;
         for rec in records.iter_mut() {

@@ -133,3 +133,44 @@ impl ImageBuilder {
         })
     }
 }
+
+/// Open blocks the packer tries before starting a new one.
+const PACK_WINDOW: usize = 16;
+
+/// Places `records` from `start` (block aligned), each into the first of
+/// the last few open blocks it fits in, so that inline tails (which may not
+/// cross a block) leave little unused: a sequential placement would skip to
+/// the next block at every tail that does not fit. The root stays first
+/// (nid 0). Returns the end of the metadata.
+pub(super) fn pack(records: &mut [super::Record], start: u64, block: u64) -> u64 {
+    let mut end = start;
+    // Blocks with room left: (block start, first free byte).
+    let mut open: Vec<(u64, u64)> = Vec::new();
+    for rec in records.iter_mut() {
+        let mut placed = false;
+        for slot in open.iter_mut().rev().take(PACK_WINDOW) {
+            let next = rec.place(slot.1, block);
+            if rec.pos >= slot.0 && next <= slot.0 + block {
+                slot.1 = next;
+                end = end.max(next);
+                placed = true;
+                break;
+            }
+        }
+        if !placed {
+            // The block `end` is in is continued here, not through its slot.
+            let end_block = end - end % block;
+            open.retain(|&(b, _)| b != end_block);
+            let next = rec.place(end, block);
+            let first = rec.pos - rec.pos % block;
+            // Any block the record fills up to is open for the next ones.
+            let last = (next - 1) - (next - 1) % block;
+            if first == last || next % block != 0 {
+                open.push((last, next));
+            }
+            end = next;
+        }
+        open.retain(|&(b, used)| used + 64 <= b + block);
+    }
+    end
+}
