@@ -120,7 +120,8 @@ impl Encoder {
 }
 
 /// The longest prefix of `input` that `compress` encodes in at most `cap`
-/// bytes: guesses from the ratio so far, bisects when a guess overflows.
+/// bytes: guesses from the ratio so far, bisects when a guess overflows;
+/// `None` when not even `cap + 1` bytes fit (nothing to gain).
 /// `compress(src, dst)` returns the encoded length or `None` if `dst` is
 /// too small.
 fn search(
@@ -146,10 +147,17 @@ fn search(
             }
             _ => {
                 overflows = guess;
-                if overflows <= fits + 1 {
+                if overflows <= fits + 1 || overflows <= cap + 1 && fits == 0 {
                     break;
                 }
-                guess = fits + (overflows - fits) / 2;
+                // Nothing fitted yet: try just over `cap` next, since a
+                // prefix no longer than the output saves nothing; if even
+                // that overflows, the data does not compress.
+                guess = if fits == 0 {
+                    cap + 1
+                } else {
+                    fits + (overflows - fits) / 2
+                };
             }
         }
     }
