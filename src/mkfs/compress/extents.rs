@@ -18,6 +18,8 @@ use crate::format::{
 pub const SEGMENT_SIZE: u64 = 16 << 20;
 /// Most input one pcluster may encode (mkfs.erofs's compress window).
 const MAX_EXTENT_INPUT: usize = 4000 * 1024;
+/// The first window tried, in pclusters.
+const SHORT_WINDOW_PCLUSTERS: usize = 32;
 
 /// One extent: `len` logical bytes stored in `data` (whole blocks).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,10 +44,16 @@ pub(super) fn compress_segment(
     let mut pos = 0;
     while pos < input.len() {
         let rest = &input[pos..];
-        let window = &rest[..rest.len().min(MAX_EXTENT_INPUT)];
         let compressed = if rest.len() > block {
-            enc.fit(window, pcluster)
-                .filter(|(n, c)| c.len().next_multiple_of(block) < *n)
+            // A short window first: encoders may cost in proportion to the
+            // input they are given; only when it is used up is the whole
+            // window tried.
+            let short = rest.len().min(SHORT_WINDOW_PCLUSTERS * pcluster);
+            let mut got = enc.fit(&rest[..short], pcluster);
+            if matches!(&got, Some((n, _)) if *n == short && short < rest.len()) {
+                got = enc.fit(&rest[..rest.len().min(MAX_EXTENT_INPUT)], pcluster);
+            }
+            got.filter(|(n, c)| c.len().next_multiple_of(block) < *n)
         } else {
             None
         };

@@ -135,7 +135,7 @@ impl ImageBuilder {
 }
 
 /// Open blocks the packer tries before starting a new one.
-const PACK_WINDOW: usize = 16;
+const PACK_WINDOW: usize = 64;
 
 /// Places `records` from `start` (block aligned), each into the first of
 /// the last few open blocks it fits in, so that inline tails (which may not
@@ -163,6 +163,10 @@ pub(super) fn pack(records: &mut [super::Record], start: u64, block: u64) -> u64
             open.retain(|&(b, _)| b != end_block);
             let next = rec.place(end, block);
             let first = rec.pos - rec.pos % block;
+            if first != end_block && end % block != 0 {
+                // Skipped the rest of `end`'s block: keep it for later ones.
+                open.push((end_block, end));
+            }
             // Any block the record fills up to is open for the next ones.
             let last = (next - 1) - (next - 1) % block;
             if first == last || next % block != 0 {
