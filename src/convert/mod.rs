@@ -332,8 +332,11 @@ fn compression_codec(
     if options.mode != Mode::Full {
         return Err(invalid(output, "--compress needs --mode full"));
     }
-    if compress.workers == Some(0) {
-        return Err(invalid(output, "--workers must be at least 1"));
+    if matches!(compress.workers, Some(n) if !(1..=1024).contains(&n)) {
+        return Err(invalid(
+            output,
+            "--workers must be at least 1 and at most 1024",
+        ));
     }
     Codec::parse(&compress.spec, compress.pcluster_size, 4096)
         .map(Some)

@@ -119,30 +119,6 @@ enum Payload {
     },
 }
 
-impl Payload {
-    /// The map header and full index of a compressed payload whose tail
-    /// block (if any) is at `tail_block`.
-    fn zindex(&self, block_bits: u8, tail_block: u64) -> Vec<u8> {
-        match self {
-            Payload::Compressed {
-                extents,
-                first_block,
-                tail,
-                algorithm,
-                big,
-                ..
-            } => super::compress::full_index(
-                extents,
-                *first_block,
-                tail.as_ref().map(|_| tail_block),
-                block_bits,
-                *algorithm,
-                *big,
-            ),
-            _ => Vec::new(),
-        }
-    }
-}
 
 /// One inode as laid out.
 struct Record {

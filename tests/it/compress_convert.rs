@@ -162,6 +162,11 @@ fn bad_compression_options_are_one_line_errors() {
             "at least 1",
         ),
         (
+            "many workers",
+            &["--compress", "lz4", "--workers", "5000"],
+            "at most 1024",
+        ),
+        (
             "index mode",
             &["--mode", "index", "--compress", "lz4"],
             "--mode full",

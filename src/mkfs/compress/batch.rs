@@ -84,7 +84,8 @@ impl Batch {
     pub fn push(&mut self, file: usize, data: Vec<u8>) -> bool {
         self.bytes += data.len();
         self.jobs.push((file, data));
-        self.bytes >= self.workers * super::SEGMENT_SIZE as usize
+        // At most 16 segments (256 MiB) are held, whatever the thread count.
+        self.bytes >= self.workers.min(16) * super::SEGMENT_SIZE as usize
     }
 
     /// Compresses every queued segment; returns (file, extents, input) in

@@ -132,7 +132,9 @@ fn search(
     let mut buf = vec![0u8; cap + 32];
     let mut best: Option<(usize, Vec<u8>)> = None;
     let (mut fits, mut overflows) = (0usize, input.len() + 1);
-    let mut guess = cap.saturating_mul(4);
+    // Just over the output first: if even that does not fit (incompressible
+    // data, most often), one try settles it.
+    let mut guess = cap + 1;
     // Each round narrows [fits, overflows); the bound only guards that.
     for _ in 0..64 {
         guess = guess.max(fits + 1).min(overflows - 1);
@@ -143,7 +145,10 @@ fn search(
                 if overflows <= fits + 1 || n + 1 >= cap {
                     break;
                 }
-                guess = (cap as u128 * guess as u128 / n as u128).min(usize::MAX as u128) as usize;
+                // From the ratio so far; at least 4x the output after the
+                // first probe, as erofs-utils starts.
+                let ratio = (cap as u128 * guess as u128 / n as u128).min(usize::MAX as u128);
+                guess = (ratio as usize).max(cap.saturating_mul(4));
             }
             _ => {
                 overflows = guess;

@@ -134,6 +134,31 @@ impl ImageBuilder {
     }
 }
 
+impl Payload {
+    /// The map header and full index of a compressed payload whose tail
+    /// block (if any) is at `tail_block`.
+    pub(super) fn zindex(&self, block_bits: u8, tail_block: u64) -> Vec<u8> {
+        match self {
+            Payload::Compressed {
+                extents,
+                first_block,
+                tail,
+                algorithm,
+                big,
+                ..
+            } => super::super::compress::full_index(
+                extents,
+                *first_block,
+                tail.as_ref().map(|_| tail_block),
+                block_bits,
+                *algorithm,
+                *big,
+            ),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// Open blocks the packer tries before starting a new one.
 const PACK_WINDOW: usize = 64;
 
