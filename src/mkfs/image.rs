@@ -119,7 +119,6 @@ enum Payload {
     },
 }
 
-
 /// One inode as laid out.
 struct Record {
     id: NodeId,
@@ -266,7 +265,7 @@ impl ImageBuilder {
         tree: &Tree,
         options: &BuildOptions,
     ) -> Result<BuildSummary, BuildError> {
-        self.flush_compressed()?;
+        self.flush_compressed(true)?;
         let nodes = tree.reachable();
         let epoch = common_mtime(tree, &nodes);
         let mut records = Vec::with_capacity(nodes.len());

@@ -43,6 +43,9 @@ impl CompressedFile {
     }
 }
 
+/// What a batch gives: (file number, extents, input) in queue order.
+pub type BatchResults = Vec<(usize, Vec<Extent>, Vec<u8>)>;
+
 /// `data` cut into raw one-block extents (a file stored flat).
 pub fn raw_extents(data: &[u8], block: usize) -> Vec<Extent> {
     data.chunks(block)
@@ -88,9 +91,17 @@ impl Batch {
         self.bytes >= self.workers.min(16) * super::SEGMENT_SIZE as usize
     }
 
+    /// The queued segments as a batch of their own (to run on another
+    /// thread); this one is left empty.
+    pub fn take(&mut self) -> Batch {
+        let jobs = std::mem::take(&mut self.jobs);
+        self.bytes = 0;
+        Batch { jobs, ..*self }
+    }
+
     /// Compresses every queued segment; returns (file, extents, input) in
     /// the order queued.
-    pub fn run(&mut self) -> Result<Vec<(usize, Vec<Extent>, Vec<u8>)>, String> {
+    pub fn run(&mut self) -> Result<BatchResults, String> {
         let jobs = std::mem::take(&mut self.jobs);
         self.bytes = 0;
         let next = AtomicUsize::new(0);

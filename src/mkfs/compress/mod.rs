@@ -13,7 +13,7 @@ mod batch;
 mod extents;
 mod fit;
 
-pub use batch::{raw_extents, Batch, CompressedFile};
+pub use batch::{raw_extents, Batch, BatchResults, CompressedFile};
 pub(crate) use extents::full_index;
 pub use extents::{Extent, SEGMENT_SIZE};
 

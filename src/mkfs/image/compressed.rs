@@ -16,7 +16,11 @@ pub(super) struct Compressing {
     batch: Batch,
     /// Files by the number `add_data` gave them (their `FileData::offset`).
     pub(super) files: Vec<CompressedFile>,
+    /// The batch compressing on other threads while the next one is read.
+    running: Option<std::thread::JoinHandle<Result<Results, String>>>,
 }
+
+use super::super::compress::BatchResults as Results;
 
 impl Compressing {
     pub(super) fn new(codec: Codec, workers: usize, block: usize) -> Self {
@@ -24,6 +28,7 @@ impl Compressing {
             codec,
             batch: Batch::new(codec, workers, block),
             files: Vec::new(),
+            running: None,
         }
     }
 }
@@ -60,7 +65,7 @@ impl ImageBuilder {
                 unreachable!("checked above")
             };
             if z.batch.push(number, data) {
-                self.flush_compressed()?;
+                self.flush_compressed(false)?;
             }
         }
         Ok(FileData {
@@ -69,12 +74,37 @@ impl ImageBuilder {
         })
     }
 
-    /// Compresses what is queued and writes the pclusters in queue order.
-    pub(super) fn flush_compressed(&mut self) -> io::Result<()> {
+    /// Starts compressing what is queued on other threads (reading goes
+    /// on meanwhile) and writes the batch started before it; with `last`,
+    /// compresses and writes everything. Batches are written in the order
+    /// they were queued.
+    pub(super) fn flush_compressed(&mut self, last: bool) -> io::Result<()> {
         let Some(z) = self.compress.as_mut() else {
             return Ok(());
         };
-        let results = z.batch.run().map_err(io::Error::other)?;
+        let mut next = z.batch.take();
+        if let Some(running) = z.running.take() {
+            let results = running
+                .join()
+                .map_err(|_| io::Error::other("a compression thread panicked"))?
+                .map_err(io::Error::other)?;
+            self.write_results(results)?;
+        }
+        if last {
+            let results = next.run().map_err(io::Error::other)?;
+            return self.write_results(results);
+        }
+        if let Some(z) = self.compress.as_mut() {
+            z.running = Some(std::thread::spawn(move || next.run()));
+        }
+        Ok(())
+    }
+
+    /// Writes one batch's pclusters and records its extents.
+    fn write_results(&mut self, results: Results) -> io::Result<()> {
+        let Some(z) = self.compress.as_mut() else {
+            return Ok(());
+        };
         let block = 1u64 << self.block_bits;
         for (file, mut extents, data) in results {
             let entry = &mut z.files[file];
@@ -188,7 +218,7 @@ pub(super) fn pack(records: &mut [super::Record], start: u64, block: u64) -> u64
             open.retain(|&(b, _)| b != end_block);
             let next = rec.place(end, block);
             let first = rec.pos - rec.pos % block;
-            if first != end_block && end % block != 0 {
+            if first != end_block && !end.is_multiple_of(block) {
                 // Skipped the rest of `end`'s block: keep it for later ones.
                 open.push((end_block, end));
             }
