@@ -2,8 +2,14 @@
 # Benchmarks `erofs-fuse convert` on a generated ~1 GB OCI layer, against the
 # floor of reading the stream (`tar tf -` from a pipe) and of reading and hashing it
 # (`sha256sum`; for the tar.gz, `gzip -dc | sha256sum`), and against
-# `mkfs.erofs --tar=i` when the installed mkfs.erofs has it (1.6+).
-# Prints a table of times (best of 3, input in the page cache) and ratios.
+# `mkfs.erofs --tar=i` when the installed mkfs.erofs has it (1.6+), and
+# `convert --mode full --compress lz4hc|zstd` against erofs-utils 1.9.3's
+# `mkfs.erofs --tar=f -zlz4hc|-zzstd` (built from fetched source into
+# /var/tmp/erofs-utils-1.9.3 if absent: needs git, autotools, liblz4-dev,
+# libzstd-dev, liblzma-dev, zlib1g-dev; EROFS_UTILS_SRC names a clone), time
+# and image size.
+# Prints a table of times (best of 3, input in the page cache; one run for
+# the compressed conversions) and ratios.
 #
 #   scripts/bench-convert.sh [--workdir DIR] [--clean]
 #
@@ -63,6 +69,13 @@ best() { # command...: best of 3 wall-clock seconds
     done
     echo "$best"
 }
+once() { # command...: wall-clock seconds of one run (the compressed
+    # conversions take minutes: the layer's 768 MB of random data is tried
+    # pcluster by pcluster)
+    local t0 t1
+    t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N)
+    python3 -c "print('%.3f' % ($t1 - $t0))"
+}
 # Warm the page cache: every figure reads from memory.
 cat "$tarfile" "$gzfile" >/dev/null
 
@@ -81,6 +94,16 @@ mkfs=
 if mkfs.erofs --help 2>&1 | grep -q -- '--tar'; then
     mkfs=$(best sh -c "mkfs.erofs --quiet --tar=i '$out/mkfs.erofs' < '$tarfile'")
 fi
+mkfs19=$(scripts/build-erofs-utils.sh 2>/dev/null || true)
+declare -A z zsize
+for alg in lz4hc zstd; do
+    z[$alg]=$(once "$bin" convert -q --mode full --compress $alg "$tarfile" "$out/$alg.erofs")
+    zsize[$alg]=$(stat -c %s "$out/$alg.erofs")
+    if [ -n "$mkfs19" ]; then
+        z[mkfs-$alg]=$(once sh -c "'$mkfs19' --quiet --tar=f -z$alg '$out/mkfs-$alg.erofs' < '$tarfile'")
+        zsize[mkfs-$alg]=$(stat -c %s "$out/mkfs-$alg.erofs")
+    fi
+done
 rm -rf "$out"
 
 ratio() { python3 -c "print('%.2fx' % ($1 / $2))"; }
@@ -96,5 +119,14 @@ row "erofs-fuse convert --mode full layer.tar" "${t[full]}"
 row "gzip -dc layer.tar.gz | sha256sum" "${t[gz-floor]}"
 row "erofs-fuse convert layer.tar.gz (index)" "${t[gz-index]}"
 if [ -n "$mkfs" ]; then row "mkfs.erofs --tar=i" "$mkfs"; else echo "(mkfs.erofs here, erofs-utils $(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo '?'), has no --tar)"; fi
+for alg in lz4hc zstd; do
+    row "erofs-fuse convert --mode full --compress $alg" "${z[$alg]}"
+    echo "    image ${zsize[$alg]} bytes"
+    if [ -n "$mkfs19" ]; then
+        row "mkfs.erofs 1.9.3 --tar=f -z$alg" "${z[mkfs-$alg]}"
+        echo "    image ${zsize[mkfs-$alg]} bytes ($(ratio "${zsize[$alg]}" "${zsize[mkfs-$alg]}") of it for erofs-fuse)"
+    fi
+done
+[ -n "$mkfs19" ] || echo "(erofs-utils 1.9.3 could not be built: scripts/build-erofs-utils.sh)"
 [ "$clean" = 1 ] && rm -rf "$work"
 exit 0

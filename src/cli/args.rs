@@ -544,6 +544,18 @@ pub struct ConvertArgs {
     /// SOURCE_DATE_EPOCH if set, else the newest mtime in the tar.
     #[arg(long, value_name = "SECONDS")]
     pub implied_mtime: Option<i64>,
+    /// --mode full: compress file data with ALGO (lz4, lz4hc, lzma,
+    /// deflate, zstd), optionally at level N; defaults as mkfs.erofs 1.9.
+    #[arg(long, value_name = "ALGO[,level=N]")]
+    pub compress: Option<String>,
+    /// Largest compressed cluster in bytes, a multiple of the 4096-byte
+    /// block (default 4096; larger ones compress better, read slower).
+    #[arg(short = 'C', long, value_name = "BYTES")]
+    pub pcluster_size: Option<u64>,
+    /// Compression threads (default: the number of CPUs); the output is
+    /// the same whatever the number.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
     /// No progress bar (it is shown only on a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,

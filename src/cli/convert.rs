@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use erofs_fuse::convert::{ConvertOptions, Mode};
+use erofs_fuse::convert::{CompressOptions, ConvertOptions, Mode};
 
 use super::args::{ConvertArgs, ConvertMode};
 use super::error::{CliError, Context, Result};
@@ -23,12 +23,30 @@ impl ConvertArgs {
             progress: !self.quiet,
             implied_mtime: self.implied_mtime,
         };
-        convert(&self.input, &self.output, options)
+        let compress = match self.compress {
+            Some(spec) => Some(CompressOptions {
+                spec,
+                pcluster_size: self.pcluster_size,
+                workers: self.workers,
+            }),
+            None if self.pcluster_size.is_some() || self.workers.is_some() => {
+                return Err(CliError::msg(
+                    "--pcluster-size and --workers need --compress",
+                ))
+            }
+            None => None,
+        };
+        convert(&self.input, &self.output, options, compress)
     }
 }
 
 /// A layer tar to EROFS, then its digests.
-fn convert(input: &Path, output: &Path, mut options: ConvertOptions) -> Result {
+fn convert(
+    input: &Path,
+    output: &Path,
+    mut options: ConvertOptions,
+    compress: Option<CompressOptions>,
+) -> Result {
     if options.mode == Mode::Full && (options.append_tar || options.tar_out.is_some()) {
         return Err(CliError::msg(
             "--append-tar and --tar-out apply to --mode index only",
@@ -44,7 +62,25 @@ fn convert(input: &Path, output: &Path, mut options: ConvertOptions) -> Result {
             options.implied_mtime = Some(seconds);
         }
     }
-    let report = erofs_fuse::convert::convert(input, output, &options).with_context(|| {
+    if input.is_dir() {
+        // A tree is always copied in full, as mkfs.erofs DIR does.
+        options.mode = Mode::Full;
+        let summary = erofs_fuse::convert::convert_tree(input, output, &options, compress.as_ref())
+            .with_context(|| format!("converting {}", input.display()))?;
+        let _ = writeln!(
+            std::io::stdout().lock(),
+            "image {} ({} bytes, {} inodes)",
+            output.display(),
+            summary.image_size,
+            summary.inodes
+        );
+        return Ok(());
+    }
+    let report = match &compress {
+        Some(c) => erofs_fuse::convert::convert_compressed(input, output, &options, c),
+        None => erofs_fuse::convert::convert(input, output, &options),
+    };
+    let report = report.with_context(|| {
         if input == Path::new("-") {
             "converting stdin".to_string()
         } else {

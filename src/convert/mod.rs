@@ -8,6 +8,7 @@
 //! zstd are detected by their magic, and memory grows with the number of entries, not
 //! with the data.
 
+mod dir;
 mod input;
 mod pax;
 mod pax_records;
@@ -22,8 +23,10 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use crate::mkfs::compress::Codec;
 use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
+pub use dir::convert_tree;
 use input::{open_input, Tee};
 pub use input::{Compression, Digest};
 pub use stream::MAX_EXTENSION_SIZE;
@@ -61,6 +64,17 @@ pub struct ConvertOptions {
     /// Modification time of the root and of implied directories (default:
     /// the newest in the tar).
     pub implied_mtime: Option<i64>,
+}
+
+/// Compression of a full image's file data ([`convert_compressed`]).
+#[derive(Debug, Clone, Default)]
+pub struct CompressOptions {
+    /// `ALGO[,level=N]`: lz4, lz4hc, lzma, deflate or zstd.
+    pub spec: String,
+    /// Largest pcluster in bytes (default: the block size).
+    pub pcluster_size: Option<u64>,
+    /// Compression threads (default: the CPUs).
+    pub workers: Option<usize>,
 }
 
 /// What a conversion produced.
@@ -139,6 +153,17 @@ pub fn convert(
     convert_at(input, &dir, &name, options)
 }
 
+/// [`convert`] with file data compressed (`--mode full` only).
+pub fn convert_compressed(
+    input: &Path,
+    output: &Path,
+    options: &ConvertOptions,
+    compress: &CompressOptions,
+) -> Result<ConvertReport, ConvertError> {
+    let (dir, name) = OutputDir::of(output).map_err(|e| ConvertError::io(output, e))?;
+    convert_inner(input, &dir, &name, options, Some(compress))
+}
+
 /// [`convert`] into the file `name` of the directory `dir`, already open.
 pub(crate) fn convert_at(
     input: &Path,
@@ -146,11 +171,22 @@ pub(crate) fn convert_at(
     name: &OsStr,
     options: &ConvertOptions,
 ) -> Result<ConvertReport, ConvertError> {
+    convert_inner(input, dir, name, options, None)
+}
+
+fn convert_inner(
+    input: &Path,
+    dir: &OutputDir,
+    name: &OsStr,
+    options: &ConvertOptions,
+    compress: Option<&CompressOptions>,
+) -> Result<ConvertReport, ConvertError> {
     let output = dir.path().join(name);
     let from_stdin = input == Path::new("-");
     if !from_stdin && same_target(input, &output) {
         return Err(invalid(&output, "the output is the input"));
     }
+    let codec = compression_codec(options, compress, &output)?;
     let mut source = open_input(input, options.progress, options.gzinfo.is_some())
         .map_err(|e| ConvertError::io(input, e))?;
     let compression = source.compression;
@@ -176,6 +212,12 @@ pub(crate) fn convert_at(
         .map_err(|e| ConvertError::io(&output, e))?;
     let mut builder =
         ImageBuilder::new(out, block_bits).map_err(|e| ConvertError::io(&output, e))?;
+    if let Some(codec) = codec {
+        let workers = compress
+            .and_then(|c| c.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        builder.set_compression(codec, workers);
+    }
     let tar_options = TarOptions {
         aufs: options.aufs,
         implied_mtime: options.implied_mtime,
@@ -273,6 +315,36 @@ fn append_tar(
     }
     .map_err(|e| ConvertError::io(tar_name, e))?;
     append(image, image_size, &mut tar).map_err(|e| ConvertError::io(output, e))
+}
+
+/// Compression threads: as asked, else one per CPU.
+fn workers(compress: Option<&CompressOptions>) -> usize {
+    compress
+        .and_then(|c| c.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The codec `options` ask for, checked before any input is read.
+fn compression_codec(
+    options: &ConvertOptions,
+    compress: Option<&CompressOptions>,
+    output: &Path,
+) -> Result<Option<Codec>, ConvertError> {
+    let Some(compress) = compress else {
+        return Ok(None);
+    };
+    if options.mode != Mode::Full {
+        return Err(invalid(output, "--compress needs --mode full"));
+    }
+    if matches!(compress.workers, Some(n) if !(1..=1024).contains(&n)) {
+        return Err(invalid(
+            output,
+            "--workers must be at least 1 and at most 1024",
+        ));
+    }
+    Codec::parse(&compress.spec, compress.pcluster_size, 4096)
+        .map(Some)
+        .map_err(|e| invalid(output, &e))
 }
 
 /// Writes the metadata of `tree` and finishes the image: its data in the

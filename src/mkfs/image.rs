@@ -20,11 +20,16 @@ use super::xattr;
 use crate::format::{
     superblock_checksum, superblock_checksum_len, DataLayout, DeviceSlot, SuperBlock,
     CHUNK_INDEX_SIZE, COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE, EROFS_MAGIC, INCOMPAT_CHUNKED_FILE,
-    INCOMPAT_DEVICE_TABLE, INODE_COMPACT_SIZE, INODE_EXTENDED_SIZE, INODE_SLOT_SIZE,
-    SUPERBLOCK_BASE_SIZE, SUPERBLOCK_CHECKSUM_FIELD, SUPERBLOCK_OFFSET,
+    INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_ZERO_PADDING, INODE_COMPACT_SIZE,
+    INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE, SUPERBLOCK_CHECKSUM_FIELD,
+    SUPERBLOCK_OFFSET,
 };
 
+mod compressed;
 mod encode;
+
+use super::compress::Codec;
+use compressed::Compressing;
 
 /// Where regular files' bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +83,8 @@ pub struct ImageBuilder {
     block_bits: u8,
     /// End of the data area, in bytes (block aligned).
     data_end: u64,
+    /// File data is compressed (full mode with `--compress`).
+    compress: Option<Compressing>,
 }
 
 /// How an inode's contents are stored.
@@ -94,6 +101,21 @@ enum Payload {
         chunk_bits: u8,
         count: u64,
         first_block: u64,
+    },
+    /// File data in the image's data area from `blkaddr`, the last
+    /// partial block inline after the inode.
+    FlatTail { blkaddr: u64, tail: Vec<u8> },
+    /// Compressed file data: extents (length, raw, blocks) whose pclusters
+    /// are back to back from `first_block`, except a `tail` PLAIN block
+    /// kept for the block area; the map header and full index follow the
+    /// xattrs.
+    Compressed {
+        extents: Vec<(u64, bool, u64)>,
+        first_block: u64,
+        blocks: u64,
+        tail: Option<Vec<u8>>,
+        algorithm: u8,
+        big: bool,
     },
 }
 
@@ -146,6 +168,18 @@ impl Record {
             Payload::Chunks { count, .. } => {
                 base.next_multiple_of(CHUNK_INDEX_SIZE) + CHUNK_INDEX_SIZE * count
             }
+            Payload::FlatTail { ref tail, .. } => {
+                let tail = tail.len() as u64;
+                if pos % block + base + tail > block {
+                    pos = pos.next_multiple_of(block);
+                }
+                self.inline = tail;
+                base + tail
+            }
+            Payload::Compressed { .. } => {
+                let bits = block.trailing_zeros() as u8;
+                base.next_multiple_of(8) + self.payload.zindex(bits, 0).len() as u64
+            }
             _ => base,
         };
         self.pos = pos;
@@ -155,7 +189,9 @@ impl Record {
     fn layout(&self) -> DataLayout {
         match self.payload {
             Payload::Bytes { .. } if self.inline > 0 => DataLayout::FlatInline,
+            Payload::FlatTail { .. } => DataLayout::FlatInline,
             Payload::Chunks { .. } => DataLayout::ChunkBased,
+            Payload::Compressed { .. } => DataLayout::CompressedFull,
             _ => DataLayout::FlatPlain,
         }
     }
@@ -186,12 +222,24 @@ impl ImageBuilder {
             out,
             block_bits,
             data_end,
+            compress: None,
         })
+    }
+
+    /// Compresses file data added from now on with `codec` on `workers`
+    /// threads (full mode only).
+    pub fn set_compression(&mut self, codec: Codec, workers: usize) {
+        let block = 1usize << self.block_bits;
+        self.compress = Some(Compressing::new(codec, workers, block));
     }
 
     /// Copies `size` bytes of file data from `reader` into the data area
     /// (full mode) and returns where they are.
+    /// With compression, the returned offset is the file's number instead.
     pub fn add_data(&mut self, reader: &mut impl Read, size: u64) -> io::Result<FileData> {
+        if self.compress.is_some() {
+            return self.add_compressed(reader, size);
+        }
         let offset = self.data_end;
         let mut writer = OffsetWriter {
             file: &self.out,
@@ -212,7 +260,12 @@ impl ImageBuilder {
     /// Lays out and writes the metadata of `tree`, finishing the image:
     /// decides each inode's form, lays the inodes and blocks out, assigns
     /// nids, then writes the metadata and the superblock.
-    pub fn finish(self, tree: &Tree, options: &BuildOptions) -> Result<BuildSummary, BuildError> {
+    pub fn finish(
+        mut self,
+        tree: &Tree,
+        options: &BuildOptions,
+    ) -> Result<BuildSummary, BuildError> {
+        self.flush_compressed(true)?;
         let nodes = tree.reachable();
         let epoch = common_mtime(tree, &nodes);
         let mut records = Vec::with_capacity(nodes.len());
@@ -246,16 +299,28 @@ impl ImageBuilder {
     fn layout(&self, records: &mut [Record]) -> Result<Layout, BuildError> {
         let block = 1u64 << self.block_bits;
         let meta_start = self.data_end;
-        let mut pos = meta_start;
-        for rec in records.iter_mut() {
-            pos = rec.place(pos, block);
-        }
+        let pos = if self.compress.is_some() {
+            compressed::pack(records, meta_start, block)
+        } else {
+            let mut pos = meta_start;
+            for rec in records.iter_mut() {
+                pos = rec.place(pos, block);
+            }
+            pos
+        };
         let blocks_start = pos.next_multiple_of(block);
         let mut next_block = blocks_start / block;
         for rec in records.iter_mut() {
-            if let Payload::Bytes { size } = rec.payload {
-                rec.blkaddr = next_block;
-                next_block += (size - rec.inline).div_ceil(block);
+            match rec.payload {
+                Payload::Bytes { size } => {
+                    rec.blkaddr = next_block;
+                    next_block += (size - rec.inline).div_ceil(block);
+                }
+                Payload::Compressed { tail: Some(_), .. } => {
+                    rec.blkaddr = next_block;
+                    next_block += 1;
+                }
+                _ => {}
             }
         }
         let image_size = next_block * block;
@@ -293,6 +358,17 @@ impl ImageBuilder {
             NodeData::Symlink(target) => {
                 let size = target.len() as u64;
                 (refs, Payload::Bytes { size }, size)
+            }
+            NodeData::File(data) if data.size > 0 && self.compress.is_some() => {
+                // Room for an inline tail: the larger inode core, conservatively.
+                let base = INODE_EXTENDED_SIZE + xattr::encode(&node.xattrs).0.len() as u64;
+                let payload = self.compressed_payload(data.offset, base).ok_or_else(|| {
+                    BuildError::Unrepresentable(format!(
+                        "no data for compressed file {}",
+                        data.offset
+                    ))
+                })?;
+                (refs, payload, data.size)
             }
             NodeData::File(data) if data.size > 0 => {
                 if data.offset % (1 << block_bits) != 0 {
@@ -351,6 +427,13 @@ impl ImageBuilder {
             DataSource::Tar { .. } => (INCOMPAT_CHUNKED_FILE | INCOMPAT_DEVICE_TABLE, 1),
             DataSource::Image => (0, 0),
         };
+        let (incompat, algs) = match &self.compress {
+            Some(z) => (
+                incompat | INCOMPAT_ZERO_PADDING | INCOMPAT_COMPR_CFGS,
+                1u16 << z.codec.algorithm.id(),
+            ),
+            None => (incompat, 0),
+        };
         let root_nid = u16::try_from(geo.root_nid)
             .map_err(|_| BuildError::Unrepresentable("root inode past nid 65535".into()))?;
         let sb = SuperBlock {
@@ -369,7 +452,7 @@ impl ImageBuilder {
             uuid: options.uuid,
             volume_name: [0; 16],
             feature_incompat: U32::new(incompat),
-            compr_algs_or_lz4_distance: U16::new(0),
+            compr_algs_or_lz4_distance: U16::new(algs),
             extra_devices: U16::new(extra_devices),
             devt_slotoff: U16::new(if extra_devices > 0 { DEVT_SLOTOFF } else { 0 }),
             dirblkbits: 0,
@@ -399,11 +482,18 @@ impl ImageBuilder {
             let at = DEVT_SLOTOFF as usize * DEVICE_SLOT_SIZE as usize - SUPERBLOCK_OFFSET as usize;
             area[at..at + slot.as_bytes().len()].copy_from_slice(slot.as_bytes());
         }
+        let mut len = SUPERBLOCK_BASE_SIZE + DEVICE_SLOT_SIZE as usize;
+        if let Some(z) = &self.compress {
+            // The one COMPR_CFGS record follows the superblock.
+            let record = z.codec.config_record(block);
+            area[SUPERBLOCK_BASE_SIZE..SUPERBLOCK_BASE_SIZE + record.len()]
+                .copy_from_slice(&record);
+            len = len.max(SUPERBLOCK_BASE_SIZE + record.len());
+        }
         let checksum = superblock_checksum(&area);
         area[SUPERBLOCK_CHECKSUM_FIELD].copy_from_slice(&checksum.to_le_bytes());
         // The checksummed area ends before the first inode or data block
         // (see `new`), and the rest of it is still zeros in the file.
-        let len = SUPERBLOCK_BASE_SIZE + DEVICE_SLOT_SIZE as usize;
         self.out.write_all_at(&area[..len], SUPERBLOCK_OFFSET)?;
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! data is) is filled by a front end such as the tar converter, then an
 //! [`ImageBuilder`] lays it out and writes it. Knows nothing of tar or FUSE.
 
+pub mod compress;
 mod dir;
 mod image;
 mod tree;

@@ -14,8 +14,10 @@ mod common;
 
 // The fast tier (tests in it that mount are ignored without the feature).
 mod cli_values;
+mod compress_convert;
 mod compressed;
 mod convert;
+mod convert_dir;
 mod device_maps;
 mod diff;
 mod diff_hostile;
@@ -40,6 +42,8 @@ mod zinfo_device;
 mod attach;
 #[cfg(feature = "privileged")]
 mod changing_inputs;
+#[cfg(feature = "privileged")]
+mod compress_kernel;
 #[cfg(feature = "privileged")]
 mod diff_overlay;
 #[cfg(feature = "privileged")]

@@ -88,6 +88,18 @@ impl Layout {
                     off += bytes.len();
                 }
             }
+            Payload::FlatTail { ref tail, .. } => {
+                meta[off..off + tail.len()].copy_from_slice(tail);
+            }
+            Payload::Compressed { ref tail, .. } => {
+                off = off.next_multiple_of(8);
+                let index = rec.payload.zindex(self.block_bits, rec.blkaddr);
+                meta[off..off + index.len()].copy_from_slice(&index);
+                if let Some(tail) = tail {
+                    let b = (rec.blkaddr * self.block - self.blocks_start) as usize;
+                    blocks[b..b + tail.len()].copy_from_slice(tail);
+                }
+            }
             _ => {}
         }
     }
@@ -134,6 +146,8 @@ fn inode_bytes(rec: &Record, node: &Node, size: u64, block_bits: u8, ino: u32) -
             u32::from(CHUNK_FORMAT_INDEXES | u16::from(chunk_bits - block_bits))
         }
         (_, Payload::Flat { blkaddr }) => *blkaddr as u32,
+        (_, Payload::Compressed { blocks, .. }) => *blocks as u32,
+        (_, Payload::FlatTail { blkaddr, .. }) => *blkaddr as u32,
         (_, Payload::Bytes { .. }) => rec.blkaddr as u32,
         _ => 0,
     };

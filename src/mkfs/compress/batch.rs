@@ -1,0 +1,144 @@
+//! Compressing queued segments on several threads. Jobs are numbered in
+//! the order they were queued and their results are used in that order, so
+//! the image does not depend on the worker count.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::extents::{compress_segment, Extent};
+use super::fit::Encoder;
+use super::Codec;
+
+/// One compressed file as stored: its pclusters are back to back.
+#[derive(Debug, Clone, Default)]
+pub struct CompressedFile {
+    /// Block of its first pcluster (`None` while nothing is written).
+    pub first_block: Option<u64>,
+    /// Each extent: logical length, stored raw, pcluster blocks.
+    pub extents: Vec<(u64, bool, u64)>,
+    /// File size.
+    pub size: u64,
+    /// Logical bytes whose extents are known.
+    pub done: u64,
+    /// A raw file's last partial block, not written yet: it goes inline
+    /// after the inode when it fits there.
+    pub tail: Option<Vec<u8>>,
+}
+
+impl CompressedFile {
+    /// Blocks its pclusters take.
+    pub fn blocks(&self) -> u64 {
+        self.extents.iter().map(|e| e.2).sum()
+    }
+
+    /// Blocks written to the data area (all but a held tail).
+    pub fn written_blocks(&self) -> u64 {
+        self.blocks() - u64::from(self.tail.is_some())
+    }
+
+    /// Whether every extent is a raw block from offset 0: the data is then
+    /// exactly the file stored flat from `first_block`.
+    pub fn is_flat(&self) -> bool {
+        self.extents.iter().all(|e| e.1)
+    }
+}
+
+/// What a batch gives: (file number, extents, input) in queue order.
+pub type BatchResults = Vec<(usize, Vec<Extent>, Vec<u8>)>;
+
+/// `data` cut into raw one-block extents (a file stored flat).
+pub fn raw_extents(data: &[u8], block: usize) -> Vec<Extent> {
+    data.chunks(block)
+        .map(|c| {
+            let mut d = c.to_vec();
+            d.resize(block, 0);
+            Extent {
+                len: c.len() as u64,
+                raw: true,
+                data: d,
+            }
+        })
+        .collect()
+}
+
+/// Segments waiting to be compressed.
+pub struct Batch {
+    codec: Codec,
+    workers: usize,
+    block: usize,
+    jobs: Vec<(usize, Vec<u8>)>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// An empty batch for `codec` run on `workers` threads, `block`-byte blocks.
+    pub fn new(codec: Codec, workers: usize, block: usize) -> Self {
+        Self {
+            codec,
+            workers: workers.max(1),
+            block,
+            jobs: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Queues a segment of file number `file`; true when the batch is
+    /// full enough to run.
+    pub fn push(&mut self, file: usize, data: Vec<u8>) -> bool {
+        self.bytes += data.len();
+        self.jobs.push((file, data));
+        // At most 16 segments (256 MiB) are held, whatever the thread count.
+        self.bytes >= self.workers.min(16) * super::SEGMENT_SIZE as usize
+    }
+
+    /// The queued segments as a batch of their own (to run on another
+    /// thread); this one is left empty.
+    pub fn take(&mut self) -> Batch {
+        let jobs = std::mem::take(&mut self.jobs);
+        self.bytes = 0;
+        Batch { jobs, ..*self }
+    }
+
+    /// Compresses every queued segment; returns (file, extents, input) in
+    /// the order queued.
+    pub fn run(&mut self) -> Result<BatchResults, String> {
+        let jobs = std::mem::take(&mut self.jobs);
+        self.bytes = 0;
+        let next = AtomicUsize::new(0);
+        let results: Vec<Mutex<Option<Vec<Extent>>>> =
+            jobs.iter().map(|_| Mutex::new(None)).collect();
+        let threads = self.workers.min(jobs.len());
+        let (codec, block) = (self.codec, self.block);
+        let pcluster = codec.pcluster_size as usize;
+        std::thread::scope(|scope| -> Result<(), String> {
+            let work = || -> Result<(), String> {
+                let mut enc = Encoder::new(codec)?;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((_, data)) = jobs.get(i) else {
+                        return Ok(());
+                    };
+                    let extents = compress_segment(&mut enc, data, block, pcluster);
+                    *results[i].lock().map_err(|_| "worker panicked")? = Some(extents);
+                }
+            };
+            let handles: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+            work()?;
+            for h in handles {
+                h.join().map_err(|_| "compression worker panicked")??;
+            }
+            Ok(())
+        })?;
+        jobs.into_iter()
+            .zip(results)
+            .map(|((file, data), r)| {
+                let extents = r
+                    .into_inner()
+                    .ok()
+                    .flatten()
+                    .ok_or("a segment was not compressed")?;
+                Ok((file, extents, data))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,160 @@
+//! Cutting file data into extents (one pcluster each) and writing the
+//! full (legacy, 8-byte) lcluster index that maps them.
+//!
+//! Files are cut into segments of [`SEGMENT_SIZE`] bytes compressed
+//! independently (as mkfs.erofs's segments), so the work spreads over
+//! threads and the result does not depend on how it was spread.
+
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{Immutable, IntoBytes};
+
+use super::fit::Encoder;
+use crate::format::{
+    ADVISE_BIG_PCLUSTER_1, LCLUSTER_TYPE_HEAD1, LCLUSTER_TYPE_NONHEAD, LCLUSTER_TYPE_PLAIN,
+    LI_D0_CBLKCNT,
+};
+
+/// Bytes of a file compressed as one unit (a multiple of every block size).
+pub const SEGMENT_SIZE: u64 = 16 << 20;
+/// Most input one pcluster may encode (mkfs.erofs's compress window).
+const MAX_EXTENT_INPUT: usize = 4000 * 1024;
+/// The first window tried, in pclusters.
+const SHORT_WINDOW_PCLUSTERS: usize = 32;
+
+/// One extent: `len` logical bytes stored in `data` (whole blocks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Extent {
+    /// Logical length.
+    pub len: u64,
+    /// Stored uncompressed (a PLAIN lcluster) rather than compressed.
+    pub raw: bool,
+    /// The pcluster's bytes: whole blocks, encoded data right-aligned.
+    pub data: Vec<u8>,
+}
+
+/// Compresses one segment (`input`, starting block-aligned in its file)
+/// into extents. A pcluster is kept compressed only if it saves a block.
+pub(super) fn compress_segment(
+    enc: &mut Encoder,
+    input: &[u8],
+    block: usize,
+    pcluster: usize,
+) -> Vec<Extent> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() {
+        let rest = &input[pos..];
+        let compressed = if rest.len() > block {
+            // A short window first: encoders may cost in proportion to the
+            // input they are given; only when it is used up is the whole
+            // window tried.
+            let short = rest.len().min(SHORT_WINDOW_PCLUSTERS * pcluster);
+            let mut got = enc.fit(&rest[..short], pcluster);
+            if matches!(&got, Some((n, _)) if *n == short && short < rest.len()) {
+                got = enc.fit(&rest[..rest.len().min(MAX_EXTENT_INPUT)], pcluster);
+            }
+            got.filter(|(n, c)| c.len().next_multiple_of(block) < *n)
+        } else {
+            None
+        };
+        let extent = match compressed {
+            Some((n, c)) => {
+                let plen = c.len().next_multiple_of(block);
+                let mut data = vec![0u8; plen - c.len()];
+                data.extend_from_slice(&c);
+                Extent {
+                    len: n as u64,
+                    raw: false,
+                    data,
+                }
+            }
+            None => {
+                let n = rest.len().min(block);
+                let mut data = rest[..n].to_vec();
+                data.resize(block, 0);
+                Extent {
+                    len: n as u64,
+                    raw: true,
+                    data,
+                }
+            }
+        };
+        pos += extent.len as usize;
+        out.push(extent);
+    }
+    out
+}
+
+/// `struct z_erofs_lcluster_index`, as written.
+#[derive(IntoBytes, Immutable)]
+#[repr(C)]
+struct Index {
+    advise: U16,
+    cluster_offset: U16,
+    addr_or_deltas: U32,
+}
+
+/// The map header, its 8 reserved bytes and the full lcluster index of a
+/// file whose extents (in order, pclusters stored back to back from block
+/// `first_block`, but the last at `tail_block` if given) are `extents`;
+/// lclusters are one block.
+pub(crate) fn full_index(
+    extents: &[(u64, bool, u64)],
+    first_block: u64,
+    tail_block: Option<u64>,
+    block_bits: u8,
+    algorithm: u8,
+    big: bool,
+) -> Vec<u8> {
+    let block = 1u64 << block_bits;
+    let mut out = Vec::new();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    let advise = if big { ADVISE_BIG_PCLUSTER_1 } else { 0 };
+    out.extend_from_slice(&advise.to_le_bytes());
+    out.extend_from_slice(&[algorithm, 0]);
+    out.extend_from_slice(&[0u8; 8]);
+    let push = |out: &mut Vec<u8>, kind: u8, offset: u64, word: u32| {
+        let index = Index {
+            advise: U16::new(u16::from(kind)),
+            cluster_offset: U16::new(offset as u16),
+            addr_or_deltas: U32::new(word),
+        };
+        out.extend_from_slice(index.as_bytes());
+    };
+    let (mut start, mut blkaddr) = (0u64, first_block);
+    let mut pending_tail = false;
+    for (i, &(len, raw, blocks)) in extents.iter().enumerate() {
+        if i + 1 == extents.len() {
+            blkaddr = tail_block.unwrap_or(blkaddr);
+        }
+        let end = start + len;
+        let (head_lcn, end_lcn) = (start >> block_bits, end >> block_bits);
+        let kind = if raw {
+            LCLUSTER_TYPE_PLAIN
+        } else {
+            LCLUSTER_TYPE_HEAD1
+        };
+        push(&mut out, kind, start % block, blkaddr as u32);
+        for lcn in head_lcn + 1..end_lcn {
+            let d0 = lcn - head_lcn;
+            let d1 = (end_lcn - lcn).min(0xffff) as u32;
+            let d0 = if d0 == 1 && big {
+                u32::from(LI_D0_CBLKCNT) | blocks as u32
+            } else {
+                d0.min(u64::from(LI_D0_CBLKCNT) - 1) as u32
+            };
+            push(&mut out, LCLUSTER_TYPE_NONHEAD, 0, d0 | d1 << 16);
+        }
+        // An extent ending inside the lcluster it starts in (a short
+        // raw tail) leaves no lcluster for a final index.
+        pending_tail = end_lcn > head_lcn && end % block != 0;
+        start = end;
+        blkaddr += blocks;
+    }
+    if pending_tail {
+        // The lcluster holding the end of the file: a PLAIN index whose
+        // offset is the end, as mkfs.erofs writes it.
+        push(&mut out, LCLUSTER_TYPE_PLAIN, start % block, 0);
+    }
+    out
+}

@@ -1,0 +1,160 @@
+//! Compressed file data for full images (`convert --compress`): the codec
+//! options, the fixed-output encoders ([`fit`]), cutting a file into
+//! pclusters ([`extents`]) and its full lcluster index, and the parallel,
+//! deterministic batch runner ([`batch`]).
+//!
+//! Layout (as mkfs.erofs with its defaults): lclusters of one block,
+//! pclusters of `pcluster_size` bytes (big pclusters above one block),
+//! encoded data right-aligned in its pcluster (0padding), a block left
+//! uncompressed when compressing it does not save a block, and a file that
+//! compresses to no fewer blocks than it has stored flat.
+
+mod batch;
+mod extents;
+mod fit;
+
+pub use batch::{raw_extents, Batch, BatchResults, CompressedFile};
+pub(crate) use extents::full_index;
+pub use extents::{Extent, SEGMENT_SIZE};
+
+use crate::format::{
+    COMPRESSION_DEFLATE, COMPRESSION_LZ4, COMPRESSION_LZMA, COMPRESSION_ZSTD, PCLUSTER_MAX_SIZE,
+};
+
+/// A compression algorithm `convert --compress` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// LZ4, fast mode.
+    Lz4,
+    /// LZ4 high compression (same format as LZ4).
+    Lz4hc,
+    /// LZMA in MicroLZMA framing.
+    Lzma,
+    /// Raw DEFLATE.
+    Deflate,
+    /// Zstandard.
+    Zstd,
+}
+
+impl Algorithm {
+    /// The on-disk algorithm id.
+    pub fn id(self) -> u8 {
+        match self {
+            Self::Lz4 | Self::Lz4hc => COMPRESSION_LZ4,
+            Self::Lzma => COMPRESSION_LZMA,
+            Self::Deflate => COMPRESSION_DEFLATE,
+            Self::Zstd => COMPRESSION_ZSTD,
+        }
+    }
+
+    /// mkfs.erofs 1.9's default level and the accepted range. DEFLATE is
+    /// the exception: mkfs.erofs's own encoder (kite) at its default level 1
+    /// packs about as tightly as zlib at 6 (zlib-rs's level 1 emits fixed
+    /// Huffman blocks, a third larger), so 6 is the default here.
+    fn levels(self) -> (i32, std::ops::RangeInclusive<i32>) {
+        match self {
+            Self::Lz4 => (0, 0..=0),
+            Self::Lz4hc => (9, 1..=12),
+            Self::Lzma => (6, 0..=9),
+            Self::Deflate => (6, 0..=9),
+            Self::Zstd => (3, 1..=22),
+        }
+    }
+}
+
+/// How file data is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Codec {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// Its level.
+    pub level: i32,
+    /// Largest encoded pcluster, in bytes (a multiple of the block size).
+    pub pcluster_size: u32,
+}
+
+impl Codec {
+    /// Parses `ALGO[,level=N]` with pcluster size `pcluster` (default: the
+    /// block size) for blocks of `block` bytes; the error is one line.
+    pub fn parse(spec: &str, pcluster: Option<u64>, block: u64) -> Result<Self, String> {
+        let mut parts = spec.split(',');
+        let name = parts.next().unwrap_or_default();
+        let algorithm = match name {
+            "lz4" => Algorithm::Lz4,
+            "lz4hc" => Algorithm::Lz4hc,
+            "lzma" => Algorithm::Lzma,
+            "deflate" => Algorithm::Deflate,
+            "zstd" => Algorithm::Zstd,
+            _ => {
+                return Err(format!(
+                    "unknown compression '{name}' (lz4, lz4hc, lzma, deflate, zstd)"
+                ))
+            }
+        };
+        let (default, range) = algorithm.levels();
+        let mut level = default;
+        for opt in parts {
+            let value = opt
+                .strip_prefix("level=")
+                .ok_or_else(|| format!("unknown compression option '{opt}' (level=N)"))?;
+            level = value
+                .parse()
+                .ok()
+                .filter(|l| range.contains(l))
+                .ok_or_else(|| {
+                    format!(
+                        "{name} level '{value}' is out of range {}..={}",
+                        range.start(),
+                        range.end()
+                    )
+                })?;
+        }
+        let pcluster_size = pcluster.unwrap_or(block);
+        if pcluster_size == 0
+            || !pcluster_size.is_multiple_of(block)
+            || pcluster_size > PCLUSTER_MAX_SIZE
+        {
+            return Err(format!(
+                "pcluster size {pcluster_size} is not a multiple of the block size {block} up to {PCLUSTER_MAX_SIZE}"
+            ));
+        }
+        Ok(Self {
+            algorithm,
+            level,
+            pcluster_size: pcluster_size as u32,
+        })
+    }
+
+    /// zstd's window, as log2: mkfs.erofs's default (8 pclusters, at most 1 MiB).
+    fn zstd_window_log(&self) -> i32 {
+        let size = (u64::from(self.pcluster_size) << 3).min(PCLUSTER_MAX_SIZE);
+        63 - size.leading_zeros() as i32
+    }
+
+    /// LZMA's dictionary: mkfs.erofs's default (4 pclusters, 32 KiB to 8 MiB).
+    fn lzma_dict_size(&self) -> u32 {
+        (self.pcluster_size << 2).clamp(32768, crate::format::LZMA_MAX_DICT_SIZE)
+    }
+
+    /// The `COMPR_CFGS` record of this codec (payload after its le16 size).
+    pub fn config_record(&self, block: u64) -> Vec<u8> {
+        let mut rec = match self.algorithm {
+            Algorithm::Lz4 | Algorithm::Lz4hc => {
+                let blocks = (u64::from(self.pcluster_size) / block) as u16;
+                let mut r = vec![0u8; 14];
+                r[2..4].copy_from_slice(&blocks.to_le_bytes());
+                r
+            }
+            Algorithm::Lzma => {
+                let mut r = vec![0u8; 14];
+                r[..4].copy_from_slice(&self.lzma_dict_size().to_le_bytes());
+                r
+            }
+            Algorithm::Deflate => vec![15, 0, 0, 0, 0, 0],
+            Algorithm::Zstd => vec![0, (self.zstd_window_log() - 10) as u8, 0, 0, 0, 0],
+        };
+        let len = rec.len() as u16;
+        rec.splice(0..0, len.to_le_bytes());
+        rec
+    }
+}

@@ -1,0 +1,188 @@
+//! `convert --mode full --compress`: every algorithm, with and without big
+//! pclusters, reads back (library; kernel in the privileged tier) exactly
+//! as the uncompressed full image of the same tar; output does not depend
+//! on the worker count; bad options are one-line errors.
+use crate::common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use erofs_fuse::convert::{convert, convert_compressed, CompressOptions, ConvertOptions, Mode};
+
+const ALGORITHMS: &[&str] = &["lz4", "lz4hc", "zstd", "lzma", "deflate"];
+const PCLUSTERS: &[u64] = &[4096, 65536];
+
+/// A tar of files that stress pcluster and block boundaries: random,
+/// text, zeros, a mix, empty and 1-byte files, sizes around 4 KiB and
+/// 64 KiB multiples.
+pub fn boundary_tar(dir: &Path) -> PathBuf {
+    let path = dir.join("boundary.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let mut rand = xorshift(23);
+    let add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, data).unwrap();
+    };
+    let text: Vec<u8> = (0..400_000u32)
+        .flat_map(|i| format!("line {i} of some compressible text\n").into_bytes())
+        .collect();
+    for size in [
+        0u64, 1, 4095, 4096, 4097, 8191, 8193, 65535, 65536, 65537, 300_001,
+    ] {
+        let n = size as usize;
+        let random: Vec<u8> = (0..n).map(|_| rand() as u8).collect();
+        add(&mut b, &format!("random-{size}"), &random);
+        add(&mut b, &format!("text-{size}"), &text[..n]);
+        add(&mut b, &format!("zeros-{size}"), &vec![0u8; n]);
+        // Compressible and incompressible runs alternating mid-block.
+        let mixed: Vec<u8> = (0..n)
+            .map(|i| {
+                if (i / 3000) % 2 == 0 {
+                    text[i]
+                } else {
+                    random[i]
+                }
+            })
+            .collect();
+        add(&mut b, &format!("mixed-{size}"), &mixed);
+    }
+    add(&mut b, "text-large", &text);
+    add(&mut b, "zeros-large", &vec![0u8; 5 << 20]);
+    b.finish().unwrap();
+    path
+}
+
+/// Converts `tar` to a full image, compressed with `spec` if given.
+pub fn full_image(tar: &Path, out: &Path, spec: Option<(&str, u64, usize)>) -> PathBuf {
+    let options = ConvertOptions {
+        mode: Mode::Full,
+        ..Default::default()
+    };
+    let result = match spec {
+        Some((spec, pcluster, workers)) => convert_compressed(
+            tar,
+            out,
+            &options,
+            &CompressOptions {
+                spec: spec.to_string(),
+                pcluster_size: Some(pcluster),
+                workers: Some(workers),
+            },
+        ),
+        None => convert(tar, out, &options),
+    };
+    result.unwrap_or_else(|e| panic!("{} -> {}: {e}", tar.display(), out.display()));
+    out.to_path_buf()
+}
+
+pub fn library_manifest(image: &Path) -> String {
+    let image = erofs_fuse::Image::open(image, &Default::default()).unwrap();
+    erofs_fuse::manifest::manifest(&image).unwrap().join("\n") + "\n"
+}
+
+/// The tars every algorithm is checked on.
+pub fn inputs(dir: &Path) -> Vec<PathBuf> {
+    vec![boundary_tar(dir), fixture("tar-index.tar")]
+}
+
+#[test]
+fn compressed_images_read_back_as_their_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    for tar in inputs(dir.path()) {
+        let plain = full_image(&tar, &dir.path().join("plain.erofs"), None);
+        let expected = library_manifest(&plain);
+        let plain_size = std::fs::metadata(&plain).unwrap().len();
+        for alg in ALGORITHMS {
+            for &pcluster in PCLUSTERS {
+                let name = format!("{alg}-{pcluster}.erofs");
+                let image = full_image(&tar, &dir.path().join(&name), Some((alg, pcluster, 2)));
+                if let Some(diff) = manifest_diff(&expected, &library_manifest(&image), 10) {
+                    panic!("{} {name} reads differently:\n{diff}", tar.display());
+                }
+                let size = std::fs::metadata(&image).unwrap().len();
+                assert!(size < plain_size, "{name}: {size} >= {plain_size}");
+            }
+        }
+    }
+}
+
+#[test]
+fn output_is_the_same_whatever_the_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = boundary_tar(dir.path());
+    for alg in ["lz4hc", "zstd"] {
+        let one = full_image(&tar, &dir.path().join("1.erofs"), Some((alg, 4096, 1)));
+        let one = std::fs::read(one).unwrap();
+        let four = full_image(&tar, &dir.path().join("4.erofs"), Some((alg, 4096, 4)));
+        assert!(one == std::fs::read(four).unwrap(), "{alg}: 1 vs 4 workers");
+    }
+}
+
+#[test]
+fn bad_compression_options_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = fixture("tar-index.tar");
+    let out = dir.path().join("x.erofs");
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("level", &["--compress", "zstd,level=23"], "out of range"),
+        (
+            "lz4hc level",
+            &["--compress", "lz4hc,level=0"],
+            "out of range",
+        ),
+        (
+            "algorithm",
+            &["--compress", "brotli"],
+            "unknown compression",
+        ),
+        (
+            "option",
+            &["--compress", "lz4,speed=1"],
+            "unknown compression option",
+        ),
+        (
+            "pcluster",
+            &["--compress", "lz4", "-C", "6000"],
+            "multiple of the block",
+        ),
+        (
+            "huge pcluster",
+            &["--compress", "lz4", "-C", "2097152"],
+            "multiple of the block",
+        ),
+        (
+            "workers",
+            &["--compress", "lz4", "--workers", "0"],
+            "at least 1",
+        ),
+        (
+            "many workers",
+            &["--compress", "lz4", "--workers", "5000"],
+            "at most 1024",
+        ),
+        (
+            "index mode",
+            &["--mode", "index", "--compress", "lz4"],
+            "--mode full",
+        ),
+    ];
+    for (what, args, needle) in cases {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("convert");
+        if !args.contains(&"--mode") {
+            cmd.args(["--mode", "full"]);
+        }
+        let out_put = run(cmd.args(*args).arg(&tar).arg(&out));
+        let stderr = String::from_utf8_lossy(&out_put.stderr);
+        assert!(!out_put.status.success(), "{what}: accepted");
+        assert!(stderr.contains(needle), "{what}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(!out.exists(), "{what}: output written");
+    }
+}

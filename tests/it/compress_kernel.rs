@@ -1,0 +1,101 @@
+//! The kernel reads every `convert --compress` image as its source: each
+//! algorithm, 4 KiB and 64 KiB pclusters, on the boundary tar and the
+//! fixture layers (as the uncompressed full image of the same tar), and on
+//! 8 random trees from scripts/gen_tree.py converted as directories
+//! (`convert DIR`, equal to the source tree's manifest).
+use crate::common;
+use crate::compress_convert::{boundary_tar, full_image};
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const ALGORITHMS: &[&str] = &["lz4", "lz4hc", "zstd", "lzma", "deflate"];
+
+/// A random tree from gen_tree.py.
+fn random_tree(dir: &Path, seed: u32) -> PathBuf {
+    let tree = dir.join(format!("tree-{seed}"));
+    run_ok(
+        Command::new("python3")
+            .arg(script("gen_tree.py"))
+            .arg(&tree)
+            .args(["--seed", &seed.to_string(), "--files", "150"]),
+    );
+    tree
+}
+
+/// `convert [--compress SPEC -C PCLUSTER] DIR OUT` with the binary.
+fn convert_dir(tree: &Path, out: &Path, spec: Option<(&str, u64)>) {
+    let mut cmd = Command::new(bin());
+    cmd.args(["convert", "-q"]);
+    if let Some((alg, pcluster)) = spec {
+        cmd.args([
+            "--compress",
+            alg,
+            "-C",
+            &pcluster.to_string(),
+            "--workers",
+            "2",
+        ]);
+    }
+    run_ok(cmd.arg(tree).arg(out));
+}
+
+#[test]
+fn kernel_reads_compressed_images_as_uncompressed_ones() {
+    if !have(
+        "kernel_reads_compressed_images_as_uncompressed_ones",
+        &[Need::Root, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tars = [
+        boundary_tar(dir.path()),
+        fixture("tar-index.tar"),
+        fixture("docs-layer.tar.gz"),
+    ];
+    for tar in &tars {
+        let plain = full_image(tar, &dir.path().join("plain.erofs"), None);
+        let expected = tree_manifest(KernelMount::new(&plain, &[]).path());
+        for alg in ALGORITHMS {
+            for pcluster in [4096, 65536] {
+                let name = format!("{alg}-{pcluster}.erofs");
+                let image = full_image(tar, &dir.path().join(&name), Some((alg, pcluster, 2)));
+                let got = tree_manifest(KernelMount::new(&image, &[]).path());
+                if let Some(diff) = manifest_diff(&expected, &got, 10) {
+                    panic!("{}: {name} (kernel) differs:\n{diff}", tar.display());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernel_reads_trees_converted_from_directories() {
+    if !have(
+        "kernel_reads_trees_converted_from_directories",
+        &[Need::Root, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for seed in 1..=8 {
+        let tree = random_tree(dir.path(), seed);
+        let expected = tree_manifest(&tree);
+        let mut specs = vec![None];
+        specs.extend(ALGORITHMS.iter().map(|a| Some((*a, 4096))));
+        specs.push(Some(("lz4hc", 65536)));
+        specs.push(Some(("zstd", 65536)));
+        for spec in specs {
+            let image = dir.path().join("tree.erofs");
+            convert_dir(&tree, &image, spec);
+            let got = tree_manifest(KernelMount::new(&image, &[]).path());
+            if let Some(diff) = manifest_diff(&expected, &got, 10) {
+                panic!("tree {seed} {spec:?} (kernel) differs from the source:\n{diff}");
+            }
+        }
+        std::fs::remove_dir_all(&tree).unwrap();
+    }
+}

@@ -1,0 +1,84 @@
+//! `convert DIR OUTPUT`: a directory tree read without following
+//! symlinks, equal to its source; a file changing while read fails naming it.
+use crate::common;
+use crate::compress_convert::library_manifest;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+fn small_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::write(root.join("sub/text"), "hello\n".repeat(5000)).unwrap();
+    std::fs::write(root.join("one"), "x").unwrap();
+    std::fs::write(root.join("empty"), "").unwrap();
+    std::fs::hard_link(root.join("sub/text"), root.join("sub/deeper/link")).unwrap();
+    // Symlinks are stored, never followed (one leads out of the tree).
+    std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink("sub", root.join("sub-link")).unwrap();
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
+    let _ = xattr::set(root.join("one"), "user.note", b"kept");
+}
+
+#[test]
+fn directory_trees_convert_as_they_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    small_tree(&root);
+    let expected = tree_manifest(&root);
+    for spec in [None, Some("lz4hc"), Some("zstd,level=5")] {
+        let out = dir.path().join("tree.erofs");
+        let mut cmd = Command::new(bin());
+        cmd.args(["convert", "-q"]);
+        if let Some(spec) = spec {
+            cmd.args(["--compress", spec]);
+        }
+        run_ok(cmd.arg(&root).arg(&out));
+        let got = library_manifest(&out);
+        if let Some(diff) = manifest_diff(&expected, &got, 10) {
+            panic!("{spec:?}: differs from the source:\n{diff}");
+        }
+    }
+}
+
+#[test]
+fn a_file_changing_while_read_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    std::fs::create_dir(&root).unwrap();
+    let growing = root.join("growing");
+    std::fs::write(&growing, vec![b'a'; 8 << 20]).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, growing) = (stop.clone(), growing.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(growing)
+                .unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[b'b'; 512]).unwrap();
+            }
+        })
+    };
+    let out = run(Command::new(bin())
+        .args(["convert", "-q", "--compress", "lz4"])
+        .arg(&root)
+        .arg(dir.path().join("x.erofs")));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted a changing file");
+    assert!(
+        stderr.contains("growing") && stderr.contains("changed"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!dir.path().join("x.erofs").exists());
+}
