@@ -66,6 +66,9 @@ t() { timeout -k 10 "$TIMEOUT" "$@"; }
 # start_registry (the user part runs from a copy in $W, with lib/ beside it).
 # shellcheck source=lib/rootless-host.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/rootless-host.sh"
+# record, check, compare, report_results.
+# shellcheck source=lib/e2e-results.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/e2e-results.sh"
 
 ###########################################################################
 # Root part
@@ -149,13 +152,14 @@ prepare_work() {
     install -m 755 -o "$E2E_USER" -g "$E2E_USER" "$here/oci_layers.py" "$W/oci_layers.py"
     install -d -m 755 -o "$E2E_USER" -g "$E2E_USER" "$W/lib"
     install -m 644 -o "$E2E_USER" -g "$E2E_USER" "$here/lib/rootless-host.sh" "$W/lib/rootless-host.sh"
+    install -m 644 -o "$E2E_USER" -g "$E2E_USER" "$here/lib/e2e-results.sh" "$W/lib/e2e-results.sh"
     install -m 755 -o "$E2E_USER" -g "$E2E_USER" "$BIN" "$W/bin/erofs-fuse"
     : >"$W/results"
     chown "$E2E_USER:" "$W/results"
 }
 
 root_exit() {
-    local rc=$? passed failed
+    local rc=$?
     trap - EXIT INT TERM
     set +e
     log "teardown"
@@ -165,19 +169,7 @@ root_exit() {
     fi
     cleanup_user
     restore_host
-    passed=$(grep -c '^PASS' "$W/results" 2>/dev/null)
-    failed=$(grep -c '^FAIL' "$W/results" 2>/dev/null)
-    passed=${passed:-0} failed=${failed:-0}
-    if [ "$rc" -ne 0 ]; then
-        log "FAIL: the run itself stopped with status $rc (see above)"
-        failed=$((failed + 1))
-    fi
-    if [ "$failed" -ne 0 ]; then
-        grep '^FAIL' "$W/results" 2>/dev/null | sed 's/^/  /'
-        log "logs: $W/logs"
-    fi
-    echo "podman-e2e: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+    report_results podman-e2e "$rc"
     exit $?
 }
 
@@ -243,25 +235,6 @@ opq=c
 newfile=absent'
 EXPECT_WRITE='write_hello=x
 write_newfile=made'
-
-record() { # PASS|FAIL description
-    echo "$1 $2" >>"$W/results"
-    if [ "$1" = PASS ]; then log "ok   $2"; else log "FAIL $2"; fi
-}
-
-check() { # description want got
-    if [ "$3" = "$2" ]; then record PASS "$1"; else record FAIL "$1: want '$2', got '$3'"; fi
-}
-
-# Compares "key=value" lines of OUTPUT with each line of EXPECTED.
-compare() { # name expected output
-    local line key got
-    while IFS= read -r line; do
-        key=${line%%=*}
-        got=$(printf '%s\n' "$3" | sed -n "s/^$key=//p" | head -n 1)
-        check "$1: $key" "${line#*=}" "$got"
-    done <<<"$2"
-}
 
 # podman unshare with a deadline: a shell in podman's user+mount namespace.
 pu() { t podman unshare "$@"; }

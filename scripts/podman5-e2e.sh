@@ -71,6 +71,8 @@ root_libs() {
     . "$here/lib/rootless-host.sh"
     # shellcheck source=lib/podman5-root.sh
     . "$here/lib/podman5-root.sh"
+    # shellcheck source=lib/e2e-results.sh
+    . "$here/lib/e2e-results.sh"
 }
 
 # Runs a command on the host as the test uid (the registry).
@@ -142,13 +144,13 @@ prepare_work() {
     here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
     install -m 755 -o "$P5_UID" -g "$P5_UID" "${BASH_SOURCE[0]}" "$W/e2e.sh"
     install -m 755 -o "$P5_UID" -g "$P5_UID" "$here/estargz.py" "$W/estargz.py"
-    install -m 644 -o "$P5_UID" -g "$P5_UID" "$here/lib/podman5-user.sh" "$here/lib/podman5-bench.sh" "$W/lib/"
+    install -m 644 -o "$P5_UID" -g "$P5_UID" "$here/lib/podman5-user.sh" "$here/lib/podman5-bench.sh" "$here/lib/e2e-results.sh" "$W/lib/"
     install -m 755 -o "$P5_UID" -g "$P5_UID" "$BIN" "$W/bin/erofs-fuse"
     install -m 644 -o "$P5_UID" -g "$P5_UID" /dev/null "$W/results"
 }
 
 root_exit() {
-    local rc=$? passed failed m
+    local rc=$? m
     trap - EXIT INT TERM
     set +e
     log "teardown"
@@ -163,19 +165,7 @@ root_exit() {
     for m in $(findmnt -rn -o TARGET | grep -e "^$P5_CACHE/" -e "^$W/" | sort -r); do
         umount -l "$m" && log "restore: unmounted $m"
     done
-    passed=$(grep -c '^PASS' "$W/results" 2>/dev/null)
-    failed=$(grep -c '^FAIL' "$W/results" 2>/dev/null)
-    passed=${passed:-0} failed=${failed:-0}
-    if [ "$rc" -ne 0 ]; then
-        log "FAIL: the run itself stopped with status $rc (see above)"
-        failed=$((failed + 1))
-    fi
-    if [ "$failed" -ne 0 ]; then
-        grep '^FAIL' "$W/results" 2>/dev/null | sed 's/^/  /'
-        log "logs: $W/logs"
-    fi
-    echo "podman5-e2e: $passed passed, $failed failed"
-    [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+    report_results podman5-e2e "$rc"
     exit $?
 }
 

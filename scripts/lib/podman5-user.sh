@@ -1,5 +1,5 @@
 # Helpers for the rootless part of podman5-e2e.sh (and its --bench),
-# run as the test user inside the trixie root: result recording, FUSE
+# run as the test user inside the trixie root: FUSE
 # servers in podman's namespace, registry log accounting, listings of the
 # store's layers, the root-mode comparison. The sourcing
 # script defines log and t (a command under the per-command timeout) and
@@ -7,24 +7,9 @@
 # Single-quoted scripts for sh -c expand in the inner shell.
 # shellcheck shell=bash disable=SC2016
 
-record() { # PASS|FAIL description
-    echo "$1 $2" >>"$W/results"
-    if [ "$1" = PASS ]; then log "ok   $2"; else log "FAIL $2"; fi
-}
-
-check() { # description want got
-    if [ "$3" = "$2" ]; then record PASS "$1"; else record FAIL "$1: want '$2', got '$3'"; fi
-}
-
-# Compares "key=value" lines of OUTPUT with each line of EXPECTED.
-compare() { # name expected output
-    local line key got
-    while IFS= read -r line; do
-        key=${line%%=*}
-        got=$(printf '%s\n' "$3" | sed -n "s/^$key=//p" | head -n 1)
-        check "$1: $key" "${line#*=}" "$got"
-    done <<<"$2"
-}
+# record, check, compare (copied beside this file by the root part).
+# shellcheck source=lib/e2e-results.sh
+. "$W/lib/e2e-results.sh"
 
 # Two listings must be equal; on a difference the diff goes to the log.
 same_listing() { # description file-want file-got
