@@ -448,24 +448,10 @@ fn concurrent_lookups_of_one_toc_digest_fetch_once() {
 #[test]
 #[ignore = "measurement: --features privileged -- --ignored --nocapture"]
 fn measure_a_lazy_toc_layer() {
-    use crate::toc_store::gen::{Item, Kind};
     if !ready("measure_a_lazy_toc_layer") {
         return;
     }
-    let mut rng = crate::common::xorshift(100);
-    let names: Vec<&'static str> = (0..1000)
-        .map(|i| &*Box::leak(format!("data/d{}/f{i}", i / 50).into_boxed_str()))
-        .collect();
-    let items: Vec<Item> = names
-        .iter()
-        .map(|&path| Item {
-            path,
-            kind: Kind::Reg((0..100_000).map(|_| (rng() % 16) as u8 + b'a').collect()),
-            mode: 0o644,
-            xattrs: &[],
-        })
-        .collect();
-    let built = gen::zstd_chunked(&items, CHUNK, |_| {});
+    let (items, built) = gen::thousand_files_zstd_chunked(CHUNK);
     let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     let media = "application/vnd.oci.image.layer.v1.tar+zstd";
@@ -492,8 +478,8 @@ fn measure_a_lazy_toc_layer() {
     let one = (t.elapsed(), relay.bytes_from_server() - lookup.1);
     let t = std::time::Instant::now();
     let mut total = 0;
-    for name in &names {
-        total += std::fs::read(diff.join(name)).unwrap().len();
+    for item in &items {
+        total += std::fs::read(diff.join(item.path)).unwrap().len();
     }
     let all = (t.elapsed(), relay.bytes_from_server() - lookup.1 - one.1);
     let path = work.path().join("blob");
@@ -506,7 +492,7 @@ fn measure_a_lazy_toc_layer() {
         "blob {} bytes, {} files ({total} bytes)\nlookup: {:?}, {} bytes fetched\n\
          first file: {:?}, {} bytes\nall files: {:?}, {} bytes\nstore add (local blob): {added:?}",
         built.blob.len(),
-        names.len(),
+        items.len(),
         lookup.0,
         lookup.1,
         one.0,

@@ -533,20 +533,7 @@ fn gc_removes_the_toc_index_entries_of_removed_layers() {
 #[ignore = "measurement helper: TOC_BLOB_OUT=DIR"]
 fn generate_a_large_zstd_chunked_blob() {
     let out = PathBuf::from(std::env::var("TOC_BLOB_OUT").expect("TOC_BLOB_OUT"));
-    let mut rng = crate::common::xorshift(100);
-    let names: Vec<&'static str> = (0..1000)
-        .map(|i| &*Box::leak(format!("data/d{}/f{i}", i / 50).into_boxed_str()))
-        .collect();
-    let items: Vec<Item> = names
-        .iter()
-        .map(|&path| Item {
-            path,
-            kind: Kind::Reg((0..100_000).map(|_| (rng() % 16) as u8 + b'a').collect()),
-            mode: 0o644,
-            xattrs: &[],
-        })
-        .collect();
-    let built = gen::zstd_chunked(&items, CHUNK, |_| {});
+    let (items, built) = gen::thousand_files_zstd_chunked(CHUNK);
     std::fs::write(out.join("blob"), &built.blob).unwrap();
     std::fs::write(out.join("toc-digest"), &built.toc_digest).unwrap();
     std::fs::write(out.join("layer.tar"), gen::tar_bytes(&items)).unwrap();

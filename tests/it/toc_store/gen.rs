@@ -351,3 +351,24 @@ pub fn estargz_sharing(
         toc_digest: sha256(&json),
     }
 }
+
+/// A zstd:chunked blob of 1000 files of 100 KB (about 2:1 compressible) in
+/// 20 directories, `chunk`-byte chunks, and its items: the measurement
+/// helpers' layer.
+pub fn thousand_files_zstd_chunked(chunk: usize) -> (Vec<Item>, Built) {
+    let mut rng = crate::common::xorshift(100);
+    let names: Vec<&'static str> = (0..1000)
+        .map(|i| &*Box::leak(format!("data/d{}/f{i}", i / 50).into_boxed_str()))
+        .collect();
+    let items: Vec<Item> = names
+        .iter()
+        .map(|&path| Item {
+            path,
+            kind: Kind::Reg((0..100_000).map(|_| (rng() % 16) as u8 + b'a').collect()),
+            mode: 0o644,
+            xattrs: &[],
+        })
+        .collect();
+    let built = zstd_chunked(&items, chunk, |_| {});
+    (items, built)
+}
