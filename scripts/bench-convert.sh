@@ -5,7 +5,7 @@
 # `mkfs.erofs --tar=i` when the installed mkfs.erofs has it (1.6+), and
 # `convert --mode full --compress lz4hc|zstd` against erofs-utils 1.9.3's
 # `mkfs.erofs --tar=f -zlz4hc|-zzstd` (built from fetched source into
-# /var/tmp/erofs-utils-1.9.3 if absent: needs git, autotools, liblz4-dev,
+# ~/.cache/erofs-fuse/erofs-utils-1.9.3 if absent: needs git, autotools, liblz4-dev,
 # libzstd-dev, liblzma-dev, zlib1g-dev; EROFS_UTILS_SRC names a clone), time
 # and image size.
 # Prints a table of times (best of 3, input in the page cache; one run for
@@ -32,7 +32,9 @@ done
 
 cargo build --release --quiet
 bin=$PWD/target/release/erofs-fuse
-mkdir -p "$work"
+# shellcheck source=scripts/lib/workdir.sh
+. scripts/lib/workdir.sh
+own_workdir "$work"
 tarfile=$work/layer.tar gzfile=$work/layer.tar.gz
 if [ ! -s "$gzfile" ]; then
     echo "bench-convert.sh: generating the layer in $work ..." >&2
@@ -73,7 +75,9 @@ once() { # command...: wall-clock seconds of one run (the compressed
     # conversions take minutes: the layer's 768 MB of random data is tried
     # pcluster by pcluster)
     local t0 t1
-    t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N)
+    t0=$(date +%s.%N)
+    "$@" >/dev/null 2>&1 || { echo "bench-convert.sh: failed: $*" >&2; return 1; }
+    t1=$(date +%s.%N)
     python3 -c "print('%.3f' % ($t1 - $t0))"
 }
 # Warm the page cache: every figure reads from memory.

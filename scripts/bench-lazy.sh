@@ -211,7 +211,9 @@ main() {
     ensure_user
     host_fixes
     cargo build --release --quiet
-    mkdir -p "$work"
+    # shellcheck source=scripts/lib/workdir.sh
+    . scripts/lib/workdir.sh
+    own_workdir "$work"
     local tgz=$work/tgz-$size-5 image=$work/$kind-$size-5
     if [ ! -f "$tgz/index.json" ]; then
         log "generating a $size MB, 5-layer image in $tgz"

@@ -97,7 +97,9 @@ main() {
     ensure_user
     host_fixes
     cargo build --release --quiet
-    mkdir -p "$work"
+    # shellcheck source=scripts/lib/workdir.sh
+    . scripts/lib/workdir.sh
+    own_workdir "$work"
     local image=$work/image-$size-$layers
     if [ ! -f "$image/index.json" ]; then
         log "generating a $size MB, $layers-layer image in $image"

@@ -73,7 +73,9 @@ fi
 cargo build --release --quiet
 bin=$PWD/target/release/erofs-fuse
 
-mkdir -p "$work"
+# shellcheck source=scripts/lib/workdir.sh
+. scripts/lib/workdir.sh
+own_workdir "$work"
 tree=$work/tree plain_img=$work/bench.erofs zimg=$work/bench-lz4hc.erofs sqfs=$work/bench.sqfs
 mnt=$work/mnt
 mkdir -p "$mnt"
