@@ -551,6 +551,32 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Resident KiB of the mappings of process `pid`'s own executable (its
+/// code and data pages), from /proc/PID/smaps: part of VmHWM that grows
+/// with the binary, not with what the server holds.
+pub fn executable_rss_kib(pid: u32) -> u64 {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let exe = exe.to_string_lossy().into_owned();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut total = 0;
+    let mut in_exe = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header line: "start-end perms offset dev inode [path]".
+            in_exe = line.split_whitespace().nth(5) == Some(exe.as_str());
+        } else if in_exe && first == "Rss:" {
+            total += line
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    total
+}
+
 /// An lz4hc image of ~150 MB of data (a 64 MiB file and 400 small ones,
 /// half random, half compressible, and 48 MiB of zeros, which decode from
 /// 64 KiB pclusters into extents of several MiB) made at test time.
