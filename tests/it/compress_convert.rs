@@ -221,3 +221,15 @@ fn long_zero_runs_at_big_pclusters_read_back() {
     let tar = one_file_tar(dir.path(), "zeros", &vec![0u8; 17 << 20]);
     reads_back(dir.path(), &tar, "lz4", 1 << 20);
 }
+
+/// Issue 23: a DEFLATE stored block starts with 0x00, which readers take
+/// as padding; such a pcluster must not be written compressed.
+#[test]
+fn deflate_stored_blocks_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rand = xorshift(7);
+    let mut data: Vec<u8> = (0..16 << 10).map(|_| rand() as u8).collect();
+    data.resize(256 << 10, 0);
+    let tar = one_file_tar(dir.path(), "random-then-zeros", &data);
+    reads_back(dir.path(), &tar, "deflate,level=6", 65536);
+}

@@ -56,7 +56,14 @@ pub(super) fn compress_segment(
             if matches!(&got, Some((n, _)) if *n == short && short < whole) {
                 got = enc.fit(&rest[..whole], pcluster);
             }
-            got.filter(|(n, c)| *n <= MAX_EXTENT_INPUT && c.len().next_multiple_of(block) < *n)
+            // Readers take leading zero bytes of a pcluster as padding, so
+            // an encoding starting with 0x00 (a DEFLATE stored block, say)
+            // would be misread: store that block raw instead.
+            got.filter(|(n, c)| {
+                *n <= MAX_EXTENT_INPUT
+                    && c.first().is_some_and(|&b| b != 0)
+                    && c.len().next_multiple_of(block) < *n
+            })
         } else {
             None
         };
