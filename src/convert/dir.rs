@@ -12,6 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::rc::Rc;
 
 use nix::fcntl::{readlinkat, AtFlags};
 use nix::sys::stat::{fstat, fstatat, FileStat};
@@ -22,8 +23,9 @@ use crate::safe_fs::{open_dir_at, proc_path};
 
 use super::ConvertError;
 
-/// Deepest directory nesting accepted (as the tar front end's bound).
-const MAX_DEPTH: usize = 2048;
+/// Deepest directory nesting accepted; also bounds the directory fds
+/// held open at once (one per level).
+const MAX_DEPTH: usize = 512;
 
 /// Reads the tree under `root` into a [`Tree`], file data into `builder`.
 pub fn read_dir_tree(root: &Path, builder: &mut ImageBuilder) -> Result<Tree, ConvertError> {
@@ -49,23 +51,75 @@ pub fn read_dir_tree(root: &Path, builder: &mut ImageBuilder) -> Result<Tree, Co
         builder,
         links: HashMap::new(),
     };
-    // Explicit stack: (directory fd, its node, its path, depth).
-    let mut stack = vec![(root_fd, Tree::ROOT, root.to_path_buf(), 0usize)];
-    while let Some((dir, id, path, depth)) = stack.pop() {
-        for name in entries(dir.as_fd()).map_err(|e| fail(&path, e))? {
-            let child_path = path.join(&name);
+    // Explicit stack of directories still to read. A pending directory is
+    // not open (a wide tree would run out of descriptors): its parent's fd
+    // is shared and it is opened on pop, then checked to be the inode
+    // listed. At most one fd per level of depth stays open.
+    let mut stack = vec![Pending {
+        parent: None,
+        name: OsString::new(),
+        key: (st.st_dev, st.st_ino),
+        id: Tree::ROOT,
+        path: root.to_path_buf(),
+        depth: 0,
+    }];
+    let mut root_fd = Some(root_fd);
+    while let Some(p) = stack.pop() {
+        let dir = match &p.parent {
+            None => match root_fd.take() {
+                Some(fd) => Rc::new(fd),
+                None => return Err(fail(&p.path, io::Error::other("root read twice"))),
+            },
+            Some(parent) => {
+                let fd = open_dir_at(parent.as_fd(), &p.name).map_err(|e| fail(&p.path, e))?;
+                let st = fstat(fd.as_raw_fd()).map_err(|e| fail(&p.path, e.into()))?;
+                if (st.st_dev, st.st_ino) != p.key {
+                    return Err(fail(
+                        &p.path,
+                        io::Error::other("replaced while it was read"),
+                    ));
+                }
+                Rc::new(fd)
+            }
+        };
+        drop(p.parent);
+        for name in entries(dir.as_fd()).map_err(|e| fail(&p.path, e))? {
+            let child_path = p.path.join(&name);
             let sub = walk
-                .add(dir.as_fd(), id, &name)
+                .add(dir.as_fd(), p.id, &name)
                 .map_err(|e| fail(&child_path, e))?;
-            if let Some((fd, child)) = sub {
-                if depth + 1 > MAX_DEPTH {
+            if let Some((key, child)) = sub {
+                if p.depth + 1 > MAX_DEPTH {
                     return Err(fail(&child_path, io::Error::other("nested too deeply")));
                 }
-                stack.push((fd, child, child_path, depth + 1));
+                stack.push(Pending {
+                    parent: Some(Rc::clone(&dir)),
+                    name,
+                    key,
+                    id: child,
+                    path: child_path,
+                    depth: p.depth + 1,
+                });
             }
         }
     }
     Ok(walk.tree)
+}
+
+/// A directory listed but not yet read.
+struct Pending {
+    /// Its parent, open (`None` for the root, opened already).
+    parent: Option<Rc<OwnedFd>>,
+    /// Its name in `parent`.
+    name: OsString,
+    /// (device, inode) as listed: what is opened must match.
+    key: (u64, u64),
+    /// Its node.
+    id: NodeId,
+    /// Its path, for errors.
+    path: std::path::PathBuf,
+    /// Its nesting depth.
+    depth: usize,
 }
 
 struct Walk<'a> {
@@ -76,14 +130,14 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    /// Adds entry `name` of `dir` (node `parent`); returns the opened
-    /// directory and its node when it is one, to descend into.
+    /// Adds entry `name` of `dir` (node `parent`); returns its (device,
+    /// inode) and node when it is a directory, to descend into.
     fn add(
         &mut self,
         dir: BorrowedFd<'_>,
         parent: NodeId,
         name: &OsStr,
-    ) -> io::Result<Option<(OwnedFd, NodeId)>> {
+    ) -> io::Result<Option<((u64, u64), NodeId)>> {
         let st = fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
         let kind = st.st_mode & S_IFMT;
         let key = (st.st_dev, st.st_ino);
@@ -94,11 +148,7 @@ impl Walk<'_> {
             }
         }
         let (data, sub) = match kind {
-            libc::S_IFDIR => {
-                let fd = open_dir_at(dir, name)?;
-                same_inode(&st, &fstat(fd.as_raw_fd())?)?;
-                (NodeData::Dir(BTreeMap::new()), Some(fd))
-            }
+            libc::S_IFDIR => (NodeData::Dir(BTreeMap::new()), Some(key)),
             libc::S_IFREG => (NodeData::File(self.file(dir, name, &st)?), None),
             libc::S_IFLNK => {
                 let target = readlinkat(Some(dir.as_raw_fd()), name)?;
@@ -119,7 +169,7 @@ impl Walk<'_> {
         if kind != libc::S_IFDIR && st.st_nlink > 1 {
             self.links.insert(key, id);
         }
-        Ok(sub.map(|fd| (fd, id)))
+        Ok(sub.map(|key| (key, id)))
     }
 
     /// Copies a regular file's data in; an error if it changed meanwhile.
