@@ -113,3 +113,37 @@ fn wide_trees_convert_within_the_open_file_limit() {
         panic!("differs from the source:\n{diff}");
     }
 }
+
+/// Issue 23: index-mode options given with a directory are refused (one
+/// line), not silently ignored; `--mode full` and no mode are accepted.
+#[test]
+fn index_mode_options_with_a_directory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    small_tree(&root);
+    let out = dir.path().join("x.erofs");
+    let tar_out = dir.path().join("t.tar");
+    let cases: &[&[&str]] = &[
+        &["--mode", "index"],
+        &["--mode", "full", "--append-tar"],
+        &["--tar-out", tar_out.to_str().unwrap()],
+    ];
+    for args in cases {
+        let got = run(Command::new(bin())
+            .args(["convert", "-q"])
+            .args(*args)
+            .arg(&root)
+            .arg(&out));
+        let stderr = String::from_utf8_lossy(&got.stderr);
+        assert!(!got.status.success(), "{args:?}: accepted");
+        assert!(stderr.contains("--mode full only"), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(!out.exists() && !tar_out.exists(), "{args:?}: wrote");
+    }
+    run_ok(
+        Command::new(bin())
+            .args(["convert", "-q", "--mode", "full"])
+            .arg(&root)
+            .arg(&out),
+    );
+}
