@@ -147,3 +147,22 @@ fn index_mode_options_with_a_directory_are_refused() {
             .arg(&out),
     );
 }
+
+/// Issue 23: an output inside the input tree is refused before anything
+/// is written.
+#[test]
+fn output_inside_the_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    small_tree(&root);
+    let out = root.join("sub/x.erofs");
+    let got = run(Command::new(bin())
+        .args(["convert", "-q"])
+        .arg(&root)
+        .arg(&out));
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert!(!got.status.success(), "accepted");
+    assert!(stderr.contains("inside the input"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(!out.exists());
+}
