@@ -166,3 +166,40 @@ fn output_inside_the_input_is_refused() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(!out.exists());
 }
+
+/// Issue 23: a mount point inside DIR is not crossed: the error names it.
+#[cfg(feature = "privileged")]
+#[test]
+fn a_mount_point_inside_the_input_is_refused() {
+    use nix::mount::{mount, umount, MsFlags};
+    if !nix::unistd::Uid::effective().is_root() {
+        skip("mount point in DIR", "needs root (mount)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    small_tree(&root);
+    std::fs::create_dir(root.join("mnt")).unwrap();
+    let none: Option<&str> = None;
+    mount(
+        Some("tmpfs"),
+        &root.join("mnt"),
+        Some("tmpfs"),
+        MsFlags::empty(),
+        none,
+    )
+    .unwrap();
+    std::fs::write(root.join("mnt/f"), b"x").unwrap();
+    let got = run(Command::new(bin())
+        .args(["convert", "-q"])
+        .arg(&root)
+        .arg(dir.path().join("x.erofs")));
+    umount(&root.join("mnt")).unwrap();
+    let stderr = String::from_utf8_lossy(&got.stderr);
+    assert!(!got.status.success(), "crossed a mount point");
+    let shown = root.join("mnt").display().to_string();
+    assert!(
+        stderr.contains(&format!("{shown}: a mount point")),
+        "{stderr}"
+    );
+}
