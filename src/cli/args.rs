@@ -518,9 +518,10 @@ pub struct ConvertArgs {
     /// rename: a symlink there is replaced, never written through).
     /// Must not be the input or the tar written beside it.
     pub output: PathBuf,
-    /// Kind of image.
-    #[arg(long, value_enum, default_value = "index")]
-    pub mode: ConvertMode,
+    /// Kind of image: index for a tar (default), full for a directory
+    /// (the only kind a directory converts to).
+    #[arg(long, value_enum)]
+    pub mode: Option<ConvertMode>,
     /// Turn OCI whiteouts into overlayfs ones: .wh.NAME becomes a 0:0
     /// character device NAME, .wh..wh..opq sets trusted.overlay.opaque=y
     /// on its directory (mkfs.erofs --aufs).

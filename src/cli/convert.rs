@@ -11,10 +11,25 @@ use super::error::{CliError, Context, Result};
 impl ConvertArgs {
     /// `convert`.
     pub fn run(self) -> Result {
+        if self.input.is_dir() {
+            // A tree is always copied in full, as mkfs.erofs DIR does: the
+            // index-mode options are refused rather than ignored.
+            if matches!(self.mode, Some(ConvertMode::Index))
+                || self.append_tar
+                || self.tar_out.is_some()
+            {
+                return Err(CliError::msg(format!(
+                    "{}: a directory converts with --mode full only \
+                     (no --mode index, --append-tar or --tar-out)",
+                    self.input.display()
+                )));
+            }
+        }
         let options = ConvertOptions {
             mode: match self.mode {
-                ConvertMode::Index => Mode::Index,
-                ConvertMode::Full => Mode::Full,
+                Some(ConvertMode::Full) => Mode::Full,
+                Some(ConvertMode::Index) | None if !self.input.is_dir() => Mode::Index,
+                _ => Mode::Full,
             },
             aufs: self.aufs,
             append_tar: self.append_tar,
@@ -63,8 +78,6 @@ fn convert(
         }
     }
     if input.is_dir() {
-        // A tree is always copied in full, as mkfs.erofs DIR does.
-        options.mode = Mode::Full;
         let summary = erofs_fuse::convert::convert_tree(input, output, &options, compress.as_ref())
             .with_context(|| format!("converting {}", input.display()))?;
         let _ = writeln!(

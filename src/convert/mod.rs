@@ -213,10 +213,7 @@ fn convert_inner(
     let mut builder =
         ImageBuilder::new(out, block_bits).map_err(|e| ConvertError::io(&output, e))?;
     if let Some(codec) = codec {
-        let workers = compress
-            .and_then(|c| c.workers)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        builder.set_compression(codec, workers);
+        builder.set_compression(codec, workers(compress));
     }
     let tar_options = TarOptions {
         aufs: options.aufs,

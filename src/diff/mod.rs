@@ -10,7 +10,7 @@
 //! same bytes.
 
 mod tarw;
-mod upper;
+use crate::safe_fs::tree as upper;
 mod walk;
 
 use std::collections::HashMap;

@@ -178,7 +178,7 @@ impl Record {
             }
             Payload::Compressed { .. } => {
                 let bits = block.trailing_zeros() as u8;
-                base.next_multiple_of(8) + self.payload.zindex(bits, 0).len() as u64
+                base.next_multiple_of(8) + self.payload.zindex_len(bits)
             }
             _ => base,
         };

@@ -18,6 +18,7 @@
 #![allow(unsafe_code)]
 
 mod temp;
+pub mod tree;
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -186,3 +186,50 @@ fn bad_compression_options_are_one_line_errors() {
         assert!(!out.exists(), "{what}: output written");
     }
 }
+
+/// A tar holding one regular file `name` with `data`.
+fn one_file_tar(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let path = dir.join(format!("{name}.tar"));
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, name, data).unwrap();
+    b.finish().unwrap();
+    path
+}
+
+/// Asserts `tar` compressed with `spec` reads back as its plain image.
+fn reads_back(dir: &Path, tar: &Path, spec: &str, pcluster: u64) {
+    let plain = full_image(tar, &dir.join("plain.erofs"), None);
+    let image = full_image(tar, &dir.join("c.erofs"), Some((spec, pcluster, 2)));
+    let expected = library_manifest(&plain);
+    if let Some(diff) = manifest_diff(&expected, &library_manifest(&image), 10) {
+        panic!("{spec} -C {pcluster} reads differently:\n{diff}");
+    }
+}
+
+/// Issue 23: at -C 1 MiB the first window (32 pclusters) exceeded the
+/// largest extent readers accept; 16+ MiB of zeros must still read back.
+#[test]
+fn long_zero_runs_at_big_pclusters_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = one_file_tar(dir.path(), "zeros", &vec![0u8; 17 << 20]);
+    reads_back(dir.path(), &tar, "lz4", 1 << 20);
+}
+
+/// Issue 23: a DEFLATE stored block starts with 0x00, which readers take
+/// as padding; such a pcluster must not be written compressed.
+#[test]
+fn deflate_stored_blocks_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rand = xorshift(7);
+    let mut data: Vec<u8> = (0..16 << 10).map(|_| rand() as u8).collect();
+    data.resize(256 << 10, 0);
+    let tar = one_file_tar(dir.path(), "random-then-zeros", &data);
+    reads_back(dir.path(), &tar, "deflate,level=6", 65536);
+}

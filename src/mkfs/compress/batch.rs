@@ -61,6 +61,9 @@ pub fn raw_extents(data: &[u8], block: usize) -> Vec<Extent> {
         .collect()
 }
 
+/// Most segments queued in one batch (each holds its own buffers).
+const MAX_JOBS: usize = 65536;
+
 /// Segments waiting to be compressed.
 pub struct Batch {
     codec: Codec,
@@ -85,10 +88,13 @@ impl Batch {
     /// Queues a segment of file number `file`; true when the batch is
     /// full enough to run.
     pub fn push(&mut self, file: usize, data: Vec<u8>) -> bool {
-        self.bytes += data.len();
+        // Counted as the whole blocks each job's output takes, so tiny
+        // files are not undercounted; a job count caps the rest.
+        self.bytes += data.len().next_multiple_of(self.block).max(self.block);
         self.jobs.push((file, data));
         // At most 16 segments (256 MiB) are held, whatever the thread count.
         self.bytes >= self.workers.min(16) * super::SEGMENT_SIZE as usize
+            || self.jobs.len() >= MAX_JOBS
     }
 
     /// The queued segments as a batch of their own (to run on another
@@ -140,5 +146,23 @@ impl Batch {
                 Ok((file, extents, data))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tiny files count as the block each takes, and a batch is cut at
+    /// MAX_JOBS jobs however small they are.
+    #[test]
+    fn tiny_jobs_fill_a_batch() {
+        let codec = Codec::parse("lz4", None, 4096).unwrap();
+        let mut batch = Batch::new(codec, 16, 512);
+        for i in 0..MAX_JOBS - 1 {
+            assert!(!batch.push(i, vec![1]), "full after {} jobs", i + 1);
+        }
+        assert!(batch.push(MAX_JOBS, vec![1]), "not full at MAX_JOBS");
+        assert_eq!(batch.bytes, MAX_JOBS * 512);
     }
 }

@@ -48,12 +48,22 @@ pub(super) fn compress_segment(
             // A short window first: encoders may cost in proportion to the
             // input they are given; only when it is used up is the whole
             // window tried.
-            let short = rest.len().min(SHORT_WINDOW_PCLUSTERS * pcluster);
+            // Both windows are capped at MAX_EXTENT_INPUT: a larger extent
+            // is refused by readers (ours and the kernel's).
+            let whole = rest.len().min(MAX_EXTENT_INPUT);
+            let short = whole.min(SHORT_WINDOW_PCLUSTERS * pcluster);
             let mut got = enc.fit(&rest[..short], pcluster);
-            if matches!(&got, Some((n, _)) if *n == short && short < rest.len()) {
-                got = enc.fit(&rest[..rest.len().min(MAX_EXTENT_INPUT)], pcluster);
+            if matches!(&got, Some((n, _)) if *n == short && short < whole) {
+                got = enc.fit(&rest[..whole], pcluster);
             }
-            got.filter(|(n, c)| c.len().next_multiple_of(block) < *n)
+            // Readers take leading zero bytes of a pcluster as padding, so
+            // an encoding starting with 0x00 (a DEFLATE stored block, say)
+            // would be misread: store that block raw instead.
+            got.filter(|(n, c)| {
+                *n <= MAX_EXTENT_INPUT
+                    && c.first().is_some_and(|&b| b != 0)
+                    && c.len().next_multiple_of(block) < *n
+            })
         } else {
             None
         };

@@ -47,7 +47,11 @@ impl Encoder {
         if codec.algorithm == Algorithm::Lz4hc {
             // SAFETY: a pure function returning a size.
             let size = unsafe { LZ4_sizeofStateHC() };
-            hc_state = vec![0u64; usize::try_from(size).unwrap_or(0).div_ceil(8)];
+            let size = usize::try_from(size)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| format!("liblz4 reports an HC state of {size} bytes"))?;
+            hc_state = vec![0u64; size.div_ceil(8)];
         }
         let zstd = if codec.algorithm == Algorithm::Zstd {
             let mut c = zstd::bulk::Compressor::new(codec.level).map_err(|e| e.to_string())?;
@@ -79,9 +83,7 @@ impl Encoder {
             Algorithm::Lz4 | Algorithm::Lz4hc => self.lz4(input, cap),
             Algorithm::Lzma => lzma(input, cap, self.codec.level, self.codec.lzma_dict_size()),
             Algorithm::Zstd => {
-                let level = self.codec.level;
                 let zstd = self.zstd.as_mut()?;
-                let _ = level;
                 search(input, cap, |src, dst| {
                     zstd.compress_to_buffer(src, dst).ok()
                 })

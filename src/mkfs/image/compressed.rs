@@ -176,15 +176,31 @@ impl Payload {
                 algorithm,
                 big,
                 ..
-            } => super::super::compress::full_index(
-                extents,
-                *first_block,
-                tail.as_ref().map(|_| tail_block),
-                block_bits,
-                *algorithm,
-                *big,
-            ),
+            } => {
+                let index = super::super::compress::full_index(
+                    extents,
+                    *first_block,
+                    tail.as_ref().map(|_| tail_block),
+                    block_bits,
+                    *algorithm,
+                    *big,
+                );
+                debug_assert_eq!(index.len() as u64, self.zindex_len(block_bits));
+                index
+            }
             _ => Vec::new(),
+        }
+    }
+
+    /// The length of [`Self::zindex`] without building it: the 16-byte
+    /// map header and one 8-byte index per logical block of the file.
+    pub(super) fn zindex_len(&self, block_bits: u8) -> u64 {
+        match self {
+            Payload::Compressed { extents, .. } => {
+                let len: u64 = extents.iter().map(|e| e.0).sum();
+                16 + 8 * len.div_ceil(1 << block_bits)
+            }
+            _ => 0,
         }
     }
 }

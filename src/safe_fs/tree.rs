@@ -1,4 +1,6 @@
-//! Reading an overlayfs upper directory without following its symlinks:
+//! Reading a directory tree another user may change (an overlayfs upper
+//! directory for `diff`, a `convert DIR` input) without following its
+//! symlinks:
 //! every entry is reached relative to its directory's descriptor with
 //! `O_NOFOLLOW` (or `AT_SYMLINK_NOFOLLOW`), xattrs through an `O_PATH`
 //! descriptor of the entry itself, and a file's content is read only if it
@@ -15,7 +17,7 @@ use nix::sys::stat::{fstat, fstatat, FileStat};
 use nix::sys::stat::{Mode, SFlag};
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::safe_fs::{open_dir_at, open_pinned, proc_path};
+use super::{open_dir_at, open_pinned, proc_path};
 
 /// Most entries read from one directory (a bound on memory).
 pub const MAX_DIR_ENTRIES: usize = 1 << 22;
@@ -26,7 +28,7 @@ const MAX_XATTR_BYTES: usize = 1 << 20;
 /// Bytes read at a time from a file.
 const CHUNK: usize = 1 << 20;
 
-/// An open directory of the upper tree.
+/// An open directory of the tree being read.
 pub struct UpperDir {
     fd: OwnedFd,
 }
@@ -143,23 +145,7 @@ impl UpperDir {
         hook: Option<&(dyn Fn() + Send + Sync)>,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), ReadError> {
-        // Pinned first (O_PATH opens nothing: no device, no FIFO), checked
-        // to be the regular file listed, then reopened for reading.
-        let pinned = open_pinned(self.fd(), name).map_err(ReadError::Io)?;
-        let opened = fstat(pinned.as_raw_fd()).map_err(|e| ReadError::Io(e.into()))?;
-        let regular = opened.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
-        if !regular || !same_file(before, &opened) {
-            return Err(ReadError::Changed);
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(proc_path(pinned.as_fd()))
-            .map_err(ReadError::Io)?;
-        let reopened = fstat(file.as_raw_fd()).map_err(|e| ReadError::Io(e.into()))?;
-        if !same_file(before, &reopened) {
-            return Err(ReadError::Changed);
-        }
+        let mut file = self.open_file(name, before)?;
         let mut left = u64::try_from(before.st_size).unwrap_or(0);
         let mut buf = vec![0u8; CHUNK];
         let mut first = true;
@@ -189,6 +175,31 @@ impl UpperDir {
     }
 }
 
+impl UpperDir {
+    /// Opens regular file `name`, listed with status `before`, for
+    /// reading: pinned first (O_PATH opens nothing: no device, no FIFO),
+    /// checked to be the regular file listed, then reopened; anything else
+    /// is [`ReadError::Changed`].
+    pub fn open_file(&self, name: &OsStr, before: &FileStat) -> Result<std::fs::File, ReadError> {
+        let pinned = open_pinned(self.fd(), name).map_err(ReadError::Io)?;
+        let opened = fstat(pinned.as_raw_fd()).map_err(|e| ReadError::Io(e.into()))?;
+        let regular = opened.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFREG.bits();
+        if !regular || !same_file(before, &opened) {
+            return Err(ReadError::Changed);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(proc_path(pinned.as_fd()))
+            .map_err(ReadError::Io)?;
+        let reopened = fstat(file.as_raw_fd()).map_err(|e| ReadError::Io(e.into()))?;
+        if !same_file(before, &reopened) {
+            return Err(ReadError::Changed);
+        }
+        Ok(file)
+    }
+}
+
 /// Why reading a file failed.
 #[derive(Debug)]
 pub enum ReadError {
@@ -201,7 +212,7 @@ pub enum ReadError {
 }
 
 /// Whether `a` and `b` are the same inode with the same size and times.
-fn same_file(a: &FileStat, b: &FileStat) -> bool {
+pub fn same_file(a: &FileStat, b: &FileStat) -> bool {
     (a.st_dev, a.st_ino, a.st_mode, a.st_size) == (b.st_dev, b.st_ino, b.st_mode, b.st_size)
         && (a.st_mtime, a.st_mtime_nsec) == (b.st_mtime, b.st_mtime_nsec)
         && (a.st_ctime, a.st_ctime_nsec) == (b.st_ctime, b.st_ctime_nsec)
