@@ -19,7 +19,7 @@ use nix::sys::stat::{fstat, FileStat};
 
 use crate::format::{encode_rdev, S_IFMT};
 use crate::mkfs::{ImageBuilder, Node, NodeData, NodeId, Tree};
-use crate::safe_fs::tree::{same_file, ReadError, UpperDir};
+use crate::safe_fs::tree::{same_file, ReadError, TreeDir};
 
 use super::ConvertError;
 
@@ -34,7 +34,7 @@ pub fn read_dir_tree(root: &Path, builder: &mut ImageBuilder) -> Result<Tree, Co
         path: path.to_path_buf(),
         source: e,
     };
-    let root_dir = UpperDir::open(root).map_err(|e| fail(root, e))?;
+    let root_dir = TreeDir::open(root).map_err(|e| fail(root, e))?;
     let st = root_dir.stat_self().map_err(|e| fail(root, e))?;
     let mut tree = Tree::new(0, 0, 0, 0);
     let xattrs = kept_xattrs(&root_dir, OsStr::new(".")).map_err(|e| fail(root, e))?;
@@ -93,7 +93,7 @@ pub fn read_dir_tree(root: &Path, builder: &mut ImageBuilder) -> Result<Tree, Co
 }
 
 /// Opens subdirectory `name` of `parent`, which must be the inode listed.
-fn open_listed(parent: &UpperDir, name: &OsStr, key: (u64, u64)) -> io::Result<UpperDir> {
+fn open_listed(parent: &TreeDir, name: &OsStr, key: (u64, u64)) -> io::Result<TreeDir> {
     let dir = parent.open_dir(name)?;
     let st = dir.stat_self()?;
     if (st.st_dev, st.st_ino) != key {
@@ -105,7 +105,7 @@ fn open_listed(parent: &UpperDir, name: &OsStr, key: (u64, u64)) -> io::Result<U
 /// A directory listed but not yet read.
 struct Pending {
     /// Its parent, open (`None` for the root, opened already).
-    parent: Option<Rc<UpperDir>>,
+    parent: Option<Rc<TreeDir>>,
     /// Its name in `parent`.
     name: OsString,
     /// (device, inode) as listed: what is opened must match.
@@ -132,7 +132,7 @@ impl Walk<'_> {
     /// inode) and node when it is a directory, to descend into.
     fn add(
         &mut self,
-        dir: &UpperDir,
+        dir: &TreeDir,
         parent: NodeId,
         name: &OsStr,
     ) -> io::Result<Option<((u64, u64), NodeId)>> {
@@ -171,7 +171,7 @@ impl Walk<'_> {
     /// Copies a regular file's data in; an error if it changed meanwhile.
     fn file(
         &mut self,
-        dir: &UpperDir,
+        dir: &TreeDir,
         name: &OsStr,
         st: &FileStat,
     ) -> io::Result<crate::mkfs::FileData> {
@@ -195,7 +195,7 @@ impl Walk<'_> {
 /// The xattrs EROFS can hold (user., trusted., security., the POSIX ACLs)
 /// of entry `name` of `dir` (read through an O_PATH descriptor, capped in
 /// size); none on a file system without xattrs.
-fn kept_xattrs(dir: &UpperDir, name: &OsStr) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+fn kept_xattrs(dir: &TreeDir, name: &OsStr) -> io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let all = match dir.xattrs(name) {
         Ok(all) => all,
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Vec::new(),

@@ -25,7 +25,7 @@ use crate::overlay::Stack;
 use crate::safe_fs::OutputDir;
 pub use crate::view::OverlayXattrs;
 use tarw::TarWriter;
-use upper::UpperDir;
+use upper::TreeDir;
 use walk::Walker;
 
 /// How the layer is compressed (convert's type: what it reads, diff
@@ -198,7 +198,7 @@ pub fn diff_to(
             upper: upper.display().to_string(),
         });
     }
-    let root = UpperDir::open(upper).map_err(fail)?;
+    let root = TreeDir::open(upper).map_err(fail)?;
     let st = root.stat_self().map_err(fail)?;
     let blob = Hashing {
         inner: io::BufWriter::with_capacity(1 << 20, out),

@@ -20,7 +20,7 @@ use std::os::unix::ffi::OsStrExt;
 use nix::sys::stat::{FileStat, SFlag};
 
 use super::tarw::{Kind, Member, TarWriter};
-use super::upper::{ReadError, UpperDir};
+use super::upper::{ReadError, TreeDir};
 use super::{DiffError, DiffOptions, OverlayXattrs};
 use crate::format::{OPAQUE_MARKER, TRUSTED_OVERLAY, USER_OVERLAY, WHITEOUT_PREFIX};
 use crate::overlay::Stack;
@@ -203,7 +203,7 @@ impl<W: Write> Walker<'_, W> {
 
     /// Writes the root's member if its metadata differs from the lower
     /// root's or anything changed below, then the changes below it.
-    pub fn root(&mut self, dir: &UpperDir, st: &FileStat) -> Result<(), DiffError> {
+    pub fn root(&mut self, dir: &TreeDir, st: &FileStat) -> Result<(), DiffError> {
         let xattrs = dir.xattrs(OsStr::new(".")).map_err(|e| self.io(b"", e))?;
         self.check_refused(b"", &xattrs)?;
         let kept = visible(xattrs);
@@ -287,7 +287,7 @@ impl<W: Write> Walker<'_, W> {
     /// `/` unless the root), `lower` the merged directory under it.
     fn dir(
         &mut self,
-        dir: &UpperDir,
+        dir: &TreeDir,
         path: &[u8],
         lower: Option<Ino>,
         depth: usize,
@@ -333,7 +333,7 @@ impl<W: Write> Walker<'_, W> {
     /// Writes one upper entry `name` of `dir`, at `path`.
     fn entry(
         &mut self,
-        dir: &UpperDir,
+        dir: &TreeDir,
         name: &OsStr,
         path: Vec<u8>,
         st: &FileStat,
@@ -388,7 +388,7 @@ impl<W: Write> Walker<'_, W> {
     /// Writes directory `name` (if new, opaque or changed) and its changes.
     fn directory(
         &mut self,
-        dir: &UpperDir,
+        dir: &TreeDir,
         name: &OsStr,
         found: FoundDir<'_>,
         depth: usize,
@@ -437,7 +437,7 @@ impl<W: Write> Walker<'_, W> {
     /// name of its inode written.
     fn file(
         &mut self,
-        dir: &UpperDir,
+        dir: &TreeDir,
         name: &OsStr,
         path: Vec<u8>,
         st: &FileStat,

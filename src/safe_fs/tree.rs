@@ -29,11 +29,11 @@ const MAX_XATTR_BYTES: usize = 1 << 20;
 const CHUNK: usize = 1 << 20;
 
 /// An open directory of the tree being read.
-pub struct UpperDir {
+pub struct TreeDir {
     fd: OwnedFd,
 }
 
-impl UpperDir {
+impl TreeDir {
     /// Wraps an open directory descriptor.
     pub fn new(fd: OwnedFd) -> Self {
         Self { fd }
@@ -102,8 +102,8 @@ impl UpperDir {
     }
 
     /// The subdirectory `name` (a symlink there is an error).
-    pub fn open_dir(&self, name: &OsStr) -> io::Result<UpperDir> {
-        Ok(UpperDir::new(open_dir_at(self.fd(), name)?))
+    pub fn open_dir(&self, name: &OsStr) -> io::Result<TreeDir> {
+        Ok(TreeDir::new(open_dir_at(self.fd(), name)?))
     }
 
     /// The target of symlink `name`.
@@ -175,7 +175,7 @@ impl UpperDir {
     }
 }
 
-impl UpperDir {
+impl TreeDir {
     /// Opens regular file `name`, listed with status `before`, for
     /// reading: pinned first (O_PATH opens nothing: no device, no FIFO),
     /// checked to be the regular file listed, then reopened; anything else
