@@ -253,17 +253,7 @@ start_fuse() { # name mountpoint command...
     mkdir -p "$mnt"
     echo "$mnt" >"$base.mnt"
     log "$name: podman unshare $*"
-    pu sh -c '
-        mnt=$1 out=$2 pidf=$3; shift 3
-        "$@" </dev/null >>"$out" 2>&1 &
-        pid=$!; echo $pid >"$pidf"
-        i=0
-        until mountpoint -q "$mnt"; do
-            st=$(sed "s/.*) //; s/ .*//" /proc/$pid/stat 2>/dev/null || echo gone)
-            if [ "$st" = Z ] || [ "$st" = gone ]; then echo "server exited before mounting" >&2; exit 1; fi
-            i=$((i + 1)); [ $i -le 300 ] || { echo "not mounted after 30 s" >&2; exit 1; }
-            sleep 0.1
-        done' sh "$mnt" "$W/logs/$name.out" "$base.pid" "$@" ||
+    serve_until_mounted "$mnt" "$W/logs/$name.out" "$base.pid" "$@" ||
         { record FAIL "$name: server did not mount $mnt"; return 1; }
 }
 

@@ -1,5 +1,5 @@
-# shellcheck shell=bash
-# Check results shared by the e2e scripts (podman-e2e.sh, podman5-e2e.sh):
+# shellcheck shell=bash disable=SC2016
+# Shared by the e2e scripts (podman-e2e.sh, podman5-e2e.sh). Check results:
 # each check appends "PASS|FAIL description" to $W/results, and the root
 # part tallies them at exit. Uses the sourcing script's log().
 
@@ -39,4 +39,22 @@ report_results() { # name rc
     fi
     echo "$1: $passed passed, $failed failed"
     [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+}
+
+# Starts a FUSE server in podman's rootless namespace (the sourcing script's
+# pu: `podman unshare` under its timeout), its output appended to OUT and its
+# pid written to PIDFILE, and waits up to 30 s for MNT to become a mount
+# point; fails if the server exits first.
+serve_until_mounted() { # mnt out pidfile command...
+    pu sh -c '
+        mnt=$1 out=$2 pidf=$3; shift 3
+        "$@" </dev/null >>"$out" 2>&1 &
+        pid=$!; echo $pid >"$pidf"
+        i=0
+        until mountpoint -q "$mnt"; do
+            st=$(sed "s/.*) //; s/ .*//" /proc/$pid/stat 2>/dev/null || echo gone)
+            if [ "$st" = Z ] || [ "$st" = gone ]; then echo "server exited before mounting" >&2; exit 1; fi
+            i=$((i + 1)); [ $i -le 300 ] || { echo "not mounted after 30 s" >&2; exit 1; }
+            sleep 0.1
+        done' sh "$@"
 }
