@@ -132,13 +132,7 @@ fn link_groups(root: &Path) -> LinkGroups {
 fn generate(seed: u64) -> Generated {
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    run_ok(
-        Command::new("python3")
-            .arg(script("gen_layers.py"))
-            .arg(seed.to_string())
-            .arg(LAYERS.to_string())
-            .arg(w),
-    );
+    gen_layers(seed, LAYERS, w);
     let (mut aufs, mut oci, mut index) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..LAYERS {
         let tar = w.join(format!("layer{i}.tar"));

@@ -236,6 +236,18 @@ pub fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Writes `count` random layers of seed `seed` into `dir` with
+/// scripts/gen_layers.py (its header says what each file is).
+pub fn gen_layers(seed: u64, count: usize, dir: &Path) {
+    run_ok(
+        Command::new("python3")
+            .arg(script("gen_layers.py"))
+            .arg(seed.to_string())
+            .arg(count.to_string())
+            .arg(dir),
+    );
+}
+
 /// Runs a command, returning its output; panics if it cannot start.
 pub fn run(cmd: &mut Command) -> Output {
     cmd.output()
