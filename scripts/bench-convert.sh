@@ -2,7 +2,10 @@
 # Benchmarks `erofs-fuse convert` on a generated ~1 GB OCI layer, against the
 # floor of reading the stream (`tar tf -` from a pipe) and of reading and hashing it
 # (`sha256sum`; for the tar.gz, `gzip -dc | sha256sum`), and against
-# `mkfs.erofs --tar=i` when the installed mkfs.erofs has it (1.6+), and
+# erofs-utils 1.9.3's `mkfs.erofs --tar=i` (the installed one if 1.9.3
+# cannot be built and it has --tar). `convert` without --digests reads a
+# tar file header by header (as mkfs.erofs --tar=i); with --digests it
+# reads and hashes every byte. Also
 # `convert --mode full --compress lz4hc|zstd` against erofs-utils 1.9.3's
 # `mkfs.erofs --tar=f -zlz4hc|-zzstd` (built from fetched source into
 # ~/.cache/erofs-fuse/erofs-utils-1.9.3 if absent: needs git, autotools, liblz4-dev,
@@ -90,15 +93,16 @@ declare -A t
 t[tar-tf]=$(best sh -c "cat '$tarfile' | tar tf -")
 t[sha256sum]=$(best sha256sum "$tarfile")
 t[index]=$(best "$bin" convert -q "$tarfile" "$out/index.erofs")
+t[index-digests]=$(best "$bin" convert -q --digests "$tarfile" "$out/index.erofs")
 t[append]=$(best "$bin" convert -q --append-tar "$tarfile" "$out/appended.erofs")
 t[full]=$(best "$bin" convert -q --mode full "$tarfile" "$out/full.erofs")
 t[gz-floor]=$(best sh -c "gzip -dc '$gzfile' | sha256sum")
-t[gz-index]=$(best "$bin" convert -q "$gzfile" "$out/gz.erofs" --tar-out "$out/gz.tar")
-mkfs=
-if mkfs.erofs --help 2>&1 | grep -q -- '--tar'; then
-    mkfs=$(best sh -c "mkfs.erofs --quiet --tar=i '$out/mkfs.erofs' < '$tarfile'")
-fi
+t[gz-index]=$(best "$bin" convert -q --digests "$gzfile" "$out/gz.erofs" --tar-out "$out/gz.tar")
 mkfs19=$(scripts/build-erofs-utils.sh 2>/dev/null || true)
+mkfs= mkfs_bin=${mkfs19:-mkfs.erofs}
+if "$mkfs_bin" --help 2>&1 | grep -q -- '--tar'; then
+    mkfs=$(best sh -c "'$mkfs_bin' --quiet --tar=i '$out/mkfs.erofs' < '$tarfile'")
+fi
 declare -A z zsize
 for alg in lz4hc zstd; do
     z[$alg]=$(once "$bin" convert -q --mode full --compress $alg "$tarfile" "$out/$alg.erofs")
@@ -118,11 +122,12 @@ row() { printf '%-44s | %7.3fs | %s\n' "$1" "$2" "$(ratio "$2" "${t[sha256sum]}"
 row "cat layer.tar | tar tf - (read the stream)" "${t[tar-tf]}"
 row "sha256sum layer.tar (read and hash)" "${t[sha256sum]}"
 row "erofs-fuse convert layer.tar (index)" "${t[index]}"
+row "erofs-fuse convert --digests layer.tar" "${t[index-digests]}"
 row "erofs-fuse convert --append-tar layer.tar" "${t[append]}"
 row "erofs-fuse convert --mode full layer.tar" "${t[full]}"
 row "gzip -dc layer.tar.gz | sha256sum" "${t[gz-floor]}"
-row "erofs-fuse convert layer.tar.gz (index)" "${t[gz-index]}"
-if [ -n "$mkfs" ]; then row "mkfs.erofs --tar=i" "$mkfs"; else echo "(mkfs.erofs here, erofs-utils $(dpkg-query -W -f '${Version}' erofs-utils 2>/dev/null || echo '?'), has no --tar)"; fi
+row "erofs-fuse convert --digests layer.tar.gz" "${t[gz-index]}"
+if [ -n "$mkfs" ]; then row "mkfs.erofs --tar=i ($( [ -n "$mkfs19" ] && echo 1.9.3 || echo installed))" "$mkfs"; else echo "(no mkfs.erofs with --tar here: erofs-utils 1.9.3 could not be built)"; fi
 for alg in lz4hc zstd; do
     row "erofs-fuse convert --mode full --compress $alg" "${z[$alg]}"
     echo "    image ${zsize[$alg]} bytes"

@@ -43,6 +43,8 @@ pub fn run(data: &[u8]) {
             gzinfo: None,
             progress: false,
             implied_mtime: Some(0),
+            // Both ways of reading a tar file: whole, and header by header.
+            skip_digests: data.len().is_multiple_of(3),
         };
         let Ok(report) = convert(&input, &output, &options) else {
             continue;

@@ -557,6 +557,12 @@ pub struct ConvertArgs {
     /// the same whatever the number.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// Hash the input as it is read and print `digest` (sha256 of the
+    /// input, the compressed layer digest of a tar.gz) and `diffid`
+    /// (sha256 of the tar, the OCI diffID). Without it nothing is hashed,
+    /// and a tar file converts to an index reading only its headers.
+    #[arg(long)]
+    pub digests: bool,
     /// No progress bar (it is shown only on a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,

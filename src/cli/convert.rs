@@ -17,10 +17,11 @@ impl ConvertArgs {
             if matches!(self.mode, Some(ConvertMode::Index))
                 || self.append_tar
                 || self.tar_out.is_some()
+                || self.digests
             {
                 return Err(CliError::msg(format!(
                     "{}: a directory converts with --mode full only \
-                     (no --mode index, --append-tar or --tar-out)",
+                     (no --mode index, --append-tar, --tar-out or --digests)",
                     self.input.display()
                 )));
             }
@@ -37,6 +38,7 @@ impl ConvertArgs {
             gzinfo: self.gzinfo,
             progress: !self.quiet,
             implied_mtime: self.implied_mtime,
+            skip_digests: !self.digests,
         };
         let compress = match self.compress {
             Some(spec) => Some(CompressOptions {
@@ -101,8 +103,10 @@ fn convert(
         }
     })?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "digest {}", report.input_digest);
-    let _ = writeln!(out, "diffid {}", report.tar_digest);
+    if let Some((input, tar)) = report.digests() {
+        let _ = writeln!(out, "digest {input}");
+        let _ = writeln!(out, "diffid {tar}");
+    }
     let _ = writeln!(
         out,
         "image {} ({} bytes, {} inodes)",

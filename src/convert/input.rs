@@ -1,9 +1,11 @@
-//! The input stream: a file or stdin, gzip, zstd or plain, hashed as it is read,
-//! with a progress bar, and a tee that keeps a copy of the tar.
+//! The input stream: a file or stdin, gzip, zstd or plain, hashed as it is
+//! read (when digests are asked for), with a progress bar, and a tee that
+//! keeps a copy of the tar. Unhashed, a plain tar file is read header by
+//! header: the parser seeks past the data it does not need.
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Seek, Write};
 use std::path::Path;
 use std::rc::Rc;
 
@@ -38,23 +40,85 @@ impl std::fmt::Display for Digest {
     }
 }
 
-/// Hashes what is read through it and moves the progress bar.
+/// A tar stream that can move past bytes its reader does not need.
+pub trait TarRead: Read {
+    /// Moves up to `n` bytes ahead; returns how many were passed (fewer
+    /// only where the input ends). By default, by reading them.
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        io::copy(&mut <&mut Self as Read>::take(self, n), &mut io::sink())
+    }
+}
+
+impl<R: Read> TarRead for BufReader<R> {}
+
+impl<T: TarRead + ?Sized> TarRead for &mut T {
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        (**self).skip(n)
+    }
+}
+
+impl<T: TarRead + ?Sized> TarRead for Box<T> {
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        (**self).skip(n)
+    }
+}
+
+/// Hashes what is read through it (when asked) and moves the progress bar.
 struct Hashing<R> {
     inner: R,
-    hasher: Rc<RefCell<Sha256>>,
+    hasher: Option<Rc<RefCell<Sha256>>>,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.borrow_mut().update(&buf[..n]);
+        if let Some(hasher) = &self.hasher {
+            hasher.borrow_mut().update(&buf[..n]);
+        }
         if let Some(bar) = &self.bar {
             bar.inc(n as u64);
         }
         Ok(n)
     }
 }
+
+/// A plain tar file read header by header: skipping seeks, so file data
+/// the parser does not need is never read.
+struct Seeking {
+    inner: BufReader<File>,
+    pos: u64,
+    len: u64,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Read for Seeking {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        }
+        Ok(n)
+    }
+}
+
+impl TarRead for Seeking {
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let n = n.min(self.len.saturating_sub(self.pos));
+        let step = i64::try_from(n).map_err(|_| io::Error::other("skip too long"))?;
+        self.inner.seek_relative(step)?;
+        self.pos += n;
+        if let Some(bar) = &self.bar {
+            bar.inc(n);
+        }
+        Ok(n)
+    }
+}
+
+/// Size of the buffer for header-by-header reading: most headers of small
+/// files come in the same read, and a skip past a large file costs one.
+const HEADER_READ_BUFFER: usize = 64 << 10;
 
 /// How a layer blob is compressed, as its magic bytes say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,25 +168,26 @@ impl Compression {
 /// The opened input: the uncompressed tar stream and its digests.
 pub struct Source {
     /// The tar bytes.
-    pub reader: Box<dyn Read>,
+    pub reader: Box<dyn TarRead>,
     /// How the input was compressed.
     pub compression: Compression,
     /// The zinfo being built, when asked for and the input is gzip.
     pub gzindex: Option<ZinfoHandle>,
-    input: Rc<RefCell<Sha256>>,
+    input: Option<Rc<RefCell<Sha256>>>,
     tar: Option<Rc<RefCell<Sha256>>>,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl Source {
-    /// The input's and the tar's sha256, once everything has been read.
-    pub fn digests(&self) -> (Digest, Digest) {
-        let input = Digest(self.input.borrow().clone().finalize().into());
+    /// The input's and the tar's sha256, once everything has been read;
+    /// `None` when the input was opened without digests.
+    pub fn digests(&self) -> Option<(Digest, Digest)> {
+        let input = Digest(self.input.as_ref()?.borrow().clone().finalize().into());
         let tar = match &self.tar {
             Some(tar) => Digest(tar.borrow().clone().finalize().into()),
             None => input,
         };
-        (input, tar)
+        Some((input, tar))
     }
 
     /// Clears the progress bar.
@@ -155,17 +220,23 @@ impl<R: Read> Read for Damaged<R> {
 
 /// Opens `path` (`-`: stdin), detecting gzip and zstd by their magic bytes;
 /// with `index`, a gzip input is decompressed by [`GzIndexer`], building
-/// its zinfo on the way.
-pub fn open_input(path: &Path, progress: bool, index: bool) -> io::Result<Source> {
+/// its zinfo on the way; with `digests`, the input and the tar are hashed
+/// as they are read, else a plain tar file is read header by header.
+pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io::Result<Source> {
     let (raw, len): (Box<dyn Read>, Option<u64>) = if path == Path::new("-") {
         (Box::new(io::stdin().lock()), None)
     } else {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
+        if !digests && file.metadata()?.is_file() {
+            if let Some(source) = header_by_header(&file, len, progress)? {
+                return Ok(source);
+            }
+        }
         (Box::new(file), Some(len))
     };
     let bar = (progress && io::stderr().is_terminal()).then(|| progress_bar(len));
-    let input = Rc::new(RefCell::new(Sha256::new()));
+    let input = digests.then(|| Rc::new(RefCell::new(Sha256::new())));
     let mut buffered = BufReader::with_capacity(
         1 << 20,
         Hashing {
@@ -199,16 +270,13 @@ pub fn open_input(path: &Path, progress: bool, index: bool) -> io::Result<Source
         inner: decoder,
         what: compression.name(),
     });
-    let tar = Rc::new(RefCell::new(Sha256::new()));
+    let tar = digests.then(|| Rc::new(RefCell::new(Sha256::new())));
     let reader = Hashing {
         inner: decoder,
         hasher: tar.clone(),
         bar: None,
     };
-    let (reader, tar): (Box<dyn Read>, _) = (
-        Box::new(BufReader::with_capacity(1 << 20, reader)),
-        Some(tar),
-    );
+    let reader = Box::new(BufReader::with_capacity(1 << 20, reader));
     Ok(Source {
         reader,
         compression,
@@ -217,6 +285,33 @@ pub fn open_input(path: &Path, progress: bool, index: bool) -> io::Result<Source
         tar,
         bar,
     })
+}
+
+/// `file` as a plain tar read header by header, or `None` when it is
+/// compressed (a stream to decode whole).
+fn header_by_header(file: &File, len: u64, progress: bool) -> io::Result<Option<Source>> {
+    let mut inner = BufReader::with_capacity(HEADER_READ_BUFFER, file.try_clone()?);
+    if Compression::detect(inner.fill_buf()?) != Compression::None {
+        // The clone shares the file's offset: back to the start for the
+        // stream reader.
+        inner.into_inner().rewind()?;
+        return Ok(None);
+    }
+    let bar = (progress && io::stderr().is_terminal()).then(|| progress_bar(Some(len)));
+    let reader = Seeking {
+        inner,
+        pos: 0,
+        len,
+        bar: bar.clone(),
+    };
+    Ok(Some(Source {
+        reader: Box::new(reader),
+        compression: Compression::None,
+        gzindex: None,
+        input: None,
+        tar: None,
+        bar,
+    }))
 }
 
 fn progress_bar(len: Option<u64>) -> indicatif::ProgressBar {
@@ -268,6 +363,18 @@ impl<'a, R: Read> Tee<'a, R> {
             }
         }
         Ok(())
+    }
+}
+
+impl<R: TarRead> TarRead for Tee<'_, R> {
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        if self.copy.is_some() {
+            // The copy needs the bytes.
+            return io::copy(&mut <&mut Self as Read>::take(self, n), &mut io::sink());
+        }
+        let skipped = self.inner.skip(n)?;
+        self.count += skipped;
+        Ok(skipped)
     }
 }
 

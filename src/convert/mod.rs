@@ -4,9 +4,10 @@
 //! full image with the data copied in.
 //!
 //! The input is read once, as a stream: its sha256 (the layer digest) and
-//! the uncompressed tar's (the diffID) are computed on the way, gzip and
-//! zstd are detected by their magic, and memory grows with the number of entries, not
-//! with the data.
+//! the uncompressed tar's (the diffID) are computed on the way unless
+//! skipped (then index mode reads a plain tar file header by header), gzip
+//! and zstd are detected by their magic, and memory grows with the number
+//! of entries, not with the data.
 
 mod dir;
 mod input;
@@ -27,7 +28,7 @@ use crate::mkfs::compress::Codec;
 use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
 pub use dir::convert_tree;
-use input::{open_input, Tee};
+use input::{open_input, TarRead, Tee};
 pub use input::{Compression, Digest};
 pub use stream::MAX_EXTENSION_SIZE;
 pub use tar::TarOptions;
@@ -64,6 +65,9 @@ pub struct ConvertOptions {
     /// Modification time of the root and of implied directories (default:
     /// the newest in the tar).
     pub implied_mtime: Option<i64>,
+    /// Do not hash the input: the report has no digests, and a plain tar
+    /// file in index mode is read header by header (its data is not read).
+    pub skip_digests: bool,
 }
 
 /// Compression of a full image's file data ([`convert_compressed`]).
@@ -81,10 +85,11 @@ pub struct CompressOptions {
 #[derive(Debug, Clone)]
 pub struct ConvertReport {
     /// sha256 of the input as read (the layer digest; for a tar.gz, of the
-    /// compressed bytes).
-    pub input_digest: Digest,
-    /// sha256 of the uncompressed tar (the OCI diffID).
-    pub tar_digest: Digest,
+    /// compressed bytes); `None` with `skip_digests`.
+    pub input_digest: Option<Digest>,
+    /// sha256 of the uncompressed tar (the OCI diffID); `None` with
+    /// `skip_digests`.
+    pub tar_digest: Option<Digest>,
     /// How the input was compressed.
     pub compression: Compression,
     /// Size of the uncompressed tar.
@@ -122,6 +127,15 @@ pub enum ConvertError {
     /// The tree cannot be written as EROFS.
     #[error("{0}")]
     Build(#[from] BuildError),
+}
+
+impl ConvertReport {
+    /// The input's and the tar's digests as text (`sha256:...`), which a
+    /// conversion without `skip_digests` always has.
+    pub fn digests(&self) -> Option<(String, String)> {
+        let (input, tar) = self.input_digest.zip(self.tar_digest)?;
+        Some((input.to_string(), tar.to_string()))
+    }
 }
 
 impl ConvertError {
@@ -187,8 +201,13 @@ fn convert_inner(
         return Err(invalid(&output, "the output is the input"));
     }
     let codec = compression_codec(options, compress, &output)?;
-    let mut source = open_input(input, options.progress, options.gzinfo.is_some())
-        .map_err(|e| ConvertError::io(input, e))?;
+    let mut source = open_input(
+        input,
+        options.progress,
+        options.gzinfo.is_some(),
+        !options.skip_digests,
+    )
+    .map_err(|e| ConvertError::io(input, e))?;
     let compression = source.compression;
     let image = dir.temp_file().map_err(|e| ConvertError::io(&output, e))?;
     let block_bits = match options.mode {
@@ -219,12 +238,14 @@ fn convert_inner(
         aufs: options.aufs,
         implied_mtime: options.implied_mtime,
     };
-    let tree = match options.mode {
+    let (tree, headers) = match options.mode {
         Mode::Index => read_tar(&mut stream, tar_options, DataSink::Index)?,
         Mode::Full => read_tar(&mut stream, tar_options, DataSink::Full(&mut builder))?,
     };
     // Whatever follows the end-of-archive blocks is part of the layer too.
-    io::copy(&mut stream, &mut io::sink()).map_err(|e| ConvertError::io(input, e))?;
+    stream
+        .skip(u64::MAX)
+        .map_err(|e| ConvertError::io(input, e))?;
     let tar_size = stream.written();
     let tar_name = copy.keep.as_ref().map_or(input, |t| t.path.as_path());
     // The temporary copy appended to the image is synced there, once.
@@ -232,10 +253,10 @@ fn convert_inner(
     stream
         .finish(durable)
         .map_err(|e| ConvertError::io(tar_name, e))?;
-    let (input_digest, tar_digest) = source.digests();
+    let digests = source.digests();
     source.done();
 
-    let summary = finish_image(builder, &tree, options.mode, tar_size, &tar_digest)?;
+    let summary = finish_image(builder, &tree, options.mode, tar_size, &headers)?;
 
     let tar_path =
         (options.mode == Mode::Index && !options.append_tar).then(|| tar_name.to_path_buf());
@@ -262,8 +283,8 @@ fn convert_inner(
         .persist(name, mode)
         .map_err(|e| ConvertError::io(&output, e))?;
     Ok(ConvertReport {
-        input_digest,
-        tar_digest,
+        input_digest: digests.map(|d| d.0),
+        tar_digest: digests.map(|d| d.1),
         compression,
         tar_size,
         tar_path,
@@ -352,14 +373,15 @@ fn finish_image(
     tree: &crate::mkfs::Tree,
     mode: Mode,
     tar_size: u64,
-    tar_digest: &Digest,
+    headers: &[u8; 32],
 ) -> Result<crate::mkfs::BuildSummary, ConvertError> {
     let source = match mode {
         Mode::Index => DataSource::Tar { size: tar_size },
         Mode::Full => DataSource::Image,
     };
+    // From the headers, so it is the same with and without digests.
     let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&tar_digest.bytes()[..16]);
+    uuid.copy_from_slice(&headers[..16]);
     Ok(builder.finish(tree, &BuildOptions { source, uuid })?)
 }
 

@@ -9,8 +9,10 @@
 
 use std::io::{self, Read};
 
+use sha2::{Digest as _, Sha256};
 use tar::{EntryType, Header};
 
+use super::input::TarRead;
 use super::ConvertError;
 
 /// Where a ustar header keeps its checksum (`chksum[8]`).
@@ -71,6 +73,15 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+impl<R: TarRead> Counted<R> {
+    /// Moves `n` bytes ahead (without reading them where the input can).
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let skipped = self.inner.skip(n)?;
+        self.pos += skipped;
+        Ok(skipped)
+    }
+}
+
 /// Reads the members of a tar stream one after the other.
 pub struct TarStream<R> {
     inner: Counted<R>,
@@ -80,9 +91,12 @@ pub struct TarStream<R> {
     /// The last member returned (offset, name shown), which errors while
     /// skipping its data name.
     last: Option<(u64, String)>,
+    /// sha256 of the header blocks and extension records read: what the
+    /// tree is made of, without the file data.
+    headers: Sha256,
 }
 
-impl<R: Read> TarStream<R> {
+impl<R: TarRead> TarStream<R> {
     /// A reader of the tar in `inner`, which starts at its first header.
     pub fn new(inner: R) -> Self {
         Self {
@@ -90,7 +104,13 @@ impl<R: Read> TarStream<R> {
             next: 0,
             done: false,
             last: None,
+            headers: Sha256::new(),
         }
+    }
+
+    /// sha256 of every header block and extension record read so far.
+    pub fn headers_digest(&self) -> [u8; 32] {
+        self.headers.clone().finalize().into()
     }
 
     /// The data of `member` (call before the next [`Self::next_member`];
@@ -202,7 +222,7 @@ impl<R: Read> TarStream<R> {
     /// `None` at the end of the archive.
     fn read_header(&mut self, at: u64) -> Result<Option<Header>, ConvertError> {
         let skip = at.saturating_sub(self.inner.pos);
-        let skipped = io::copy(&mut (&mut self.inner).take(skip), &mut io::sink());
+        let skipped = self.inner.skip(skip);
         if skipped.as_ref().map_or(true, |&n| n < skip) {
             let why = skipped.map_or_else(|e| e.to_string(), |_| "the tar ends".into());
             let (at, name) = self.last.clone().unwrap_or((at, String::new()));
@@ -239,6 +259,7 @@ impl<R: Read> TarStream<R> {
                 "header checksum mismatch".into(),
             ));
         }
+        self.headers.update(header.as_bytes());
         self.next = at + 512;
         Ok(Some(header))
     }
@@ -255,6 +276,7 @@ impl<R: Read> TarStream<R> {
         self.inner
             .read_exact(&mut bytes)
             .map_err(|e| format!("reading its {what}: {e}"))?;
+        self.headers.update(&bytes);
         self.next = self.inner.pos.next_multiple_of(512);
         Ok(bytes)
     }

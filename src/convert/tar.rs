@@ -3,10 +3,10 @@
 //! gives them the semantics of extracting the archive.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use tar::EntryType;
 
+use super::input::TarRead;
 use super::pax::{apply_pax, Attrs, Globals};
 use super::stream::{shown, Member, TarStream};
 use super::tree::{Content, TreeBuilder};
@@ -33,12 +33,13 @@ pub struct TarOptions {
     pub implied_mtime: Option<i64>,
 }
 
-/// Reads every entry of the tar stream `reader` into a tree.
+/// Reads every entry of the tar stream `reader` into a tree; also returns
+/// the sha256 of the tar's headers (the image's UUID comes from it).
 pub fn read_tar(
-    reader: impl Read,
+    reader: impl TarRead,
     options: TarOptions,
     sink: DataSink<'_>,
-) -> Result<Tree, ConvertError> {
+) -> Result<(Tree, [u8; 32]), ConvertError> {
     let mut stream = TarStream::new(reader);
     let mut state = State {
         builder: TreeBuilder::new(options.aufs, options.implied_mtime),
@@ -52,7 +53,7 @@ pub fn read_tar(
             |message: String| ConvertError::tar(member.at, Some(shown_path.clone()), message);
         state.add(&mut stream, &member).map_err(fail)?;
     }
-    Ok(state.builder.finish())
+    Ok((state.builder.finish(), stream.headers_digest()))
 }
 
 /// The tree being built and what reading the tar so far has set.
@@ -65,7 +66,11 @@ struct State<'a> {
 
 impl State<'_> {
     /// Adds one member of the tar; the error says what is wrong with it.
-    fn add<R: Read>(&mut self, stream: &mut TarStream<R>, member: &Member) -> Result<(), String> {
+    fn add<R: TarRead>(
+        &mut self,
+        stream: &mut TarStream<R>,
+        member: &Member,
+    ) -> Result<(), String> {
         let kind = member.header.entry_type();
         if kind.is_pax_global_extensions() {
             return self.globals.merge(member.pax.clone());
@@ -93,7 +98,7 @@ impl State<'_> {
     }
 
     /// What `member` holds (a regular file's data read or indexed).
-    fn content<R: Read>(
+    fn content<R: TarRead>(
         &mut self,
         stream: &mut TarStream<R>,
         member: &Member,

@@ -311,10 +311,13 @@ impl Job<'_> {
                     gzinfo: gzip.then(|| pinned.join(ZINFO_FILE)),
                     progress: false,
                     implied_mtime: None,
+                    skip_digests: false,
                 };
                 let report = convert_at(&blob, &staging.dir, INDEX_FILE.as_ref(), &options)
                     .map_err(|e| what(format!("converting: {e}")))?;
-                let got = report.input_digest.to_string();
+                let (got, _) = report
+                    .digests()
+                    .ok_or_else(|| what("converting: no digests were computed".into()))?;
                 if got != digest {
                     return Err(what(format!("{}: its digest is {got}", blob.display())));
                 }

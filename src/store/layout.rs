@@ -218,11 +218,12 @@ impl Drop for Staging<'_> {
 fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo> {
     let report = convert_layer(staging, blob, progress)
         .map_err(|e| Error::Invalid(format!("converting {}: {e}", blob.display())))?;
+    let (compressed_digest, diff_digest) = digests_of(&report, blob)?;
     let compressed_size = keep_blob(staging, blob)?;
     let info = LayerInfo {
-        compressed_digest: report.input_digest.to_string(),
+        compressed_digest,
         compressed_size,
-        diff_digest: report.tar_digest.to_string(),
+        diff_digest,
         diff_size: report.tar_size,
         compression: report.compression.storage_code(),
         toc_digest: None,
@@ -247,10 +248,21 @@ pub(crate) fn convert_layer(
         gzinfo: None,
         progress,
         implied_mtime: None,
+        skip_digests: false,
     };
     let report = convert_at(blob, &staging.dir, OsStr::new(IMAGE_FILE), &options)?;
     staging.made(IMAGE_FILE);
     Ok(report)
+}
+
+/// The layer digest and diffID that converting `blob` computed.
+pub(crate) fn digests_of(report: &ConvertReport, blob: &Path) -> Result<(String, String)> {
+    report.digests().ok_or_else(|| {
+        Error::Invalid(format!(
+            "converting {}: no digests were computed",
+            blob.display()
+        ))
+    })
 }
 
 /// Writes `info` into the layer directory being built.

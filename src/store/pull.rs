@@ -410,10 +410,11 @@ fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
             layer.digest, layer.media_type
         ))
     })?;
+    let (_, diff_digest) = super::layout::digests_of(&report, &pinned_blob(staging))?;
     Ok(LayerInfo {
         compressed_digest: layer.digest.clone(),
         compressed_size: layer.size,
-        diff_digest: report.tar_digest.to_string(),
+        diff_digest,
         diff_size: report.tar_size,
         compression: report.compression.storage_code(),
         toc_digest: None,

@@ -61,10 +61,11 @@ pub fn add(store: &Path, blob: &Path, toc_digest: &str, progress: bool) -> Resul
         ))
     })?;
     drop(image);
+    let (compressed_digest, diff_digest) = layout::digests_of(&report, blob)?;
     let info = LayerInfo {
-        compressed_digest: report.input_digest.to_string(),
+        compressed_digest,
         compressed_size: layout::keep_blob(&staging, blob)?,
-        diff_digest: report.tar_digest.to_string(),
+        diff_digest,
         diff_size: report.tar_size,
         compression: report.compression.storage_code(),
         toc_digest: Some(toc_digest.to_string()),
