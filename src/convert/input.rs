@@ -3,13 +3,14 @@
 //! keeps a copy of the tar. Unhashed, a plain tar file is read header by
 //! header: the parser seeks past the data it does not need.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Seek, Write};
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest as _, Sha256};
+
+use super::decode::{finish, Decoded, SharedHash};
 
 use crate::gzran::{zinfo::DEFAULT_SPAN, GzIndexer, ZinfoHandle};
 
@@ -66,7 +67,7 @@ impl<T: TarRead + ?Sized> TarRead for Box<T> {
 /// Hashes what is read through it (when asked) and moves the progress bar.
 struct Hashing<R> {
     inner: R,
-    hasher: Option<Rc<RefCell<Sha256>>>,
+    hasher: Option<SharedHash>,
     bar: Option<indicatif::ProgressBar>,
 }
 
@@ -74,7 +75,10 @@ impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         if let Some(hasher) = &self.hasher {
-            hasher.borrow_mut().update(&buf[..n]);
+            hasher
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(&buf[..n]);
         }
         if let Some(bar) = &self.bar {
             bar.inc(n as u64);
@@ -173,8 +177,8 @@ pub struct Source {
     pub compression: Compression,
     /// The zinfo being built, when asked for and the input is gzip.
     pub gzindex: Option<ZinfoHandle>,
-    input: Option<Rc<RefCell<Sha256>>>,
-    tar: Option<Rc<RefCell<Sha256>>>,
+    input: Option<SharedHash>,
+    tar: Option<SharedHash>,
     bar: Option<indicatif::ProgressBar>,
 }
 
@@ -182,9 +186,9 @@ impl Source {
     /// The input's and the tar's sha256, once everything has been read;
     /// `None` when the input was opened without digests.
     pub fn digests(&self) -> Option<(Digest, Digest)> {
-        let input = Digest(self.input.as_ref()?.borrow().clone().finalize().into());
+        let input = Digest(finish(self.input.as_ref()?));
         let tar = match &self.tar {
-            Some(tar) => Digest(tar.borrow().clone().finalize().into()),
+            Some(tar) => Digest(finish(tar)),
             None => input,
         };
         Some((input, tar))
@@ -223,8 +227,8 @@ impl<R: Read> Read for Damaged<R> {
 /// its zinfo on the way; with `digests`, the input and the tar are hashed
 /// as they are read, else a plain tar file is read header by header.
 pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io::Result<Source> {
-    let (raw, len): (Box<dyn Read>, Option<u64>) = if path == Path::new("-") {
-        (Box::new(io::stdin().lock()), None)
+    let (raw, len): (Box<dyn Read + Send>, Option<u64>) = if path == Path::new("-") {
+        (Box::new(io::stdin()), None)
     } else {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
@@ -236,7 +240,7 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         (Box::new(file), Some(len))
     };
     let bar = (progress && io::stderr().is_terminal()).then(|| progress_bar(len));
-    let input = digests.then(|| Rc::new(RefCell::new(Sha256::new())));
+    let input = digests.then(new_hash);
     let mut buffered = BufReader::with_capacity(
         1 << 20,
         Hashing {
@@ -246,6 +250,34 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         },
     );
     let compression = Compression::detect(buffered.fill_buf()?);
+    let tar = digests.then(new_hash);
+    if compression != Compression::None && !index {
+        // Decoded on another thread, as the tar is hashed and parsed here.
+        let what = compression.name();
+        let reader = Decoded::start(
+            move || {
+                let decoder: Box<dyn Read> = match compression {
+                    Compression::Zstd => {
+                        Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
+                    }
+                    _ => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+                };
+                Ok(Box::new(Damaged {
+                    inner: decoder,
+                    what,
+                }))
+            },
+            tar.clone(),
+        )?;
+        return Ok(Source {
+            reader: Box::new(reader),
+            compression,
+            gzindex: None,
+            input,
+            tar,
+            bar,
+        });
+    }
     let mut gzindex = None;
     let decoder: Box<dyn Read> = match compression {
         Compression::None => {
@@ -270,7 +302,6 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         inner: decoder,
         what: compression.name(),
     });
-    let tar = digests.then(|| Rc::new(RefCell::new(Sha256::new())));
     let reader = Hashing {
         inner: decoder,
         hasher: tar.clone(),
@@ -285,6 +316,10 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         tar,
         bar,
     })
+}
+
+fn new_hash() -> SharedHash {
+    Arc::new(Mutex::new(Sha256::new()))
 }
 
 /// `file` as a plain tar read header by header, or `None` when it is

@@ -9,6 +9,7 @@
 //! and zstd are detected by their magic, and memory grows with the number
 //! of entries, not with the data.
 
+mod decode;
 mod dir;
 mod input;
 mod pax;
