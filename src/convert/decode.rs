@@ -13,8 +13,9 @@ use sha2::{Digest as _, Sha256};
 use super::input::TarRead;
 
 /// Bytes the decoding thread hands over at a time.
-const CHUNK: usize = 1 << 20;
-/// Chunks in flight between the threads (bounds the memory to a few MiB).
+const CHUNK: usize = 256 << 10;
+/// Chunks in flight between the threads (with the two being filled and
+/// read, the memory is bounded to 1.5 MiB).
 const DEPTH: usize = 4;
 
 /// A hash shared with the thread that feeds it.
@@ -69,7 +70,9 @@ impl Decoded {
         match self.chunks.recv() {
             Ok(Ok(chunk)) => {
                 if let Some(hash) = &self.tar_hash {
-                    hash.lock().unwrap_or_else(|p| p.into_inner()).update(&chunk);
+                    hash.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .update(&chunk);
                 }
                 let old = std::mem::replace(&mut self.chunk, chunk);
                 let _ = self.spent.send(old);
@@ -115,7 +118,8 @@ impl TarRead for Decoded {
             if self.at == self.chunk.len() && !self.next_chunk()? {
                 break;
             }
-            let step = (self.chunk.len() - self.at).min(usize::try_from(n - skipped).unwrap_or(usize::MAX));
+            let step = (self.chunk.len() - self.at)
+                .min(usize::try_from(n - skipped).unwrap_or(usize::MAX));
             self.at += step;
             skipped += step as u64;
         }
