@@ -1,0 +1,167 @@
+//! Nydus RAFS v6 images read from local files: a bootstrap (an EROFS image
+//! with nydus extensions, [`layout`]) and its data blobs, each served to the
+//! reader as a virtual uncompressed device ([`BlobSource`]) in place of the
+//! extra device the bootstrap's chunk addresses name, so the reader, FUSE
+//! and the tools read the image as any chunk-based EROFS image.
+//!
+//! Blobs are files named by blob id in a directory (`--blob-dir`, opened
+//! `O_NOFOLLOW`, read-only) or given one by one in device-table order. A
+//! tarfs bootstrap's blobs are the tar files themselves, mapped as they
+//! are (what the kernel reads too).
+
+mod blob;
+pub mod layout;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::format::{read_struct, DeviceSlot, DEVICE_SLOT_SIZE};
+use crate::reader::{Image, SuperInfo};
+
+pub use blob::BlobSource;
+pub use layout::{is_rafs_v6, BlobInfo, ChunkInfo, Compressor, Digester, Rafs};
+
+/// Where a bootstrap's blobs are.
+#[derive(Debug, Clone, Default)]
+pub struct BlobFiles {
+    /// A directory of blobs named by blob id.
+    pub dir: Option<PathBuf>,
+    /// Blob files in blob-table order (taking precedence over `dir`).
+    pub files: Vec<PathBuf>,
+}
+
+/// Whether the file at `path` (from byte `offset`) is a RAFS v6 bootstrap.
+pub fn probe(path: &Path, offset: u64) -> Result<bool> {
+    Ok(is_rafs_v6(&bootstrap(path, offset)?))
+}
+
+/// The bootstrap at `path`, from byte `offset`, mapped.
+fn bootstrap(path: &Path, offset: u64) -> Result<Device> {
+    let whole = Device::open(path, 0)?;
+    if offset > whole.len() {
+        return Err(Error::Invalid(format!(
+            "{}: offset {offset} is past the end of the file",
+            path.display()
+        )));
+    }
+    whole.subrange(offset, whole.len() - offset)
+}
+
+/// The RAFS v6 tables of the bootstrap at `path` (for `inspect`), or
+/// `None` when it is not one.
+pub fn read_rafs(path: &Path, offset: u64) -> Result<Option<Rafs>> {
+    let primary = bootstrap(path, offset)?;
+    if !is_rafs_v6(&primary) {
+        return Ok(None);
+    }
+    let sb = SuperInfo::parse(&primary)?;
+    layout::parse(&primary, path, u64::from(sb.extra_devices)).map(Some)
+}
+
+/// Opens the bootstrap at `path` (from byte `offset`) with its blobs from
+/// `blobs`, decoded chunks cached within `cache_size` bytes (and as much
+/// again for compressed EROFS extents).
+pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Result<Image> {
+    let primary = bootstrap(path, offset)?;
+    if !is_rafs_v6(&primary) {
+        return Err(Error::Invalid(format!(
+            "{}: not a Nydus RAFS v6 bootstrap (no RAFS v6 flag in its EROFS superblock)",
+            path.display()
+        )));
+    }
+    let sb = SuperInfo::parse(&primary)?;
+    let rafs = layout::parse(&primary, path, u64::from(sb.extra_devices))?;
+    if !blobs.files.is_empty() && blobs.files.len() != rafs.blobs.len() {
+        return Err(Error::Invalid(format!(
+            "{}: {} blob file(s) given but the bootstrap has {} blob(s)",
+            path.display(),
+            blobs.files.len(),
+            rafs.blobs.len()
+        )));
+    }
+    let cache = Arc::new(blob::ChunkCache::new(cache_size));
+    let mut extra = Vec::with_capacity(rafs.blobs.len());
+    for info in &rafs.blobs {
+        let (file, blob_path) = open_blob(path, info, blobs)?;
+        let slot_len = slot_bytes(&primary, &sb, info.index)?;
+        if rafs.tarfs() {
+            let len = file.metadata().map_err(|e| Error::io(&blob_path, e))?.len();
+            extra.push(Device::from_file(&file, &blob_path, len)?);
+            continue;
+        }
+        let chunks = rafs
+            .chunks
+            .iter()
+            .filter(|c| c.blob_index == info.index)
+            .cloned()
+            .collect();
+        let source = BlobSource::new(
+            info.clone(),
+            file,
+            &blob_path,
+            chunks,
+            slot_len,
+            Arc::clone(&cache),
+        )?;
+        extra.push(Device::from_source(&blob_path, Arc::new(source))?);
+    }
+    let mut image = Image::from_devices(primary, extra)?;
+    image.set_cache_size(cache_size);
+    Ok(image)
+}
+
+/// The size in bytes of device slot `index` (blob `index`).
+fn slot_bytes(primary: &Device, sb: &SuperInfo, index: u32) -> Result<u64> {
+    let at = (u64::from(sb.devt_slotoff) + u64::from(index)) * DEVICE_SLOT_SIZE;
+    let slot: &DeviceSlot = read_struct(primary.slice(at, DEVICE_SLOT_SIZE)?)
+        .ok_or_else(|| Error::corrupt("short device slot"))?;
+    Ok(u64::from(slot.blocks_lo.get()) << sb.block_bits)
+}
+
+/// Opens blob `info`'s file: the one given in its place, or the file named
+/// by its id in the blob directory (no symlink followed), read-only.
+fn open_blob(bootstrap: &Path, info: &BlobInfo, blobs: &BlobFiles) -> Result<(File, PathBuf)> {
+    if let Some(path) = blobs.files.get(info.index as usize) {
+        let (file, _) = crate::input::open_input(path)?;
+        return Ok((file, path.clone()));
+    }
+    let Some(dir) = &blobs.dir else {
+        return Err(Error::Invalid(format!(
+            "{}: blob {} is needed: give --blob-dir DIR or each blob with --device",
+            bootstrap.display(),
+            info.id
+        )));
+    };
+    // The id is 64 hex characters (checked when parsed): a plain name.
+    let path = dir.join(&info.id);
+    let file = open_nofollow(&path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::Invalid(format!(
+            "{}: blob {} not found in {}",
+            bootstrap.display(),
+            info.id,
+            dir.display()
+        )),
+        _ => Error::io(&path, e),
+    })?;
+    Ok((file, path))
+}
+
+/// Opens `path` read-only without following a symlink or blocking, and
+/// only if it is a regular file.
+fn open_nofollow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
