@@ -16,6 +16,7 @@ mod diff;
 pub mod error;
 mod gz;
 mod lazy;
+mod nydus;
 mod pull;
 mod read;
 mod serve;
@@ -124,6 +125,9 @@ fn open(args: &ImageArgs) -> Result<Image> {
 
 /// Opens the image at `path` as `args` say.
 fn open_with(path: &Path, args: &OpenArgs) -> Result<Image> {
+    if args.blob_dir.is_some() || nydus::probe(path, args.offset).unwrap_or(false) {
+        return nydus::open(path, args);
+    }
     if !args.zinfos.is_empty() {
         return gz::open_with_zinfo(path, args);
     }

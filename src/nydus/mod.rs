@@ -36,9 +36,11 @@ pub struct BlobFiles {
     pub files: Vec<PathBuf>,
 }
 
-/// Whether the file at `path` (from byte `offset`) is a RAFS v6 bootstrap.
+/// Whether the file at `path` (from byte `offset`) is a RAFS v6 bootstrap
+/// with blobs (an `export --block` disk has none: it is plain EROFS).
 pub fn probe(path: &Path, offset: u64) -> Result<bool> {
-    Ok(is_rafs_v6(&bootstrap(path, offset)?))
+    let dev = bootstrap(path, offset)?;
+    Ok(is_rafs_v6(&dev) && SuperInfo::parse(&dev).is_ok_and(|sb| sb.extra_devices > 0))
 }
 
 /// The bootstrap at `path`, from byte `offset`, mapped.
@@ -61,6 +63,9 @@ pub fn read_rafs(path: &Path, offset: u64) -> Result<Option<Rafs>> {
         return Ok(None);
     }
     let sb = SuperInfo::parse(&primary)?;
+    if sb.extra_devices == 0 {
+        return Ok(None);
+    }
     layout::parse(&primary, path, u64::from(sb.extra_devices)).map(Some)
 }
 

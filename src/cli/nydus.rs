@@ -1,0 +1,122 @@
+//! Nydus RAFS v6 bootstraps on the command line: opened with their blobs
+//! (`--blob-dir`, or `--device` per blob), and the blob table `inspect`
+//! shows.
+
+use std::path::Path;
+
+use erofs_fuse::nydus::{self as rafs, BlobFiles, Rafs};
+use erofs_fuse::Image;
+
+use super::args::OpenArgs;
+use super::error::{CliError, Context, Result};
+
+/// Whether the file at `path` is a RAFS v6 bootstrap with blobs (a file
+/// that cannot be read is left to the ordinary open to report).
+pub(super) fn probe(path: &Path, offset: u64) -> Result<bool> {
+    Ok(rafs::probe(path, offset)?)
+}
+
+/// Opens the bootstrap at `path` with the blobs `args` give.
+pub(super) fn open(path: &Path, args: &OpenArgs) -> Result<Image> {
+    if args.verity.is_some() || args.dmverity.is_some() || !args.device_verity.is_empty() {
+        return Err(CliError::msg(format!(
+            "{}: verity options do not apply to a Nydus bootstrap (its chunks are checked against their digests)",
+            path.display()
+        )));
+    }
+    if !args.zinfos.is_empty() {
+        return Err(CliError::msg(format!(
+            "{}: --zinfo does not apply to a Nydus bootstrap",
+            path.display()
+        )));
+    }
+    let blobs = BlobFiles {
+        dir: args.blob_dir.clone(),
+        files: args.devices.clone(),
+    };
+    match rafs::open(path, args.offset, &blobs, args.cache_size) {
+        Ok(image) => Ok(image),
+        // These already name the file they concern.
+        Err(e @ erofs_fuse::Error::Io { .. }) => Err(e.into()),
+        Err(e) if e.to_string().starts_with(&path.display().to_string()) => Err(e.into()),
+        Err(e) => Err(e).context(path.display()),
+    }
+}
+
+/// The RAFS v6 tables of the bootstrap at `path`, if it is one.
+pub(super) fn tables(path: &Path, offset: u64) -> Result<Option<Rafs>> {
+    Ok(rafs::read_rafs(path, offset)?)
+}
+
+/// `inspect`'s lines for the blob table.
+pub(super) fn blob_lines(rafs: &Rafs) -> Vec<(String, String)> {
+    let mut out = vec![(
+        "nydus:".to_string(),
+        format!(
+            "RAFS v6, flags {:#x}{}, chunk size {}, {} chunk record(s)",
+            rafs.flags,
+            if rafs.tarfs() { " (tarfs)" } else { "" },
+            rafs.chunk_size,
+            rafs.chunks.len()
+        ),
+    )];
+    for b in &rafs.blobs {
+        out.push((format!("  blob {}:", b.index), b.id.clone()));
+        out.push((
+            String::new(),
+            format!(
+                "chunk size {}, {} chunk(s), {} / {}, features {:#x}",
+                b.chunk_size,
+                b.chunk_count,
+                b.compressor.name(),
+                b.digester.name(),
+                b.features
+            ),
+        ));
+        out.push((
+            String::new(),
+            format!(
+                "compressed {} bytes, uncompressed {}; CI array at {} ({} bytes, {} uncompressed, compressor {})",
+                b.compressed_size,
+                b.uncompressed_size,
+                b.ci_offset,
+                b.ci_compressed_size,
+                b.ci_uncompressed_size,
+                b.ci_compressor
+            ),
+        ));
+    }
+    out
+}
+
+/// The blob table as JSON (for `inspect --json`).
+pub(super) fn blob_json(rafs: &Rafs) -> serde_json::Value {
+    let blobs: Vec<_> = rafs
+        .blobs
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "index": b.index,
+                "id": b.id,
+                "chunk_size": b.chunk_size,
+                "chunk_count": b.chunk_count,
+                "compressor": b.compressor.name(),
+                "digester": b.digester.name(),
+                "features": b.features,
+                "compressed_size": b.compressed_size,
+                "uncompressed_size": b.uncompressed_size,
+                "ci_compressor": b.ci_compressor,
+                "ci_offset": b.ci_offset,
+                "ci_compressed_size": b.ci_compressed_size,
+                "ci_uncompressed_size": b.ci_uncompressed_size,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "flags": rafs.flags,
+        "tarfs": rafs.tarfs(),
+        "chunk_size": rafs.chunk_size,
+        "chunk_records": rafs.chunks.len(),
+        "blobs": blobs,
+    })
+}
