@@ -8,10 +8,7 @@
 //! decode to its size or does not match its digest fails the read (EIO),
 //! never serves bytes; bytes no chunk covers fail it too.
 
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -20,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 use super::layout::{
     BlobInfo, ChunkInfo, Compressor, Digester, CHUNK_COMPRESSED, CHUNK_UNSUPPORTED,
 };
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::format::COMPRESSION_LZ4;
 use crate::lazy::ChunkSource;
@@ -45,9 +43,8 @@ pub(crate) type ChunkCache = ExtentCache<ChunkKey>;
 /// One blob's uncompressed device (see the module doc).
 pub struct BlobSource {
     info: BlobInfo,
-    file: File,
-    path: PathBuf,
-    file_len: u64,
+    /// The blob file, mapped.
+    blob: Device,
     /// This blob's chunks by uncompressed offset, not overlapping.
     chunks: Vec<ChunkInfo>,
     len: u64,
@@ -57,18 +54,16 @@ pub struct BlobSource {
 }
 
 impl BlobSource {
-    /// The device of blob `info` read from `file` (named `path`), with the
-    /// bootstrap's `chunks` of this blob; `device_len` is at least the
-    /// device slot's size. Overlapping chunks are an error.
+    /// The device of blob `info` read from `blob` (the blob file, mapped),
+    /// with the bootstrap's `chunks` of this blob; `device_len` is at least
+    /// the device slot's size. Overlapping chunks are an error.
     pub(crate) fn new(
         info: BlobInfo,
-        file: File,
-        path: &Path,
+        blob: Device,
         chunks: Vec<ChunkInfo>,
         device_len: u64,
         cache: Arc<ChunkCache>,
     ) -> Result<Self> {
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         let mut chunks = chunks;
         chunks.sort_unstable_by_key(|c| (c.uncompressed_offset, c.uncompressed_size));
         chunks.dedup();
@@ -77,7 +72,7 @@ impl BlobSource {
             if c.uncompressed_offset < end {
                 return Err(Error::corrupt(format!(
                     "{}: blob {}: chunks overlap at uncompressed offset {}",
-                    path.display(),
+                    blob.path().display(),
                     info.id,
                     c.uncompressed_offset
                 )));
@@ -88,9 +83,7 @@ impl BlobSource {
         Ok(Self {
             len: end.max(device_len).max(info.uncompressed_size),
             info,
-            file,
-            path: path.to_path_buf(),
-            file_len,
+            blob,
             chunks,
             cache,
             codecs: Codecs::with_configs(true, &[])?,
@@ -121,7 +114,7 @@ impl BlobSource {
     fn corrupt(&self, c: &ChunkInfo, what: impl std::fmt::Display) -> Error {
         Error::corrupt(format!(
             "{}: blob {} chunk at uncompressed offset {} ([{}, +{}) in the file): {what}",
-            self.path.display(),
+            self.blob.path().display(),
             self.info.id,
             c.uncompressed_offset,
             c.compressed_offset,
@@ -139,20 +132,19 @@ impl BlobSource {
             ));
         }
         let size = u64::from(c.compressed_size);
+        let file_len = self.blob.len();
         if c.compressed_offset
             .checked_add(size)
-            .is_none_or(|end| end > self.file_len)
+            .is_none_or(|end| end > file_len)
         {
             return Err(self.corrupt(
                 c,
-                format!("past the end of the blob file ({} bytes)", self.file_len),
+                format!("past the end of the blob file ({file_len} bytes)"),
             ));
         }
-        // Bounded when parsed (MAX_CHUNK_SIZE).
-        let mut stored = vec![0u8; size as usize];
-        self.file
-            .read_exact_at(&mut stored, c.compressed_offset)
-            .map_err(|e| Error::io(&self.path, e))?;
+        // Bounded when parsed (MAX_CHUNK_SIZE); read as file data, since
+        // it is copied out at once.
+        let stored = self.blob.slice(c.compressed_offset, size)?;
         let compressed = c.flags & CHUNK_COMPRESSED != 0;
         match (compressed, self.info.compressor) {
             (false, _) | (true, Compressor::None) => {
@@ -162,21 +154,21 @@ impl BlobSource {
                         format!("{size} bytes stored for {} uncompressed", out.len()),
                     ));
                 }
-                out.copy_from_slice(&stored);
+                out.copy_from_slice(stored);
             }
             (true, Compressor::Lz4Block) => {
-                self.codecs.decode(COMPRESSION_LZ4, &stored, out, false)?
+                self.codecs.decode(COMPRESSION_LZ4, stored, out, false)?
             }
             (true, Compressor::Zstd) => {
                 let n = zstd::bulk::Decompressor::new()
-                    .and_then(|mut d| d.decompress_to_buffer(&stored, out))
+                    .and_then(|mut d| d.decompress_to_buffer(stored, out))
                     .map_err(|e| self.corrupt(c, format!("zstd: {e}")))?;
                 if n != out.len() {
                     return Err(self.corrupt(c, format!("zstd: {n} bytes, not {}", out.len())));
                 }
             }
             (true, Compressor::Gzip) => {
-                let mut d = flate2::read::GzDecoder::new(&stored[..]);
+                let mut d = flate2::read::GzDecoder::new(stored);
                 d.read_exact(out)
                     .map_err(|e| self.corrupt(c, format!("gzip: {e}")))?;
                 let mut more = [0u8; 1];
@@ -257,6 +249,6 @@ impl ChunkSource for BlobSource {
     }
 
     fn name(&self) -> String {
-        format!("{} (blob {})", self.path.display(), self.info.id)
+        format!("{} (blob {})", self.blob.path().display(), self.info.id)
     }
 }

@@ -74,14 +74,7 @@ pub fn read_rafs(path: &Path, offset: u64) -> Result<Option<Rafs>> {
 /// again for compressed EROFS extents).
 pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Result<Image> {
     let primary = bootstrap(path, offset)?;
-    if !is_rafs_v6(&primary) {
-        return Err(Error::Invalid(format!(
-            "{}: not a Nydus RAFS v6 bootstrap (no RAFS v6 flag in its EROFS superblock)",
-            path.display()
-        )));
-    }
-    let sb = SuperInfo::parse(&primary)?;
-    let rafs = layout::parse(&primary, path, u64::from(sb.extra_devices))?;
+    let rafs = tables_of(&primary, path)?;
     if !blobs.files.is_empty() && blobs.files.len() != rafs.blobs.len() {
         return Err(Error::Invalid(format!(
             "{}: {} blob file(s) given but the bootstrap has {} blob(s)",
@@ -90,31 +83,66 @@ pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Res
             rafs.blobs.len()
         )));
     }
+    let files = rafs
+        .blobs
+        .iter()
+        .map(|info| open_blob(path, info, blobs))
+        .collect::<Result<Vec<_>>>()?;
+    open_devices(primary, &rafs, files, cache_size)
+}
+
+/// The RAFS v6 tables of `primary` (named `path`), which must be a RAFS v6
+/// bootstrap.
+fn tables_of(primary: &Device, path: &Path) -> Result<Rafs> {
+    if !is_rafs_v6(primary) {
+        return Err(Error::Invalid(format!(
+            "{}: not a Nydus RAFS v6 bootstrap (no RAFS v6 flag in its EROFS superblock)",
+            path.display()
+        )));
+    }
+    let sb = SuperInfo::parse(primary)?;
+    layout::parse(primary, path, u64::from(sb.extra_devices))
+}
+
+/// Opens bootstrap `primary` with its blob files `blobs` (mapped, in
+/// blob-table order): the fuzz target and tests give them as bytes.
+pub fn open_bytes(primary: Device, blobs: Vec<Device>, cache_size: u64) -> Result<Image> {
+    let rafs = tables_of(&primary, &primary.path().to_path_buf())?;
+    if blobs.len() != rafs.blobs.len() {
+        return Err(Error::Invalid(format!(
+            "{} blob(s) given for {}",
+            blobs.len(),
+            rafs.blobs.len()
+        )));
+    }
+    open_devices(primary, &rafs, blobs, cache_size)
+}
+
+/// The image over `primary` with each blob of `rafs` served from `blobs`.
+fn open_devices(
+    primary: Device,
+    rafs: &Rafs,
+    blobs: Vec<Device>,
+    cache_size: u64,
+) -> Result<Image> {
+    let sb = SuperInfo::parse(&primary)?;
     let cache = Arc::new(blob::ChunkCache::new(cache_size));
     let mut extra = Vec::with_capacity(rafs.blobs.len());
-    for info in &rafs.blobs {
-        let (file, blob_path) = open_blob(path, info, blobs)?;
-        let slot_len = slot_bytes(&primary, &sb, info.index)?;
+    for (info, blob) in rafs.blobs.iter().zip(blobs) {
         if rafs.tarfs() {
-            let len = file.metadata().map_err(|e| Error::io(&blob_path, e))?.len();
-            extra.push(Device::from_file(&file, &blob_path, len)?);
+            extra.push(blob);
             continue;
         }
+        let slot_len = slot_bytes(&primary, &sb, info.index)?;
         let chunks = rafs
             .chunks
             .iter()
             .filter(|c| c.blob_index == info.index)
             .cloned()
             .collect();
-        let source = BlobSource::new(
-            info.clone(),
-            file,
-            &blob_path,
-            chunks,
-            slot_len,
-            Arc::clone(&cache),
-        )?;
-        extra.push(Device::from_source(&blob_path, Arc::new(source))?);
+        let name = blob.path().to_path_buf();
+        let source = BlobSource::new(info.clone(), blob, chunks, slot_len, Arc::clone(&cache))?;
+        extra.push(Device::from_source(&name, Arc::new(source))?);
     }
     let mut image = Image::from_devices(primary, extra)?;
     image.set_cache_size(cache_size);
@@ -129,12 +157,11 @@ fn slot_bytes(primary: &Device, sb: &SuperInfo, index: u32) -> Result<u64> {
     Ok(u64::from(slot.blocks_lo.get()) << sb.block_bits)
 }
 
-/// Opens blob `info`'s file: the one given in its place, or the file named
+/// Maps blob `info`'s file: the one given in its place, or the file named
 /// by its id in the blob directory (no symlink followed), read-only.
-fn open_blob(bootstrap: &Path, info: &BlobInfo, blobs: &BlobFiles) -> Result<(File, PathBuf)> {
+fn open_blob(bootstrap: &Path, info: &BlobInfo, blobs: &BlobFiles) -> Result<Device> {
     if let Some(path) = blobs.files.get(info.index as usize) {
-        let (file, _) = crate::input::open_input(path)?;
-        return Ok((file, path.clone()));
+        return Device::open(path, 0);
     }
     let Some(dir) = &blobs.dir else {
         return Err(Error::Invalid(format!(
@@ -154,7 +181,8 @@ fn open_blob(bootstrap: &Path, info: &BlobInfo, blobs: &BlobFiles) -> Result<(Fi
         )),
         _ => Error::io(&path, e),
     })?;
-    Ok((file, path))
+    let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
+    Device::from_file(&file, &path, len)
 }
 
 /// Opens `path` read-only without following a symlink or blocking, and
