@@ -29,6 +29,7 @@ mod hostile_tars;
 mod lazy;
 mod malformed;
 mod mutation;
+mod nydus;
 mod pull;
 mod store;
 mod toc_lazy;
@@ -64,6 +65,8 @@ mod lazy_mount;
 mod mount;
 #[cfg(feature = "privileged")]
 mod mount_defaults;
+#[cfg(feature = "privileged")]
+mod nydus_mount;
 #[cfg(feature = "privileged")]
 mod overlay;
 #[cfg(feature = "privileged")]

@@ -1,0 +1,466 @@
+//! Nydus RAFS v6 images (tests/fixtures/nydus: bootstraps and blobs made by
+//! nydus-image, manifests from nydusd) through the binary: every read
+//! command with --blob-dir and --device, inspect's blob table, the
+//! one-line errors; and a structured mutation sweep of the RAFS tables
+//! (extended superblock, blob table, chunk records, device slots, random
+//! metadata bytes): errors or clean reads, never a panic, a hang or
+//! unbounded memory.
+
+use crate::common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use erofs_fuse::device::Device;
+use erofs_fuse::format::{DeviceSlot, SuperBlock, SUPERBLOCK_OFFSET};
+use erofs_fuse::fsck::{fsck, FsckLimits};
+use erofs_fuse::nydus::layout::{
+    BlobEntry, ChunkRecord, SuperBlockExt, BLOB_ENTRY_SIZE, CHUNK_INFO_SIZE, EXT_SUPERBLOCK_OFFSET,
+};
+use std::mem::offset_of;
+
+/// The cases, with the expected manifest of each.
+pub const CASES: &[&str] = &[
+    "a-dir-none",
+    "b-dir-zstd",
+    "c-dir-lz4-1m",
+    "d-tar-tarfs",
+    "e-tar-rafs",
+];
+
+/// The directory of a case.
+pub fn case(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/nydus")
+        .join(name)
+}
+
+/// The one blob file of a case.
+pub fn blob_of(name: &str) -> PathBuf {
+    let mut entries: Vec<_> = std::fs::read_dir(case(name).join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1);
+    entries.pop().unwrap()
+}
+
+/// The manifest nydusd showed for a case (the fixtures' README): a-c are
+/// plain-4k's tree with the root's mtime 0, d-e the layer's.
+pub fn expected(name: &str) -> String {
+    if name.starts_with("d-") || name.starts_with("e-") {
+        return std::fs::read_to_string(case("").join("layer.manifest.jsonl")).unwrap();
+    }
+    let text = std::fs::read_to_string(fixture("tree.manifest.jsonl")).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    let first = first.replace("\"mtime\": 1700000000000000000", "\"mtime\": 0");
+    format!("{first}\n{rest}")
+}
+
+fn erofs_fuse(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn manifest_of_every_case_is_nydusds_with_blob_dir_and_with_device() {
+    for name in CASES {
+        let boot = case(name).join("bootstrap");
+        let dir = case(name).join("blobs");
+        let blob = blob_of(name);
+        for args in [
+            vec![boot.as_os_str(), "--blob-dir".as_ref(), dir.as_os_str()],
+            vec![boot.as_os_str(), "--device".as_ref(), blob.as_os_str()],
+        ] {
+            let mut all = vec!["manifest".as_ref()];
+            all.extend(args);
+            let out = erofs_fuse(&all);
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got = String::from_utf8(out.stdout).unwrap();
+            if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+                panic!("{name}:\n{diff}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fsck_cat_ls_stat_and_extract_read_a_zstd_image() {
+    let name = "b-dir-zstd";
+    let boot = case(name).join("bootstrap");
+    let dir = case(name).join("blobs");
+    let with = |cmd: &str, rest: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![cmd.as_ref(), boot.as_os_str()];
+        args.extend(["--blob-dir".as_ref(), dir.as_os_str()]);
+        args.extend(rest.iter().map(|s| std::ffi::OsStr::new(*s)));
+        let out = erofs_fuse(&args);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let fsck_out = String::from_utf8(with("fsck", &[])).unwrap();
+    assert!(fsck_out.contains("no problems"), "{fsck_out}");
+    let listing = String::from_utf8(with("ls", &["/"])).unwrap();
+    assert!(listing.lines().any(|l| l == "bigdir"), "{listing}");
+    let stat = String::from_utf8(with("stat", &["/xattr/f01"])).unwrap();
+    assert!(stat.contains("f01"), "{stat}");
+    // The largest file, against the manifest's sha256.
+    let manifest = expected(name);
+    let (path, sha) = manifest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "file")
+        .max_by_key(|v| v["size"].as_u64())
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap().to_string(),
+                v["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .unwrap();
+    let bytes = with("cat", &[&path]);
+    assert_eq!(erofs_fuse::format::hex(&sha256(&bytes)), sha);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("tree");
+    with("extract", &[target.to_str().unwrap()]);
+    assert!(target.join(path.trim_start_matches('/')).is_file());
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+#[test]
+fn inspect_shows_the_blob_table() {
+    let boot = case("c-dir-lz4-1m").join("bootstrap");
+    let dir = case("c-dir-lz4-1m").join("blobs");
+    let out = erofs_fuse(&[
+        "inspect".as_ref(),
+        boot.as_os_str(),
+        "--blob-dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("28ecbef0d539350b4e17eac8e923427a55f895f5b3406285b6f9457f91998122"),
+        "{text}"
+    );
+    assert!(text.contains("45 chunk(s), lz4_block / blake3"), "{text}");
+    let out = erofs_fuse(&[
+        "inspect".as_ref(),
+        "--json".as_ref(),
+        boot.as_os_str(),
+        "--blob-dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nydus"]["blobs"][0]["compressed_size"], 1003788);
+}
+
+#[test]
+fn a_missing_blob_and_a_v5_bootstrap_are_one_line_errors() {
+    let boot = case("b-dir-zstd").join("bootstrap");
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        vec![
+            "manifest".as_ref(),
+            boot.as_os_str(),
+            "--blob-dir".as_ref(),
+            empty.path().as_os_str(),
+        ],
+        vec!["manifest".as_ref(), boot.as_os_str()],
+    ] {
+        let out = erofs_fuse(&args);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("b24b7e0390262c2a3815c621cd7349f6796a61a3abe035664a2a76e208782960"),
+            "{err}"
+        );
+        assert!(err.contains(&*boot.to_string_lossy()), "{err}");
+    }
+    let v5 = empty.path().join("v5.boot");
+    let mut bytes = vec![0u8; 8192 + 4096];
+    bytes[..8].copy_from_slice(&[0x53, 0x46, 0x41, 0x52, 0, 5, 0, 0]);
+    std::fs::write(&v5, &bytes).unwrap();
+    let out = erofs_fuse(&["ls".as_ref(), v5.as_os_str(), "/".as_ref()]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("RAFS v5 is not supported") && err.contains("v5.boot"),
+        "{err}"
+    );
+}
+
+/// Longest one mutated case may take (debug build).
+const CASE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most heap one case may use: the decoded-chunk cache's budget (4 MiB
+/// here) plus a chunk or two of 1 MiB being decoded, and the reader's.
+const CASE_HEAP: usize = 48 << 20;
+const LIMITS: FsckLimits = FsckLimits {
+    max_entries: 1 << 20,
+    max_file_bytes: 4 << 20,
+    max_total_bytes: 64 << 20,
+    max_problems: 16,
+};
+
+/// One corruption of a bootstrap: `bytes` written at `at`.
+struct Mutation {
+    what: String,
+    at: usize,
+    bytes: Vec<u8>,
+}
+
+fn read_le(b: &[u8], at: usize, width: usize) -> u64 {
+    let mut v = [0u8; 8];
+    v[..width].copy_from_slice(&b[at..at + width]);
+    u64::from_le_bytes(v)
+}
+
+/// Each field of `fields` ((name, offset, width)) at `base`, set to
+/// extremes, neighbours of its value and a random value.
+fn fields(
+    out: &mut Vec<Mutation>,
+    boot: &[u8],
+    base: usize,
+    label: &str,
+    fields: &[(&str, usize, usize)],
+    rng: &mut impl FnMut() -> u64,
+) {
+    for &(name, offset, width) in fields {
+        let at = base + offset;
+        if at + width > boot.len() {
+            continue;
+        }
+        let old = read_le(boot, at, width);
+        let max = if width == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * width)) - 1
+        };
+        for (how, v) in [
+            ("0", 0),
+            ("max", max),
+            ("+1", old.wrapping_add(1) & max),
+            ("-1", old.wrapping_sub(1) & max),
+            ("top bit", old ^ (1 << (8 * width - 1))),
+            ("x2", old.wrapping_mul(2) & max),
+            ("random", rng() & max),
+        ] {
+            out.push(Mutation {
+                what: format!("{label}.{name} = {how} ({v:#x})"),
+                at,
+                bytes: v.to_le_bytes()[..width].to_vec(),
+            });
+        }
+    }
+}
+
+/// The structured corruptions of bootstrap `boot`.
+fn mutations(boot: &[u8], seed: u64) -> Vec<Mutation> {
+    let mut rng = xorshift(seed);
+    let mut out = Vec::new();
+    let ext = EXT_SUPERBLOCK_OFFSET as usize;
+    fields(
+        &mut out,
+        boot,
+        ext,
+        "ext",
+        &[
+            ("flags", offset_of!(SuperBlockExt, flags), 8),
+            (
+                "blob_table_offset",
+                offset_of!(SuperBlockExt, blob_table_offset),
+                8,
+            ),
+            (
+                "blob_table_size",
+                offset_of!(SuperBlockExt, blob_table_size),
+                4,
+            ),
+            ("chunk_size", offset_of!(SuperBlockExt, chunk_size), 4),
+            (
+                "chunk_table_offset",
+                offset_of!(SuperBlockExt, chunk_table_offset),
+                8,
+            ),
+            (
+                "chunk_table_size",
+                offset_of!(SuperBlockExt, chunk_table_size),
+                8,
+            ),
+        ],
+        &mut rng,
+    );
+    let sb = SUPERBLOCK_OFFSET as usize;
+    fields(
+        &mut out,
+        boot,
+        sb,
+        "sb",
+        &[
+            ("extra_devices", offset_of!(SuperBlock, extra_devices), 2),
+            ("feature_compat", offset_of!(SuperBlock, feature_compat), 4),
+            ("devt_slotoff", offset_of!(SuperBlock, devt_slotoff), 2),
+        ],
+        &mut rng,
+    );
+    fields(
+        &mut out,
+        boot,
+        1408,
+        "slot0",
+        &[
+            ("tag", 0, 1),
+            ("blocks", offset_of!(DeviceSlot, blocks_lo), 4),
+            ("mapped_blkaddr", offset_of!(DeviceSlot, uniaddr_lo), 4),
+        ],
+        &mut rng,
+    );
+    let blob_table = read_le(boot, ext + offset_of!(SuperBlockExt, blob_table_offset), 8) as usize;
+    fields(
+        &mut out,
+        boot,
+        blob_table,
+        "blob0",
+        &[
+            ("blob_id", offset_of!(BlobEntry, blob_id), 1),
+            ("blob_index", offset_of!(BlobEntry, blob_index), 4),
+            ("chunk_size", offset_of!(BlobEntry, chunk_size), 4),
+            ("chunk_count", offset_of!(BlobEntry, chunk_count), 4),
+            (
+                "compression_algo",
+                offset_of!(BlobEntry, compression_algo),
+                4,
+            ),
+            ("digest_algo", offset_of!(BlobEntry, digest_algo), 4),
+            ("features", offset_of!(BlobEntry, features), 4),
+            ("compressed_size", offset_of!(BlobEntry, compressed_size), 8),
+            (
+                "uncompressed_size",
+                offset_of!(BlobEntry, uncompressed_size),
+                8,
+            ),
+            ("ci_offset", offset_of!(BlobEntry, ci_offset), 8),
+        ],
+        &mut rng,
+    );
+    assert_eq!(BLOB_ENTRY_SIZE, 256);
+    let table = read_le(boot, ext + offset_of!(SuperBlockExt, chunk_table_offset), 8) as usize;
+    let count =
+        read_le(boot, ext + offset_of!(SuperBlockExt, chunk_table_size), 8) / CHUNK_INFO_SIZE;
+    for k in [0, count / 2, count.saturating_sub(1)] {
+        fields(
+            &mut out,
+            boot,
+            table + (k * CHUNK_INFO_SIZE) as usize,
+            &format!("chunk{k}"),
+            &[
+                ("digest", offset_of!(ChunkRecord, digest), 1),
+                ("blob_index", offset_of!(ChunkRecord, blob_index), 4),
+                ("flags", offset_of!(ChunkRecord, flags), 4),
+                (
+                    "compressed_size",
+                    offset_of!(ChunkRecord, compressed_size),
+                    4,
+                ),
+                (
+                    "uncompressed_size",
+                    offset_of!(ChunkRecord, uncompressed_size),
+                    4,
+                ),
+                (
+                    "compressed_offset",
+                    offset_of!(ChunkRecord, compressed_offset),
+                    8,
+                ),
+                (
+                    "uncompressed_offset",
+                    offset_of!(ChunkRecord, uncompressed_offset),
+                    8,
+                ),
+                ("index", offset_of!(ChunkRecord, index), 4),
+            ],
+            &mut rng,
+        );
+    }
+    // Random bytes of the inodes, directories and chunk indexes.
+    for _ in 0..64 {
+        let at = 8192 + (rng() as usize) % (table.min(boot.len()) - 8192);
+        out.push(Mutation {
+            what: format!("metadata byte {at}"),
+            at,
+            bytes: vec![rng() as u8],
+        });
+    }
+    out
+}
+
+#[test]
+fn mutated_rafs_tables_end_in_errors_not_panics() {
+    let per_case: usize = if cfg!(feature = "privileged") {
+        usize::MAX
+    } else {
+        48
+    };
+    let (mut total, mut opened, mut clean) = (0, 0, 0);
+    let mut failures = Vec::new();
+    for name in CASES {
+        let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+        let blob = std::fs::read(blob_of(name)).unwrap();
+        let all = mutations(&boot, 0x5eed ^ name.len() as u64);
+        let step = (all.len() / per_case.min(all.len()).max(1)).max(1);
+        for m in all.into_iter().step_by(step).take(per_case) {
+            let mut bytes = boot.clone();
+            bytes[m.at..m.at + m.bytes.len()].copy_from_slice(&m.bytes);
+            let start = Instant::now();
+            let run = || {
+                crate::mutation::heap_peak(|| {
+                    let primary = Device::from_bytes(Path::new("boot"), &bytes).unwrap();
+                    let blob = Device::from_bytes(Path::new("blob"), &blob).unwrap();
+                    match erofs_fuse::nydus::open_bytes(primary, vec![blob], 4 << 20) {
+                        Ok(image) => Ok(fsck(&image, &LIMITS).problem_count),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+            };
+            total += 1;
+            match std::panic::catch_unwind(run) {
+                Err(_) => failures.push(format!("{name}: {}: PANIC", m.what)),
+                Ok((result, heap)) => {
+                    if heap > CASE_HEAP {
+                        failures.push(format!("{name}: {}: {} MiB of heap", m.what, heap >> 20));
+                    }
+                    match result {
+                        Ok(problems) => {
+                            opened += 1;
+                            clean += usize::from(problems == 0);
+                        }
+                        Err(e) if e.contains('\n') => {
+                            failures.push(format!("{name}: {}: multi-line error {e:?}", m.what))
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            if start.elapsed() > CASE_TIMEOUT {
+                failures.push(format!("{name}: {}: took {:?}", m.what, start.elapsed()));
+            }
+        }
+    }
+    eprintln!("nydus mutation: {total} cases, {opened} opened, {clean} read clean");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Some cases must be caught, some must not matter (a digest byte of a
+    // chunk no file uses, a flag bit): a sweep that opens nothing or
+    // everything tests nothing.
+    assert!(opened > 0 && opened < total, "{opened} of {total} opened");
+}
