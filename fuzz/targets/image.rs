@@ -68,7 +68,6 @@ pub fn run(data: &[u8]) {
 /// Everything a mount and the tools do with an opened image (the nydus
 /// target shares it).
 pub fn exercise(image: &Image) {
-    let image = image;
     let _ = fsck(image, &LIMITS);
     if let Ok(root) = image.root() {
         let mut reads = ServerReads {

@@ -305,7 +305,7 @@ pub fn parse(dev: &Device, path: &Path, extra_devices: u64) -> Result<Rafs> {
     let ext: &SuperBlockExt =
         read_struct(ext_bytes).ok_or_else(|| bad(path, "short extended superblock"))?;
     let size = u64::from(ext.blob_table_size.get());
-    if size % BLOB_ENTRY_SIZE != 0 || size / BLOB_ENTRY_SIZE > MAX_BLOBS {
+    if !size.is_multiple_of(BLOB_ENTRY_SIZE) || size / BLOB_ENTRY_SIZE > MAX_BLOBS {
         return Err(bad(
             path,
             format!("blob table of {size} bytes (256 per blob, at most {MAX_BLOBS})"),
@@ -327,7 +327,7 @@ pub fn parse(dev: &Device, path: &Path, extra_devices: u64) -> Result<Rafs> {
         .map(|(i, b)| blob_info(path, i as u32, b))
         .collect::<Result<Vec<_>>>()?;
     let size = ext.chunk_table_size.get();
-    if size % CHUNK_INFO_SIZE != 0 || size / CHUNK_INFO_SIZE > MAX_CHUNKS {
+    if !size.is_multiple_of(CHUNK_INFO_SIZE) || size / CHUNK_INFO_SIZE > MAX_CHUNKS {
         return Err(bad(
             path,
             format!("chunk table of {size} bytes (80 per chunk, at most {MAX_CHUNKS})"),

@@ -107,7 +107,7 @@ fn tables_of(primary: &Device, path: &Path) -> Result<Rafs> {
 /// Opens bootstrap `primary` with its blob files `blobs` (mapped, in
 /// blob-table order): the fuzz target and tests give them as bytes.
 pub fn open_bytes(primary: Device, blobs: Vec<Device>, cache_size: u64) -> Result<Image> {
-    let rafs = tables_of(&primary, &primary.path().to_path_buf())?;
+    let rafs = tables_of(&primary, primary.path())?;
     if blobs.len() != rafs.blobs.len() {
         return Err(Error::Invalid(format!(
             "{} blob(s) given for {}",

@@ -43,9 +43,35 @@ fn dir_blobs(dir: &Path) -> BlobFiles {
     }
 }
 
-fn manifest_of(image: &Image) -> String {
-    let lines = crate::manifest::manifest(image).unwrap();
-    lines.iter().map(|l| format!("{l}\n")).collect()
+/// The regular files of a manifest: (path, size, sha256 hex).
+fn files_of(manifest: &str) -> Vec<(String, u64, String)> {
+    manifest
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "file")
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("path"), v["size"].as_u64().unwrap(), s("sha256"))
+        })
+        .collect()
+}
+
+/// Whether every file of `expected` reads from `image` with its size and
+/// sha256 (the whole manifest is compared in tests/it/nydus.rs: the
+/// manifest module ranks above this one).
+fn matches(image: &Image, expected: &str) -> bool {
+    use sha2::Digest as _;
+    let files = files_of(expected);
+    assert!(files.len() > 100);
+    files.iter().all(|(path, size, sha)| {
+        let Ok(inode) = image.resolve(path.as_bytes()) else {
+            return false;
+        };
+        let Ok(bytes) = image.read_range(&inode, 0, inode.size) else {
+            return false;
+        };
+        inode.size == *size && crate::format::hex(&sha2::Sha256::digest(&bytes)) == *sha
+    })
 }
 
 #[test]
@@ -59,10 +85,7 @@ fn every_case_reads_as_nydusd_shows_it() {
             8 << 20,
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(
-            manifest_of(&image) == expected(name),
-            "{name}: manifest differs"
-        );
+        assert!(matches(&image, &expected(name)), "{name}: a file differs");
     }
 }
 
@@ -80,7 +103,7 @@ fn blobs_given_one_by_one_read_the_same() {
         files: vec![blob],
     };
     let image = open(&dir.join("bootstrap"), 0, &files, 1 << 20).unwrap();
-    assert!(manifest_of(&image) == expected("b-dir-zstd"));
+    assert!(matches(&image, &expected("b-dir-zstd")));
 }
 
 #[test]
@@ -164,20 +187,17 @@ fn tampered(name: &str, at: u64) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// For each file of `image`: whether reading it whole works.
-fn readable(image: &Image) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    for line in crate::manifest::manifest(image).unwrap_or_default() {
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        if v["type"] != "file" {
-            continue;
-        }
-        let path = v["path"].as_str().unwrap().to_string();
-        let inode = image.resolve(path.as_bytes()).unwrap();
-        let ok = image.read_range(&inode, 0, inode.size).is_ok();
-        out.push((path, ok));
-    }
-    out
+/// For each file of case `name`: whether reading it whole from `image`
+/// works.
+fn readable(image: &Image, name: &str) -> Vec<(String, bool)> {
+    files_of(&expected(name))
+        .into_iter()
+        .map(|(path, _, _)| {
+            let inode = image.resolve(path.as_bytes()).unwrap();
+            let ok = image.read_range(&inode, 0, inode.size).is_ok();
+            (path, ok)
+        })
+        .collect()
 }
 
 /// Flips a byte inside a chunk of `name`'s blob: the files of that chunk
@@ -190,12 +210,7 @@ fn tamper_case(name: &str) {
     chunks.sort_by_key(|c| c.uncompressed_offset);
     let c = &chunks[chunks.len() / 2];
     let (_keep, blobs) = tampered(name, c.compressed_offset + u64::from(c.compressed_size) / 2);
-    // The manifest hashes every file: it fails.
     let image = open(&dir.join("bootstrap"), 0, &dir_blobs(&blobs), 8 << 20).unwrap();
-    match crate::manifest::manifest(&image) {
-        Err(err) => assert_eq!(err.errno(), libc::EIO, "{name}: {err}"),
-        Ok(_) => panic!("{name}: the tampered blob read without an error"),
-    }
     let good = open(
         &dir.join("bootstrap"),
         0,
@@ -203,7 +218,7 @@ fn tamper_case(name: &str) {
         8 << 20,
     )
     .unwrap();
-    let before = readable(&good);
+    let before = readable(&good, name);
     assert!(before.iter().all(|(_, ok)| *ok));
     // Files listed from the good image, read from the tampered one.
     let mut failed = 0;
@@ -214,7 +229,11 @@ fn tamper_case(name: &str) {
         let in_chunk = content
             .chunks(rafs.chunk_size as usize)
             .any(|piece| *blake3::hash(piece).as_bytes() == c.digest);
-        let ok = image.read_range(&inode, 0, inode.size).is_ok();
+        let read = image.read_range(&inode, 0, inode.size);
+        if let Err(e) = &read {
+            assert_eq!(e.errno(), libc::EIO, "{name}: {path}: {e}");
+        }
+        let ok = read.is_ok();
         assert_eq!(ok, !in_chunk, "{name}: {path}");
         failed += usize::from(!ok);
     }

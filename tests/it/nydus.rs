@@ -413,7 +413,7 @@ fn mutated_rafs_tables_end_in_errors_not_panics() {
     let full = cfg!(feature = "privileged");
     let keep = |i: usize, m: &Mutation| {
         full || if m.what.starts_with("metadata") {
-            i % 8 == 0
+            i.is_multiple_of(8)
         } else {
             i % 7 == 1 || i % 7 == (i / 7) % 7
         }
