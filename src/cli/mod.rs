@@ -125,6 +125,9 @@ fn open(args: &ImageArgs) -> Result<Image> {
 
 /// Opens the image at `path` as `args` say.
 fn open_with(path: &Path, args: &OpenArgs) -> Result<Image> {
+    if let Some(image) = nydus::open_layout(path, args)? {
+        return Ok(image);
+    }
     if args.blob_dir.is_some() || nydus::probe(path, args.offset).unwrap_or(false) {
         return nydus::open(path, args);
     }

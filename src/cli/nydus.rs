@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use erofs_fuse::nydus::{self as rafs, BlobFiles, Rafs};
+use erofs_fuse::registry::oci_layout::LayoutReference;
 use erofs_fuse::Image;
 
 use super::args::OpenArgs;
@@ -41,6 +42,42 @@ pub(super) fn open(path: &Path, args: &OpenArgs) -> Result<Image> {
         Err(e) if e.to_string().starts_with(&path.display().to_string()) => Err(e.into()),
         Err(e) => Err(e).context(path.display()),
     }
+}
+
+/// `IMAGE` given as `oci:DIR[:TAG]` naming a Nydus image: opened in
+/// place (no store), blobs read from the layout. `None` for anything else.
+pub(super) fn open_layout(path: &Path, args: &OpenArgs) -> Result<Option<Image>> {
+    let Some(reference) = path.to_str().and_then(LayoutReference::parse) else {
+        return Ok(None);
+    };
+    let reference = reference?;
+    if rafs::oci::nydus_manifest(&reference)?.is_none() {
+        return Ok(None);
+    }
+    if !args.devices.is_empty() || args.blob_dir.is_some() || args.offset != 0 {
+        return Err(CliError::msg(format!(
+            "{reference}: --device, --blob-dir and --offset do not apply to an image layout"
+        )));
+    }
+    let image = rafs::oci::open_layout(&reference, args.cache_size)?;
+    Ok(Some(image))
+}
+
+/// For `mount REF`: a Nydus image in an OCI layout, served in place as
+/// nydusd shows it (one layer: its whiteouts stay files). `None` when REF
+/// is not one (the store then pulls it).
+pub(super) fn layout_view(
+    reference: &str,
+    open: &OpenArgs,
+) -> Result<Option<std::sync::Arc<dyn erofs_fuse::view::View>>> {
+    let Some(image) = open_layout(Path::new(reference), open)? else {
+        return Ok(None);
+    };
+    let view = erofs_fuse::view::ImageView::new(
+        std::sync::Arc::new(image),
+        erofs_fuse::view::OverlayXattrs::Trusted,
+    );
+    Ok(Some(std::sync::Arc::new(view)))
 }
 
 /// The RAFS v6 tables of the bootstrap at `path`, if it is one.

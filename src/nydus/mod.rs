@@ -11,6 +11,7 @@
 
 mod blob;
 pub mod layout;
+pub mod oci;
 
 #[cfg(test)]
 mod tests;

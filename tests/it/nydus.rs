@@ -469,3 +469,122 @@ fn mutated_rafs_tables_end_in_errors_not_panics() {
     // everything tests nothing.
     assert!(opened > 0 && opened < total, "{opened} of {total} opened");
 }
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    erofs_fuse::format::hex(&sha256(bytes))
+}
+
+/// Writes `bytes` as a blob of the layout in `dir`; returns its digest.
+fn put_blob(dir: &Path, bytes: &[u8]) -> String {
+    let hex = sha256_hex(bytes);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// An OCI layout in `dir` holding case `name` as nydusify lays a Nydus
+/// image out: the blob layer, then the bootstrap layer (a tar.gz with
+/// image/image.boot, annotated), listed in an index with the Nydus
+/// artifact type next to a decoy manifest.
+pub fn nydus_layout(name: &str, dir: &Path) {
+    let blob = std::fs::read(blob_of(name)).unwrap();
+    let blob_digest = put_blob(dir, &blob);
+    let mut tar = tar::Builder::new(Vec::new());
+    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_size(boot.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "image/image.boot", &boot[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let layer = gz.finish().unwrap();
+    let layer_digest = put_blob(dir, &layer);
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = put_blob(dir, config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.nydus.blob.v1", "digest": blob_digest, "size": blob.len(),
+             "annotations": {"containerd.io/snapshot/nydus-blob": "true"}},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len(),
+             "annotations": {"containerd.io/snapshot/nydus-bootstrap": "true", "containerd.io/snapshot/nydus-fs-version": "6"}},
+        ],
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = put_blob(dir, &manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": config_digest, "size": 1,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest.len(),
+             "artifactType": "application/vnd.nydus.image.manifest.v1+json",
+             "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    });
+    let index = serde_json::to_vec(&index).unwrap();
+    let index_digest = put_blob(dir, &index);
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest,
+                       "size": index.len(), "annotations": {"org.opencontainers.image.ref.name": "nydus"}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[test]
+fn a_nydus_image_in_an_oci_layout_reads_in_place() {
+    for name in ["b-dir-zstd", "e-tar-rafs"] {
+        let tmp = tempfile::tempdir().unwrap();
+        nydus_layout(name, tmp.path());
+        let reference = format!("oci:{}:nydus", tmp.path().display());
+        let out = erofs_fuse(&["manifest".as_ref(), reference.as_ref()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = String::from_utf8(out.stdout).unwrap();
+        if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+            panic!("{name}:\n{diff}");
+        }
+        // A bootstrap layer that does not match its digest is refused.
+        let rafs = erofs_fuse::nydus::read_rafs(&case(name).join("bootstrap"), 0)
+            .unwrap()
+            .unwrap();
+        let blob_path = tmp.path().join("blobs/sha256").join(&rafs.blobs[0].id);
+        let boot_layer = std::fs::read_dir(tmp.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b]))
+            .unwrap();
+        let mut bytes = std::fs::read(&boot_layer).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&boot_layer, &bytes).unwrap();
+        let out = erofs_fuse(&["ls".as_ref(), reference.as_ref(), "/".as_ref()]);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success() && err.contains("bootstrap layer") && err.lines().count() == 1,
+            "{err}"
+        );
+        bytes[last] ^= 1;
+        std::fs::write(&boot_layer, &bytes).unwrap();
+        // A missing blob is named.
+        std::fs::remove_file(&blob_path).unwrap();
+        let out = erofs_fuse(&["ls".as_ref(), reference.as_ref(), "/".as_ref()]);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains(&rafs.blobs[0].id) && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+}

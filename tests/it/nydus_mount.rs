@@ -119,3 +119,21 @@ fn a_flipped_chunk_byte_is_eio_for_its_files_only_through_the_mount() {
         assert!(failed >= 1, "{name}: no file failed");
     }
 }
+
+#[test]
+fn a_nydus_oci_layout_mounts_as_nydusd_shows_it() {
+    if !have("a_nydus_oci_layout_mounts_as_nydusd_shows_it", FUSE_ROOT) {
+        return;
+    }
+    // e: its whiteout files stay files, as in nydusd's single-layer view.
+    for name in ["c-dir-lz4-1m", "e-tar-rafs"] {
+        let tmp = tempfile::tempdir().unwrap();
+        crate::nydus::nydus_layout(name, tmp.path());
+        let reference = format!("oci:{}:nydus", tmp.path().display());
+        let mount = FuseMount::new(Path::new(&reference), &[], &[]);
+        let got = tree_manifest(mount.path());
+        if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+            panic!("{name}:\n{diff}");
+        }
+    }
+}
