@@ -102,6 +102,11 @@ pub struct OpenArgs {
     /// may instead be given one by one with --device, in blob-table order.
     #[arg(long, value_name = "DIR")]
     pub blob_dir: Option<PathBuf>,
+    /// IMAGE is a Nydus data blob built with --blob-inline-meta: its
+    /// bootstrap is read from its end, and it serves its own chunks (other
+    /// blobs the bootstrap names come from --blob-dir).
+    #[arg(long)]
+    pub blob_inline_meta: bool,
 }
 
 /// The subcommands.

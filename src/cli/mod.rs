@@ -128,7 +128,10 @@ fn open_with(path: &Path, args: &OpenArgs) -> Result<Image> {
     if let Some(image) = nydus::open_layout(path, args)? {
         return Ok(image);
     }
-    if args.blob_dir.is_some() || nydus::probe(path, args.offset).unwrap_or(false) {
+    if args.blob_dir.is_some()
+        || args.blob_inline_meta
+        || nydus::probe(path, args.offset).unwrap_or(false)
+    {
         return nydus::open(path, args);
     }
     if !args.zinfos.is_empty() {

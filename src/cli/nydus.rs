@@ -35,7 +35,18 @@ pub(super) fn open(path: &Path, args: &OpenArgs) -> Result<Image> {
         dir: args.blob_dir.clone(),
         files: args.devices.clone(),
     };
-    match rafs::open(path, args.offset, &blobs, args.cache_size) {
+    let opened = if args.blob_inline_meta {
+        if !args.devices.is_empty() || args.offset != 0 {
+            return Err(CliError::msg(format!(
+                "{}: --device and --offset do not apply with --blob-inline-meta",
+                path.display()
+            )));
+        }
+        rafs::open_inline(path, &blobs, args.cache_size)
+    } else {
+        rafs::open(path, args.offset, &blobs, args.cache_size)
+    };
+    match opened {
         Ok(image) => Ok(image),
         // These already name the file they concern.
         Err(e @ erofs_fuse::Error::Io { .. }) => Err(e.into()),

@@ -10,6 +10,7 @@
 //! are (what the kernel reads too).
 
 mod blob;
+pub mod inline;
 pub mod layout;
 pub mod oci;
 
@@ -90,6 +91,28 @@ pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Res
         .map(|info| open_blob(path, info, blobs))
         .collect::<Result<Vec<_>>>()?;
     open_devices(primary, &rafs, files, cache_size)
+}
+
+/// Opens the data blob at `path` built with `--blob-inline-meta`: its
+/// bootstrap is taken from its end ([`inline`]) and it serves its own
+/// chunks; other blobs the bootstrap names come from `others`.
+pub fn open_inline(path: &Path, others: &BlobFiles, cache_size: u64) -> Result<Image> {
+    let blob = Device::open(path, 0)?;
+    let bytes = inline::bootstrap(&blob)?;
+    let label = format!("{} (inline bootstrap)", path.display());
+    let primary = Device::from_bytes(Path::new(&label), &bytes)?;
+    let rafs = tables_of(&primary, Path::new(&label))?;
+    let own = path.file_name().and_then(|n| n.to_str());
+    let single = rafs.blobs.len() == 1;
+    let blobs = rafs
+        .blobs
+        .iter()
+        .map(|info| match single || own == Some(info.id.as_str()) {
+            true => Ok(blob.clone()),
+            false => open_blob(Path::new(&label), info, others),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    open_devices(primary, &rafs, blobs, cache_size)
 }
 
 /// The RAFS v6 tables of `primary` (named `path`), which must be a RAFS v6

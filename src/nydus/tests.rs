@@ -290,3 +290,88 @@ fn a_rafs_v5_bootstrap_is_named_as_such() {
         .to_string();
     assert!(err.contains("RAFS v5 is not supported"), "{err}");
 }
+
+/// A GNU tar header of a regular file `name` of `size` bytes.
+fn gnu_header(name: &str, size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_size(size);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// Case `name`'s blob with its bootstrap appended as nydus-image's
+/// --blob-inline-meta does: the bootstrap (zstd with `toc`, else plain)
+/// framed by a tar header, then with `toc` the ToC and its header.
+fn inline_blob(name: &str, toc: bool) -> Vec<u8> {
+    use sha2::Digest as _;
+    let src = std::fs::read_dir(case(name).join("blobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut blob = std::fs::read(src.path()).unwrap();
+    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    let stored = if toc {
+        zstd::bulk::compress(&boot, 3).unwrap()
+    } else {
+        boot.clone()
+    };
+    let offset = blob.len() as u64;
+    blob.extend_from_slice(&stored);
+    blob.extend_from_slice(&gnu_header("image.boot", stored.len() as u64));
+    if toc {
+        let mut entry = vec![0u8; 128];
+        entry[..4].copy_from_slice(&2u32.to_le_bytes());
+        entry[8..18].copy_from_slice(b"image.boot");
+        entry[24..56].copy_from_slice(&sha2::Sha256::digest(&boot));
+        entry[56..64].copy_from_slice(&offset.to_le_bytes());
+        entry[64..72].copy_from_slice(&(stored.len() as u64).to_le_bytes());
+        entry[72..80].copy_from_slice(&(boot.len() as u64).to_le_bytes());
+        blob.extend_from_slice(&entry);
+        blob.extend_from_slice(&gnu_header("rafs.blob.toc", 128));
+    }
+    blob
+}
+
+#[test]
+fn a_blob_with_inline_meta_reads_alone() {
+    for (name, toc) in [
+        ("b-dir-zstd", true),
+        ("c-dir-lz4-1m", false),
+        ("e-tar-rafs", true),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("blob");
+        std::fs::write(&path, inline_blob(name, toc)).unwrap();
+        let image = open_inline(&path, &BlobFiles::default(), 8 << 20)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(matches(&image, &expected(name)), "{name}");
+    }
+    // A ToC whose digest does not match its bootstrap is refused; a plain
+    // blob has no inline bootstrap.
+    let mut bytes = inline_blob("b-dir-zstd", true);
+    let at = bytes.len() - 512 - 128 + 30;
+    bytes[at] ^= 1;
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("blob");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = open_inline(&path, &BlobFiles::default(), 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match the ToC"), "{err}");
+    let plain = std::fs::read_dir(case("a-dir-none").join("blobs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let err = open_inline(&plain.path(), &BlobFiles::default(), 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("inline bootstrap") && !err.contains('\n'),
+        "{err}"
+    );
+}

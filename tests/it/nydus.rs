@@ -588,3 +588,34 @@ fn a_nydus_image_in_an_oci_layout_reads_in_place() {
         );
     }
 }
+
+#[test]
+fn manifest_of_a_blob_with_inline_meta() {
+    let name = "b-dir-zstd";
+    let mut blob = std::fs::read(blob_of(name)).unwrap();
+    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    blob.extend_from_slice(&boot);
+    let mut h = tar::Header::new_gnu();
+    h.set_path("image.boot").unwrap();
+    h.set_size(boot.len() as u64);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    blob.extend_from_slice(h.as_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("blob");
+    std::fs::write(&path, &blob).unwrap();
+    let out = erofs_fuse(&[
+        "manifest".as_ref(),
+        "--blob-inline-meta".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+        panic!("{diff}");
+    }
+}
