@@ -55,13 +55,12 @@ pub struct BlobSource {
 
 impl BlobSource {
     /// The device of blob `info` read from `blob` (the blob file, mapped),
-    /// with the bootstrap's `chunks` of this blob; `device_len` is at least
-    /// the device slot's size. Overlapping chunks are an error.
+    /// with the bootstrap's `chunks` of this blob. Overlapping chunks are an
+    /// error.
     pub(crate) fn new(
         info: BlobInfo,
         blob: Device,
         chunks: Vec<ChunkInfo>,
-        device_len: u64,
         cache: Arc<ChunkCache>,
     ) -> Result<Self> {
         let mut chunks = chunks;
@@ -81,7 +80,10 @@ impl BlobSource {
             end = c.uncompressed_offset + u64::from(c.uncompressed_size);
         }
         Ok(Self {
-            len: end.max(device_len).max(info.uncompressed_size),
+            // Whole 4 KiB blocks (the reader checks a run's blocks lie in
+            // its device); not the slot's or blob table's size, which a
+            // hostile bootstrap could make huge while no chunk backs it.
+            len: end.next_multiple_of(4096),
             info,
             blob,
             chunks,

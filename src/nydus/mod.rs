@@ -23,7 +23,6 @@ use std::sync::Arc;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::format::{read_struct, DeviceSlot, DEVICE_SLOT_SIZE};
 use crate::reader::{Image, SuperInfo};
 
 pub use blob::BlobSource;
@@ -149,7 +148,6 @@ fn open_devices(
     blobs: Vec<Device>,
     cache_size: u64,
 ) -> Result<Image> {
-    let sb = SuperInfo::parse(&primary)?;
     let cache = Arc::new(blob::ChunkCache::new(cache_size));
     let mut extra = Vec::with_capacity(rafs.blobs.len());
     for (info, blob) in rafs.blobs.iter().zip(blobs) {
@@ -157,7 +155,6 @@ fn open_devices(
             extra.push(blob);
             continue;
         }
-        let slot_len = slot_bytes(&primary, &sb, info.index)?;
         let chunks = rafs
             .chunks
             .iter()
@@ -165,20 +162,12 @@ fn open_devices(
             .cloned()
             .collect();
         let name = blob.path().to_path_buf();
-        let source = BlobSource::new(info.clone(), blob, chunks, slot_len, Arc::clone(&cache))?;
+        let source = BlobSource::new(info.clone(), blob, chunks, Arc::clone(&cache))?;
         extra.push(Device::from_source(&name, Arc::new(source))?);
     }
     let mut image = Image::from_devices(primary, extra)?;
     image.set_cache_size(cache_size);
     Ok(image)
-}
-
-/// The size in bytes of device slot `index` (blob `index`).
-fn slot_bytes(primary: &Device, sb: &SuperInfo, index: u32) -> Result<u64> {
-    let at = (u64::from(sb.devt_slotoff) + u64::from(index)) * DEVICE_SLOT_SIZE;
-    let slot: &DeviceSlot = read_struct(primary.slice(at, DEVICE_SLOT_SIZE)?)
-        .ok_or_else(|| Error::corrupt("short device slot"))?;
-    Ok(u64::from(slot.blocks_lo.get()) << sb.block_bits)
 }
 
 /// Maps blob `info`'s file: the one given in its place, or the file named
