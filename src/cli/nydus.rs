@@ -92,8 +92,14 @@ pub(super) fn layout_view(
 }
 
 /// The RAFS v6 tables of the bootstrap at `path`, if it is one.
-pub(super) fn tables(path: &Path, offset: u64) -> Result<Option<Rafs>> {
-    Ok(rafs::read_rafs(path, offset)?)
+pub(super) fn tables(path: &Path, args: &OpenArgs) -> Result<Option<Rafs>> {
+    if args.blob_inline_meta {
+        return Ok(Some(rafs::read_rafs_inline(path)?));
+    }
+    if path.to_str().is_some_and(|p| p.starts_with("oci:")) {
+        return Ok(None);
+    }
+    Ok(rafs::read_rafs(path, args.offset)?)
 }
 
 /// `inspect`'s lines for the blob table.

@@ -21,7 +21,7 @@ impl InspectArgs {
 fn inspect(args: &ImageArgs, json: bool) -> Result {
     let image = open(args)?;
     let s = ImageSummary::new(&image);
-    let rafs = super::nydus::tables(&args.image, args.open.offset)?;
+    let rafs = super::nydus::tables(&args.image, &args.open)?;
     if json {
         let mut value = serde_json::to_value(&s)?;
         if let (Some(rafs), Some(map)) = (&rafs, value.as_object_mut()) {

@@ -92,6 +92,18 @@ pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Res
     open_devices(primary, &rafs, files, cache_size)
 }
 
+/// The RAFS v6 tables of the bootstrap inside the data blob at `path`
+/// (built with `--blob-inline-meta`), for `inspect`.
+pub fn read_rafs_inline(path: &Path) -> Result<Rafs> {
+    let blob = Device::open(path, 0)?;
+    let bytes = inline::bootstrap(&blob)?;
+    let label = format!("{} (inline bootstrap)", path.display());
+    tables_of(
+        &Device::from_bytes(Path::new(&label), &bytes)?,
+        Path::new(&label),
+    )
+}
+
 /// Opens the data blob at `path` built with `--blob-inline-meta`: its
 /// bootstrap is taken from its end ([`inline`]) and it serves its own
 /// chunks; other blobs the bootstrap names come from `others`.
