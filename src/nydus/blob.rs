@@ -233,7 +233,14 @@ impl ChunkSource for BlobSource {
             if c.uncompressed_offset > at {
                 break;
             }
-            let bytes = self.chunk_bytes(i)?;
+            let bytes = match self.chunk_bytes(i) {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    // Never part of a read: all of it, or an error.
+                    buf.fill(0);
+                    return Err(e);
+                }
+            };
             let to = end.min(c.uncompressed_offset + bytes.len() as u64);
             let src = &bytes
                 [(at - c.uncompressed_offset) as usize..(to - c.uncompressed_offset) as usize];
