@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::format::{read_struct, DeviceSlot, DEVICE_SLOT_SIZE};
 use crate::reader::{Image, SuperInfo};
 
 pub use blob::BlobSource;
@@ -38,10 +39,29 @@ pub struct BlobFiles {
 }
 
 /// Whether the file at `path` (from byte `offset`) is a RAFS v6 bootstrap
-/// with blobs (an `export --block` disk has none: it is plain EROFS).
+/// whose blobs are elsewhere. An `nydus-image export --block` disk holds
+/// each blob's uncompressed data at its device slot's address (what the
+/// kernel reads): it is read as any flat EROFS image, not as a bootstrap.
 pub fn probe(path: &Path, offset: u64) -> Result<bool> {
     let dev = bootstrap(path, offset)?;
-    Ok(is_rafs_v6(&dev) && SuperInfo::parse(&dev).is_ok_and(|sb| sb.extra_devices > 0))
+    if !is_rafs_v6(&dev) {
+        return Ok(false);
+    }
+    let Ok(sb) = SuperInfo::parse(&dev) else {
+        return Ok(false);
+    };
+    let table = u64::from(sb.devt_slotoff) * DEVICE_SLOT_SIZE;
+    let inside = (0..u64::from(sb.extra_devices)).all(|i| {
+        let slot = dev
+            .slice(table + i * DEVICE_SLOT_SIZE, DEVICE_SLOT_SIZE)
+            .ok()
+            .and_then(read_struct::<DeviceSlot>);
+        slot.is_some_and(|s| {
+            let end = u64::from(s.uniaddr_lo.get()) + u64::from(s.blocks_lo.get());
+            s.uniaddr_lo.get() != 0 && end << sb.block_bits <= dev.len()
+        })
+    });
+    Ok(sb.extra_devices > 0 && !inside)
 }
 
 /// The bootstrap at `path`, from byte `offset`, mapped.

@@ -619,3 +619,49 @@ fn manifest_of_a_blob_with_inline_meta() {
         panic!("{diff}");
     }
 }
+
+/// What `nydus-image export --block` makes of case `name` (as
+/// service/src/block_device.rs lays it out): the bootstrap, then the
+/// blob's uncompressed address space at its device slot's block.
+pub fn export_block(name: &str) -> Vec<u8> {
+    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    let blob = std::fs::read(blob_of(name)).unwrap();
+    let rafs = erofs_fuse::nydus::read_rafs(&case(name).join("bootstrap"), 0)
+        .unwrap()
+        .unwrap();
+    let slot = &boot[1408..1408 + 128];
+    let blocks = u32::from_le_bytes(slot[64..68].try_into().unwrap()) as usize;
+    let mapped = u32::from_le_bytes(slot[68..72].try_into().unwrap()) as usize;
+    let mut disk = boot.clone();
+    disk.resize((mapped + blocks) * 4096, 0);
+    for c in &rafs.chunks {
+        let stored = &blob[c.compressed_offset as usize..][..c.compressed_size as usize];
+        let data = if c.flags & 1 != 0 {
+            zstd::bulk::decompress(stored, c.uncompressed_size as usize).unwrap()
+        } else {
+            stored.to_vec()
+        };
+        let at = mapped * 4096 + c.uncompressed_offset as usize;
+        disk[at..at + data.len()].copy_from_slice(&data);
+    }
+    disk
+}
+
+#[test]
+fn an_export_block_disk_still_reads_flat_without_options() {
+    for name in ["a-dir-none", "b-dir-zstd"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("disk");
+        std::fs::write(&disk, export_block(name)).unwrap();
+        let out = erofs_fuse(&["manifest".as_ref(), disk.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = String::from_utf8(out.stdout).unwrap();
+        if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+            panic!("{name}:\n{diff}");
+        }
+    }
+}

@@ -137,3 +137,52 @@ fn a_nydus_oci_layout_mounts_as_nydusd_shows_it() {
         }
     }
 }
+
+#[test]
+fn export_block_disks_mount_alike_in_the_kernel_and_erofs_fuse() {
+    if !have(
+        "export_block_disks_mount_alike_in_the_kernel_and_erofs_fuse",
+        FUSE_ROOT_KERNEL,
+    ) {
+        return;
+    }
+    for name in ["a-dir-none", "b-dir-zstd"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("disk");
+        std::fs::write(&disk, crate::nydus::export_block(name)).unwrap();
+        let kernel = KernelMount::new(&disk, &[]);
+        let ours = FuseMount::new(&disk, &[], &[]);
+        let (k, f) = (tree_manifest(kernel.path()), tree_manifest(ours.path()));
+        if let Some(diff) = manifest_diff(&k, &f, 10) {
+            panic!("{name}: kernel vs erofs-fuse:\n{diff}");
+        }
+        assert!(
+            manifest_diff(&expected(name), &k, 1).is_none(),
+            "{name}: kernel vs nydusd"
+        );
+    }
+}
+
+#[test]
+fn a_tarfs_bootstrap_mounts_alike_in_the_kernel_and_erofs_fuse() {
+    if !have(
+        "a_tarfs_bootstrap_mounts_alike_in_the_kernel_and_erofs_fuse",
+        FUSE_ROOT_KERNEL,
+    ) {
+        return;
+    }
+    let name = "d-tar-tarfs";
+    let boot = case(name).join("bootstrap");
+    let kernel = KernelMount::new(&boot, &[blob_of(name)]);
+    let dir = case(name).join("blobs");
+    let ours = FuseMount::new(&boot, &[], &["--blob-dir", dir.to_str().unwrap()]);
+    let (k, f) = (tree_manifest(kernel.path()), tree_manifest(ours.path()));
+    assert!(
+        manifest_diff(&k, &f, 10).is_none(),
+        "kernel vs erofs-fuse differ"
+    );
+    assert!(
+        manifest_diff(&expected(name), &k, 1).is_none(),
+        "kernel vs nydusd differ"
+    );
+}
