@@ -30,6 +30,7 @@ mod lazy;
 mod malformed;
 mod mutation;
 mod nydus;
+mod nydus_mutation;
 mod pull;
 mod store;
 mod toc_lazy;
