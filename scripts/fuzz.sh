@@ -15,6 +15,8 @@
 #               full mode; whatever it writes must fsck clean
 #   verity      the tree superblock parser, and the block checker against
 #               whole-tree verification with flipped data and tree bytes
+#   nydus       a Nydus RAFS v6 bootstrap and its blob (framed: 4-byte
+#               length, bootstrap, blob) opened and read as image does
 #   stack       two images merged as layers (mount --layer), walked through
 #               the served view: chunked listings must equal whole ones and
 #               every listed name must look up to the same inode
@@ -42,8 +44,8 @@ while (($#)); do
     esac
     shift
 done
-((${#targets[@]})) || targets=(image decompress convert verity stack)
-declare -A max_len=([image]=262144 [decompress]=262144 [convert]=65536 [verity]=8192 [stack]=262144)
+((${#targets[@]})) || targets=(image decompress convert verity stack nydus)
+declare -A max_len=([image]=262144 [decompress]=262144 [convert]=65536 [verity]=8192 [stack]=262144 [nydus]=1048576)
 for t in "${targets[@]}"; do
     [ -n "${max_len[$t]:-}" ] || { echo "fuzz.sh: unknown target $t" >&2; exit 2; }
 done

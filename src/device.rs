@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::fault::ImageMap;
-use crate::lazy::ChunkCache;
+use crate::lazy::{ChunkCache, ChunkSource};
 use crate::mmap::{self, Advice, PAGE};
 use crate::verity::{Verifier, VerifyAhead, VeritySource, VerityStats};
 
@@ -90,6 +90,9 @@ pub struct Device {
     /// The cache the map is of, for a lazy device: every range is filled
     /// through it before it is read.
     lazy: Option<Arc<ChunkCache>>,
+    /// For a virtual device ([`Device::from_source`]): what makes its
+    /// bytes, read into a copy at every data read; nothing is mapped.
+    source: Option<Arc<dyn ChunkSource>>,
 }
 
 impl std::fmt::Debug for Device {
@@ -100,6 +103,7 @@ impl std::fmt::Debug for Device {
             .field("len", &self.len)
             .field("verity", &self.verity.is_some())
             .field("lazy", &self.lazy.is_some())
+            .field("virtual", &self.source.is_some())
             .finish()
     }
 }
@@ -118,6 +122,13 @@ impl Device {
             )));
         }
         whole.subrange(offset, whole.len() - offset)
+    }
+
+    /// Maps the first `len` bytes of `file` (already opened, named `path`
+    /// in errors): for files opened with flags of the caller's choosing
+    /// (a Nydus blob directory's files, `O_NOFOLLOW`).
+    pub fn from_file(file: &std::fs::File, path: &Path, len: u64) -> Result<Self> {
+        Self::map_file(file, path, len)
     }
 
     /// A device over the whole cache file of `cache`, whose ranges are
@@ -155,6 +166,7 @@ impl Device {
             ahead: None,
             verity_once: false,
             lazy: None,
+            source: None,
         })
     }
 
@@ -176,7 +188,21 @@ impl Device {
             ahead: None,
             verity_once: false,
             lazy: None,
+            source: None,
         })
+    }
+
+    /// A virtual device of `source.len()` bytes named `name`, whose bytes
+    /// `source` makes at each read (a Nydus blob seen uncompressed): file
+    /// data only, copied out ([`Device::data_for`]); metadata reads of it
+    /// are errors. Nothing of it is mapped.
+    pub fn from_source(name: &Path, source: Arc<dyn ChunkSource>) -> Result<Self> {
+        let len = usize::try_from(source.len())
+            .map_err(|_| Error::Invalid(format!("{}: device too large", name.display())))?;
+        let mut device = Self::from_bytes(name, &[0])?;
+        device.len = len;
+        device.source = Some(source);
+        Ok(device)
     }
 
     /// Checks every block of the whole file against the tree `source`
@@ -186,7 +212,7 @@ impl Device {
     /// with `once`, on the map at its first read and trusted after that
     /// (faster, but a change to the file after that is served).
     pub fn attach_verity(&mut self, source: &VeritySource, once: bool) -> Result<()> {
-        if self.lazy.is_some() {
+        if self.lazy.is_some() || self.source.is_some() {
             // The tree is checked on the map, ahead of readers too, where
             // nothing fetches the chunks first.
             return Err(Error::Unsupported(format!(
@@ -257,6 +283,7 @@ impl Device {
             ahead: self.ahead.clone(),
             verity_once: self.verity_once,
             lazy: self.lazy.clone(),
+            source: self.source.clone(),
         })
     }
 
@@ -288,6 +315,12 @@ impl Device {
     /// once, the bytes then come from verified copies of those blocks.
     pub fn slice_for(&self, access: Access, offset: u64, len: u64) -> Result<&[u8]> {
         let start = self.bounds(offset, len)?;
+        if self.source.is_some() {
+            return Err(Error::corrupt(format!(
+                "{}: metadata read of {len} bytes at offset {offset} from a blob device",
+                self.path.display()
+            )));
+        }
         self.fill(start as u64, len)?;
         // Hashing reads the whole blocks around the range: through the
         // same mapping, so a random read stays a small one.
@@ -356,6 +389,14 @@ impl Device {
         len: u64,
         copy: &mut Vec<u8>,
     ) -> Result<Option<Range<usize>>> {
+        if let Some(source) = &self.source {
+            let start = self.bounds(offset, len)? as u64;
+            copy.clear();
+            // `len` is inside the device: at most what its source holds.
+            copy.resize(len as usize, 0);
+            source.read_at(start, copy)?;
+            return Ok(Some(0..len as usize));
+        }
         let verifier = match &self.verity {
             Some(verifier) if !self.verity_once => verifier,
             _ => return Ok(None),

@@ -16,7 +16,10 @@ const LAYERS: &[(u32, &[&str])] = &[
     (5, &["lazy"]),
     (6, &["device"]),
     (7, &["reader", "mkfs"]),
-    (8, &["view", "inspect", "fsck", "extract", "convert"]),
+    (
+        8,
+        &["view", "inspect", "fsck", "extract", "convert", "nydus"],
+    ),
     (9, &["overlay", "manifest"]),
     (10, &["store", "diff"]),
     (11, &["fuse"]),

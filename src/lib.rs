@@ -21,7 +21,8 @@
 //!   images;
 //! - [`view`]: read-only trees served through FUSE; [`inspect`], [`fsck`],
 //!   [`extract`]: tools built on the reader; [`convert`]: tar layers to
-//!   images (through [`mkfs`]);
+//!   images (through [`mkfs`]); [`nydus`]: Nydus RAFS v6 bootstraps with
+//!   their blobs;
 //! - [`overlay`]: a merged stack of layers; [`manifest`]: JSON-lines
 //!   manifests;
 //! - [`store`]: the layer and image store (`store add`, `pull`, gc, and
@@ -51,6 +52,7 @@ pub mod lazy;
 pub mod manifest;
 pub mod mkfs;
 pub mod mmap;
+pub mod nydus;
 pub mod overlay;
 pub mod reader;
 pub mod registry;

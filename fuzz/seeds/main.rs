@@ -146,6 +146,32 @@ fn write_all(
     Ok(n)
 }
 
+/// The nydus target's seeds: each case of `dir` (CASE/bootstrap and its
+/// one blob in CASE/blobs) framed as the target reads its input.
+fn nydus_seeds(dir: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut seeds = Vec::new();
+    let Ok(cases) = std::fs::read_dir(dir) else {
+        return Ok(seeds);
+    };
+    for case in cases {
+        let case = case?.path();
+        let Ok(mut blobs) = std::fs::read_dir(case.join("blobs")) else {
+            continue;
+        };
+        let (Ok(bootstrap), Some(Ok(blob))) = (std::fs::read(case.join("bootstrap")), blobs.next())
+        else {
+            continue;
+        };
+        let blob = std::fs::read(blob.path())?;
+        let mut seed = (bootstrap.len() as u32).to_le_bytes().to_vec();
+        seed.extend_from_slice(&bootstrap);
+        seed.extend_from_slice(&blob);
+        let name = case.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        seeds.push((name, seed));
+    }
+    Ok(seeds)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let [fixtures, out] = args.as_slice() else {
@@ -213,7 +239,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         (format!("verity-{i}"), seed)
     });
+    let nydus = nydus_seeds(&fixtures.join("nydus"))?;
     let counts = [
+        ("nydus", write_all(&out.join("nydus"), nydus)?),
         ("image", write_all(&out.join("image"), images)?),
         ("decompress", write_all(&out.join("decompress"), pclusters)?),
         ("convert", write_all(&out.join("convert"), tars)?),

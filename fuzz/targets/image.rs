@@ -62,15 +62,21 @@ pub fn run(data: &[u8]) {
     let Ok(image) = Image::from_devices(device, Vec::new()) else {
         return;
     };
-    let _ = fsck(&image, &LIMITS);
+    exercise(&image);
+}
+
+/// Everything a mount and the tools do with an opened image (the nydus
+/// target shares it).
+pub fn exercise(image: &Image) {
+    let _ = fsck(image, &LIMITS);
     if let Ok(root) = image.root() {
         let mut reads = ServerReads {
-            image: &image,
+            image,
             scratch: Vec::new(),
             files: 0,
             visited: 0,
         };
         let _ = image.walk(root, b"/", &mut reads);
     }
-    let _ = erofs_fuse::inspect::ImageSummary::new(&image);
+    let _ = erofs_fuse::inspect::ImageSummary::new(image);
 }

@@ -7,6 +7,7 @@
 pub mod convert;
 pub mod decompress;
 pub mod image;
+pub mod nydus;
 pub mod stack;
 pub mod verity;
 

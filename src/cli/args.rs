@@ -97,6 +97,16 @@ pub struct OpenArgs {
     /// (/var/tmp by default), so the tar never has to exist whole on disk.
     #[arg(long = "zinfo", value_name = "PATH")]
     pub zinfos: Vec<PathBuf>,
+    /// For a Nydus RAFS v6 bootstrap: the directory holding its data blobs,
+    /// each named by its blob id (files only, no symlinks followed). Blobs
+    /// may instead be given one by one with --device, in blob-table order.
+    #[arg(long, value_name = "DIR")]
+    pub blob_dir: Option<PathBuf>,
+    /// IMAGE is a Nydus data blob built with --blob-inline-meta: its
+    /// bootstrap is read from its end, and it serves its own chunks (other
+    /// blobs the bootstrap names come from --blob-dir).
+    #[arg(long)]
+    pub blob_inline_meta: bool,
 }
 
 /// The subcommands.

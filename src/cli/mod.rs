@@ -16,6 +16,7 @@ mod diff;
 pub mod error;
 mod gz;
 mod lazy;
+mod nydus;
 mod pull;
 mod read;
 mod serve;
@@ -124,6 +125,15 @@ fn open(args: &ImageArgs) -> Result<Image> {
 
 /// Opens the image at `path` as `args` say.
 fn open_with(path: &Path, args: &OpenArgs) -> Result<Image> {
+    if let Some(image) = nydus::open_layout(path, args)? {
+        return Ok(image);
+    }
+    if args.blob_dir.is_some()
+        || args.blob_inline_meta
+        || nydus::probe(path, args.offset).unwrap_or(false)
+    {
+        return nydus::open(path, args);
+    }
     if !args.zinfos.is_empty() {
         return gz::open_with_zinfo(path, args);
     }

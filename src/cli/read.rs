@@ -21,8 +21,13 @@ impl InspectArgs {
 fn inspect(args: &ImageArgs, json: bool) -> Result {
     let image = open(args)?;
     let s = ImageSummary::new(&image);
+    let rafs = super::nydus::tables(&args.image, &args.open)?;
     if json {
-        let text = serde_json::to_string_pretty(&s)?;
+        let mut value = serde_json::to_value(&s)?;
+        if let (Some(rafs), Some(map)) = (&rafs, value.as_object_mut()) {
+            map.insert("nydus".into(), super::nydus::blob_json(rafs));
+        }
+        let text = serde_json::to_string_pretty(&value)?;
         return write_out(format!("{text}\n").as_bytes());
     }
     let mut t = String::new();
@@ -78,6 +83,9 @@ fn inspect(args: &ImageArgs, json: bool) -> Result {
                 d.blocks, d.uniaddr, d.tag
             ),
         );
+    }
+    for (k, v) in rafs.iter().flat_map(super::nydus::blob_lines) {
+        line(&k, v);
     }
     write_out(t.as_bytes())
 }

@@ -116,6 +116,9 @@ fn open_image(
             "the store keeps no verity trees yet: --verity applies to image files",
         ));
     }
+    if let Some(view) = super::nydus::layout_view(reference, open)? {
+        return Ok((reference.to_string(), view));
+    }
     if !open.devices.is_empty() || open.offset != 0 {
         return Err(CliError::msg("--device and --offset apply to image files"));
     }

@@ -29,6 +29,7 @@ pub use inode::{FileKind, Inode};
 pub use superblock::SuperInfo;
 pub use walk::{WalkEntry, WalkVisitor, MAX_WALK_DEPTH};
 pub use xattr::{LongPrefix, Xattr};
+pub(crate) use zcache::{CacheKey, ExtentCache};
 pub use zcache::{CacheStats, DEFAULT_CACHE_SIZE};
 pub use zsummary::{CompressedExtent, CompressionInfo, Stored, MAX_LISTED_EXTENTS};
 

@@ -95,6 +95,7 @@ impl SuperInfo {
     /// `erofs_read_superblock`): format and feature checks, extension
     /// slots and checksum, then the fields in host types.
     pub fn parse(dev: &Device) -> Result<Self> {
+        refuse_rafs_v5(dev)?;
         let base = read_base(dev)?;
         let sb: &SuperBlock = read_struct(base).ok_or_else(|| {
             Error::corrupt(format!(
@@ -163,6 +164,25 @@ fn read_base(dev: &Device) -> Result<&[u8]> {
     } else {
         Ok(&[])
     }
+}
+
+/// Nydus RAFS v5 superblock magic ("RAFS" read little-endian) and version,
+/// the first 8 bytes of a v5 bootstrap (nydus rafs/src/metadata/layout/v5.rs).
+const RAFS_V5_MAGIC: u32 = 0x5241_4653;
+const RAFS_V5_VERSION: u32 = 0x500;
+
+/// A Nydus RAFS v5 bootstrap is not EROFS: say so rather than "bad magic".
+fn refuse_rafs_v5(dev: &Device) -> Result<()> {
+    let Ok(head) = dev.slice(0, 8) else {
+        return Ok(());
+    };
+    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    if word(0) == RAFS_V5_MAGIC && word(4) == RAFS_V5_VERSION {
+        return Err(Error::Unsupported(
+            "RAFS v5 is not supported (a Nydus RAFS v5 bootstrap; only RAFS v6 is read)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The checks that decide whether this is an EROFS image this code can

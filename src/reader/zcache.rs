@@ -64,6 +64,20 @@ pub(crate) struct ExtentKey {
     len: u64,
 }
 
+/// A key of the cache: what identifies decoded bytes, and their length
+/// (what a decode of them takes from the budget). Nydus blob chunks use
+/// the same cache with their own key.
+pub(crate) trait CacheKey: Copy + Eq + std::hash::Hash {
+    /// Length in bytes of the decoded bytes.
+    fn decoded_len(&self) -> u64;
+}
+
+impl CacheKey for ExtentKey {
+    fn decoded_len(&self) -> u64 {
+        self.len
+    }
+}
+
 impl ExtentKey {
     /// The key of compressed extent `ext`.
     pub fn of(ext: &ZExtent) -> Self {
@@ -76,9 +90,9 @@ impl ExtentKey {
 
 /// An LRU cache of decoded extents bounded by their total size in bytes.
 #[derive(Debug)]
-pub(crate) struct ExtentCache {
+pub(crate) struct ExtentCache<K: CacheKey = ExtentKey> {
     budget: u64,
-    inner: Mutex<CacheInner>,
+    inner: Mutex<CacheInner<K>>,
     /// Signalled when a decode ends, for decodes waiting for room.
     decoded: Condvar,
     /// Held while an extent is decoded, chosen by the key's hash.
@@ -102,15 +116,15 @@ pub struct CacheStats {
 }
 
 #[derive(Debug)]
-struct CacheInner {
-    map: LruCache<ExtentKey, Arc<[u8]>>,
+struct CacheInner<K: CacheKey> {
+    map: LruCache<K, Arc<[u8]>>,
     /// Bytes of the extents in `map`.
     bytes: u64,
     /// Bytes of the extents being decoded now.
     decoding: u64,
 }
 
-impl CacheInner {
+impl<K: CacheKey> CacheInner<K> {
     /// Evicts least recently used extents until what is held and what is
     /// being decoded fit in `budget`, or only the most recently used is
     /// left.
@@ -126,19 +140,19 @@ impl CacheInner {
 
 /// Room taken in the budget for an extent being decoded; given back when
 /// dropped.
-struct Reservation<'a> {
-    cache: &'a ExtentCache,
+struct Reservation<'a, K: CacheKey> {
+    cache: &'a ExtentCache<K>,
     len: u64,
 }
 
-impl Drop for Reservation<'_> {
+impl<K: CacheKey> Drop for Reservation<'_, K> {
     fn drop(&mut self) {
         self.cache.lock().decoding -= self.len;
         self.cache.decoded.notify_all();
     }
 }
 
-impl ExtentCache {
+impl<K: CacheKey> ExtentCache<K> {
     /// A cache holding at most `budget` bytes of decoded data.
     pub fn new(budget: u64) -> Self {
         Self {
@@ -157,7 +171,7 @@ impl ExtentCache {
     }
 
     /// The cached bytes of `key`, counted as a hit when there.
-    pub fn get(&self, key: &ExtentKey) -> Option<Arc<[u8]>> {
+    pub fn get(&self, key: &K) -> Option<Arc<[u8]>> {
         let found = self.lock().map.get(key).cloned();
         if found.is_some() {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +186,7 @@ impl ExtentCache {
     /// instead of decoding it too).
     pub fn get_or_decode(
         &self,
-        key: ExtentKey,
+        key: K,
         decode: impl FnOnce(&mut [u8]) -> Result<()>,
     ) -> Result<Arc<[u8]>> {
         if DECODING.with(Cell::get) {
@@ -190,10 +204,12 @@ impl ExtentCache {
             return Ok(data);
         }
         self.count_decode();
-        let reservation = self.reserve(key.len);
-        // `key.len` was bounded by the extent mapping (at most 12 MiB).
+        let reservation = self.reserve(key.decoded_len());
+        // `key.decoded_len()` was bounded by the extent mapping (at most
+        // 12 MiB) or the Nydus chunk map (at most its largest chunk).
         // SAFETY: all-zero bytes are valid `u8`s.
-        let mut data: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(key.len as usize).assume_init() };
+        let mut data: Arc<[u8]> =
+            unsafe { Arc::new_zeroed_slice(key.decoded_len() as usize).assume_init() };
         let out = Arc::get_mut(&mut data).expect("a new Arc is unique");
         {
             let _mark = DecodingMark::set();
@@ -211,7 +227,7 @@ impl ExtentCache {
     /// Takes room for `len` bytes being decoded, evicting to make it. When
     /// the decodes in flight leave too little, waits for them: they cannot
     /// nest, so they wait for nothing and this ends.
-    fn reserve(&self, len: u64) -> Reservation<'_> {
+    fn reserve(&self, len: u64) -> Reservation<'_, K> {
         let mut inner = self.lock();
         while inner.decoding > 0 && inner.decoding.saturating_add(len) > self.budget {
             inner = self.decoded.wait(inner).unwrap_or_else(|e| e.into_inner());
@@ -223,7 +239,7 @@ impl ExtentCache {
 
     /// Keeps decoded `data` in place of its `reservation`, in one step so
     /// that no decode takes the room in between.
-    fn insert(&self, reservation: Reservation<'_>, key: ExtentKey, data: Arc<[u8]>) {
+    fn insert(&self, reservation: Reservation<'_, K>, key: K, data: Arc<[u8]>) {
         let size = data.len() as u64;
         let mut inner = self.lock();
         inner.decoding -= reservation.len;
@@ -239,7 +255,7 @@ impl ExtentCache {
         self.decoded.notify_all();
     }
 
-    fn lock(&self) -> MutexGuard<'_, CacheInner> {
+    fn lock(&self) -> MutexGuard<'_, CacheInner<K>> {
         // A panic elsewhere cannot leave the cache inconsistent: every
         // update above completes before the guard drops.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
@@ -256,7 +272,7 @@ impl ExtentCache {
     }
 }
 
-impl Default for ExtentCache {
+impl<K: CacheKey> Default for ExtentCache<K> {
     fn default() -> Self {
         Self::new(DEFAULT_CACHE_SIZE)
     }

@@ -32,7 +32,8 @@ fn every_kept_finding_runs_clean() {
         + replay("decompress", targets::decompress::run)
         + replay("convert", targets::convert::run)
         + replay("verity", targets::verity::run)
-        + replay("stack", targets::stack::run);
+        + replay("stack", targets::stack::run)
+        + replay("nydus", targets::nydus::run);
     // The directory ships with the findings so far; an empty replay would
     // mean the inputs went missing.
     assert!(replayed >= 1, "no kept findings were replayed");

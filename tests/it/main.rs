@@ -29,6 +29,8 @@ mod hostile_tars;
 mod lazy;
 mod malformed;
 mod mutation;
+mod nydus;
+mod nydus_mutation;
 mod pull;
 mod store;
 mod toc_lazy;
@@ -64,6 +66,8 @@ mod lazy_mount;
 mod mount;
 #[cfg(feature = "privileged")]
 mod mount_defaults;
+#[cfg(feature = "privileged")]
+mod nydus_mount;
 #[cfg(feature = "privileged")]
 mod overlay;
 #[cfg(feature = "privileged")]

@@ -374,6 +374,15 @@ struct Outcome {
     took: Duration,
 }
 
+/// Runs `f` and measures the most heap it held on this thread (the nydus
+/// sweep in nydus.rs uses it too).
+pub(crate) fn heap_peak<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let base = LIVE.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let out = f();
+    (out, PEAK.with(Cell::get).saturating_sub(base))
+}
+
 /// Opens `bytes` (with `devices`) and fscks it, measuring the heap.
 fn run_case(name: &str, bytes: &[u8], devices: &[Vec<u8>]) -> Outcome {
     let start = Instant::now();

@@ -1,0 +1,387 @@
+//! Nydus RAFS v6 images (tests/fixtures/nydus: bootstraps and blobs made by
+//! nydus-image, manifests from nydusd) through the binary: every read
+//! command with --blob-dir and --device, inspect's blob table, the
+//! one-line errors, OCI layouts, --blob-inline-meta and export --block
+//! disks (the mutation sweep is in nydus_mutation.rs).
+
+use crate::common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The cases, with the expected manifest of each.
+pub const CASES: &[&str] = &[
+    "a-dir-none",
+    "b-dir-zstd",
+    "c-dir-lz4-1m",
+    "d-tar-tarfs",
+    "e-tar-rafs",
+];
+
+/// The directory of a case.
+pub fn case(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/nydus")
+        .join(name)
+}
+
+/// The one blob file of a case.
+pub fn blob_of(name: &str) -> PathBuf {
+    let mut entries: Vec<_> = std::fs::read_dir(case(name).join("blobs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(entries.len(), 1);
+    entries.pop().unwrap()
+}
+
+/// The manifest nydusd showed for a case (the fixtures' README): a-c are
+/// plain-4k's tree with the root's mtime 0, d-e the layer's.
+pub fn expected(name: &str) -> String {
+    if name.starts_with("d-") || name.starts_with("e-") {
+        return std::fs::read_to_string(case("").join("layer.manifest.jsonl")).unwrap();
+    }
+    let text = std::fs::read_to_string(fixture("tree.manifest.jsonl")).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    let first = first.replace("\"mtime\": 1700000000000000000", "\"mtime\": 0");
+    format!("{first}\n{rest}")
+}
+
+fn erofs_fuse(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(bin()).args(args).output().unwrap()
+}
+
+#[test]
+fn manifest_of_every_case_is_nydusds_with_blob_dir_and_with_device() {
+    for name in CASES {
+        let boot = case(name).join("bootstrap");
+        let dir = case(name).join("blobs");
+        let blob = blob_of(name);
+        for args in [
+            vec![boot.as_os_str(), "--blob-dir".as_ref(), dir.as_os_str()],
+            vec![boot.as_os_str(), "--device".as_ref(), blob.as_os_str()],
+        ] {
+            let mut all = vec!["manifest".as_ref()];
+            all.extend(args);
+            let out = erofs_fuse(&all);
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let got = String::from_utf8(out.stdout).unwrap();
+            if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+                panic!("{name}:\n{diff}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fsck_cat_ls_stat_and_extract_read_a_zstd_image() {
+    let name = "b-dir-zstd";
+    let boot = case(name).join("bootstrap");
+    let dir = case(name).join("blobs");
+    let with = |cmd: &str, rest: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![cmd.as_ref(), boot.as_os_str()];
+        args.extend(["--blob-dir".as_ref(), dir.as_os_str()]);
+        args.extend(rest.iter().map(|s| std::ffi::OsStr::new(*s)));
+        let out = erofs_fuse(&args);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let fsck_out = String::from_utf8(with("fsck", &[])).unwrap();
+    assert!(fsck_out.contains("no problems"), "{fsck_out}");
+    let listing = String::from_utf8(with("ls", &["/"])).unwrap();
+    assert!(listing.lines().any(|l| l == "bigdir"), "{listing}");
+    let stat = String::from_utf8(with("stat", &["/xattr/f01"])).unwrap();
+    assert!(stat.contains("f01"), "{stat}");
+    // The largest file, against the manifest's sha256.
+    let manifest = expected(name);
+    let (path, sha) = manifest
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["type"] == "file")
+        .max_by_key(|v| v["size"].as_u64())
+        .map(|v| {
+            (
+                v["path"].as_str().unwrap().to_string(),
+                v["sha256"].as_str().unwrap().to_string(),
+            )
+        })
+        .unwrap();
+    let bytes = with("cat", &[&path]);
+    assert_eq!(erofs_fuse::format::hex(&sha256(&bytes)), sha);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("tree");
+    with("extract", &[target.to_str().unwrap()]);
+    assert!(target.join(path.trim_start_matches('/')).is_file());
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+#[test]
+fn inspect_shows_the_blob_table() {
+    let boot = case("c-dir-lz4-1m").join("bootstrap");
+    let dir = case("c-dir-lz4-1m").join("blobs");
+    let out = erofs_fuse(&[
+        "inspect".as_ref(),
+        boot.as_os_str(),
+        "--blob-dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("28ecbef0d539350b4e17eac8e923427a55f895f5b3406285b6f9457f91998122"),
+        "{text}"
+    );
+    assert!(text.contains("45 chunk(s), lz4_block / blake3"), "{text}");
+    let out = erofs_fuse(&[
+        "inspect".as_ref(),
+        "--json".as_ref(),
+        boot.as_os_str(),
+        "--blob-dir".as_ref(),
+        dir.as_os_str(),
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["nydus"]["blobs"][0]["compressed_size"], 1003788);
+}
+
+#[test]
+fn a_missing_blob_and_a_v5_bootstrap_are_one_line_errors() {
+    let boot = case("b-dir-zstd").join("bootstrap");
+    let empty = tempfile::tempdir().unwrap();
+    for args in [
+        vec![
+            "manifest".as_ref(),
+            boot.as_os_str(),
+            "--blob-dir".as_ref(),
+            empty.path().as_os_str(),
+        ],
+        vec!["manifest".as_ref(), boot.as_os_str()],
+    ] {
+        let out = erofs_fuse(&args);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(!out.status.success());
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.contains("b24b7e0390262c2a3815c621cd7349f6796a61a3abe035664a2a76e208782960"),
+            "{err}"
+        );
+        assert!(err.contains(&*boot.to_string_lossy()), "{err}");
+    }
+    let v5 = empty.path().join("v5.boot");
+    let mut bytes = vec![0u8; 8192 + 4096];
+    bytes[..8].copy_from_slice(&[0x53, 0x46, 0x41, 0x52, 0, 5, 0, 0]);
+    std::fs::write(&v5, &bytes).unwrap();
+    let out = erofs_fuse(&["ls".as_ref(), v5.as_os_str(), "/".as_ref()]);
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("RAFS v5 is not supported") && err.contains("v5.boot"),
+        "{err}"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    erofs_fuse::format::hex(&sha256(bytes))
+}
+
+/// Writes `bytes` as a blob of the layout in `dir`; returns its digest.
+fn put_blob(dir: &Path, bytes: &[u8]) -> String {
+    let hex = sha256_hex(bytes);
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+/// An OCI layout in `dir` holding case `name` as nydusify lays a Nydus
+/// image out: the blob layer, then the bootstrap layer (a tar.gz with
+/// image/image.boot, annotated), listed in an index with the Nydus
+/// artifact type next to a decoy manifest.
+pub fn nydus_layout(name: &str, dir: &Path) {
+    let blob = std::fs::read(blob_of(name)).unwrap();
+    let blob_digest = put_blob(dir, &blob);
+    let mut tar = tar::Builder::new(Vec::new());
+    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    let mut header = tar::Header::new_ustar();
+    header.set_size(boot.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "image/image.boot", &boot[..])
+        .unwrap();
+    let tar = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let layer = gz.finish().unwrap();
+    let layer_digest = put_blob(dir, &layer);
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config_digest = put_blob(dir, config);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.nydus.blob.v1", "digest": blob_digest, "size": blob.len(),
+             "annotations": {"containerd.io/snapshot/nydus-blob": "true"}},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len(),
+             "annotations": {"containerd.io/snapshot/nydus-bootstrap": "true", "containerd.io/snapshot/nydus-fs-version": "6"}},
+        ],
+    });
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    let manifest_digest = put_blob(dir, &manifest);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": config_digest, "size": 1,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest.len(),
+             "artifactType": "application/vnd.nydus.image.manifest.v1+json",
+             "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    });
+    let index = serde_json::to_vec(&index).unwrap();
+    let index_digest = put_blob(dir, &index);
+    let top = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_digest,
+                       "size": index.len(), "annotations": {"org.opencontainers.image.ref.name": "nydus"}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+#[test]
+fn a_nydus_image_in_an_oci_layout_reads_in_place() {
+    for name in ["b-dir-zstd", "e-tar-rafs"] {
+        let tmp = tempfile::tempdir().unwrap();
+        nydus_layout(name, tmp.path());
+        let reference = format!("oci:{}:nydus", tmp.path().display());
+        let out = erofs_fuse(&["manifest".as_ref(), reference.as_ref()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = String::from_utf8(out.stdout).unwrap();
+        if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+            panic!("{name}:\n{diff}");
+        }
+        // A bootstrap layer that does not match its digest is refused.
+        let rafs = erofs_fuse::nydus::read_rafs(&case(name).join("bootstrap"), 0)
+            .unwrap()
+            .unwrap();
+        let blob_path = tmp.path().join("blobs/sha256").join(&rafs.blobs[0].id);
+        let boot_layer = std::fs::read_dir(tmp.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::read(p).unwrap().starts_with(&[0x1f, 0x8b]))
+            .unwrap();
+        let mut bytes = std::fs::read(&boot_layer).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&boot_layer, &bytes).unwrap();
+        let out = erofs_fuse(&["ls".as_ref(), reference.as_ref(), "/".as_ref()]);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success() && err.contains("bootstrap layer") && err.lines().count() == 1,
+            "{err}"
+        );
+        bytes[last] ^= 1;
+        std::fs::write(&boot_layer, &bytes).unwrap();
+        // A missing blob is named.
+        std::fs::remove_file(&blob_path).unwrap();
+        let out = erofs_fuse(&["ls".as_ref(), reference.as_ref(), "/".as_ref()]);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains(&rafs.blobs[0].id) && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn manifest_of_a_blob_with_inline_meta() {
+    let name = "b-dir-zstd";
+    let mut blob = std::fs::read(blob_of(name)).unwrap();
+    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    blob.extend_from_slice(&boot);
+    let mut h = tar::Header::new_gnu();
+    h.set_path("image.boot").unwrap();
+    h.set_size(boot.len() as u64);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    blob.extend_from_slice(h.as_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("blob");
+    std::fs::write(&path, &blob).unwrap();
+    let out = erofs_fuse(&[
+        "manifest".as_ref(),
+        "--blob-inline-meta".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+        panic!("{diff}");
+    }
+}
+
+/// What `nydus-image export --block` makes of case `name` (as
+/// service/src/block_device.rs lays it out): the bootstrap, then the
+/// blob's uncompressed address space at its device slot's block.
+pub fn export_block(name: &str) -> Vec<u8> {
+    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    let blob = std::fs::read(blob_of(name)).unwrap();
+    let rafs = erofs_fuse::nydus::read_rafs(&case(name).join("bootstrap"), 0)
+        .unwrap()
+        .unwrap();
+    let slot = &boot[1408..1408 + 128];
+    let blocks = u32::from_le_bytes(slot[64..68].try_into().unwrap()) as usize;
+    let mapped = u32::from_le_bytes(slot[68..72].try_into().unwrap()) as usize;
+    let mut disk = boot.clone();
+    disk.resize((mapped + blocks) * 4096, 0);
+    for c in &rafs.chunks {
+        let stored = &blob[c.compressed_offset as usize..][..c.compressed_size as usize];
+        let data = if c.flags & 1 != 0 {
+            zstd::bulk::decompress(stored, c.uncompressed_size as usize).unwrap()
+        } else {
+            stored.to_vec()
+        };
+        let at = mapped * 4096 + c.uncompressed_offset as usize;
+        disk[at..at + data.len()].copy_from_slice(&data);
+    }
+    disk
+}
+
+#[test]
+fn an_export_block_disk_still_reads_flat_without_options() {
+    for name in ["a-dir-none", "b-dir-zstd"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let disk = tmp.path().join("disk");
+        std::fs::write(&disk, export_block(name)).unwrap();
+        let out = erofs_fuse(&["manifest".as_ref(), disk.as_os_str()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got = String::from_utf8(out.stdout).unwrap();
+        if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+            panic!("{name}:\n{diff}");
+        }
+    }
+}
