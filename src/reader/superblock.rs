@@ -95,8 +95,10 @@ impl SuperInfo {
     /// `erofs_read_superblock`): format and feature checks, extension
     /// slots and checksum, then the fields in host types.
     pub fn parse(dev: &Device) -> Result<Self> {
-        refuse_rafs_v5(dev)?;
         let base = read_base(dev)?;
+        // After the superblock's read: its failure (a verity mismatch, say)
+        // is the error to report, not this check's.
+        refuse_rafs_v5(dev)?;
         let sb: &SuperBlock = read_struct(base).ok_or_else(|| {
             Error::corrupt(format!(
                 "{} is too small to hold an EROFS superblock ({} bytes)",
