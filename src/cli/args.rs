@@ -557,6 +557,12 @@ pub struct ConvertArgs {
     /// the same whatever the number.
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
+    /// --compress: extended options, as mkfs.erofs -E, comma-separated:
+    /// ztailpacking (a file's last pcluster inline after its inode when it
+    /// encodes to less than a block), dedupe (identical pclusters stored
+    /// once).
+    #[arg(short = 'E', long, value_name = "OPT[,OPT...]")]
+    pub extended: Vec<String>,
     /// No progress bar (it is shown only on a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,

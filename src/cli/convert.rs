@@ -39,14 +39,21 @@ impl ConvertArgs {
             implied_mtime: self.implied_mtime,
         };
         let compress = match self.compress {
+            // The extended options travel in the spec, checked with it.
             Some(spec) => Some(CompressOptions {
-                spec,
+                spec: std::iter::once(spec)
+                    .chain(self.extended)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 pcluster_size: self.pcluster_size,
                 workers: self.workers,
             }),
-            None if self.pcluster_size.is_some() || self.workers.is_some() => {
+            None if self.pcluster_size.is_some()
+                || self.workers.is_some()
+                || !self.extended.is_empty() =>
+            {
                 return Err(CliError::msg(
-                    "--pcluster-size and --workers need --compress",
+                    "--pcluster-size, --workers and --extended need --compress",
                 ))
             }
             None => None,

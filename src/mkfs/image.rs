@@ -20,9 +20,9 @@ use super::xattr;
 use crate::format::{
     superblock_checksum, superblock_checksum_len, DataLayout, DeviceSlot, SuperBlock,
     CHUNK_INDEX_SIZE, COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE, EROFS_MAGIC, INCOMPAT_CHUNKED_FILE,
-    INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_ZERO_PADDING, INODE_COMPACT_SIZE,
-    INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE, SUPERBLOCK_CHECKSUM_FIELD,
-    SUPERBLOCK_OFFSET,
+    INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_ZERO_PADDING, INCOMPAT_ZTAILPACKING,
+    INODE_COMPACT_SIZE, INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE,
+    SUPERBLOCK_CHECKSUM_FIELD, SUPERBLOCK_OFFSET,
 };
 
 mod compressed;
@@ -105,15 +105,15 @@ enum Payload {
     /// File data in the image's data area from `blkaddr`, the last
     /// partial block inline after the inode.
     FlatTail { blkaddr: u64, tail: Vec<u8> },
-    /// Compressed file data: extents (length, raw, blocks) whose pclusters
-    /// are back to back from `first_block`, except a `tail` PLAIN block
-    /// kept for the block area; the map header and full index follow the
-    /// xattrs.
+    /// Compressed file data: extents and their pclusters, the last one's
+    /// either a `tail` block kept for the block area or an `inline`
+    /// pcluster after the index; the map header and full index follow the
+    /// xattrs. `blocks` counts the pclusters' blocks but an inline one.
     Compressed {
-        extents: Vec<(u64, bool, u64)>,
-        first_block: u64,
+        extents: Vec<super::compress::Stored>,
         blocks: u64,
         tail: Option<Vec<u8>>,
+        inline: Option<Vec<u8>>,
         algorithm: u8,
         big: bool,
     },
@@ -176,9 +176,17 @@ impl Record {
                 self.inline = tail;
                 base + tail
             }
-            Payload::Compressed { .. } => {
+            Payload::Compressed { ref inline, .. } => {
                 let bits = block.trailing_zeros() as u8;
-                base.next_multiple_of(8) + self.payload.zindex_len(bits)
+                let index_end = base.next_multiple_of(8) + self.payload.zindex_len(bits);
+                // An inline pcluster may not cross a block: from a block
+                // start it fits (checked when it was chosen).
+                let tail = inline.as_ref().map_or(0, |t| t.len() as u64);
+                if tail > 0 && (pos + index_end) % block + tail > block {
+                    pos = pos.next_multiple_of(block);
+                }
+                self.inline = tail;
+                index_end + tail
             }
             _ => base,
         };
@@ -360,8 +368,13 @@ impl ImageBuilder {
                 (refs, Payload::Bytes { size }, size)
             }
             NodeData::File(data) if data.size > 0 && self.compress.is_some() => {
-                // Room for an inline tail: the larger inode core, conservatively.
-                let base = INODE_EXTENDED_SIZE + xattr::encode(&node.xattrs).0.len() as u64;
+                // Room for an inline tail: after the inode core and xattrs.
+                let core = if compact(node, refs, data.size, epoch) {
+                    INODE_COMPACT_SIZE
+                } else {
+                    INODE_EXTENDED_SIZE
+                };
+                let base = core + xattr::encode(&node.xattrs).0.len() as u64;
                 let payload = self.compressed_payload(data.offset, base).ok_or_else(|| {
                     BuildError::Unrepresentable(format!(
                         "no data for compressed file {}",
@@ -401,16 +414,10 @@ impl ImageBuilder {
             _ => (refs, Payload::None, 0),
         };
         let (xattrs, icount) = xattr::encode(&node.xattrs);
-        let compact = node.uid <= 0xffff
-            && node.gid <= 0xffff
-            && nlink <= 0xffff
-            && size <= u64::from(u32::MAX)
-            && node.mtime == epoch
-            && node.mtime_nsec == 0;
         Ok(Record {
             id,
             nlink,
-            compact,
+            compact: compact(node, nlink, size, epoch),
             xattrs,
             icount,
             payload,
@@ -429,7 +436,15 @@ impl ImageBuilder {
         };
         let (incompat, algs) = match &self.compress {
             Some(z) => (
-                incompat | INCOMPAT_ZERO_PADDING | INCOMPAT_COMPR_CFGS,
+                incompat
+                    | INCOMPAT_ZERO_PADDING
+                    | INCOMPAT_COMPR_CFGS
+                    // As mkfs.erofs: set with the option, used or not.
+                    | if z.codec.ztailpacking {
+                        INCOMPAT_ZTAILPACKING
+                    } else {
+                        0
+                    },
                 1u16 << z.codec.algorithm.id(),
             ),
             None => (incompat, 0),
@@ -497,6 +512,17 @@ impl ImageBuilder {
         self.out.write_all_at(&area[..len], SUPERBLOCK_OFFSET)?;
         Ok(())
     }
+}
+
+/// Whether `node` (with `nlink` links, `size` bytes) fits a compact
+/// inode, whose mtime is the superblock's `epoch`.
+fn compact(node: &super::tree::Node, nlink: u32, size: u64, epoch: i64) -> bool {
+    node.uid <= 0xffff
+        && node.gid <= 0xffff
+        && nlink <= 0xffff
+        && size <= u64::from(u32::MAX)
+        && node.mtime == epoch
+        && node.mtime_nsec == 0
 }
 
 /// The superblock's numbers.

@@ -91,10 +91,18 @@ impl Layout {
             Payload::FlatTail { ref tail, .. } => {
                 meta[off..off + tail.len()].copy_from_slice(tail);
             }
-            Payload::Compressed { ref tail, .. } => {
+            Payload::Compressed {
+                ref tail,
+                ref inline,
+                ..
+            } => {
                 off = off.next_multiple_of(8);
                 let index = rec.payload.zindex(self.block_bits, rec.blkaddr);
                 meta[off..off + index.len()].copy_from_slice(&index);
+                if let Some(inline) = inline {
+                    let off = off + index.len();
+                    meta[off..off + inline.len()].copy_from_slice(inline);
+                }
                 if let Some(tail) = tail {
                     let b = (rec.blkaddr * self.block - self.blocks_start) as usize;
                     blocks[b..b + tail.len()].copy_from_slice(tail);
