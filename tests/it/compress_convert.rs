@@ -262,23 +262,36 @@ fn append(b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
 /// a shared prefix, and runs of zeros whose pclusters' inputs recur at
 /// other offsets in the file or in other files.
 pub fn dedupe_tar(dir: &Path) -> PathBuf {
-    let path = dir.join("dedupe.tar");
+    dedupe_tar_copies(dir, true)
+}
+
+/// The files of [`dedupe_tar`] that copy an earlier one (in order).
+const COPIES: &[&str] = &["b/text", "r2", "r4", "s2", "z2"];
+
+/// [`dedupe_tar`], without [`COPIES`] unless `copies`.
+fn dedupe_tar_copies(dir: &Path, copies: bool) -> PathBuf {
+    let path = dir.join(format!("dedupe-{copies}.tar"));
     let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
     let mut rand = xorshift(31);
     let text: Vec<u8> = (0..12_000u32)
         .flat_map(|i| format!("{i} dedupe me {}\n", i % 97).into_bytes())
         .collect();
     let random: Vec<u8> = (0..50_001).map(|_| rand() as u8).collect();
-    append(&mut b, "a/text", &text);
-    append(&mut b, "b/text", &text);
-    append(&mut b, "c/prefix", &text[..text.len() / 2]);
-    append(&mut b, "d/shifted", &[b"xyz".as_slice(), &text].concat());
-    append(&mut b, "r1", &random);
-    append(&mut b, "r2", &random);
-    append(&mut b, "r3", &random[..8192]);
-    append(&mut b, "r4", &random[..8192]);
-    append(&mut b, "s1", &text[..100]);
-    append(&mut b, "s2", &text[..100]);
+    let mut add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
+        if copies || !COPIES.contains(&name) {
+            append(b, name, data);
+        }
+    };
+    add(&mut b, "a/text", &text);
+    add(&mut b, "b/text", &text);
+    add(&mut b, "c/prefix", &text[..text.len() / 2]);
+    add(&mut b, "d/shifted", &[b"xyz".as_slice(), &text].concat());
+    add(&mut b, "r1", &random);
+    add(&mut b, "r2", &random);
+    add(&mut b, "r3", &random[..8192]);
+    add(&mut b, "r4", &random[..8192]);
+    add(&mut b, "s1", &text[..100]);
+    add(&mut b, "s2", &text[..100]);
     for (name, lead, zeros) in [
         ("z1", 0, 3 << 20),
         ("z2", 0, 3 << 20),
@@ -287,7 +300,7 @@ pub fn dedupe_tar(dir: &Path) -> PathBuf {
     ] {
         let mut data: Vec<u8> = (0..lead).map(|_| rand() as u8 | 1).collect();
         data.resize(lead + zeros, 0);
-        append(&mut b, name, &data);
+        add(&mut b, name, &data);
     }
     b.finish().unwrap();
     path
@@ -347,8 +360,24 @@ fn extended_options_read_back_and_pay() {
     };
     let (none, packed) = (sized(&small, "lz4hc"), sized(&small, "lz4hc,ztailpacking"));
     assert!(packed < none * 9 / 10, "ztailpacking: {packed} vs {none}");
+    // With dedupe the copies cost their inodes and indexes, not data.
+    let originals = dedupe_tar_copies(dir.path(), false);
+    let base = sized(&originals, "lz4hc,dedupe");
     let (none, deduped) = (sized(&dups, "lz4hc"), sized(&dups, "lz4hc,dedupe"));
-    assert!(deduped + 8 * 4096 < none, "dedupe: {deduped} vs {none}");
+    let image = erofs_fuse::Image::open(&dir.path().join("s.erofs"), &Default::default()).unwrap();
+    let metadata: u64 = COPIES
+        .iter()
+        .map(|name| 64 + 24 + 8 * image.resolve(name.as_bytes()).unwrap().size.div_ceil(4096))
+        .sum();
+    let slack = metadata.next_multiple_of(4096) + 4096;
+    assert!(
+        deduped <= base + slack,
+        "dedupe: {deduped} vs {base} + {slack}"
+    );
+    assert!(
+        none > base + slack + 8 * 4096,
+        "copies cost little: {none} vs {base}"
+    );
 }
 
 /// The extended options keep the output independent of the worker count,
