@@ -30,6 +30,7 @@ mod encode;
 
 use super::compress::Codec;
 use compressed::Compressing;
+use encode::compact;
 
 /// Where regular files' bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,16 +436,12 @@ impl ImageBuilder {
             DataSource::Image => (0, 0),
         };
         let (incompat, algs) = match &self.compress {
+            // ZTAILPACKING as mkfs.erofs: set with the option, used or not.
             Some(z) => (
                 incompat
                     | INCOMPAT_ZERO_PADDING
                     | INCOMPAT_COMPR_CFGS
-                    // As mkfs.erofs: set with the option, used or not.
-                    | if z.codec.ztailpacking {
-                        INCOMPAT_ZTAILPACKING
-                    } else {
-                        0
-                    },
+                    | (INCOMPAT_ZTAILPACKING * u32::from(z.codec.ztailpacking)),
                 1u16 << z.codec.algorithm.id(),
             ),
             None => (incompat, 0),
@@ -512,17 +509,6 @@ impl ImageBuilder {
         self.out.write_all_at(&area[..len], SUPERBLOCK_OFFSET)?;
         Ok(())
     }
-}
-
-/// Whether `node` (with `nlink` links, `size` bytes) fits a compact
-/// inode, whose mtime is the superblock's `epoch`.
-fn compact(node: &super::tree::Node, nlink: u32, size: u64, epoch: i64) -> bool {
-    node.uid <= 0xffff
-        && node.gid <= 0xffff
-        && nlink <= 0xffff
-        && size <= u64::from(u32::MAX)
-        && node.mtime == epoch
-        && node.mtime_nsec == 0
 }
 
 /// The superblock's numbers.

@@ -277,7 +277,7 @@ fn dedupe_tar_copies(dir: &Path, copies: bool) -> PathBuf {
         .flat_map(|i| format!("{i} dedupe me {}\n", i % 97).into_bytes())
         .collect();
     let random: Vec<u8> = (0..50_001).map(|_| rand() as u8).collect();
-    let mut add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
+    let add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
         if copies || !COPIES.contains(&name) {
             append(b, name, data);
         }

@@ -236,7 +236,7 @@ pub(crate) fn full_index(
         }
         // An extent ending inside the lcluster it starts in (a short
         // raw tail) leaves no lcluster for a final index.
-        pending_tail = end_lcn > head_lcn && end % block != 0;
+        pending_tail = end_lcn > head_lcn && !end.is_multiple_of(block);
         start = end;
     }
     if pending_tail {
@@ -245,4 +245,57 @@ pub(crate) fn full_index(
         push(&mut out, LCLUSTER_TYPE_PLAIN, start % block, 0);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mkfs::compress::Codec;
+
+    fn cut(tailpack: bool) -> Cut {
+        Cut {
+            block: 4096,
+            pcluster: 4096,
+            tailpack,
+            dedupe: true,
+        }
+    }
+
+    /// With ztailpacking a short compressible tail is one inline
+    /// compressed extent and an incompressible one an inline raw one;
+    /// without, the tail is a raw block. Equal inputs get equal keys.
+    #[test]
+    fn tails_go_inline_only_with_tailpacking() {
+        let mut enc = Encoder::new(Codec::parse("lz4hc", None, 4096).unwrap()).unwrap();
+        let text = b"some text, some text. ".repeat(300);
+        let got = compress_segment(&mut enc, &text, cut(true));
+        assert_eq!(got.len(), 1);
+        assert!(got[0].inline && !got[0].raw && got[0].data.len() < 4096);
+        let random: Vec<u8> = (0..100u64).map(|i| (i * 2_654_435_761 >> 13) as u8).collect();
+        let got = compress_segment(&mut enc, &random, cut(true));
+        assert!(got[0].inline && got[0].raw && got[0].data == random);
+        let got = compress_segment(&mut enc, &random, cut(false));
+        assert!(!got[0].inline && got[0].raw && got[0].data.len() == 4096);
+        let again = compress_segment(&mut enc, &random, cut(false));
+        assert!(got[0].key.is_some() && got[0].key == again[0].key);
+    }
+
+    /// An inline tail sets the advise bit and `h_idata_size`.
+    #[test]
+    fn index_header_names_the_inline_tail() {
+        let extents = [Stored {
+            len: 5000,
+            raw: false,
+            blocks: 1,
+            blkaddr: 7,
+        }];
+        let index = full_index(&extents, None, Some(1234), 12, 0, false);
+        assert_eq!(u16::from_le_bytes([index[2], index[3]]), 1234);
+        let advise = u16::from_le_bytes([index[4], index[5]]);
+        assert_ne!(advise & ADVISE_INLINE_PCLUSTER, 0);
+        // Header, 8 reserved bytes, the HEAD and the EOF lcluster's index.
+        assert_eq!(index.len(), 16 + 2 * 8);
+        let plain = full_index(&extents, None, None, 12, 0, false);
+        assert_eq!(&plain[2..6], &[0, 0, 0, 0]);
+    }
 }

@@ -145,6 +145,17 @@ fn dir_bytes(
     dir::encode(&entries, &blocks, block as usize)
 }
 
+/// Whether `node` (with `nlink` links, `size` bytes) fits a compact
+/// inode, whose mtime is the superblock's `epoch`.
+pub(super) fn compact(node: &Node, nlink: u32, size: u64, epoch: i64) -> bool {
+    node.uid <= 0xffff
+        && node.gid <= 0xffff
+        && nlink <= 0xffff
+        && size <= u64::from(u32::MAX)
+        && node.mtime == epoch
+        && node.mtime_nsec == 0
+}
+
 /// The on-disk inode core of `rec`.
 fn inode_bytes(rec: &Record, node: &Node, size: u64, block_bits: u8, ino: u32) -> Vec<u8> {
     let format = rec.layout().to_bits() << I_DATALAYOUT_SHIFT;
