@@ -271,7 +271,9 @@ mod tests {
         let got = compress_segment(&mut enc, &text, cut(true));
         assert_eq!(got.len(), 1);
         assert!(got[0].inline && !got[0].raw && got[0].data.len() < 4096);
-        let random: Vec<u8> = (0..100u64).map(|i| (i * 2_654_435_761 >> 13) as u8).collect();
+        let random: Vec<u8> = (0..100u64)
+            .map(|i| ((i * 2_654_435_761) >> 13) as u8)
+            .collect();
         let got = compress_segment(&mut enc, &random, cut(true));
         assert!(got[0].inline && got[0].raw && got[0].data == random);
         let got = compress_segment(&mut enc, &random, cut(false));
