@@ -20,9 +20,9 @@ use super::xattr;
 use crate::format::{
     superblock_checksum, superblock_checksum_len, DataLayout, DeviceSlot, SuperBlock,
     CHUNK_INDEX_SIZE, COMPAT_SB_CHKSUM, DEVICE_SLOT_SIZE, EROFS_MAGIC, INCOMPAT_CHUNKED_FILE,
-    INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_ZERO_PADDING, INCOMPAT_ZTAILPACKING,
-    INODE_COMPACT_SIZE, INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE,
-    SUPERBLOCK_CHECKSUM_FIELD, SUPERBLOCK_OFFSET,
+    INCOMPAT_COMPR_CFGS, INCOMPAT_DEVICE_TABLE, INCOMPAT_ZERO_PADDING, INODE_COMPACT_SIZE,
+    INODE_EXTENDED_SIZE, INODE_SLOT_SIZE, SUPERBLOCK_BASE_SIZE, SUPERBLOCK_CHECKSUM_FIELD,
+    SUPERBLOCK_OFFSET,
 };
 
 mod compressed;
@@ -294,6 +294,7 @@ impl ImageBuilder {
             root_nid: nid_of[&Tree::ROOT],
             inodes: records.len() as u64,
             epoch,
+            incompat: self.data_features(&records),
         };
         self.write_superblock(&geometry, options)?;
         Ok(BuildSummary {
@@ -436,12 +437,8 @@ impl ImageBuilder {
             DataSource::Image => (0, 0),
         };
         let (incompat, algs) = match &self.compress {
-            // ZTAILPACKING as mkfs.erofs: set with the option, used or not.
             Some(z) => (
-                incompat
-                    | INCOMPAT_ZERO_PADDING
-                    | INCOMPAT_COMPR_CFGS
-                    | (INCOMPAT_ZTAILPACKING * u32::from(z.codec.ztailpacking)),
+                incompat | INCOMPAT_ZERO_PADDING | INCOMPAT_COMPR_CFGS | geo.incompat,
                 1u16 << z.codec.algorithm.id(),
             ),
             None => (incompat, 0),
@@ -518,6 +515,8 @@ struct Geometry {
     root_nid: u64,
     inodes: u64,
     epoch: i64,
+    /// Features the data uses: ztailpacking, dedupe.
+    incompat: u32,
 }
 
 /// Each inode's nid: its 32-byte slot from the start of the inode area.

@@ -358,8 +358,23 @@ fn extended_options_read_back_and_pay() {
         );
         size(&image)
     };
+    // The superblock names a feature when the data uses it, as mkfs.erofs.
+    let features = || {
+        let image = std::fs::read(dir.path().join("s.erofs")).unwrap();
+        u32::from_le_bytes(image[1024 + 80..1024 + 84].try_into().unwrap())
+    };
+    const ZTAILPACKING: u32 = 0x10;
+    const DEDUPE: u32 = 0x20;
     let (none, packed) = (sized(&small, "lz4hc"), sized(&small, "lz4hc,ztailpacking"));
     assert!(packed < none * 9 / 10, "ztailpacking: {packed} vs {none}");
+    assert_eq!(features() & (ZTAILPACKING | DEDUPE), ZTAILPACKING);
+    let mut rand = xorshift(3);
+    let random: Vec<u8> = (0..8192).map(|_| rand() as u8).collect();
+    sized(
+        &one_file_tar(dir.path(), "r", &random),
+        "lz4hc,ztailpacking,dedupe",
+    );
+    assert_eq!(features() & (ZTAILPACKING | DEDUPE), 0, "options unused");
     // With dedupe the copies cost their inodes and indexes, not data.
     let originals = dedupe_tar_copies(dir.path(), false);
     let base = sized(&originals, "lz4hc,dedupe");

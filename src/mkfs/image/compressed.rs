@@ -14,6 +14,7 @@ use super::super::compress::{
 };
 use super::super::tree::FileData;
 use super::{ImageBuilder, Payload};
+use crate::format::{INCOMPAT_FRAGMENTS, INCOMPAT_ZTAILPACKING};
 
 /// The compression state of a builder.
 pub(super) struct Compressing {
@@ -26,6 +27,8 @@ pub(super) struct Compressing {
     /// `-E dedupe`: pclusters written so far by their input's key (raw,
     /// blocks, block address); whole flat files by [`flat_file_key`].
     written: HashMap<DedupeKey, (bool, u64, u64)>,
+    /// Some extent points at a pcluster written for another.
+    shared: bool,
 }
 
 use super::super::compress::BatchResults as Results;
@@ -38,11 +41,31 @@ impl Compressing {
             files: Vec::new(),
             running: None,
             written: HashMap::new(),
+            shared: false,
         }
     }
 }
 
 impl ImageBuilder {
+    /// The incompat features the compressed data uses, as mkfs.erofs sets
+    /// them: ZTAILPACKING if an inline pcluster is laid out, DEDUPE (the
+    /// FRAGMENTS bit) if a pcluster is shared: kernels before 6.1 may not
+    /// read one shared at different offsets in a page, and refuse the bit.
+    /// Flat files sharing blocks need neither.
+    pub(super) fn data_features(&self, records: &[super::Record]) -> u32 {
+        let inline = records.iter().any(|r| {
+            matches!(
+                r.payload,
+                Payload::Compressed {
+                    inline: Some(_),
+                    ..
+                }
+            )
+        });
+        let shared = self.compress.as_ref().is_some_and(|z| z.shared);
+        (INCOMPAT_ZTAILPACKING * u32::from(inline)) | (INCOMPAT_FRAGMENTS * u32::from(shared))
+    }
+
     /// Queues `size` bytes of `reader` for compression; the returned
     /// offset is the file's number, not a byte offset.
     pub(super) fn add_compressed(
@@ -170,6 +193,7 @@ impl ImageBuilder {
                 }
                 if let Some(&(raw, blocks, at)) = e.key.as_ref().and_then(|k| z.written.get(k)) {
                     (stored.raw, stored.blocks, stored.blkaddr) = (raw, blocks, at);
+                    z.shared = true;
                     entry.extents.push(stored);
                     continue;
                 }
