@@ -573,6 +573,12 @@ pub struct ConvertArgs {
     /// and a tar file converts to an index reading only its headers.
     #[arg(long)]
     pub digests: bool,
+    /// --compress: extended options, as mkfs.erofs -E, comma-separated:
+    /// ztailpacking (a file's last pcluster inline after its inode when it
+    /// encodes to less than a block), dedupe (identical pclusters stored
+    /// once).
+    #[arg(short = 'E', long, value_name = "OPT[,OPT...]")]
+    pub extended: Vec<String>,
     /// No progress bar (it is shown only on a terminal anyway).
     #[arg(short, long)]
     pub quiet: bool,

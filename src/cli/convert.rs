@@ -41,14 +41,21 @@ impl ConvertArgs {
             skip_digests: !self.digests,
         };
         let compress = match self.compress {
+            // The extended options travel in the spec, checked with it.
             Some(spec) => Some(CompressOptions {
-                spec,
+                spec: std::iter::once(spec)
+                    .chain(self.extended)
+                    .collect::<Vec<_>>()
+                    .join(","),
                 pcluster_size: self.pcluster_size,
                 workers: self.workers,
             }),
-            None if self.pcluster_size.is_some() || self.workers.is_some() => {
+            None if self.pcluster_size.is_some()
+                || self.workers.is_some()
+                || !self.extended.is_empty() =>
+            {
                 return Err(CliError::msg(
-                    "--pcluster-size and --workers need --compress",
+                    "--pcluster-size, --workers and --extended need --compress",
                 ))
             }
             None => None,

@@ -30,6 +30,7 @@ mod encode;
 
 use super::compress::Codec;
 use compressed::Compressing;
+use encode::compact;
 
 /// Where regular files' bytes live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,15 +106,15 @@ enum Payload {
     /// File data in the image's data area from `blkaddr`, the last
     /// partial block inline after the inode.
     FlatTail { blkaddr: u64, tail: Vec<u8> },
-    /// Compressed file data: extents (length, raw, blocks) whose pclusters
-    /// are back to back from `first_block`, except a `tail` PLAIN block
-    /// kept for the block area; the map header and full index follow the
-    /// xattrs.
+    /// Compressed file data: extents and their pclusters, the last one's
+    /// either a `tail` block kept for the block area or an `inline`
+    /// pcluster after the index; the map header and full index follow the
+    /// xattrs. `blocks` counts the pclusters' blocks but an inline one.
     Compressed {
-        extents: Vec<(u64, bool, u64)>,
-        first_block: u64,
+        extents: Vec<super::compress::Stored>,
         blocks: u64,
         tail: Option<Vec<u8>>,
+        inline: Option<Vec<u8>>,
         algorithm: u8,
         big: bool,
     },
@@ -176,9 +177,17 @@ impl Record {
                 self.inline = tail;
                 base + tail
             }
-            Payload::Compressed { .. } => {
+            Payload::Compressed { ref inline, .. } => {
                 let bits = block.trailing_zeros() as u8;
-                base.next_multiple_of(8) + self.payload.zindex_len(bits)
+                let index_end = base.next_multiple_of(8) + self.payload.zindex_len(bits);
+                // An inline pcluster may not cross a block: from a block
+                // start it fits (checked when it was chosen).
+                let tail = inline.as_ref().map_or(0, |t| t.len() as u64);
+                if tail > 0 && (pos + index_end) % block + tail > block {
+                    pos = pos.next_multiple_of(block);
+                }
+                self.inline = tail;
+                index_end + tail
             }
             _ => base,
         };
@@ -285,6 +294,7 @@ impl ImageBuilder {
             root_nid: nid_of[&Tree::ROOT],
             inodes: records.len() as u64,
             epoch,
+            incompat: self.data_features(&records),
         };
         self.write_superblock(&geometry, options)?;
         Ok(BuildSummary {
@@ -360,8 +370,13 @@ impl ImageBuilder {
                 (refs, Payload::Bytes { size }, size)
             }
             NodeData::File(data) if data.size > 0 && self.compress.is_some() => {
-                // Room for an inline tail: the larger inode core, conservatively.
-                let base = INODE_EXTENDED_SIZE + xattr::encode(&node.xattrs).0.len() as u64;
+                // Room for an inline tail: after the inode core and xattrs.
+                let core = if compact(node, refs, data.size, epoch) {
+                    INODE_COMPACT_SIZE
+                } else {
+                    INODE_EXTENDED_SIZE
+                };
+                let base = core + xattr::encode(&node.xattrs).0.len() as u64;
                 let payload = self.compressed_payload(data.offset, base).ok_or_else(|| {
                     BuildError::Unrepresentable(format!(
                         "no data for compressed file {}",
@@ -401,16 +416,10 @@ impl ImageBuilder {
             _ => (refs, Payload::None, 0),
         };
         let (xattrs, icount) = xattr::encode(&node.xattrs);
-        let compact = node.uid <= 0xffff
-            && node.gid <= 0xffff
-            && nlink <= 0xffff
-            && size <= u64::from(u32::MAX)
-            && node.mtime == epoch
-            && node.mtime_nsec == 0;
         Ok(Record {
             id,
             nlink,
-            compact,
+            compact: compact(node, nlink, size, epoch),
             xattrs,
             icount,
             payload,
@@ -429,7 +438,7 @@ impl ImageBuilder {
         };
         let (incompat, algs) = match &self.compress {
             Some(z) => (
-                incompat | INCOMPAT_ZERO_PADDING | INCOMPAT_COMPR_CFGS,
+                incompat | INCOMPAT_ZERO_PADDING | INCOMPAT_COMPR_CFGS | geo.incompat,
                 1u16 << z.codec.algorithm.id(),
             ),
             None => (incompat, 0),
@@ -506,6 +515,8 @@ struct Geometry {
     root_nid: u64,
     inodes: u64,
     epoch: i64,
+    /// Features the data uses: ztailpacking, dedupe.
+    incompat: u32,
 }
 
 /// Each inode's nid: its 32-byte slot from the start of the inode area.

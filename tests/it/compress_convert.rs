@@ -171,6 +171,17 @@ fn bad_compression_options_are_one_line_errors() {
             &["--mode", "index", "--compress", "lz4"],
             "--mode full",
         ),
+        (
+            "extended",
+            &["--compress", "lz4", "-E", "ztailpacking,tailpack"],
+            "unknown compression option 'tailpack'",
+        ),
+        (
+            "fragments",
+            &["--compress", "lz4", "-E", "fragments"],
+            "'fragments' is not supported",
+        ),
+        ("extended alone", &["-E", "dedupe"], "need --compress"),
     ];
     for (what, args, needle) in cases {
         let mut cmd = std::process::Command::new(bin());
@@ -232,4 +243,186 @@ fn deflate_stored_blocks_read_back() {
     data.resize(256 << 10, 0);
     let tar = one_file_tar(dir.path(), "random-then-zeros", &data);
     reads_back(dir.path(), &tar, "deflate,level=6", 65536);
+}
+
+/// Appends a regular file `name` holding `data` to `b`.
+fn append(b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, name, data).unwrap();
+}
+
+/// A tar with duplicated data for `-E dedupe`: identical files
+/// (compressible, incompressible with and without a partial block, tiny),
+/// a shared prefix, and runs of zeros whose pclusters' inputs recur at
+/// other offsets in the file or in other files.
+pub fn dedupe_tar(dir: &Path) -> PathBuf {
+    dedupe_tar_copies(dir, true)
+}
+
+/// The files of [`dedupe_tar`] that copy an earlier one (in order).
+const COPIES: &[&str] = &["b/text", "r2", "r4", "s2", "z2"];
+
+/// [`dedupe_tar`], without [`COPIES`] unless `copies`.
+fn dedupe_tar_copies(dir: &Path, copies: bool) -> PathBuf {
+    let path = dir.join(format!("dedupe-{copies}.tar"));
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let mut rand = xorshift(31);
+    let text: Vec<u8> = (0..12_000u32)
+        .flat_map(|i| format!("{i} dedupe me {}\n", i % 97).into_bytes())
+        .collect();
+    let random: Vec<u8> = (0..50_001).map(|_| rand() as u8).collect();
+    let add = |b: &mut tar::Builder<std::fs::File>, name: &str, data: &[u8]| {
+        if copies || !COPIES.contains(&name) {
+            append(b, name, data);
+        }
+    };
+    add(&mut b, "a/text", &text);
+    add(&mut b, "b/text", &text);
+    add(&mut b, "c/prefix", &text[..text.len() / 2]);
+    add(&mut b, "d/shifted", &[b"xyz".as_slice(), &text].concat());
+    add(&mut b, "r1", &random);
+    add(&mut b, "r2", &random);
+    add(&mut b, "r3", &random[..8192]);
+    add(&mut b, "r4", &random[..8192]);
+    add(&mut b, "s1", &text[..100]);
+    add(&mut b, "s2", &text[..100]);
+    for (name, lead, zeros) in [
+        ("z1", 0, 3 << 20),
+        ("z2", 0, 3 << 20),
+        ("z3", 1, 3 << 20),
+        ("z4", 4097, (3 << 20) + 5),
+    ] {
+        let mut data: Vec<u8> = (0..lead).map(|_| rand() as u8 | 1).collect();
+        data.resize(lead + zeros, 0);
+        add(&mut b, name, &data);
+    }
+    b.finish().unwrap();
+    path
+}
+
+/// A tar of many small compressible files (where ztailpacking pays).
+fn small_files_tar(dir: &Path) -> PathBuf {
+    let path = dir.join("small.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for i in 0..300usize {
+        let line = format!("file {i}: a line of small-file text, ");
+        let data = line.repeat(1 + i * 7 % 300).into_bytes();
+        append(&mut b, &format!("f{i}"), &data);
+    }
+    b.finish().unwrap();
+    path
+}
+
+fn size(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// `-E ztailpacking`, `-E dedupe` and both: every algorithm and pcluster
+/// size reads back as the plain image; ztailpacking makes a small-file
+/// image smaller and dedupe one with duplicated files.
+#[test]
+fn extended_options_read_back_and_pay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (small, dups) = (small_files_tar(dir.path()), dedupe_tar(dir.path()));
+    let mut tars = inputs(dir.path());
+    tars.extend([small.clone(), dups.clone()]);
+    for tar in &tars {
+        let plain = full_image(tar, &dir.path().join("plain.erofs"), None);
+        let expected = library_manifest(&plain);
+        for alg in ALGORITHMS {
+            for &pcluster in PCLUSTERS {
+                let spec = format!("{alg},ztailpacking,dedupe");
+                let image =
+                    full_image(tar, &dir.path().join("x.erofs"), Some((&spec, pcluster, 2)));
+                if let Some(diff) = manifest_diff(&expected, &library_manifest(&image), 10) {
+                    panic!(
+                        "{} {spec} -C {pcluster} reads differently:\n{diff}",
+                        tar.display()
+                    );
+                }
+            }
+        }
+    }
+    let sized = |tar: &Path, spec: &str| {
+        let image = full_image(tar, &dir.path().join("s.erofs"), Some((spec, 4096, 2)));
+        let expected = library_manifest(&full_image(tar, &dir.path().join("p.erofs"), None));
+        assert!(
+            manifest_diff(&expected, &library_manifest(&image), 10).is_none(),
+            "{spec}"
+        );
+        size(&image)
+    };
+    // The superblock names a feature when the data uses it, as mkfs.erofs.
+    let features = || {
+        let image = std::fs::read(dir.path().join("s.erofs")).unwrap();
+        u32::from_le_bytes(image[1024 + 80..1024 + 84].try_into().unwrap())
+    };
+    const ZTAILPACKING: u32 = 0x10;
+    const DEDUPE: u32 = 0x20;
+    let (none, packed) = (sized(&small, "lz4hc"), sized(&small, "lz4hc,ztailpacking"));
+    assert!(packed < none * 9 / 10, "ztailpacking: {packed} vs {none}");
+    assert_eq!(features() & (ZTAILPACKING | DEDUPE), ZTAILPACKING);
+    let mut rand = xorshift(3);
+    let random: Vec<u8> = (0..8192).map(|_| rand() as u8).collect();
+    sized(
+        &one_file_tar(dir.path(), "r", &random),
+        "lz4hc,ztailpacking,dedupe",
+    );
+    assert_eq!(features() & (ZTAILPACKING | DEDUPE), 0, "options unused");
+    // With dedupe the copies cost their inodes and indexes, not data.
+    let originals = dedupe_tar_copies(dir.path(), false);
+    let base = sized(&originals, "lz4hc,dedupe");
+    let (none, deduped) = (sized(&dups, "lz4hc"), sized(&dups, "lz4hc,dedupe"));
+    let image = erofs_fuse::Image::open(&dir.path().join("s.erofs"), &Default::default()).unwrap();
+    let metadata: u64 = COPIES
+        .iter()
+        .map(|name| 64 + 24 + 8 * image.resolve(name.as_bytes()).unwrap().size.div_ceil(4096))
+        .sum();
+    let slack = metadata.next_multiple_of(4096) + 4096;
+    assert!(
+        deduped <= base + slack,
+        "dedupe: {deduped} vs {base} + {slack}"
+    );
+    assert!(
+        none > base + slack + 8 * 4096,
+        "copies cost little: {none} vs {base}"
+    );
+}
+
+/// The extended options keep the output independent of the worker count,
+/// and `-E` on the command line is the same as in the library's spec.
+#[test]
+fn extended_output_is_the_same_whatever_the_worker_count() {
+    let dir = tempfile::tempdir().unwrap();
+    for tar in [boundary_tar(dir.path()), dedupe_tar(dir.path())] {
+        for alg in ["lz4hc", "zstd"] {
+            let spec = format!("{alg},ztailpacking,dedupe");
+            let one = full_image(&tar, &dir.path().join("1.erofs"), Some((&spec, 4096, 1)));
+            let one = std::fs::read(one).unwrap();
+            let two = full_image(&tar, &dir.path().join("2.erofs"), Some((&spec, 4096, 2)));
+            assert!(one == std::fs::read(two).unwrap(), "{spec}: 1 vs 2 workers");
+            let cli = dir.path().join("cli.erofs");
+            run_ok(
+                std::process::Command::new(bin())
+                    .args(["convert", "-q", "--mode", "full", "--compress", alg])
+                    .args([
+                        "-E",
+                        "ztailpacking",
+                        "--extended",
+                        "dedupe",
+                        "--workers",
+                        "2",
+                    ])
+                    .arg(&tar)
+                    .arg(&cli),
+            );
+            assert!(one == std::fs::read(&cli).unwrap(), "{spec}: -E differs");
+        }
+    }
 }

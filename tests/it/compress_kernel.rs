@@ -1,10 +1,12 @@
 //! The kernel reads every `convert --compress` image as its source: each
-//! algorithm, 4 KiB and 64 KiB pclusters, on the boundary tar and the
-//! fixture layers (as the uncompressed full image of the same tar), and on
-//! 8 random trees from scripts/gen_tree.py converted as directories
-//! (`convert DIR`, equal to the source tree's manifest).
+//! algorithm, 4 KiB and 64 KiB pclusters, without and with `-E
+//! ztailpacking,dedupe` (and each alone for lz4hc), on the boundary tar,
+//! a tar of duplicated data and the fixture layers (as the uncompressed
+//! full image of the same tar), and on 8 random trees from
+//! scripts/gen_tree.py converted as directories (`convert DIR`, equal to
+//! the source tree's manifest; one algorithm with the options per tree).
 use crate::common;
-use crate::compress_convert::{boundary_tar, full_image};
+use crate::compress_convert::{boundary_tar, dedupe_tar, full_image};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,19 +57,33 @@ fn kernel_reads_compressed_images_as_uncompressed_ones() {
         boundary_tar(dir.path()),
         fixture("tar-index.tar"),
         fixture("docs-layer.tar.gz"),
+        dedupe_tar(dir.path()),
     ];
-    for tar in &tars {
+    for (i, tar) in tars.iter().enumerate() {
         let plain = full_image(tar, &dir.path().join("plain.erofs"), None);
         let expected = tree_manifest(KernelMount::new(&plain, &[]).path());
-        for alg in ALGORITHMS {
-            for pcluster in [4096, 65536] {
-                let name = format!("{alg}-{pcluster}.erofs");
-                let image = full_image(tar, &dir.path().join(&name), Some((alg, pcluster, 2)));
-                let got = tree_manifest(KernelMount::new(&image, &[]).path());
-                if let Some(diff) = manifest_diff(&expected, &got, 10) {
-                    panic!("{}: {name} (kernel) differs:\n{diff}", tar.display());
-                }
+        let mut specs = Vec::new();
+        for (j, alg) in ALGORITHMS.iter().enumerate() {
+            // The tar of duplicates is there for the options.
+            if i + 1 < tars.len() {
+                specs.push((alg.to_string(), 4096));
+                specs.push((alg.to_string(), 65536));
             }
+            // With the options, one pcluster size per tar and algorithm:
+            // across the tars, each algorithm gets both.
+            let pcluster = [4096, 65536][(i + j) % 2];
+            specs.push((format!("{alg},ztailpacking,dedupe"), pcluster));
+        }
+        specs.push(("lz4hc,ztailpacking".into(), 65536));
+        specs.push(("lz4hc,dedupe".into(), 4096));
+        for (spec, pcluster) in specs {
+            let name = format!("{spec}-{pcluster}.erofs");
+            let image = full_image(tar, &dir.path().join(&name), Some((&spec, pcluster, 2)));
+            let got = tree_manifest(KernelMount::new(&image, &[]).path());
+            if let Some(diff) = manifest_diff(&expected, &got, 10) {
+                panic!("{}: {name} (kernel) differs:\n{diff}", tar.display());
+            }
+            std::fs::remove_file(&image).unwrap();
         }
     }
 }
@@ -88,6 +104,15 @@ fn kernel_reads_trees_converted_from_directories() {
         specs.extend(ALGORITHMS.iter().map(|a| Some((*a, 4096))));
         specs.push(Some(("lz4hc", 65536)));
         specs.push(Some(("zstd", 65536)));
+        let extended = [
+            "lz4,ztailpacking,dedupe",
+            "lz4hc,ztailpacking,dedupe",
+            "zstd,ztailpacking,dedupe",
+            "lzma,ztailpacking,dedupe",
+            "deflate,ztailpacking,dedupe",
+        ];
+        let pcluster = if seed % 2 == 0 { 65536 } else { 4096 };
+        specs.push(Some((extended[seed as usize % extended.len()], pcluster)));
         for spec in specs {
             let image = dir.path().join("tree.erofs");
             convert_dir(&tree, &image, spec);

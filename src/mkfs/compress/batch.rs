@@ -5,46 +5,56 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::extents::{compress_segment, Extent};
+use super::extents::{compress_segment, Cut, Extent, Stored};
 use super::fit::Encoder;
 use super::Codec;
 
-/// One compressed file as stored: its pclusters are back to back.
+/// One compressed file as stored.
 #[derive(Debug, Clone, Default)]
 pub struct CompressedFile {
-    /// Block of its first pcluster (`None` while nothing is written).
+    /// Block of its first pcluster written for it (`None` while nothing
+    /// is written).
     pub first_block: Option<u64>,
-    /// Each extent: logical length, stored raw, pcluster blocks.
-    pub extents: Vec<(u64, bool, u64)>,
+    /// Each extent and where its pcluster is.
+    pub extents: Vec<Stored>,
     /// File size.
     pub size: u64,
     /// Logical bytes whose extents are known.
     pub done: u64,
-    /// A raw file's last partial block, not written yet: it goes inline
-    /// after the inode when it fits there.
+    /// The last extent's pcluster, not written yet: a raw file's last
+    /// partial block (inline after the inode when it fits there), or with
+    /// `inline` the exact encoding of an inline tail pcluster.
     pub tail: Option<Vec<u8>>,
+    /// `tail` is an inline pcluster (`-E ztailpacking`).
+    pub inline: bool,
 }
 
 impl CompressedFile {
     /// Blocks its pclusters take.
     pub fn blocks(&self) -> u64 {
-        self.extents.iter().map(|e| e.2).sum()
+        self.extents.iter().map(|e| e.blocks).sum()
     }
 
-    /// Blocks written to the data area (all but a held tail).
-    pub fn written_blocks(&self) -> u64 {
-        self.blocks() - u64::from(self.tail.is_some())
-    }
-
-    /// Whether every extent is a raw block from offset 0: the data is then
-    /// exactly the file stored flat from `first_block`.
+    /// Whether every extent is a raw block from offset 0, back to back
+    /// from `first_block` (the held tail aside): the data is then exactly
+    /// the file stored flat from `first_block`.
     pub fn is_flat(&self) -> bool {
-        self.extents.iter().all(|e| e.1)
+        let held = usize::from(self.tail.is_some());
+        let written = &self.extents[..self.extents.len().saturating_sub(held)];
+        let first = self.first_block.unwrap_or(0);
+        self.extents.iter().all(|e| e.raw)
+            && written
+                .iter()
+                .zip(first..)
+                .all(|(e, b)| e.blkaddr == b && e.blocks == 1)
     }
 }
 
 /// What a batch gives: (file number, extents, input) in queue order.
 pub type BatchResults = Vec<(usize, Vec<Extent>, Vec<u8>)>;
+
+/// A queued segment: file number, its bytes, whether it ends the file.
+type Job = (usize, Vec<u8>, bool);
 
 /// `data` cut into raw one-block extents (a file stored flat).
 pub fn raw_extents(data: &[u8], block: usize) -> Vec<Extent> {
@@ -56,6 +66,8 @@ pub fn raw_extents(data: &[u8], block: usize) -> Vec<Extent> {
                 len: c.len() as u64,
                 raw: true,
                 data: d,
+                inline: false,
+                key: None,
             }
         })
         .collect()
@@ -69,7 +81,7 @@ pub struct Batch {
     codec: Codec,
     workers: usize,
     block: usize,
-    jobs: Vec<(usize, Vec<u8>)>,
+    jobs: Vec<Job>,
     bytes: usize,
 }
 
@@ -85,13 +97,13 @@ impl Batch {
         }
     }
 
-    /// Queues a segment of file number `file`; true when the batch is
-    /// full enough to run.
-    pub fn push(&mut self, file: usize, data: Vec<u8>) -> bool {
+    /// Queues a segment of file number `file` (`last`: the one ending
+    /// it); true when the batch is full enough to run.
+    pub fn push(&mut self, file: usize, data: Vec<u8>, last: bool) -> bool {
         // Counted as the whole blocks each job's output takes, so tiny
         // files are not undercounted; a job count caps the rest.
         self.bytes += data.len().next_multiple_of(self.block).max(self.block);
-        self.jobs.push((file, data));
+        self.jobs.push((file, data, last));
         // At most 16 segments (256 MiB) are held, whatever the thread count.
         self.bytes >= self.workers.min(16) * super::SEGMENT_SIZE as usize
             || self.jobs.len() >= MAX_JOBS
@@ -115,16 +127,22 @@ impl Batch {
             jobs.iter().map(|_| Mutex::new(None)).collect();
         let threads = self.workers.min(jobs.len());
         let (codec, block) = (self.codec, self.block);
-        let pcluster = codec.pcluster_size as usize;
+        let cut = Cut {
+            block,
+            pcluster: codec.pcluster_size as usize,
+            tailpack: false,
+            dedupe: codec.dedupe,
+        };
         std::thread::scope(|scope| -> Result<(), String> {
             let work = || -> Result<(), String> {
                 let mut enc = Encoder::new(codec)?;
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((_, data)) = jobs.get(i) else {
+                    let Some((_, data, last)) = jobs.get(i) else {
                         return Ok(());
                     };
-                    let extents = compress_segment(&mut enc, data, block, pcluster);
+                    let tailpack = *last && codec.ztailpacking;
+                    let extents = compress_segment(&mut enc, data, Cut { tailpack, ..cut });
                     *results[i].lock().map_err(|_| "worker panicked")? = Some(extents);
                 }
             };
@@ -137,7 +155,7 @@ impl Batch {
         })?;
         jobs.into_iter()
             .zip(results)
-            .map(|((file, data), r)| {
+            .map(|((file, data, _), r)| {
                 let extents = r
                     .into_inner()
                     .ok()
@@ -160,9 +178,9 @@ mod tests {
         let codec = Codec::parse("lz4", None, 4096).unwrap();
         let mut batch = Batch::new(codec, 16, 512);
         for i in 0..MAX_JOBS - 1 {
-            assert!(!batch.push(i, vec![1]), "full after {} jobs", i + 1);
+            assert!(!batch.push(i, vec![1], true), "full after {} jobs", i + 1);
         }
-        assert!(batch.push(MAX_JOBS, vec![1]), "not full at MAX_JOBS");
+        assert!(batch.push(MAX_JOBS, vec![1], true), "not full at MAX_JOBS");
         assert_eq!(batch.bytes, MAX_JOBS * 512);
     }
 }

@@ -8,6 +8,11 @@
 //! encoded data right-aligned in its pcluster (0padding), a block left
 //! uncompressed when compressing it does not save a block, and a file that
 //! compresses to no fewer blocks than it has stored flat.
+//!
+//! Extended options (mkfs.erofs's `-E`): `ztailpacking` keeps a file's
+//! last pcluster inline after its indexes when it encodes to less than a
+//! block; `dedupe` points a pcluster whose input equals an earlier one's
+//! at that one's blocks (whole pclusters only: no partial references).
 
 mod batch;
 mod extents;
@@ -15,7 +20,7 @@ mod fit;
 
 pub use batch::{raw_extents, Batch, BatchResults, CompressedFile};
 pub(crate) use extents::full_index;
-pub use extents::{Extent, SEGMENT_SIZE};
+pub use extents::{flat_file_key, DedupeKey, Extent, Stored, SEGMENT_SIZE};
 
 use crate::format::{
     COMPRESSION_DEFLATE, COMPRESSION_LZ4, COMPRESSION_LZMA, COMPRESSION_ZSTD, PCLUSTER_MAX_SIZE,
@@ -71,10 +76,42 @@ pub struct Codec {
     pub level: i32,
     /// Largest encoded pcluster, in bytes (a multiple of the block size).
     pub pcluster_size: u32,
+    /// `-E ztailpacking`: a file's last pcluster, when it encodes to less
+    /// than a block, is stored inline after the inode's indexes.
+    pub ztailpacking: bool,
+    /// `-E dedupe`: a pcluster whose input equals an earlier one's reuses
+    /// its blocks.
+    pub dedupe: bool,
+}
+
+/// The extended (`-E`) options `convert --compress` implements.
+pub const EXTENDED_OPTIONS: &str = "ztailpacking, dedupe";
+
+/// `level=N` of algorithm `name`, N in `range`; the error is one line.
+fn parse_level(
+    name: &str,
+    opt: &str,
+    range: &std::ops::RangeInclusive<i32>,
+) -> Result<i32, String> {
+    let value = opt.strip_prefix("level=").ok_or_else(|| {
+        format!("unknown compression option '{opt}' (level=N, {EXTENDED_OPTIONS})")
+    })?;
+    value
+        .parse()
+        .ok()
+        .filter(|l| range.contains(l))
+        .ok_or_else(|| {
+            format!(
+                "{name} level '{value}' is out of range {}..={}",
+                range.start(),
+                range.end()
+            )
+        })
 }
 
 impl Codec {
-    /// Parses `ALGO[,level=N]` with pcluster size `pcluster` (default: the
+    /// Parses `ALGO[,level=N][,ztailpacking][,dedupe]` (the extended
+    /// options as `-E` passes them) with pcluster size `pcluster` (default: the
     /// block size) for blocks of `block` bytes; the error is one line.
     pub fn parse(spec: &str, pcluster: Option<u64>, block: u64) -> Result<Self, String> {
         let mut parts = spec.split(',');
@@ -93,21 +130,18 @@ impl Codec {
         };
         let (default, range) = algorithm.levels();
         let mut level = default;
+        let (mut ztailpacking, mut dedupe) = (false, false);
         for opt in parts {
-            let value = opt
-                .strip_prefix("level=")
-                .ok_or_else(|| format!("unknown compression option '{opt}' (level=N)"))?;
-            level = value
-                .parse()
-                .ok()
-                .filter(|l| range.contains(l))
-                .ok_or_else(|| {
-                    format!(
-                        "{name} level '{value}' is out of range {}..={}",
-                        range.start(),
-                        range.end()
-                    )
-                })?;
+            match opt {
+                "ztailpacking" => ztailpacking = true,
+                "dedupe" => dedupe = true,
+                "fragments" | "all-fragments" => {
+                    return Err(format!(
+                        "extended option '{opt}' is not supported ({EXTENDED_OPTIONS})"
+                    ))
+                }
+                _ => level = parse_level(name, opt, &range)?,
+            }
         }
         let pcluster_size = pcluster.unwrap_or(block);
         if pcluster_size == 0
@@ -122,6 +156,8 @@ impl Codec {
             algorithm,
             level,
             pcluster_size: pcluster_size as u32,
+            ztailpacking,
+            dedupe,
         })
     }
 

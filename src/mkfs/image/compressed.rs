@@ -6,9 +6,15 @@
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 
-use super::super::compress::{raw_extents, Batch, Codec, CompressedFile, SEGMENT_SIZE};
+use std::collections::HashMap;
+
+use super::super::compress::{
+    flat_file_key, raw_extents, Batch, Codec, CompressedFile, DedupeKey, Extent, Stored,
+    SEGMENT_SIZE,
+};
 use super::super::tree::FileData;
 use super::{ImageBuilder, Payload};
+use crate::format::{INCOMPAT_FRAGMENTS, INCOMPAT_ZTAILPACKING};
 
 /// The compression state of a builder.
 pub(super) struct Compressing {
@@ -18,6 +24,11 @@ pub(super) struct Compressing {
     pub(super) files: Vec<CompressedFile>,
     /// The batch compressing on other threads while the next one is read.
     running: Option<std::thread::JoinHandle<Result<Results, String>>>,
+    /// `-E dedupe`: pclusters written so far by their input's key (raw,
+    /// blocks, block address); whole flat files by [`flat_file_key`].
+    written: HashMap<DedupeKey, (bool, u64, u64)>,
+    /// Some extent points at a pcluster written for another.
+    shared: bool,
 }
 
 use super::super::compress::BatchResults as Results;
@@ -29,11 +40,32 @@ impl Compressing {
             batch: Batch::new(codec, workers, block),
             files: Vec::new(),
             running: None,
+            written: HashMap::new(),
+            shared: false,
         }
     }
 }
 
 impl ImageBuilder {
+    /// The incompat features the compressed data uses, as mkfs.erofs sets
+    /// them: ZTAILPACKING if an inline pcluster is laid out, DEDUPE (the
+    /// FRAGMENTS bit) if a pcluster is shared: kernels before 6.1 may not
+    /// read one shared at different offsets in a page, and refuse the bit.
+    /// Flat files sharing blocks need neither.
+    pub(super) fn data_features(&self, records: &[super::Record]) -> u32 {
+        let inline = records.iter().any(|r| {
+            matches!(
+                r.payload,
+                Payload::Compressed {
+                    inline: Some(_),
+                    ..
+                }
+            )
+        });
+        let shared = self.compress.as_ref().is_some_and(|z| z.shared);
+        (INCOMPAT_ZTAILPACKING * u32::from(inline)) | (INCOMPAT_FRAGMENTS * u32::from(shared))
+    }
+
     /// Queues `size` bytes of `reader` for compression; the returned
     /// offset is the file's number, not a byte offset.
     pub(super) fn add_compressed(
@@ -64,7 +96,7 @@ impl ImageBuilder {
             let Some(z) = self.compress.as_mut() else {
                 unreachable!("checked above")
             };
-            if z.batch.push(number, data) {
+            if z.batch.push(number, data, done == size) {
                 self.flush_compressed(false)?;
             }
         }
@@ -100,33 +132,75 @@ impl ImageBuilder {
         Ok(())
     }
 
-    /// Writes one batch's pclusters and records its extents.
+    /// Writes one batch's pclusters and records its extents; with
+    /// dedupe, a pcluster (or whole flat file) already written is pointed
+    /// at instead. Runs in queue order, so the result is deterministic.
     fn write_results(&mut self, results: Results) -> io::Result<()> {
-        let Some(z) = self.compress.as_mut() else {
-            return Ok(());
-        };
         let block = 1u64 << self.block_bits;
         for (file, mut extents, data) in results {
+            let Some(z) = self.compress.as_mut() else {
+                return Ok(());
+            };
             let entry = &mut z.files[file];
-            // A whole file that compresses to no fewer blocks than it has
-            // is stored flat, as mkfs.erofs does.
+            // A whole file that compression does not pay for is stored
+            // flat, as mkfs.erofs does.
             let whole = entry.extents.is_empty() && data.len() as u64 == entry.size;
-            let blocks: u64 = extents.iter().map(|e| e.data.len() as u64).sum::<u64>() / block;
-            if whole && blocks >= entry.size.div_ceil(block) {
+            if whole && !pays(&extents, entry.size, block) {
+                let key = flat_file_key(&extents);
                 extents = raw_extents(&data, block as usize);
+                if let Some(&(_, _, at)) = key.as_ref().and_then(|k| z.written.get(k)) {
+                    entry.first_block = Some(at);
+                } else if let Some(key) = key {
+                    z.written.insert(key, (true, 0, self.data_end / block));
+                }
             }
-            entry.first_block.get_or_insert(self.data_end / block);
+            let first = *entry.first_block.get_or_insert(self.data_end / block);
+            let shared = whole && first != self.data_end / block;
             entry.done += extents.iter().map(|e| e.len).sum::<u64>();
             let all_raw = entry.is_flat() && extents.iter().all(|e| e.raw);
             let count = extents.len();
             for (i, e) in extents.into_iter().enumerate() {
-                let blocks = e.data.len() as u64 / block;
-                entry.extents.push((e.len, e.raw, blocks));
-                // A raw file's partial last block is held for inlining.
-                if all_raw && i + 1 == count && entry.done == entry.size && e.len < block {
-                    entry.tail = Some(e.data[..e.len as usize].to_vec());
+                let last = i + 1 == count && entry.done == entry.size;
+                let blocks = if e.inline {
+                    1
+                } else {
+                    e.data.len() as u64 / block
+                };
+                let mut stored = Stored {
+                    len: e.len,
+                    raw: e.raw,
+                    blocks,
+                    blkaddr: if shared {
+                        first + i as u64
+                    } else {
+                        self.data_end / block
+                    },
+                };
+                // A raw file's partial last block, or an inline tail, is held.
+                if e.inline || (all_raw && last && e.len < block) {
+                    entry.inline = e.inline;
+                    let mut data = e.data;
+                    if !e.inline {
+                        data.truncate(e.len as usize);
+                    }
+                    entry.tail = Some(data);
+                    entry.extents.push(stored);
                     continue;
                 }
+                if shared {
+                    entry.extents.push(stored);
+                    continue;
+                }
+                if let Some(&(raw, blocks, at)) = e.key.as_ref().and_then(|k| z.written.get(k)) {
+                    (stored.raw, stored.blocks, stored.blkaddr) = (raw, blocks, at);
+                    z.shared = true;
+                    entry.extents.push(stored);
+                    continue;
+                }
+                if let Some(key) = e.key {
+                    z.written.insert(key, (e.raw, blocks, stored.blkaddr));
+                }
+                entry.extents.push(stored);
                 self.out.write_all_at(&e.data, self.data_end)?;
                 self.data_end += e.data.len() as u64;
             }
@@ -136,8 +210,9 @@ impl ImageBuilder {
 
     /// How compressed file number `number` is stored, given the bytes the
     /// inode and its xattrs take (`base`): flat when no block compressed,
-    /// with the tail inline when it fits, else as compressed (the tail then
-    /// a PLAIN pcluster in the block area).
+    /// with the tail inline when it fits; else compressed, an inline tail
+    /// pcluster after the indexes when it fits in their last block,
+    /// otherwise the tail pcluster in the block area.
     pub(super) fn compressed_payload(&self, number: u64, base: u64) -> Option<Payload> {
         let z = self.compress.as_ref()?;
         let file = z.files.get(usize::try_from(number).ok()?)?;
@@ -145,7 +220,7 @@ impl ImageBuilder {
         let block = 1u64 << self.block_bits;
         match &file.tail {
             None if file.is_flat() => return Some(Payload::Flat { blkaddr: first }),
-            Some(tail) if base + tail.len() as u64 <= block => {
+            Some(tail) if file.is_flat() && base + tail.len() as u64 <= block => {
                 return Some(Payload::FlatTail {
                     blkaddr: first,
                     tail: tail.clone(),
@@ -153,15 +228,55 @@ impl ImageBuilder {
             }
             _ => {}
         }
+        let index_end = base.next_multiple_of(8) + zindex_len(file.size, self.block_bits);
+        let (mut tail, mut inline) = (file.tail.clone(), None);
+        match tail.take() {
+            // Placed so that the inline pcluster starts at or after a
+            // block start (see `Record::place`).
+            Some(t) if file.inline && index_end % block + t.len() as u64 <= block => {
+                inline = Some(t)
+            }
+            // A compressed tail in its own block, right-aligned.
+            Some(t) if !file.extents.last().is_some_and(|e| e.raw) => {
+                let mut b = vec![0u8; block as usize - t.len()];
+                b.extend_from_slice(&t);
+                tail = Some(b);
+            }
+            t => tail = t,
+        }
         Some(Payload::Compressed {
             extents: file.extents.clone(),
-            first_block: first,
-            blocks: file.blocks(),
-            tail: file.tail.clone(),
+            blocks: file.blocks() - u64::from(inline.is_some()),
+            tail,
+            inline,
             algorithm: z.codec.algorithm.id(),
             big: z.codec.pcluster_size > 1 << self.block_bits,
         })
     }
+}
+
+/// Whether `extents` of a whole file of `size` bytes are worth storing
+/// compressed: in fewer blocks than flat or, with an inline tail, in fewer
+/// bytes (blocks, tail and index) than the file has, as mkfs.erofs decides.
+fn pays(extents: &[Extent], size: u64, block: u64) -> bool {
+    let blocks: u64 = extents
+        .iter()
+        .filter(|e| !e.inline)
+        .map(|e| e.data.len() as u64 / block)
+        .sum();
+    match extents.iter().find(|e| e.inline) {
+        Some(t) => {
+            blocks * block + t.data.len() as u64 + zindex_len(size, block.trailing_zeros() as u8)
+                < size
+        }
+        None => blocks < size.div_ceil(block),
+    }
+}
+
+/// Bytes of the map header and full index of a file of `size` bytes: 16
+/// and one 8-byte index per logical block.
+fn zindex_len(size: u64, block_bits: u8) -> u64 {
+    16 + 8 * size.div_ceil(1 << block_bits)
 }
 
 impl Payload {
@@ -171,16 +286,16 @@ impl Payload {
         match self {
             Payload::Compressed {
                 extents,
-                first_block,
                 tail,
+                inline,
                 algorithm,
                 big,
                 ..
             } => {
                 let index = super::super::compress::full_index(
                     extents,
-                    *first_block,
                     tail.as_ref().map(|_| tail_block),
+                    inline.as_ref().map(|t| t.len() as u16),
                     block_bits,
                     *algorithm,
                     *big,
@@ -192,13 +307,11 @@ impl Payload {
         }
     }
 
-    /// The length of [`Self::zindex`] without building it: the 16-byte
-    /// map header and one 8-byte index per logical block of the file.
+    /// The length of [`Self::zindex`] without building it.
     pub(super) fn zindex_len(&self, block_bits: u8) -> u64 {
         match self {
             Payload::Compressed { extents, .. } => {
-                let len: u64 = extents.iter().map(|e| e.0).sum();
-                16 + 8 * len.div_ceil(1 << block_bits)
+                zindex_len(extents.iter().map(|e| e.len).sum(), block_bits)
             }
             _ => 0,
         }

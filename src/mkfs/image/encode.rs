@@ -91,10 +91,18 @@ impl Layout {
             Payload::FlatTail { ref tail, .. } => {
                 meta[off..off + tail.len()].copy_from_slice(tail);
             }
-            Payload::Compressed { ref tail, .. } => {
+            Payload::Compressed {
+                ref tail,
+                ref inline,
+                ..
+            } => {
                 off = off.next_multiple_of(8);
                 let index = rec.payload.zindex(self.block_bits, rec.blkaddr);
                 meta[off..off + index.len()].copy_from_slice(&index);
+                if let Some(inline) = inline {
+                    let off = off + index.len();
+                    meta[off..off + inline.len()].copy_from_slice(inline);
+                }
                 if let Some(tail) = tail {
                     let b = (rec.blkaddr * self.block - self.blocks_start) as usize;
                     blocks[b..b + tail.len()].copy_from_slice(tail);
@@ -135,6 +143,17 @@ fn dir_bytes(
         })
         .collect();
     dir::encode(&entries, &blocks, block as usize)
+}
+
+/// Whether `node` (with `nlink` links, `size` bytes) fits a compact
+/// inode, whose mtime is the superblock's `epoch`.
+pub(super) fn compact(node: &Node, nlink: u32, size: u64, epoch: i64) -> bool {
+    node.uid <= 0xffff
+        && node.gid <= 0xffff
+        && nlink <= 0xffff
+        && size <= u64::from(u32::MAX)
+        && node.mtime == epoch
+        && node.mtime_nsec == 0
 }
 
 /// The on-disk inode core of `rec`.
