@@ -2,7 +2,8 @@
 //! algorithm, 4 KiB and 64 KiB pclusters, without and with `-E
 //! ztailpacking,dedupe` (and each alone for lz4hc), on the boundary tar,
 //! a tar of duplicated data and the fixture layers (as the uncompressed
-//! full image of the same tar), and on 8 random trees from
+//! full image of the same tar), on the fixtures' tree (plain-4k.erofs as
+//! the kernel mounts it, converted as a directory), and on 8 random trees from
 //! scripts/gen_tree.py converted as directories (`convert DIR`, equal to
 //! the source tree's manifest; one algorithm with the options per tree).
 use crate::common;
@@ -57,6 +58,8 @@ fn kernel_reads_compressed_images_as_uncompressed_ones() {
         boundary_tar(dir.path()),
         fixture("tar-index.tar"),
         fixture("docs-layer.tar.gz"),
+        // The OCI fixture's second layer: a whiteout, a changed file.
+        fixture("oci/gzip/blobs/sha256/4752d08738716f1e1bce13145a9a3045154db90a6fb4c3ead8a12b383c37c139"),
         dedupe_tar(dir.path()),
     ];
     for (i, tar) in tars.iter().enumerate() {
@@ -84,6 +87,32 @@ fn kernel_reads_compressed_images_as_uncompressed_ones() {
                 panic!("{}: {name} (kernel) differs:\n{diff}", tar.display());
             }
             std::fs::remove_file(&image).unwrap();
+        }
+    }
+}
+
+#[test]
+fn kernel_reads_the_fixture_tree_converted_from_its_mount() {
+    if !have(
+        "kernel_reads_the_fixture_tree_converted_from_its_mount",
+        &[Need::Root, Need::KernelErofs],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The fixtures' tree (make_tree.py), as the kernel shows plain-4k.erofs.
+    let source = KernelMount::new(&fixture("plain-4k.erofs"), &[]);
+    let expected = tree_manifest(source.path());
+    for (i, alg) in ALGORITHMS.iter().enumerate() {
+        let with_options = format!("{alg},ztailpacking,dedupe");
+        let pcluster = [4096, 65536][i % 2];
+        for spec in [alg.to_string(), with_options] {
+            let image = dir.path().join("tree.erofs");
+            convert_dir(source.path(), &image, Some((spec.as_str(), pcluster)));
+            let got = tree_manifest(KernelMount::new(&image, &[]).path());
+            if let Some(diff) = manifest_diff(&expected, &got, 10) {
+                panic!("fixture tree {spec} -C{pcluster} (kernel) differs:\n{diff}");
+            }
         }
     }
 }
