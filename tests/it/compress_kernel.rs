@@ -59,7 +59,8 @@ fn kernel_reads_compressed_images_as_uncompressed_ones() {
         fixture("tar-index.tar"),
         fixture("docs-layer.tar.gz"),
         // The OCI fixture's second layer: a whiteout, a changed file.
-        fixture("oci/gzip/blobs/sha256/4752d08738716f1e1bce13145a9a3045154db90a6fb4c3ead8a12b383c37c139"),
+        common::registry::oci_fixture("gzip")
+            .join("blobs/sha256/4752d08738716f1e1bce13145a9a3045154db90a6fb4c3ead8a12b383c37c139"),
         dedupe_tar(dir.path()),
     ];
     for (i, tar) in tars.iter().enumerate() {
