@@ -135,7 +135,9 @@ cpu() {
 # The same tree from all three, or no figures.
 for impl in erofs-fuse nydusd kernel; do
     mount_with "$impl"
-    manifest_of "$mnt" > "$work/manifest-$impl.jsonl"
+    if ! manifest_of "$mnt" > "$work/manifest-$impl.jsonl"; then
+        echo "bench-nydus.sh: FAILED: reading the $impl mount (errors above)" >&2; exit 1
+    fi
     unmount
 done
 for impl in nydusd kernel; do

@@ -11,7 +11,9 @@
 # lacks one of its binary files). Built with the stable toolchain
 # (NYDUS_TOOLCHAIN to change it; the tree pins 1.94.0, which rustup would
 # download), niced: it takes a while on a small machine.
-# Needs git, a Rust toolchain and crates.io.
+# Needs git, cmake (libz-sys builds zlib-ng), protoc (protobuf-compiler:
+# prost-wkt-types), a C compiler, a Rust toolchain
+# and crates.io.
 set -euo pipefail
 commit=34e6071e556aca39ad5b400d69a609797f879e55
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/erofs-fuse
@@ -24,6 +26,9 @@ for d in "$cache" "$dest" "$dest.tmp"; do
 done
 bins=$dest/target/release
 if [ -x "$bins/nydusd" ] && [ -x "$bins/nydus-image" ]; then echo "$bins"; exit 0; fi
+for tool in cmake protoc; do
+    command -v "$tool" >/dev/null || { echo "build-nydus.sh: needs $tool (apt-get install cmake protobuf-compiler)" >&2; exit 1; }
+done
 src=${NYDUS_SRC:-$cache/nydus-src}
 if [ ! -d "$src" ]; then
     git clone --quiet --bare https://github.com/dragonflyoss/nydus "$src" >&2
