@@ -58,6 +58,14 @@ pub trait ChunkSource: Send + Sync {
     /// How errors name this source.
     fn name(&self) -> String;
 
+    /// Checks that a file's chunk of `len` bytes may start at `offset` (a
+    /// source made of records, a Nydus blob, refuses one that is not a
+    /// record of its own); any range by default.
+    fn check_extent(&self, offset: u64, len: u64) -> Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
+
     /// Drops what the source holds in memory of earlier reads, so that the
     /// next read fetches anew (after a read that failed verification).
     fn forget(&self) {}

@@ -161,6 +161,7 @@ impl Image {
             None => Extent::Hole,
             Some((device_id, startblk)) => {
                 let (dev, pa) = self.devices.resolve(device_id, startblk << bits)?;
+                dev.check_extent(pa, len)?;
                 Extent::Device(dev, pa + (offset - start))
             }
         };
