@@ -8,20 +8,12 @@ use std::path::Path;
 use super::layout::{
     BlobEntry, ChunkRecord, SuperBlockExt, CHUNK_INFO_SIZE, EXT_SUPERBLOCK_OFFSET,
 };
-use super::tests::{case, dir_blobs, eio_or_exact, expected, gnu_header, inline_blob};
+use super::fixtures::{blob_of, case, expected};
+use super::tests::{dir_blobs, eio_or_exact, gnu_header};
 use super::*;
 
 fn boot(name: &str) -> Vec<u8> {
     std::fs::read(case(name).join("bootstrap")).unwrap()
-}
-
-fn blob_path(name: &str) -> PathBuf {
-    std::fs::read_dir(case(name).join("blobs"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()
 }
 
 fn le(b: &[u8], at: usize, width: usize) -> u64 {
@@ -58,7 +50,7 @@ fn blob0(b: &[u8], field: usize) -> usize {
 /// Opens bootstrap `bytes` with case `name`'s blob.
 fn open_mutated(name: &str, bytes: &[u8]) -> Result<Image> {
     let primary = Device::from_bytes(Path::new("boot"), bytes)?;
-    let blob = Device::open(&blob_path(name), 0)?;
+    let blob = Device::open(&blob_of(name), 0)?;
     open_bytes(primary, vec![blob], 4 << 20)
 }
 
@@ -162,18 +154,22 @@ fn a_chunk_address_into_a_chunk_or_a_gap_is_eio() {
     let name = "b-dir-zstd";
     let good = boot(name);
     let k = full_record(&good);
-    let uoff = le(
-        &good,
-        record(&good, k, offset_of!(ChunkRecord, uncompressed_offset)),
-        8,
-    );
-    let at = chunk_address(&good, (uoff / 4096) as u32);
-    for shift in [1u64, 16, 255] {
+    let uo = offset_of!(ChunkRecord, uncompressed_offset);
+    let big = le(&good, record(&good, k, uo), 8) / 4096;
+    // A small file's chunk (record 0: one byte) pointed into the middle of
+    // a 1 MiB chunk, and a large file's chunk shifted: the bytes there
+    // pass their chunk's digest, but no chunk of that file starts there.
+    let small = le(&good, record(&good, 0, uo), 8) / 4096;
+    for (at, to) in [
+        (chunk_address(&good, small as u32), big + 1),
+        (chunk_address(&good, big as u32), big + 1),
+        (chunk_address(&good, big as u32), big + 255),
+    ] {
         let mut b = good.clone();
-        put(&mut b, at + 4, 4, uoff / 4096 + shift);
+        put(&mut b, at + 4, 4, to);
         let image = open_mutated(name, &b).unwrap();
-        let eio = eio_or_exact(&image, &expected(name), "chunk address + {shift}");
-        assert!(eio >= 1, "shift {shift}: no file failed");
+        let eio = eio_or_exact(&image, &expected(name), &format!("address {to}"));
+        assert!(eio >= 1, "address {to}: no file failed");
     }
 }
 
@@ -223,8 +219,7 @@ fn a_placeholder_id_binds_to_the_file_as_nydusd_binds_it() {
     let tmp = tempfile::tempdir().unwrap();
     let boot_bytes = real_inline_boot(name);
     // Inside the blob (the ToC form, the bootstrap zstd-compressed).
-    let mut blob = inline_blob(name, true);
-    let mut plain = std::fs::read(blob_path(name)).unwrap();
+    let mut plain = std::fs::read(blob_of(name)).unwrap();
     let stored = zstd::bulk::compress(&boot_bytes, 3).unwrap();
     let offset = plain.len() as u64;
     plain.extend_from_slice(&stored);
@@ -238,14 +233,13 @@ fn a_placeholder_id_binds_to_the_file_as_nydusd_binds_it() {
     entry[72..80].copy_from_slice(&(boot_bytes.len() as u64).to_le_bytes());
     plain.extend_from_slice(&entry);
     plain.extend_from_slice(&gnu_header("rafs.blob.toc", 128));
-    blob.clear();
     let path = tmp.path().join("some-name");
     std::fs::write(&path, &plain).unwrap();
     let (image, rafs) = open_inline(&path, &BlobFiles::default(), 8 << 20).unwrap();
     assert_eq!(rafs.blobs[0].id, "x".repeat(64));
     assert_eq!(eio_or_exact(&image, &expected(name), "inline"), 0);
     // The bootstrap alone: the blob is the one named as the bootstrap is.
-    let id = blob_path(name).file_name().unwrap().to_owned();
+    let id = blob_of(name).file_name().unwrap().to_owned();
     let boot_path = tmp.path().join(format!("{}.boot", id.to_string_lossy()));
     std::fs::write(&boot_path, &boot_bytes).unwrap();
     let blobs = dir_blobs(&case(name).join("blobs"));

@@ -16,6 +16,8 @@ pub mod layout;
 pub mod oci;
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
 mod tests;

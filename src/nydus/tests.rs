@@ -1,40 +1,11 @@
 //! The fixtures of tests/fixtures/nydus (made by nydus-image, manifests
 //! from nydusd) read through the library, tampered and truncated.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::*;
 
-pub(super) const CASES: &[&str] = &[
-    "a-dir-none",
-    "b-dir-zstd",
-    "c-dir-lz4-1m",
-    "d-tar-tarfs",
-    "e-tar-rafs",
-];
-
-pub(super) fn case(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/nydus")
-        .join(name)
-}
-
-/// The expected manifest of a case (see the fixtures' README).
-pub(super) fn expected(name: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    if name.starts_with("d-") || name.starts_with("e-") {
-        return std::fs::read_to_string(root.join("nydus/layer.manifest.jsonl")).unwrap();
-    }
-    let mut text = String::new();
-    let file = std::fs::File::open(root.join("tree.manifest.jsonl.gz")).unwrap();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .unwrap();
-    let (first, rest) = text.split_once('\n').unwrap();
-    let first = first.replace("\"mtime\": 1700000000000000000", "\"mtime\": 0");
-    format!("{first}\n{rest}")
-}
+pub(super) use super::fixtures::{case, expected, CASES};
 
 pub(super) fn dir_blobs(dir: &Path) -> BlobFiles {
     BlobFiles {
@@ -343,7 +314,7 @@ pub(super) fn gnu_header(name: &str, size: u64) -> Vec<u8> {
 /// Case `name`'s blob with its bootstrap appended as nydus-image's
 /// --blob-inline-meta does: the bootstrap (zstd with `toc`, else plain)
 /// framed by a tar header, then with `toc` the ToC and its header.
-pub(super) fn inline_blob(name: &str, toc: bool) -> Vec<u8> {
+fn inline_blob(name: &str, toc: bool) -> Vec<u8> {
     use sha2::Digest as _;
     let src = std::fs::read_dir(case(name).join("blobs"))
         .unwrap()
