@@ -5,10 +5,10 @@
 use std::mem::offset_of;
 use std::path::Path;
 
+use super::fixtures::{blob_of, case, expected};
 use super::layout::{
     BlobEntry, ChunkRecord, SuperBlockExt, CHUNK_INFO_SIZE, EXT_SUPERBLOCK_OFFSET,
 };
-use super::fixtures::{blob_of, case, expected};
 use super::tests::{dir_blobs, eio_or_exact, gnu_header};
 use super::*;
 

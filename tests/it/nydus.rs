@@ -251,7 +251,8 @@ pub fn nydus_layout(name: &str, dir: &Path) {
     let decoy = br#"{"schemaVersion":2,"layers":[]}"#;
     let plain = put_blob(dir, decoy);
     let arch = host_arch();
-    let artifact = serde_json::json!({"artifactType": "application/vnd.nydus.image.manifest.v1+json"});
+    let artifact =
+        serde_json::json!({"artifactType": "application/vnd.nydus.image.manifest.v1+json"});
     write_index(
         dir,
         vec![
@@ -269,7 +270,8 @@ fn an_index_is_read_for_the_platform_marked_or_not() {
     let tmp = tempfile::tempdir().unwrap();
     let other = put_nydus_manifest("b-dir-zstd", tmp.path());
     let host = put_nydus_manifest("e-tar-rafs", tmp.path());
-    let artifact = serde_json::json!({"artifactType": "application/vnd.nydus.image.manifest.v1+json"});
+    let artifact =
+        serde_json::json!({"artifactType": "application/vnd.nydus.image.manifest.v1+json"});
     write_index(
         tmp.path(),
         vec![
@@ -279,7 +281,11 @@ fn an_index_is_read_for_the_platform_marked_or_not() {
     );
     let reference = format!("oci:{}:nydus", tmp.path().display());
     let out = erofs_fuse(&["manifest".as_ref(), reference.as_ref()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let got = String::from_utf8(out.stdout).unwrap();
     if let Some(diff) = manifest_diff(&expected("e-tar-rafs"), &got, 10) {
         panic!("{diff}");
@@ -287,7 +293,10 @@ fn an_index_is_read_for_the_platform_marked_or_not() {
     // inspect shows the chosen image's blob table.
     let out = erofs_fuse(&["inspect".as_ref(), reference.as_ref()]);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("586553496d40ad584767f2b4eed23369a4d15dbf7a43dd47acf5661e41a69518"), "{text}");
+    assert!(
+        text.contains("586553496d40ad584767f2b4eed23369a4d15dbf7a43dd47acf5661e41a69518"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -302,8 +311,18 @@ fn options_that_do_not_apply_are_one_line_errors() {
         vec![reference.as_ref(), "--verity".as_ref(), verity.as_ref()],
         vec![reference.as_ref(), "--zinfo".as_ref(), blob.as_os_str()],
         vec![reference.as_ref(), "--blob-inline-meta".as_ref()],
-        vec![reference.as_ref(), "--blob-dir".as_ref(), tmp.path().as_os_str()],
-        vec![boot.as_os_str(), "--zinfo".as_ref(), blob.as_os_str(), "--device".as_ref(), blob.as_os_str()],
+        vec![
+            reference.as_ref(),
+            "--blob-dir".as_ref(),
+            tmp.path().as_os_str(),
+        ],
+        vec![
+            boot.as_os_str(),
+            "--zinfo".as_ref(),
+            blob.as_os_str(),
+            "--device".as_ref(),
+            blob.as_os_str(),
+        ],
     ];
     for args in cases {
         let mut all = vec!["ls".as_ref()];
