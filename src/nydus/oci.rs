@@ -172,22 +172,28 @@ fn bootstrap_device(layout: &OciLayout, d: &Descriptor, name: &str) -> Result<De
             d.size()
         )));
     }
-    let media = d.media_type().to_string();
+    bootstrap_from_layer(&layer, &d.media_type().to_string(), name).map_err(|e| bad(e.to_string()))
+}
+
+/// The bootstrap in the bytes of a bootstrap layer of media type `media`
+/// (gzip, zstd or a plain tar), decoded no further than
+/// [`inline::max_decoded`] of their size, named `name` in errors.
+pub fn bootstrap_from_layer(layer: &[u8], media: &str, name: &str) -> Result<Device> {
     let stream: Box<dyn Read> = if media.ends_with("gzip") {
-        Box::new(flate2::read::GzDecoder::new(&layer[..]))
+        Box::new(flate2::read::GzDecoder::new(layer))
     } else if media.ends_with("zstd") {
         Box::new(
-            zstd::stream::read::Decoder::new(&layer[..]).map_err(|e| bad(format!("zstd: {e}")))?,
+            zstd::stream::read::Decoder::new(layer)
+                .map_err(|e| Error::Invalid(format!("zstd: {e}")))?,
         )
     } else {
-        Box::new(&layer[..])
+        Box::new(layer)
     };
     // Every byte the scan decodes counts: skipping entries costs no more.
     let limit = inline::max_decoded(layer.len() as u64);
-    let label = format!("{name} bootstrap {digest}");
-    find_entry(stream.take(limit), Path::new(&label))
-        .map_err(|e| bad(e.to_string()))?
-        .ok_or_else(|| bad(format!("no {BOOT_ENTRY} entry in its first {limit} bytes")))
+    let label = format!("{name} bootstrap");
+    find_entry(stream.take(limit), Path::new(&label))?
+        .ok_or_else(|| Error::Invalid(format!("no {BOOT_ENTRY} entry in its first {limit} bytes")))
 }
 
 /// The bootstrap entry of the tar `stream` (already bounded), decoded
