@@ -109,6 +109,12 @@ pub struct OpenArgs {
     /// blobs the bootstrap names come from --blob-dir).
     #[arg(long)]
     pub blob_inline_meta: bool,
+    /// For a Nydus tarfs bootstrap: check each tar whole against its blob
+    /// id (its sha256) before serving it. Tarfs data has no chunk digests,
+    /// so without this a changed tar is served as it is; with it, every
+    /// open reads every tar once.
+    #[arg(long)]
+    pub verify_tars: bool,
 }
 
 /// The subcommands.

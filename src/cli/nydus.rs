@@ -35,6 +35,7 @@ pub(super) fn open_nydus(
     let blobs = BlobFiles {
         dir: args.blob_dir.clone(),
         files: args.devices.clone(),
+        verify_tars: args.verify_tars,
     };
     let opened = if args.blob_inline_meta {
         if !args.devices.is_empty() || args.offset != 0 {
@@ -86,9 +87,10 @@ fn open_layout(path: &Path, args: &OpenArgs, platform: &Platform) -> Result<Opti
         || args.blob_dir.is_some()
         || args.offset != 0
         || args.blob_inline_meta
+        || args.verify_tars
     {
         return Err(CliError::msg(format!(
-            "{name}: --device, --blob-dir, --blob-inline-meta and --offset do not apply to an image layout"
+            "{name}: --device, --blob-dir, --blob-inline-meta, --verify-tars and --offset do not apply to an image layout"
         )));
     }
     no_verity_or_zinfo(&name, args)?;

@@ -123,9 +123,9 @@ fn open_image(
     if !open.devices.is_empty() || open.offset != 0 {
         return Err(CliError::msg("--device and --offset apply to image files"));
     }
-    if open.blob_dir.is_some() || open.blob_inline_meta {
+    if open.blob_dir.is_some() || open.blob_inline_meta || open.verify_tars {
         return Err(CliError::msg(
-            "--blob-dir and --blob-inline-meta apply to Nydus image files",
+            "--blob-dir, --blob-inline-meta and --verify-tars apply to Nydus image files",
         ));
     }
     let image = erofs_fuse::store::images::ImageRef::parse(reference)?;

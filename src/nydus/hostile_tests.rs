@@ -296,3 +296,32 @@ fn a_small_blob_cannot_claim_a_huge_bootstrap() {
     assert!(!scan(limit).unwrap_or(false));
     assert!(scan(u64::MAX).unwrap());
 }
+
+#[test]
+fn a_changed_tar_is_served_unless_tars_are_verified() {
+    let name = "d-tar-tarfs";
+    let tmp = tempfile::tempdir().unwrap();
+    let blob = blob_of(name);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    // A byte of file data (past the first tar header): tarfs has no
+    // chunk digests to catch it.
+    bytes[1024 + 7] ^= 1;
+    std::fs::write(tmp.path().join(blob.file_name().unwrap()), &bytes).unwrap();
+    let boot = case(name).join("bootstrap");
+    let mut blobs = dir_blobs(tmp.path());
+    assert!(open(&boot, 0, &blobs, 1 << 20).is_ok());
+    blobs.verify_tars = true;
+    let err = open(&boot, 0, &blobs, 1 << 20)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not its blob id") && !err.contains('\n'),
+        "{err}"
+    );
+    let (image, _) = open(&boot, 0, &dir_blobs(&case(name).join("blobs")), 1 << 20).unwrap();
+    assert_eq!(eio_or_exact(&image, &expected(name), "verified"), 0);
+    let mut good = dir_blobs(&case(name).join("blobs"));
+    good.verify_tars = true;
+    assert!(open(&boot, 0, &good, 1 << 20).is_ok());
+}

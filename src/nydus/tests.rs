@@ -10,7 +10,7 @@ pub(super) use super::fixtures::{case, expected, CASES};
 pub(super) fn dir_blobs(dir: &Path) -> BlobFiles {
     BlobFiles {
         dir: Some(dir.to_path_buf()),
-        files: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -94,8 +94,8 @@ fn blobs_given_one_by_one_read_the_same() {
         .unwrap()
         .path();
     let files = BlobFiles {
-        dir: None,
         files: vec![blob],
+        ..Default::default()
     };
     let image = open(&dir.join("bootstrap"), 0, &files, 1 << 20).unwrap().0;
     assert!(matches(&image, &expected("b-dir-zstd")));
