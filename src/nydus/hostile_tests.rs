@@ -89,11 +89,14 @@ fn a_chunk_record_past_its_blob_is_refused_not_a_panic() {
     }
 }
 
+/// A change to a bootstrap.
+type Mutate = Box<dyn Fn(&mut Vec<u8>)>;
+
 #[test]
 fn layouts_nydus_refuses_are_refused() {
     let name = "b-dir-zstd";
     let k = full_record(&boot(name));
-    let mutations: [(&str, Box<dyn Fn(&mut Vec<u8>)>); 4] = [
+    let mutations: [(&str, Mutate); 4] = [
         (
             "ALIGNED",
             Box::new(|b| {

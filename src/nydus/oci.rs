@@ -172,7 +172,7 @@ fn bootstrap_device(layout: &OciLayout, d: &Descriptor, name: &str) -> Result<De
             d.size()
         )));
     }
-    bootstrap_from_layer(&layer, &d.media_type().to_string(), name).map_err(|e| bad(e.to_string()))
+    bootstrap_from_layer(&layer, d.media_type().as_ref(), name).map_err(|e| bad(e.to_string()))
 }
 
 /// The bootstrap in the bytes of a bootstrap layer of media type `media`
