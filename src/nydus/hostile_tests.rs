@@ -200,18 +200,22 @@ fn crc32c_is_checked_when_a_chunk_has_no_digest() {
     assert!(eio_or_exact(&image, &expected(name), "bad crc") >= 1);
 }
 
-/// Case `name`'s inline blob as nydus-image writes it: the bootstrap's
-/// blob id the placeholder "x" * 64 and the INLINED_FS_META feature set
-/// (builder/src/lib.rs, `blob_ctx.blob_id = "x".repeat(64)`).
+/// Case `name`'s bootstrap as nydus-image writes it for an inline blob:
+/// the blob id the placeholder "x" * 64 and the INLINED_FS_META feature
+/// set (builder/src/lib.rs, `blob_ctx.blob_id = "x".repeat(64)`). Built
+/// here from the nydus source: no nydus-image binary was at hand.
 fn real_inline_boot(name: &str) -> Vec<u8> {
     let mut b = boot(name);
     let at = blob0(&b, offset_of!(BlobEntry, blob_id));
     b[at..at + 64].fill(b'x');
+    // INLINED_FS_META with HAS_TAR_HEADER and HAS_TOC, as
+    // builder/src/core/context.rs sets them for --blob-inline-meta.
+    let features = |v| v | 0x2 | 0x1000_0000 | 0x2000_0000;
     set(
         &mut b,
         |b| blob0(b, offset_of!(BlobEntry, features)),
         4,
-        |v| v | 0x2,
+        features,
     );
     b
 }

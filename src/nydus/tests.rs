@@ -52,9 +52,13 @@ pub(super) fn eio_or_exact(image: &Image, expected: &str, what: &str) -> usize {
     use sha2::Digest as _;
     let mut eio = 0;
     for (path, size, sha) in files_of(expected) {
+        // A mutated inode may claim any size: only the manifest's is read.
         let read = image
             .resolve(path.as_bytes())
-            .and_then(|inode| image.read_range(&inode, 0, inode.size));
+            .and_then(|inode| match inode.size == size {
+                true => image.read_range(&inode, 0, inode.size),
+                false => Ok(std::borrow::Cow::Borrowed(&[][..])),
+            });
         match read {
             Ok(bytes) => assert!(
                 bytes.len() as u64 == size

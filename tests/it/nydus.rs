@@ -390,7 +390,18 @@ fn a_nydus_image_in_an_oci_layout_reads_in_place() {
 fn manifest_of_a_blob_with_inline_meta() {
     let name = "b-dir-zstd";
     let mut blob = std::fs::read(blob_of(name)).unwrap();
-    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    let mut boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    // As nydus-image writes the bootstrap of an inline blob (builder
+    // src/lib.rs, core/context.rs): the blob id a placeholder, "x" 64
+    // times, and INLINED_FS_META | HAS_TAR_HEADER | HAS_TOC set.
+    use erofs_fuse::nydus::layout::{BlobEntry, SuperBlockExt, EXT_SUPERBLOCK_OFFSET};
+    let at =
+        EXT_SUPERBLOCK_OFFSET as usize + std::mem::offset_of!(SuperBlockExt, blob_table_offset);
+    let table = u64::from_le_bytes(boot[at..at + 8].try_into().unwrap()) as usize;
+    boot[table..table + 64].fill(b'x');
+    let f = table + std::mem::offset_of!(BlobEntry, features);
+    let features = u32::from_le_bytes(boot[f..f + 4].try_into().unwrap()) | 0x3000_0002;
+    boot[f..f + 4].copy_from_slice(&features.to_le_bytes());
     blob.extend_from_slice(&boot);
     let mut h = tar::Header::new_gnu();
     h.set_path("image.boot").unwrap();

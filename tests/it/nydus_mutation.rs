@@ -266,9 +266,13 @@ fn read_all(
     strict: bool,
 ) -> Result<(), String> {
     for (path, size, sha) in expected {
+        // A mutated inode may claim any size: only the manifest's is read.
         let read = image
             .resolve(path.as_bytes())
-            .and_then(|inode| image.read_range(&inode, 0, inode.size));
+            .and_then(|inode| match inode.size == *size {
+                true => image.read_range(&inode, 0, inode.size),
+                false => Ok(std::borrow::Cow::Borrowed(&[][..])),
+            });
         let verdict = match read {
             Ok(bytes) if bytes.len() as u64 == *size && hex(&sha256(&bytes)) == *sha => continue,
             Ok(_) => format!("{path}: wrong data served"),
