@@ -332,3 +332,29 @@ fn a_changed_tar_is_served_unless_tars_are_verified() {
     good.verify_tars = true;
     assert!(open(&boot, 0, &good, 1 << 20).is_ok());
 }
+
+#[test]
+fn an_uppercase_blob_id_names_its_file_as_it_is() {
+    // nydusd joins the id to the blob directory unchanged.
+    let name = "a-dir-none";
+    let mut b = boot(name);
+    let at = blob0(&b, offset_of!(BlobEntry, blob_id));
+    b[at..at + 64].make_ascii_uppercase();
+    let id = String::from_utf8(b[at..at + 64].to_vec()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let boot_path = tmp.path().join("bootstrap");
+    std::fs::write(&boot_path, &b).unwrap();
+    let blobs = tmp.path().join("blobs");
+    std::fs::create_dir(&blobs).unwrap();
+    let lower = blobs.join(id.to_ascii_lowercase());
+    std::fs::copy(blob_of(name), &lower).unwrap();
+    let err = open(&boot_path, 0, &dir_blobs(&blobs), 1 << 20)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("blob {id} not found")), "{err}");
+    std::fs::rename(&lower, blobs.join(&id)).unwrap();
+    let (image, rafs) = open(&boot_path, 0, &dir_blobs(&blobs), 1 << 20).unwrap();
+    assert_eq!(rafs.blobs[0].id, id);
+    assert_eq!(eio_or_exact(&image, &expected(name), "uppercase"), 0);
+}
