@@ -335,6 +335,21 @@ fn options_that_do_not_apply_are_one_line_errors() {
             "{args:?}: {err}"
         );
     }
+    // A store reference: refused before anything is pulled or mounted.
+    let mnt = tempfile::tempdir().unwrap();
+    for flag in ["--blob-inline-meta", "--verify-tars"] {
+        let out = erofs_fuse(&[
+            "mount".as_ref(),
+            "docker.io/library/busybox:1".as_ref(),
+            mnt.path().as_os_str(),
+            flag.as_ref(),
+        ]);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success() && err.lines().count() == 1 && err.contains("apply"),
+            "{flag}: {err}"
+        );
+    }
 }
 
 #[test]
