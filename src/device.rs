@@ -222,12 +222,12 @@ impl Device {
         Ok(device)
     }
 
-    /// Checks that a file's chunk of `len` bytes may start at `offset` of
-    /// a virtual device ([`ChunkSource::check_extent`]); any range of
-    /// another device.
-    pub fn check_extent(&self, offset: u64, len: u64) -> Result<()> {
+    /// Checks that a file's chunk of `len` bytes, its chunk index naming
+    /// record `record`, may start at `offset` of a virtual device
+    /// ([`ChunkSource::check_extent`]); any range of another device.
+    pub fn check_extent(&self, offset: u64, len: u64, record: u32) -> Result<()> {
         match &self.source {
-            Some(source) => source.check_extent(offset, len),
+            Some(source) => source.check_extent(offset, len, record),
             None => Ok(()),
         }
     }

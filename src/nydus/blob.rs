@@ -241,16 +241,18 @@ impl ChunkSource for BlobSource {
         Ok(())
     }
 
-    fn check_extent(&self, offset: u64, len: u64) -> Result<()> {
-        // A file chunk starts at a chunk record and runs over whole records
-        // laid end to end (nydus-image makes a file's EROFS chunk as large
-        // as the file when its chunks are contiguous); its last block may
-        // end past the last record, not into another. Records before the
-        // last are of the blob's chunk size, as nydusd indexes them.
-        let mut i = self
+    fn check_extent(&self, offset: u64, len: u64, record: u32) -> Result<()> {
+        // A file chunk starts at the chunk record its address names (nydus
+        // looks records up by blob, CI index and block) and runs over whole
+        // records laid end to end (nydus-image makes a file's EROFS chunk
+        // as large as the file when its chunks are contiguous); its last
+        // block may end past the last record, not into another. Records
+        // before the last are of the blob's chunk size, as nydusd indexes
+        // them.
+        let first = self
             .chunks
             .partition_point(|c| c.uncompressed_offset < offset);
-        let (mut at, mut short) = (offset, false);
+        let (mut i, mut at, mut short) = (first, offset, false);
         let end = offset.saturating_add(len);
         while let Some(c) = self
             .chunks
@@ -265,9 +267,10 @@ impl ChunkSource for BlobSource {
             .chunks
             .get(i)
             .map_or(self.len, |c| c.uncompressed_offset);
-        if at == offset || end > limit || (at < end && end - at >= 4096) {
+        let named = self.chunks.get(first).is_some_and(|c| c.index == record);
+        if at == offset || !named || end > limit || (at < end && end - at >= 4096) {
             return Err(Error::corrupt(format!(
-                "{}: a file chunk of {len} bytes at uncompressed offset {offset} is not made of whole chunks of the blob",
+                "{}: a file chunk of {len} bytes at uncompressed offset {offset} (record {record}) is not made of whole chunk records of the blob",
                 self.name()
             )));
         }

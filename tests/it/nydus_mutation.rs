@@ -236,6 +236,41 @@ fn targeted(boot: &[u8], at: usize, k: u64) -> Vec<Mutation> {
     .collect()
 }
 
+/// Inode chunk addresses (EROFS chunk indexes: advise, device id 1,
+/// block) of three chunk records moved one block into their chunk, but in
+/// tarfs mode (no digests: a tar is served as it is): each file must fail
+/// with EIO, never show bytes from the middle of a chunk.
+fn chunk_addresses(boot: &[u8]) -> Vec<Mutation> {
+    let flags = read_le(boot, EXT_SUPERBLOCK_OFFSET as usize, 8);
+    let (table, count) = chunk_table(boot);
+    if flags & erofs_fuse::nydus::layout::FLAG_TARFS != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for k in [0, count / 2, count.saturating_sub(1)] {
+        let record = table + (k * CHUNK_INFO_SIZE) as usize;
+        let blk = read_le(
+            boot,
+            record + offset_of!(ChunkRecord, uncompressed_offset),
+            8,
+        ) / 4096;
+        let index = read_le(boot, record + offset_of!(ChunkRecord, index), 4);
+        // advise = CI index low 16 bits, device id = 1 | its high 8 << 8.
+        let head = (index & 0xffff) | ((1 | ((index >> 16) << 8)) << 16);
+        let found = (8..table)
+            .step_by(8)
+            .find(|&p| read_le(boot, p, 4) == head && read_le(boot, p + 4, 4) == blk);
+        if let Some(p) = found {
+            out.push(Mutation {
+                what: format!("chunk{k}: its file's chunk address one block on"),
+                at: p + 4,
+                bytes: ((blk + 1) as u32).to_le_bytes().to_vec(),
+            });
+        }
+    }
+    out
+}
+
 /// The structured corruptions of bootstrap `boot`, then random bytes of
 /// its inodes, directories and chunk indexes.
 fn mutations(boot: &[u8], seed: u64) -> Vec<Mutation> {
@@ -244,6 +279,7 @@ fn mutations(boot: &[u8], seed: u64) -> Vec<Mutation> {
     superblock_fields(&mut out, boot, &mut rng);
     blob_fields(&mut out, boot, &mut rng);
     chunk_fields(&mut out, boot, &mut rng);
+    out.extend(chunk_addresses(boot));
     let (table, _) = chunk_table(boot);
     for _ in 0..64 {
         let at = 8192 + (rng() as usize) % (table.min(boot.len()) - 8192);
