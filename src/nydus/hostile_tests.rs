@@ -174,6 +174,13 @@ fn a_chunk_address_into_a_chunk_or_a_gap_is_eio() {
         let eio = eio_or_exact(&image, &expected(name), &format!("address {to}"));
         assert!(eio >= 1, "address {to}: no file failed");
     }
+    // The right block but another record's CI index (the advise field):
+    // nydusd finds no record by that key.
+    let mut b = good.clone();
+    let at = chunk_address(&good, big as u32);
+    b[at] ^= 1;
+    let image = open_mutated(name, &b).unwrap();
+    assert!(eio_or_exact(&image, &expected(name), "CI index") >= 1);
 }
 
 #[test]
