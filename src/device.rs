@@ -192,6 +192,23 @@ impl Device {
         })
     }
 
+    /// A device of the first bytes of `len` that `fill` writes (returning
+    /// how many), in anonymous memory, named `name`: data decoded in
+    /// memory (a Nydus bootstrap) held once, with no copy.
+    pub fn from_filled(
+        name: &Path,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize>,
+    ) -> Result<Self> {
+        let (map, n) = mmap::map_filled(name, len, fill)?;
+        let mut device = Self::from_bytes(name, &[])?;
+        let map = Arc::new(ImageMap::anonymous(map));
+        device.random = Arc::clone(&map);
+        device.map = map;
+        device.len = n;
+        Ok(device)
+    }
+
     /// A virtual device of `source.len()` bytes named `name`, whose bytes
     /// `source` makes at each read (a Nydus blob seen uncompressed): file
     /// data only, copied out ([`Device::data_for`]); metadata reads of it
@@ -203,6 +220,16 @@ impl Device {
         device.len = len;
         device.source = Some(source);
         Ok(device)
+    }
+
+    /// Checks that a file's chunk of `len` bytes, its chunk index naming
+    /// record `record`, may start at `offset` of a virtual device
+    /// ([`ChunkSource::check_extent`]); any range of another device.
+    pub fn check_extent(&self, offset: u64, len: u64, record: u32) -> Result<()> {
+        match &self.source {
+            Some(source) => source.check_extent(offset, len, record),
+            None => Ok(()),
+        }
     }
 
     /// Checks every block of the whole file against the tree `source`

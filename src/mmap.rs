@@ -35,6 +35,20 @@ pub fn map_copy(name: &Path, bytes: &[u8]) -> Result<Mmap> {
     anon.make_read_only().map_err(|e| Error::io(name, e))
 }
 
+/// A read-only anonymous map of `len` bytes (at least one) that `fill`
+/// writes first, returning how many of them it wrote: data decoded
+/// straight into the map, with no second copy. Pages `fill` does not touch
+/// cost no memory.
+pub fn map_filled(
+    name: &Path,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<usize>,
+) -> Result<(Mmap, usize)> {
+    let mut anon = memmap2::MmapMut::map_anon(len.max(1)).map_err(|e| Error::io(name, e))?;
+    let n = fill(&mut anon[..len])?.min(len);
+    Ok((anon.make_read_only().map_err(|e| Error::io(name, e))?, n))
+}
+
 /// The `madvise` value of the advice a map keeps for good (what
 /// `crate::fault` re-applies to pages it maps back), or `None` for
 /// one-off advice.

@@ -2,7 +2,10 @@
 //! exercise the image as the `image` target does (every chunk of every
 //! file found, decoded, digest-checked). Input: a 4-byte little-endian
 //! bootstrap length N, N bytes of bootstrap, then the blob (given for every
-//! blob the bootstrap names).
+//! blob the bootstrap names). The blob bytes also go through the parsers
+//! of the bootstraps that come inside other files: the `--blob-inline-meta`
+//! tail (tar header, ToC, decoding) and the OCI bootstrap layer's tar scan
+//! (gzip, zstd, plain).
 use std::path::Path;
 
 use erofs_fuse::device::Device;
@@ -31,6 +34,7 @@ pub fn run(data: &[u8]) {
     let Some((bootstrap, blob)) = split(data) else {
         return;
     };
+    inline_and_layer(blob);
     let Ok(primary) = Device::from_bytes(Path::new("fuzz.boot"), bootstrap) else {
         return;
     };
@@ -58,4 +62,26 @@ fn peek(primary: &Device) -> erofs_fuse::Result<Option<usize>> {
     }
     let sb = erofs_fuse::reader::SuperInfo::parse(primary)?;
     Ok(Some(usize::from(sb.extra_devices)))
+}
+
+/// The blob bytes as a blob with its bootstrap inside (opened with itself
+/// for every blob it names) and as a bootstrap layer of each media type.
+fn inline_and_layer(blob: &[u8]) {
+    for media in ["tar+gzip", "tar+zstd", "tar"] {
+        let _ = erofs_fuse::nydus::oci::bootstrap_from_layer(blob, media, "fuzz.layer");
+    }
+    let Ok(dev) = Device::from_bytes(Path::new("fuzz.blob"), blob) else {
+        return;
+    };
+    let Ok(primary) = erofs_fuse::nydus::inline::bootstrap(&dev) else {
+        return;
+    };
+    let Ok(Some(n)) = peek(&primary) else {
+        return;
+    };
+    if n <= MAX_BLOBS {
+        if let Ok(image) = erofs_fuse::nydus::open_bytes(primary, vec![dev; n], 4 << 20) {
+            super::image::exercise(&image);
+        }
+    }
 }

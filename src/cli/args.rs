@@ -6,12 +6,14 @@ use std::path::PathBuf;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 mod pull;
+mod read;
 mod store;
 mod verity;
 
 pub use pull::{
     AttachArgs, ConfigArgs, ImageSourceArgs, ImagesArgs, PullArgs, RegistryArgs, RmiArgs,
 };
+pub use read::{CatArgs, ExtractArgs, FsckArgs, InspectArgs, LsArgs, ManifestArgs, StatArgs};
 pub use store::{StoreAddArgs, StoreCommand, StoreGcArgs, StoreServeArgs, StoreXattrsArg};
 pub use verity::{VerityCommand, VerityFormatArgs, VerityVerifyArgs};
 
@@ -107,6 +109,12 @@ pub struct OpenArgs {
     /// blobs the bootstrap names come from --blob-dir).
     #[arg(long)]
     pub blob_inline_meta: bool,
+    /// For a Nydus tarfs bootstrap: check each tar whole against its blob
+    /// id (its sha256) before serving it. Tarfs data has no chunk digests,
+    /// so without this a changed tar is served as it is; with it, every
+    /// open reads every tar once.
+    #[arg(long)]
+    pub verify_tars: bool,
 }
 
 /// The subcommands.
@@ -432,91 +440,6 @@ pub struct MountArgs {
     /// other subcommands' arguments are smaller).
     #[command(flatten)]
     pub source: Box<ImageSourceArgs>,
-}
-
-/// `inspect` arguments.
-#[derive(Args)]
-pub struct InspectArgs {
-    /// The image and how to open it.
-    #[command(flatten)]
-    pub image: ImageArgs,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `ls` arguments.
-#[derive(Args)]
-pub struct LsArgs {
-    /// The image and how to open it.
-    #[command(flatten)]
-    pub image: ImageArgs,
-    /// Directory (or file) inside the image.
-    #[arg(default_value = "/")]
-    pub path: String,
-    /// Long listing: mode, links, owner, group, size, mtime, name.
-    #[arg(short, long)]
-    pub long: bool,
-    /// Recurse: list every entry below PATH by its full path.
-    #[arg(short = 'R', long)]
-    pub recursive: bool,
-}
-
-/// `cat` arguments.
-#[derive(Args)]
-pub struct CatArgs {
-    /// The image and how to open it.
-    #[command(flatten)]
-    pub image: ImageArgs,
-    /// File inside the image.
-    pub path: String,
-}
-
-/// `stat` arguments.
-#[derive(Args)]
-pub struct StatArgs {
-    /// The image and how to open it.
-    #[command(flatten)]
-    pub image: ImageArgs,
-    /// Path inside the image.
-    pub path: String,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `manifest` arguments.
-#[derive(Args)]
-pub struct ManifestArgs {
-    /// The image and how to open it.
-    #[command(flatten)]
-    pub image: ImageArgs,
-}
-
-/// `fsck` arguments.
-#[derive(Args)]
-pub struct FsckArgs {
-    /// The image and how to open it.
-    #[command(flatten)]
-    pub image: ImageArgs,
-}
-
-/// `extract` arguments.
-#[derive(Args)]
-pub struct ExtractArgs {
-    /// The image and how to open it.
-    #[command(flatten)]
-    pub image: ImageArgs,
-    /// Destination: must not exist, or be an empty directory (not a
-    /// symlink to one). Entries are created private and opened up once
-    /// complete; nothing there is ever followed or replaced.
-    pub dest: PathBuf,
-    /// Do not set owners even when running as root.
-    #[arg(long)]
-    pub no_owner: bool,
-    /// Do not copy extended attributes.
-    #[arg(long)]
-    pub no_xattrs: bool,
 }
 
 /// `convert` arguments.

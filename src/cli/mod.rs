@@ -125,14 +125,9 @@ fn open(args: &ImageArgs) -> Result<Image> {
 
 /// Opens the image at `path` as `args` say.
 fn open_with(path: &Path, args: &OpenArgs) -> Result<Image> {
-    if let Some(image) = nydus::open_layout(path, args)? {
+    let host = erofs_fuse::registry::manifest::Platform::host();
+    if let Some((image, _)) = nydus::open_nydus(path, args, &host)? {
         return Ok(image);
-    }
-    if args.blob_dir.is_some()
-        || args.blob_inline_meta
-        || nydus::probe(path, args.offset).unwrap_or(false)
-    {
-        return nydus::open(path, args);
     }
     if !args.zinfos.is_empty() {
         return gz::open_with_zinfo(path, args);

@@ -5,35 +5,37 @@
 use std::path::Path;
 
 use erofs_fuse::nydus::{self as rafs, BlobFiles, Rafs};
+use erofs_fuse::registry::manifest::Platform;
 use erofs_fuse::registry::oci_layout::LayoutReference;
 use erofs_fuse::Image;
 
 use super::args::OpenArgs;
 use super::error::{CliError, Context, Result};
 
-/// Whether the file at `path` is a RAFS v6 bootstrap with blobs (a file
-/// that cannot be read is left to the ordinary open to report).
-pub(super) fn probe(path: &Path, offset: u64) -> Result<bool> {
-    Ok(rafs::probe(path, offset)?)
-}
-
-/// Opens the bootstrap at `path` with the blobs `args` give.
-pub(super) fn open(path: &Path, args: &OpenArgs) -> Result<Image> {
-    if args.verity.is_some() || args.dmverity.is_some() || !args.device_verity.is_empty() {
-        return Err(CliError::msg(format!(
-            "{}: verity options do not apply to a Nydus bootstrap (its chunks are checked against their digests)",
-            path.display()
-        )));
+/// The image at `path` with its RAFS tables, opened once, when it is a
+/// Nydus image: an `oci:` layout holding one (for `platform`), a
+/// bootstrap with blobs, or a blob with `--blob-inline-meta`. `None` for
+/// anything else (opened as an ordinary image).
+pub(super) fn open_nydus(
+    path: &Path,
+    args: &OpenArgs,
+    platform: &Platform,
+) -> Result<Option<(Image, Rafs)>> {
+    if let Some(opened) = open_layout(path, args, platform)? {
+        return Ok(Some(opened));
     }
-    if !args.zinfos.is_empty() {
-        return Err(CliError::msg(format!(
-            "{}: --zinfo does not apply to a Nydus bootstrap",
-            path.display()
-        )));
+    // A file that cannot be read is left to the ordinary open to report.
+    let bootstrap = args.blob_dir.is_some()
+        || args.blob_inline_meta
+        || rafs::probe(path, args.offset).unwrap_or(false);
+    if !bootstrap {
+        return Ok(None);
     }
+    no_verity_or_zinfo(&path.display().to_string(), args)?;
     let blobs = BlobFiles {
         dir: args.blob_dir.clone(),
         files: args.devices.clone(),
+        verify_tars: args.verify_tars,
     };
     let opened = if args.blob_inline_meta {
         if !args.devices.is_empty() || args.offset != 0 {
@@ -47,7 +49,7 @@ pub(super) fn open(path: &Path, args: &OpenArgs) -> Result<Image> {
         rafs::open(path, args.offset, &blobs, args.cache_size)
     };
     match opened {
-        Ok(image) => Ok(image),
+        Ok(opened) => Ok(Some(opened)),
         // These already name the file they concern.
         Err(e @ erofs_fuse::Error::Io { .. }) => Err(e.into()),
         Err(e) if e.to_string().starts_with(&path.display().to_string()) => Err(e.into()),
@@ -55,33 +57,64 @@ pub(super) fn open(path: &Path, args: &OpenArgs) -> Result<Image> {
     }
 }
 
+/// Refuses the options that do not apply to a Nydus image `name`.
+fn no_verity_or_zinfo(name: &str, args: &OpenArgs) -> Result<()> {
+    if args.verity.is_some() || args.dmverity.is_some() || !args.device_verity.is_empty() {
+        return Err(CliError::msg(format!(
+            "{name}: verity options do not apply to a Nydus image (its chunks are checked against their digests)"
+        )));
+    }
+    if !args.zinfos.is_empty() {
+        return Err(CliError::msg(format!(
+            "{name}: --zinfo does not apply to a Nydus image"
+        )));
+    }
+    Ok(())
+}
+
 /// `IMAGE` given as `oci:DIR[:TAG]` naming a Nydus image: opened in
 /// place (no store), blobs read from the layout. `None` for anything else.
-pub(super) fn open_layout(path: &Path, args: &OpenArgs) -> Result<Option<Image>> {
+fn open_layout(path: &Path, args: &OpenArgs, platform: &Platform) -> Result<Option<(Image, Rafs)>> {
     let Some(reference) = path.to_str().and_then(LayoutReference::parse) else {
         return Ok(None);
     };
     let reference = reference?;
-    if rafs::oci::nydus_manifest(&reference)?.is_none() {
+    let Some(found) = rafs::oci::nydus_manifest(&reference, platform)? else {
         return Ok(None);
-    }
-    if !args.devices.is_empty() || args.blob_dir.is_some() || args.offset != 0 {
+    };
+    let name = reference.to_string();
+    if !args.devices.is_empty()
+        || args.blob_dir.is_some()
+        || args.offset != 0
+        || args.blob_inline_meta
+        || args.verify_tars
+    {
         return Err(CliError::msg(format!(
-            "{reference}: --device, --blob-dir and --offset do not apply to an image layout"
+            "{name}: --device, --blob-dir, --blob-inline-meta, --verify-tars and --offset do not apply to an image layout"
         )));
     }
-    let image = rafs::oci::open_layout(&reference, args.cache_size)?;
-    Ok(Some(image))
+    no_verity_or_zinfo(&name, args)?;
+    Ok(Some(rafs::oci::open_layout(
+        &found,
+        &name,
+        args.cache_size,
+    )?))
 }
 
-/// For `mount REF`: a Nydus image in an OCI layout, served in place as
-/// nydusd shows it (one layer: its whiteouts stay files). `None` when REF
-/// is not one (the store then pulls it).
+/// For `mount REF`: a Nydus image in an OCI layout (for `platform`, the
+/// host's by default), served in place as nydusd shows it (one layer: its
+/// whiteouts stay files). `None` when REF is not one (the store then
+/// pulls it).
 pub(super) fn layout_view(
     reference: &str,
     open: &OpenArgs,
+    platform: Option<&str>,
 ) -> Result<Option<std::sync::Arc<dyn erofs_fuse::view::View>>> {
-    let Some(image) = open_layout(Path::new(reference), open)? else {
+    let platform = match platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let Some((image, _)) = open_layout(Path::new(reference), open, &platform)? else {
         return Ok(None);
     };
     let view = erofs_fuse::view::ImageView::new(
@@ -89,17 +122,6 @@ pub(super) fn layout_view(
         erofs_fuse::view::OverlayXattrs::Trusted,
     );
     Ok(Some(std::sync::Arc::new(view)))
-}
-
-/// The RAFS v6 tables of the bootstrap at `path`, if it is one.
-pub(super) fn tables(path: &Path, args: &OpenArgs) -> Result<Option<Rafs>> {
-    if args.blob_inline_meta {
-        return Ok(Some(rafs::read_rafs_inline(path)?));
-    }
-    if path.to_str().is_some_and(|p| p.starts_with("oci:")) {
-        return Ok(None);
-    }
-    Ok(rafs::read_rafs(path, args.offset)?)
 }
 
 /// `inspect`'s lines for the blob table.

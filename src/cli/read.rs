@@ -19,9 +19,13 @@ impl InspectArgs {
 }
 
 fn inspect(args: &ImageArgs, json: bool) -> Result {
-    let image = open(args)?;
+    // A Nydus image is opened once, its tables kept for the blob table.
+    let host = erofs_fuse::registry::manifest::Platform::host();
+    let (image, rafs) = match super::nydus::open_nydus(&args.image, &args.open, &host)? {
+        Some((image, rafs)) => (image, Some(rafs)),
+        None => (open(args)?, None),
+    };
     let s = ImageSummary::new(&image);
-    let rafs = super::nydus::tables(&args.image, &args.open)?;
     if json {
         let mut value = serde_json::to_value(&s)?;
         if let (Some(rafs), Some(map)) = (&rafs, value.as_object_mut()) {

@@ -116,11 +116,17 @@ fn open_image(
             "the store keeps no verity trees yet: --verity applies to image files",
         ));
     }
-    if let Some(view) = super::nydus::layout_view(reference, open)? {
+    let platform = args.source.registry.platform.as_deref();
+    if let Some(view) = super::nydus::layout_view(reference, open, platform)? {
         return Ok((reference.to_string(), view));
     }
     if !open.devices.is_empty() || open.offset != 0 {
         return Err(CliError::msg("--device and --offset apply to image files"));
+    }
+    if open.blob_dir.is_some() || open.blob_inline_meta || open.verify_tars {
+        return Err(CliError::msg(
+            "--blob-dir, --blob-inline-meta and --verify-tars apply to Nydus image files",
+        ));
     }
     let image = erofs_fuse::store::images::ImageRef::parse(reference)?;
     let store = super::pull::open_store(args.source.store.as_deref())?;

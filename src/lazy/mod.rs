@@ -58,6 +58,15 @@ pub trait ChunkSource: Send + Sync {
     /// How errors name this source.
     fn name(&self) -> String;
 
+    /// Checks that a file's chunk of `len` bytes may start at `offset`,
+    /// its chunk index naming record `record` in the bits EROFS leaves
+    /// unused (a source made of records, a Nydus blob, refuses a chunk that
+    /// is not that record of its own); any range by default.
+    fn check_extent(&self, offset: u64, len: u64, record: u32) -> Result<()> {
+        let _ = (offset, len, record);
+        Ok(())
+    }
+
     /// Drops what the source holds in memory of earlier reads, so that the
     /// next read fetches anew (after a read that failed verification).
     fn forget(&self) {}

@@ -6,22 +6,22 @@
 //! one, and copies out; decoded chunks are kept in the reader's bounded
 //! decoded-extent cache. A chunk that does not fit the blob, does not
 //! decode to its size or does not match its digest fails the read (EIO),
-//! never serves bytes; bytes no chunk covers fail it too.
+//! never serves bytes; bytes no chunk covers fail it too, and so does a
+//! read that crosses from one chunk into the next (nydus finds a file's
+//! chunk by its exact start, so a file chunk never spans two records).
 
-use std::io::Read;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
+use super::decode::Decoders;
 use super::layout::{
-    BlobInfo, ChunkInfo, Compressor, Digester, CHUNK_COMPRESSED, CHUNK_UNSUPPORTED,
+    BlobInfo, ChunkInfo, Compressor, Digester, CHUNK_COMPRESSED, CHUNK_HAS_CRC32, CHUNK_UNSUPPORTED,
 };
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::format::COMPRESSION_LZ4;
 use crate::lazy::ChunkSource;
-use crate::reader::{CacheKey, Codecs, ExtentCache};
+use crate::reader::{CacheKey, ExtentCache};
 
 /// What identifies a decoded chunk in the shared cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,8 +49,7 @@ pub struct BlobSource {
     chunks: Vec<ChunkInfo>,
     len: u64,
     cache: Arc<ChunkCache>,
-    codecs: Codecs,
-    mismatches: AtomicU64,
+    decoders: Decoders,
 }
 
 impl BlobSource {
@@ -76,26 +75,28 @@ impl BlobSource {
                     c.uncompressed_offset
                 )));
             }
-            // No overflow: checked when parsed.
+            // No overflow: within the blob's uncompressed size (checked
+            // when parsed, at most 2^44).
             end = c.uncompressed_offset + u64::from(c.uncompressed_size);
         }
+        // Whole 4 KiB blocks (the reader checks a run's blocks lie in its
+        // device); not the slot's or blob table's size, which a hostile
+        // bootstrap could make huge while no chunk backs it.
+        let len = end.checked_next_multiple_of(4096).ok_or_else(|| {
+            Error::corrupt(format!(
+                "{}: blob {}: chunks end at uncompressed offset {end}",
+                blob.path().display(),
+                info.id
+            ))
+        })?;
         Ok(Self {
-            // Whole 4 KiB blocks (the reader checks a run's blocks lie in
-            // its device); not the slot's or blob table's size, which a
-            // hostile bootstrap could make huge while no chunk backs it.
-            len: end.next_multiple_of(4096),
+            len,
             info,
             blob,
             chunks,
             cache,
-            codecs: Codecs::with_configs(true, &[])?,
-            mismatches: AtomicU64::new(0),
+            decoders: Decoders::new()?,
         })
-    }
-
-    /// Chunks whose bytes did not match their digest.
-    pub fn mismatches(&self) -> u64 {
-        self.mismatches.load(Ordering::Relaxed)
     }
 
     /// The decoded, checked bytes of chunk `i`.
@@ -147,44 +148,30 @@ impl BlobSource {
         // Bounded when parsed (MAX_CHUNK_SIZE); read as file data, since
         // it is copied out at once.
         let stored = self.blob.slice(c.compressed_offset, size)?;
-        let compressed = c.flags & CHUNK_COMPRESSED != 0;
-        match (compressed, self.info.compressor) {
-            (false, _) | (true, Compressor::None) => {
-                if stored.len() != out.len() {
-                    return Err(self.corrupt(
-                        c,
-                        format!("{size} bytes stored for {} uncompressed", out.len()),
-                    ));
-                }
-                out.copy_from_slice(stored);
-            }
-            (true, Compressor::Lz4Block) => {
-                self.codecs.decode(COMPRESSION_LZ4, stored, out, false)?
-            }
-            (true, Compressor::Zstd) => {
-                let n = zstd::bulk::Decompressor::new()
-                    .and_then(|mut d| d.decompress_to_buffer(stored, out))
-                    .map_err(|e| self.corrupt(c, format!("zstd: {e}")))?;
-                if n != out.len() {
-                    return Err(self.corrupt(c, format!("zstd: {n} bytes, not {}", out.len())));
-                }
-            }
-            (true, Compressor::Gzip) => {
-                let mut d = flate2::read::GzDecoder::new(stored);
-                d.read_exact(out)
-                    .map_err(|e| self.corrupt(c, format!("gzip: {e}")))?;
-                let mut more = [0u8; 1];
-                if !matches!(d.read(&mut more), Ok(0)) {
-                    return Err(self.corrupt(c, "gzip: decodes to more than its size"));
-                }
-            }
-        }
+        let compressor = match c.flags & CHUNK_COMPRESSED {
+            0 => Compressor::None,
+            _ => self.info.compressor,
+        };
+        self.decoders
+            .decode(compressor, stored, out)
+            .map_err(|e| self.corrupt(c, e))?;
         self.check_digest(c, out)
     }
 
-    /// Checks `out` against chunk `c`'s digest, when one is recorded.
+    /// Checks `out` against chunk `c`'s digest, when one is recorded, else
+    /// against its crc32c when flagged (as nydus's `check_crc`).
     fn check_digest(&self, c: &ChunkInfo, out: &[u8]) -> Result<()> {
         if c.digest == [0; 32] {
+            let actual = crc32c::crc32c(out);
+            if c.flags & CHUNK_HAS_CRC32 != 0 && actual != c.crc32 {
+                return Err(self.corrupt(
+                    c,
+                    format!(
+                        "crc32c {actual:#010x}, not the bootstrap's {:#010x}",
+                        c.crc32
+                    ),
+                ));
+            }
             return Ok(());
         }
         let actual: [u8; 32] = match self.info.digester {
@@ -192,7 +179,6 @@ impl BlobSource {
             Digester::Sha256 => Sha256::digest(out).into(),
         };
         if actual != c.digest {
-            self.mismatches.fetch_add(1, Ordering::Relaxed);
             return Err(self.corrupt(
                 c,
                 format!(
@@ -207,50 +193,84 @@ impl BlobSource {
     }
 }
 
+impl BlobSource {
+    /// The index of the chunk whose uncompressed range holds `offset`.
+    fn chunk_at(&self, offset: u64) -> Option<usize> {
+        let i = self
+            .chunks
+            .partition_point(|c| c.uncompressed_offset + u64::from(c.uncompressed_size) <= offset);
+        self.chunks
+            .get(i)
+            .is_some_and(|c| c.uncompressed_offset <= offset)
+            .then_some(i)
+    }
+}
+
 impl ChunkSource for BlobSource {
     fn len(&self) -> u64 {
         self.len
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.len)
-            .ok_or_else(|| {
-                Error::corrupt(format!(
-                    "{}: read past the end of the blob device",
-                    self.name()
-                ))
-            })?;
-        let first = self
-            .chunks
-            .partition_point(|c| c.uncompressed_offset + u64::from(c.uncompressed_size) <= offset);
+        let end = offset + buf.len() as u64;
         let mut at = offset;
-        for (i, c) in self.chunks.iter().enumerate().skip(first) {
-            if at >= end {
-                break;
-            }
-            if c.uncompressed_offset > at {
-                break;
-            }
-            let bytes = match self.chunk_bytes(i) {
-                Ok(bytes) => bytes,
-                Err(e) => {
-                    // Never part of a read: all of it, or an error.
-                    buf.fill(0);
-                    return Err(e);
-                }
-            };
+        let mut next = self.chunk_at(offset);
+        // Chunk after chunk, each starting where the last ended.
+        while let Some(i) = next.filter(|_| at < end) {
+            let c = &self.chunks[i];
+            let bytes = self.chunk_bytes(i).inspect_err(|_| buf.fill(0))?;
             let to = end.min(c.uncompressed_offset + bytes.len() as u64);
             let src = &bytes
                 [(at - c.uncompressed_offset) as usize..(to - c.uncompressed_offset) as usize];
             buf[(at - offset) as usize..(to - offset) as usize].copy_from_slice(src);
             at = to;
+            next = Some(i + 1).filter(|&j| {
+                self.chunks
+                    .get(j)
+                    .is_some_and(|n| n.uncompressed_offset == at)
+            });
         }
         if at < end {
+            // Never part of a read: all of it, or an error.
             buf.fill(0);
             return Err(Error::corrupt(format!(
                 "{}: no chunk holds uncompressed offset {at}",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_extent(&self, offset: u64, len: u64, record: u32) -> Result<()> {
+        // A file chunk starts at the chunk record its address names (nydus
+        // looks records up by blob, CI index and block) and runs over whole
+        // records laid end to end (nydus-image makes a file's EROFS chunk
+        // as large as the file when its chunks are contiguous); its last
+        // block may end past the last record, not into another. Records
+        // before the last are of the blob's chunk size, as nydusd indexes
+        // them.
+        let first = self
+            .chunks
+            .partition_point(|c| c.uncompressed_offset < offset);
+        let (mut i, mut at, mut short) = (first, offset, false);
+        let end = offset.saturating_add(len);
+        while let Some(c) = self
+            .chunks
+            .get(i)
+            .filter(|c| c.uncompressed_offset == at && at < end && !short)
+        {
+            at += u64::from(c.uncompressed_size);
+            short = c.uncompressed_size != self.info.chunk_size;
+            i += 1;
+        }
+        let limit = self
+            .chunks
+            .get(i)
+            .map_or(self.len, |c| c.uncompressed_offset);
+        let named = self.chunks.get(first).is_some_and(|c| c.index == record);
+        if at == offset || !named || end > limit || (at < end && end - at >= 4096) {
+            return Err(Error::corrupt(format!(
+                "{}: a file chunk of {len} bytes at uncompressed offset {offset} (record {record}) is not made of whole chunk records of the blob",
                 self.name()
             )));
         }

@@ -4,12 +4,18 @@
 //! byte entries: flags, name, sha256 of the uncompressed data, compressed
 //! offset and size, uncompressed size), whose `image.boot` entry locates
 //! the bootstrap; or `image.boot` itself, preceded by the bootstrap.
+//! A compressed bootstrap is decoded once, straight into its device, and
+//! no larger than [`max_decoded`] of its stored size.
+
+use std::path::Path;
 
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use sha2::{Digest as _, Sha256};
 
+use super::decode::Decoders;
+use super::layout::Compressor;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::format::read_struct;
@@ -23,7 +29,21 @@ const TOC_AREA: u64 = 4096;
 /// A tar header.
 const TAR_HEADER: u64 = 512;
 /// Largest bootstrap taken out (it is held in memory).
-const MAX_BOOTSTRAP: u64 = 1 << 30;
+pub const MAX_BOOTSTRAP: u64 = 256 << 20;
+/// Most a compressed bootstrap may grow by (real ones: 3 to 20 times;
+/// gzip and zstd reach 1000 on zeros).
+const MAX_RATIO: u64 = 128;
+/// What any bootstrap may decode to whatever its stored size (a small
+/// one is mostly zero padding).
+const MIN_BOUND: u64 = 4 << 20;
+
+/// The largest bootstrap decoded from `stored` compressed bytes: a small
+/// file cannot make a large allocation or long work.
+pub fn max_decoded(stored: u64) -> u64 {
+    stored
+        .saturating_mul(MAX_RATIO)
+        .clamp(MIN_BOUND, MAX_BOOTSTRAP)
+}
 
 /// One 128-byte ToC entry (`TocEntry`).
 #[derive(Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -88,7 +108,7 @@ fn tar_header(blob: &Device, end: u64) -> Result<(String, u64)> {
 
 /// The bootstrap inside `blob` (see the module doc), checked against the
 /// ToC's digest when it comes through a ToC.
-pub fn bootstrap(blob: &Device) -> Result<Vec<u8>> {
+pub fn bootstrap(blob: &Device) -> Result<Device> {
     let len = blob.len();
     let (name, size) = tar_header(blob, len)?;
     let data_end = len - TAR_HEADER;
@@ -96,7 +116,7 @@ pub fn bootstrap(blob: &Device) -> Result<Vec<u8>> {
         if size > MAX_BOOTSTRAP {
             return Err(bad(blob, format!("bootstrap of {size} bytes")));
         }
-        return Ok(blob.slice(data_end - size, size)?.to_vec());
+        return blob.subrange(data_end - size, size);
     }
     if name != TOC_NAME {
         return Err(bad(
@@ -113,13 +133,19 @@ pub fn bootstrap(blob: &Device) -> Result<Vec<u8>> {
         .filter_map(read_struct::<TocEntry>)
         .find(|e| e.name.split(|&b| b == 0).next() == Some(BOOT_NAME.as_bytes()))
         .ok_or_else(|| bad(blob, format!("no {BOOT_NAME} in the ToC")))?;
+    from_toc(blob, entry)
+}
+
+/// The bootstrap ToC `entry` locates in `blob`, decoded and checked.
+fn from_toc(blob: &Device, entry: &TocEntry) -> Result<Device> {
+    let len = blob.len();
     let (offset, stored, plain) = (
         entry.compressed_offset.get(),
         entry.compressed_size.get(),
         entry.uncompressed_size.get(),
     );
     if stored > MAX_BOOTSTRAP
-        || plain > MAX_BOOTSTRAP
+        || plain > max_decoded(stored)
         || offset.checked_add(stored).is_none_or(|e| e > len)
     {
         return Err(bad(
@@ -128,34 +154,26 @@ pub fn bootstrap(blob: &Device) -> Result<Vec<u8>> {
         ));
     }
     let data = blob.slice(offset, stored)?;
-    let out = match entry.flags.get() & 0xf {
-        1 if stored == plain => data.to_vec(),
-        2 => {
-            let mut out = vec![0u8; plain as usize];
-            let n = zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(data, &mut out))
-                .map_err(|e| bad(blob, format!("zstd: {e}")))?;
-            out.truncate(n);
-            out
-        }
-        4 => {
-            let mut out = vec![0u8; plain as usize];
-            crate::reader::Codecs::with_configs(true, &[])?.decode(
-                crate::format::COMPRESSION_LZ4,
-                data,
-                &mut out,
-                false,
-            )?;
-            out
-        }
+    let compressor = match entry.flags.get() & 0xf {
+        1 => Compressor::None,
+        2 => Compressor::Zstd,
+        4 => Compressor::Lz4Block,
         f => return Err(bad(blob, format!("{BOOT_NAME} with flags {f:#x}"))),
     };
-    let digest: [u8; 32] = Sha256::digest(&out).into();
-    if out.len() as u64 != plain || digest != entry.uncompressed_digest {
-        return Err(bad(
-            blob,
-            format!("{BOOT_NAME} does not match the ToC's size and sha256"),
-        ));
-    }
+    let label = format!("{} (inline bootstrap)", blob.path().display());
+    let decoders = Decoders::new()?;
+    let out = Device::from_filled(Path::new(&label), plain as usize, |out| {
+        decoders
+            .decode(compressor, data, out)
+            .map_err(|e| bad(blob, format!("{BOOT_NAME}: {e}")))?;
+        let digest: [u8; 32] = Sha256::digest(&*out).into();
+        if digest != entry.uncompressed_digest {
+            return Err(bad(
+                blob,
+                format!("{BOOT_NAME} does not match the ToC's sha256"),
+            ));
+        }
+        Ok(out.len())
+    })?;
     Ok(out)
 }

@@ -27,6 +27,8 @@ pub const MAX_BLOBS: u64 = 255;
 pub const MAX_CHUNKS: u64 = 1 << 24;
 /// Largest chunk decoded (nydus allows up to 16 MiB; room to spare).
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
+/// Largest uncompressed blob (nydus `BLOB_MAX_SIZE_UNCOMPRESSED`).
+pub const MAX_BLOB_UNCOMPRESSED: u64 = 1 << 44;
 
 /// Superblock flag: the blobs are tar files read in place (tarfs).
 pub const FLAG_TARFS: u64 = 0x200;
@@ -35,8 +37,17 @@ pub const FLAG_TARFS: u64 = 0x200;
 pub const UNSUPPORTED_FEATURES: u32 = 0x08 | 0x10 | 0x20 | 0x80 | 0x100 | 0x800;
 /// Blob feature: tarfs (the tar is the blob).
 pub const FEATURE_TARFS: u32 = 0x40;
+/// Blob feature: chunks start on 4 KiB boundaries of the uncompressed
+/// space (nydus requires it of every blob not in tarfs mode).
+pub const FEATURE_ALIGNED: u32 = 0x1;
+/// Blob feature: the bootstrap is inside this blob (`--blob-inline-meta`);
+/// its id in the bootstrap is a placeholder (`"x"` 64 times) and the real
+/// one is the name of the file the bootstrap came from.
+pub const FEATURE_INLINED_FS_META: u32 = 0x2;
 /// Chunk flag: the chunk's data is compressed.
 pub const CHUNK_COMPRESSED: u32 = 0x1;
+/// Chunk flag: the chunk's crc32c is recorded (`HAS_CRC32`).
+pub const CHUNK_HAS_CRC32: u32 = 0x10;
 /// Chunk flags this reader cannot serve (encrypted, batch).
 pub const CHUNK_UNSUPPORTED: u32 = 0x4 | 0x8;
 
@@ -201,7 +212,10 @@ impl Digester {
 pub struct BlobInfo {
     /// Blob table index (device id - 1).
     pub index: u32,
-    /// The blob id, 64 lowercase-or-uppercase hex characters.
+    /// The blob id: 64 hex characters, as the bootstrap spells them
+    /// (nydusd looks the file up by it unchanged); for a blob with
+    /// [`FEATURE_INLINED_FS_META`], any 64 printable ASCII characters (a
+    /// placeholder, never used as a file name).
     pub id: String,
     /// Chunk size.
     pub chunk_size: u32,
@@ -246,6 +260,8 @@ pub struct ChunkInfo {
     pub uncompressed_offset: u64,
     /// Chunk index in its blob.
     pub index: u32,
+    /// crc32c of the uncompressed bytes (when flagged).
+    pub crc32: u32,
 }
 
 /// The RAFS v6 parts of a bootstrap.
@@ -265,6 +281,13 @@ impl Rafs {
     /// Whether the blobs are tar files read in place.
     pub fn tarfs(&self) -> bool {
         self.flags & FLAG_TARFS != 0
+    }
+}
+
+impl BlobInfo {
+    /// Whether the bootstrap is inside this blob and its id a placeholder.
+    pub fn inlined_meta(&self) -> bool {
+        self.features & FEATURE_INLINED_FS_META != 0
     }
 }
 
@@ -299,8 +322,9 @@ fn table<'a>(dev: &'a Device, path: &Path, what: &str, offset: u64, size: u64) -
 }
 
 /// Parses the RAFS v6 extensions of the bootstrap `dev` (named `path`),
-/// which [`is_rafs_v6`]; `extra_devices` is its EROFS device count.
-pub fn parse(dev: &Device, path: &Path, extra_devices: u64) -> Result<Rafs> {
+/// which [`is_rafs_v6`]; `extra_devices` is its EROFS device count and
+/// `block_size` its block size.
+pub fn parse(dev: &Device, path: &Path, extra_devices: u64, block_size: u64) -> Result<Rafs> {
     let ext_bytes = table(dev, path, "extended superblock", EXT_SUPERBLOCK_OFFSET, 256)?;
     let ext: &SuperBlockExt =
         read_struct(ext_bytes).ok_or_else(|| bad(path, "short extended superblock"))?;
@@ -321,10 +345,16 @@ pub fn parse(dev: &Device, path: &Path, extra_devices: u64) -> Result<Rafs> {
         ));
     }
     let bytes = table(dev, path, "blob table", ext.blob_table_offset.get(), size)?;
+    let sb = Layout {
+        path,
+        flags: ext.flags.get(),
+        chunk_size: ext.chunk_size.get(),
+        block_size,
+    };
     let blobs = bytes
         .chunks_exact(BLOB_ENTRY_SIZE as usize)
         .enumerate()
-        .map(|(i, b)| blob_info(path, i as u32, b))
+        .map(|(i, b)| blob_info(&sb, i as u32, b))
         .collect::<Result<Vec<_>>>()?;
     let size = ext.chunk_table_size.get();
     if !size.is_multiple_of(CHUNK_INFO_SIZE) || size / CHUNK_INFO_SIZE > MAX_CHUNKS {
@@ -337,23 +367,48 @@ pub fn parse(dev: &Device, path: &Path, extra_devices: u64) -> Result<Rafs> {
     let chunks = bytes
         .chunks_exact(CHUNK_INFO_SIZE as usize)
         .enumerate()
-        .map(|(i, c)| chunk_info(path, i, c, &blobs))
+        .map(|(i, c)| chunk_info(&sb, i, c, &blobs))
         .collect::<Result<Vec<_>>>()?;
     Ok(Rafs {
-        flags: ext.flags.get(),
-        chunk_size: ext.chunk_size.get(),
+        flags: sb.flags,
+        chunk_size: sb.chunk_size,
         blobs,
         chunks,
     })
 }
 
-/// Entry `i` of the blob table, checked.
-fn blob_info(path: &Path, i: u32, bytes: &[u8]) -> Result<BlobInfo> {
+/// What the blob and chunk checks need of the superblocks.
+struct Layout<'a> {
+    path: &'a Path,
+    flags: u64,
+    chunk_size: u32,
+    block_size: u64,
+}
+
+impl Layout<'_> {
+    fn tarfs(&self) -> bool {
+        self.flags & FLAG_TARFS != 0
+    }
+}
+
+/// The id of a blob entry: 64 hex characters, or for a blob with inlined
+/// metadata 64 printable ASCII ones (nydus-image writes `"x"` 64 times).
+fn blob_id(path: &Path, i: u32, e: &BlobEntry) -> Result<String> {
+    let inline = e.features.get() & FEATURE_INLINED_FS_META != 0;
+    let ok = |b: u8| b.is_ascii_hexdigit() || (inline && b.is_ascii_graphic());
+    if !e.blob_id.iter().all(|&b| ok(b)) {
+        return Err(bad(path, format!("blob {i}: id is not 64 hex characters")));
+    }
+    // All ASCII: checked above.
+    Ok(String::from_utf8_lossy(&e.blob_id).into_owned())
+}
+
+/// Entry `i` of the blob table, checked as nydus checks it
+/// (`RafsV6Blob::validate`).
+fn blob_info(sb: &Layout, i: u32, bytes: &[u8]) -> Result<BlobInfo> {
+    let path = sb.path;
     let e: &BlobEntry = read_struct(bytes).ok_or_else(|| bad(path, "short blob entry"))?;
-    let id = std::str::from_utf8(&e.blob_id)
-        .ok()
-        .filter(|s| s.bytes().all(|b| b.is_ascii_hexdigit()))
-        .ok_or_else(|| bad(path, format!("blob {i}: id is not 64 hex characters")))?;
+    let id = blob_id(path, i, e)?;
     let bad_blob = |what: String| bad(path, format!("blob {i} ({id}): {what}"));
     if e.blob_index.get() != i {
         return Err(bad_blob(format!(
@@ -369,8 +424,19 @@ fn blob_info(path: &Path, i: u32, bytes: &[u8]) -> Result<BlobInfo> {
         n => return Err(bad_blob(format!("unknown digester {n}"))),
     };
     let chunk_size = e.chunk_size.get();
-    if !chunk_size.is_power_of_two() || u64::from(chunk_size) > MAX_CHUNK_SIZE || chunk_size < 512 {
-        return Err(bad_blob(format!("chunk size {chunk_size}")));
+    if !chunk_size.is_power_of_two()
+        || u64::from(chunk_size) > MAX_CHUNK_SIZE
+        || chunk_size < 512
+        || chunk_size != sb.chunk_size
+    {
+        return Err(bad_blob(format!(
+            "chunk size {chunk_size} (the superblock's is {})",
+            sb.chunk_size
+        )));
+    }
+    let uncompressed_size = e.uncompressed_size.get();
+    if uncompressed_size > MAX_BLOB_UNCOMPRESSED {
+        return Err(bad_blob(format!("uncompressed size {uncompressed_size}")));
     }
     let features = e.features.get();
     if features & UNSUPPORTED_FEATURES != 0 {
@@ -379,16 +445,21 @@ fn blob_info(path: &Path, i: u32, bytes: &[u8]) -> Result<BlobInfo> {
             path.display()
         )));
     }
+    if (features & FEATURE_ALIGNED != 0) == sb.tarfs() {
+        return Err(bad_blob(format!(
+            "features {features:#x}: the ALIGNED bit must be set unless in tarfs mode, and only then"
+        )));
+    }
     Ok(BlobInfo {
         index: i,
-        id: id.to_ascii_lowercase(),
+        id,
         chunk_size,
         chunk_count: e.chunk_count.get(),
         compressor,
         digester,
         features,
         compressed_size: e.compressed_size.get(),
-        uncompressed_size: e.uncompressed_size.get(),
+        uncompressed_size,
         ci_compressor: e.ci_compressor.get(),
         ci_offset: e.ci_offset.get(),
         ci_compressed_size: e.ci_compressed_size.get(),
@@ -396,8 +467,11 @@ fn blob_info(path: &Path, i: u32, bytes: &[u8]) -> Result<BlobInfo> {
     })
 }
 
-/// Record `i` of the chunk table, checked against the blobs.
-fn chunk_info(path: &Path, i: usize, bytes: &[u8], blobs: &[BlobInfo]) -> Result<ChunkInfo> {
+/// Record `i` of the chunk table, checked against the blobs: its
+/// uncompressed range lies in its blob's uncompressed size and (but in
+/// tarfs mode, where records are not read) starts on a block.
+fn chunk_info(sb: &Layout, i: usize, bytes: &[u8], blobs: &[BlobInfo]) -> Result<ChunkInfo> {
+    let path = sb.path;
     let c: &ChunkRecord = read_struct(bytes).ok_or_else(|| bad(path, "short chunk record"))?;
     let blob_index = c.blob_index.get();
     let blob = blobs.get(blob_index as usize).ok_or_else(|| {
@@ -408,7 +482,10 @@ fn chunk_info(path: &Path, i: usize, bytes: &[u8], blobs: &[BlobInfo]) -> Result
     })?;
     let (usize_, csize) = (c.uncompressed_size.get(), c.compressed_size.get());
     let uoff = c.uncompressed_offset.get();
-    let fits = uoff.checked_add(u64::from(usize_)).is_some();
+    let fits = uoff
+        .checked_add(u64::from(usize_))
+        .is_some_and(|end| end <= blob.uncompressed_size)
+        && (sb.tarfs() || uoff.is_multiple_of(sb.block_size));
     if usize_ == 0
         || usize_ > blob.chunk_size
         || u64::from(csize) > MAX_CHUNK_SIZE
@@ -418,8 +495,8 @@ fn chunk_info(path: &Path, i: usize, bytes: &[u8], blobs: &[BlobInfo]) -> Result
         return Err(bad(
             path,
             format!(
-                "chunk {i}: sizes {csize} compressed, {usize_} uncompressed (chunk size {})",
-                blob.chunk_size
+                "chunk {i}: sizes {csize} compressed, {usize_} uncompressed at uncompressed offset {uoff} (chunk size {}, blob of {} bytes uncompressed)",
+                blob.chunk_size, blob.uncompressed_size
             ),
         ));
     }
@@ -432,5 +509,6 @@ fn chunk_info(path: &Path, i: usize, bytes: &[u8], blobs: &[BlobInfo]) -> Result
         compressed_offset: c.compressed_offset.get(),
         uncompressed_offset: uoff,
         index: c.index.get(),
+        crc32: c.crc32.get(),
     })
 }

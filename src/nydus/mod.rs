@@ -10,10 +10,15 @@
 //! are (what the kernel reads too).
 
 mod blob;
+mod decode;
 pub mod inline;
 pub mod layout;
 pub mod oci;
 
+#[cfg(test)]
+mod fixtures;
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +41,10 @@ pub struct BlobFiles {
     pub dir: Option<PathBuf>,
     /// Blob files in blob-table order (taking precedence over `dir`).
     pub files: Vec<PathBuf>,
+    /// Whether a tarfs bootstrap's tars are checked whole against their
+    /// ids (their sha256) when opened: tarfs chunks have no digests, so
+    /// otherwise a changed tar is served as it is. Reads every tar once.
+    pub verify_tars: bool,
 }
 
 /// Whether the file at `path` (from byte `offset`) is a RAFS v6 bootstrap
@@ -87,13 +96,13 @@ pub fn read_rafs(path: &Path, offset: u64) -> Result<Option<Rafs>> {
     if sb.extra_devices == 0 {
         return Ok(None);
     }
-    layout::parse(&primary, path, u64::from(sb.extra_devices)).map(Some)
+    tables_of(&primary, path).map(Some)
 }
 
 /// Opens the bootstrap at `path` (from byte `offset`) with its blobs from
 /// `blobs`, decoded chunks cached within `cache_size` bytes (and as much
-/// again for compressed EROFS extents).
-pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Result<Image> {
+/// again for compressed EROFS extents); also returns its RAFS tables.
+pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Result<(Image, Rafs)> {
     let primary = bootstrap(path, offset)?;
     let rafs = tables_of(&primary, path)?;
     if !blobs.files.is_empty() && blobs.files.len() != rafs.blobs.len() {
@@ -109,41 +118,64 @@ pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Res
         .iter()
         .map(|info| open_blob(path, info, blobs))
         .collect::<Result<Vec<_>>>()?;
-    open_devices(primary, &rafs, files, cache_size)
+    if blobs.verify_tars && rafs.tarfs() {
+        verify_tars(&rafs, &files)?;
+    }
+    let image = open_devices(primary, &rafs, files, cache_size)?;
+    Ok((image, rafs))
 }
 
-/// The RAFS v6 tables of the bootstrap inside the data blob at `path`
-/// (built with `--blob-inline-meta`), for `inspect`.
-pub fn read_rafs_inline(path: &Path) -> Result<Rafs> {
-    let blob = Device::open(path, 0)?;
-    let bytes = inline::bootstrap(&blob)?;
-    let label = format!("{} (inline bootstrap)", path.display());
-    tables_of(
-        &Device::from_bytes(Path::new(&label), &bytes)?,
-        Path::new(&label),
-    )
+/// Checks each tar of a tarfs bootstrap against its id, its sha256.
+fn verify_tars(rafs: &Rafs, files: &[Device]) -> Result<()> {
+    use sha2::Digest as _;
+    for (info, tar) in rafs.blobs.iter().zip(files) {
+        let mut hasher = sha2::Sha256::new();
+        let step = 8 << 20;
+        for at in (0..tar.len()).step_by(step) {
+            let len = (tar.len() - at).min(step as u64);
+            hasher.update(tar.slice(at, len)?);
+            tar.release(at, len);
+        }
+        let actual = crate::format::hex(&hasher.finalize());
+        if !actual.eq_ignore_ascii_case(&info.id) {
+            return Err(Error::corrupt(format!(
+                "{}: sha256 {actual}, not its blob id {}",
+                tar.path().display(),
+                info.id
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Opens the data blob at `path` built with `--blob-inline-meta`: its
-/// bootstrap is taken from its end ([`inline`]) and it serves its own
-/// chunks; other blobs the bootstrap names come from `others`.
-pub fn open_inline(path: &Path, others: &BlobFiles, cache_size: u64) -> Result<Image> {
+/// bootstrap is taken from its end ([`inline`]) and it serves the chunks
+/// of the blob marked as holding it (whose id in the bootstrap is a
+/// placeholder: nydusd binds it to the file opened too); other blobs the
+/// bootstrap names come from `others`. Also returns the RAFS tables.
+pub fn open_inline(path: &Path, others: &BlobFiles, cache_size: u64) -> Result<(Image, Rafs)> {
     let blob = Device::open(path, 0)?;
-    let bytes = inline::bootstrap(&blob)?;
-    let label = format!("{} (inline bootstrap)", path.display());
-    let primary = Device::from_bytes(Path::new(&label), &bytes)?;
-    let rafs = tables_of(&primary, Path::new(&label))?;
-    let own = path.file_name().and_then(|n| n.to_str());
-    let single = rafs.blobs.len() == 1;
+    let primary = inline::bootstrap(&blob)?;
+    let label = PathBuf::from(format!("{} (inline bootstrap)", path.display()));
+    let rafs = tables_of(&primary, &label)?;
+    let marked = rafs.blobs.iter().filter(|b| b.inlined_meta()).count();
+    if marked > 1 || (marked == 0 && rafs.blobs.len() != 1) {
+        return Err(Error::Invalid(format!(
+            "{}: {marked} of {} blobs are marked as holding the bootstrap (INLINED_FS_META), not one",
+            label.display(),
+            rafs.blobs.len()
+        )));
+    }
     let blobs = rafs
         .blobs
         .iter()
-        .map(|info| match single || own == Some(info.id.as_str()) {
+        .map(|info| match info.inlined_meta() || marked == 0 {
             true => Ok(blob.clone()),
-            false => open_blob(Path::new(&label), info, others),
+            false => open_blob(&label, info, others),
         })
         .collect::<Result<Vec<_>>>()?;
-    open_devices(primary, &rafs, blobs, cache_size)
+    let image = open_devices(primary, &rafs, blobs, cache_size)?;
+    Ok((image, rafs))
 }
 
 /// The RAFS v6 tables of `primary` (named `path`), which must be a RAFS v6
@@ -156,7 +188,12 @@ fn tables_of(primary: &Device, path: &Path) -> Result<Rafs> {
         )));
     }
     let sb = SuperInfo::parse(primary)?;
-    layout::parse(primary, path, u64::from(sb.extra_devices))
+    layout::parse(
+        primary,
+        path,
+        u64::from(sb.extra_devices),
+        1u64 << sb.block_bits,
+    )
 }
 
 /// Opens bootstrap `primary` with its blob files `blobs` (mapped, in
@@ -203,31 +240,56 @@ fn open_devices(
 }
 
 /// Maps blob `info`'s file: the one given in its place, or the file named
-/// by its id in the blob directory (no symlink followed), read-only.
+/// by its id in the blob directory (no symlink followed), read-only. A
+/// blob holding the bootstrap (`--blob-inline-meta`, its id a
+/// placeholder) is named as nydusd names it: by the bootstrap's file name
+/// without extensions.
 fn open_blob(bootstrap: &Path, info: &BlobInfo, blobs: &BlobFiles) -> Result<Device> {
     if let Some(path) = blobs.files.get(info.index as usize) {
         return Device::open(path, 0);
     }
+    let id = match info.inlined_meta() {
+        true => inline_blob_id(bootstrap)?,
+        false => info.id.clone(),
+    };
     let Some(dir) = &blobs.dir else {
         return Err(Error::Invalid(format!(
-            "{}: blob {} is needed: give --blob-dir DIR or each blob with --device",
+            "{}: blob {id} is needed: give --blob-dir DIR or each blob with --device",
             bootstrap.display(),
-            info.id
         )));
     };
     // The id is 64 hex characters (checked when parsed): a plain name.
-    let path = dir.join(&info.id);
-    let file = open_nofollow(&path).map_err(|e| match e.kind() {
+    let path = dir.join(&id);
+    open_file(&path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Invalid(format!(
-            "{}: blob {} not found in {}",
+            "{}: blob {id} not found in {}",
             bootstrap.display(),
-            info.id,
             dir.display()
         )),
         _ => Error::io(&path, e),
-    })?;
-    let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-    Device::from_file(&file, &path, len)
+    })
+}
+
+/// The blob id nydusd gives a blob whose bootstrap id is a placeholder:
+/// the bootstrap file's name up to its first dot, which must be a blob id.
+fn inline_blob_id(bootstrap: &Path) -> Result<String> {
+    let name = bootstrap.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let stem = name.split('.').next().unwrap_or("");
+    if stem.len() != 64 || !stem.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::Invalid(format!(
+            "{}: a blob holds the bootstrap (--blob-inline-meta): its id is the bootstrap's file name, which is not a blob id (64 hex characters); give it with --device",
+            bootstrap.display()
+        )));
+    }
+    Ok(stem.to_string())
+}
+
+/// Maps the regular file at `path` read-only, opened without following a
+/// symlink or blocking.
+fn open_file(path: &Path) -> std::io::Result<Device> {
+    let file = open_nofollow(path)?;
+    let len = file.metadata()?.len();
+    Device::from_file(&file, path, len).map_err(std::io::Error::other)
 }
 
 /// Opens `path` read-only without following a symlink or blocking, and

@@ -1,11 +1,13 @@
 //! A Nydus image in a local OCI image layout (`oci:DIR[:TAG]`): the
-//! manifest (chosen in an index by its Nydus artifact type or platform
-//! feature) has one bootstrap layer, marked by the
+//! manifest (chosen in an index for the platform, a Nydus-marked entry
+//! first: nydusify marks some by artifact type or platform feature, and
+//! none since 2.3.5) has one bootstrap layer, marked by the
 //! `containerd.io/snapshot/nydus-bootstrap` annotation, a tar (gzip, zstd
 //! or plain) whose `image/image.boot` is the bootstrap, and data blob
 //! layers of the Nydus blob media type, whose digests are the blob ids.
-//! The bootstrap layer is checked against its digest while it is read;
-//! blobs are read in place, each chunk checked against its digest.
+//! The bootstrap layer is checked against its digest before it is
+//! decoded, and decoded no further than [`inline::max_decoded`] of its
+//! size; blobs are read in place, each chunk checked against its digest.
 
 use std::io::Read;
 use std::path::Path;
@@ -13,11 +15,11 @@ use std::path::Path;
 use oci_spec::image::{Descriptor, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
-use super::{open_devices, open_nofollow, tables_of};
+use super::{inline, open_devices, open_file, open_nofollow, tables_of, Rafs};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::reader::Image;
-use crate::registry::manifest::Manifest;
+use crate::registry::manifest::{select_platform, Manifest, Platform};
 use crate::registry::oci_layout::{LayoutReference, OciLayout};
 use crate::registry::ImageSource;
 
@@ -31,23 +33,36 @@ pub const MANIFEST_ARTIFACT_TYPE: &str = "application/vnd.nydus.image.manifest.v
 pub const OS_FEATURE: &str = "nydus.remoteimage.v1";
 /// The bootstrap's name in its layer.
 const BOOT_ENTRY: &str = "image/image.boot";
-/// Largest bootstrap read (it is held in memory).
-const MAX_BOOTSTRAP: u64 = 1 << 30;
 /// Most tar entries looked through for the bootstrap.
 const MAX_ENTRIES: usize = 64;
 
-/// The Nydus image manifest `reference` names, if it names one: `None`
-/// for an ordinary image.
-pub fn nydus_manifest(reference: &LayoutReference) -> Result<Option<(OciLayout, ImageManifest)>> {
+/// A Nydus image manifest found in a layout.
+pub struct NydusManifest {
+    /// The layout.
+    pub layout: OciLayout,
+    /// The image manifest, which has a bootstrap layer.
+    pub manifest: ImageManifest,
+}
+
+/// The Nydus image manifest `reference` names for `platform` (an index's
+/// Nydus-marked entry for it, else its entry for it), if it is one:
+/// `None` for an ordinary image.
+pub fn nydus_manifest(
+    reference: &LayoutReference,
+    platform: &Platform,
+) -> Result<Option<NydusManifest>> {
     let layout = OciLayout::open(&reference.dir)?;
     let name = reference.to_string();
     let fetched = layout.manifest(reference.tag.as_deref().unwrap_or(""))?;
     let manifest = match Manifest::parse(&fetched, &name)? {
         Manifest::Image(m) => *m,
         Manifest::Index(index) => {
-            let found = index.manifests().iter().find(|d| is_nydus_entry(d));
-            let Some(d) = found else {
-                return Ok(None);
+            let marked = index.manifests().iter().find(|d| {
+                is_nydus_entry(d) && platform_of(d).is_some_and(|p| platform.matches(&p))
+            });
+            let d = match marked {
+                Some(d) => d,
+                None => select_platform(&index, platform, &name)?,
             };
             let fetched = layout.manifest(d.digest().as_ref())?;
             match Manifest::parse(&fetched, &name)? {
@@ -57,7 +72,16 @@ pub fn nydus_manifest(reference: &LayoutReference) -> Result<Option<(OciLayout, 
         }
     };
     let nydus = manifest.layers().iter().any(is_bootstrap);
-    Ok(nydus.then_some((layout, manifest)))
+    Ok(nydus.then_some(NydusManifest { layout, manifest }))
+}
+
+/// The platform an index entry names, if any.
+fn platform_of(d: &Descriptor) -> Option<Platform> {
+    d.platform().as_ref().map(|p| Platform {
+        os: p.os().to_string(),
+        architecture: p.architecture().to_string(),
+        variant: p.variant().clone(),
+    })
 }
 
 /// Whether an index entry is a Nydus manifest.
@@ -82,14 +106,10 @@ fn is_bootstrap(d: &Descriptor) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// Opens the Nydus image `reference` names (see the module doc).
-pub fn open_layout(reference: &LayoutReference, cache_size: u64) -> Result<Image> {
-    let name = reference.to_string();
-    let (layout, manifest) = nydus_manifest(reference)?.ok_or_else(|| {
-        Error::Invalid(format!(
-            "{name}: not a Nydus image (no layer annotated {BOOTSTRAP_ANNOTATION})"
-        ))
-    })?;
+/// Opens the Nydus image `found` (named `name`; see the module doc), with
+/// its RAFS tables.
+pub fn open_layout(found: &NydusManifest, name: &str, cache_size: u64) -> Result<(Image, Rafs)> {
+    let NydusManifest { layout, manifest } = found;
     let boots: Vec<_> = manifest
         .layers()
         .iter()
@@ -101,10 +121,8 @@ pub fn open_layout(reference: &LayoutReference, cache_size: u64) -> Result<Image
             boots.len()
         )));
     };
-    let bytes = bootstrap_bytes(&layout, boot, &name)?;
-    let label = format!("{name} bootstrap {}", boot.digest());
-    let primary = Device::from_bytes(Path::new(&label), &bytes)?;
-    let rafs = tables_of(&primary, Path::new(&label))?;
+    let primary = bootstrap_device(layout, boot, name)?;
+    let rafs = tables_of(&primary, primary.path())?;
     let mut blobs = Vec::with_capacity(rafs.blobs.len());
     for info in &rafs.blobs {
         let digest = format!("sha256:{}", info.id);
@@ -118,27 +136,27 @@ pub fn open_layout(reference: &LayoutReference, cache_size: u64) -> Result<Image
             )));
         }
         let path = layout.blob_path(&digest)?;
-        let file = open_nofollow(&path).map_err(|e| match e.kind() {
+        blobs.push(open_file(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::Invalid(format!(
                 "{name}: blob {} is missing from the layout",
                 info.id
             )),
             _ => Error::io(&path, e),
-        })?;
-        let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
-        blobs.push(Device::from_file(&file, &path, len)?);
+        })?);
     }
-    open_devices(primary, &rafs, blobs, cache_size)
+    let image = open_devices(primary, &rafs, blobs, cache_size)?;
+    Ok((image, rafs))
 }
 
-/// Reads `image/image.boot` out of the bootstrap layer `d`, whose bytes
-/// are read into memory (bounded by [`MAX_BOOTSTRAP`]) and checked against
-/// its digest before anything is decoded.
-fn bootstrap_bytes(layout: &OciLayout, d: &Descriptor, name: &str) -> Result<Vec<u8>> {
+/// The bootstrap in layer `d`: the layer is read into memory (no larger
+/// than [`inline::MAX_BOOTSTRAP`]) and checked against its digest, then
+/// `image/image.boot` decoded out of it into its device.
+fn bootstrap_device(layout: &OciLayout, d: &Descriptor, name: &str) -> Result<Device> {
     let digest = d.digest().to_string();
     let bad = |what: String| Error::Invalid(format!("{name}: bootstrap layer {digest}: {what}"));
-    if d.size() > MAX_BOOTSTRAP {
-        return Err(bad(format!("{} bytes (at most {MAX_BOOTSTRAP})", d.size())));
+    let cap = inline::MAX_BOOTSTRAP;
+    if d.size() > cap {
+        return Err(bad(format!("{} bytes (at most {cap})", d.size())));
     }
     let path = layout.blob_path(&digest)?;
     let file = open_nofollow(&path).map_err(|e| Error::io(&path, e))?;
@@ -154,42 +172,50 @@ fn bootstrap_bytes(layout: &OciLayout, d: &Descriptor, name: &str) -> Result<Vec
             d.size()
         )));
     }
-    let media = d.media_type().to_string();
-    let mut stream: Box<dyn Read> = if media.ends_with("gzip") {
-        Box::new(flate2::read::GzDecoder::new(&layer[..]))
-    } else if media.ends_with("zstd") {
-        Box::new(
-            zstd::stream::read::Decoder::new(&layer[..]).map_err(|e| bad(format!("zstd: {e}")))?,
-        )
-    } else {
-        Box::new(&layer[..])
-    };
-    find_entry(&mut stream)
-        .map_err(|e| bad(e.to_string()))?
-        .ok_or_else(|| bad(format!("no {BOOT_ENTRY} entry")))
+    bootstrap_from_layer(&layer, d.media_type().as_ref(), name).map_err(|e| bad(e.to_string()))
 }
 
-/// The bytes of the bootstrap entry of the tar `stream`, bounded.
-fn find_entry(stream: &mut dyn Read) -> std::io::Result<Option<Vec<u8>>> {
+/// The bootstrap in the bytes of a bootstrap layer of media type `media`
+/// (gzip, zstd or a plain tar), decoded no further than
+/// [`inline::max_decoded`] of their size, named `name` in errors.
+pub fn bootstrap_from_layer(layer: &[u8], media: &str, name: &str) -> Result<Device> {
+    let stream: Box<dyn Read> = if media.ends_with("gzip") {
+        Box::new(flate2::read::GzDecoder::new(layer))
+    } else if media.ends_with("zstd") {
+        Box::new(
+            zstd::stream::read::Decoder::new(layer)
+                .map_err(|e| Error::Invalid(format!("zstd: {e}")))?,
+        )
+    } else {
+        Box::new(layer)
+    };
+    // Every byte the scan decodes counts: skipping entries costs no more.
+    let limit = inline::max_decoded(layer.len() as u64);
+    let label = format!("{name} bootstrap");
+    find_entry(stream.take(limit), Path::new(&label))?
+        .ok_or_else(|| Error::Invalid(format!("no {BOOT_ENTRY} entry in its first {limit} bytes")))
+}
+
+/// The bootstrap entry of the tar `stream` (already bounded), decoded
+/// into a device named `label`.
+pub(super) fn find_entry(stream: impl Read, label: &Path) -> Result<Option<Device>> {
+    let io = |e: std::io::Error| Error::Invalid(e.to_string());
     let mut archive = tar::Archive::new(stream);
-    for (i, entry) in archive.entries()?.enumerate() {
-        if i >= MAX_ENTRIES {
-            break;
-        }
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
+    for entry in archive.entries().map_err(io)?.take(MAX_ENTRIES) {
+        let mut entry = entry.map_err(io)?;
+        let path = entry.path().map_err(io)?.to_string_lossy().into_owned();
         if path.trim_start_matches("./") != BOOT_ENTRY {
             continue;
         }
-        if entry.size() > MAX_BOOTSTRAP {
-            return Err(std::io::Error::other(format!(
-                "bootstrap of {} bytes",
-                entry.size()
-            )));
+        let size = entry.size();
+        if size > inline::MAX_BOOTSTRAP {
+            return Err(Error::Invalid(format!("bootstrap of {size} bytes")));
         }
-        let mut bytes = Vec::new();
-        (&mut entry).take(MAX_BOOTSTRAP).read_to_end(&mut bytes)?;
-        return Ok(Some(bytes));
+        let device = Device::from_filled(label, size as usize, |out| {
+            entry.read_exact(out).map_err(io)?;
+            Ok(out.len())
+        })?;
+        return Ok(Some(device));
     }
     Ok(None)
 }

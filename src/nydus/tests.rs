@@ -1,50 +1,21 @@
 //! The fixtures of tests/fixtures/nydus (made by nydus-image, manifests
 //! from nydusd) read through the library, tampered and truncated.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::*;
 
-const CASES: &[&str] = &[
-    "a-dir-none",
-    "b-dir-zstd",
-    "c-dir-lz4-1m",
-    "d-tar-tarfs",
-    "e-tar-rafs",
-];
+pub(super) use super::fixtures::{case, expected, CASES};
 
-fn case(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/nydus")
-        .join(name)
-}
-
-/// The expected manifest of a case (see the fixtures' README).
-fn expected(name: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    if name.starts_with("d-") || name.starts_with("e-") {
-        return std::fs::read_to_string(root.join("nydus/layer.manifest.jsonl")).unwrap();
-    }
-    let mut text = String::new();
-    let file = std::fs::File::open(root.join("tree.manifest.jsonl.gz")).unwrap();
-    flate2::read::GzDecoder::new(file)
-        .read_to_string(&mut text)
-        .unwrap();
-    let (first, rest) = text.split_once('\n').unwrap();
-    let first = first.replace("\"mtime\": 1700000000000000000", "\"mtime\": 0");
-    format!("{first}\n{rest}")
-}
-
-fn dir_blobs(dir: &Path) -> BlobFiles {
+pub(super) fn dir_blobs(dir: &Path) -> BlobFiles {
     BlobFiles {
         dir: Some(dir.to_path_buf()),
-        files: Vec::new(),
+        ..Default::default()
     }
 }
 
 /// The regular files of a manifest: (path, size, sha256 hex).
-fn files_of(manifest: &str) -> Vec<(String, u64, String)> {
+pub(super) fn files_of(manifest: &str) -> Vec<(String, u64, String)> {
     manifest
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -59,7 +30,7 @@ fn files_of(manifest: &str) -> Vec<(String, u64, String)> {
 /// Whether every file of `expected` reads from `image` with its size and
 /// sha256 (the whole manifest is compared in tests/it/nydus.rs: the
 /// manifest module ranks above this one).
-fn matches(image: &Image, expected: &str) -> bool {
+pub(super) fn matches(image: &Image, expected: &str) -> bool {
     use sha2::Digest as _;
     let files = files_of(expected);
     assert!(files.len() > 100);
@@ -74,6 +45,33 @@ fn matches(image: &Image, expected: &str) -> bool {
     })
 }
 
+/// How many files of `expected` fail with EIO in `image`; every other one
+/// must read whole with its manifest's size and sha256 (wrong data, or
+/// another error, fails the test).
+pub(super) fn eio_or_exact(image: &Image, expected: &str, what: &str) -> usize {
+    use sha2::Digest as _;
+    let mut eio = 0;
+    for (path, size, sha) in files_of(expected) {
+        // A mutated inode may claim any size: only the manifest's is read.
+        let read = image
+            .resolve(path.as_bytes())
+            .and_then(|inode| match inode.size == size {
+                true => image.read_range(&inode, 0, inode.size),
+                false => Ok(std::borrow::Cow::Borrowed(&[][..])),
+            });
+        match read {
+            Ok(bytes) => assert!(
+                bytes.len() as u64 == size
+                    && crate::format::hex(&sha2::Sha256::digest(&bytes)) == sha,
+                "{what}: {path}: wrong data served"
+            ),
+            Err(e) if e.errno() == libc::EIO => eio += 1,
+            Err(e) => panic!("{what}: {path}: {e} (not EIO)"),
+        }
+    }
+    eio
+}
+
 #[test]
 fn every_case_reads_as_nydusd_shows_it() {
     for name in CASES {
@@ -84,7 +82,8 @@ fn every_case_reads_as_nydusd_shows_it() {
             &dir_blobs(&dir.join("blobs")),
             8 << 20,
         )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .0;
         assert!(matches(&image, &expected(name)), "{name}: a file differs");
     }
 }
@@ -99,10 +98,10 @@ fn blobs_given_one_by_one_read_the_same() {
         .unwrap()
         .path();
     let files = BlobFiles {
-        dir: None,
         files: vec![blob],
+        ..Default::default()
     };
-    let image = open(&dir.join("bootstrap"), 0, &files, 1 << 20).unwrap();
+    let image = open(&dir.join("bootstrap"), 0, &files, 1 << 20).unwrap().0;
     assert!(matches(&image, &expected("b-dir-zstd")));
 }
 
@@ -210,14 +209,17 @@ fn tamper_case(name: &str) {
     chunks.sort_by_key(|c| c.uncompressed_offset);
     let c = &chunks[chunks.len() / 2];
     let (_keep, blobs) = tampered(name, c.compressed_offset + u64::from(c.compressed_size) / 2);
-    let image = open(&dir.join("bootstrap"), 0, &dir_blobs(&blobs), 8 << 20).unwrap();
+    let image = open(&dir.join("bootstrap"), 0, &dir_blobs(&blobs), 8 << 20)
+        .unwrap()
+        .0;
     let good = open(
         &dir.join("bootstrap"),
         0,
         &dir_blobs(&dir.join("blobs")),
         8 << 20,
     )
-    .unwrap();
+    .unwrap()
+    .0;
     let before = readable(&good, name);
     assert!(before.iter().all(|(_, ok)| *ok));
     // Files listed from the good image, read from the tampered one.
@@ -254,10 +256,21 @@ fn truncated_and_mangled_bootstraps_are_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("bootstrap");
     let blobs = dir_blobs(&dir.join("blobs"));
+    let manifest = expected("b-dir-zstd");
+    // What opens serves each file exactly or fails it with EIO: checked
+    // for every opened case with the privileged tier, every 16th here.
+    let every = if cfg!(feature = "privileged") { 1 } else { 16 };
+    let opened = std::cell::Cell::new(0usize);
     let try_bytes = |b: &[u8]| {
         std::fs::write(&path, b).unwrap();
-        if let Err(e) = open(&path, 0, &blobs, 1 << 20) {
-            assert!(!e.to_string().contains('\n'), "{e}");
+        match open(&path, 0, &blobs, 1 << 20) {
+            Err(e) => assert!(!e.to_string().contains('\n'), "{e}"),
+            Ok((image, _)) => {
+                opened.set(opened.get() + 1);
+                if opened.get() % every == 1 % every {
+                    eio_or_exact(&image, &manifest, "mangled");
+                }
+            }
         }
     };
     for len in [0, 1024, 1152, 1400, 4096, 4200, 100_000, bytes.len() - 1] {
@@ -292,7 +305,7 @@ fn a_rafs_v5_bootstrap_is_named_as_such() {
 }
 
 /// A GNU tar header of a regular file `name` of `size` bytes.
-fn gnu_header(name: &str, size: u64) -> Vec<u8> {
+pub(super) fn gnu_header(name: &str, size: u64) -> Vec<u8> {
     let mut h = tar::Header::new_gnu();
     h.set_path(name).unwrap();
     h.set_size(size);
@@ -347,7 +360,8 @@ fn a_blob_with_inline_meta_reads_alone() {
         let path = tmp.path().join("blob");
         std::fs::write(&path, inline_blob(name, toc)).unwrap();
         let image = open_inline(&path, &BlobFiles::default(), 8 << 20)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .0;
         assert!(matches(&image, &expected(name)), "{name}");
     }
     // A ToC whose digest does not match its bootstrap is refused; a plain

@@ -150,17 +150,25 @@ impl Image {
             let startblk = ((u64::from(index.startblk_hi.get()) << 32)
                 | u64::from(index.startblk_lo.get()))
                 & mask;
-            (startblk != mask).then(|| (index.device_id.get() & self.devices.id_mask, startblk))
+            // What a Nydus bootstrap keeps in the bits EROFS leaves unused
+            // here: the chunk's record (CI) index, checked by its blob.
+            let record =
+                (u32::from(index.device_id.get() >> 8) << 16) | u32::from(index.startblk_hi.get());
+            (startblk != mask).then(|| {
+                let device_id = index.device_id.get() & self.devices.id_mask;
+                (device_id, startblk, record)
+            })
         } else {
             let raw = read_struct::<zerocopy::little_endian::U32>(&entry)
                 .ok_or_else(|| Error::corrupt("short block map entry"))?
                 .get();
-            (raw != u32::MAX).then_some((0, u64::from(raw)))
+            (raw != u32::MAX).then_some((0, u64::from(raw), 0))
         };
         let extent = match located {
             None => Extent::Hole,
-            Some((device_id, startblk)) => {
+            Some((device_id, startblk, record)) => {
                 let (dev, pa) = self.devices.resolve(device_id, startblk << bits)?;
+                dev.check_extent(pa, len, record)?;
                 Extent::Device(dev, pa + (offset - start))
             }
         };

@@ -6,46 +6,12 @@
 
 use crate::common::*;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-/// The cases, with the expected manifest of each.
-pub const CASES: &[&str] = &[
-    "a-dir-none",
-    "b-dir-zstd",
-    "c-dir-lz4-1m",
-    "d-tar-tarfs",
-    "e-tar-rafs",
-];
-
-/// The directory of a case.
-pub fn case(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/nydus")
-        .join(name)
-}
-
-/// The one blob file of a case.
-pub fn blob_of(name: &str) -> PathBuf {
-    let mut entries: Vec<_> = std::fs::read_dir(case(name).join("blobs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert_eq!(entries.len(), 1);
-    entries.pop().unwrap()
-}
-
-/// The manifest nydusd showed for a case (the fixtures' README): a-c are
-/// plain-4k's tree with the root's mtime 0, d-e the layer's.
-pub fn expected(name: &str) -> String {
-    if name.starts_with("d-") || name.starts_with("e-") {
-        return std::fs::read_to_string(case("").join("layer.manifest.jsonl")).unwrap();
-    }
-    let text = std::fs::read_to_string(fixture("tree.manifest.jsonl")).unwrap();
-    let (first, rest) = text.split_once('\n').unwrap();
-    let first = first.replace("\"mtime\": 1700000000000000000", "\"mtime\": 0");
-    format!("{first}\n{rest}")
-}
+#[path = "../../src/nydus/fixtures.rs"]
+mod fixtures;
+pub use fixtures::{blob_of, case, expected, CASES};
 
 fn erofs_fuse(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(bin()).args(args).output().unwrap()
@@ -202,11 +168,11 @@ fn put_blob(dir: &Path, bytes: &[u8]) -> String {
     format!("sha256:{hex}")
 }
 
-/// An OCI layout in `dir` holding case `name` as nydusify lays a Nydus
-/// image out: the blob layer, then the bootstrap layer (a tar.gz with
-/// image/image.boot, annotated), listed in an index with the Nydus
-/// artifact type next to a decoy manifest.
-pub fn nydus_layout(name: &str, dir: &Path) {
+/// Case `name` put in the layout in `dir` as nydusify lays a Nydus image
+/// out: the blob layer, then the bootstrap layer (a tar.gz with
+/// image/image.boot, annotated), in a manifest; returns the manifest's
+/// (digest, size).
+pub fn put_nydus_manifest(name: &str, dir: &Path) -> (String, usize) {
     let blob = std::fs::read(blob_of(name)).unwrap();
     let blob_digest = put_blob(dir, &blob);
     let mut tar = tar::Builder::new(Vec::new());
@@ -237,17 +203,28 @@ pub fn nydus_layout(name: &str, dir: &Path) {
         ],
     });
     let manifest = serde_json::to_vec(&manifest).unwrap();
-    let manifest_digest = put_blob(dir, &manifest);
+    (put_blob(dir, &manifest), manifest.len())
+}
+
+/// An index entry for manifest `(digest, size)` of platform `arch`,
+/// with `extra` fields (a Nydus artifact type).
+fn entry(m: &(String, usize), arch: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut e = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": m.0, "size": m.1,
+        "platform": {"architecture": arch, "os": "linux"},
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        e[k] = v.clone();
+    }
+    e
+}
+
+/// Writes the layout's index.json: an index of `entries` tagged "nydus".
+fn write_index(dir: &Path, entries: Vec<serde_json::Value>) {
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": config_digest, "size": 1,
-             "platform": {"architecture": "amd64", "os": "linux"}},
-            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manifest_digest, "size": manifest.len(),
-             "artifactType": "application/vnd.nydus.image.manifest.v1+json",
-             "platform": {"architecture": "amd64", "os": "linux"}},
-        ],
+        "manifests": entries,
     });
     let index = serde_json::to_vec(&index).unwrap();
     let index_digest = put_blob(dir, &index);
@@ -258,6 +235,121 @@ pub fn nydus_layout(name: &str, dir: &Path) {
     });
     std::fs::write(dir.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
     std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+}
+
+/// The host's architecture as OCI names it.
+fn host_arch() -> String {
+    erofs_fuse::registry::manifest::Platform::host().architecture
+}
+
+/// An OCI layout in `dir` holding case `name` as nydusify lays a Nydus
+/// image out, listed for the host in an index with the Nydus artifact
+/// type after an ordinary manifest of the same platform (nydusify's
+/// --merge-platform).
+pub fn nydus_layout(name: &str, dir: &Path) {
+    let nydus = put_nydus_manifest(name, dir);
+    let decoy = br#"{"schemaVersion":2,"layers":[]}"#;
+    let plain = put_blob(dir, decoy);
+    let arch = host_arch();
+    let artifact =
+        serde_json::json!({"artifactType": "application/vnd.nydus.image.manifest.v1+json"});
+    write_index(
+        dir,
+        vec![
+            entry(&(plain, decoy.len()), &arch, serde_json::json!({})),
+            entry(&nydus, &arch, artifact),
+        ],
+    );
+}
+
+#[test]
+fn an_index_is_read_for_the_platform_marked_or_not() {
+    // A marked Nydus manifest for another platform first, then an
+    // unmarked one for the host (nydusify >= 2.3.5 marks none): the
+    // host's tree is read, as nydusd's would be.
+    let tmp = tempfile::tempdir().unwrap();
+    let other = put_nydus_manifest("b-dir-zstd", tmp.path());
+    let host = put_nydus_manifest("e-tar-rafs", tmp.path());
+    let artifact =
+        serde_json::json!({"artifactType": "application/vnd.nydus.image.manifest.v1+json"});
+    write_index(
+        tmp.path(),
+        vec![
+            entry(&other, "s390x", artifact),
+            entry(&host, &host_arch(), serde_json::json!({})),
+        ],
+    );
+    let reference = format!("oci:{}:nydus", tmp.path().display());
+    let out = erofs_fuse(&["manifest".as_ref(), reference.as_ref()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    if let Some(diff) = manifest_diff(&expected("e-tar-rafs"), &got, 10) {
+        panic!("{diff}");
+    }
+    // inspect shows the chosen image's blob table.
+    let out = erofs_fuse(&["inspect".as_ref(), reference.as_ref()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("586553496d40ad584767f2b4eed23369a4d15dbf7a43dd47acf5661e41a69518"),
+        "{text}"
+    );
+}
+
+#[test]
+fn options_that_do_not_apply_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    nydus_layout("b-dir-zstd", tmp.path());
+    let reference = format!("oci:{}:nydus", tmp.path().display());
+    let boot = case("b-dir-zstd").join("bootstrap");
+    let blob = blob_of("b-dir-zstd");
+    let verity = format!("{}:{}", "00".repeat(32), blob.display());
+    let cases: Vec<Vec<&std::ffi::OsStr>> = vec![
+        vec![reference.as_ref(), "--verity".as_ref(), verity.as_ref()],
+        vec![reference.as_ref(), "--zinfo".as_ref(), blob.as_os_str()],
+        vec![reference.as_ref(), "--blob-inline-meta".as_ref()],
+        vec![
+            reference.as_ref(),
+            "--blob-dir".as_ref(),
+            tmp.path().as_os_str(),
+        ],
+        vec![
+            boot.as_os_str(),
+            "--zinfo".as_ref(),
+            blob.as_os_str(),
+            "--device".as_ref(),
+            blob.as_os_str(),
+        ],
+    ];
+    for args in cases {
+        let mut all = vec!["ls".as_ref()];
+        all.extend(args.iter().copied());
+        all.push("/".as_ref());
+        let out = erofs_fuse(&all);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success() && err.lines().count() == 1 && err.contains("apply"),
+            "{args:?}: {err}"
+        );
+    }
+    // A store reference: refused before anything is pulled or mounted.
+    let mnt = tempfile::tempdir().unwrap();
+    for flag in ["--blob-inline-meta", "--verify-tars"] {
+        let out = erofs_fuse(&[
+            "mount".as_ref(),
+            "docker.io/library/busybox:1".as_ref(),
+            mnt.path().as_os_str(),
+            flag.as_ref(),
+        ]);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            !out.status.success() && err.lines().count() == 1 && err.contains("apply"),
+            "{flag}: {err}"
+        );
+    }
 }
 
 #[test]
@@ -313,7 +405,18 @@ fn a_nydus_image_in_an_oci_layout_reads_in_place() {
 fn manifest_of_a_blob_with_inline_meta() {
     let name = "b-dir-zstd";
     let mut blob = std::fs::read(blob_of(name)).unwrap();
-    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    let mut boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    // As nydus-image writes the bootstrap of an inline blob (builder
+    // src/lib.rs, core/context.rs): the blob id a placeholder, "x" 64
+    // times, and INLINED_FS_META | HAS_TAR_HEADER | HAS_TOC set.
+    use erofs_fuse::nydus::layout::{BlobEntry, SuperBlockExt, EXT_SUPERBLOCK_OFFSET};
+    let at =
+        EXT_SUPERBLOCK_OFFSET as usize + std::mem::offset_of!(SuperBlockExt, blob_table_offset);
+    let table = u64::from_le_bytes(boot[at..at + 8].try_into().unwrap()) as usize;
+    boot[table..table + 64].fill(b'x');
+    let f = table + std::mem::offset_of!(BlobEntry, features);
+    let features = u32::from_le_bytes(boot[f..f + 4].try_into().unwrap()) | 0x3000_0002;
+    boot[f..f + 4].copy_from_slice(&features.to_le_bytes());
     blob.extend_from_slice(&boot);
     let mut h = tar::Header::new_gnu();
     h.set_path("image.boot").unwrap();
