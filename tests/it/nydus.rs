@@ -17,6 +17,23 @@ fn erofs_fuse(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(bin()).args(args).output().unwrap()
 }
 
+/// `erofs-fuse manifest ARGS...` succeeds and prints case `name`'s
+/// expected manifest.
+fn assert_manifest(name: &str, args: &[&std::ffi::OsStr]) {
+    let mut all = vec!["manifest".as_ref()];
+    all.extend_from_slice(args);
+    let out = erofs_fuse(&all);
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8(out.stdout).unwrap();
+    if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
+        panic!("{name}:\n{diff}");
+    }
+}
+
 #[test]
 fn manifest_of_every_case_is_nydusds_with_blob_dir_and_with_device() {
     for name in CASES {
@@ -27,18 +44,7 @@ fn manifest_of_every_case_is_nydusds_with_blob_dir_and_with_device() {
             vec![boot.as_os_str(), "--blob-dir".as_ref(), dir.as_os_str()],
             vec![boot.as_os_str(), "--device".as_ref(), blob.as_os_str()],
         ] {
-            let mut all = vec!["manifest".as_ref()];
-            all.extend(args);
-            let out = erofs_fuse(&all);
-            assert!(
-                out.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let got = String::from_utf8(out.stdout).unwrap();
-            if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
-                panic!("{name}:\n{diff}");
-            }
+            assert_manifest(name, &args);
         }
     }
 }
@@ -280,16 +286,7 @@ fn an_index_is_read_for_the_platform_marked_or_not() {
         ],
     );
     let reference = format!("oci:{}:nydus", tmp.path().display());
-    let out = erofs_fuse(&["manifest".as_ref(), reference.as_ref()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = String::from_utf8(out.stdout).unwrap();
-    if let Some(diff) = manifest_diff(&expected("e-tar-rafs"), &got, 10) {
-        panic!("{diff}");
-    }
+    assert_manifest("e-tar-rafs", &[reference.as_ref()]);
     // inspect shows the chosen image's blob table.
     let out = erofs_fuse(&["inspect".as_ref(), reference.as_ref()]);
     let text = String::from_utf8(out.stdout).unwrap();
@@ -358,16 +355,7 @@ fn a_nydus_image_in_an_oci_layout_reads_in_place() {
         let tmp = tempfile::tempdir().unwrap();
         nydus_layout(name, tmp.path());
         let reference = format!("oci:{}:nydus", tmp.path().display());
-        let out = erofs_fuse(&["manifest".as_ref(), reference.as_ref()]);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got = String::from_utf8(out.stdout).unwrap();
-        if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
-            panic!("{name}:\n{diff}");
-        }
+        assert_manifest(name, &[reference.as_ref()]);
         // A bootstrap layer that does not match its digest is refused.
         let rafs = erofs_fuse::nydus::read_rafs(&case(name).join("bootstrap"), 0)
             .unwrap()
@@ -427,20 +415,7 @@ fn manifest_of_a_blob_with_inline_meta() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("blob");
     std::fs::write(&path, &blob).unwrap();
-    let out = erofs_fuse(&[
-        "manifest".as_ref(),
-        "--blob-inline-meta".as_ref(),
-        path.as_os_str(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got = String::from_utf8(out.stdout).unwrap();
-    if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
-        panic!("{diff}");
-    }
+    assert_manifest(name, &["--blob-inline-meta".as_ref(), path.as_os_str()]);
 }
 
 /// What `nydus-image export --block` makes of case `name` (as
@@ -476,15 +451,6 @@ fn an_export_block_disk_still_reads_flat_without_options() {
         let tmp = tempfile::tempdir().unwrap();
         let disk = tmp.path().join("disk");
         std::fs::write(&disk, export_block(name)).unwrap();
-        let out = erofs_fuse(&["manifest".as_ref(), disk.as_os_str()]);
-        assert!(
-            out.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got = String::from_utf8(out.stdout).unwrap();
-        if let Some(diff) = manifest_diff(&expected(name), &got, 10) {
-            panic!("{name}:\n{diff}");
-        }
+        assert_manifest(name, &[disk.as_os_str()]);
     }
 }
