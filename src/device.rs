@@ -227,7 +227,10 @@ impl Device {
     /// ([`ChunkSource::check_extent`]); any range of another device.
     pub fn check_extent(&self, offset: u64, len: u64, record: u32) -> Result<()> {
         match &self.source {
-            Some(source) => source.check_extent(offset, len, record),
+            Some(source) => {
+                let start = self.bounds(offset, len)?;
+                source.check_extent(start as u64, len, record)
+            }
             None => Ok(()),
         }
     }

@@ -47,6 +47,10 @@ pub struct BlobSource {
     blob: Device,
     /// This blob's chunks by uncompressed offset, not overlapping.
     chunks: Vec<ChunkInfo>,
+    /// For each chunk, the index just past the run of chunks laid end to
+    /// end from it, all of the blob's chunk size but the last: a file
+    /// chunk's check is then a search, not a walk over the file.
+    run_end: Vec<usize>,
     len: u64,
     cache: Arc<ChunkCache>,
     decoders: Decoders,
@@ -89,11 +93,13 @@ impl BlobSource {
                 info.id
             ))
         })?;
+        let run_end = runs(&chunks, info.chunk_size);
         Ok(Self {
             len,
             info,
             blob,
             chunks,
+            run_end,
             cache,
             decoders: Decoders::new()?,
         })
@@ -252,17 +258,24 @@ impl ChunkSource for BlobSource {
         let first = self
             .chunks
             .partition_point(|c| c.uncompressed_offset < offset);
-        let (mut i, mut at, mut short) = (first, offset, false);
         let end = offset.saturating_add(len);
-        while let Some(c) = self
+        // The records the file chunk covers: from `first`, end to end, up
+        // to the first that starts at or past `end`.
+        let starts_here = self
             .chunks
-            .get(i)
-            .filter(|c| c.uncompressed_offset == at && at < end && !short)
-        {
-            at += u64::from(c.uncompressed_size);
-            short = c.uncompressed_size != self.info.chunk_size;
-            i += 1;
-        }
+            .get(first)
+            .is_some_and(|c| c.uncompressed_offset == offset && offset < end);
+        let (i, at) = if starts_here {
+            let before_end = self.chunks.partition_point(|c| c.uncompressed_offset < end);
+            let i = self.run_end[first].min(before_end);
+            let last = &self.chunks[i - 1];
+            (
+                i,
+                last.uncompressed_offset + u64::from(last.uncompressed_size),
+            )
+        } else {
+            (first, offset)
+        };
         let limit = self
             .chunks
             .get(i)
@@ -280,4 +293,20 @@ impl ChunkSource for BlobSource {
     fn name(&self) -> String {
         format!("{} (blob {})", self.blob.path().display(), self.info.id)
     }
+}
+
+/// For each of `chunks` (sorted, not overlapping), the index just past the
+/// run that starts there: chunks laid end to end, each before the last of
+/// `chunk_size` bytes.
+fn runs(chunks: &[ChunkInfo], chunk_size: u32) -> Vec<usize> {
+    let mut run_end = vec![0; chunks.len()];
+    for k in (0..chunks.len()).rev() {
+        let c = &chunks[k];
+        let joins_next = c.uncompressed_size == chunk_size
+            && chunks.get(k + 1).is_some_and(|n| {
+                n.uncompressed_offset == c.uncompressed_offset + u64::from(c.uncompressed_size)
+            });
+        run_end[k] = if joins_next { run_end[k + 1] } else { k + 1 };
+    }
+    run_end
 }
