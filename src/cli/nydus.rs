@@ -29,7 +29,19 @@ pub(super) fn open_nydus(
         || args.blob_inline_meta
         || rafs::probe(path, args.offset).unwrap_or(false);
     if !bootstrap {
+        if args.verify_tars {
+            return Err(CliError::msg(format!(
+                "{}: --verify-tars does not apply: not a Nydus tarfs bootstrap",
+                path.display()
+            )));
+        }
         return Ok(None);
+    }
+    if args.verify_tars && args.blob_inline_meta {
+        return Err(CliError::msg(format!(
+            "{}: --verify-tars does not apply with --blob-inline-meta",
+            path.display()
+        )));
     }
     no_verity_or_zinfo(&path.display().to_string(), args)?;
     let blobs = BlobFiles {

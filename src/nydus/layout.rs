@@ -426,7 +426,7 @@ fn blob_info(sb: &Layout, i: u32, bytes: &[u8]) -> Result<BlobInfo> {
     let chunk_size = e.chunk_size.get();
     if !chunk_size.is_power_of_two()
         || u64::from(chunk_size) > MAX_CHUNK_SIZE
-        || chunk_size < 512
+        || chunk_size < 4096
         || chunk_size != sb.chunk_size
     {
         return Err(bad_blob(format!(

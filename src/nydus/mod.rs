@@ -118,7 +118,13 @@ pub fn open(path: &Path, offset: u64, blobs: &BlobFiles, cache_size: u64) -> Res
         .iter()
         .map(|info| open_blob(path, info, blobs))
         .collect::<Result<Vec<_>>>()?;
-    if blobs.verify_tars && rafs.tarfs() {
+    if blobs.verify_tars {
+        if !rafs.tarfs() {
+            return Err(Error::Invalid(format!(
+                "{}: --verify-tars does not apply: not a tarfs bootstrap (other blobs' chunks are checked against their digests)",
+                path.display()
+            )));
+        }
         verify_tars(&rafs, &files)?;
     }
     let image = open_devices(primary, &rafs, files, cache_size)?;

@@ -304,6 +304,7 @@ fn options_that_do_not_apply_are_one_line_errors() {
     let boot = case("b-dir-zstd").join("bootstrap");
     let blob = blob_of("b-dir-zstd");
     let verity = format!("{}:{}", "00".repeat(32), blob.display());
+    let plain = fixture("plain-4k.erofs");
     let cases: Vec<Vec<&std::ffi::OsStr>> = vec![
         vec![reference.as_ref(), "--verity".as_ref(), verity.as_ref()],
         vec![reference.as_ref(), "--zinfo".as_ref(), blob.as_os_str()],
@@ -320,6 +321,14 @@ fn options_that_do_not_apply_are_one_line_errors() {
             "--device".as_ref(),
             blob.as_os_str(),
         ],
+        // --verify-tars: tarfs bootstraps only.
+        vec![
+            boot.as_os_str(),
+            "--device".as_ref(),
+            blob.as_os_str(),
+            "--verify-tars".as_ref(),
+        ],
+        vec![plain.as_os_str(), "--verify-tars".as_ref()],
     ];
     for args in cases {
         let mut all = vec!["ls".as_ref()];
