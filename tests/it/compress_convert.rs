@@ -565,3 +565,26 @@ fn output_across_batches_is_the_same_whatever_the_worker_count() {
         );
     }
 }
+
+/// Issue 23 (review): whether a file is worth compressing is decided
+/// after dedupe, as mkfs.erofs: a file holding a block another file has
+/// (raw) and a short random tail is stored compressed, its block shared
+/// and its tail inline, costing no block, where flat it would cost one.
+#[test]
+fn dedupe_counts_in_the_flat_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rand = xorshift(5);
+    let block: Vec<u8> = (0..4096).map(|_| rand() as u8).collect();
+    let text = b"some text, some text, some text. ".repeat(3000);
+    let path = dir.path().join("shared-block.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    append(&mut b, "a", &[&block[..], &text].concat());
+    let tail: Vec<u8> = (0..100).map(|_| rand() as u8).collect();
+    append(&mut b, "b", &[&block[..], &tail].concat());
+    b.finish().unwrap();
+    reads_back(dir.path(), &path, "lz4,ztailpacking,dedupe", 4096);
+    let image = erofs_fuse::Image::open(&dir.path().join("c.erofs"), &Default::default()).unwrap();
+    let b = image.resolve(b"b").unwrap();
+    assert!(b.layout.is_compressed(), "b stored {}", b.layout.name());
+    assert_eq!(b.blocks, 0, "b's blocks");
+}

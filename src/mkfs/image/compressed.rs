@@ -198,7 +198,7 @@ impl ImageBuilder {
             let mut shared = false;
             // A whole file that compression does not pay for is stored
             // flat, as mkfs.erofs does (maybe as a copy of another).
-            if whole && !pays(&extents, entry.size, block) {
+            if whole && !pays(&extents, entry.size, block, &z.written) {
                 let key = flat_file_key(&extents);
                 extents = raw_extents(&data, block as usize);
                 shared = flat_copy(&mut z.written, key, entry, here);
@@ -311,11 +311,18 @@ impl ImageBuilder {
 
 /// Whether `extents` of a whole file of `size` bytes are worth storing
 /// compressed: in fewer blocks than flat or, with an inline tail, in fewer
-/// bytes (blocks, tail and index) than the file has, as mkfs.erofs decides.
-fn pays(extents: &[Extent], size: u64, block: u64) -> bool {
+/// bytes (blocks, tail and index) than the file has, as mkfs.erofs decides
+/// after dedupe: a pcluster `written` has, or that the file repeats, costs
+/// nothing.
+fn pays(extents: &[Extent], size: u64, block: u64, written: &HashMap<DedupeKey, Written>) -> bool {
+    let mut seen = std::collections::HashSet::new();
     let blocks: u64 = extents
         .iter()
         .filter(|e| !e.inline)
+        .filter(|e| {
+            e.key
+                .is_none_or(|k| !written.contains_key(&k) && seen.insert(k))
+        })
         .map(|e| e.data.len() as u64 / block)
         .sum();
     match extents.iter().find(|e| e.inline) {
