@@ -41,12 +41,11 @@ impl ConvertArgs {
             skip_digests: !self.digests,
         };
         let compress = match self.compress {
-            // The extended options travel in the spec, checked with it.
+            // The extended options are a list of their own, checked with
+            // the spec (before any input is read).
             Some(spec) => Some(CompressOptions {
-                spec: std::iter::once(spec)
-                    .chain(self.extended)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                spec,
+                extended: self.extended,
                 pcluster_size: self.pcluster_size,
                 workers: self.workers,
             }),

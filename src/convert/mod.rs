@@ -76,6 +76,9 @@ pub struct ConvertOptions {
 pub struct CompressOptions {
     /// `ALGO[,level=N]`: lz4, lz4hc, lzma, deflate or zstd.
     pub spec: String,
+    /// Extended options, each `OPT[,OPT...]` as mkfs.erofs's `-E`:
+    /// `ztailpacking`, `dedupe`.
+    pub extended: Vec<String>,
     /// Largest pcluster in bytes (default: the block size).
     pub pcluster_size: Option<u64>,
     /// Compression threads (default: the CPUs).
@@ -361,9 +364,14 @@ fn compression_codec(
             "--workers must be at least 1 and at most 1024",
         ));
     }
-    Codec::parse(&compress.spec, compress.pcluster_size, 4096)
-        .map(Some)
-        .map_err(|e| invalid(output, &e))
+    Codec::parse(
+        &compress.spec,
+        &compress.extended,
+        compress.pcluster_size,
+        4096,
+    )
+    .map(Some)
+    .map_err(|e| invalid(output, &e))
 }
 
 /// Writes the metadata of `tree` and finishes the image: its data in the

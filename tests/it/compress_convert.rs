@@ -58,7 +58,22 @@ pub fn boundary_tar(dir: &Path) -> PathBuf {
     path
 }
 
-/// Converts `tar` to a full image, compressed with `spec` if given.
+/// `ALGO[,level=N][,OPT...]` split into the algorithm's spec and the
+/// extended options (`-E`).
+pub fn split_spec(spec: &str) -> (String, Vec<String>) {
+    let (mut algo, mut extended) = (Vec::new(), Vec::new());
+    for (i, part) in spec.split(',').enumerate() {
+        if i == 0 || part.starts_with("level=") {
+            algo.push(part);
+        } else {
+            extended.push(part.to_string());
+        }
+    }
+    (algo.join(","), extended)
+}
+
+/// Converts `tar` to a full image, compressed with `spec` (its extended
+/// options after the algorithm, see [`split_spec`]) if given.
 pub fn full_image(tar: &Path, out: &Path, spec: Option<(&str, u64, usize)>) -> PathBuf {
     let options = ConvertOptions {
         mode: Mode::Full,
@@ -70,7 +85,8 @@ pub fn full_image(tar: &Path, out: &Path, spec: Option<(&str, u64, usize)>) -> P
             out,
             &options,
             &CompressOptions {
-                spec: spec.to_string(),
+                spec: split_spec(spec).0,
+                extended: split_spec(spec).1,
                 pcluster_size: Some(pcluster),
                 workers: Some(workers),
             },
@@ -80,6 +96,38 @@ pub fn full_image(tar: &Path, out: &Path, spec: Option<(&str, u64, usize)>) -> P
     result.unwrap_or_else(|e| panic!("{} -> {}: {e}", tar.display(), out.display()));
     out.to_path_buf()
 }
+
+/// The regular files of `image` whose last pcluster is inline
+/// (`-E ztailpacking`), as the library maps them.
+pub fn inline_files(image: &Path) -> usize {
+    use erofs_fuse::reader::{WalkEntry, WalkVisitor};
+    struct Count<'a>(&'a erofs_fuse::Image, usize);
+    impl WalkVisitor for Count<'_> {
+        fn visit(&mut self, entry: &WalkEntry) -> erofs_fuse::Result<()> {
+            if entry.inode.layout.is_compressed() {
+                let info = self.0.compression_info(&entry.inode)?;
+                self.1 += usize::from(info.inline_bytes > 0);
+            }
+            Ok(())
+        }
+    }
+    let image = erofs_fuse::Image::open(image, &Default::default()).unwrap();
+    let mut count = Count(&image, 0);
+    image.walk(image.root().unwrap(), b"/", &mut count).unwrap();
+    count.1
+}
+
+/// The superblock's incompat features of `image`.
+pub fn features(image: &Path) -> u32 {
+    let image = std::fs::read(image).unwrap();
+    u32::from_le_bytes(image[1024 + 80..1024 + 84].try_into().unwrap())
+}
+
+/// `feature_incompat` bits: ZTAILPACKING, and FRAGMENTS (which DEDUPE
+/// shares).
+pub const ZTAILPACKING: u32 = 0x10;
+/// See [`ZTAILPACKING`].
+pub const DEDUPE: u32 = 0x20;
 
 pub fn library_manifest(image: &Path) -> String {
     let image = erofs_fuse::Image::open(image, &Default::default()).unwrap();
@@ -174,7 +222,27 @@ fn bad_compression_options_are_one_line_errors() {
         (
             "extended",
             &["--compress", "lz4", "-E", "ztailpacking,tailpack"],
-            "unknown compression option 'tailpack'",
+            "unknown extended option 'tailpack'",
+        ),
+        (
+            "level as -E",
+            &["--compress", "zstd", "-E", "level=3"],
+            "'level=3' is not an extended option",
+        ),
+        (
+            "empty -E",
+            &["--compress", "zstd", "-E", ""],
+            "empty extended option",
+        ),
+        (
+            "empty name in -E",
+            &["--compress", "zstd", "-E", "dedupe,"],
+            "empty extended option",
+        ),
+        (
+            "extended option in the spec",
+            &["--compress", "lz4,dedupe"],
+            "unknown compression option 'dedupe'",
         ),
         (
             "fragments",
@@ -359,15 +427,13 @@ fn extended_options_read_back_and_pay() {
         size(&image)
     };
     // The superblock names a feature when the data uses it, as mkfs.erofs.
-    let features = || {
-        let image = std::fs::read(dir.path().join("s.erofs")).unwrap();
-        u32::from_le_bytes(image[1024 + 80..1024 + 84].try_into().unwrap())
-    };
-    const ZTAILPACKING: u32 = 0x10;
-    const DEDUPE: u32 = 0x20;
+    let features = || features(&dir.path().join("s.erofs"));
     let (none, packed) = (sized(&small, "lz4hc"), sized(&small, "lz4hc,ztailpacking"));
     assert!(packed < none * 9 / 10, "ztailpacking: {packed} vs {none}");
     assert_eq!(features() & (ZTAILPACKING | DEDUPE), ZTAILPACKING);
+    // Nearly every small file's tail is inline (some go flat).
+    let inline = inline_files(&dir.path().join("s.erofs"));
+    assert!(inline > 250, "{inline} of 300 files inline");
     let mut rand = xorshift(3);
     let random: Vec<u8> = (0..8192).map(|_| rand() as u8).collect();
     sized(
@@ -379,7 +445,16 @@ fn extended_options_read_back_and_pay() {
     let originals = dedupe_tar_copies(dir.path(), false);
     let base = sized(&originals, "lz4hc,dedupe");
     let (none, deduped) = (sized(&dups, "lz4hc"), sized(&dups, "lz4hc,dedupe"));
+    assert_eq!(
+        features() & (ZTAILPACKING | DEDUPE),
+        DEDUPE,
+        "shared pclusters"
+    );
     let image = erofs_fuse::Image::open(&dir.path().join("s.erofs"), &Default::default()).unwrap();
+    // A copy's inode counts no blocks (it wrote none), as mkfs.erofs.
+    let blocks = |name: &str| image.resolve(name.as_bytes()).unwrap().blocks;
+    assert!(blocks("a/text") > 0 && blocks("z1") > 0);
+    assert_eq!((blocks("b/text"), blocks("z2")), (0, 0), "copies' i_blocks");
     let metadata: u64 = COPIES
         .iter()
         .map(|name| 64 + 24 + 8 * image.resolve(name.as_bytes()).unwrap().size.div_ceil(4096))
@@ -425,4 +500,91 @@ fn extended_output_is_the_same_whatever_the_worker_count() {
             assert!(one == std::fs::read(&cli).unwrap(), "{spec}: -E differs");
         }
     }
+}
+
+/// A tar of about 42 MiB, more than a batch holds with 1 or 2 workers
+/// (16 MiB per worker): a 16 MiB + 5 byte file (two segments) and 40
+/// files of pieces drawn from a pool of eight 256 KiB chunks (text,
+/// zeros, random), so that duplicates recur all across it, with partial
+/// tails.
+fn batches_tar(dir: &Path) -> PathBuf {
+    let path = dir.join("batches.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    let mut rand = xorshift(41);
+    const CHUNK: usize = 256 << 10;
+    let pool: Vec<Vec<u8>> = (0..8u64)
+        .map(|k| match k {
+            0 => vec![0u8; CHUNK],
+            1 => (0..CHUNK).map(|_| rand() as u8).collect(),
+            _ => format!("chunk {k} line of text with some words; ")
+                .repeat(CHUNK / 30)
+                .into_bytes()[..CHUNK]
+                .to_vec(),
+        })
+        .collect();
+    let mut pick = |n: usize, tail: usize| -> Vec<u8> {
+        let mut data: Vec<u8> = (0..n)
+            .flat_map(|_| pool[rand() as usize % pool.len()].clone())
+            .collect();
+        data.extend_from_slice(&pool[2][..tail]);
+        data
+    };
+    append(&mut b, "big", &pick(64, 5));
+    for i in 0..40 {
+        let (n, tail) = (1 + i % 4, (i * 997) % 5000);
+        append(&mut b, &format!("f{i}"), &pick(n, tail));
+    }
+    b.finish().unwrap();
+    path
+}
+
+/// Issue 23 (review): with more input than a batch holds, batches end
+/// at different places for 1, 2 and 3 workers, and duplicates are found
+/// across them; the output is still the same.
+#[test]
+fn output_across_batches_is_the_same_whatever_the_worker_count() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let tar = batches_tar(dir.path());
+    assert!(size(&tar) > 40 << 20);
+    for (spec, workers) in [
+        ("lz4,ztailpacking,dedupe", &[1, 2, 3][..]),
+        ("zstd,ztailpacking,dedupe", &[1, 2]),
+    ] {
+        let mut hashes = Vec::new();
+        for &n in workers {
+            let out = dir.path().join("x.erofs");
+            full_image(&tar, &out, Some((spec, 4096, n)));
+            assert_ne!(features(&out) & DEDUPE, 0, "{spec}: nothing shared");
+            hashes.push(Sha256::digest(std::fs::read(&out).unwrap()));
+            std::fs::remove_file(&out).unwrap();
+        }
+        assert!(
+            hashes.iter().all(|h| *h == hashes[0]),
+            "{spec}: output differs with workers {workers:?}"
+        );
+    }
+}
+
+/// Issue 23 (review): whether a file is worth compressing is decided
+/// after dedupe, as mkfs.erofs: a file holding a block another file has
+/// (raw) and a short random tail is stored compressed, its block shared
+/// and its tail inline, costing no block, where flat it would cost one.
+#[test]
+fn dedupe_counts_in_the_flat_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rand = xorshift(5);
+    let block: Vec<u8> = (0..4096).map(|_| rand() as u8).collect();
+    let text = b"some text, some text, some text. ".repeat(3000);
+    let path = dir.path().join("shared-block.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    append(&mut b, "a", &[&block[..], &text].concat());
+    let tail: Vec<u8> = (0..100).map(|_| rand() as u8).collect();
+    append(&mut b, "b", &[&block[..], &tail].concat());
+    b.finish().unwrap();
+    reads_back(dir.path(), &path, "lz4,ztailpacking,dedupe", 4096);
+    let image = erofs_fuse::Image::open(&dir.path().join("c.erofs"), &Default::default()).unwrap();
+    let b = image.resolve(b"b").unwrap();
+    assert!(b.layout.is_compressed(), "b stored {}", b.layout.name());
+    assert_eq!(b.blocks, 0, "b's blocks");
 }

@@ -7,7 +7,9 @@
 //! scripts/gen_tree.py converted as directories (`convert DIR`, equal to
 //! the source tree's manifest; one algorithm with the options per tree).
 use crate::common;
-use crate::compress_convert::{boundary_tar, dedupe_tar, full_image};
+use crate::compress_convert::{
+    boundary_tar, dedupe_tar, features, full_image, inline_files, split_spec, DEDUPE, ZTAILPACKING,
+};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,21 +30,41 @@ fn random_tree(dir: &Path, seed: u32) -> PathBuf {
     tree
 }
 
-/// `convert [--compress SPEC -C PCLUSTER] DIR OUT` with the binary.
+/// `convert [--compress ALGO -E OPTS -C PCLUSTER] DIR OUT` with the
+/// binary, SPEC being `ALGO[,OPT...]`.
 fn convert_dir(tree: &Path, out: &Path, spec: Option<(&str, u64)>) {
     let mut cmd = Command::new(bin());
     cmd.args(["convert", "-q"]);
-    if let Some((alg, pcluster)) = spec {
-        cmd.args([
-            "--compress",
-            alg,
-            "-C",
-            &pcluster.to_string(),
-            "--workers",
-            "2",
-        ]);
+    if let Some((spec, pcluster)) = spec {
+        let (alg, extended) = split_spec(spec);
+        cmd.args(["--compress", &alg, "-C", &pcluster.to_string()]);
+        cmd.args(["--workers", "2"]);
+        for opt in extended {
+            cmd.args(["-E", &opt]);
+        }
     }
     run_ok(cmd.arg(tree).arg(out));
+}
+
+/// Checks that `image`, made with `spec`, uses the layouts it names: the
+/// ZTAILPACKING bit exactly when some file has an inline pcluster (at
+/// least one if `inline`), the DEDUPE bit if `shared`, and only with
+/// dedupe. Returns the number of inline files.
+fn check_layouts(image: &Path, spec: &str, inline: bool, shared: bool) -> usize {
+    let (count, bits) = (inline_files(image), features(image));
+    let what = format!("{}: {spec}", image.display());
+    assert!(
+        spec.contains("ztailpacking") || count == 0,
+        "{what}: inline"
+    );
+    assert!(!inline || count > 0, "{what}: no inline pcluster");
+    assert_eq!(bits & ZTAILPACKING != 0, count > 0, "{what}: ZTAILPACKING");
+    assert!(!shared || bits & DEDUPE != 0, "{what}: no DEDUPE");
+    assert!(
+        bits & DEDUPE == 0 || spec.contains("dedupe"),
+        "{what}: DEDUPE"
+    );
+    count
 }
 
 #[test]
@@ -80,9 +102,21 @@ fn kernel_reads_compressed_images_as_uncompressed_ones() {
         }
         specs.push(("lz4hc,ztailpacking".into(), 65536));
         specs.push(("lz4hc,dedupe".into(), 4096));
+        // Which tars have tails that compress inline (with ztailpacking),
+        // and pclusters equal to others (with dedupe): the copies in the
+        // duplicates' tar; the text files' first pclusters in the boundary
+        // tar at 4 KiB (at 64 KiB each covers a whole file, of its size).
+        let inline = [0, 2, 4].contains(&i);
+        let shared = |pcluster| i == 4 || (i == 0 && pcluster == 4096);
         for (spec, pcluster) in specs {
             let name = format!("{spec}-{pcluster}.erofs");
             let image = full_image(tar, &dir.path().join(&name), Some((&spec, pcluster, 2)));
+            check_layouts(
+                &image,
+                &spec,
+                inline && spec.contains("ztailpacking"),
+                shared(pcluster) && spec.contains("dedupe"),
+            );
             let got = tree_manifest(KernelMount::new(&image, &[]).path());
             if let Some(diff) = manifest_diff(&expected, &got, 10) {
                 panic!("{}: {name} (kernel) differs:\n{diff}", tar.display());
@@ -110,6 +144,8 @@ fn kernel_reads_the_fixture_tree_converted_from_its_mount() {
         for spec in [alg.to_string(), with_options] {
             let image = dir.path().join("tree.erofs");
             convert_dir(source.path(), &image, Some((spec.as_str(), pcluster)));
+            let packs = spec.contains("ztailpacking");
+            check_layouts(&image, &spec, packs, false);
             let got = tree_manifest(KernelMount::new(&image, &[]).path());
             if let Some(diff) = manifest_diff(&expected, &got, 10) {
                 panic!("fixture tree {spec} -C{pcluster} (kernel) differs:\n{diff}");
@@ -146,6 +182,9 @@ fn kernel_reads_trees_converted_from_directories() {
         for spec in specs {
             let image = dir.path().join("tree.erofs");
             convert_dir(&tree, &image, spec);
+            if let Some((spec, _)) = spec {
+                check_layouts(&image, spec, false, false);
+            }
             let got = tree_manifest(KernelMount::new(&image, &[]).path());
             if let Some(diff) = manifest_diff(&expected, &got, 10) {
                 panic!("tree {seed} {spec:?} (kernel) differs from the source:\n{diff}");

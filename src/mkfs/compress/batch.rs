@@ -27,14 +27,12 @@ pub struct CompressedFile {
     pub tail: Option<Vec<u8>>,
     /// `tail` is an inline pcluster (`-E ztailpacking`).
     pub inline: bool,
+    /// Blocks of the pclusters written for this file (not those it
+    /// shares with earlier files, nor the held `tail`): its `i_blocks`.
+    pub own_blocks: u64,
 }
 
 impl CompressedFile {
-    /// Blocks its pclusters take.
-    pub fn blocks(&self) -> u64 {
-        self.extents.iter().map(|e| e.blocks).sum()
-    }
-
     /// Whether every extent is a raw block from offset 0, back to back
     /// from `first_block` (the held tail aside): the data is then exactly
     /// the file stored flat from `first_block`.
@@ -46,7 +44,7 @@ impl CompressedFile {
             && written
                 .iter()
                 .zip(first..)
-                .all(|(e, b)| e.blkaddr == b && e.blocks == 1)
+                .all(|(e, b)| u64::from(e.blkaddr) == b && e.blocks == 1)
     }
 }
 
@@ -175,7 +173,7 @@ mod tests {
     /// MAX_JOBS jobs however small they are.
     #[test]
     fn tiny_jobs_fill_a_batch() {
-        let codec = Codec::parse("lz4", None, 4096).unwrap();
+        let codec = Codec::parse("lz4", &[], None, 4096).unwrap();
         let mut batch = Batch::new(codec, 16, 512);
         for i in 0..MAX_JOBS - 1 {
             assert!(!batch.push(i, vec![1], true), "full after {} jobs", i + 1);

@@ -21,9 +21,10 @@ const MAX_EXTENT_INPUT: usize = 4000 * 1024;
 /// The first window tried, in pclusters.
 const SHORT_WINDOW_PCLUSTERS: usize = 32;
 
-/// What identifies a pcluster's input for `-E dedupe`: sha256 of its
-/// length and bytes (collision-safe, so no byte compare is needed).
-pub type DedupeKey = [u8; 32];
+/// What identifies a pcluster's input for `-E dedupe`: the first 128
+/// bits of sha256 of its length and bytes (a collision is still out of
+/// reach, so no byte compare is needed; half the key memory).
+pub type DedupeKey = [u8; 16];
 
 /// One extent: `len` logical bytes stored in `data`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,17 +43,19 @@ pub struct Extent {
     pub key: Option<DedupeKey>,
 }
 
-/// An extent as stored: its logical length, type, and pcluster.
+/// An extent as stored: its logical length, type, and pcluster; packed
+/// (12 bytes), as every file's are kept until the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stored {
-    /// Logical length.
-    pub len: u64,
+    /// Logical length (at most `MAX_EXTENT_INPUT`).
+    pub len: u32,
+    /// Block address of its pcluster (on disk a u32 too).
+    pub blkaddr: u32,
+    /// Blocks of its pcluster (1 for an inline tail, as mkfs.erofs says;
+    /// at most 256).
+    pub blocks: u16,
     /// A PLAIN (uncompressed) pcluster.
     pub raw: bool,
-    /// Blocks of its pcluster (1 for an inline tail, as mkfs.erofs says).
-    pub blocks: u64,
-    /// Block address of its pcluster.
-    pub blkaddr: u64,
 }
 
 /// The dedupe key of `input`.
@@ -61,7 +64,15 @@ fn dedupe_key(input: &[u8]) -> DedupeKey {
     let mut h = Sha256::new();
     h.update((input.len() as u64).to_le_bytes());
     h.update(input);
-    h.finalize().into()
+    truncated(h.finalize().into())
+}
+
+/// The first bytes of a sha256, as a [`DedupeKey`].
+fn truncated(hash: [u8; 32]) -> DedupeKey {
+    let mut key = DedupeKey::default();
+    let len = key.len();
+    key.copy_from_slice(&hash[..len]);
+    key
 }
 
 /// The dedupe key of a whole file stored flat whose compressed extents
@@ -74,7 +85,7 @@ pub fn flat_file_key(extents: &[Extent]) -> Option<DedupeKey> {
     for e in extents {
         h.update(e.key?);
     }
-    Some(h.finalize().into())
+    Some(truncated(h.finalize().into()))
 }
 
 /// As much of `rest` as `enc` fits in a pcluster: the input length used
@@ -169,6 +180,12 @@ pub(super) fn compress_segment(enc: &mut Encoder, input: &[u8], cut: Cut) -> Vec
     out
 }
 
+/// Bytes of the map header and full index of a file of `size` bytes: 16
+/// and one 8-byte index per logical block.
+pub(crate) fn index_len(size: u64, block_bits: u8) -> u64 {
+    16 + 8 * size.div_ceil(1 << block_bits)
+}
+
 /// `struct z_erofs_lcluster_index`, as written.
 #[derive(IntoBytes, Immutable)]
 #[repr(C)]
@@ -214,9 +231,9 @@ pub(crate) fn full_index(
     for (i, e) in extents.iter().enumerate() {
         let blkaddr = match tail_block {
             Some(b) if i + 1 == extents.len() => b,
-            _ => e.blkaddr,
+            _ => u64::from(e.blkaddr),
         };
-        let end = start + e.len;
+        let end = start + u64::from(e.len);
         let (head_lcn, end_lcn) = (start >> block_bits, end >> block_bits);
         let kind = if e.raw {
             LCLUSTER_TYPE_PLAIN
@@ -228,7 +245,7 @@ pub(crate) fn full_index(
             let d0 = lcn - head_lcn;
             let d1 = (end_lcn - lcn).min(0xffff) as u32;
             let d0 = if d0 == 1 && big {
-                u32::from(LI_D0_CBLKCNT) | e.blocks as u32
+                u32::from(LI_D0_CBLKCNT) | u32::from(e.blocks)
             } else {
                 d0.min(u64::from(LI_D0_CBLKCNT) - 1) as u32
             };
@@ -266,7 +283,7 @@ mod tests {
     /// without, the tail is a raw block. Equal inputs get equal keys.
     #[test]
     fn tails_go_inline_only_with_tailpacking() {
-        let mut enc = Encoder::new(Codec::parse("lz4hc", None, 4096).unwrap()).unwrap();
+        let mut enc = Encoder::new(Codec::parse("lz4hc", &[], None, 4096).unwrap()).unwrap();
         let text = b"some text, some text. ".repeat(300);
         let got = compress_segment(&mut enc, &text, cut(true));
         assert_eq!(got.len(), 1);
@@ -278,8 +295,68 @@ mod tests {
         assert!(got[0].inline && got[0].raw && got[0].data == random);
         let got = compress_segment(&mut enc, &random, cut(false));
         assert!(!got[0].inline && got[0].raw && got[0].data.len() == 4096);
-        let again = compress_segment(&mut enc, &random, cut(false));
-        assert!(got[0].key.is_some() && got[0].key == again[0].key);
+    }
+
+    /// Dedupe keys name an extent's input bytes and length, wherever the
+    /// extent is: a block alone or after another block shares its key, a
+    /// block differing in one byte or one byte shorter does not.
+    #[test]
+    fn dedupe_keys_follow_the_input() {
+        let mut enc = Encoder::new(Codec::parse("lz4", &[], None, 4096).unwrap()).unwrap();
+        let random = |mut x: u64| -> Vec<u8> {
+            (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let (block, other) = (random(1), random(2));
+        let mut keys = |input: &[u8]| -> Vec<DedupeKey> {
+            let got = compress_segment(&mut enc, input, cut(false));
+            got.iter().map(|e| e.key.unwrap()).collect()
+        };
+        let alone = keys(&block);
+        let after = keys(&[&other[..], &block].concat());
+        assert_eq!(after.len(), 2, "one raw extent per block");
+        assert_eq!(alone[0], after[1]);
+        assert_ne!(after[0], after[1]);
+        let mut changed = block.clone();
+        changed[4000] ^= 1;
+        assert_ne!(alone, keys(&changed));
+        assert_ne!(alone, keys(&block[..4095]));
+    }
+
+    fn stored(len: u32) -> Stored {
+        Stored {
+            len,
+            raw: false,
+            blocks: 1,
+            blkaddr: 7,
+        }
+    }
+
+    /// The index of a file whose inline tail starts mid-block, starts on
+    /// a block, or ends on one, or which is the whole file, is as long as
+    /// [`index_len`] says (the layout reserves that).
+    #[test]
+    fn index_length_with_inline_tails() {
+        for lens in [
+            &[5000, 1000][..],
+            &[5000, 3192],
+            &[4096, 100],
+            &[4096, 4096],
+            &[3000],
+            &[4096],
+            &[8192, 5000, 2000],
+        ] {
+            let extents: Vec<Stored> = lens.iter().map(|&l| stored(l)).collect();
+            let size = lens.iter().map(|&l| u64::from(l)).sum();
+            let index = full_index(&extents, None, Some(100), 12, 0, false);
+            assert_eq!(index.len() as u64, index_len(size, 12), "{lens:?}");
+        }
     }
 
     /// An inline tail sets the advise bit and `h_idata_size`.

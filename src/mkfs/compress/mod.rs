@@ -19,8 +19,14 @@ mod extents;
 mod fit;
 
 pub use batch::{raw_extents, Batch, BatchResults, CompressedFile};
-pub(crate) use extents::full_index;
 pub use extents::{flat_file_key, DedupeKey, Extent, Stored, SEGMENT_SIZE};
+pub(crate) use extents::{full_index, index_len};
+
+/// Most pclusters `-E dedupe` remembers: its table then stays near 200
+/// MiB (24-byte entries in a hash table of 2^23 buckets); pclusters past
+/// it are not remembered (a later copy of one is written again), but
+/// still reuse the ones remembered.
+pub const DEDUPE_MAX_ENTRIES: usize = 7_000_000;
 
 use crate::format::{
     COMPRESSION_DEFLATE, COMPRESSION_LZ4, COMPRESSION_LZMA, COMPRESSION_ZSTD, PCLUSTER_MAX_SIZE,
@@ -93,9 +99,9 @@ fn parse_level(
     opt: &str,
     range: &std::ops::RangeInclusive<i32>,
 ) -> Result<i32, String> {
-    let value = opt.strip_prefix("level=").ok_or_else(|| {
-        format!("unknown compression option '{opt}' (level=N, {EXTENDED_OPTIONS})")
-    })?;
+    let value = opt
+        .strip_prefix("level=")
+        .ok_or_else(|| format!("unknown compression option '{opt}' (level=N)"))?;
     value
         .parse()
         .ok()
@@ -109,11 +115,47 @@ fn parse_level(
         })
 }
 
+/// The extended options of `values` (each `OPT[,OPT...]`, as `-E` takes
+/// them): (ztailpacking, dedupe). Only those two are accepted; an empty
+/// name, `level=N` (part of the algorithm's spec) and anything else are
+/// one-line errors.
+pub fn parse_extended(values: &[String]) -> Result<(bool, bool), String> {
+    let (mut ztailpacking, mut dedupe) = (false, false);
+    for opt in values.iter().flat_map(|v| v.split(',')) {
+        match opt {
+            "ztailpacking" => ztailpacking = true,
+            "dedupe" => dedupe = true,
+            "" => return Err(format!("empty extended option ({EXTENDED_OPTIONS})")),
+            "fragments" | "all-fragments" => {
+                return Err(format!(
+                    "extended option '{opt}' is not supported ({EXTENDED_OPTIONS})"
+                ))
+            }
+            _ if opt.starts_with("level=") => {
+                return Err(format!(
+                    "'{opt}' is not an extended option: give it as --compress ALGO,{opt}"
+                ))
+            }
+            _ => {
+                return Err(format!(
+                    "unknown extended option '{opt}' ({EXTENDED_OPTIONS})"
+                ))
+            }
+        }
+    }
+    Ok((ztailpacking, dedupe))
+}
+
 impl Codec {
-    /// Parses `ALGO[,level=N][,ztailpacking][,dedupe]` (the extended
-    /// options as `-E` passes them) with pcluster size `pcluster` (default: the
+    /// Parses `ALGO[,level=N]` and the extended options `extended` (see
+    /// [`parse_extended`]) with pcluster size `pcluster` (default: the
     /// block size) for blocks of `block` bytes; the error is one line.
-    pub fn parse(spec: &str, pcluster: Option<u64>, block: u64) -> Result<Self, String> {
+    pub fn parse(
+        spec: &str,
+        extended: &[String],
+        pcluster: Option<u64>,
+        block: u64,
+    ) -> Result<Self, String> {
         let mut parts = spec.split(',');
         let name = parts.next().unwrap_or_default();
         let algorithm = match name {
@@ -130,19 +172,10 @@ impl Codec {
         };
         let (default, range) = algorithm.levels();
         let mut level = default;
-        let (mut ztailpacking, mut dedupe) = (false, false);
         for opt in parts {
-            match opt {
-                "ztailpacking" => ztailpacking = true,
-                "dedupe" => dedupe = true,
-                "fragments" | "all-fragments" => {
-                    return Err(format!(
-                        "extended option '{opt}' is not supported ({EXTENDED_OPTIONS})"
-                    ))
-                }
-                _ => level = parse_level(name, opt, &range)?,
-            }
+            level = parse_level(name, opt, &range)?;
         }
+        let (ztailpacking, dedupe) = parse_extended(extended)?;
         let pcluster_size = pcluster.unwrap_or(block);
         if pcluster_size == 0
             || !pcluster_size.is_multiple_of(block)

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::super::compress::{
     flat_file_key, raw_extents, Batch, Codec, CompressedFile, DedupeKey, Extent, Stored,
-    SEGMENT_SIZE,
+    DEDUPE_MAX_ENTRIES, SEGMENT_SIZE,
 };
 use super::super::tree::FileData;
 use super::{ImageBuilder, Payload};
@@ -24,14 +24,65 @@ pub(super) struct Compressing {
     pub(super) files: Vec<CompressedFile>,
     /// The batch compressing on other threads while the next one is read.
     running: Option<std::thread::JoinHandle<Result<Results, String>>>,
-    /// `-E dedupe`: pclusters written so far by their input's key (raw,
-    /// blocks, block address); whole flat files by [`flat_file_key`].
-    written: HashMap<DedupeKey, (bool, u64, u64)>,
+    /// `-E dedupe`: pclusters written so far by their input's key; whole
+    /// flat files by [`flat_file_key`]. At most [`DEDUPE_MAX_ENTRIES`].
+    written: HashMap<DedupeKey, Written>,
     /// Some extent points at a pcluster written for another.
     shared: bool,
 }
 
 use super::super::compress::BatchResults as Results;
+
+/// Where a pcluster (or a flat file) `-E dedupe` may reuse is: packed,
+/// as there is one per pcluster written (8 bytes, 24 with its key).
+#[derive(Debug, Clone, Copy)]
+struct Written {
+    /// Block address of its first block.
+    blkaddr: u32,
+    /// Blocks of the pcluster (0 for a flat file).
+    blocks: u16,
+    /// A PLAIN pcluster.
+    raw: bool,
+}
+
+/// Remembers `key` at `at` in `written`, unless the table is full (see
+/// [`DEDUPE_MAX_ENTRIES`]).
+fn remember(written: &mut HashMap<DedupeKey, Written>, key: DedupeKey, at: Written) {
+    if written.len() < DEDUPE_MAX_ENTRIES {
+        written.insert(key, at);
+    }
+}
+
+/// Whether a whole file stored flat, whose dedupe key is `key`, copies
+/// one written before: `entry` then starts where that one does. If not,
+/// the file (to be written at block `here`) is remembered.
+fn flat_copy(
+    written: &mut HashMap<DedupeKey, Written>,
+    key: Option<DedupeKey>,
+    entry: &mut CompressedFile,
+    here: u32,
+) -> bool {
+    let Some(key) = key else {
+        return false;
+    };
+    if let Some(w) = written.get(&key) {
+        entry.first_block = Some(w.blkaddr.into());
+        return true;
+    }
+    let at = Written {
+        blkaddr: here,
+        blocks: 0,
+        raw: true,
+    };
+    remember(written, key, at);
+    false
+}
+
+/// The block address of byte `offset` of the image, as the u32 EROFS
+/// stores; an error past 2^32 blocks.
+fn block_addr(offset: u64, block: u64) -> io::Result<u32> {
+    u32::try_from(offset / block).map_err(|_| io::Error::other("the image exceeds 2^32 blocks"))
+}
 
 impl Compressing {
     pub(super) fn new(codec: Codec, workers: usize, block: usize) -> Self {
@@ -138,24 +189,21 @@ impl ImageBuilder {
     fn write_results(&mut self, results: Results) -> io::Result<()> {
         let block = 1u64 << self.block_bits;
         for (file, mut extents, data) in results {
+            let here = block_addr(self.data_end, block)?;
             let Some(z) = self.compress.as_mut() else {
                 return Ok(());
             };
             let entry = &mut z.files[file];
-            // A whole file that compression does not pay for is stored
-            // flat, as mkfs.erofs does.
             let whole = entry.extents.is_empty() && data.len() as u64 == entry.size;
-            if whole && !pays(&extents, entry.size, block) {
+            let mut shared = false;
+            // A whole file that compression does not pay for is stored
+            // flat, as mkfs.erofs does (maybe as a copy of another).
+            if whole && !pays(&extents, entry.size, block, &z.written) {
                 let key = flat_file_key(&extents);
                 extents = raw_extents(&data, block as usize);
-                if let Some(&(_, _, at)) = key.as_ref().and_then(|k| z.written.get(k)) {
-                    entry.first_block = Some(at);
-                } else if let Some(key) = key {
-                    z.written.insert(key, (true, 0, self.data_end / block));
-                }
+                shared = flat_copy(&mut z.written, key, entry, here);
             }
-            let first = *entry.first_block.get_or_insert(self.data_end / block);
-            let shared = whole && first != self.data_end / block;
+            let first = *entry.first_block.get_or_insert(here.into()) as u32;
             entry.done += extents.iter().map(|e| e.len).sum::<u64>();
             let all_raw = entry.is_flat() && extents.iter().all(|e| e.raw);
             let count = extents.len();
@@ -164,16 +212,16 @@ impl ImageBuilder {
                 let blocks = if e.inline {
                     1
                 } else {
-                    e.data.len() as u64 / block
+                    (e.data.len() as u64 / block) as u16
                 };
                 let mut stored = Stored {
-                    len: e.len,
+                    len: e.len as u32,
                     raw: e.raw,
                     blocks,
                     blkaddr: if shared {
-                        first + i as u64
+                        first + i as u32
                     } else {
-                        self.data_end / block
+                        block_addr(self.data_end, block)?
                     },
                 };
                 // A raw file's partial last block, or an inline tail, is held.
@@ -187,20 +235,24 @@ impl ImageBuilder {
                     entry.extents.push(stored);
                     continue;
                 }
-                if shared {
-                    entry.extents.push(stored);
-                    continue;
-                }
-                if let Some(&(raw, blocks, at)) = e.key.as_ref().and_then(|k| z.written.get(k)) {
-                    (stored.raw, stored.blocks, stored.blkaddr) = (raw, blocks, at);
+                let known = e.key.as_ref().and_then(|k| z.written.get(k));
+                if let Some(w) = known.filter(|_| !shared) {
+                    (stored.raw, stored.blocks, stored.blkaddr) = (w.raw, w.blocks, w.blkaddr);
                     z.shared = true;
-                    entry.extents.push(stored);
-                    continue;
-                }
-                if let Some(key) = e.key {
-                    z.written.insert(key, (e.raw, blocks, stored.blkaddr));
                 }
                 entry.extents.push(stored);
+                if shared || known.is_some() {
+                    continue;
+                }
+                entry.own_blocks += u64::from(blocks);
+                if let Some(key) = e.key {
+                    let at = Written {
+                        blkaddr: stored.blkaddr,
+                        blocks,
+                        raw: e.raw,
+                    };
+                    remember(&mut z.written, key, at);
+                }
                 self.out.write_all_at(&e.data, self.data_end)?;
                 self.data_end += e.data.len() as u64;
             }
@@ -246,7 +298,9 @@ impl ImageBuilder {
         }
         Some(Payload::Compressed {
             extents: file.extents.clone(),
-            blocks: file.blocks() - u64::from(inline.is_some()),
+            // Only the blocks this file wrote, and its tail's own block,
+            // as mkfs.erofs counts them (shared pclusters are not).
+            blocks: file.own_blocks + u64::from(tail.is_some()),
             tail,
             inline,
             algorithm: z.codec.algorithm.id(),
@@ -257,11 +311,18 @@ impl ImageBuilder {
 
 /// Whether `extents` of a whole file of `size` bytes are worth storing
 /// compressed: in fewer blocks than flat or, with an inline tail, in fewer
-/// bytes (blocks, tail and index) than the file has, as mkfs.erofs decides.
-fn pays(extents: &[Extent], size: u64, block: u64) -> bool {
+/// bytes (blocks, tail and index) than the file has, as mkfs.erofs decides
+/// after dedupe: a pcluster `written` has, or that the file repeats, costs
+/// nothing.
+fn pays(extents: &[Extent], size: u64, block: u64, written: &HashMap<DedupeKey, Written>) -> bool {
+    let mut seen = std::collections::HashSet::new();
     let blocks: u64 = extents
         .iter()
         .filter(|e| !e.inline)
+        .filter(|e| {
+            e.key
+                .is_none_or(|k| !written.contains_key(&k) && seen.insert(k))
+        })
         .map(|e| e.data.len() as u64 / block)
         .sum();
     match extents.iter().find(|e| e.inline) {
@@ -273,11 +334,7 @@ fn pays(extents: &[Extent], size: u64, block: u64) -> bool {
     }
 }
 
-/// Bytes of the map header and full index of a file of `size` bytes: 16
-/// and one 8-byte index per logical block.
-fn zindex_len(size: u64, block_bits: u8) -> u64 {
-    16 + 8 * size.div_ceil(1 << block_bits)
-}
+use super::super::compress::index_len as zindex_len;
 
 impl Payload {
     /// The map header and full index of a compressed payload whose tail
@@ -311,7 +368,7 @@ impl Payload {
     pub(super) fn zindex_len(&self, block_bits: u8) -> u64 {
         match self {
             Payload::Compressed { extents, .. } => {
-                zindex_len(extents.iter().map(|e| e.len).sum(), block_bits)
+                zindex_len(extents.iter().map(|e| u64::from(e.len)).sum(), block_bits)
             }
             _ => 0,
         }
