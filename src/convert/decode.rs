@@ -36,7 +36,8 @@ pub struct Decoded {
     at: usize,
     tar_hash: Option<SharedHash>,
     thread: Option<JoinHandle<()>>,
-    failed: bool,
+    /// The decoder's error, repeated to later reads.
+    failed: Option<String>,
 }
 
 impl Decoded {
@@ -58,14 +59,14 @@ impl Decoded {
             at: 0,
             tar_hash,
             thread: Some(thread),
-            failed: false,
+            failed: None,
         })
     }
 
     /// The next chunk into `self.chunk`; `false` at the end of the stream.
     fn next_chunk(&mut self) -> io::Result<bool> {
-        if self.failed {
-            return Err(io::Error::other("the decoder failed before"));
+        if let Some(why) = &self.failed {
+            return Err(io::Error::other(why.clone()));
         }
         match self.chunks.recv() {
             Ok(Ok(chunk)) => {
@@ -80,7 +81,7 @@ impl Decoded {
                 Ok(true)
             }
             Ok(Err(e)) => {
-                self.failed = true;
+                self.failed = Some(e.to_string());
                 Err(e)
             }
             // The thread is done: the stream ended.
@@ -150,6 +151,12 @@ where
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    // What decoded before the error first: the parser then
+                    // fails in the member that is really cut.
+                    chunk.truncate(filled);
+                    if filled > 0 && send.send(Ok(chunk)).is_err() {
+                        return;
+                    }
                     let _ = send.send(Err(e));
                     return;
                 }

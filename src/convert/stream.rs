@@ -59,16 +59,18 @@ impl Pending {
     }
 }
 
-/// Counts the bytes read from the inner reader.
+/// Counts the bytes read from the inner reader, and sums them (crc32c).
 struct Counted<R> {
     inner: R,
     pos: u64,
+    crc: u32,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.pos += n as u64;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
         Ok(n)
     }
 }
@@ -100,7 +102,11 @@ impl<R: TarRead> TarStream<R> {
     /// A reader of the tar in `inner`, which starts at its first header.
     pub fn new(inner: R) -> Self {
         Self {
-            inner: Counted { inner, pos: 0 },
+            inner: Counted {
+                inner,
+                pos: 0,
+                crc: 0,
+            },
             next: 0,
             done: false,
             last: None,
@@ -108,9 +114,14 @@ impl<R: TarRead> TarStream<R> {
         }
     }
 
-    /// sha256 of every header block and extension record read so far.
+    /// What identifies the tar as read so far: the sha256 of its header
+    /// blocks and extension records, and a crc32c of every byte the parser
+    /// read (file data too, when it was read: a full image), so images of
+    /// tars that differ only in data differ.
     pub fn headers_digest(&self) -> [u8; 32] {
-        self.headers.clone().finalize().into()
+        let mut hash = self.headers.clone();
+        hash.update(self.inner.crc.to_le_bytes());
+        hash.finalize().into()
     }
 
     /// The data of `member` (call before the next [`Self::next_member`];

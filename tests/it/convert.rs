@@ -159,6 +159,25 @@ fn thread_read_bytes() -> u64 {
 }
 
 #[test]
+fn full_images_of_tars_differing_only_in_data_have_other_uuids() {
+    let dir = tempfile::tempdir().unwrap();
+    let uuid = |data: &[u8], name: &str| {
+        let input = dir.path().join(format!("{name}.tar"));
+        std::fs::write(&input, TarBytes::new().file("etc/conf", data).end()).unwrap();
+        let out = dir.path().join(format!("{name}.erofs"));
+        let options = ConvertOptions {
+            mode: Mode::Full,
+            ..Default::default()
+        };
+        convert(&input, &out, &options).unwrap();
+        let image = erofs_fuse::Image::open(&out, &Default::default()).unwrap();
+        image.superblock().uuid
+    };
+    // Same header (name, size, times), other bytes.
+    assert_ne!(uuid(b"mode=a", "a"), uuid(b"mode=b", "b"));
+}
+
+#[test]
 fn an_index_without_digests_reads_only_the_headers() {
     let dir = tempfile::tempdir().unwrap();
     let big = vec![7u8; 8 << 20];

@@ -23,7 +23,8 @@ pub use extents::{flat_file_key, DedupeKey, Extent, Stored, SEGMENT_SIZE};
 pub(crate) use extents::{full_index, index_len};
 
 /// Most pclusters `-E dedupe` remembers: its table then stays near 200
-/// MiB (24-byte entries in a hash table of 2^23 buckets); pclusters past
+/// MiB (24-byte entries in a hash table of 2^23 buckets; ~320 MiB while
+/// it grows from 2^22, both tables alive); pclusters past
 /// it are not remembered (a later copy of one is written again), but
 /// still reuse the ones remembered.
 pub const DEDUPE_MAX_ENTRIES: usize = 7_000_000;

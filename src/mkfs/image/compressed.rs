@@ -310,28 +310,30 @@ impl ImageBuilder {
 }
 
 /// Whether `extents` of a whole file of `size` bytes are worth storing
-/// compressed: in fewer blocks than flat or, with an inline tail, in fewer
-/// bytes (blocks, tail and index) than the file has, as mkfs.erofs decides
-/// after dedupe: a pcluster `written` has, or that the file repeats, costs
+/// compressed: in fewer bytes (blocks, inline tail and index) than the
+/// file has, as mkfs.erofs decides after dedupe: a pcluster `written` has, or that the file repeats, costs
 /// nothing.
 fn pays(extents: &[Extent], size: u64, block: u64, written: &HashMap<DedupeKey, Written>) -> bool {
     let mut seen = std::collections::HashSet::new();
+    // A full table remembers no more: a repeat is then written again.
+    let full = written.len() >= DEDUPE_MAX_ENTRIES;
     let blocks: u64 = extents
         .iter()
         .filter(|e| !e.inline)
         .filter(|e| {
             e.key
-                .is_none_or(|k| !written.contains_key(&k) && seen.insert(k))
+                .is_none_or(|k| !written.contains_key(&k) && (full || seen.insert(k)))
         })
         .map(|e| e.data.len() as u64 / block)
         .sum();
-    match extents.iter().find(|e| e.inline) {
-        Some(t) => {
-            blocks * block + t.data.len() as u64 + zindex_len(size, block.trailing_zeros() as u8)
-                < size
-        }
-        None => blocks < size.div_ceil(block),
-    }
+    // The index counts too (mkfs.erofs: ptotal + idata + legacy index
+    // against i_size).
+    let index = zindex_len(size, block.trailing_zeros() as u8);
+    let tail = extents
+        .iter()
+        .find(|e| e.inline)
+        .map_or(0, |t| t.data.len() as u64);
+    blocks * block + tail + index < size
 }
 
 use super::super::compress::index_len as zindex_len;
