@@ -47,3 +47,16 @@ pub fn expected(name: &str) -> String {
     let first = first.replace("\"mtime\": 1700000000000000000", "\"mtime\": 0");
     format!("{first}\n{rest}")
 }
+
+/// The regular files of a manifest: (path, size, sha256 hex).
+pub fn files_of(manifest: &str) -> Vec<(String, u64, String)> {
+    manifest
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["type"] == "file")
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap().to_string();
+            (s("path"), v["size"].as_u64().unwrap(), s("sha256"))
+        })
+        .collect()
+}

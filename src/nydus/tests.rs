@@ -5,26 +5,13 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 
-pub(super) use super::fixtures::{case, expected, CASES};
+pub(super) use super::fixtures::{case, expected, files_of, CASES};
 
 pub(super) fn dir_blobs(dir: &Path) -> BlobFiles {
     BlobFiles {
         dir: Some(dir.to_path_buf()),
         ..Default::default()
     }
-}
-
-/// The regular files of a manifest: (path, size, sha256 hex).
-pub(super) fn files_of(manifest: &str) -> Vec<(String, u64, String)> {
-    manifest
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["type"] == "file")
-        .map(|v| {
-            let s = |k: &str| v[k].as_str().unwrap().to_string();
-            (s("path"), v["size"].as_u64().unwrap(), s("sha256"))
-        })
-        .collect()
 }
 
 /// Whether every file of `expected` reads from `image` with its size and

@@ -11,7 +11,7 @@ use std::process::Command;
 
 #[path = "../../src/nydus/fixtures.rs"]
 mod fixtures;
-pub use fixtures::{blob_of, case, expected, CASES};
+pub use fixtures::{blob_of, case, expected, files_of, CASES};
 
 fn erofs_fuse(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(bin()).args(args).output().unwrap()

@@ -4,7 +4,7 @@
 //! never a panic, a hang, a multi-line error or unbounded memory.
 
 use crate::common::*;
-use crate::nydus::{blob_of, case, expected, CASES};
+use crate::nydus::{blob_of, case, expected, files_of, CASES};
 
 use std::mem::offset_of;
 use std::path::Path;
@@ -333,15 +333,7 @@ fn hex(b: &[u8]) -> String {
 
 /// The regular files of case `name`'s manifest: (path, size, sha256).
 fn files(name: &str) -> Vec<(String, u64, String)> {
-    expected(name)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["type"] == "file")
-        .map(|v| {
-            let s = |k: &str| v[k].as_str().unwrap().to_string();
-            (s("path"), v["size"].as_u64().unwrap(), s("sha256"))
-        })
-        .collect()
+    files_of(&expected(name))
 }
 
 /// Opens case `name`'s bootstrap mutated by `m` with its blob and reads
