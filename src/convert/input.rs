@@ -253,22 +253,7 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
     let tar = digests.then(new_hash);
     if compression != Compression::None && !index {
         // Decoded on another thread, as the tar is hashed and parsed here.
-        let what = compression.name();
-        let reader = Decoded::start(
-            move || {
-                let decoder: Box<dyn Read> = match compression {
-                    Compression::Zstd => {
-                        Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?)
-                    }
-                    _ => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-                };
-                Ok(Box::new(Damaged {
-                    inner: decoder,
-                    what,
-                }))
-            },
-            tar.clone(),
-        )?;
+        let reader = decode_on_a_thread(buffered, compression, tar.clone())?;
         return Ok(Source {
             reader: Box::new(reader),
             compression,
@@ -316,6 +301,29 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         tar,
         bar,
     })
+}
+
+/// The tar in `buffered` (gzip or zstd), decoded on its own thread; the
+/// decoded bytes are hashed into `tar`, if any.
+fn decode_on_a_thread(
+    buffered: BufReader<Hashing<Box<dyn Read + Send>>>,
+    compression: Compression,
+    tar: Option<SharedHash>,
+) -> io::Result<Decoded> {
+    let what = compression.name();
+    Decoded::start(
+        move || {
+            let decoder: Box<dyn Read> = match compression {
+                Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+                _ => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+            };
+            Ok(Box::new(Damaged {
+                inner: decoder,
+                what,
+            }))
+        },
+        tar,
+    )
 }
 
 fn new_hash() -> SharedHash {
