@@ -166,21 +166,31 @@ impl ImageBuilder {
             return Ok(());
         };
         let mut next = z.batch.take();
-        if let Some(running) = z.running.take() {
-            let results = running
-                .join()
-                .map_err(|_| io::Error::other("a compression thread panicked"))?
-                .map_err(io::Error::other)?;
-            self.write_results(results)?;
-        }
+        let done = match z.running.take() {
+            Some(running) => Some(
+                running
+                    .join()
+                    .map_err(|_| io::Error::other("a compression thread panicked"))?
+                    .map_err(io::Error::other)?,
+            ),
+            None => None,
+        };
         if last {
+            if let Some(results) = done {
+                self.write_results(results)?;
+            }
             let results = next.run().map_err(io::Error::other)?;
             return self.write_results(results);
         }
+        // The next batch compresses while this one is written: the
+        // workers are not left idle during the writes.
         if let Some(z) = self.compress.as_mut() {
             z.running = Some(std::thread::spawn(move || next.run()));
         }
-        Ok(())
+        match done {
+            Some(results) => self.write_results(results),
+            None => Ok(()),
+        }
     }
 
     /// Writes one batch's pclusters and records its extents; with
