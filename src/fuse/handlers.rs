@@ -24,7 +24,6 @@ use super::{prefetch_window, ErofsFs, MAX_READAHEAD, SEQUENTIAL_READ, TTL};
 impl Filesystem for ErofsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let mut wanted = InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_PARALLEL_DIROPS;
         // With POSIX_ACL the kernel enforces the image's ACLs too, as the
