@@ -7,8 +7,8 @@
 #   scripts/bench.sh [--quick] [--workdir DIR] [--clean] [--tables LIST]
 #                    [--rounds N]
 #
-# --tables: which of plain, lz4hc and verity to measure (default: all,
-# comma-separated).
+# --tables: which of plain, lz4hc, verity, small, small-lz4hc and
+# small-verity to measure (default: all, comma-separated).
 #
 # The corpus is generated (not committed): a rootfs-like tree of ~30k small
 # files in ~2k directories, a 256 MB and three 32 MB random files and a
@@ -22,6 +22,13 @@
 # format` (sha256, 4 KiB blocks), against the same mount without it; and
 # with --verity --verity-once (file data hashed once on the map and
 # trusted after, instead of a copy hashed at every read).
+# The small-file corpus is a copy of this machine's /usr/lib/python3.*,
+# /usr/share/doc, /usr/include, /usr/share/man and /usr/share/locale (what
+# real container layers are mostly made of: ~45k entries, ~580 MB), packed
+# by erofs-utils 1.9.3's mkfs.erofs (scripts/build-erofs-utils.sh; the
+# installed one if that cannot be built) with -b4096, uncompressed and
+# -zlz4hc; its tables measure walks and full reads, and verity's overhead
+# on them. It is kept in the workdir's small/ like the other corpus.
 # Measured, each after `echo 3 > drop_caches` and a fresh mount (cold) and
 # again without (warm):
 #   mount         time until the mountpoint answers
@@ -45,7 +52,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0 clean=0 work=/var/tmp/erofs-fuse-bench tables=plain,lz4hc,verity rounds_opt=
+quick=0 clean=0 work=/var/tmp/erofs-fuse-bench tables=plain,lz4hc,verity,small,small-lz4hc,small-verity rounds_opt=
 while (($#)); do
     case "$1" in
         --quick) quick=1 ;;
@@ -134,12 +141,34 @@ EOF
     mksquashfs "$tree" "$sqfs" -noappend -no-progress -noI -noD -noF -noX >/dev/null
     echo "$kind" > "$work/.kind"
 fi
-if [ ! -s "$plain_img.roothash" ] || [ "$plain_img.roothash" -ot "$plain_img" ]; then
-    # A dm-verity tree of the uncompressed image, veritysetup's defaults.
-    "$bin" verity format "$plain_img" "$plain_img.verity" \
-        | awk -F'\t' '/^Root hash:/ {print $2}' > "$plain_img.roothash"
+wanted() { [[ ",$tables," == *",$1,"* ]]; }
+verity_tree() { # image: a dm-verity tree beside it (veritysetup's defaults)
+    if [ ! -s "$1.roothash" ] || [ "$1.roothash" -ot "$1" ]; then
+        "$bin" verity format "$1" "$1.verity" \
+            | awk -F'\t' '/^Root hash:/ {print $2}' > "$1.roothash"
+    fi
+}
+# The small-file corpus, from this machine's /usr (see the top).
+small=$work/small small_img=$work/small/small.erofs small_zimg=$work/small/small-lz4hc.erofs
+small_probe=usr/include/stdio.h
+if wanted small || wanted small-lz4hc || wanted small-verity; then
+    small_kind="small-v1 $(ls -d /usr/lib/python3.* | head -1)"
+    if [ ! -f "$small_zimg" ] || [ "$(cat "$small/.kind" 2>/dev/null)" != "$small_kind" ]; then
+        echo "bench.sh: copying the small-file corpus into $small/tree" >&2
+        rm -rf "$small" && mkdir -p "$small/tree/usr/lib" "$small/tree/usr/share"
+        cp -a "$(ls -d /usr/lib/python3.* | head -1)" "$small/tree/usr/lib/"
+        cp -a /usr/include "$small/tree/usr/"
+        cp -a /usr/share/doc /usr/share/man /usr/share/locale "$small/tree/usr/share/"
+        mkfs19=$(scripts/build-erofs-utils.sh 2>/dev/null || command -v mkfs.erofs)
+        "$mkfs19" --quiet -b4096 "$small_img" "$small/tree"
+        "$mkfs19" --quiet -b4096 -zlz4hc "$small_zimg" "$small/tree"
+        echo "$small_kind" > "$small/.kind"
+    fi
+    small_files=$(find "$small/tree" | wc -l) small_bytes=$(du -sb "$small/tree" | cut -f1)
+    wanted small-verity && verity_tree "$small_img"
 fi
 largest=$(cd "$tree" && ls -S large-*.bin | head -1)
+wanted verity && verity_tree "$plain_img"
 files=$(find "$tree" -type f | wc -l)
 bytes=$(du -sb "$tree" | cut -f1)
 
@@ -227,7 +256,7 @@ measure_one() { # impl metric
 declare -A pairs opairs kpairs
 measure_all() {
     local impl metric run best rounds=3
-    [ "$table" = verity ] && rounds=5
+    [[ "$table" = *verity ]] && rounds=5
     [ -n "$rounds_opt" ] && rounds=$rounds_opt
     for metric in "${metrics[@]}"; do
         for run in $(seq "$rounds"); do
@@ -241,9 +270,9 @@ measure_all() {
                 else best=$(python3 -c "print(min($best, $value))"); fi
                 result[$table,$impl,$metric]=$best
             done
-            if [ "$table" = verity ]; then
-                pairs[$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity]} / ${this_round[erofs-fuse]})")"
-                opairs[$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity-once]} / ${this_round[erofs-fuse]})")"
+            if [[ "$table" = *verity ]]; then
+                pairs[$table,$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity]} / ${this_round[erofs-fuse]})")"
+                opairs[$table,$metric]+=" $(python3 -c "print(${this_round[erofs-fuse-verity-once]} / ${this_round[erofs-fuse]})")"
             else
                 # As the table shows it: time ratio, or for dd's seq-read
                 # times the throughput ratio (kernel time / ours).
@@ -262,9 +291,13 @@ measure_all() {
 }
 
 print_table() { # title
-    local large_mb=$(( $(stat -c %s "$tree/$large") / 1000000 ))
+    local large_mb=0
     echo
-    echo "$1; sequential and random reads of $large ($large_mb MB)."
+    if [[ "$table" = small* ]]; then echo "$1."
+    else
+        large_mb=$(( $(stat -c %s "$work/tree/$large") / 1000000 ))
+        echo "$1; sequential and random reads of $large ($large_mb MB)."
+    fi
     printf '%-16s' "figure"; for impl in "${impls[@]}"; do printf '| %-22s' "$impl"; done; echo
     for metric in "${metrics[@]}"; do
         printf '%-16s' "$metric"
@@ -280,7 +313,7 @@ print_table() { # title
         done
         echo
     done
-    [ "$table" = verity ] && return
+    [[ "$table" = *verity ]] && return
     local line=""
     for metric in "${metrics[@]}"; do
         [[ "$metric" = rand-4k-* ]] && continue  # one round only
@@ -291,6 +324,7 @@ print(' %s %.2fx (%.2f-%.2f);' % (sys.argv[1], statistics.median(r), min(r), max
 " "$metric" "${kpairs[$table,$metric]}")
     done
     echo "erofs-fuse/kernel, median of paired rounds:${line%;}"
+    [[ "$table" = small* ]] && return
     line=""
     for impl in "${impls[@]}"; do line+=" $impl ${disk_mb[$table,$impl,rand-4k-cold]} MB,"; done
     echo "rand-4k-cold read from disk, for 16 MB of random reads:${line%,}"
@@ -306,7 +340,6 @@ v_metrics=(mount walk-cold read-all-cold seq-read-cold)
 v_impls=(kernel erofs-fuse erofs-fuse-verity erofs-fuse-verity-once)
 
 # Uncompressed image: every figure, every implementation.
-wanted() { [[ ",$tables," == *",$1,"* ]]; }
 if wanted plain; then
     table=plain img=$plain_img large=$largest metrics=("${plain_metrics[@]}") impls=("${plain_impls[@]}")
     measure_all
@@ -322,6 +355,25 @@ if wanted verity; then
     table=verity img=$plain_img large=$largest metrics=("${v_metrics[@]}") impls=("${v_impls[@]}")
     measure_all
 fi
+# The small-file corpus: walks and full reads, uncompressed and lz4hc,
+# and verity's overhead on its full read.
+small_metrics=(mount walk-cold read-all-cold walk-warm read-all-warm)
+small_impls=(kernel erofs-fuse)
+command -v erofsfuse >/dev/null && small_impls+=(erofsfuse)
+sz_metrics=(read-all-cold walk-cold read-all-warm)
+sv_metrics=(walk-cold read-all-cold)
+sv_impls=(erofs-fuse erofs-fuse-verity erofs-fuse-verity-once)
+small_table() { # table: sets what measure_all and print_table use
+    table=$1 tree=$small/tree large=$small_probe
+    case "$1" in
+        small) img=$small_img metrics=("${small_metrics[@]}") impls=("${small_impls[@]}") ;;
+        small-lz4hc) img=$small_zimg metrics=("${sz_metrics[@]}") impls=(kernel erofs-fuse) ;;
+        small-verity) img=$small_img metrics=("${sv_metrics[@]}") impls=("${sv_impls[@]}") ;;
+    esac
+}
+for t in small small-lz4hc small-verity; do
+    if wanted $t; then small_table $t; measure_all; fi
+done
 
 echo
 echo "Corpus: $files files, $((bytes / 1000000)) MB. $(nproc) CPUs, kernel $(uname -r)."
@@ -337,17 +389,35 @@ if wanted verity; then
     table=verity large=$largest metrics=("${v_metrics[@]}") impls=("${v_impls[@]}")
     print_table "Uncompressed image with and without --verity (sha256, 4 KiB blocks)"
 fi
-wanted verity && for metric in "${v_metrics[@]}"; do
-    # Every verity figure is a time: overhead = extra time, per round.
-    for kind in verity verity-once; do
-        if [ "$kind" = verity ]; then ratios=${pairs[$metric]}; else ratios=${opairs[$metric]}; fi
-        python3 -c "
-import statistics, sys
-k, m, ratios = sys.argv[1], sys.argv[2], [float(r) for r in sys.argv[3].split()]
-print('%s overhead, %s: %+.1f%% (median of %d paired rounds; %+.1f%% to %+.1f%%)' % (
-    k, m, 100 * (statistics.median(ratios) - 1), len(ratios), 100 * (min(ratios) - 1), 100 * (max(ratios) - 1)))
-" "$kind" "$metric" "$ratios"
-    done
+if wanted small || wanted small-lz4hc || wanted small-verity; then
+    echo
+    echo "Small-file corpus (this machine's /usr trees): $small_files entries, $((small_bytes / 1000000)) MB."
+fi
+for t in small small-lz4hc small-verity; do
+    wanted $t || continue
+    small_table $t
+    case $t in
+        small) print_table "Small-file corpus, uncompressed ($(( $(stat -c %s "$small_img") / 1000000 )) MB, mkfs.erofs -b4096)" ;;
+        small-lz4hc) print_table "Small-file corpus, lz4hc ($(( $(stat -c %s "$small_zimg") / 1000000 )) MB, mkfs.erofs -b4096 -zlz4hc)" ;;
+        small-verity) print_table "Small-file corpus with and without --verity (sha256, 4 KiB blocks)" ;;
+    esac
 done
+overheads() { # table metric...
+    local t=$1 metric kind ratios; shift
+    for metric in "$@"; do
+        # Every verity figure is a time: overhead = extra time, per round.
+        for kind in verity verity-once; do
+            if [ "$kind" = verity ]; then ratios=${pairs[$t,$metric]}; else ratios=${opairs[$t,$metric]}; fi
+            python3 -c "
+import statistics, sys
+t, k, m, ratios = sys.argv[1], sys.argv[2], sys.argv[3], [float(r) for r in sys.argv[4].split()]
+print('%s: %s overhead, %s: %+.1f%% (median of %d paired rounds; %+.1f%% to %+.1f%%)' % (
+    t, k, m, 100 * (statistics.median(ratios) - 1), len(ratios), 100 * (min(ratios) - 1), 100 * (max(ratios) - 1)))
+" "$t" "$kind" "$metric" "$ratios"
+        done
+    done
+}
+wanted verity && overheads verity "${v_metrics[@]}"
+wanted small-verity && overheads small-verity "${sv_metrics[@]}"
 echo "Times: lower is better; MB/s and IOPS: higher is better. Ratios are against kernel erofs."
 [ "$clean" -eq 0 ] || rm -rf "$work"
