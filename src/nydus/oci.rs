@@ -98,8 +98,53 @@ fn is_nydus_entry(d: &Descriptor) -> bool {
     artifact || feature
 }
 
+/// Whether layer `d` is a Nydus data blob layer (by its media type).
+pub fn is_blob(d: &Descriptor) -> bool {
+    d.media_type().to_string() == BLOB_MEDIA_TYPE
+}
+
+/// Whether `manifest` is a Nydus image's: it has a bootstrap layer or a
+/// Nydus blob layer (one without the other is then an error for whoever
+/// reads it, not an ordinary image).
+pub fn is_nydus(manifest: &ImageManifest) -> bool {
+    manifest
+        .layers()
+        .iter()
+        .any(|d| is_bootstrap(d) || is_blob(d))
+}
+
+/// Checks that the blobs `rafs` lists are exactly the blob layers
+/// `blob_digests` of manifest `manifest_digest` (named `name`): a blob's
+/// id is its layer digest's hex. Errors name the reference and digest.
+pub fn check_blob_layers(
+    rafs: &Rafs,
+    blob_digests: &[&str],
+    name: &str,
+    manifest_digest: &str,
+) -> Result<()> {
+    let listed: Vec<String> = rafs
+        .blobs
+        .iter()
+        .map(|b| format!("sha256:{}", b.id.to_ascii_lowercase()))
+        .collect();
+    if let Some(missing) = listed.iter().find(|d| !blob_digests.contains(&d.as_str())) {
+        return Err(Error::Invalid(format!(
+            "{name}: the bootstrap of manifest {manifest_digest} lists blob {missing}, which is not a Nydus blob layer of the manifest"
+        )));
+    }
+    if let Some(extra) = blob_digests
+        .iter()
+        .find(|d| !listed.iter().any(|l| l == *d))
+    {
+        return Err(Error::Invalid(format!(
+            "{name}: blob layer {extra} of manifest {manifest_digest} is not in its bootstrap's blob table"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether a layer is the bootstrap layer.
-fn is_bootstrap(d: &Descriptor) -> bool {
+pub fn is_bootstrap(d: &Descriptor) -> bool {
     d.annotations()
         .as_ref()
         .and_then(|a| a.get(BOOTSTRAP_ANNOTATION))

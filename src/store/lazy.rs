@@ -138,7 +138,8 @@ pub(crate) fn adopt(
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .is_ok();
-    if layer.kind != LayerKind::Erofs || !is_layer_name(digest.as_bytes()) || !exists {
+    let kept_whole = matches!(layer.kind, LayerKind::Erofs | LayerKind::NydusBlob);
+    if !kept_whole || !is_layer_name(digest.as_bytes()) || !exists {
         return Ok(false);
     }
     let source = Arc::new(Offline {

@@ -11,6 +11,9 @@
 //! partial layer or blob. An EROFS layer whose lazy cache (`mount --lazy`)
 //! is complete is copied from it instead, if its bytes match the digest;
 //! with [`PullOptions::lazy`] the layers a lazy mount reads on demand are not fetched.
+//! A Nydus image's layers are kept as they are ([`super::nydus`]): its
+//! bootstrap is fetched first and its blob table checked against the
+//! manifest before any blob is.
 
 use std::ffi::OsStr;
 use std::io::{BufWriter, Write};
@@ -99,13 +102,25 @@ pub fn pull(
     let name = image.to_string();
     let _lock = store.lock(false)?;
     let resolved = resolve(image, source, options, &name)?;
-    let mut layers = resolved
-        .manifest
-        .layers()
-        .iter()
-        .map(|d| layer_record(d, &name))
-        .collect::<Result<Vec<_>>>()?;
-    if options.lazy {
+    let manifest_digest = resolved
+        .platform_manifest
+        .as_ref()
+        .unwrap_or(&resolved.top)
+        .digest
+        .clone();
+    // A Nydus image's layers are kept as they are (see [`super::nydus`]).
+    let nydus = super::nydus::layer_records(&resolved.manifest, &name, &manifest_digest)?;
+    let is_nydus = nydus.is_some();
+    let mut layers = match nydus {
+        Some(layers) => layers,
+        None => resolved
+            .manifest
+            .layers()
+            .iter()
+            .map(|d| layer_record(d, &name))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if options.lazy && !is_nydus {
         let manifest = resolved.platform_manifest.as_ref().unwrap_or(&resolved.top);
         find_indexes(source, &manifest.digest, &mut layers, &name);
     }
@@ -127,16 +142,23 @@ pub fn pull(
     };
     parse_config(&config_bytes, &format!("{name}: config {config_digest}"))?;
 
+    if is_nydus {
+        // The bootstrap first: its blob table must match the manifest
+        // before any blob is fetched.
+        if let Some(i) = layers
+            .iter()
+            .position(|l| l.kind == LayerKind::NydusBootstrap)
+        {
+            fetch_layer(store, source, &layers[i], i, progress)?;
+        }
+        super::nydus::checked_tables(store, &layers, &name, &manifest_digest)?;
+    }
     fetch_layers(store, source, &layers, options, progress)?;
 
     store.put_blob(&resolved.top.digest, &resolved.top.bytes)?;
-    let manifest_digest = match &resolved.platform_manifest {
-        Some(m) => {
-            store.put_blob(&m.digest, &m.bytes)?;
-            m.digest.clone()
-        }
-        None => resolved.top.digest.clone(),
-    };
+    if let Some(m) = &resolved.platform_manifest {
+        store.put_blob(&m.digest, &m.bytes)?;
+    }
     store.put_blob(&config_digest, &config_bytes)?;
     let record = ImageRecord {
         reference: name,
@@ -355,6 +377,8 @@ fn fetch_layer(
     progress.step(index, "converting");
     let info = match layer.kind {
         LayerKind::Erofs => erofs_layer(&staging, layer)?,
+        LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
+        LayerKind::NydusBlob => super::nydus::blob_layer(layer),
         _ => tar_layer(&staging, layer)?,
     };
     finish_file(&blob, &blob_path)?;
