@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use oci_spec::image::{Descriptor, ImageManifest};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
 use super::{inline, open_devices, open_file, open_nofollow, tables_of, Rafs};
@@ -57,13 +57,7 @@ pub fn nydus_manifest(
     let manifest = match Manifest::parse(&fetched, &name)? {
         Manifest::Image(m) => *m,
         Manifest::Index(index) => {
-            let marked = index.manifests().iter().find(|d| {
-                is_nydus_entry(d) && platform_of(d).is_some_and(|p| platform.matches(&p))
-            });
-            let d = match marked {
-                Some(d) => d,
-                None => select_platform(&index, platform, &name)?,
-            };
+            let d = select_entry(&index, platform, &name)?;
             let fetched = layout.manifest(d.digest().as_ref())?;
             match Manifest::parse(&fetched, &name)? {
                 Manifest::Image(m) => *m,
@@ -73,6 +67,24 @@ pub fn nydus_manifest(
     };
     let nydus = manifest.layers().iter().any(is_bootstrap);
     Ok(nydus.then_some(NydusManifest { layout, manifest }))
+}
+
+/// The entry of `index` (of reference `name`) for `platform`: its
+/// Nydus-marked one (nydusify's --merge-platform lists it after the
+/// ordinary one), else the one [`select_platform`] picks.
+pub fn select_entry<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+    name: &str,
+) -> Result<&'a Descriptor> {
+    let marked = index
+        .manifests()
+        .iter()
+        .find(|d| is_nydus_entry(d) && platform_of(d).is_some_and(|p| platform.matches(&p)));
+    match marked {
+        Some(d) => Ok(d),
+        None => select_platform(index, platform, name),
+    }
 }
 
 /// The platform an index entry names, if any.

@@ -25,7 +25,7 @@ use oci_spec::image::{Descriptor, ImageManifest};
 
 use crate::error::{Error, Result};
 use crate::reader::{Image, OpenOptions};
-use crate::registry::manifest::{parse_config, select_platform, LayerKind, Manifest, Platform};
+use crate::registry::manifest::{parse_config, LayerKind, Manifest, Platform};
 use crate::registry::oci_layout::sha256_digest;
 use crate::registry::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 
@@ -221,7 +221,8 @@ pub(crate) fn resolve(
         }),
         Manifest::Index(index) => {
             let wanted = options.platform.clone().unwrap_or_else(Platform::host);
-            let entry = select_platform(&index, &wanted, name)?;
+            // A Nydus-marked entry first, as for layouts (crate::nydus::oci).
+            let entry = crate::nydus::oci::select_entry(&index, &wanted, name)?;
             let digest = entry.digest().to_string();
             if entry.size() > MAX_MANIFEST_SIZE {
                 return Err(Error::Invalid(format!(

@@ -175,6 +175,19 @@ fn pull_keeps_a_nydus_images_bootstrap_and_blob_as_they_are_and_gc_keeps_them() 
     assert!(!store.join(blob).exists());
 }
 
+#[test]
+fn pull_takes_an_indexs_nydus_marked_entry_as_layouts_are_read() {
+    // An ordinary manifest for the host first (without a config: pulling
+    // it fails), then the Nydus-marked one (nydusify --merge-platform).
+    let name = "e-tar-rafs";
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    crate::nydus::nydus_layout(name, &layout);
+    let store = work.path().join("store");
+    pull_ok(&store, &format!("oci:{}:nydus", layout.display()), NO_ARGS);
+    assert_store_reads(&store, &records(&store)[0], name);
+}
+
 /// `pull REF` of the layout in `dir` fails with one line naming the
 /// reference and `digest` (and saying `what`).
 fn assert_pull_fails(dir: &Path, digest: &str, what: &str) {

@@ -10,7 +10,7 @@ use crate::common::lazy::{ranges, Mounted};
 use crate::common::pulled::pull_ok;
 use crate::common::registry::{available, Registry, Variant};
 use crate::common::{have, manifest_diff, tree_manifest, FuseMount, FUSE_ROOT};
-use crate::nydus::{blob_of, case, expected};
+use crate::nydus::{blob_of, case, expected, files_of};
 
 /// Pushes case `name` to `reg` as `nydus/NAME:1` (laid out in `work`);
 /// gives the reference and the blob's digest.
@@ -65,8 +65,22 @@ fn a_pulled_nydus_image_mounts_from_the_store_eagerly_and_lazily() {
         "{said}"
     );
     assert_eq!(ranges(&reg, &blob).0, 0, "blob read before any file was");
+    // One small file: a small part of the blob fetched.
+    let files = files_of(&expected(name));
+    let (path, _, _) = files
+        .iter()
+        .filter(|f| f.1 > 0)
+        .min_by_key(|f| f.1)
+        .unwrap();
+    std::fs::read(mount.0.path().join(path.trim_start_matches('/'))).unwrap();
+    let (requests, fetched) = ranges(&reg, &blob);
+    let size = std::fs::metadata(blob_of(name)).unwrap().len();
+    eprintln!("one small file ({path}): {requests} range requests, {fetched} of {size} bytes");
+    assert!(fetched * 4 <= size, "{fetched} of {size} bytes fetched");
     assert_tree(mount.0.path(), name, "mount --lazy REF");
-    assert!(ranges(&reg, &blob).0 > 0, "no range requests");
+    let (requests, fetched) = ranges(&reg, &blob);
+    eprintln!("whole tree: {requests} range requests, {fetched} of {size} bytes");
+    assert!(requests > 0, "no range requests");
     assert!(!lazy.join(&blob).exists(), "the blob was pulled whole");
     assert!(lazy.join("lazy").join(&blob).is_file());
     drop(mount);
