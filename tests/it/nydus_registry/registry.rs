@@ -84,6 +84,19 @@ fn a_pulled_nydus_image_mounts_from_the_store_eagerly_and_lazily() {
     assert!(!lazy.join(&blob).exists(), "the blob was pulled whole");
     assert!(lazy.join("lazy").join(&blob).is_file());
     drop(mount);
+    // Its cache complete, pull takes the blob from it: no whole GET.
+    let whole = || {
+        let path = format!("/blobs/{blob} ");
+        let log = reg.log();
+        let gets = log
+            .lines()
+            .filter(|l| l.contains("\"GET ") && l.contains(&path));
+        gets.filter(|l| l.contains("\" 200 ")).count()
+    };
+    let before = whole();
+    pull_ok(&lazy, &reference, &flags);
+    assert_eq!(whole(), before, "the blob was fetched again");
+    assert!(lazy.join(&blob).join("blob").is_file());
 
     // pull, then the registry gone: mount REF reads the store alone, and
     // still does after gc.
