@@ -3,6 +3,7 @@
 //! REF` pulling first, `mount --lazy REF` reading blobs by range, and a
 //! byte flipped in the registry's stored blob after a lazy mount failing
 //! the files of its chunk only, with EIO.
+//! `mount --lazy` as nobody with the default store too.
 
 use std::path::{Path, PathBuf};
 
@@ -202,4 +203,41 @@ fn a_byte_flipped_in_the_registrys_blob_is_eio_for_its_chunks_files_only() {
         }
         assert!(failed >= 1, "{name}: no file failed");
     }
+}
+
+#[test]
+fn a_nydus_image_mounts_lazily_as_nobody_with_the_default_store() {
+    use crate::common::lazy::mount_lazy_as_nobody;
+    use crate::common::pulled::{
+        open_dev_fuse, walk_and_unmount_as_nobody, without_trusted_xattrs,
+    };
+    use crate::common::Need;
+    let test = "a_nydus_image_mounts_lazily_as_nobody_with_the_default_store";
+    let needs = [Need::Program("setpriv"), Need::Program("/usr/bin/python3")];
+    if !have(test, FUSE_ROOT) || !have(test, &needs) || !available(test) {
+        return;
+    }
+    open_dev_fuse();
+    let name = "b-dir-zstd";
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Variant::Http);
+    let (reference, blob) = push(&reg, work.path(), name);
+    let (home, mnt, said) = mount_lazy_as_nobody(&reference, &reg.cli_args());
+    assert!(
+        said.contains("lazy, verified by its chunk digests"),
+        "{said}"
+    );
+    let got = walk_and_unmount_as_nobody(home.path(), &mnt);
+    // The kernel hides trusted.* xattrs from nobody.
+    let parse = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| without_trusted_xattrs(serde_json::from_str(l).unwrap()))
+            .collect()
+    };
+    assert!(
+        parse(&got) == parse(&expected(name)),
+        "{name} as nobody:\n{got}"
+    );
+    let cache = home.path().join(".local/share/erofs-fuse/lazy").join(&blob);
+    assert!(cache.is_file(), "no cache in nobody's store");
 }
