@@ -143,15 +143,7 @@ pub fn pull(
     parse_config(&config_bytes, &format!("{name}: config {config_digest}"))?;
 
     if is_nydus {
-        // The bootstrap first: its blob table must match the manifest
-        // before any blob is fetched.
-        if let Some(i) = layers
-            .iter()
-            .position(|l| l.kind == LayerKind::NydusBootstrap)
-        {
-            fetch_layer(store, source, &layers[i], i, progress)?;
-        }
-        super::nydus::checked_tables(store, &layers, &name, &manifest_digest)?;
+        nydus_bootstrap_first(store, source, &layers, (&name, &manifest_digest), progress)?;
     }
     fetch_layers(store, source, &layers, options, progress)?;
 
@@ -173,6 +165,26 @@ pub fn pull(
     };
     store.put_record(image, &record)?;
     Ok(record)
+}
+
+/// Fetches the bootstrap of Nydus image `layers` (of reference and
+/// manifest `name`, `manifest_digest`) and checks its blob table against
+/// the manifest's blob layers, before any blob is fetched.
+fn nydus_bootstrap_first(
+    store: &Store,
+    source: &dyn ImageSource,
+    layers: &[LayerRecord],
+    (name, manifest_digest): (&str, &str),
+    progress: &dyn Progress,
+) -> Result<()> {
+    let boot = layers
+        .iter()
+        .position(|l| l.kind == LayerKind::NydusBootstrap);
+    if let Some(i) = boot {
+        fetch_layer(store, source, &layers[i], i, progress)?;
+    }
+    super::nydus::checked_tables(store, layers, name, manifest_digest)?;
+    Ok(())
 }
 
 /// Gives the tar layers of `layers` the layer-index referrers `source`
