@@ -17,6 +17,7 @@ pub mod error;
 mod gz;
 mod lazy;
 mod nydus;
+mod nydus_ref;
 mod pull;
 mod read;
 mod serve;

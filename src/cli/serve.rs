@@ -131,6 +131,9 @@ fn open_image(
     let image = erofs_fuse::store::images::ImageRef::parse(reference)?;
     let store = super::pull::open_store(args.source.store.as_deref())?;
     let record = super::pull::ensure_resolved(&store, &image, &args.source, args.lazy)?;
+    if let Some(view) = super::nydus_ref::view(&store, &image, &record, args, open)? {
+        return Ok((image.to_string(), view));
+    }
     let images = if args.lazy {
         super::lazy::open_lazily(&store, &image, &record, args, open)?
     } else {

@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use oci_spec::image::{Descriptor, ImageManifest};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
 use super::{inline, open_devices, open_file, open_nofollow, tables_of, Rafs};
@@ -57,13 +57,7 @@ pub fn nydus_manifest(
     let manifest = match Manifest::parse(&fetched, &name)? {
         Manifest::Image(m) => *m,
         Manifest::Index(index) => {
-            let marked = index.manifests().iter().find(|d| {
-                is_nydus_entry(d) && platform_of(d).is_some_and(|p| platform.matches(&p))
-            });
-            let d = match marked {
-                Some(d) => d,
-                None => select_platform(&index, platform, &name)?,
-            };
+            let d = select_entry(&index, platform, &name)?;
             let fetched = layout.manifest(d.digest().as_ref())?;
             match Manifest::parse(&fetched, &name)? {
                 Manifest::Image(m) => *m,
@@ -73,6 +67,24 @@ pub fn nydus_manifest(
     };
     let nydus = manifest.layers().iter().any(is_bootstrap);
     Ok(nydus.then_some(NydusManifest { layout, manifest }))
+}
+
+/// The entry of `index` (of reference `name`) for `platform`: its
+/// Nydus-marked one (nydusify's --merge-platform lists it after the
+/// ordinary one), else the one [`select_platform`] picks.
+pub fn select_entry<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+    name: &str,
+) -> Result<&'a Descriptor> {
+    let marked = index
+        .manifests()
+        .iter()
+        .find(|d| is_nydus_entry(d) && platform_of(d).is_some_and(|p| platform.matches(&p)));
+    match marked {
+        Some(d) => Ok(d),
+        None => select_platform(index, platform, name),
+    }
 }
 
 /// The platform an index entry names, if any.
@@ -98,8 +110,53 @@ fn is_nydus_entry(d: &Descriptor) -> bool {
     artifact || feature
 }
 
+/// Whether layer `d` is a Nydus data blob layer (by its media type).
+pub fn is_blob(d: &Descriptor) -> bool {
+    d.media_type().to_string() == BLOB_MEDIA_TYPE
+}
+
+/// Whether `manifest` is a Nydus image's: it has a bootstrap layer or a
+/// Nydus blob layer (one without the other is then an error for whoever
+/// reads it, not an ordinary image).
+pub fn is_nydus(manifest: &ImageManifest) -> bool {
+    manifest
+        .layers()
+        .iter()
+        .any(|d| is_bootstrap(d) || is_blob(d))
+}
+
+/// Checks that the blobs `rafs` lists are exactly the blob layers
+/// `blob_digests` of manifest `manifest_digest` (named `name`): a blob's
+/// id is its layer digest's hex. Errors name the reference and digest.
+pub fn check_blob_layers(
+    rafs: &Rafs,
+    blob_digests: &[&str],
+    name: &str,
+    manifest_digest: &str,
+) -> Result<()> {
+    let listed: Vec<String> = rafs
+        .blobs
+        .iter()
+        .map(|b| format!("sha256:{}", b.id.to_ascii_lowercase()))
+        .collect();
+    if let Some(missing) = listed.iter().find(|d| !blob_digests.contains(&d.as_str())) {
+        return Err(Error::Invalid(format!(
+            "{name}: the bootstrap of manifest {manifest_digest} lists blob {missing}, which is not a Nydus blob layer of the manifest"
+        )));
+    }
+    if let Some(extra) = blob_digests
+        .iter()
+        .find(|d| !listed.iter().any(|l| l == *d))
+    {
+        return Err(Error::Invalid(format!(
+            "{name}: blob layer {extra} of manifest {manifest_digest} is not in its bootstrap's blob table"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether a layer is the bootstrap layer.
-fn is_bootstrap(d: &Descriptor) -> bool {
+pub fn is_bootstrap(d: &Descriptor) -> bool {
     d.annotations()
         .as_ref()
         .and_then(|a| a.get(BOOTSTRAP_ANNOTATION))

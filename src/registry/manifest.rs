@@ -251,6 +251,15 @@ pub enum LayerKind {
     /// An EROFS image, used as it is.
     #[serde(rename = "erofs")]
     Erofs,
+    /// A Nydus bootstrap layer (a tar whose `image/image.boot` is the
+    /// RAFS v6 bootstrap): set by the store for a Nydus manifest's
+    /// annotated layer, never by [`LayerKind::of`].
+    #[serde(rename = "nydus-bootstrap")]
+    NydusBootstrap,
+    /// A Nydus data blob, kept as it is and read through the bootstrap:
+    /// set by the store for a Nydus manifest, never by [`LayerKind::of`].
+    #[serde(rename = "nydus-blob")]
+    NydusBlob,
 }
 
 impl LayerKind {

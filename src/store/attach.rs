@@ -158,6 +158,10 @@ pub fn attach(
                 progress.finish(index, "skipped: zstd");
                 Outcome::Skipped("tar+zstd has no random access".into())
             }
+            (_, LayerKind::NydusBootstrap | LayerKind::NydusBlob) => {
+                progress.finish(index, "skipped: nydus");
+                Outcome::Skipped("Nydus chunks carry their own digests".into())
+            }
             _ => {
                 let job = Job {
                     store,
@@ -334,6 +338,9 @@ impl Job<'_> {
                 })
             }
             LayerKind::TarZstd => Err(what("zstd layers have no random access".into())),
+            LayerKind::NydusBootstrap | LayerKind::NydusBlob => {
+                Err(what("Nydus layers need no layer index".into()))
+            }
         }
     }
 

@@ -116,10 +116,11 @@ pub struct LayerRecord {
 
 impl LayerRecord {
     /// Whether `mount --lazy` can read it on demand: an EROFS-native layer,
-    /// or a tar or tar+gzip one with a layer index.
+    /// a Nydus blob, or a tar or tar+gzip one with a layer index.
     pub fn is_lazy(&self) -> bool {
         match self.kind {
-            LayerKind::Erofs => true,
+            LayerKind::Erofs | LayerKind::NydusBlob => true,
+            LayerKind::NydusBootstrap => false,
             LayerKind::Tar | LayerKind::TarGzip => self.index.is_some(),
             LayerKind::TarZstd => false,
         }

@@ -113,9 +113,9 @@ pub fn open_indexed_layer(
                 Some(index_device(dir, &source, digest, index)?),
             )
         }
-        LayerKind::TarZstd => {
+        LayerKind::TarZstd | LayerKind::NydusBootstrap | LayerKind::NydusBlob => {
             return Err(Error::Unsupported(format!(
-                "layer {digest} ({}): zstd layers cannot be read lazily",
+                "layer {digest} ({}): not read through a layer index",
                 layer.media_type
             )))
         }

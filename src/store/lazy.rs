@@ -117,8 +117,9 @@ impl ChunkSource for Offline {
     }
 }
 
-/// For `pull`: writes the bytes of EROFS-native `layer` from its lazy cache
-/// to `out` (named `out_path`) when the cache is complete, and says whether
+/// For `pull`: writes the bytes of `layer` (EROFS-native or a Nydus blob,
+/// both kept as fetched) from its lazy cache to `out` (named `out_path`)
+/// when the cache is complete, and says whether
 /// they hash to the layer's digest (then the blob need not be fetched).
 /// `false` when there is no complete cache, or its bytes do not match; `out`
 /// may then hold some of them, to be discarded.
@@ -138,7 +139,8 @@ pub(crate) fn adopt(
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .is_ok();
-    if layer.kind != LayerKind::Erofs || !is_layer_name(digest.as_bytes()) || !exists {
+    let kept_whole = matches!(layer.kind, LayerKind::Erofs | LayerKind::NydusBlob);
+    if !kept_whole || !is_layer_name(digest.as_bytes()) || !exists {
         return Ok(false);
     }
     let source = Arc::new(Offline {

@@ -18,6 +18,7 @@ pub mod images;
 pub mod indexed;
 pub mod layout;
 pub mod lazy;
+pub mod nydus;
 pub mod pull;
 mod refs;
 pub mod toc_layers;

@@ -11,6 +11,9 @@
 //! partial layer or blob. An EROFS layer whose lazy cache (`mount --lazy`)
 //! is complete is copied from it instead, if its bytes match the digest;
 //! with [`PullOptions::lazy`] the layers a lazy mount reads on demand are not fetched.
+//! A Nydus image's layers are kept as they are ([`super::nydus`]): its
+//! bootstrap is fetched first and its blob table checked against the
+//! manifest before any blob is.
 
 use std::ffi::OsStr;
 use std::io::{BufWriter, Write};
@@ -22,7 +25,7 @@ use oci_spec::image::{Descriptor, ImageManifest};
 
 use crate::error::{Error, Result};
 use crate::reader::{Image, OpenOptions};
-use crate::registry::manifest::{parse_config, select_platform, LayerKind, Manifest, Platform};
+use crate::registry::manifest::{parse_config, LayerKind, Manifest, Platform};
 use crate::registry::oci_layout::sha256_digest;
 use crate::registry::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 
@@ -99,13 +102,25 @@ pub fn pull(
     let name = image.to_string();
     let _lock = store.lock(false)?;
     let resolved = resolve(image, source, options, &name)?;
-    let mut layers = resolved
-        .manifest
-        .layers()
-        .iter()
-        .map(|d| layer_record(d, &name))
-        .collect::<Result<Vec<_>>>()?;
-    if options.lazy {
+    let manifest_digest = resolved
+        .platform_manifest
+        .as_ref()
+        .unwrap_or(&resolved.top)
+        .digest
+        .clone();
+    // A Nydus image's layers are kept as they are (see [`super::nydus`]).
+    let nydus = super::nydus::layer_records(&resolved.manifest, &name, &manifest_digest)?;
+    let is_nydus = nydus.is_some();
+    let mut layers = match nydus {
+        Some(layers) => layers,
+        None => resolved
+            .manifest
+            .layers()
+            .iter()
+            .map(|d| layer_record(d, &name))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    if options.lazy && !is_nydus {
         let manifest = resolved.platform_manifest.as_ref().unwrap_or(&resolved.top);
         find_indexes(source, &manifest.digest, &mut layers, &name);
     }
@@ -127,16 +142,15 @@ pub fn pull(
     };
     parse_config(&config_bytes, &format!("{name}: config {config_digest}"))?;
 
+    if is_nydus {
+        nydus_bootstrap_first(store, source, &layers, (&name, &manifest_digest), progress)?;
+    }
     fetch_layers(store, source, &layers, options, progress)?;
 
     store.put_blob(&resolved.top.digest, &resolved.top.bytes)?;
-    let manifest_digest = match &resolved.platform_manifest {
-        Some(m) => {
-            store.put_blob(&m.digest, &m.bytes)?;
-            m.digest.clone()
-        }
-        None => resolved.top.digest.clone(),
-    };
+    if let Some(m) = &resolved.platform_manifest {
+        store.put_blob(&m.digest, &m.bytes)?;
+    }
     store.put_blob(&config_digest, &config_bytes)?;
     let record = ImageRecord {
         reference: name,
@@ -151,6 +165,26 @@ pub fn pull(
     };
     store.put_record(image, &record)?;
     Ok(record)
+}
+
+/// Fetches the bootstrap of Nydus image `layers` (of reference and
+/// manifest `name`, `manifest_digest`) and checks its blob table against
+/// the manifest's blob layers, before any blob is fetched.
+fn nydus_bootstrap_first(
+    store: &Store,
+    source: &dyn ImageSource,
+    layers: &[LayerRecord],
+    (name, manifest_digest): (&str, &str),
+    progress: &dyn Progress,
+) -> Result<()> {
+    let boot = layers
+        .iter()
+        .position(|l| l.kind == LayerKind::NydusBootstrap);
+    if let Some(i) = boot {
+        fetch_layer(store, source, &layers[i], i, progress)?;
+    }
+    super::nydus::checked_tables(store, layers, name, manifest_digest)?;
+    Ok(())
 }
 
 /// Gives the tar layers of `layers` the layer-index referrers `source`
@@ -199,7 +233,8 @@ pub(crate) fn resolve(
         }),
         Manifest::Index(index) => {
             let wanted = options.platform.clone().unwrap_or_else(Platform::host);
-            let entry = select_platform(&index, &wanted, name)?;
+            // A Nydus-marked entry first, as for layouts (crate::nydus::oci).
+            let entry = crate::nydus::oci::select_entry(&index, &wanted, name)?;
             let digest = entry.digest().to_string();
             if entry.size() > MAX_MANIFEST_SIZE {
                 return Err(Error::Invalid(format!(
@@ -355,6 +390,8 @@ fn fetch_layer(
     progress.step(index, "converting");
     let info = match layer.kind {
         LayerKind::Erofs => erofs_layer(&staging, layer)?,
+        LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
+        LayerKind::NydusBlob => super::nydus::blob_layer(layer),
         _ => tar_layer(&staging, layer)?,
     };
     finish_file(&blob, &blob_path)?;

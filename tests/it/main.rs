@@ -31,6 +31,7 @@ mod malformed;
 mod mutation;
 mod nydus;
 mod nydus_mutation;
+mod nydus_registry;
 mod pull;
 mod store;
 mod toc_lazy;

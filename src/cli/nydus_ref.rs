@@ -1,0 +1,67 @@
+//! `mount [--lazy] REF` of a Nydus image pulled into the store: served
+//! as nydusd shows it (one layer: its whiteouts stay files), with one
+//! line per blob on stderr saying where it is read from.
+
+use std::sync::Arc;
+
+use erofs_fuse::lazy::CacheOptions;
+use erofs_fuse::registry::ImageSource;
+use erofs_fuse::store::images::{ImageRecord, ImageRef, Store};
+use erofs_fuse::store::nydus;
+use erofs_fuse::view::{ImageView, OverlayXattrs, View};
+
+use super::args::{MountArgs, OpenArgs};
+use super::error::{CliError, Result};
+
+/// The view of `record` when it is a Nydus image's (`None` otherwise):
+/// blobs in the store read from it, the others (`mount --lazy`) read on
+/// demand from the registry through their caches in the store.
+pub(super) fn view(
+    store: &Store,
+    image: &ImageRef,
+    record: &ImageRecord,
+    args: &MountArgs,
+    open: &OpenArgs,
+) -> Result<Option<Arc<dyn View>>> {
+    if !nydus::is_nydus(record) {
+        return Ok(None);
+    }
+    let name = image.to_string();
+    if !args.verity_roots.is_empty() {
+        return Err(CliError::msg(format!(
+            "{name}: --verity-root does not apply to a Nydus image (its chunks are checked against their digests)"
+        )));
+    }
+    // Shared with pulls, exclusive for gc: no cache removed while opened.
+    let _lock = store.lock(false)?;
+    let complete = record.layers.iter().all(|l| store.has_layer(&l.digest));
+    let source: Option<Arc<dyn ImageSource>> = match complete {
+        true => None,
+        false => {
+            let options = super::pull::client_options(&args.source.registry)?;
+            Some(Arc::from(image.open(&options)?))
+        }
+    };
+    let options = CacheOptions {
+        prefetch: args.prefetch,
+        ..erofs_fuse::store::lazy::cache_options()
+    };
+    let (image, blobs) = nydus::open(store, record, &name, source, &options, open.cache_size)?;
+    if args.lazy {
+        for (i, blob) in blobs.iter().enumerate() {
+            let how = match &blob.cache {
+                None => "pulled (in the store)".to_string(),
+                Some(cache) => {
+                    let stats = cache.stats();
+                    format!(
+                        "lazy, verified by its chunk digests, {}/{} chunks cached",
+                        stats.present, stats.chunks
+                    )
+                }
+            };
+            eprintln!("nydus blob {i} {}: {how}", blob.digest);
+        }
+    }
+    let view = ImageView::new(Arc::new(image), OverlayXattrs::Trusted);
+    Ok(Some(Arc::new(view)))
+}
