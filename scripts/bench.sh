@@ -362,7 +362,7 @@ small_impls=(kernel erofs-fuse)
 command -v erofsfuse >/dev/null && small_impls+=(erofsfuse)
 sz_metrics=(read-all-cold walk-cold read-all-warm)
 sv_metrics=(walk-cold read-all-cold)
-sv_impls=(erofs-fuse erofs-fuse-verity erofs-fuse-verity-once)
+sv_impls=(kernel erofs-fuse erofs-fuse-verity erofs-fuse-verity-once)
 small_table() { # table: sets what measure_all and print_table use
     table=$1 tree=$small/tree large=$small_probe
     case "$1" in

@@ -337,6 +337,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE",
           value_parser = erofs_fuse::fuse::options::parse_size)]
     pub readahead: Option<u64>,
+    /// Do not fill the kernel's page cache ahead of readers of small
+    /// files. By default, when a file is read from its start, the small
+    /// files listed after it in its directory are read in the background
+    /// and handed to the kernel, so a reader of a whole tree (tar, cp -a)
+    /// finds them cached. Off for --lazy mounts (it would fetch them).
+    #[arg(long)]
+    pub no_store_ahead: bool,
     /// Mount options, comma-separated (repeatable); see `mount --help`.
     /// Every mount is nosuid,nodev unless root adds -o suid or -o dev.
     #[arg(short = 'o', value_name = "OPT[,OPT...]")]

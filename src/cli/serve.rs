@@ -48,8 +48,16 @@ fn mount(args: &MountArgs) -> Result {
         }
         let (name, view) =
             open_image(args, &image, &open).with_context(|| format!("mount {image}"))?;
-        return serve(view, Path::new(&name), mountpoint, options, &args.serve)
-            .with_context(|| format!("mount {name}"));
+        let ahead = !args.lazy;
+        return serve(
+            view,
+            Path::new(&name),
+            mountpoint,
+            options,
+            &args.serve,
+            ahead,
+        )
+        .with_context(|| format!("mount {name}"));
     }
     if args.lazy {
         return Err(CliError::msg(
@@ -75,7 +83,7 @@ fn mount(args: &MountArgs) -> Result {
         (_, true) => return Err(CliError::msg("mount needs IMAGE and MOUNTPOINT")),
         (_, false) => return Err(CliError::msg("with --layer, mount takes only MOUNTPOINT")),
     };
-    serve(view, &source, mountpoint, options, &args.serve)
+    serve(view, &source, mountpoint, options, &args.serve, true)
         .with_context(|| format!("mount {}", source.display()))
 }
 
@@ -147,13 +155,16 @@ fn open_image(
     Ok((image.to_string(), std::sync::Arc::new(stack)))
 }
 
-/// Mounts `view` (from `source`) at `mountpoint` and serves it.
+/// Mounts `view` (from `source`) at `mountpoint` and serves it; `ahead`:
+/// whether the view's data is local, so filling the kernel's page cache
+/// ahead of readers costs no fetches (unless `--no-store-ahead`).
 fn serve(
     view: std::sync::Arc<dyn erofs_fuse::view::View>,
     source: &Path,
     mountpoint: &Path,
     options: MountOptions,
     args: &ServeArgs,
+    ahead: bool,
 ) -> erofs_fuse::Result<()> {
     let threads = args
         .threads
@@ -171,6 +182,7 @@ fn serve(
         threads,
         fsname,
         readahead,
+        store_ahead: ahead && !args.no_store_ahead,
     }
     .prepare()?;
     super::daemon::run(mount)
@@ -304,8 +316,16 @@ fn store_serve(
     };
     let view = erofs_fuse::store::StoreView::new(store.to_path_buf(), open, overlay_xattrs)?
         .with_remote(remote);
-    serve(std::sync::Arc::new(view), store, mountpoint, options, args)
-        .with_context(|| format!("store {}", store.display()))
+    // Its layers may be fetched lazily: filling ahead would fetch them.
+    serve(
+        std::sync::Arc::new(view),
+        store,
+        mountpoint,
+        options,
+        args,
+        false,
+    )
+    .with_context(|| format!("store {}", store.display()))
 }
 
 /// Splits a `--layer IMAGE[:DEVICE...]` value. Paths may hold colons (a

@@ -132,6 +132,10 @@ impl Filesystem for ErofsFs {
             }
         });
         self.budget.read(&*self.view, access, served);
+        // A file read from its start: its listed neighbours are likely next.
+        if offset == 0 && served > 0 {
+            self.ahead.read_from_start(ino.0);
+        }
         // A readahead-sized read means a sequential reader: once it has its
         // reply, say what it will ask for next (verity checks it ahead).
         if size >= SEQUENTIAL_READ && served > 0 {
@@ -199,25 +203,30 @@ impl Filesystem for ErofsFs {
         // Each entry's attributes come from the view as for getattr; the
         // first that fails ends the listing with its error.
         let mut failed = None;
+        let mut files = Vec::new();
         let mut add = |item: DirItem<'_>| match self.view.attr(item.ino) {
-            Ok(attr) => reply.add(
-                INodeNo(item.ino),
-                item.next,
-                OsStr::from_bytes(item.name),
-                &TTL,
-                &self.file_attr(&attr),
-                Generation(0),
-            ),
+            Ok(attr) => {
+                files.push((item.ino, attr.kind, attr.size));
+                reply.add(
+                    INodeNo(item.ino),
+                    item.next,
+                    OsStr::from_bytes(item.name),
+                    &TTL,
+                    &self.file_attr(&attr),
+                    Generation(0),
+                )
+            }
             Err(e) => {
                 failed = Some(self.fail("readdirplus", ino, e));
                 true
             }
         };
-        match self
-            .list("readdirplus", ino, offset, &mut add)
-            .map(|()| failed)
-        {
-            Ok(None) => reply.ok(),
+        let listed = self.list("readdirplus", ino, offset, &mut add);
+        match listed.map(|()| failed) {
+            Ok(None) => {
+                reply.ok();
+                self.ahead.listed(ino.0, offset, &files);
+            }
             Ok(Some(e)) | Err(e) => reply.error(e),
         }
     }

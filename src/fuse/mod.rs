@@ -7,6 +7,7 @@
 //! with `FOPEN_KEEP_CACHE` and directories with `FOPEN_CACHE_DIR`: the
 //! kernel's caches serve repeated access without asking again.
 
+mod ahead;
 mod attr;
 mod handlers;
 mod memory;
@@ -73,7 +74,9 @@ pub struct ErofsFs {
     /// The mount is read-only to the kernel ([`View::read_only_mount`]).
     read_only_mount: bool,
     /// What the server has mapped and served, for trimming it.
-    budget: memory::Budget,
+    budget: Arc<memory::Budget>,
+    /// Fills the page cache ahead of a reader of small files.
+    ahead: ahead::StoreAhead,
     /// Whether the server runs in the initial user namespace, where uid 0
     /// stands for a caller that may see trusted.* xattrs.
     init_userns: bool,
@@ -94,9 +97,22 @@ impl ErofsFs {
             no_open: false,
             no_opendir: false,
             default_permissions,
-            budget: memory::Budget::default(),
+            budget: Arc::default(),
+            ahead: ahead::StoreAhead::default(),
             init_userns: in_initial_user_namespace(),
         }
+    }
+
+    /// Starts filling the kernel's page cache ahead of readers of small
+    /// files through the session's notifier (see [`ahead`]): the returned call
+    /// starts it once the session exists.
+    pub fn ahead_starter(&self) -> impl FnOnce(fuser::Notifier) {
+        let (ahead, view, budget) = (
+            self.ahead.clone(),
+            Arc::clone(&self.view),
+            Arc::clone(&self.budget),
+        );
+        move |notifier| ahead.start(notifier, view, budget)
     }
 
     /// Counts a metadata request (see [`memory::Budget`]).

@@ -35,6 +35,10 @@ pub struct MountRequest {
     /// The kernel's readahead window for the mount, in bytes (0 leaves the
     /// kernel's default), if asked for; `None` means the default window.
     pub readahead: Option<u64>,
+    /// Fill the kernel's page cache ahead of readers of small files (see
+    /// the `ahead` module): for images on local disk, not for lazy ones,
+    /// where it would fetch what may never be read.
+    pub store_ahead: bool,
 }
 
 impl MountRequest {
@@ -110,6 +114,7 @@ impl Mount {
         // Resolved now: once mounted, resolving the path would ask this
         // server, which does not answer until it runs.
         let canonical = std::fs::canonicalize(&request.mountpoint);
+        let storing = fs.ahead_starter();
         let mut session = match fuser::Session::new(fs, &request.mountpoint, &config) {
             Ok(session) => session,
             Err(e) => {
@@ -121,6 +126,9 @@ impl Mount {
         // Serving starts here, in the process that serves: the view's
         // background threads (verify-ahead) start now.
         request.view.start_serving();
+        if request.store_ahead {
+            storing(session.notifier());
+        }
         match canonical {
             Ok(path) => super::readahead::set_window(&path, request.readahead),
             Err(e) => tracing::warn!("readahead: {}: {e}", request.mountpoint.display()),

@@ -78,6 +78,8 @@ mod registry_pull;
 #[cfg(feature = "privileged")]
 mod rootless;
 #[cfg(feature = "privileged")]
+mod store_ahead;
+#[cfg(feature = "privileged")]
 mod store_refs;
 #[cfg(feature = "privileged")]
 mod toc_lazy_fetch;
