@@ -5,10 +5,13 @@
 //! `image/image.boot` in the layer's [`BOOTSTRAP_FILE`] and each blob as it is (its
 //! digest checked as it streams; the blob id is the digest's hex), and
 //! the image is served through the Nydus reader, each chunk checked
-//! against its digest. With `mount --lazy`, blobs the store lacks are read
-//! by range from the registry through a chunk cache in the store, as
-//! lazy EROFS layers are: a range the registry alters fails its chunk's
-//! digest, so it is EIO, never data.
+//! against its digest when it has one. With `mount --lazy`, a blob the store
+//! lacks is read by range from the registry through a chunk cache in the
+//! store, as lazy EROFS layers are, only when every chunk of it carries a
+//! digest (so a range the registry alters fails its chunk's digest: EIO,
+//! never data) and the bootstrap is not tarfs (whose tars have no chunk
+//! digests); any other blob is fetched whole first, checked against its
+//! layer digest as `pull` checks it ([`BlobRead`] says which).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -189,12 +192,39 @@ pub(crate) fn checked_tables(
     Ok(rafs)
 }
 
+/// Where one blob of an opened image is read from.
+pub enum BlobRead {
+    /// The store had it whole (pulled before).
+    Stored,
+    /// Fetched whole into the store by this open, checked against its
+    /// layer digest: its chunks cannot all be checked (the reason).
+    FetchedWhole(&'static str),
+    /// Read on demand through this cache, every chunk checked against
+    /// its digest.
+    Lazy(Arc<ChunkCache>),
+}
+
 /// How one blob of an opened image is read.
 pub struct BlobStatus {
     /// The blob's digest.
     pub digest: String,
-    /// Its lazy cache (`None`: in the store whole).
-    pub cache: Option<Arc<ChunkCache>>,
+    /// Where its bytes come from.
+    pub read: BlobRead,
+}
+
+/// Why blob `info` of `rafs` may not be read lazily (`None`: it may):
+/// every byte served lazily must be checked by a chunk digest, and a
+/// tarfs tar, or a chunk with no digest (a crc32c at most, which anyone
+/// can forge), is not.
+pub fn not_lazy_because(rafs: &nydus::Rafs, info: &nydus::BlobInfo) -> Option<&'static str> {
+    if rafs.tarfs() {
+        return Some("a tarfs tar has no chunk digests");
+    }
+    let mut chunks = rafs.chunks.iter().filter(|c| c.blob_index == info.index);
+    if chunks.any(|c| c.digest == [0; 32]) {
+        return Some("some of its chunks have no digest");
+    }
+    None
 }
 
 /// Opens the pulled Nydus image `record` (named `name`): the bootstrap
@@ -220,9 +250,10 @@ pub fn open(
             .iter()
             .find(|l| l.digest == digest)
             .ok_or_else(|| Error::Invalid(format!("{name}: blob {digest} is not a layer")))?;
-        let (device, cache) = blob_device(store, layer, source.as_ref(), options, name)?;
+        let not_lazy = not_lazy_because(&rafs, info);
+        let (device, read) = blob_device(store, layer, source.as_ref(), options, name, not_lazy)?;
         devices.push(device);
-        status.push(BlobStatus { digest, cache });
+        status.push(BlobStatus { digest, read });
     }
     let primary = Device::open(
         &layer_dir(store.path(), &boot.digest).join(BOOTSTRAP_FILE),
@@ -232,24 +263,33 @@ pub fn open(
     Ok((image, status))
 }
 
-/// Blob `layer`: its file in the store, or a device over its lazy cache.
+/// Blob `layer`: its file in the store, or (not in the store, with a
+/// `source`) fetched whole into the store when `not_lazy` gives a reason,
+/// else a device over its lazy cache.
 fn blob_device(
     store: &Store,
     layer: &LayerRecord,
     source: Option<&Arc<dyn ImageSource>>,
     options: &CacheOptions,
     name: &str,
-) -> Result<(Device, Option<Arc<ChunkCache>>)> {
+    not_lazy: Option<&'static str>,
+) -> Result<(Device, BlobRead)> {
     let digest = &layer.digest;
+    let stored = || Device::open(&layer_dir(store.path(), digest).join(BLOB_FILE), 0);
     if store.has_layer(digest) {
-        let path = layer_dir(store.path(), digest).join(BLOB_FILE);
-        return Ok((Device::open(&path, 0)?, None));
+        return Ok((stored()?, BlobRead::Stored));
     }
     let Some(source) = source else {
         return Err(Error::Invalid(format!(
             "{name}: blob {digest} is not in the store"
         )));
     };
+    if let Some(why) = not_lazy {
+        // Checked against its digest as it streams, as pull does.
+        super::pull::fetch_one(store, source.as_ref(), layer)
+            .map_err(|e| Error::Invalid(format!("{name}: blob {digest}: {e}")))?;
+        return Ok((stored()?, BlobRead::FetchedWhole(why)));
+    }
     let blob = Arc::new(RemoteBlob {
         source: Arc::clone(source),
         digest: digest.clone(),
@@ -258,5 +298,5 @@ fn blob_device(
     let dir = store.lazy_dir();
     let cache = ChunkCache::open(dir.fd(), dir.path(), digest, digest, blob, options)?;
     let cache = Arc::new(cache);
-    Ok((Device::lazy(Arc::clone(&cache))?, Some(cache)))
+    Ok((Device::lazy(Arc::clone(&cache))?, BlobRead::Lazy(cache)))
 }

@@ -79,6 +79,9 @@ pub struct PullOptions {
     /// record then keeps the index. The record lists them all the same, so
     /// a later plain `mount` or `pull` fetches them whole.
     pub lazy: bool,
+    /// From an index with both an ordinary and a Nydus-marked entry for
+    /// the platform, take the Nydus one (default: the ordinary one).
+    pub prefer_nydus: bool,
 }
 
 /// The image `image` resolves to in `source`.
@@ -233,8 +236,12 @@ pub(crate) fn resolve(
         }),
         Manifest::Index(index) => {
             let wanted = options.platform.clone().unwrap_or_else(Platform::host);
-            // A Nydus-marked entry first, as for layouts (crate::nydus::oci).
-            let entry = crate::nydus::oci::select_entry(&index, &wanted, name)?;
+            // The ordinary entry as ever; a Nydus-marked one only when no
+            // ordinary one is for the platform, or when asked for.
+            let entry = match options.prefer_nydus {
+                true => crate::nydus::oci::select_entry(&index, &wanted, name)?,
+                false => crate::nydus::oci::select_ordinary_first(&index, &wanted, name)?,
+            };
             let digest = entry.digest().to_string();
             if entry.size() > MAX_MANIFEST_SIZE {
                 return Err(Error::Invalid(format!(
@@ -346,6 +353,17 @@ fn fetch_layers(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// Fetches `layer` whole into the store (checked against its digest as
+/// it streams) unless the store has it: `mount --lazy` of a Nydus blob
+/// whose chunks cannot all be checked.
+pub(crate) fn fetch_one(
+    store: &Store,
+    source: &dyn ImageSource,
+    layer: &LayerRecord,
+) -> Result<()> {
+    fetch_layer(store, source, layer, 0, &NoProgress)
 }
 
 /// Fetches and converts one layer, unless the store has it (or another
