@@ -183,6 +183,7 @@ fn pull_with(
         platform,
         threads: jobs,
         lazy,
+        prefer_nydus: args.registry.prefer_nydus,
     };
     Ok(pull(store, image, source.as_ref(), &options, progress)?)
 }

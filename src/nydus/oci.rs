@@ -87,6 +87,34 @@ pub fn select_entry<'a>(
     }
 }
 
+/// For registry pulls, the entry of `index` (of reference `name`) for
+/// `platform` as ordinary pulls always chose it ([`select_platform`]:
+/// exact variant first) among its entries that are not Nydus-marked, so a
+/// nydusify --merge-platform index still pulls its ordinary image; a
+/// Nydus-marked entry only when no ordinary one matches.
+pub fn select_ordinary_first<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+    name: &str,
+) -> Result<&'a Descriptor> {
+    let mut ordinary = index.clone();
+    ordinary.set_manifests(
+        index
+            .manifests()
+            .iter()
+            .filter(|d| !is_nydus_entry(d))
+            .cloned()
+            .collect(),
+    );
+    if let Ok(d) = select_platform(&ordinary, platform, name) {
+        let at = index.manifests().iter().position(|e| e == d);
+        if let Some(at) = at {
+            return Ok(&index.manifests()[at]);
+        }
+    }
+    select_entry(index, platform, name)
+}
+
 /// The platform an index entry names, if any.
 fn platform_of(d: &Descriptor) -> Option<Platform> {
     d.platform().as_ref().map(|p| Platform {

@@ -176,7 +176,7 @@ fn pull_keeps_a_nydus_images_bootstrap_and_blob_as_they_are_and_gc_keeps_them() 
 }
 
 #[test]
-fn pull_takes_an_indexs_nydus_marked_entry_as_layouts_are_read() {
+fn pull_prefer_nydus_takes_an_indexs_nydus_marked_entry_as_layouts_are_read() {
     // An ordinary manifest for the host first (without a config: pulling
     // it fails), then the Nydus-marked one (nydusify --merge-platform).
     let name = "e-tar-rafs";
@@ -184,7 +184,10 @@ fn pull_takes_an_indexs_nydus_marked_entry_as_layouts_are_read() {
     let layout = work.path().join("layout");
     crate::nydus::nydus_layout(name, &layout);
     let store = work.path().join("store");
-    pull_ok(&store, &format!("oci:{}:nydus", layout.display()), NO_ARGS);
+    let reference = format!("oci:{}:nydus", layout.display());
+    // Without --prefer-nydus, the ordinary entry (which fails here).
+    assert!(!pull(&store, &reference, NO_ARGS).status.success());
+    pull_ok(&store, &reference, &["--prefer-nydus"]);
     assert_store_reads(&store, &records(&store)[0], name);
 }
 
@@ -235,3 +238,60 @@ fn nydus_manifests_whose_layers_disagree_are_one_line_errors() {
 
 #[cfg(feature = "privileged")]
 mod registry;
+
+#[test]
+fn a_merged_index_pulls_its_ordinary_image_not_the_nydus_one() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("layout");
+    let nydus = nydus_layout(&dir, "a-dir-none");
+    // The ordinary image: one tar+gzip layer.
+    let tar = crate::common::pulled::tar_of(&[("hello", b"ordinary\n")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let (layer, layer_size) = put(&dir, &gz.finish().unwrap());
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [digest_of(&tar)]}});
+    let (config, config_size) = put(&dir, &serde_json::to_vec(&config).unwrap());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer, "size": layer_size}],
+    });
+    let (ordinary, ordinary_size) = put(&dir, &serde_json::to_vec(&manifest).unwrap());
+    let nydus_size = std::fs::metadata(dir.join("blobs/sha256").join(&nydus[7..]))
+        .unwrap()
+        .len();
+    // As nydusify --merge-platform pushes it: ordinary first, then Nydus
+    // (marked by its artifact type: oci-spec 0.10 reads no "os.features").
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let merged = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": manifest_type, "digest": ordinary, "size": ordinary_size,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": manifest_type, "digest": nydus, "size": nydus_size,
+             "artifactType": "application/vnd.nydus.image.manifest.v1+json",
+             "platform": {"architecture": "amd64", "os": "linux",
+                          "os.features": ["nydus.remoteimage.v1"]}},
+        ],
+    });
+    let (merged, merged_size) = put(&dir, &serde_json::to_vec(&merged).unwrap());
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                       "digest": merged, "size": merged_size,
+                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let store = work.path().join("store");
+    let reference = format!("oci:{}:latest", dir.display());
+    pull_ok(&store, &reference, &["--platform", "linux/amd64"]);
+    let record = &records(&store)[0];
+    assert_eq!(record["manifest_digest"], ordinary.as_str(), "{record}");
+    assert!(layers_of(record, "nydus-bootstrap").is_empty(), "{record}");
+    assert!(store.join(&layer).join("layer.erofs").is_file());
+}
