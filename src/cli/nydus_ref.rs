@@ -4,6 +4,7 @@
 //! fetched whole (checked against its layer digest), or lazily (each chunk
 //! checked against its digest).
 
+use erofs_fuse::store::layer_kind::has_layer_as;
 use std::sync::Arc;
 
 use erofs_fuse::lazy::CacheOptions;
@@ -36,7 +37,10 @@ pub(super) fn view(
     }
     // Shared with pulls, exclusive for gc: no cache removed while opened.
     let _lock = store.lock(false)?;
-    let complete = record.layers.iter().all(|l| store.has_layer(&l.digest));
+    let complete = record
+        .layers
+        .iter()
+        .all(|l| has_layer_as(store, &l.digest, l.kind));
     let source: Option<Arc<dyn ImageSource>> = match complete {
         true => None,
         false => {

@@ -264,7 +264,18 @@ fn bootstrap_device(layout: &OciLayout, d: &Descriptor, name: &str) -> Result<De
 /// (gzip, zstd or a plain tar), decoded no further than
 /// [`inline::max_decoded`] of their size, named `name` in errors.
 pub fn bootstrap_from_layer(layer: &[u8], media: &str, name: &str) -> Result<Device> {
-    let stream: Box<dyn Read> = if media.ends_with("gzip") {
+    let stream = decoded(layer, media)?;
+    // Every byte the scan decodes counts: skipping entries costs no more.
+    let limit = inline::max_decoded(layer.len() as u64);
+    let label = format!("{name} bootstrap");
+    find_entry(stream.take(limit), Path::new(&label))?
+        .ok_or_else(|| Error::Invalid(format!("no {BOOT_ENTRY} entry in its first {limit} bytes")))
+}
+
+/// The tar of bootstrap layer `layer` (media type `media`: gzip, zstd or
+/// plain), decoded as it is read (unbounded: the caller bounds it).
+pub fn decoded<'a>(layer: &'a [u8], media: &str) -> Result<Box<dyn Read + 'a>> {
+    Ok(if media.ends_with("gzip") {
         Box::new(flate2::read::GzDecoder::new(layer))
     } else if media.ends_with("zstd") {
         Box::new(
@@ -273,12 +284,7 @@ pub fn bootstrap_from_layer(layer: &[u8], media: &str, name: &str) -> Result<Dev
         )
     } else {
         Box::new(layer)
-    };
-    // Every byte the scan decodes counts: skipping entries costs no more.
-    let limit = inline::max_decoded(layer.len() as u64);
-    let label = format!("{name} bootstrap");
-    find_entry(stream.take(limit), Path::new(&label))?
-        .ok_or_else(|| Error::Invalid(format!("no {BOOT_ENTRY} entry in its first {limit} bytes")))
+    })
 }
 
 /// The bootstrap entry of the tar `stream` (already bounded), decoded

@@ -16,6 +16,7 @@ pub mod attach;
 pub mod gc;
 pub mod images;
 pub mod indexed;
+pub mod layer_kind;
 pub mod layout;
 pub mod lazy;
 pub mod nydus;

@@ -143,14 +143,45 @@ pub(crate) fn bootstrap_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Res
         Ok(None) => return Err(bad("not a RAFS v6 bootstrap with blobs".into())),
         Err(e) => return Err(bad(e.to_string())),
     }
+    // The diffID: the digest and size of the uncompressed tar (what an
+    // ordinary pull of the same layer records), not of the bootstrap in it.
+    let (diff_digest, diff_size) = tar_digest(&bytes, &layer.media_type).map_err(bad)?;
     Ok(LayerInfo {
         compressed_digest: digest.clone(),
         compressed_size: layer.size,
-        diff_digest: digest.clone(),
-        diff_size: boot.len(),
+        diff_digest,
+        diff_size,
         compression: 0,
         toc_digest: None,
     })
+}
+
+/// The sha256 digest and length of the tar in bootstrap layer `bytes`
+/// (media type `media`), decoded within [`inline::max_decoded`] of its size.
+fn tar_digest(bytes: &[u8], media: &str) -> std::result::Result<(String, u64), String> {
+    let limit = inline::max_decoded(bytes.len() as u64);
+    let stream = oci::decoded(bytes, media).map_err(|e| e.to_string())?;
+    let mut hasher = HashWriter(<sha2::Sha256 as sha2::Digest>::new());
+    let size = std::io::copy(&mut stream.take(limit + 1), &mut hasher)
+        .map_err(|e| format!("decoding: {e}"))?;
+    if size > limit {
+        return Err(format!("decodes to more than {limit} bytes"));
+    }
+    let hash = sha2::Digest::finalize(hasher.0);
+    Ok((format!("sha256:{}", crate::format::hex(&hash)), size))
+}
+
+/// A sink hashing what is written to it.
+struct HashWriter(sha2::Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// For `pull`, a Nydus blob layer: kept as fetched (checked against its
@@ -276,7 +307,7 @@ fn blob_device(
 ) -> Result<(Device, BlobRead)> {
     let digest = &layer.digest;
     let stored = || Device::open(&layer_dir(store.path(), digest).join(BLOB_FILE), 0);
-    if store.has_layer(digest) {
+    if super::layer_kind::has_layer_as(store, digest, layer.kind) {
         return Ok((stored()?, BlobRead::Stored));
     }
     let Some(source) = source else {

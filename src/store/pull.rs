@@ -30,8 +30,9 @@ use crate::registry::oci_layout::sha256_digest;
 use crate::registry::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 
 use super::images::{ImageRecord, ImageRef, LayerRecord, Store};
+use super::layer_kind;
 use super::layout::{
-    convert_layer, finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAGE_FILE,
+    convert_layer, finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAGE_FILE, INFO_FILE,
 };
 
 /// The marker in a layer directory that a pull made it (gc removes such
@@ -337,7 +338,10 @@ fn fetch_layers(
                     break;
                 }
                 let layer = &layers[index];
-                if options.lazy && layer.is_lazy() && !store.has_layer(&layer.digest) {
+                if options.lazy
+                    && layer.is_lazy()
+                    && !layer_kind::has_layer_as(store, &layer.digest, layer.kind)
+                {
                     continue;
                 }
                 if let Err(e) = fetch_layer(store, source, layer, index, progress) {
@@ -366,8 +370,11 @@ pub(crate) fn fetch_one(
     fetch_layer(store, source, layer, 0, &NoProgress)
 }
 
-/// Fetches and converts one layer, unless the store has it (or another
-/// process makes it while this one waits for its lock).
+/// Fetches and converts one layer, unless the store has it with the file
+/// its kind needs (or another process makes it while this one waits for
+/// its lock). A directory made for another kind of layer of the same
+/// digest gets the missing file ([`super::layer_kind`]), from the blob it
+/// keeps.
 fn fetch_layer(
     store: &Store,
     source: &dyn ImageSource,
@@ -377,16 +384,58 @@ fn fetch_layer(
 ) -> Result<()> {
     let digest = layer.digest.as_str();
     progress.start(index, digest, layer.size);
-    if store.has_layer(digest) {
+    let present = || layer_kind::has_layer_as(store, digest, layer.kind);
+    if present() {
         progress.finish(index, "already present");
         return Ok(());
     }
     let _lock = store.lock_layer(digest)?;
-    if store.has_layer(digest) {
+    if present() {
         progress.finish(index, "already present");
         return Ok(());
     }
     let staging = Staging::create(&store.root, PULL_PREFIX)?;
+    let other_kind = store.has_layer(digest);
+    if !(other_kind && layer_kind::reuse_blob(store, digest, &staging)?) {
+        fill_blob(store, source, layer, index, progress, &staging)?;
+    }
+    progress.step(index, "converting");
+    let info = match layer.kind {
+        LayerKind::Erofs => erofs_layer(&staging, layer)?,
+        LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
+        LayerKind::NydusBlob => super::nydus::blob_layer(layer),
+        _ => tar_layer(&staging, layer)?,
+    };
+    if other_kind {
+        let name = layer_kind::needed_file(layer.kind);
+        layer_kind::add_file(store, &staging, digest, name, false)?;
+        if name == IMAGE_FILE {
+            // An ordinary layer's info (its compression) replaces a
+            // Nydus one's; both have the same digests and sizes.
+            write_info(&staging, &info)?;
+            layer_kind::add_file(store, &staging, digest, INFO_FILE, true)?;
+        }
+        progress.finish(index, "done");
+        return Ok(());
+    }
+    write_info(&staging, &info)?;
+    let marker = staging.create_file(PULLED_FILE)?;
+    finish_file(&marker, &staging.dir.path().join(PULLED_FILE))?;
+    staging.publish(digest)?;
+    progress.finish(index, "done");
+    Ok(())
+}
+
+/// Puts layer `layer`'s blob in `staging` (checked against its digest):
+/// a complete lazy cache whose bytes match, else fetched from `source`.
+fn fill_blob(
+    store: &Store,
+    source: &dyn ImageSource,
+    layer: &LayerRecord,
+    index: usize,
+    progress: &dyn Progress,
+    staging: &Staging<'_>,
+) -> Result<()> {
     let blob_path = staging.dir.path().join(BLOB_FILE);
     let blob = staging.create_file(BLOB_FILE)?;
     // A complete lazy cache (mount --lazy) whose bytes match the digest
@@ -400,25 +449,14 @@ fn fetch_layer(
     } else {
         blob.set_len(0).map_err(|e| Error::io(&blob_path, e))?;
         let mut sink = BufWriter::with_capacity(1 << 20, &blob);
-        source.blob(digest, layer.size, &mut sink, &|n| progress.bytes(index, n))?;
+        source.blob(&layer.digest, layer.size, &mut sink, &|n| {
+            progress.bytes(index, n)
+        })?;
         sink.flush().map_err(|e| Error::io(&blob_path, e))?;
         drop(sink);
     }
     blob.sync_all().map_err(|e| Error::io(&blob_path, e))?;
-    progress.step(index, "converting");
-    let info = match layer.kind {
-        LayerKind::Erofs => erofs_layer(&staging, layer)?,
-        LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
-        LayerKind::NydusBlob => super::nydus::blob_layer(layer),
-        _ => tar_layer(&staging, layer)?,
-    };
-    finish_file(&blob, &blob_path)?;
-    write_info(&staging, &info)?;
-    let marker = staging.create_file(PULLED_FILE)?;
-    finish_file(&marker, &staging.dir.path().join(PULLED_FILE))?;
-    staging.publish(digest)?;
-    progress.finish(index, "done");
-    Ok(())
+    finish_file(&blob, &blob_path)
 }
 
 /// The blob in the staging directory, by a path through the directory's

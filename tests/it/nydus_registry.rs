@@ -54,6 +54,9 @@ fn boot_layer(dir: &Path, name: &str) -> Value {
     let mut header = tar::Header::new_ustar();
     header.set_size(boot.len() as u64);
     header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1);
     header.set_cksum();
     tar.append_data(&mut header, "image/image.boot", &boot[..])
         .unwrap();
@@ -294,4 +297,90 @@ fn a_merged_index_pulls_its_ordinary_image_not_the_nydus_one() {
     assert_eq!(record["manifest_digest"], ordinary.as_str(), "{record}");
     assert!(layers_of(record, "nydus-bootstrap").is_empty(), "{record}");
     assert!(store.join(&layer).join("layer.erofs").is_file());
+}
+
+/// An ordinary image in `dir` whose one layer is `layer` (a tar+gzip
+/// descriptor already put there, of tar `tar`): its manifest digest.
+fn ordinary_layout(dir: &Path, layer: &Value, tar: &[u8]) -> String {
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [digest_of(tar)]}});
+    let (config, config_size) = put(dir, &serde_json::to_vec(&config).unwrap());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer["digest"], "size": layer["size"]}],
+    });
+    let (digest, size) = put(dir, &serde_json::to_vec(&manifest).unwrap());
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": digest, "size": size,
+                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    digest
+}
+
+#[test]
+fn a_digest_pulled_as_an_ordinary_layer_and_as_a_nydus_bootstrap_serves_both_in_either_order() {
+    let name = "a-dir-none";
+    for nydus_first in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let nydus_dir = work.path().join("nydus");
+        nydus_layout(&nydus_dir, name);
+        // The same tar.gz bytes, as an ordinary image's only layer.
+        let plain = work.path().join("plain");
+        let boot = boot_layer(&plain, name);
+        let digest = boot["digest"].as_str().unwrap().to_string();
+        let gz = std::fs::read(plain.join("blobs/sha256").join(&digest[7..])).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+        ordinary_layout(&plain, &boot, &tar);
+        let store = work.path().join("store");
+        let refs = [
+            format!("oci:{}:latest", nydus_dir.display()),
+            format!("oci:{}:latest", plain.display()),
+        ];
+        let order = match nydus_first {
+            true => [&refs[0], &refs[1]],
+            false => [&refs[1], &refs[0]],
+        };
+        for r in order {
+            pull_ok(&store, r, NO_ARGS);
+        }
+        let what = format!("nydus first: {nydus_first}");
+        // Both files in the one directory, each usable.
+        let record = records(&store)
+            .into_iter()
+            .find(|r| r["reference"] == refs[0].as_str())
+            .unwrap();
+        assert_eq!(
+            layers_of(&record, "nydus-bootstrap"),
+            std::slice::from_ref(&digest),
+            "{what}"
+        );
+        assert_store_reads(&store, &record, name);
+        let ls = run(Command::new(bin())
+            .arg("manifest")
+            .arg(store.join(&digest).join("layer.erofs")));
+        assert!(
+            ls.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&ls.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&ls.stdout).contains("image.boot"),
+            "{what}"
+        );
+        // The diffID is the uncompressed tar's, whichever kind came first.
+        let info: Value =
+            serde_json::from_slice(&std::fs::read(store.join(&digest).join("info")).unwrap())
+                .unwrap();
+        assert_eq!(info["diff-digest"], digest_of(&tar).as_str(), "{what}");
+        assert_eq!(info["diff-size"], tar.len() as u64, "{what}");
+    }
 }
