@@ -15,7 +15,7 @@ use std::path::Path;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
-use super::{inline, open_devices, open_file, open_nofollow, tables_of, Rafs};
+use super::{inline, open_devices, open_file, open_nofollow, tables_of, BlobInfo, Rafs};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::reader::Image;
@@ -162,11 +162,7 @@ pub fn check_blob_layers(
     name: &str,
     manifest_digest: &str,
 ) -> Result<()> {
-    let listed: Vec<String> = rafs
-        .blobs
-        .iter()
-        .map(|b| format!("sha256:{}", b.id.to_ascii_lowercase()))
-        .collect();
+    let listed: Vec<String> = rafs.blobs.iter().map(layer_digest).collect();
     if let Some(missing) = listed.iter().find(|d| !blob_digests.contains(&d.as_str())) {
         return Err(Error::Invalid(format!(
             "{name}: the bootstrap of manifest {manifest_digest} lists blob {missing}, which is not a Nydus blob layer of the manifest"
@@ -181,6 +177,12 @@ pub fn check_blob_layers(
         )));
     }
     Ok(())
+}
+
+/// The layer digest of blob `info`: `sha256:` and its id (hex, as the
+/// blob table spells it, lowercased as digests are written).
+pub fn layer_digest(info: &BlobInfo) -> String {
+    format!("sha256:{}", info.id.to_ascii_lowercase())
 }
 
 /// Whether a layer is the bootstrap layer.
@@ -210,7 +212,7 @@ pub fn open_layout(found: &NydusManifest, name: &str, cache_size: u64) -> Result
     let rafs = tables_of(&primary, primary.path())?;
     let mut blobs = Vec::with_capacity(rafs.blobs.len());
     for info in &rafs.blobs {
-        let digest = format!("sha256:{}", info.id);
+        let digest = layer_digest(info);
         let listed = manifest.layers().iter().any(|d| {
             d.digest().to_string() == digest && d.media_type().to_string() == BLOB_MEDIA_TYPE
         });

@@ -275,7 +275,7 @@ pub fn open(
     let mut devices = Vec::with_capacity(rafs.blobs.len());
     let mut status = Vec::with_capacity(rafs.blobs.len());
     for info in &rafs.blobs {
-        let digest = format!("sha256:{}", info.id.to_ascii_lowercase());
+        let digest = oci::layer_digest(info);
         let layer = record
             .layers
             .iter()

@@ -185,7 +185,11 @@ fn nydus_bootstrap_first(
         .iter()
         .position(|l| l.kind == LayerKind::NydusBootstrap);
     if let Some(i) = boot {
-        fetch_layer(store, source, &layers[i], i, progress)?;
+        // Its problems named with the reference, as the checks below are.
+        fetch_layer(store, source, &layers[i], i, progress).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("{name}: {m}")),
+            e => e,
+        })?;
     }
     super::nydus::checked_tables(store, layers, name, manifest_digest)?;
     Ok(())

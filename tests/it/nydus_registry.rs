@@ -49,7 +49,12 @@ fn blob_layer(dir: &Path, name: &str) -> Value {
 /// Case `name`'s bootstrap layer descriptor (a tar.gz holding
 /// image/image.boot), put in `dir`.
 fn boot_layer(dir: &Path, name: &str) -> Value {
-    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    boot_layer_of(dir, &std::fs::read(case(name).join("bootstrap")).unwrap())
+}
+
+/// A bootstrap layer descriptor (a tar.gz holding image/image.boot =
+/// `boot`), put in `dir`.
+fn boot_layer_of(dir: &Path, boot: &[u8]) -> Value {
     let mut tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_ustar();
     header.set_size(boot.len() as u64);
@@ -58,7 +63,7 @@ fn boot_layer(dir: &Path, name: &str) -> Value {
     header.set_gid(0);
     header.set_mtime(1);
     header.set_cksum();
-    tar.append_data(&mut header, "image/image.boot", &boot[..])
+    tar.append_data(&mut header, "image/image.boot", boot)
         .unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
@@ -237,6 +242,47 @@ fn nydus_manifests_whose_layers_disagree_are_one_line_errors() {
     let digest = write_layout(tmp.path(), layers);
     assert_pull_fails(tmp.path(), &digest, "is not in its bootstrap's blob table");
     assert_pull_fails(tmp.path(), &extra_digest, "is not in its bootstrap");
+}
+
+#[test]
+fn bad_bootstrap_layers_are_one_line_errors_naming_the_reference_and_digest() {
+    let name = "b-dir-zstd";
+    // Larger than the cap by its descriptor: refused before any fetch.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut boot = boot_layer(tmp.path(), name);
+    let digest = boot["digest"].as_str().unwrap().to_string();
+    boot["size"] = json!(erofs_fuse::nydus::inline::MAX_BOOTSTRAP + 1);
+    write_layout(tmp.path(), vec![blob_layer(tmp.path(), name), boot]);
+    assert_pull_fails(tmp.path(), &digest, "bytes (at most");
+
+    // A size other than its descriptor's.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut boot = boot_layer(tmp.path(), name);
+    let digest = boot["digest"].as_str().unwrap().to_string();
+    boot["size"] = json!(boot["size"].as_u64().unwrap() - 1);
+    write_layout(tmp.path(), vec![blob_layer(tmp.path(), name), boot]);
+    // (The layout source refuses it as it streams, naming the layout.)
+    let out = pull(
+        &tmp.path().join("store"),
+        &format!("oci:{}:latest", tmp.path().display()),
+        NO_ARGS,
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains(&digest) && err.contains("is longer than"),
+        "{err}"
+    );
+
+    // A plain EROFS image, not a RAFS v6 bootstrap.
+    let tmp = tempfile::tempdir().unwrap();
+    let plain =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.erofs"))
+            .unwrap();
+    let boot = boot_layer_of(tmp.path(), &plain);
+    let digest = boot["digest"].as_str().unwrap().to_string();
+    write_layout(tmp.path(), vec![blob_layer(tmp.path(), name), boot]);
+    assert_pull_fails(tmp.path(), &digest, "RAFS");
 }
 
 #[cfg(feature = "privileged")]
