@@ -1,6 +1,7 @@
 //! `mount --lazy REF`: the image's layers opened for on-demand reads, with
 //! one line per layer on stderr saying how each is read and verified.
 
+use erofs_fuse::store::layer_kind::has_layer_as;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -27,14 +28,17 @@ pub fn open_lazily(
     let pins = pins(&args.verity_roots, record)?;
     // Shared with pulls, exclusive for gc: no cache removed while opened.
     let _lock = store.lock(false)?;
-    let source: Option<Arc<dyn ImageSource>> =
-        match record.layers.iter().all(|l| store.has_layer(&l.digest)) {
-            true => None,
-            false => {
-                let options = super::pull::client_options(&args.source.registry)?;
-                Some(Arc::from(image.open(&options)?))
-            }
-        };
+    let source: Option<Arc<dyn ImageSource>> = match record
+        .layers
+        .iter()
+        .all(|l| has_layer_as(store, &l.digest, l.kind))
+    {
+        true => None,
+        false => {
+            let options = super::pull::client_options(&args.source.registry)?;
+            Some(Arc::from(image.open(&options)?))
+        }
+    };
     let options = CacheOptions {
         prefetch: args.prefetch,
         ..erofs_fuse::store::lazy::cache_options()
@@ -44,7 +48,7 @@ pub fn open_lazily(
     let open_one = |i: usize| -> Result<(Arc<Image>, String)> {
         let layer = &record.layers[i];
         let digest = &layer.digest;
-        let source = match (&source, store.has_layer(digest)) {
+        let source = match (&source, has_layer_as(store, digest, layer.kind)) {
             (Some(source), false) => Arc::clone(source),
             _ => {
                 let image = open_with(&store.layer_image(digest), open)?;

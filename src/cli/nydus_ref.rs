@@ -1,13 +1,16 @@
 //! `mount [--lazy] REF` of a Nydus image pulled into the store: served
 //! as nydusd shows it (one layer: its whiteouts stay files), with one
-//! line per blob on stderr saying where it is read from.
+//! line per blob on stderr saying where it is read from: the store,
+//! fetched whole (checked against its layer digest), or lazily (each chunk
+//! checked against its digest).
 
+use erofs_fuse::store::layer_kind::has_layer_as;
 use std::sync::Arc;
 
 use erofs_fuse::lazy::CacheOptions;
 use erofs_fuse::registry::ImageSource;
 use erofs_fuse::store::images::{ImageRecord, ImageRef, Store};
-use erofs_fuse::store::nydus;
+use erofs_fuse::store::nydus::{self, BlobRead};
 use erofs_fuse::view::{ImageView, OverlayXattrs, View};
 
 use super::args::{MountArgs, OpenArgs};
@@ -34,7 +37,10 @@ pub(super) fn view(
     }
     // Shared with pulls, exclusive for gc: no cache removed while opened.
     let _lock = store.lock(false)?;
-    let complete = record.layers.iter().all(|l| store.has_layer(&l.digest));
+    let complete = record
+        .layers
+        .iter()
+        .all(|l| has_layer_as(store, &l.digest, l.kind));
     let source: Option<Arc<dyn ImageSource>> = match complete {
         true => None,
         false => {
@@ -49,9 +55,12 @@ pub(super) fn view(
     let (image, blobs) = nydus::open(store, record, &name, source, &options, open.cache_size)?;
     if args.lazy {
         for (i, blob) in blobs.iter().enumerate() {
-            let how = match &blob.cache {
-                None => "pulled (in the store)".to_string(),
-                Some(cache) => {
+            let how = match &blob.read {
+                BlobRead::Stored => "pulled (in the store)".to_string(),
+                BlobRead::FetchedWhole(why) => {
+                    format!("fetched whole, checked against its layer digest ({why})")
+                }
+                BlobRead::Lazy(cache) => {
                     let stats = cache.stats();
                     format!(
                         "lazy, verified by its chunk digests, {}/{} chunks cached",

@@ -1,6 +1,7 @@
 //! Images by reference: `pull`, `images`, `config`, `rmi`, `store gc`,
 //! and what `mount REF` needs (the image pulled, its layers opened).
 
+use erofs_fuse::store::layer_kind::has_layer_as;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,10 @@ pub fn ensure_resolved(
     if let Some(record) = store.record(image)? {
         let needed = |l: &&LayerRecord| !(lazy && l.is_lazy());
         let layers = record.layers.iter().filter(needed);
-        if layers.into_iter().all(|l| store.has_layer(&l.digest)) {
+        if layers
+            .into_iter()
+            .all(|l| has_layer_as(store, &l.digest, l.kind))
+        {
             return Ok(record);
         }
     }
@@ -183,6 +187,7 @@ fn pull_with(
         platform,
         threads: jobs,
         lazy,
+        prefer_nydus: args.registry.prefer_nydus,
     };
     Ok(pull(store, image, source.as_ref(), &options, progress)?)
 }

@@ -15,7 +15,7 @@ use std::path::Path;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use sha2::{Digest as _, Sha256};
 
-use super::{inline, open_devices, open_file, open_nofollow, tables_of, Rafs};
+use super::{inline, open_devices, open_file, open_nofollow, tables_of, BlobInfo, Rafs};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::reader::Image;
@@ -87,6 +87,34 @@ pub fn select_entry<'a>(
     }
 }
 
+/// For registry pulls, the entry of `index` (of reference `name`) for
+/// `platform` as ordinary pulls always chose it ([`select_platform`]:
+/// exact variant first) among its entries that are not Nydus-marked, so a
+/// nydusify --merge-platform index still pulls its ordinary image; a
+/// Nydus-marked entry only when no ordinary one matches.
+pub fn select_ordinary_first<'a>(
+    index: &'a ImageIndex,
+    platform: &Platform,
+    name: &str,
+) -> Result<&'a Descriptor> {
+    let mut ordinary = index.clone();
+    ordinary.set_manifests(
+        index
+            .manifests()
+            .iter()
+            .filter(|d| !is_nydus_entry(d))
+            .cloned()
+            .collect(),
+    );
+    if let Ok(d) = select_platform(&ordinary, platform, name) {
+        let at = index.manifests().iter().position(|e| e == d);
+        if let Some(at) = at {
+            return Ok(&index.manifests()[at]);
+        }
+    }
+    select_entry(index, platform, name)
+}
+
 /// The platform an index entry names, if any.
 fn platform_of(d: &Descriptor) -> Option<Platform> {
     d.platform().as_ref().map(|p| Platform {
@@ -134,11 +162,7 @@ pub fn check_blob_layers(
     name: &str,
     manifest_digest: &str,
 ) -> Result<()> {
-    let listed: Vec<String> = rafs
-        .blobs
-        .iter()
-        .map(|b| format!("sha256:{}", b.id.to_ascii_lowercase()))
-        .collect();
+    let listed: Vec<String> = rafs.blobs.iter().map(layer_digest).collect();
     if let Some(missing) = listed.iter().find(|d| !blob_digests.contains(&d.as_str())) {
         return Err(Error::Invalid(format!(
             "{name}: the bootstrap of manifest {manifest_digest} lists blob {missing}, which is not a Nydus blob layer of the manifest"
@@ -153,6 +177,12 @@ pub fn check_blob_layers(
         )));
     }
     Ok(())
+}
+
+/// The layer digest of blob `info`: `sha256:` and its id (hex, as the
+/// blob table spells it, lowercased as digests are written).
+pub fn layer_digest(info: &BlobInfo) -> String {
+    format!("sha256:{}", info.id.to_ascii_lowercase())
 }
 
 /// Whether a layer is the bootstrap layer.
@@ -182,7 +212,7 @@ pub fn open_layout(found: &NydusManifest, name: &str, cache_size: u64) -> Result
     let rafs = tables_of(&primary, primary.path())?;
     let mut blobs = Vec::with_capacity(rafs.blobs.len());
     for info in &rafs.blobs {
-        let digest = format!("sha256:{}", info.id);
+        let digest = layer_digest(info);
         let listed = manifest.layers().iter().any(|d| {
             d.digest().to_string() == digest && d.media_type().to_string() == BLOB_MEDIA_TYPE
         });
@@ -236,7 +266,18 @@ fn bootstrap_device(layout: &OciLayout, d: &Descriptor, name: &str) -> Result<De
 /// (gzip, zstd or a plain tar), decoded no further than
 /// [`inline::max_decoded`] of their size, named `name` in errors.
 pub fn bootstrap_from_layer(layer: &[u8], media: &str, name: &str) -> Result<Device> {
-    let stream: Box<dyn Read> = if media.ends_with("gzip") {
+    let stream = decoded(layer, media)?;
+    // Every byte the scan decodes counts: skipping entries costs no more.
+    let limit = inline::max_decoded(layer.len() as u64);
+    let label = format!("{name} bootstrap");
+    find_entry(stream.take(limit), Path::new(&label))?
+        .ok_or_else(|| Error::Invalid(format!("no {BOOT_ENTRY} entry in its first {limit} bytes")))
+}
+
+/// The tar of bootstrap layer `layer` (media type `media`: gzip, zstd or
+/// plain), decoded as it is read (unbounded: the caller bounds it).
+pub fn decoded<'a>(layer: &'a [u8], media: &str) -> Result<Box<dyn Read + 'a>> {
+    Ok(if media.ends_with("gzip") {
         Box::new(flate2::read::GzDecoder::new(layer))
     } else if media.ends_with("zstd") {
         Box::new(
@@ -245,12 +286,7 @@ pub fn bootstrap_from_layer(layer: &[u8], media: &str, name: &str) -> Result<Dev
         )
     } else {
         Box::new(layer)
-    };
-    // Every byte the scan decodes counts: skipping entries costs no more.
-    let limit = inline::max_decoded(layer.len() as u64);
-    let label = format!("{name} bootstrap");
-    find_entry(stream.take(limit), Path::new(&label))?
-        .ok_or_else(|| Error::Invalid(format!("no {BOOT_ENTRY} entry in its first {limit} bytes")))
+    })
 }
 
 /// The bootstrap entry of the tar `stream` (already bounded), decoded

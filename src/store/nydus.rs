@@ -5,10 +5,13 @@
 //! `image/image.boot` in the layer's [`BOOTSTRAP_FILE`] and each blob as it is (its
 //! digest checked as it streams; the blob id is the digest's hex), and
 //! the image is served through the Nydus reader, each chunk checked
-//! against its digest. With `mount --lazy`, blobs the store lacks are read
-//! by range from the registry through a chunk cache in the store, as
-//! lazy EROFS layers are: a range the registry alters fails its chunk's
-//! digest, so it is EIO, never data.
+//! against its digest when it has one. With `mount --lazy`, a blob the store
+//! lacks is read by range from the registry through a chunk cache in the
+//! store, as lazy EROFS layers are, only when every chunk of it carries a
+//! digest (so a range the registry alters fails its chunk's digest: EIO,
+//! never data) and the bootstrap is not tarfs (whose tars have no chunk
+//! digests); any other blob is fetched whole first, checked against its
+//! layer digest as `pull` checks it ([`BlobRead`] says which).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -140,14 +143,45 @@ pub(crate) fn bootstrap_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Res
         Ok(None) => return Err(bad("not a RAFS v6 bootstrap with blobs".into())),
         Err(e) => return Err(bad(e.to_string())),
     }
+    // The diffID: the digest and size of the uncompressed tar (what an
+    // ordinary pull of the same layer records), not of the bootstrap in it.
+    let (diff_digest, diff_size) = tar_digest(&bytes, &layer.media_type).map_err(bad)?;
     Ok(LayerInfo {
         compressed_digest: digest.clone(),
         compressed_size: layer.size,
-        diff_digest: digest.clone(),
-        diff_size: boot.len(),
+        diff_digest,
+        diff_size,
         compression: 0,
         toc_digest: None,
     })
+}
+
+/// The sha256 digest and length of the tar in bootstrap layer `bytes`
+/// (media type `media`), decoded within [`inline::max_decoded`] of its size.
+fn tar_digest(bytes: &[u8], media: &str) -> std::result::Result<(String, u64), String> {
+    let limit = inline::max_decoded(bytes.len() as u64);
+    let stream = oci::decoded(bytes, media).map_err(|e| e.to_string())?;
+    let mut hasher = HashWriter(<sha2::Sha256 as sha2::Digest>::new());
+    let size = std::io::copy(&mut stream.take(limit + 1), &mut hasher)
+        .map_err(|e| format!("decoding: {e}"))?;
+    if size > limit {
+        return Err(format!("decodes to more than {limit} bytes"));
+    }
+    let hash = sha2::Digest::finalize(hasher.0);
+    Ok((format!("sha256:{}", crate::format::hex(&hash)), size))
+}
+
+/// A sink hashing what is written to it.
+struct HashWriter(sha2::Sha256);
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        sha2::Digest::update(&mut self.0, buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// For `pull`, a Nydus blob layer: kept as fetched (checked against its
@@ -189,12 +223,39 @@ pub(crate) fn checked_tables(
     Ok(rafs)
 }
 
+/// Where one blob of an opened image is read from.
+pub enum BlobRead {
+    /// The store had it whole (pulled before).
+    Stored,
+    /// Fetched whole into the store by this open, checked against its
+    /// layer digest: its chunks cannot all be checked (the reason).
+    FetchedWhole(&'static str),
+    /// Read on demand through this cache, every chunk checked against
+    /// its digest.
+    Lazy(Arc<ChunkCache>),
+}
+
 /// How one blob of an opened image is read.
 pub struct BlobStatus {
     /// The blob's digest.
     pub digest: String,
-    /// Its lazy cache (`None`: in the store whole).
-    pub cache: Option<Arc<ChunkCache>>,
+    /// Where its bytes come from.
+    pub read: BlobRead,
+}
+
+/// Why blob `info` of `rafs` may not be read lazily (`None`: it may):
+/// every byte served lazily must be checked by a chunk digest, and a
+/// tarfs tar, or a chunk with no digest (a crc32c at most, which anyone
+/// can forge), is not.
+pub fn not_lazy_because(rafs: &nydus::Rafs, info: &nydus::BlobInfo) -> Option<&'static str> {
+    if rafs.tarfs() {
+        return Some("a tarfs tar has no chunk digests");
+    }
+    let mut chunks = rafs.chunks.iter().filter(|c| c.blob_index == info.index);
+    if chunks.any(|c| c.digest == [0; 32]) {
+        return Some("some of its chunks have no digest");
+    }
+    None
 }
 
 /// Opens the pulled Nydus image `record` (named `name`): the bootstrap
@@ -214,15 +275,16 @@ pub fn open(
     let mut devices = Vec::with_capacity(rafs.blobs.len());
     let mut status = Vec::with_capacity(rafs.blobs.len());
     for info in &rafs.blobs {
-        let digest = format!("sha256:{}", info.id.to_ascii_lowercase());
+        let digest = oci::layer_digest(info);
         let layer = record
             .layers
             .iter()
             .find(|l| l.digest == digest)
             .ok_or_else(|| Error::Invalid(format!("{name}: blob {digest} is not a layer")))?;
-        let (device, cache) = blob_device(store, layer, source.as_ref(), options, name)?;
+        let not_lazy = not_lazy_because(&rafs, info);
+        let (device, read) = blob_device(store, layer, source.as_ref(), options, name, not_lazy)?;
         devices.push(device);
-        status.push(BlobStatus { digest, cache });
+        status.push(BlobStatus { digest, read });
     }
     let primary = Device::open(
         &layer_dir(store.path(), &boot.digest).join(BOOTSTRAP_FILE),
@@ -232,24 +294,33 @@ pub fn open(
     Ok((image, status))
 }
 
-/// Blob `layer`: its file in the store, or a device over its lazy cache.
+/// Blob `layer`: its file in the store, or (not in the store, with a
+/// `source`) fetched whole into the store when `not_lazy` gives a reason,
+/// else a device over its lazy cache.
 fn blob_device(
     store: &Store,
     layer: &LayerRecord,
     source: Option<&Arc<dyn ImageSource>>,
     options: &CacheOptions,
     name: &str,
-) -> Result<(Device, Option<Arc<ChunkCache>>)> {
+    not_lazy: Option<&'static str>,
+) -> Result<(Device, BlobRead)> {
     let digest = &layer.digest;
-    if store.has_layer(digest) {
-        let path = layer_dir(store.path(), digest).join(BLOB_FILE);
-        return Ok((Device::open(&path, 0)?, None));
+    let stored = || Device::open(&layer_dir(store.path(), digest).join(BLOB_FILE), 0);
+    if super::layer_kind::has_layer_as(store, digest, layer.kind) {
+        return Ok((stored()?, BlobRead::Stored));
     }
     let Some(source) = source else {
         return Err(Error::Invalid(format!(
             "{name}: blob {digest} is not in the store"
         )));
     };
+    if let Some(why) = not_lazy {
+        // Checked against its digest as it streams, as pull does.
+        super::pull::fetch_one(store, source.as_ref(), layer)
+            .map_err(|e| Error::Invalid(format!("{name}: blob {digest}: {e}")))?;
+        return Ok((stored()?, BlobRead::FetchedWhole(why)));
+    }
     let blob = Arc::new(RemoteBlob {
         source: Arc::clone(source),
         digest: digest.clone(),
@@ -258,5 +329,5 @@ fn blob_device(
     let dir = store.lazy_dir();
     let cache = ChunkCache::open(dir.fd(), dir.path(), digest, digest, blob, options)?;
     let cache = Arc::new(cache);
-    Ok((Device::lazy(Arc::clone(&cache))?, Some(cache)))
+    Ok((Device::lazy(Arc::clone(&cache))?, BlobRead::Lazy(cache)))
 }

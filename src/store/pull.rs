@@ -30,8 +30,9 @@ use crate::registry::oci_layout::sha256_digest;
 use crate::registry::{FetchedManifest, ImageSource, MAX_MANIFEST_SIZE};
 
 use super::images::{ImageRecord, ImageRef, LayerRecord, Store};
+use super::layer_kind;
 use super::layout::{
-    convert_layer, finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAGE_FILE,
+    convert_layer, finish_file, write_info, LayerInfo, Staging, BLOB_FILE, IMAGE_FILE, INFO_FILE,
 };
 
 /// The marker in a layer directory that a pull made it (gc removes such
@@ -79,6 +80,9 @@ pub struct PullOptions {
     /// record then keeps the index. The record lists them all the same, so
     /// a later plain `mount` or `pull` fetches them whole.
     pub lazy: bool,
+    /// From an index with both an ordinary and a Nydus-marked entry for
+    /// the platform, take the Nydus one (default: the ordinary one).
+    pub prefer_nydus: bool,
 }
 
 /// The image `image` resolves to in `source`.
@@ -181,7 +185,11 @@ fn nydus_bootstrap_first(
         .iter()
         .position(|l| l.kind == LayerKind::NydusBootstrap);
     if let Some(i) = boot {
-        fetch_layer(store, source, &layers[i], i, progress)?;
+        // Its problems named with the reference, as the checks below are.
+        fetch_layer(store, source, &layers[i], i, progress).map_err(|e| match e {
+            Error::Invalid(m) => Error::Invalid(format!("{name}: {m}")),
+            e => e,
+        })?;
     }
     super::nydus::checked_tables(store, layers, name, manifest_digest)?;
     Ok(())
@@ -233,8 +241,12 @@ pub(crate) fn resolve(
         }),
         Manifest::Index(index) => {
             let wanted = options.platform.clone().unwrap_or_else(Platform::host);
-            // A Nydus-marked entry first, as for layouts (crate::nydus::oci).
-            let entry = crate::nydus::oci::select_entry(&index, &wanted, name)?;
+            // The ordinary entry as ever; a Nydus-marked one only when no
+            // ordinary one is for the platform, or when asked for.
+            let entry = match options.prefer_nydus {
+                true => crate::nydus::oci::select_entry(&index, &wanted, name)?,
+                false => crate::nydus::oci::select_ordinary_first(&index, &wanted, name)?,
+            };
             let digest = entry.digest().to_string();
             if entry.size() > MAX_MANIFEST_SIZE {
                 return Err(Error::Invalid(format!(
@@ -330,7 +342,10 @@ fn fetch_layers(
                     break;
                 }
                 let layer = &layers[index];
-                if options.lazy && layer.is_lazy() && !store.has_layer(&layer.digest) {
+                if options.lazy
+                    && layer.is_lazy()
+                    && !layer_kind::has_layer_as(store, &layer.digest, layer.kind)
+                {
                     continue;
                 }
                 if let Err(e) = fetch_layer(store, source, layer, index, progress) {
@@ -348,8 +363,22 @@ fn fetch_layers(
     }
 }
 
-/// Fetches and converts one layer, unless the store has it (or another
-/// process makes it while this one waits for its lock).
+/// Fetches `layer` whole into the store (checked against its digest as
+/// it streams) unless the store has it: `mount --lazy` of a Nydus blob
+/// whose chunks cannot all be checked.
+pub(crate) fn fetch_one(
+    store: &Store,
+    source: &dyn ImageSource,
+    layer: &LayerRecord,
+) -> Result<()> {
+    fetch_layer(store, source, layer, 0, &NoProgress)
+}
+
+/// Fetches and converts one layer, unless the store has it with the file
+/// its kind needs (or another process makes it while this one waits for
+/// its lock). A directory made for another kind of layer of the same
+/// digest gets the missing file ([`super::layer_kind`]), from the blob it
+/// keeps.
 fn fetch_layer(
     store: &Store,
     source: &dyn ImageSource,
@@ -359,16 +388,58 @@ fn fetch_layer(
 ) -> Result<()> {
     let digest = layer.digest.as_str();
     progress.start(index, digest, layer.size);
-    if store.has_layer(digest) {
+    let present = || layer_kind::has_layer_as(store, digest, layer.kind);
+    if present() {
         progress.finish(index, "already present");
         return Ok(());
     }
     let _lock = store.lock_layer(digest)?;
-    if store.has_layer(digest) {
+    if present() {
         progress.finish(index, "already present");
         return Ok(());
     }
     let staging = Staging::create(&store.root, PULL_PREFIX)?;
+    let other_kind = store.has_layer(digest);
+    if !(other_kind && layer_kind::reuse_blob(store, digest, &staging)?) {
+        fill_blob(store, source, layer, index, progress, &staging)?;
+    }
+    progress.step(index, "converting");
+    let info = match layer.kind {
+        LayerKind::Erofs => erofs_layer(&staging, layer)?,
+        LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
+        LayerKind::NydusBlob => super::nydus::blob_layer(layer),
+        _ => tar_layer(&staging, layer)?,
+    };
+    if other_kind {
+        let name = layer_kind::needed_file(layer.kind);
+        layer_kind::add_file(store, &staging, digest, name, false)?;
+        if name == IMAGE_FILE {
+            // An ordinary layer's info (its compression) replaces a
+            // Nydus one's; both have the same digests and sizes.
+            write_info(&staging, &info)?;
+            layer_kind::add_file(store, &staging, digest, INFO_FILE, true)?;
+        }
+        progress.finish(index, "done");
+        return Ok(());
+    }
+    write_info(&staging, &info)?;
+    let marker = staging.create_file(PULLED_FILE)?;
+    finish_file(&marker, &staging.dir.path().join(PULLED_FILE))?;
+    staging.publish(digest)?;
+    progress.finish(index, "done");
+    Ok(())
+}
+
+/// Puts layer `layer`'s blob in `staging` (checked against its digest):
+/// a complete lazy cache whose bytes match, else fetched from `source`.
+fn fill_blob(
+    store: &Store,
+    source: &dyn ImageSource,
+    layer: &LayerRecord,
+    index: usize,
+    progress: &dyn Progress,
+    staging: &Staging<'_>,
+) -> Result<()> {
     let blob_path = staging.dir.path().join(BLOB_FILE);
     let blob = staging.create_file(BLOB_FILE)?;
     // A complete lazy cache (mount --lazy) whose bytes match the digest
@@ -382,25 +453,14 @@ fn fetch_layer(
     } else {
         blob.set_len(0).map_err(|e| Error::io(&blob_path, e))?;
         let mut sink = BufWriter::with_capacity(1 << 20, &blob);
-        source.blob(digest, layer.size, &mut sink, &|n| progress.bytes(index, n))?;
+        source.blob(&layer.digest, layer.size, &mut sink, &|n| {
+            progress.bytes(index, n)
+        })?;
         sink.flush().map_err(|e| Error::io(&blob_path, e))?;
         drop(sink);
     }
     blob.sync_all().map_err(|e| Error::io(&blob_path, e))?;
-    progress.step(index, "converting");
-    let info = match layer.kind {
-        LayerKind::Erofs => erofs_layer(&staging, layer)?,
-        LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
-        LayerKind::NydusBlob => super::nydus::blob_layer(layer),
-        _ => tar_layer(&staging, layer)?,
-    };
-    finish_file(&blob, &blob_path)?;
-    write_info(&staging, &info)?;
-    let marker = staging.create_file(PULLED_FILE)?;
-    finish_file(&marker, &staging.dir.path().join(PULLED_FILE))?;
-    staging.publish(digest)?;
-    progress.finish(index, "done");
-    Ok(())
+    finish_file(&blob, &blob_path)
 }
 
 /// The blob in the staging directory, by a path through the directory's

@@ -311,6 +311,7 @@ pub fn resolve(remote: &Remote, reference: &str) -> Result<Resolved> {
         platform: remote.platform.clone(),
         threads: 1,
         lazy: true,
+        prefer_nydus: false,
     };
     let resolved = super::pull::resolve(&image, source.as_ref(), &options, &name)?;
     Ok(Resolved {

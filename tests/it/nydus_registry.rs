@@ -49,13 +49,21 @@ fn blob_layer(dir: &Path, name: &str) -> Value {
 /// Case `name`'s bootstrap layer descriptor (a tar.gz holding
 /// image/image.boot), put in `dir`.
 fn boot_layer(dir: &Path, name: &str) -> Value {
-    let boot = std::fs::read(case(name).join("bootstrap")).unwrap();
+    boot_layer_of(dir, &std::fs::read(case(name).join("bootstrap")).unwrap())
+}
+
+/// A bootstrap layer descriptor (a tar.gz holding image/image.boot =
+/// `boot`), put in `dir`.
+fn boot_layer_of(dir: &Path, boot: &[u8]) -> Value {
     let mut tar = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_ustar();
     header.set_size(boot.len() as u64);
     header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(1);
     header.set_cksum();
-    tar.append_data(&mut header, "image/image.boot", &boot[..])
+    tar.append_data(&mut header, "image/image.boot", boot)
         .unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
@@ -176,7 +184,7 @@ fn pull_keeps_a_nydus_images_bootstrap_and_blob_as_they_are_and_gc_keeps_them() 
 }
 
 #[test]
-fn pull_takes_an_indexs_nydus_marked_entry_as_layouts_are_read() {
+fn pull_prefer_nydus_takes_an_indexs_nydus_marked_entry_as_layouts_are_read() {
     // An ordinary manifest for the host first (without a config: pulling
     // it fails), then the Nydus-marked one (nydusify --merge-platform).
     let name = "e-tar-rafs";
@@ -184,7 +192,10 @@ fn pull_takes_an_indexs_nydus_marked_entry_as_layouts_are_read() {
     let layout = work.path().join("layout");
     crate::nydus::nydus_layout(name, &layout);
     let store = work.path().join("store");
-    pull_ok(&store, &format!("oci:{}:nydus", layout.display()), NO_ARGS);
+    let reference = format!("oci:{}:nydus", layout.display());
+    // Without --prefer-nydus, the ordinary entry (which fails here).
+    assert!(!pull(&store, &reference, NO_ARGS).status.success());
+    pull_ok(&store, &reference, &["--prefer-nydus"]);
     assert_store_reads(&store, &records(&store)[0], name);
 }
 
@@ -233,5 +244,189 @@ fn nydus_manifests_whose_layers_disagree_are_one_line_errors() {
     assert_pull_fails(tmp.path(), &extra_digest, "is not in its bootstrap");
 }
 
+#[test]
+fn bad_bootstrap_layers_are_one_line_errors_naming_the_reference_and_digest() {
+    let name = "b-dir-zstd";
+    // Larger than the cap by its descriptor: refused before any fetch.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut boot = boot_layer(tmp.path(), name);
+    let digest = boot["digest"].as_str().unwrap().to_string();
+    boot["size"] = json!(erofs_fuse::nydus::inline::MAX_BOOTSTRAP + 1);
+    write_layout(tmp.path(), vec![blob_layer(tmp.path(), name), boot]);
+    assert_pull_fails(tmp.path(), &digest, "bytes (at most");
+
+    // A size other than its descriptor's.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut boot = boot_layer(tmp.path(), name);
+    let digest = boot["digest"].as_str().unwrap().to_string();
+    boot["size"] = json!(boot["size"].as_u64().unwrap() - 1);
+    write_layout(tmp.path(), vec![blob_layer(tmp.path(), name), boot]);
+    // (The layout source refuses it as it streams, naming the layout.)
+    let out = pull(
+        &tmp.path().join("store"),
+        &format!("oci:{}:latest", tmp.path().display()),
+        NO_ARGS,
+    );
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(!out.status.success() && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains(&digest) && err.contains("is longer than"),
+        "{err}"
+    );
+
+    // A plain EROFS image, not a RAFS v6 bootstrap.
+    let tmp = tempfile::tempdir().unwrap();
+    let plain =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample.erofs"))
+            .unwrap();
+    let boot = boot_layer_of(tmp.path(), &plain);
+    let digest = boot["digest"].as_str().unwrap().to_string();
+    write_layout(tmp.path(), vec![blob_layer(tmp.path(), name), boot]);
+    assert_pull_fails(tmp.path(), &digest, "RAFS");
+}
+
 #[cfg(feature = "privileged")]
 mod registry;
+
+#[test]
+fn a_merged_index_pulls_its_ordinary_image_not_the_nydus_one() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("layout");
+    let nydus = nydus_layout(&dir, "a-dir-none");
+    // The ordinary image: one tar+gzip layer.
+    let tar = crate::common::pulled::tar_of(&[("hello", b"ordinary\n")]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    let (layer, layer_size) = put(&dir, &gz.finish().unwrap());
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [digest_of(&tar)]}});
+    let (config, config_size) = put(&dir, &serde_json::to_vec(&config).unwrap());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer, "size": layer_size}],
+    });
+    let (ordinary, ordinary_size) = put(&dir, &serde_json::to_vec(&manifest).unwrap());
+    let nydus_size = std::fs::metadata(dir.join("blobs/sha256").join(&nydus[7..]))
+        .unwrap()
+        .len();
+    // As nydusify --merge-platform pushes it: ordinary first, then Nydus
+    // (marked by its artifact type: oci-spec 0.10 reads no "os.features").
+    let manifest_type = "application/vnd.oci.image.manifest.v1+json";
+    let merged = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": manifest_type, "digest": ordinary, "size": ordinary_size,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": manifest_type, "digest": nydus, "size": nydus_size,
+             "artifactType": "application/vnd.nydus.image.manifest.v1+json",
+             "platform": {"architecture": "amd64", "os": "linux",
+                          "os.features": ["nydus.remoteimage.v1"]}},
+        ],
+    });
+    let (merged, merged_size) = put(&dir, &serde_json::to_vec(&merged).unwrap());
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json",
+                       "digest": merged, "size": merged_size,
+                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    let store = work.path().join("store");
+    let reference = format!("oci:{}:latest", dir.display());
+    pull_ok(&store, &reference, &["--platform", "linux/amd64"]);
+    let record = &records(&store)[0];
+    assert_eq!(record["manifest_digest"], ordinary.as_str(), "{record}");
+    assert!(layers_of(record, "nydus-bootstrap").is_empty(), "{record}");
+    assert!(store.join(&layer).join("layer.erofs").is_file());
+}
+
+/// An ordinary image in `dir` whose one layer is `layer` (a tar+gzip
+/// descriptor already put there, of tar `tar`): its manifest digest.
+fn ordinary_layout(dir: &Path, layer: &Value, tar: &[u8]) -> String {
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [digest_of(tar)]}});
+    let (config, config_size) = put(dir, &serde_json::to_vec(&config).unwrap());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer["digest"], "size": layer["size"]}],
+    });
+    let (digest, size) = put(dir, &serde_json::to_vec(&manifest).unwrap());
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": digest, "size": size,
+                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
+    });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    digest
+}
+
+#[test]
+fn a_digest_pulled_as_an_ordinary_layer_and_as_a_nydus_bootstrap_serves_both_in_either_order() {
+    let name = "a-dir-none";
+    for nydus_first in [false, true] {
+        let work = tempfile::tempdir().unwrap();
+        let nydus_dir = work.path().join("nydus");
+        nydus_layout(&nydus_dir, name);
+        // The same tar.gz bytes, as an ordinary image's only layer.
+        let plain = work.path().join("plain");
+        let boot = boot_layer(&plain, name);
+        let digest = boot["digest"].as_str().unwrap().to_string();
+        let gz = std::fs::read(plain.join("blobs/sha256").join(&digest[7..])).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut tar).unwrap();
+        ordinary_layout(&plain, &boot, &tar);
+        let store = work.path().join("store");
+        let refs = [
+            format!("oci:{}:latest", nydus_dir.display()),
+            format!("oci:{}:latest", plain.display()),
+        ];
+        let order = match nydus_first {
+            true => [&refs[0], &refs[1]],
+            false => [&refs[1], &refs[0]],
+        };
+        for r in order {
+            pull_ok(&store, r, NO_ARGS);
+        }
+        let what = format!("nydus first: {nydus_first}");
+        // Both files in the one directory, each usable.
+        let record = records(&store)
+            .into_iter()
+            .find(|r| r["reference"] == refs[0].as_str())
+            .unwrap();
+        assert_eq!(
+            layers_of(&record, "nydus-bootstrap"),
+            std::slice::from_ref(&digest),
+            "{what}"
+        );
+        assert_store_reads(&store, &record, name);
+        let ls = run(Command::new(bin())
+            .arg("manifest")
+            .arg(store.join(&digest).join("layer.erofs")));
+        assert!(
+            ls.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&ls.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&ls.stdout).contains("image.boot"),
+            "{what}"
+        );
+        // The diffID is the uncompressed tar's, whichever kind came first.
+        let info: Value =
+            serde_json::from_slice(&std::fs::read(store.join(&digest).join("info")).unwrap())
+                .unwrap();
+        assert_eq!(info["diff-digest"], digest_of(&tar).as_str(), "{what}");
+        assert_eq!(info["diff-size"], tar.len() as u64, "{what}");
+    }
+}

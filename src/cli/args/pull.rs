@@ -25,6 +25,10 @@ pub struct RegistryArgs {
     /// host's, linux/ARCH).
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
+    /// From an index that has both for the platform (nydusify
+    /// --merge-platform), take the Nydus image rather than the ordinary one.
+    #[arg(long)]
+    pub prefer_nydus: bool,
     /// Allow plain http to the registry (only for one the reference names
     /// explicitly, or on loopback).
     #[arg(long)]

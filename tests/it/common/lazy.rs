@@ -74,15 +74,18 @@ pub fn ranges(reg: &Registry, digest: &str) -> (usize, u64) {
 
 /// `erofs-fuse mount --lazy REF HOME/mnt FLAGS...` run as `nobody`, with
 /// the default store under a HOME of the test's ([`super::pulled::nobody_home`]):
-/// the home, the mountpoint and what the mount said (it must succeed).
+/// the home, the mountpoint (a guard unmounting it on drop, so a failed
+/// assertion leaves no mount behind) and what the mount said (it must
+/// succeed).
 pub fn mount_lazy_as_nobody(
     reference: &str,
     flags: &[String],
-) -> (tempfile::TempDir, PathBuf, String) {
+) -> (tempfile::TempDir, NobodyMount, String) {
     let home = super::pulled::nobody_home();
     let mnt = home.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
     std::os::unix::fs::chown(&mnt, Some(65534), Some(65534)).unwrap();
+    let guard = NobodyMount(mnt.clone());
     let out = super::run_ok(
         super::pulled::as_nobody(home.path())
             .arg(bin())
@@ -91,5 +94,31 @@ pub fn mount_lazy_as_nobody(
             .args(flags),
     );
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    (home, mnt, said)
+    (home, guard, said)
+}
+
+/// A mountpoint made by [`mount_lazy_as_nobody`]: on drop (even after a
+/// panic) unmounted with `fusermount3 -u -z`, else `umount -l`; nothing
+/// happens when it is no longer a mount. Derefs to the mountpoint.
+pub struct NobodyMount(PathBuf);
+
+impl std::ops::Deref for NobodyMount {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for NobodyMount {
+    fn drop(&mut self) {
+        let quiet = |cmd: &mut Command| {
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !quiet(Command::new("fusermount3").args(["-u", "-z"]).arg(&self.0)) {
+            quiet(Command::new("umount").arg("-l").arg(&self.0));
+        }
+    }
 }

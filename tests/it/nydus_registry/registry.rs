@@ -206,6 +206,39 @@ fn a_byte_flipped_in_the_registrys_blob_is_eio_for_its_chunks_files_only() {
 }
 
 #[test]
+fn a_tarfs_blob_is_fetched_whole_by_mount_lazy_and_a_later_change_not_served() {
+    let test = "a_tarfs_blob_is_fetched_whole_by_mount_lazy_and_a_later_change_not_served";
+    if !have(test, FUSE_ROOT) || !available(test) {
+        return;
+    }
+    let name = "d-tar-tarfs";
+    let work = tempfile::tempdir().unwrap();
+    let reg = Registry::start(Variant::Http);
+    let (reference, blob) = push(&reg, work.path(), name);
+    let store = work.path().join("store");
+    let (mount, said) = Mounted::mount(&store, &reference, true, &reg.cli_args());
+    // A tarfs tar has no chunk digests: not lazily read, but fetched whole.
+    assert!(
+        said.contains(&format!(
+            "{blob}: fetched whole, checked against its layer digest (a tarfs tar"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("lazy, verified"), "{said}");
+    assert!(store.join(&blob).join("blob").is_file(), "not in the store");
+    // Bytes of file data changed in the registry after the mount: a lazy
+    // read would serve them; the whole, checked copy does not.
+    let data = reg.blob_data(&blob);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let end = bytes.len().min(1024 + 4096);
+    for b in &mut bytes[1024..end] {
+        *b ^= 0x55;
+    }
+    std::fs::write(&data, &bytes).unwrap();
+    assert_tree(mount.0.path(), name, "mount --lazy REF, tarfs");
+}
+
+#[test]
 fn a_nydus_image_mounts_lazily_as_nobody_with_the_default_store() {
     use crate::common::lazy::mount_lazy_as_nobody;
     use crate::common::pulled::{
@@ -224,7 +257,7 @@ fn a_nydus_image_mounts_lazily_as_nobody_with_the_default_store() {
     let (reference, blob) = push(&reg, work.path(), name);
     let (home, mnt, said) = mount_lazy_as_nobody(&reference, &reg.cli_args());
     assert!(
-        said.contains("lazy, verified by its chunk digests"),
+        said.contains(&format!("{blob}: lazy, verified by its chunk digests, 0/")),
         "{said}"
     );
     let got = walk_and_unmount_as_nobody(home.path(), &mnt);
