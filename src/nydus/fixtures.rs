@@ -14,6 +14,11 @@ pub const CASES: &[&str] = &[
     "e-tar-rafs",
 ];
 
+/// A merged bootstrap (`nydus-image merge` of two zstd dir-rafs layers)
+/// over both layers' blobs; its nydusd manifest is in the case's
+/// directory. Not in [`CASES`], whose cases have one blob each.
+pub const MERGED: &str = "f-merged";
+
 /// The directory of a case.
 pub fn case(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -35,6 +40,9 @@ pub fn blob_of(name: &str) -> PathBuf {
 /// plain-4k's tree with the root's mtime 0, d-e the layer's.
 pub fn expected(name: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    if name == MERGED {
+        return std::fs::read_to_string(case(name).join("manifest.jsonl")).unwrap();
+    }
     if name.starts_with("d-") || name.starts_with("e-") {
         return std::fs::read_to_string(root.join("nydus/layer.manifest.jsonl")).unwrap();
     }

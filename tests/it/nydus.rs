@@ -11,7 +11,7 @@ use std::process::Command;
 
 #[path = "../../src/nydus/fixtures.rs"]
 mod fixtures;
-pub use fixtures::{blob_of, case, expected, files_of, CASES};
+pub use fixtures::{blob_of, case, expected, files_of, CASES, MERGED};
 
 fn erofs_fuse(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(bin()).args(args).output().unwrap()
@@ -47,6 +47,39 @@ fn manifest_of_every_case_is_nydusds_with_blob_dir_and_with_device() {
             assert_manifest(name, &args);
         }
     }
+}
+
+#[test]
+fn a_merged_bootstrap_over_two_blobs_reads_as_nydusd_shows_it() {
+    let boot = case(MERGED).join("bootstrap");
+    let dir = case(MERGED).join("blobs");
+    assert_manifest(
+        MERGED,
+        &[boot.as_os_str(), "--blob-dir".as_ref(), dir.as_os_str()],
+    );
+    // Its blob table names both layers' blobs; either missing is an error.
+    let out = erofs_fuse(&["inspect".as_ref(), boot.as_os_str()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let mut blobs: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    blobs.sort();
+    assert_eq!(blobs.len(), 2);
+    let only = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join(&blobs[0]), only.path().join(&blobs[0])).unwrap();
+    let out = erofs_fuse(&[
+        "manifest".as_ref(),
+        boot.as_os_str(),
+        "--blob-dir".as_ref(),
+        only.path().as_os_str(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&blobs[1]),
+        "{text}\n{err}"
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! byte in a chunk of a blob fails (EIO) the files of that chunk only.
 
 use crate::common::*;
-use crate::nydus::{blob_of, case, expected, CASES};
+use crate::nydus::{blob_of, case, expected, CASES, MERGED};
 
 use std::path::Path;
 
@@ -13,7 +13,7 @@ fn every_nydus_case_mounts_as_nydusd_shows_it() {
         return;
     }
     let mut failures = Vec::new();
-    for name in CASES {
+    for name in CASES.iter().chain(&[MERGED]) {
         let dir = case(name).join("blobs");
         let mount = FuseMount::new(
             &case(name).join("bootstrap"),
