@@ -15,6 +15,32 @@ use super::args::{MountArgs, OpenArgs};
 use super::error::{CliError, Context, Result};
 use super::open_with;
 
+/// What a lazy mount of `image` reads from: its registry, unless every
+/// layer of `record` is in the store already; and the lazy caches' options.
+pub fn lazy_source(
+    store: &Store,
+    image: &ImageRef,
+    record: &ImageRecord,
+    args: &MountArgs,
+) -> Result<(Option<Arc<dyn ImageSource>>, CacheOptions)> {
+    let complete = record
+        .layers
+        .iter()
+        .all(|l| has_layer_as(store, &l.digest, l.kind));
+    let source: Option<Arc<dyn ImageSource>> = match complete {
+        true => None,
+        false => {
+            let options = super::pull::client_options(&args.source.registry)?;
+            Some(Arc::from(image.open(&options)?))
+        }
+    };
+    let options = CacheOptions {
+        prefetch: args.prefetch,
+        ..erofs_fuse::store::lazy::cache_options()
+    };
+    Ok((source, options))
+}
+
 /// The layers of `record` for `mount --lazy`, bottom first: those in the
 /// store opened as usual, the others read on demand through their caches
 /// in the store (verified where they have a layer index).
@@ -28,21 +54,7 @@ pub fn open_lazily(
     let pins = pins(&args.verity_roots, record)?;
     // Shared with pulls, exclusive for gc: no cache removed while opened.
     let _lock = store.lock(false)?;
-    let source: Option<Arc<dyn ImageSource>> = match record
-        .layers
-        .iter()
-        .all(|l| has_layer_as(store, &l.digest, l.kind))
-    {
-        true => None,
-        false => {
-            let options = super::pull::client_options(&args.source.registry)?;
-            Some(Arc::from(image.open(&options)?))
-        }
-    };
-    let options = CacheOptions {
-        prefetch: args.prefetch,
-        ..erofs_fuse::store::lazy::cache_options()
-    };
+    let (source, options) = lazy_source(store, image, record, args)?;
     // Opening a lazy layer costs round trips (its superblock, its root
     // directory, its trees' tops): layers open at once, a few threads.
     let open_one = |i: usize| -> Result<(Arc<Image>, String)> {

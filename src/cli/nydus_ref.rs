@@ -4,11 +4,8 @@
 //! fetched whole (checked against its layer digest), or lazily (each chunk
 //! checked against its digest).
 
-use erofs_fuse::store::layer_kind::has_layer_as;
 use std::sync::Arc;
 
-use erofs_fuse::lazy::CacheOptions;
-use erofs_fuse::registry::ImageSource;
 use erofs_fuse::store::images::{ImageRecord, ImageRef, Store};
 use erofs_fuse::store::nydus::{self, BlobRead};
 use erofs_fuse::view::{ImageView, OverlayXattrs, View};
@@ -37,21 +34,7 @@ pub(super) fn view(
     }
     // Shared with pulls, exclusive for gc: no cache removed while opened.
     let _lock = store.lock(false)?;
-    let complete = record
-        .layers
-        .iter()
-        .all(|l| has_layer_as(store, &l.digest, l.kind));
-    let source: Option<Arc<dyn ImageSource>> = match complete {
-        true => None,
-        false => {
-            let options = super::pull::client_options(&args.source.registry)?;
-            Some(Arc::from(image.open(&options)?))
-        }
-    };
-    let options = CacheOptions {
-        prefetch: args.prefetch,
-        ..erofs_fuse::store::lazy::cache_options()
-    };
+    let (source, options) = super::lazy::lazy_source(store, image, record, args)?;
     let (image, blobs) = nydus::open(store, record, &name, source, &options, open.cache_size)?;
     if args.lazy {
         for (i, blob) in blobs.iter().enumerate() {

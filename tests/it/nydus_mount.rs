@@ -29,7 +29,7 @@ fn every_nydus_case_mounts_as_nydusd_shows_it() {
 }
 
 /// The chunk records of a case: (compressed offset, size, digest).
-fn chunks(name: &str) -> Vec<(u64, u32, [u8; 32])> {
+pub fn chunks(name: &str) -> Vec<(u64, u32, [u8; 32])> {
     let rafs = erofs_fuse::nydus::read_rafs(&case(name).join("bootstrap"), 0)
         .unwrap()
         .unwrap();
@@ -43,7 +43,7 @@ fn chunks(name: &str) -> Vec<(u64, u32, [u8; 32])> {
 }
 
 /// Every regular file under `root` with its path.
-fn files(root: &Path) -> Vec<std::path::PathBuf> {
+pub fn files(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut dirs = vec![root.to_path_buf()];
     while let Some(d) = dirs.pop() {
@@ -59,6 +59,40 @@ fn files(root: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Every file under `good` reads the same under `bad` but those holding
+/// the chunk whose digest is `digest`: those, and at least one, are EIO.
+pub fn only_its_files_fail(name: &str, good: &Path, bad: &Path, digest: [u8; 32]) {
+    let mut failed = 0;
+    for path in files(good) {
+        let content = std::fs::read(&path).unwrap();
+        let in_chunk = content
+            .chunks(1 << 20)
+            .any(|piece| *blake3::hash(piece).as_bytes() == digest);
+        let rel = path.strip_prefix(good).unwrap();
+        match std::fs::read(bad.join(rel)) {
+            Ok(read) => {
+                assert!(
+                    !in_chunk,
+                    "{name}: {} read despite its bad chunk",
+                    rel.display()
+                );
+                assert_eq!(read, content, "{name}: {}", rel.display());
+            }
+            Err(e) => {
+                assert!(in_chunk, "{name}: {}: {e}", rel.display());
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::EIO),
+                    "{name}: {}",
+                    rel.display()
+                );
+                failed += 1;
+            }
+        }
+    }
+    assert!(failed >= 1, "{name}: no file failed");
 }
 
 #[test]
@@ -88,35 +122,7 @@ fn a_flipped_chunk_byte_is_eio_for_its_files_only_through_the_mount() {
             &[],
             &["--blob-dir", tmp.path().to_str().unwrap()],
         );
-        let mut failed = 0;
-        for path in files(good.path()) {
-            let content = std::fs::read(&path).unwrap();
-            let in_chunk = content
-                .chunks(1 << 20)
-                .any(|piece| *blake3::hash(piece).as_bytes() == digest);
-            let rel = path.strip_prefix(good.path()).unwrap();
-            match std::fs::read(bad.path().join(rel)) {
-                Ok(read) => {
-                    assert!(
-                        !in_chunk,
-                        "{name}: {} read despite its bad chunk",
-                        rel.display()
-                    );
-                    assert_eq!(read, content, "{name}: {}", rel.display());
-                }
-                Err(e) => {
-                    assert!(in_chunk, "{name}: {}: {e}", rel.display());
-                    assert_eq!(
-                        e.raw_os_error(),
-                        Some(libc::EIO),
-                        "{name}: {}",
-                        rel.display()
-                    );
-                    failed += 1;
-                }
-            }
-        }
-        assert!(failed >= 1, "{name}: no file failed");
+        only_its_files_fail(name, good.path(), bad.path(), digest);
     }
 }
 
