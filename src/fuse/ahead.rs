@@ -30,12 +30,14 @@ const MAX_FILE: u64 = 128 << 10;
 const MAX_FILES: usize = 32;
 /// At most this many bytes are pushed for one trigger.
 const MAX_BYTES: u64 = 2 << 20;
-/// Directory listings remembered (most recent first out).
+/// Directory listings remembered (the least recently used is forgotten).
 const LISTINGS: usize = 256;
-/// Entries remembered per listing.
-const MAX_ENTRIES: usize = 1 << 16;
-/// Entries in the file → listing and pushed maps before they start over.
-const MAX_TRACKED: usize = 1 << 20;
+/// Regular files remembered per listing (16 bytes each: at most 32 MiB
+/// for all listings, whatever the image says).
+const MAX_ENTRIES: usize = 8192;
+/// Entries in the file → listing and pushed maps before they start over
+/// (a few MiB each).
+const MAX_TRACKED: usize = 1 << 18;
 /// Batches queued for the background thread before triggers are dropped.
 const QUEUE: usize = 4;
 
