@@ -79,10 +79,15 @@ impl StoreAhead {
         }
     }
 
+    /// Whether it was started: listings are worth recording.
+    pub fn is_on(&self) -> bool {
+        self.jobs.get().is_some()
+    }
+
     /// Records entries of directory `dir` as a READDIRPLUS from `offset`
     /// returned them (`offset` 0 starts the listing afresh).
     pub fn listed(&self, dir: u64, offset: u64, entries: &[(u64, FileType, u64)]) {
-        if self.jobs.get().is_none() {
+        if !self.is_on() {
             return;
         }
         let mut guard = self.listings.lock().unwrap_or_else(|p| p.into_inner());

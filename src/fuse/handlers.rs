@@ -203,18 +203,23 @@ impl Filesystem for ErofsFs {
         // Each entry's attributes come from the view as for getattr; the
         // first that fails ends the listing with its error.
         let mut failed = None;
-        let mut files = Vec::new();
+        // What the listing returned, for storing files ahead (when on).
+        let (record, mut files) = (self.ahead.is_on(), Vec::new());
         let mut add = |item: DirItem<'_>| match self.view.attr(item.ino) {
             Ok(attr) => {
-                files.push((item.ino, attr.kind, attr.size));
-                reply.add(
+                let full = reply.add(
                     INodeNo(item.ino),
                     item.next,
                     OsStr::from_bytes(item.name),
                     &TTL,
                     &self.file_attr(&attr),
                     Generation(0),
-                )
+                );
+                // An entry that did not fit comes again in the next call.
+                if record && !full {
+                    files.push((item.ino, attr.kind, attr.size));
+                }
+                full
             }
             Err(e) => {
                 failed = Some(self.fail("readdirplus", ino, e));
@@ -225,7 +230,9 @@ impl Filesystem for ErofsFs {
         match listed.map(|()| failed) {
             Ok(None) => {
                 reply.ok();
-                self.ahead.listed(ino.0, offset, &files);
+                if record {
+                    self.ahead.listed(ino.0, offset, &files);
+                }
             }
             Ok(Some(e)) | Err(e) => reply.error(e),
         }

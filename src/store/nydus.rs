@@ -184,19 +184,6 @@ impl Write for HashWriter {
     }
 }
 
-/// For `pull`, a Nydus blob layer: kept as fetched (checked against its
-/// digest as it streamed).
-pub(crate) fn blob_layer(layer: &LayerRecord) -> LayerInfo {
-    LayerInfo {
-        compressed_digest: layer.digest.clone(),
-        compressed_size: layer.size,
-        diff_digest: layer.digest.clone(),
-        diff_size: layer.size,
-        compression: 0,
-        toc_digest: None,
-    }
-}
-
 /// The RAFS tables of the bootstrap of `layers` (in the store), once its
 /// blob table is checked to list exactly the blob layers of manifest
 /// `manifest_digest`.

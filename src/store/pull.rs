@@ -407,7 +407,7 @@ fn fetch_layer(
     let info = match layer.kind {
         LayerKind::Erofs => erofs_layer(&staging, layer)?,
         LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
-        LayerKind::NydusBlob => super::nydus::blob_layer(layer),
+        LayerKind::NydusBlob => as_fetched(layer),
         _ => tar_layer(&staging, layer)?,
     };
     if other_kind {
@@ -488,14 +488,20 @@ fn erofs_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> 
     )
     .map_err(|e| Error::io(staging.dir.path().join(IMAGE_FILE), e.into()))?;
     staging.made(IMAGE_FILE);
-    Ok(LayerInfo {
+    Ok(as_fetched(layer))
+}
+
+/// What the store records of a layer kept as fetched (an EROFS-native
+/// layer, a Nydus blob): its digest and size stand for both forms.
+fn as_fetched(layer: &LayerRecord) -> LayerInfo {
+    LayerInfo {
         compressed_digest: layer.digest.clone(),
         compressed_size: layer.size,
         diff_digest: layer.digest.clone(),
         diff_size: layer.size,
         compression: 0,
         toc_digest: None,
-    })
+    }
 }
 
 /// A tar layer (plain, gzip or zstd): converted to a tar-index image with

@@ -77,6 +77,11 @@ fn boot_layer_of(dir: &Path, boot: &[u8]) -> Value {
 fn write_layout(dir: &Path, layers: Vec<Value>) -> String {
     let config =
         br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    write_layout_with(dir, config, layers)
+}
+
+/// As [`write_layout`], with the image config `config`.
+fn write_layout_with(dir: &Path, config: &[u8], layers: Vec<Value>) -> String {
     let (config_digest, config_size) = put(dir, config);
     let manifest = json!({
         "schemaVersion": 2,
@@ -350,25 +355,9 @@ fn a_merged_index_pulls_its_ordinary_image_not_the_nydus_one() {
 fn ordinary_layout(dir: &Path, layer: &Value, tar: &[u8]) -> String {
     let config = json!({"architecture": "amd64", "os": "linux",
         "rootfs": {"type": "layers", "diff_ids": [digest_of(tar)]}});
-    let (config, config_size) = put(dir, &serde_json::to_vec(&config).unwrap());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config, "size": config_size},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": layer["digest"], "size": layer["size"]}],
-    });
-    let (digest, size) = put(dir, &serde_json::to_vec(&manifest).unwrap());
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                       "digest": digest, "size": size,
-                       "annotations": {"org.opencontainers.image.ref.name": "latest"}}],
-    });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    digest
+    let layer = json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                       "digest": layer["digest"], "size": layer["size"]});
+    write_layout_with(dir, &serde_json::to_vec(&config).unwrap(), vec![layer])
 }
 
 #[test]
