@@ -31,7 +31,11 @@
 # on them. It is kept in the workdir's small/ like the other corpus.
 # Measured, each after `echo 3 > drop_caches` and a fresh mount (cold) and
 # again without (warm):
-#   mount         time until the mountpoint answers
+#   mount         time until the mountpoint answers (everything cold: the
+#                 programs and libraries too, as on a first mount after boot)
+#   mount-warm-bin the same with the programs and their libraries read back
+#                 into the page cache after the drop (the image stays cold):
+#                 what a mount costs once the binary is cached
 #   walk          find -printf of every entry's inode, size and mtime
 #   read-all      tar cf - . | wc -c (every byte of every file)
 #   seq-read      dd of the largest file (256 MB), 1 MiB blocks (MB/s);
@@ -191,6 +195,21 @@ unmount() {
     sleep 0.2
 }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+# Reads the programs a mount with $1 runs (and their libraries) into the
+# page cache, leaving the image cold.
+warm_programs() { # impl
+    local progs=(stat sleep umount) p lib
+    case "$1" in
+        kernel) progs+=(mount) ;;
+        erofs-fuse*) progs+=("$bin") ;;
+        *) progs+=("$1") ;;
+    esac
+    for p in "${progs[@]}"; do
+        p=$(command -v "$p") || continue
+        cat "$p" >/dev/null
+        for lib in $(ldd "$p" 2>/dev/null | grep -o '/[^ ]*'); do cat "$lib" >/dev/null; done
+    done
+}
 # Sectors read so far from the block device the images live on (0 when it
 # has no statistics, as for a filesystem on several devices).
 disk_stat=/sys/dev/block/$(python3 -c "import os, sys; d = os.stat(sys.argv[1]).st_dev; print('%d:%d' % (os.major(d), os.minor(d)))" "$work")/stat
@@ -205,7 +224,8 @@ measure_one() { # impl metric
     local impl=$1 metric=$2 t0 t1
     drop
     case "$metric" in
-        mount)
+        mount|mount-warm-bin)
+            [ "$metric" = mount-warm-bin ] && warm_programs "$impl"
             t0=$(now); mount_with "$impl"; t1=$(now); value=$(secs "$t0" "$t1"); unmount ;;
         walk-cold|read-all-cold|seq-read-cold)
             mount_with "$impl"; drop
@@ -330,7 +350,7 @@ print(' %s %.2fx (%.2f-%.2f);' % (sys.argv[1], statistics.median(r), min(r), max
     echo "rand-4k-cold read from disk, for 16 MB of random reads:${line%,}"
 }
 
-plain_metrics=(mount walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k-cold rand-4k-warm)
+plain_metrics=(mount mount-warm-bin walk-cold read-all-cold seq-read-cold walk-warm read-all-warm seq-read-warm rand-4k-cold rand-4k-warm)
 plain_impls=(kernel erofs-fuse)
 command -v erofsfuse >/dev/null && plain_impls+=(erofsfuse)
 command -v squashfuse >/dev/null && plain_impls+=(squashfuse)
@@ -357,7 +377,7 @@ if wanted verity; then
 fi
 # The small-file corpus: walks and full reads, uncompressed and lz4hc,
 # and verity's overhead on its full read.
-small_metrics=(mount walk-cold read-all-cold walk-warm read-all-warm)
+small_metrics=(mount mount-warm-bin walk-cold read-all-cold walk-warm read-all-warm)
 small_impls=(kernel erofs-fuse)
 command -v erofsfuse >/dev/null && small_impls+=(erofsfuse)
 sz_metrics=(read-all-cold walk-cold read-all-warm)

@@ -9,7 +9,7 @@ use std::path::Path;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::error::{Error, Result};
 use crate::format::{read_struct, SuperBlock, EROFS_MAGIC, SUPERBLOCK_OFFSET};
 
@@ -293,7 +293,9 @@ impl BlobInfo {
 
 /// Whether `dev` holds an EROFS superblock marked RAFS v6.
 pub fn is_rafs_v6(dev: &Device) -> bool {
-    let Ok(bytes) = dev.slice(SUPERBLOCK_OFFSET, std::mem::size_of::<SuperBlock>() as u64) else {
+    // One page: a fault on the sequential map would read megabytes.
+    let size = std::mem::size_of::<SuperBlock>() as u64;
+    let Ok(bytes) = dev.slice_for(Access::Random, SUPERBLOCK_OFFSET, size) else {
         return false;
     };
     read_struct::<SuperBlock>(bytes).is_some_and(|sb| {

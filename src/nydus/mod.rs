@@ -26,7 +26,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::error::{Error, Result};
 use crate::format::{read_struct, DeviceSlot, DEVICE_SLOT_SIZE};
 use crate::reader::{Image, SuperInfo};
@@ -62,7 +62,11 @@ pub fn probe(path: &Path, offset: u64) -> Result<bool> {
     let table = u64::from(sb.devt_slotoff) * DEVICE_SLOT_SIZE;
     let inside = (0..u64::from(sb.extra_devices)).all(|i| {
         let slot = dev
-            .slice(table + i * DEVICE_SLOT_SIZE, DEVICE_SLOT_SIZE)
+            .slice_for(
+                Access::Random,
+                table + i * DEVICE_SLOT_SIZE,
+                DEVICE_SLOT_SIZE,
+            )
             .ok()
             .and_then(read_struct::<DeviceSlot>);
         slot.is_some_and(|s| {

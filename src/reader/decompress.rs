@@ -14,7 +14,7 @@
 
 use std::ffi::{c_char, c_int};
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::error::{ensure, Error, Result};
 use crate::format::{
     read_struct, DeflateConfig, LzmaConfig, ZstdConfig, COMPRESSION_DEFLATE, COMPRESSION_LZ4,
@@ -73,17 +73,19 @@ impl Codecs {
             }
             // Each record: le16 length, payload, 4-byte aligned.
             offset = offset.next_multiple_of(4);
-            let len = primary.slice(offset, 2)?;
+            let len = primary.slice_for(Access::Random, offset, 2)?;
             let len = match u16::from_le_bytes([len[0], len[1]]) {
                 0 => 0x10000,
                 n => u64::from(n),
             };
-            let data = primary.slice(offset + 2, len).map_err(|_| {
-                Error::corrupt(format!(
-                    "{} config runs past the image",
-                    COMPRESSION_NAMES[usize::from(alg)].1
-                ))
-            })?;
+            let data = primary
+                .slice_for(Access::Random, offset + 2, len)
+                .map_err(|_| {
+                    Error::corrupt(format!(
+                        "{} config runs past the image",
+                        COMPRESSION_NAMES[usize::from(alg)].1
+                    ))
+                })?;
             offset += 2 + len;
             codecs.configure(alg, data)?;
         }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::error::{Error, Result};
 use crate::format::{read_struct, DeviceSlot, DEVICE_SLOT_SIZE};
 
@@ -56,7 +56,11 @@ impl DeviceSet {
         let mut given = given.into_iter();
         let mut extra = Vec::with_capacity(count);
         for i in 0..count as u64 {
-            let bytes = primary.slice(table + i * DEVICE_SLOT_SIZE, DEVICE_SLOT_SIZE)?;
+            let bytes = primary.slice_for(
+                Access::Random,
+                table + i * DEVICE_SLOT_SIZE,
+                DEVICE_SLOT_SIZE,
+            )?;
             let slot: &DeviceSlot =
                 read_struct(bytes).ok_or_else(|| Error::corrupt("short device slot"))?;
             let hi = |v: u16| if is_48bit { u64::from(v) << 32 } else { 0 };

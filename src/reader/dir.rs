@@ -174,6 +174,7 @@ impl Image {
     /// A `.` is synthesized first when the image omits it.
     pub fn read_dir(&self, dir: &Inode, pos: DirPos) -> Result<DirIter<'_>> {
         self.check_dir(dir)?;
+        self.note_listing();
         let (block, index) = pos.block_and_index();
         Ok(DirIter {
             image: self,

@@ -21,6 +21,7 @@ mod zsummary;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use decompress::Codecs;
 pub use devices::{DeviceSet, ExtraDevice};
@@ -33,7 +34,7 @@ pub(crate) use zcache::{CacheKey, ExtentCache};
 pub use zcache::{CacheStats, DEFAULT_CACHE_SIZE};
 pub use zsummary::{CompressedExtent, CompressionInfo, Stored, MAX_LISTED_EXTENTS};
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::error::{Error, Result};
 use crate::verity::{VeritySource, VerityStats};
 
@@ -155,6 +156,9 @@ pub struct Image {
     prefixes: xattr::Prefixes,
     codecs: decompress::Codecs,
     cache: zcache::ExtentCache,
+    /// Whether a directory was listed: until then, metadata is read a page
+    /// at a time (see [`Image::meta_access`]).
+    listed: AtomicBool,
 }
 
 impl Image {
@@ -185,6 +189,7 @@ impl Image {
             prefixes: xattr::Prefixes::default(),
             codecs,
             cache: zcache::ExtentCache::default(),
+            listed: AtomicBool::new(false),
         };
         if let Some(nid) = image.sb.metabox_nid {
             image.metabox = Some(image.inode(nid)?);
@@ -282,7 +287,7 @@ impl Image {
             MetaSpace::Primary => self
                 .devices
                 .primary
-                .slice(pos.offset, len)
+                .slice_for(self.meta_access(), pos.offset, len)
                 .map(Cow::Borrowed),
             MetaSpace::Metabox => {
                 let metabox = self.metabox.as_ref().ok_or_else(|| {
@@ -297,6 +302,26 @@ impl Image {
                 }
                 self.read_range(metabox, pos.offset, len)
             }
+        }
+    }
+
+    /// How metadata is read. Until a directory is listed, the reads are
+    /// the few a mount and path lookups make, as the kernel's erofs makes
+    /// them: a page each ([`Access::Random`]), where a fault on the
+    /// sequential map would read megabytes around it. A listing starts a
+    /// walk, whose metadata comes in large reads ([`Access::Sequential`]).
+    fn meta_access(&self) -> Access {
+        if self.listed.load(Ordering::Relaxed) {
+            Access::Sequential
+        } else {
+            Access::Random
+        }
+    }
+
+    /// Notes that a directory is being listed (see [`Image::meta_access`]).
+    pub(crate) fn note_listing(&self) {
+        if !self.listed.load(Ordering::Relaxed) {
+            self.listed.store(true, Ordering::Relaxed);
         }
     }
 

@@ -1,6 +1,6 @@
 //! Superblock parsing and validation (the kernel's `erofs_read_superblock`).
 
-use crate::device::Device;
+use crate::device::{Access, Device};
 use crate::error::{ensure, Error, Result};
 use crate::format::{
     read_struct, superblock_checksum, superblock_checksum_len, Nid, SuperBlock, SuperBlockExt,
@@ -114,7 +114,11 @@ impl SuperInfo {
             sb.sb_extslots
         );
         // The superblock with its extension slots.
-        let bytes = dev.slice(SUPERBLOCK_OFFSET, sb_size.max(base.len()) as u64)?;
+        let bytes = dev.slice_for(
+            Access::Random,
+            SUPERBLOCK_OFFSET,
+            sb_size.max(base.len()) as u64,
+        )?;
         let compat = sb.feature_compat.get();
         let checksum = if compat & COMPAT_SB_CHKSUM != 0 {
             verify_checksum(dev, sb.blkszbits, sb.checksum.get())?;
@@ -162,7 +166,7 @@ impl SuperInfo {
 fn read_base(dev: &Device) -> Result<&[u8]> {
     let size = SUPERBLOCK_BASE_SIZE as u64;
     if dev.len() >= SUPERBLOCK_OFFSET + size {
-        dev.slice(SUPERBLOCK_OFFSET, size)
+        dev.slice_for(Access::Random, SUPERBLOCK_OFFSET, size)
     } else {
         Ok(&[])
     }
@@ -175,7 +179,7 @@ const RAFS_V5_VERSION: u32 = 0x500;
 
 /// A Nydus RAFS v5 bootstrap is not EROFS: say so rather than "bad magic".
 fn refuse_rafs_v5(dev: &Device) -> Result<()> {
-    let Ok(head) = dev.slice(0, 8) else {
+    let Ok(head) = dev.slice_for(Access::Random, 0, 8) else {
         return Ok(());
     };
     let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
@@ -285,7 +289,7 @@ fn volume_name(sb: &SuperBlock) -> Vec<u8> {
 /// bytes) with the checksum field zeroed, seed ~0 and no final inversion.
 fn verify_checksum(dev: &Device, block_bits: u8, stored: u32) -> Result<()> {
     let len = superblock_checksum_len(1u64 << block_bits);
-    let bytes = dev.slice(SUPERBLOCK_OFFSET, len)?;
+    let bytes = dev.slice_for(Access::Random, SUPERBLOCK_OFFSET, len)?;
     let mut copy = bytes.to_vec();
     copy[SUPERBLOCK_CHECKSUM_FIELD].fill(0);
     let computed = superblock_checksum(&copy);

@@ -343,3 +343,71 @@ fn random_reads_of_a_cold_file_read_little_more_than_they_ask_for() {
         "128 random 4 KiB reads cost {cost} bytes read from storage"
     );
 }
+
+/// Bytes of `path` in the page cache (fincore's RES), or `None` without
+/// fincore.
+fn cached_bytes(path: &Path) -> Option<u64> {
+    which("fincore")?;
+    let out = run_ok(
+        Command::new("fincore")
+            .args(["-n", "-b", "-o", "RES"])
+            .arg(path),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+#[test]
+fn a_mount_and_a_lookup_read_a_few_pages_of_a_cold_image() {
+    let test = "a_mount_and_a_lookup_read_a_few_pages_of_a_cold_image";
+    if !have(test, FUSE_ROOT) {
+        return;
+    }
+    let _alone = CACHE_DROPS.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("dir")).unwrap();
+    let mut next = xorshift(0x5eed_0f0e);
+    let data: Vec<u8> = (0..(16usize << 20) / 8)
+        .flat_map(|_| next().to_le_bytes())
+        .collect();
+    std::fs::write(tree.join("big.bin"), &data).unwrap();
+    for i in 0..50 {
+        std::fs::write(tree.join(format!("dir/f{i}")), format!("{i}")).unwrap();
+    }
+    // Built by `convert`, which writes the metadata after the data, as
+    // mkfs.erofs 1.9 does: far from the superblock.
+    let image = work.path().join("cold.erofs");
+    run_ok(
+        Command::new(bin())
+            .args(["convert", "-q"])
+            .arg(&tree)
+            .arg(&image),
+    );
+    evict(&image);
+    let Some(0) = cached_bytes(&image) else {
+        return skip(test, "fincore, or an image the page cache keeps");
+    };
+    // What a mount helper's caller does: mount, then look a path up. The
+    // kernel's erofs reads a page or two for it; a fault on a map advised
+    // for sequential reads would read megabytes around the superblock.
+    let mount = FuseMount::new(&image, &[], &[]);
+    assert_eq!(
+        std::fs::metadata(mount.path().join("dir/f7"))
+            .unwrap()
+            .len(),
+        1
+    );
+    let cached = cached_bytes(&image).unwrap();
+    eprintln!("mount and lookup: {cached} bytes of the image cached");
+    assert!(
+        cached <= 64 << 10,
+        "mount and lookup brought {cached} bytes of the image into the page cache"
+    );
+    // A listing starts a walk: metadata then comes in large reads, and
+    // everything still reads right.
+    assert_eq!(
+        std::fs::read_dir(mount.path().join("dir")).unwrap().count(),
+        50
+    );
+    assert!(std::fs::read(mount.path().join("big.bin")).unwrap() == data);
+}
