@@ -369,14 +369,9 @@ impl Device {
             // them in the order tar and walks read them), so verify the
             // stretch that follows in the background. Metadata reads are
             // smaller and do not start this, nor do random reads.
-            if len > AHEAD_MIN_READ && access == Access::Sequential {
+            if missed && len > AHEAD_MIN_READ && access == Access::Sequential {
                 if let Some(ahead) = &self.ahead {
-                    let end = start as u64 + len;
-                    if missed {
-                        ahead.request(end, AHEAD_STRETCH);
-                    } else {
-                        ahead.keep_ahead(end, AHEAD_STRETCH);
-                    }
+                    ahead.request(start as u64 + len, AHEAD_STRETCH);
                 }
             }
         }
@@ -456,9 +451,6 @@ impl Device {
         // Copied and verified ahead of the reader, if it keeps pace.
         let prepared = self.ahead.as_ref().and_then(|a| a.prepared());
         if prepared.is_some_and(|p| p.copy_range(start, len, copy)) {
-            if let Some(ahead) = &self.ahead {
-                ahead.keep_ahead(start + len, AHEAD_STRETCH);
-            }
             return Ok(Some(0..len as usize));
         }
         self.advise_random(access, offset, len);

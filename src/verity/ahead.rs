@@ -2,7 +2,6 @@
 //! are about to ask for, so hashing overlaps with the reader instead of
 //! delaying the next reply.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
 
@@ -32,8 +31,6 @@ pub struct VerifyAhead {
     /// Verified copies made ahead, when reads check copies.
     prepared: Option<Arc<Prepared>>,
     queue: OnceLock<Option<SyncSender<(u64, u64)>>>,
-    /// The furthest end of the ranges handed to the thread so far.
-    requested: AtomicU64,
 }
 
 impl VerifyAhead {
@@ -53,7 +50,6 @@ impl VerifyAhead {
             file_backed,
             prepared: copies.then(|| Arc::new(Prepared::new(block_size))),
             queue: OnceLock::new(),
-            requested: AtomicU64::new(0),
         }
     }
 
@@ -96,39 +92,9 @@ impl VerifyAhead {
     /// queue full, the hint is dropped (the read checks what it needs).
     pub fn request(&self, offset: u64, len: u64) {
         if let Some(Some(tx)) = self.queue.get() {
-            if tx.try_send((offset, len)).is_ok() {
-                let end = offset.saturating_add(len);
-                self.requested.fetch_max(end, Ordering::Relaxed);
-            }
+            let _ = tx.try_send((offset, len));
         }
     }
-
-    /// A sequential reader served from data verified ahead reached `pos`.
-    /// Once it is within half a `stretch` of the end of what was asked
-    /// for, the next `stretch` is asked for: the thread keeps ahead of the
-    /// reader instead of starting again only when the reader has caught up
-    /// and hashed a read itself.
-    pub fn keep_ahead(&self, pos: u64, stretch: u64) {
-        let requested = self.requested.load(Ordering::Relaxed);
-        let Some(next) = next_stretch(requested, pos, stretch) else {
-            return;
-        };
-        // One reader asks for the next stretch; the others see it asked.
-        let won = self
-            .requested
-            .compare_exchange(requested, next, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok();
-        if let (true, Some(Some(tx))) = (won, self.queue.get()) {
-            let _ = tx.try_send((requested, stretch));
-        }
-    }
-}
-
-/// The new end of what is asked for when a reader at `pos` keeps ahead
-/// of `requested` by `stretch` ([`VerifyAhead::keep_ahead`]), or `None`
-/// when it need not ask yet (or is past it: its own miss asks then).
-fn next_stretch(requested: u64, pos: u64, stretch: u64) -> Option<u64> {
-    (pos < requested && requested - pos <= stretch / 2).then(|| requested.saturating_add(stretch))
 }
 
 /// Copies the chunks of `[offset, offset + len)` not prepared yet out of
@@ -157,23 +123,5 @@ fn prepare(verifier: &Verifier, map: &[u8], prepared: &Prepared, offset: u64, le
             prepared.insert(index, copy);
         }
         index += 1;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::next_stretch;
-
-    #[test]
-    fn the_next_stretch_is_asked_for_half_a_stretch_before_the_end() {
-        let mb = 1 << 20;
-        // Asked for up to 8 MiB, in 4 MiB stretches.
-        assert_eq!(next_stretch(8 * mb, 4 * mb - 1, 4 * mb), None);
-        assert_eq!(next_stretch(8 * mb, 6 * mb, 4 * mb), Some(12 * mb));
-        assert_eq!(next_stretch(8 * mb, 8 * mb - 1, 4 * mb), Some(12 * mb));
-        // A reader at or past the end misses, and its miss asks.
-        assert_eq!(next_stretch(8 * mb, 8 * mb, 4 * mb), None);
-        assert_eq!(next_stretch(0, 0, 4 * mb), None);
-        assert_eq!(next_stretch(u64::MAX, u64::MAX - 1, 4), Some(u64::MAX));
     }
 }
