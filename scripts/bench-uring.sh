@@ -9,6 +9,7 @@
 #
 #   scripts/bench-uring.sh [--rounds N] [--tree DIR] [--workdir DIR]
 #                          [--libfuse-git GITDIR] [--tag TAG] [--no-counts]
+#                          [--num-threads N] [--hp-opt OPT]...
 #
 # Needs: root; a kernel with CONFIG_FUSE_IO_URING (the enable_uring module
 # parameter); perf (for the request counts); libfuse source as a git dir
@@ -34,8 +35,12 @@
 # them to the backing file), --nosplice (replies are written from memory, as
 # fuser does), default caching (entry/attr timeout 86400 s, keep_cache,
 # cache_readdir; passthrough_hp then also asks for the writeback cache),
-# default threads (classic: libfuse's multi-threaded loop, up to 10 workers; io_uring: libfuse's one ring thread per CPU, queue depth 8,
-# beside the idle /dev/fuse workers), -o ro, --foreground.
+# default threads (classic: libfuse's multi-threaded loop, up to 10
+# workers; io_uring: libfuse's one ring thread per CPU, pinned, queue depth
+# 8, beside the idle /dev/fuse workers; --num-threads N passes
+# passthrough_hp's --num-threads N to both, which caps the classic workers
+# and the idle /dev/fuse workers of io_uring mode; --hp-opt OPT adds OPT,
+# e.g. --clone-fd, to both), -o ro, --foreground.
 #
 # Each round (classic then io_uring, alternating; N rounds each, default 7),
 # each figure after `sync; echo 3 > /proc/sys/vm/drop_caches` and a fresh
@@ -63,6 +68,8 @@ WORK=/var/tmp/uring-bench
 LIBFUSE_GIT=/work/.mirror/libfuse+libfuse/repo
 TAG=fuse-3.18.2
 COUNTS=1
+THREADS=
+EXTRA_OPTS=()
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--rounds) ROUNDS=$2; shift 2 ;;
@@ -71,6 +78,8 @@ while [[ $# -gt 0 ]]; do
 	--libfuse-git) LIBFUSE_GIT=$2; shift 2 ;;
 	--tag) TAG=$2; shift 2 ;;
 	--no-counts) COUNTS=0; shift ;;
+	--num-threads) THREADS=$2; shift 2 ;;
+	--hp-opt) EXTRA_OPTS+=("$2"); shift 2 ;;
 	-h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
 	*) echo "unknown argument: $1" >&2; exit 2 ;;
 	esac
@@ -148,6 +157,8 @@ if ! mountpoint -q "$SRCMNT"; then
 fi
 
 HP_OPTS=(--foreground --nopassthrough --nosplice -o ro)
+[[ -z $THREADS ]] || HP_OPTS+=(--num-threads "$THREADS")
+HP_OPTS+=(${EXTRA_OPTS[@]+"${EXTRA_OPTS[@]}"})
 
 start_server() { # MODE: classic | uring
 	local mode=$1 extra=()
@@ -194,7 +205,8 @@ cpu() { awk -v clk="$CLK" '{ printf "%.2f", ($14 + $15) / clk }' /proc/"$SERVER_
 walk() { (cd "$MNT" && find . -printf '%i %s %T@\n' >/dev/null); }
 readall() { (cd "$MNT" && tar cf - . | wc -c >/dev/null); }
 
-RES=$WORK/results.txt
+SUFFIX=$(printf '%s' "${HP_OPTS[*]:5}" | tr -cs 'a-z0-9' '-')
+RES=$WORK/results${SUFFIX:+-${SUFFIX#-}}.txt
 : >"$RES"
 record() { echo "$1 $2 $3 $4" >>"$RES"; } # round mode figure value
 
@@ -215,7 +227,7 @@ one_mode() { # ROUND MODE
 	record "$r" "$m" cpu_read_warm "$(elapsed "$c0" "$c1")"
 	stop_server
 	grep "^$r $m " "$RES" | awk '{ printf "%s=%s ", $3, $4 } END { print "" }' |
-		sed "s/^/round $r $m: /" >&2
+		sed "s/^/round $r $m: /; s/\$/ loadavg=$(cut -d' ' -f1 \/proc\/loadavg)/" >&2
 }
 
 log "tree: $TREE ($(find "$SRCMNT" | wc -l) entries), $ROUNDS rounds, options: ${HP_OPTS[*]}"
