@@ -16,19 +16,17 @@
 # (default /work/.mirror/libfuse+libfuse/repo, as the session's `fetch` of
 # github:libfuse/libfuse leaves it; else it is cloned from GitHub) of which
 # tag TAG (default fuse-3.18.2) is built with meson/ninja into
-# WORKDIR/libfuse-VERSION/build if not built yet (deps: meson, ninja-build,
-# pkg-config, g++, patch, liburing-dev, libnuma-dev; apt-installed if
+# WORKDIR/libfuse-VERSION-stock/build if not built yet (deps: meson, ninja-build,
+# pkg-config, g++, liburing-dev, libnuma-dev; apt-installed if
 # missing). It is never installed: the example finds its libfuse3.so through
-# its build-tree rpath. passthrough_hp is patched (the patch is at the end
-# of this script): stock, it holds an O_PATH fd for every inode the kernel
-# knows, 44k for the default tree, and RLIMIT_NOFILE's hard limit here is
-# 20000 (root without CAP_SYS_RESOURCE cannot raise it); the patch keeps
-# fds for directories only and opens other inodes by their path from the
-# source root when used (LOOKUP, GETATTR, OPEN, READLINK, xattrs). The
-# transport code is untouched, and both modes run the same binary.
-# The tree (default /var/tmp/erofs-fuse-bench/small/tree, scripts/bench.sh's
-# small-file corpus) is only read: it is served through a read-only,
-# noatime bind mount so that not even atimes change.
+# its build-tree rpath. Stock passthrough_hp holds an O_PATH descriptor for
+# every inode the kernel knows, and RLIMIT_NOFILE's hard limit here is
+# 20000 (root without CAP_SYS_RESOURCE cannot raise it), so the tree must
+# have fewer entries than that.
+# The tree (default: WORKDIR/tree, made once from the python3.11, doc and
+# include trees of scripts/bench.sh's small-file corpus, 15,954 entries and
+# 323 MB) is only read: it is served through a read-only, noatime bind
+# mount so that not even atimes change.
 #
 # Both modes run passthrough_hp with the same options: --nopassthrough (every
 # READ reaches the server, as with erofs-fuse; FUSE passthrough would hand
@@ -63,7 +61,8 @@
 set -euo pipefail
 
 ROUNDS=7
-TREE=/var/tmp/erofs-fuse-bench/small/tree
+TREE=
+SMALL=/var/tmp/erofs-fuse-bench/small/tree
 WORK=/var/tmp/uring-bench
 LIBFUSE_GIT=/work/.mirror/libfuse+libfuse/repo
 TAG=fuse-3.18.2
@@ -88,14 +87,27 @@ done
 [[ $(id -u) -eq 0 ]] || { echo "run as root" >&2; exit 1; }
 PARAM=/sys/module/fuse/parameters/enable_uring
 [[ -e $PARAM ]] || { echo "$PARAM missing: kernel without CONFIG_FUSE_IO_URING" >&2; exit 1; }
-[[ -d $TREE ]] || { echo "no tree at $TREE (scripts/bench.sh --tables small makes it)" >&2; exit 1; }
+if [[ -z $TREE ]]; then
+	TREE=$WORK/tree
+	if [[ ! -d $TREE ]]; then
+		[[ -d $SMALL ]] || { echo "no small-file corpus at $SMALL (scripts/bench.sh --tables small makes it)" >&2; exit 1; }
+		mkdir -p "$TREE.part/usr/lib" "$TREE.part/usr/share"
+		cp -a "$SMALL/usr/lib/python3.11" "$TREE.part/usr/lib/"
+		cp -a "$SMALL/usr/share/doc" "$TREE.part/usr/share/"
+		cp -a "$SMALL/usr/include" "$TREE.part/usr/"
+		mv "$TREE.part" "$TREE"
+	fi
+fi
+[[ -d $TREE ]] || { echo "no tree at $TREE" >&2; exit 1; }
+entries=$(find "$TREE" | wc -l)
+[[ $entries -lt 19000 ]] || { echo "$TREE has $entries entries: stock passthrough_hp needs a descriptor for each (limit 20000)" >&2; exit 1; }
 
 # Be gentle with whatever else runs on the machine; children inherit both.
 renice -n 19 -p $$ >/dev/null
 ionice -c3 -p $$
 
 VER=${TAG#fuse-}
-SRC=$WORK/libfuse-$VER
+SRC=$WORK/libfuse-$VER-stock
 HP=$SRC/build/example/passthrough_hp
 SRCMNT=$WORK/src    # read-only bind mount of the tree
 MNT=$WORK/mnt       # the FUSE mount
@@ -125,7 +137,6 @@ build_libfuse() {
 	command -v ninja >/dev/null || need+=(ninja-build)
 	command -v pkg-config >/dev/null || need+=(pkg-config)
 	command -v g++ >/dev/null || need+=(g++)
-	command -v patch >/dev/null || need+=(patch)
 	dpkg -s liburing-dev >/dev/null 2>&1 || need+=(liburing-dev)
 	dpkg -s libnuma-dev >/dev/null 2>&1 || need+=(libnuma-dev)
 	if [[ ${#need[@]} -gt 0 ]]; then
@@ -138,14 +149,12 @@ build_libfuse() {
 	else
 		git clone -q --depth 1 --branch "$TAG" https://github.com/libfuse/libfuse "$SRC"
 	fi
-	sed -n "/^: <<'__PATCH__'\$/,/^__PATCH__\$/p" "$0" | sed '1d;$d' |
-		(cd "$SRC" && patch -p1 >&2)
 	(cd "$SRC" && meson setup build -Dexamples=true -Dtests=false -Dutils=false \
 		-Duseroot=false >&2 && ninja -C build example/passthrough_hp >&2)
 	grep -q '^#define HAVE_URING' "$SRC/build/fuse_config.h" ||
 		{ log "libfuse built without io_uring (liburing with SQE128 and libnuma needed)"; exit 1; }
 }
-[[ -x $HP ]] && grep -q LAZY_FD "$SRC/example/passthrough_hp.cc" || build_libfuse
+[[ -x $HP ]] || build_libfuse
 log "passthrough_hp: $HP (libfuse $VER)"
 
 # ---- mounts --------------------------------------------------------------
@@ -285,184 +294,3 @@ if [[ $COUNTS -eq 1 ]]; then
 	done
 fi
 exit 0
-
-# The patch to passthrough_hp.cc (applied by build_libfuse, see the header).
-: <<'__PATCH__'
---- a/example/passthrough_hp.cc
-+++ b/example/passthrough_hp.cc
-@@ -124,8 +124,16 @@
- // Maps files in the source directory tree to inodes
- typedef std::unordered_map<SrcId, Inode> InodeMap;
- 
-+// bench-uring.sh patch: a non-directory keeps no O_PATH fd (fd == LAZY_FD)
-+// but its path from the source root, and is opened by path when used. Stock
-+// passthrough_hp holds an fd per known inode, and RLIMIT_NOFILE's hard
-+// limit (20000 where this was written, without CAP_SYS_RESOURCE to raise
-+// it) is below the number of inodes of a 44k-entry tree.
-+#define LAZY_FD (-1000)
-+
- struct Inode {
- 	int fd{ -1 };
-+	std::string path; // from the source root ("" for the root)
- 	dev_t src_dev{ 0 };
- 	ino_t src_ino{ 0 };
- 	int generation{ 0 };
-@@ -189,6 +197,16 @@
- 	return *inode;
- }
- 
-+// An fd for an inode: its own, or (LAZY_FD) a fresh O_PATH one that the
-+// caller closes (*tmp set).
-+static int inode_fd(Inode &inode, bool *tmp)
-+{
-+	*tmp = inode.fd == LAZY_FD;
-+	if (!*tmp)
-+		return inode.fd;
-+	return openat(fs.root.fd, inode.path.c_str(), O_PATH | O_NOFOLLOW);
-+}
-+
- static int get_fs_fd(fuse_ino_t ino)
- {
- 	int fd = get_inode(ino).fd;
-@@ -245,9 +263,15 @@
- static void sfs_getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info *fi)
- {
- 	struct stat attr;
--	int fd = fi ? fi->fh : get_inode(ino).fd;
-+	bool tmp = false;
-+	int fd = fi ? fi->fh : inode_fd(get_inode(ino), &tmp);
- 
- 	auto res = fstatat(fd, "", &attr, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
-+	if (tmp && fd >= 0) {
-+		auto saverr = errno;
-+		close(fd);
-+		errno = saverr;
-+	}
- 	if (res == -1) {
- 		fuse_reply_err(req, errno);
- 		return;
-@@ -370,6 +394,8 @@
- 	auto newfd = openat(get_fs_fd(parent), name, O_PATH | O_NOFOLLOW);
- 	if (newfd == -1)
- 		return errno;
-+	std::string path = parent == FUSE_ROOT_ID ?
-+		std::string(name) : get_inode(parent).path + "/" + name;
- 
- 	auto res = fstatat(newfd, "", &e->attr,
- 			   AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
-@@ -411,7 +437,7 @@
- 		/* fallthrough to new inode but keep existing inode.nlookup */
- 	}
- 
--	if (inode.fd > 0) { // found existing inode
-+	if (inode.fd > 0 || inode.fd == LAZY_FD) { // found existing inode
- 		if (fs.debug)
- 			cerr << "DEBUG: lookup(): inode " << e->attr.st_ino
- 			     << " (userspace) already known; fd = " << inode.fd
-@@ -441,7 +467,13 @@
- 			     << "inode " << inode.src_ino << " count "
- 			     << inode.nlookup << endl;
- 
--		inode.fd = newfd;
-+		inode.path = path;
-+		if (S_ISDIR(e->attr.st_mode)) {
-+			inode.fd = newfd;
-+		} else {
-+			close(newfd);
-+			inode.fd = LAZY_FD;
-+		}
- 		fs_lock.unlock();
- 
- 		if (fs.debug)
-@@ -531,8 +563,12 @@
- 	e.attr_timeout = fs.timeout;
- 	e.entry_timeout = fs.timeout;
- 
--	char procname[64];
--	sprintf(procname, "/proc/self/fd/%i", inode.fd);
-+	char procname[PATH_MAX + 64];
-+	if (inode.fd == LAZY_FD)
-+		snprintf(procname, sizeof(procname), "%s/%s",
-+			 fs.source.c_str(), inode.path.c_str());
-+	else
-+		sprintf(procname, "/proc/self/fd/%i", inode.fd);
- 	auto res =
- 		linkat(AT_FDCWD, procname, inode_p.fd, name, AT_SYMLINK_FOLLOW);
- 	if (res == -1) {
-@@ -666,7 +702,14 @@
- {
- 	Inode &inode = get_inode(ino);
- 	char buf[PATH_MAX + 1];
--	auto res = readlinkat(inode.fd, "", buf, sizeof(buf));
-+	bool tmp;
-+	int fd = inode_fd(inode, &tmp);
-+	auto res = readlinkat(fd, "", buf, sizeof(buf));
-+	if (tmp && fd >= 0) {
-+		auto saverr = errno;
-+		close(fd);
-+		errno = saverr;
-+	}
- 	if (res == -1)
- 		fuse_reply_err(req, errno);
- 	else if (res == sizeof(buf))
-@@ -1088,9 +1131,11 @@
- 
- 	/* Unfortunately we cannot use inode.fd, because this was opened
-        with O_PATH (so it doesn't allow read/write access). */
--	auto fd = with_fd_path(inode.fd, [fi](const char *buf) {
--		return open(buf, fi->flags & ~O_NOFOLLOW);
--	});
-+	auto fd = inode.fd == LAZY_FD ?
-+		openat(fs.root.fd, inode.path.c_str(), fi->flags & ~O_NOFOLLOW) :
-+		with_fd_path(inode.fd, [fi](const char *buf) {
-+			return open(buf, fi->flags & ~O_NOFOLLOW);
-+		});
- 	if (fd == -1) {
- 		auto err = errno;
- 		if (err == ENFILE || err == EMFILE)
-@@ -1272,8 +1317,12 @@
- 	ssize_t ret;
- 	int saverr;
- 
--	char procname[64];
--	sprintf(procname, "/proc/self/fd/%i", inode.fd);
-+	char procname[PATH_MAX + 64];
-+	if (inode.fd == LAZY_FD)
-+		snprintf(procname, sizeof(procname), "%s/%s",
-+			 fs.source.c_str(), inode.path.c_str());
-+	else
-+		sprintf(procname, "/proc/self/fd/%i", inode.fd);
- 
- 	if (size) {
- 		value = new (nothrow) char[size];
-@@ -1315,8 +1364,12 @@
- 	ssize_t ret;
- 	int saverr;
- 
--	char procname[64];
--	sprintf(procname, "/proc/self/fd/%i", inode.fd);
-+	char procname[PATH_MAX + 64];
-+	if (inode.fd == LAZY_FD)
-+		snprintf(procname, sizeof(procname), "%s/%s",
-+			 fs.source.c_str(), inode.path.c_str());
-+	else
-+		sprintf(procname, "/proc/self/fd/%i", inode.fd);
- 
- 	if (size) {
- 		value = new (nothrow) char[size];
-@@ -1357,8 +1410,12 @@
- 	ssize_t ret;
- 	int saverr;
- 
--	char procname[64];
--	sprintf(procname, "/proc/self/fd/%i", inode.fd);
-+	char procname[PATH_MAX + 64];
-+	if (inode.fd == LAZY_FD)
-+		snprintf(procname, sizeof(procname), "%s/%s",
-+			 fs.source.c_str(), inode.path.c_str());
-+	else
-+		sprintf(procname, "/proc/self/fd/%i", inode.fd);
- 
- 	ret = setxattr(procname, name, value, size, flags);
- 	saverr = ret == -1 ? errno : 0;
-__PATCH__
