@@ -87,6 +87,10 @@ done
 [[ $(id -u) -eq 0 ]] || { echo "run as root" >&2; exit 1; }
 PARAM=/sys/module/fuse/parameters/enable_uring
 [[ -e $PARAM ]] || { echo "$PARAM missing: kernel without CONFIG_FUSE_IO_URING" >&2; exit 1; }
+# Root writes there: it must be ours, not another user's or a symlink.
+# shellcheck source=scripts/lib/workdir.sh
+. "$(dirname "$0")/lib/workdir.sh"
+own_workdir "$WORK"
 if [[ -z $TREE ]]; then
 	TREE=$WORK/tree
 	if [[ ! -d $TREE ]]; then

@@ -344,18 +344,6 @@ fn random_reads_of_a_cold_file_read_little_more_than_they_ask_for() {
     );
 }
 
-/// Bytes of `path` in the page cache (fincore's RES), or `None` without
-/// fincore.
-fn cached_bytes(path: &Path) -> Option<u64> {
-    which("fincore")?;
-    let out = run_ok(
-        Command::new("fincore")
-            .args(["-n", "-b", "-o", "RES"])
-            .arg(path),
-    );
-    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-}
-
 #[test]
 fn a_mount_and_a_lookup_read_a_few_pages_of_a_cold_image() {
     let test = "a_mount_and_a_lookup_read_a_few_pages_of_a_cold_image";

@@ -11,15 +11,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether any page of `path` is in the page cache (fincore's RES).
+/// Whether any page of `path` is in the page cache.
 fn resident(path: &Path) -> bool {
-    let out = run_ok(
-        Command::new("fincore")
-            .args(["-n", "-b", "-o", "RES"])
-            .arg(path),
-    );
-    let res: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    res > 0
+    cached_bytes(path).is_some_and(|bytes| bytes > 0)
 }
 
 /// A directory of 40 small files with distinct contents, as an image.

@@ -335,6 +335,18 @@ pub fn skip(test: &str, what: &str) {
     eprintln!("\n*** SKIPPED {msg} ***\n");
 }
 
+/// Bytes of `path` in the page cache (fincore's RES, which maps the file
+/// without reading it), or `None` without fincore.
+pub fn cached_bytes(path: &Path) -> Option<u64> {
+    which("fincore")?;
+    let out = run_ok(
+        Command::new("fincore")
+            .args(["-n", "-b", "-o", "RES"])
+            .arg(path),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
 /// Finds a program on PATH (and in the sbin directories root has).
 pub fn which(name: &str) -> Option<PathBuf> {
     if name.starts_with('/') {
