@@ -214,6 +214,8 @@ main() {
     # shellcheck source=scripts/lib/workdir.sh
     . scripts/lib/workdir.sh
     own_workdir "$work"
+    # The test user works below it: it may pass through, not list or write.
+    chmod 711 "$work"
     local tgz=$work/tgz-$size-5 image=$work/$kind-$size-5
     if [ ! -f "$tgz/index.json" ]; then
         log "generating a $size MB, 5-layer image in $tgz"

@@ -100,6 +100,8 @@ main() {
     # shellcheck source=scripts/lib/workdir.sh
     . scripts/lib/workdir.sh
     own_workdir "$work"
+    # The test user works below it: it may pass through, not list or write.
+    chmod 711 "$work"
     local image=$work/image-$size-$layers
     if [ ! -f "$image/index.json" ]; then
         log "generating a $size MB, $layers-layer image in $image"

@@ -39,6 +39,7 @@ impl ConvertArgs {
             progress: !self.quiet,
             implied_mtime: self.implied_mtime,
             skip_digests: !self.digests,
+            verified_input: None,
         };
         let compress = match self.compress {
             // The extended options are a list of their own, checked with

@@ -28,6 +28,13 @@ impl Digest {
     pub fn bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// The digest written `sha256:<64 hex digits>` (`None` otherwise).
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix("sha256:").filter(|h| h.len() == 64)?;
+        let bytes = crate::format::from_hex(hex)?;
+        Some(Self(bytes.try_into().ok()?))
+    }
 }
 
 impl std::fmt::Display for Digest {
@@ -169,6 +176,17 @@ impl Compression {
     }
 }
 
+/// Which digests to compute as the input is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digests {
+    /// None: a plain tar file is read header by header.
+    None,
+    /// The tar's only; the input's is this one, already checked.
+    TarOnly(Digest),
+    /// The input's and the tar's.
+    Both,
+}
+
 /// The opened input: the uncompressed tar stream and its digests.
 pub struct Source {
     /// The tar bytes.
@@ -178,6 +196,8 @@ pub struct Source {
     /// The zinfo being built, when asked for and the input is gzip.
     pub gzindex: Option<ZinfoHandle>,
     input: Option<SharedHash>,
+    /// The input's digest, known before reading it.
+    known: Option<Digest>,
     tar: Option<SharedHash>,
     bar: Option<indicatif::ProgressBar>,
 }
@@ -186,7 +206,10 @@ impl Source {
     /// The input's and the tar's sha256, once everything has been read;
     /// `None` when the input was opened without digests.
     pub fn digests(&self) -> Option<(Digest, Digest)> {
-        let input = Digest(finish(self.input.as_ref()?));
+        let input = match (self.known, &self.input) {
+            (Some(known), _) => known,
+            (None, input) => Digest(finish(input.as_ref()?)),
+        };
         let tar = match &self.tar {
             Some(tar) => Digest(finish(tar)),
             None => input,
@@ -224,15 +247,25 @@ impl<R: Read> Read for Damaged<R> {
 
 /// Opens `path` (`-`: stdin), detecting gzip and zstd by their magic bytes;
 /// with `index`, a gzip input is decompressed by [`GzIndexer`], building
-/// its zinfo on the way; with `digests`, the input and the tar are hashed
-/// as they are read, else a plain tar file is read header by header.
-pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io::Result<Source> {
+/// its zinfo on the way; `digests` says which of the input and the tar are
+/// hashed as they are read (with none, a plain tar file is read header by
+/// header).
+pub fn open_input(
+    path: &Path,
+    progress: bool,
+    index: bool,
+    digests: Digests,
+) -> io::Result<Source> {
+    let known = match digests {
+        Digests::TarOnly(known) => Some(known),
+        _ => None,
+    };
     let (raw, len): (Box<dyn Read + Send>, Option<u64>) = if path == Path::new("-") {
         (Box::new(io::stdin()), None)
     } else {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        if !digests && file.metadata()?.is_file() {
+        if digests == Digests::None && file.metadata()?.is_file() {
             if let Some(source) = header_by_header(&file, len, progress)? {
                 return Ok(source);
             }
@@ -240,7 +273,7 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         (Box::new(file), Some(len))
     };
     let bar = (progress && io::stderr().is_terminal()).then(|| progress_bar(len));
-    let input = digests.then(new_hash);
+    let input = (digests == Digests::Both).then(new_hash);
     let mut buffered = BufReader::with_capacity(
         1 << 20,
         Hashing {
@@ -250,7 +283,7 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         },
     );
     let compression = Compression::detect(buffered.fill_buf()?);
-    let tar = digests.then(new_hash);
+    let tar = (digests != Digests::None).then(new_hash);
     if compression != Compression::None && !index {
         // Decoded on another thread, as the tar is hashed and parsed here.
         let reader = decode_on_a_thread(buffered, compression, tar.clone())?;
@@ -259,6 +292,7 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
             compression,
             gzindex: None,
             input,
+            known,
             tar,
             bar,
         });
@@ -271,6 +305,7 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
                 compression,
                 gzindex: None,
                 input,
+                known,
                 tar: None,
                 bar,
             })
@@ -298,6 +333,7 @@ pub fn open_input(path: &Path, progress: bool, index: bool, digests: bool) -> io
         compression,
         gzindex,
         input,
+        known,
         tar,
         bar,
     })
@@ -352,6 +388,7 @@ fn header_by_header(file: &File, len: u64, progress: bool) -> io::Result<Option<
         compression: Compression::None,
         gzindex: None,
         input: None,
+        known: None,
         tar: None,
         bar,
     }))

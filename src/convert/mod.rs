@@ -29,7 +29,7 @@ use crate::mkfs::compress::Codec;
 use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
 use crate::safe_fs::{self, same_target, OutputDir, TempFile};
 pub use dir::convert_tree;
-use input::{open_input, TarRead, Tee};
+use input::{open_input, Digests, TarRead, Tee};
 pub use input::{Compression, Digest};
 pub use stream::MAX_EXTENSION_SIZE;
 pub use tar::TarOptions;
@@ -69,6 +69,10 @@ pub struct ConvertOptions {
     /// Do not hash the input: the report has no digests, and a plain tar
     /// file in index mode is read header by header (its data is not read).
     pub skip_digests: bool,
+    /// The input's digest, when the caller has already checked the input
+    /// against it (a pulled blob, verified as it streamed): reported as the
+    /// input digest instead of hashing the input again.
+    pub verified_input: Option<Digest>,
 }
 
 /// Compression of a full image's file data ([`convert_compressed`]).
@@ -209,7 +213,11 @@ fn convert_inner(
         input,
         options.progress,
         options.gzinfo.is_some(),
-        !options.skip_digests,
+        match (options.skip_digests, options.verified_input) {
+            (true, _) => Digests::None,
+            (false, Some(known)) => Digests::TarOnly(known),
+            (false, None) => Digests::Both,
+        },
     )
     .map_err(|e| ConvertError::io(input, e))?;
     let compression = source.compression;

@@ -316,6 +316,7 @@ impl Job<'_> {
                     progress: false,
                     implied_mtime: None,
                     skip_digests: false,
+                    verified_input: None,
                 };
                 let report = convert_at(&blob, &staging.dir, INDEX_FILE.as_ref(), &options)
                     .map_err(|e| what(format!("converting: {e}")))?;

@@ -23,7 +23,7 @@ use nix::sys::stat::{fstatat, Mode as FileMode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::convert::{convert_at, ConvertError, ConvertOptions, ConvertReport, Mode};
+use crate::convert::{convert_at, ConvertError, ConvertOptions, ConvertReport, Digest, Mode};
 use crate::error::{Error, Result};
 use crate::registry::manifest::Manifest;
 use crate::registry::oci_layout::OciLayout;
@@ -216,7 +216,7 @@ impl Drop for Staging<'_> {
 
 /// Converts `blob` into the layer directory being built.
 fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo> {
-    let report = convert_layer(staging, blob, progress)
+    let report = convert_layer(staging, blob, None, progress)
         .map_err(|e| Error::Invalid(format!("converting {}: {e}", blob.display())))?;
     let (compressed_digest, diff_digest) = digests_of(&report, blob)?;
     let compressed_size = keep_blob(staging, blob)?;
@@ -238,6 +238,7 @@ fn build(staging: &Staging<'_>, blob: &Path, progress: bool) -> Result<LayerInfo
 pub(crate) fn convert_layer(
     staging: &Staging<'_>,
     blob: &Path,
+    verified: Option<&str>,
     progress: bool,
 ) -> Result<ConvertReport, ConvertError> {
     let options = ConvertOptions {
@@ -249,6 +250,7 @@ pub(crate) fn convert_layer(
         progress,
         implied_mtime: None,
         skip_digests: false,
+        verified_input: verified.and_then(Digest::parse),
     };
     let report = convert_at(blob, &staging.dir, OsStr::new(IMAGE_FILE), &options)?;
     staging.made(IMAGE_FILE);

@@ -507,7 +507,9 @@ fn as_fetched(layer: &LayerRecord) -> LayerInfo {
 /// A tar layer (plain, gzip or zstd): converted to a tar-index image with
 /// the tar appended, OCI whiteouts made overlayfs ones.
 fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
-    let report = convert_layer(staging, &pinned_blob(staging), false).map_err(|e| {
+    // The blob was checked against its digest as it was fetched.
+    let verified = Some(layer.digest.as_str());
+    let report = convert_layer(staging, &pinned_blob(staging), verified, false).map_err(|e| {
         Error::Invalid(format!(
             "layer {} ({}): converting: {e}",
             layer.digest, layer.media_type

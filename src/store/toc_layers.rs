@@ -47,7 +47,7 @@ pub fn add(store: &Path, blob: &Path, toc_digest: &str, progress: bool) -> Resul
     std::fs::create_dir_all(store).map_err(|e| Error::io(store, e))?;
     let store_dir = OutputDir::open(store).map_err(|e| Error::io(store, e))?;
     let staging = Staging::create(&store_dir, layout::ADD_PREFIX)?;
-    let report = layout::convert_layer(&staging, blob, progress)
+    let report = layout::convert_layer(&staging, blob, None, progress)
         .map_err(|e| Error::Invalid(format!("converting {}: {e}", blob.display())))?;
     // An honest TOC's files add up to less than the tar (chunks sharing
     // an eStargz member are decoded once); twice that bounds the work.

@@ -208,6 +208,46 @@ fn an_index_without_digests_reads_only_the_headers() {
 }
 
 #[test]
+fn a_verified_input_is_not_hashed_again() {
+    use flate2::{write::GzEncoder, Compression as Level};
+    use sha2::{Digest as _, Sha256};
+    use std::io::Write as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let tar = TarBytes::new().file("big", &vec![3u8; 4 << 20]).end();
+    let mut gz = GzEncoder::new(Vec::new(), Level::fast());
+    gz.write_all(&tar).unwrap();
+    let input = dir.path().join("layer.tar.gz");
+    std::fs::write(&input, gz.finish().unwrap()).unwrap();
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("{b:02x}")).collect() };
+    let tar_digest = format!("sha256:{}", hex(&Sha256::digest(&tar)));
+    // Not the input's digest: what is reported shows it was taken as given.
+    let given = format!("sha256:{}", "ab".repeat(32));
+    let options = ConvertOptions {
+        verified_input: erofs_fuse::convert::Digest::parse(&given),
+        ..Default::default()
+    };
+    assert!(options.verified_input.is_some(), "{given} did not parse");
+    let out = dir.path().join("given.erofs");
+    let report = convert(&input, &out, &options).unwrap();
+    assert_eq!(report.digests(), Some((given, tar_digest.clone())));
+    // Without it, both are computed from the bytes.
+    let out = dir.path().join("hashed.erofs");
+    let report = convert(&input, &out, &ConvertOptions::default()).unwrap();
+    let input_digest = format!(
+        "sha256:{}",
+        hex(&Sha256::digest(std::fs::read(&input).unwrap()))
+    );
+    assert_eq!(report.digests(), Some((input_digest, tar_digest)));
+    for bad in ["sha256:ab", "sha512:00", &"ab".repeat(32)] {
+        assert!(
+            erofs_fuse::convert::Digest::parse(bad).is_none(),
+            "{bad} parsed"
+        );
+    }
+}
+
+#[test]
 #[cfg_attr(
     not(feature = "privileged"),
     ignore = "privileged tier: --features privileged"
