@@ -255,6 +255,7 @@ pub fn convert_tree(
     let build = crate::mkfs::BuildOptions {
         source: crate::mkfs::DataSource::Image,
         uuid: [0; 16],
+        end_align: 0,
     };
     let summary = builder.finish(&tree, &build)?;
     let mode = 0o666 & !crate::safe_fs::umask();

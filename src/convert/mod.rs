@@ -12,6 +12,7 @@
 mod decode;
 mod dir;
 mod input;
+mod output;
 mod pax;
 mod pax_records;
 mod stream;
@@ -19,18 +20,17 @@ mod tar;
 pub mod toc;
 mod tree;
 
-use std::ffi::{OsStr, OsString};
-use std::fs::File;
-use std::io::{self, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
+use std::ffi::OsStr;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::mkfs::compress::Codec;
 use crate::mkfs::{BuildError, BuildOptions, DataSource, ImageBuilder};
-use crate::safe_fs::{self, same_target, OutputDir, TempFile};
+use crate::safe_fs::{self, same_target, OutputDir};
 pub use dir::convert_tree;
 use input::{open_input, Digests, TarRead, Tee};
 pub use input::{Compression, Digest};
+use output::{append_tar, insert_image_before, TarCopy, ZinfoDest, APPEND_ALIGN};
 pub use stream::MAX_EXTENSION_SIZE;
 pub use tar::TarOptions;
 use tar::{read_tar, DataSink};
@@ -226,7 +226,7 @@ fn convert_inner(
         Mode::Index => 9,
         Mode::Full => 12,
     };
-    let copy = TarCopy::plan(input, compression != Compression::None, dir, name, options)?;
+    let mut copy = TarCopy::plan(input, compression != Compression::None, dir, name, options)?;
     let gzinfo = plan_gzinfo(options, input, &output, compression, &copy)?;
     let tee = match &copy.temp {
         Some(temp) => Some(
@@ -268,19 +268,36 @@ fn convert_inner(
     let digests = source.digests();
     source.done();
 
-    let summary = finish_image(builder, &tree, options.mode, tar_size, &headers)?;
+    let appending = options.mode == Mode::Index && options.append_tar;
+    let end_align = if appending { APPEND_ALIGN } else { 0 };
+    let summary = finish_image(builder, &tree, options.mode, tar_size, &headers, end_align)?;
 
     let tar_path =
         (options.mode == Mode::Index && !options.append_tar).then(|| tar_name.to_path_buf());
-    if options.mode == Mode::Index && options.append_tar {
-        append_tar(
-            &copy,
-            input,
-            tar_name,
-            image.file(),
-            summary.image_size,
-            &output,
-        )?;
+    // The tar written for the run becomes the output, the image put before
+    // it; else the tar is copied after the image.
+    let mut image = Some(image);
+    if appending {
+        let scratch = copy.temp.as_ref().filter(|_| copy.keep.is_none());
+        let moved = match (scratch, &image) {
+            (Some(tar), Some(img)) => {
+                insert_image_before(tar.file(), img.file(), summary.image_size, tar_size)
+                    .map_err(|e| ConvertError::io(&output, e))?
+            }
+            _ => false,
+        };
+        if moved {
+            image = copy.temp.take();
+        } else if let Some(img) = &image {
+            append_tar(
+                &copy,
+                input,
+                tar_name,
+                img.file(),
+                summary.image_size,
+                &output,
+            )?;
+        }
     }
     if let (Some(dest), Some(index)) = (&gzinfo, &source.gzindex) {
         dest.write(&index.zinfo().to_bytes())?;
@@ -291,9 +308,11 @@ fn convert_inner(
     if let Some(dest) = gzinfo {
         dest.persist(mode)?;
     }
-    image
-        .persist(name, mode)
-        .map_err(|e| ConvertError::io(&output, e))?;
+    if let Some(image) = image {
+        image
+            .persist(name, mode)
+            .map_err(|e| ConvertError::io(&output, e))?;
+    }
     Ok(ConvertReport {
         input_digest: digests.map(|d| d.0),
         tar_digest: digests.map(|d| d.1),
@@ -327,24 +346,6 @@ fn plan_gzinfo(
         }
     }
     Ok(Some(zinfo))
-}
-
-/// Appends the tar (the kept copy, or the input itself) to the image of
-/// `image_size` bytes (`--append-tar`).
-fn append_tar(
-    copy: &TarCopy,
-    input: &Path,
-    tar_name: &Path,
-    image: &File,
-    image_size: u64,
-    output: &Path,
-) -> Result<(), ConvertError> {
-    let mut tar = match &copy.temp {
-        Some(temp) => temp.file().try_clone(),
-        None => File::open(input),
-    }
-    .map_err(|e| ConvertError::io(tar_name, e))?;
-    append(image, image_size, &mut tar).map_err(|e| ConvertError::io(output, e))
 }
 
 /// Compression threads: as asked, else one per CPU.
@@ -391,6 +392,7 @@ fn finish_image(
     mode: Mode,
     tar_size: u64,
     headers: &[u8; 32],
+    end_align: u64,
 ) -> Result<crate::mkfs::BuildSummary, ConvertError> {
     let source = match mode {
         Mode::Index => DataSource::Tar { size: tar_size },
@@ -399,7 +401,12 @@ fn finish_image(
     // From the headers, so it is the same with and without digests.
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&headers[..16]);
-    Ok(builder.finish(tree, &BuildOptions { source, uuid })?)
+    let options = BuildOptions {
+        source,
+        uuid,
+        end_align,
+    };
+    Ok(builder.finish(tree, &options)?)
 }
 
 /// An [`io::ErrorKind::InvalidInput`] error about `path`.
@@ -408,157 +415,4 @@ fn invalid(path: &Path, message: &str) -> ConvertError {
         path,
         io::Error::new(io::ErrorKind::InvalidInput, message.to_string()),
     )
-}
-
-/// The copy of the uncompressed tar that index mode needs when the input
-/// is not a tar file (gzip or stdin): written while reading, kept at
-/// `--tar-out` or beside the output, or (appended) only for the run.
-struct TarCopy {
-    keep: Option<TarDest>,
-    temp: Option<TempFile>,
-}
-
-impl TarCopy {
-    /// What `options` ask for, refusing a kept tar that would be the input
-    /// or the output.
-    fn plan(
-        input: &Path,
-        compressed: bool,
-        dir: &OutputDir,
-        name: &OsStr,
-        options: &ConvertOptions,
-    ) -> Result<Self, ConvertError> {
-        let from_stdin = input == Path::new("-");
-        let output = dir.path().join(name);
-        let needs_copy = options.mode == Mode::Index && (compressed || from_stdin);
-        let keep = match (&options.tar_out, options.append_tar) {
-            _ if !needs_copy => None,
-            (Some(path), _) => Some(TarDest::open(path)?),
-            (None, false) => Some(TarDest::beside(dir, name)?),
-            (None, true) => None,
-        };
-        if let Some(tar) = &keep {
-            if (!from_stdin && same_target(&tar.path, input)) || same_target(&tar.path, &output) {
-                return Err(invalid(
-                    &tar.path,
-                    "the tar would overwrite the input or the output (use --tar-out)",
-                ));
-            }
-        }
-        let temp = match (&keep, needs_copy) {
-            (Some(tar), _) => Some(
-                tar.dir
-                    .temp_file()
-                    .map_err(|e| ConvertError::io(&tar.path, e))?,
-            ),
-            (None, true) => Some(dir.temp_file().map_err(|e| ConvertError::io(&output, e))?),
-            (None, false) => None,
-        };
-        Ok(Self { keep, temp })
-    }
-
-    /// Renames a kept tar into place with `mode`.
-    fn persist(self, mode: u32) -> Result<(), ConvertError> {
-        if let (Some(tar), Some(temp)) = (self.keep, self.temp) {
-            temp.persist(&tar.name, mode)
-                .map_err(|e| ConvertError::io(&tar.path, e))?;
-        }
-        Ok(())
-    }
-}
-
-/// Where the uncompressed tar is kept: its directory, name and path.
-struct TarDest {
-    dir: OutputDir,
-    name: OsString,
-    path: PathBuf,
-}
-
-impl TarDest {
-    /// At `path` (`--tar-out`).
-    fn open(path: &Path) -> Result<Self, ConvertError> {
-        let (dir, name) = OutputDir::of(path).map_err(|e| ConvertError::io(path, e))?;
-        Ok(Self {
-            dir,
-            name,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Beside the output `name` in `dir`, its extension replaced by `.tar`.
-    fn beside(dir: &OutputDir, name: &OsStr) -> Result<Self, ConvertError> {
-        let name = Path::new(name).with_extension("tar").into_os_string();
-        let path = dir.path().join(&name);
-        // The user did not name this file: something already there (a tar
-        // of theirs, a planted link) is theirs, and is never replaced.
-        let existing = nix::sys::stat::fstatat(
-            Some(dir.fd().as_raw_fd()),
-            name.as_os_str(),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        );
-        if existing.is_ok() {
-            return Err(invalid(
-                &path,
-                "already exists: convert keeps the layer's tar there and replaces no file it did not create (remove it, or name the tar with --tar-out)",
-            ));
-        }
-        let dir = dir.try_clone().map_err(|e| ConvertError::io(&path, e))?;
-        Ok(Self { dir, name, path })
-    }
-}
-
-/// Where `--gzinfo` goes: written with no name in its directory, named
-/// once the conversion is complete.
-struct ZinfoDest {
-    temp: TempFile,
-    name: OsString,
-    path: PathBuf,
-}
-
-impl ZinfoDest {
-    /// At `path`, which must be neither the input nor the output.
-    fn plan(path: &Path, input: &Path, output: &Path) -> Result<Self, ConvertError> {
-        if (input != Path::new("-") && same_target(path, input)) || same_target(path, output) {
-            return Err(invalid(
-                path,
-                "the zinfo would overwrite the input or the output",
-            ));
-        }
-        let (dir, name) = OutputDir::of(path).map_err(|e| ConvertError::io(path, e))?;
-        let temp = dir.temp_file().map_err(|e| ConvertError::io(path, e))?;
-        Ok(Self {
-            temp,
-            name,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Writes the zinfo's bytes (still nameless).
-    fn write(&self, bytes: &[u8]) -> Result<(), ConvertError> {
-        let mut file = self.temp.file();
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| ConvertError::io(&self.path, e))
-    }
-
-    /// Names it, with `mode`.
-    fn persist(self, mode: u32) -> Result<(), ConvertError> {
-        self.temp
-            .persist(&self.name, mode)
-            .map_err(|e| ConvertError::io(&self.path, e))
-    }
-}
-
-/// Appends the tar read from `tar` to the image `image` (which ends at
-/// `image_size`, a block boundary), as containerd's single-file layer.
-fn append(mut image: &File, image_size: u64, tar: &mut File) -> io::Result<()> {
-    debug_assert_eq!(image.metadata().map(|m| m.len()).ok(), Some(image_size));
-    tar.seek(SeekFrom::Start(0))?;
-    image.seek(SeekFrom::Start(image_size))?;
-    // io::copy between files uses copy_file_range: no pass through userspace.
-    let copied = io::copy(tar, &mut image)?;
-    // Whole 512-byte blocks, so the device's size is exact.
-    let pad = copied.next_multiple_of(512) - copied;
-    image.write_all(&vec![0; pad as usize])?;
-    image.sync_all()
 }

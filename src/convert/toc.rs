@@ -47,6 +47,7 @@ pub fn write_image(toc: &Toc, map: &TocMap, out: File, uuid: [u8; 16]) -> Result
     let options = BuildOptions {
         source: DataSource::Tar { size: map.size },
         uuid,
+        end_align: 0,
     };
     builder
         .finish(&tree, &options)

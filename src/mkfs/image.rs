@@ -52,6 +52,10 @@ pub struct BuildOptions {
     pub source: DataSource,
     /// The volume UUID.
     pub uuid: [u8; 16],
+    /// The image's size is made a multiple of this many bytes (0: of the
+    /// block size), so that a tar appended to it starts on a filesystem
+    /// block (see [`crate::convert`]'s appending).
+    pub end_align: u64,
 }
 
 /// What was written.
@@ -281,7 +285,7 @@ impl ImageBuilder {
         for &(id, refs) in &nodes {
             records.push(self.record(tree, id, refs, epoch, options.source)?);
         }
-        let layout = self.layout(&mut records)?;
+        let layout = self.layout(&mut records, options.end_align)?;
         let nid_of = assign_nids(&records, layout.meta_start);
         let parent_of = parents(tree, &nodes);
         let (meta, blocks) = layout.encode(tree, &records, &nid_of, &parent_of);
@@ -305,8 +309,8 @@ impl ImageBuilder {
 
     /// Places every inode after the data area, each 32-byte aligned with
     /// tails never crossing a block, then the directory and symlink blocks
-    /// after the inodes.
-    fn layout(&self, records: &mut [Record]) -> Result<Layout, BuildError> {
+    /// after the inodes; the image's end rounded up to `end_align` bytes.
+    fn layout(&self, records: &mut [Record], end_align: u64) -> Result<Layout, BuildError> {
         let block = 1u64 << self.block_bits;
         let meta_start = self.data_end;
         let pos = if self.compress.is_some() {
@@ -333,6 +337,7 @@ impl ImageBuilder {
                 _ => {}
             }
         }
+        let next_block = next_block.next_multiple_of((end_align / block).max(1));
         let image_size = next_block * block;
         check_block_addr(next_block)?;
         Ok(Layout {

@@ -320,6 +320,7 @@ fn deep_image(dir: &Path, depth: usize) -> std::path::PathBuf {
     let options = BuildOptions {
         source: DataSource::Image,
         uuid: [0; 16],
+        end_align: 0,
     };
     builder.finish(&tree, &options).unwrap();
     path
