@@ -30,7 +30,7 @@ use crate::safe_fs::{self, same_target, OutputDir};
 pub use dir::convert_tree;
 use input::{open_input, Digests, TarRead, Tee};
 pub use input::{Compression, Digest};
-use output::{append_tar, insert_image_before, TarCopy, ZinfoDest, APPEND_ALIGN};
+use output::{with_tar_appended, TarCopy, ZinfoDest, APPEND_ALIGN};
 pub use stream::MAX_EXTENSION_SIZE;
 pub use tar::TarOptions;
 use tar::{read_tar, DataSink};
@@ -259,12 +259,16 @@ fn convert_inner(
         .skip(u64::MAX)
         .map_err(|e| ConvertError::io(input, e))?;
     let tar_size = stream.written();
-    let tar_name = copy.keep.as_ref().map_or(input, |t| t.path.as_path());
+    let tar_name = copy
+        .keep
+        .as_ref()
+        .map_or(input, |t| t.path.as_path())
+        .to_path_buf();
     // The temporary copy appended to the image is synced there, once.
     let durable = copy.keep.is_some();
     stream
         .finish(durable)
-        .map_err(|e| ConvertError::io(tar_name, e))?;
+        .map_err(|e| ConvertError::io(&tar_name, e))?;
     let digests = source.digests();
     source.done();
 
@@ -272,33 +276,13 @@ fn convert_inner(
     let end_align = if appending { APPEND_ALIGN } else { 0 };
     let summary = finish_image(builder, &tree, options.mode, tar_size, &headers, end_align)?;
 
-    let tar_path =
-        (options.mode == Mode::Index && !options.append_tar).then(|| tar_name.to_path_buf());
-    // The tar written for the run becomes the output, the image put before
-    // it; else the tar is copied after the image.
-    let mut image = Some(image);
-    if appending {
-        let scratch = copy.temp.as_ref().filter(|_| copy.keep.is_none());
-        let moved = match (scratch, &image) {
-            (Some(tar), Some(img)) => {
-                insert_image_before(tar.file(), img.file(), summary.image_size, tar_size)
-                    .map_err(|e| ConvertError::io(&output, e))?
-            }
-            _ => false,
-        };
-        if moved {
-            image = copy.temp.take();
-        } else if let Some(img) = &image {
-            append_tar(
-                &copy,
-                input,
-                tar_name,
-                img.file(),
-                summary.image_size,
-                &output,
-            )?;
-        }
-    }
+    let tar_path = (options.mode == Mode::Index && !options.append_tar).then(|| tar_name.clone());
+    let image = if appending {
+        let sizes = (summary.image_size, tar_size);
+        with_tar_appended(&mut copy, image, sizes, (input, &tar_name, &output))?
+    } else {
+        image
+    };
     if let (Some(dest), Some(index)) = (&gzinfo, &source.gzindex) {
         dest.write(&index.zinfo().to_bytes())?;
     }
@@ -308,11 +292,9 @@ fn convert_inner(
     if let Some(dest) = gzinfo {
         dest.persist(mode)?;
     }
-    if let Some(image) = image {
-        image
-            .persist(name, mode)
-            .map_err(|e| ConvertError::io(&output, e))?;
-    }
+    image
+        .persist(name, mode)
+        .map_err(|e| ConvertError::io(&output, e))?;
     Ok(ConvertReport {
         input_digest: digests.map(|d| d.0),
         tar_digest: digests.map(|d| d.1),

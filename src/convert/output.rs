@@ -165,7 +165,7 @@ pub(super) const APPEND_ALIGN: u64 = 4096;
 /// copied there, and the tar is padded to whole 512-byte blocks. False,
 /// with `tar` unchanged, where the filesystem cannot insert (the tar is
 /// then copied after the image instead).
-pub(super) fn insert_image_before(
+fn insert_image_before(
     tar: &File,
     image: &File,
     image_size: u64,
@@ -222,22 +222,35 @@ fn append(mut image: &File, image_size: u64, tar: &mut File) -> io::Result<()> {
     image.sync_all()
 }
 
-/// Appends the tar (the kept copy, or the input itself) to the image of
-/// `image_size` bytes (`--append-tar`).
-pub(super) fn append_tar(
-    copy: &TarCopy,
-    input: &Path,
-    tar_name: &Path,
-    image: &File,
-    image_size: u64,
-    output: &Path,
-) -> Result<(), ConvertError> {
+/// The image `image` (`image_size` bytes) with the tar (`tar_size` bytes)
+/// appended (`--append-tar`): the tar written for the run, with the image
+/// inserted before it, where the filesystem can; else `image`, with the
+/// tar (that copy, or the input itself) copied after it. `paths` are the
+/// input, the tar and the output, for errors.
+pub(super) fn with_tar_appended(
+    copy: &mut TarCopy,
+    image: TempFile,
+    (image_size, tar_size): (u64, u64),
+    (input, tar_name, output): (&Path, &Path, &Path),
+) -> Result<TempFile, ConvertError> {
+    if copy.keep.is_none() {
+        if let Some(tar) = &copy.temp {
+            let moved = insert_image_before(tar.file(), image.file(), image_size, tar_size)
+                .map_err(|e| ConvertError::io(output, e))?;
+            if moved {
+                if let Some(tar) = copy.temp.take() {
+                    return Ok(tar);
+                }
+            }
+        }
+    }
     let mut tar = match &copy.temp {
         Some(temp) => temp.file().try_clone(),
         None => File::open(input),
     }
     .map_err(|e| ConvertError::io(tar_name, e))?;
-    append(image, image_size, &mut tar).map_err(|e| ConvertError::io(output, e))
+    append(image.file(), image_size, &mut tar).map_err(|e| ConvertError::io(output, e))?;
+    Ok(image)
 }
 
 #[cfg(test)]
