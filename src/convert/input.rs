@@ -31,7 +31,10 @@ impl Digest {
 
     /// The digest written `sha256:<64 hex digits>` (`None` otherwise).
     pub fn parse(text: &str) -> Option<Self> {
-        let hex = text.strip_prefix("sha256:").filter(|h| h.len() == 64)?;
+        // Only as `Display` writes it: 64 lowercase hex digits.
+        let hex = text.strip_prefix("sha256:").filter(|h| {
+            h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })?;
         let bytes = crate::format::from_hex(hex)?;
         Some(Self(bytes.try_into().ok()?))
     }

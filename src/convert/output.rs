@@ -186,8 +186,14 @@ fn insert_image_before(
         len,
     ) {
         Ok(()) => {}
-        // Not this filesystem's (tmpfs, btrfs), or not on its block size.
-        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => return Ok(false),
+        // Not this filesystem's (tmpfs, btrfs), not on its block size, or
+        // refused before anything moved (no such call, a seccomp filter).
+        Err(
+            nix::errno::Errno::EOPNOTSUPP
+            | nix::errno::Errno::EINVAL
+            | nix::errno::Errno::ENOSYS
+            | nix::errno::Errno::EPERM,
+        ) => return Ok(false),
         Err(e) => return Err(e.into()),
     }
     let mut from = image.try_clone()?;
@@ -210,12 +216,19 @@ fn insert_image_before(
 
 /// Appends the tar read from `tar` to the image `image` (which ends at
 /// `image_size`, a block boundary), as containerd's single-file layer.
-fn append(mut image: &File, image_size: u64, tar: &mut File) -> io::Result<()> {
+fn append(mut image: &File, image_size: u64, tar: &mut File, tar_size: u64) -> io::Result<()> {
     debug_assert_eq!(image.metadata().map(|m| m.len()).ok(), Some(image_size));
     tar.seek(SeekFrom::Start(0))?;
     image.seek(SeekFrom::Start(image_size))?;
     // io::copy between files uses copy_file_range: no pass through userspace.
-    let copied = io::copy(tar, &mut image)?;
+    // The tar as it was read: the device slot says `tar_size` bytes.
+    let copied = io::copy(&mut io::Read::take(tar, tar_size), &mut image)?;
+    if copied != tar_size {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the tar shrank to {copied} of the {tar_size} bytes read"),
+        ));
+    }
     // Whole 512-byte blocks, so the device's size is exact.
     let pad = copied.next_multiple_of(512) - copied;
     image.write_all(&vec![0; pad as usize])?;
@@ -249,7 +262,8 @@ pub(super) fn with_tar_appended(
         None => File::open(input),
     }
     .map_err(|e| ConvertError::io(tar_name, e))?;
-    append(image.file(), image_size, &mut tar).map_err(|e| ConvertError::io(output, e))?;
+    append(image.file(), image_size, &mut tar, tar_size)
+        .map_err(|e| ConvertError::io(output, e))?;
     Ok(image)
 }
 
@@ -303,6 +317,7 @@ mod tests {
             &image_file,
             image.len() as u64,
             &mut tar_file.try_clone().unwrap(),
+            tar.len() as u64,
         )
         .unwrap();
         assert!(std::fs::read(dir.path().join("image")).unwrap() == appended(&image, &tar));
@@ -310,11 +325,11 @@ mod tests {
 
     #[test]
     fn an_image_off_the_filesystem_block_is_not_inserted() {
-        let (dir, image_file, tar_file, image, tar) = files(512);
+        let (dir, image_file, tar_file, image, tar) = files(100);
         let moved =
             insert_image_before(&tar_file, &image_file, image.len() as u64, tar.len() as u64)
                 .unwrap();
-        assert!(!moved, "inserted 512 bytes");
+        assert!(!moved, "inserted 100 bytes: no filesystem has such blocks");
         assert!(
             std::fs::read(dir.path().join("tar")).unwrap() == tar,
             "the tar changed"

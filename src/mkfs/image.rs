@@ -337,6 +337,10 @@ impl ImageBuilder {
                 _ => {}
             }
         }
+        debug_assert!(
+            end_align.is_multiple_of(block),
+            "end_align {end_align} is not whole blocks"
+        );
         let next_block = next_block.next_multiple_of((end_align / block).max(1));
         let image_size = next_block * block;
         check_block_addr(next_block)?;

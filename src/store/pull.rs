@@ -400,7 +400,10 @@ fn fetch_layer(
     }
     let staging = Staging::create(&store.root, PULL_PREFIX)?;
     let other_kind = store.has_layer(digest);
-    if !(other_kind && layer_kind::reuse_blob(store, digest, &staging)?) {
+    // A blob fetched now was checked against its digest as it streamed; one
+    // kept by the store is hashed again as it is converted.
+    let fetched = !(other_kind && layer_kind::reuse_blob(store, digest, &staging)?);
+    if fetched {
         fill_blob(store, source, layer, index, progress, &staging)?;
     }
     progress.step(index, "converting");
@@ -408,7 +411,7 @@ fn fetch_layer(
         LayerKind::Erofs => erofs_layer(&staging, layer)?,
         LayerKind::NydusBootstrap => super::nydus::bootstrap_layer(&staging, layer)?,
         LayerKind::NydusBlob => as_fetched(layer),
-        _ => tar_layer(&staging, layer)?,
+        _ => tar_layer(&staging, layer, fetched)?,
     };
     if other_kind {
         let name = layer_kind::needed_file(layer.kind);
@@ -505,17 +508,23 @@ fn as_fetched(layer: &LayerRecord) -> LayerInfo {
 }
 
 /// A tar layer (plain, gzip or zstd): converted to a tar-index image with
-/// the tar appended, OCI whiteouts made overlayfs ones.
-fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord) -> Result<LayerInfo> {
-    // The blob was checked against its digest as it was fetched.
-    let verified = Some(layer.digest.as_str());
+/// the tar appended, OCI whiteouts made overlayfs ones. A blob `fetched`
+/// now was checked as it streamed; one the store kept is checked here.
+fn tar_layer(staging: &Staging<'_>, layer: &LayerRecord, fetched: bool) -> Result<LayerInfo> {
+    let verified = fetched.then_some(layer.digest.as_str());
     let report = convert_layer(staging, &pinned_blob(staging), verified, false).map_err(|e| {
         Error::Invalid(format!(
             "layer {} ({}): converting: {e}",
             layer.digest, layer.media_type
         ))
     })?;
-    let (_, diff_digest) = super::layout::digests_of(&report, &pinned_blob(staging))?;
+    let (digest, diff_digest) = super::layout::digests_of(&report, &pinned_blob(staging))?;
+    if digest != layer.digest {
+        return Err(Error::Invalid(format!(
+            "layer {}: the store's blob has digest {digest}",
+            layer.digest
+        )));
+    }
     Ok(LayerInfo {
         compressed_digest: layer.digest.clone(),
         compressed_size: layer.size,

@@ -239,7 +239,9 @@ fn a_verified_input_is_not_hashed_again() {
         hex(&Sha256::digest(std::fs::read(&input).unwrap()))
     );
     assert_eq!(report.digests(), Some((input_digest, tar_digest)));
-    for bad in ["sha256:ab", "sha512:00", &"ab".repeat(32)] {
+    let upper = format!("sha256:{}", "AB".repeat(32));
+    let signed = format!("sha256:+f{}", "ab".repeat(31));
+    for bad in ["sha256:ab", "sha512:00", &"ab".repeat(32), &upper, &signed] {
         assert!(
             erofs_fuse::convert::Digest::parse(bad).is_none(),
             "{bad} parsed"
