@@ -251,8 +251,8 @@ impl<R: Read> Read for Damaged<R> {
 /// Opens `path` (`-`: stdin), detecting gzip and zstd by their magic bytes;
 /// with `index`, a gzip input is decompressed by [`GzIndexer`], building
 /// its zinfo on the way; `digests` says which of the input and the tar are
-/// hashed as they are read (with none, a plain tar file is read header by
-/// header).
+/// hashed as they are read (a plain tar file hashed by nobody is read
+/// header by header).
 pub fn open_input(
     path: &Path,
     progress: bool,
@@ -268,8 +268,11 @@ pub fn open_input(
     } else {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        if digests == Digests::None && file.metadata()?.is_file() {
-            if let Some(source) = header_by_header(&file, len, progress)? {
+        // A plain tar needs reading whole only to hash it; its digest
+        // is the input's, so a known one spares that too.
+        if digests != Digests::Both && file.metadata()?.is_file() {
+            if let Some(mut source) = header_by_header(&file, len, progress)? {
+                source.known = known;
                 return Ok(source);
             }
         }

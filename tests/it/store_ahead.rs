@@ -13,7 +13,8 @@ use common::*;
 
 /// Whether any page of `path` is in the page cache.
 fn resident(path: &Path) -> bool {
-    cached_bytes(path).is_some_and(|bytes| bytes > 0)
+    let bytes = cached_bytes(path);
+    bytes.unwrap_or_else(|| panic!("fincore gave no RES for {}", path.display())) > 0
 }
 
 /// A directory of 40 small files with distinct contents, as an image.
