@@ -517,9 +517,10 @@ impl Device {
     ///
     /// Reading it into the page cache is left to the kernel, on purpose:
     /// faults on the [`Access::Sequential`] mapping read ahead of the
-    /// reader by themselves, and `MADV_WILLNEED` here filled the same pages
-    /// in 4 KiB folios and smaller requests, slowing cold reads
-    /// (docs/benchmarks.md, "Design measurements").
+    /// reader by themselves; `MADV_WILLNEED` here filled the same pages
+    /// in 4 KiB folios and smaller requests, slowing cold reads, and
+    /// faulting them in from a background thread sped up `dd` but slowed
+    /// a full-tree `tar` (docs/benchmarks.md, "Design measurements").
     pub fn will_need(&self, offset: u64, len: u64) {
         let Some(ahead) = &self.ahead else {
             return;
