@@ -102,6 +102,14 @@ PY
     rm -rf "$small" "$seeds/upper.erofs"
 fi
 (cd fuzz && cargo fuzz build --debug-assertions)
+# LeakSanitizer counts as leaked the 32 bytes glibc allocates when a thread
+# registers its first thread-local destructor (__cxa_thread_atexit_impl)
+# if it checks while that thread is still exiting: a conversion that fails
+# part-way leaves its decoding thread to end on its own (joining it could
+# wait on a stalled input). A finding at that allocation alone does not
+# reproduce when its input is run again; only it is suppressed.
+printf 'leak:__cxa_thread_atexit_impl\n' > target/fuzz-lsan.supp
+export LSAN_OPTIONS="suppressions=$PWD/target/fuzz-lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 
 run() { # target
     local t=$1
