@@ -53,7 +53,8 @@ trap cleanup EXIT INT TERM
 mount -t erofs -o ro,loop "$image" "$mnt/kernel"
 "$bin" mount "$image" "$mnt/fuse"
 for side in kernel fuse; do (cd "$mnt/$side" && tar cf - . | wc -c >/dev/null); done
-server=$(pgrep -n -f "^$bin mount $image $mnt/fuse\$")
+server=$(pgrep -n -f "^$bin mount $image $mnt/fuse\$") \
+    || { echo "bench-warm.sh: the erofs-fuse server of $mnt/fuse not found" >&2; exit 1; }
 # utime + stime of the server process (all threads), in clock ticks.
 server_ticks() { awk '{ print $14 + $15 }' "/proc/$server/stat"; }
 ticks0=$(server_ticks)

@@ -267,10 +267,11 @@ pub fn open_input(
         (Box::new(io::stdin()), None)
     } else {
         let file = File::open(path)?;
-        let len = file.metadata()?.len();
+        let metadata = file.metadata()?;
+        let len = metadata.len();
         // A plain tar needs reading whole only to hash it; its digest
         // is the input's, so a known one spares that too.
-        if digests != Digests::Both && file.metadata()?.is_file() {
+        if digests != Digests::Both && metadata.is_file() {
             if let Some(mut source) = header_by_header(&file, len, progress)? {
                 source.known = known;
                 return Ok(source);
